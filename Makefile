@@ -1,0 +1,64 @@
+# fastad: the two commands people need are `make demo` and `make test` (see README).
+# Everything runs in a local virtual environment; nothing outside the checkout is modified.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CUDA_VENV ?= .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+
+# Pinned build tools (pip would otherwise pick the newest of every index). torch is installed first
+# and pinned: an unpinned `torch` resolves to a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+TORCH_CUDA := torch==2.14.1
+TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
+RUNTIME := numpy tqdm safetensors pillow
+TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
+BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+SKB := --no-build-isolation --no-deps
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
+# Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
+DATA ?=
+
+.PHONY: all venv build test demo bench cuda-check clean
+
+all: test
+
+$(VENV)/.deps-stamp: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_CPU)
+	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS)
+	touch $@
+
+venv: $(VENV)/.deps-stamp
+
+# Editable, incremental build against the venv's torch (build dir per venv: see BUILD notes in README).
+build: venv
+	$(PIP) install -q $(SKB) -Cbuild-dir=build/cpu -Ccmake.define.FASTAD_WITH_CUDA=OFF -e .
+
+test: build
+	$(PY) -m pytest -q tests
+
+demo: build
+	$(PY) -m fastad.demo $(if $(DATA),--data $(DATA),)
+
+bench: build
+	$(PIP) install -q $(BENCH_DEPS)
+	$(PY) benchmarks/bench_knn.py
+
+# Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
+# the CUDA kernels are registered. Runs no kernel: no GPU is needed.
+$(CUDA_VENV)/.deps-stamp: Makefile
+	@command -v nvcc >/dev/null || { echo "cuda-check: nvcc not found on PATH (the CUDA toolkit is needed)"; exit 1; }
+	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q $(TORCH_CUDA)
+	$(CUDA_PY) -m pip install -q $(TOOLS) $(RUNTIME)
+	touch $@
+
+cuda-check: $(CUDA_VENV)/.deps-stamp
+	$(CUDA_PY) -m pip install -q $(SKB) -Cbuild-dir=build/cuda -Ccmake.define.FASTAD_WITH_CUDA=ON .
+	cd tests && ../$(CUDA_PY) cuda_check.py
+
+clean:
+	rm -rf build $(VENV) $(CUDA_VENV)

@@ -1,0 +1,134 @@
+// CPU exact k-NN: a blocked dot-product tile followed by a fused selection epilogue.
+// The Q x N distance matrix is never materialised: each thread owns one
+// [kQueryBlock x kBankBlock] score tile (kQueryBlock * kBankBlock * 4 bytes = 128 KiB).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/topk.h"
+#include "cpu/vec_ops.h"
+#include "ops/checks.h"
+
+namespace fastad::cpu {
+
+// Rows of queries per tile (and per parallel task) and bank rows per tile.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kBankBlock = 512;
+
+/// Exact k-NN over row-major float32 buffers.
+/// @param q        queries, Q * D floats
+/// @param b        bank, N * D floats
+/// @param bnorm    squared L2 norm of every bank row, N floats (used by l2 / sqeuclidean / cosine)
+/// @param qnorm    squared L2 norm of every query row, Q floats
+/// @param out_d    distances, Q * k floats, best first; +inf (ip: -inf) in unfilled slots
+/// @param out_i    bank row indices, Q * k int64, -1 in unfilled slots
+/// @param exclude_self  skip bank row i for query i
+void knn_f32(const float* q, const float* b, const float* bnorm, const float* qnorm, int64_t Q, int64_t N,
+             int64_t D, int64_t k, Metric metric, bool exclude_self, float* out_d, int64_t* out_i) {
+  // Inverse norms for cosine (a zero row has cosine similarity 0 with everything).
+  std::vector<float> binv;
+  if (metric == Metric::Cosine) {
+    binv.resize(N);
+    for (int64_t j = 0; j < N; ++j) binv[j] = bnorm[j] > 0.f ? 1.f / std::sqrt(bnorm[j]) : 0.f;
+  }
+  const int64_t nqb = (Q + kQueryBlock - 1) / kQueryBlock;
+  at::parallel_for(0, nqb, 1, [&](int64_t qb0, int64_t qb1) {
+    std::vector<float> tile(kQueryBlock * kBankBlock);
+    std::vector<ScoreIdx> heaps(kQueryBlock * k);
+    for (int64_t qb = qb0; qb < qb1; ++qb) {
+      const int64_t i0 = qb * kQueryBlock, ni = std::min(kQueryBlock, Q - i0);
+      std::vector<TopK> tk;
+      tk.reserve(ni);
+      for (int64_t r = 0; r < ni; ++r) tk.emplace_back(heaps.data() + r * k, k);
+      for (int64_t j0 = 0; j0 < N; j0 += kBankBlock) {
+        const int64_t nj = std::min(kBankBlock, N - j0);
+        dot_tile(q + i0 * D, ni, b + j0 * D, nj, D, tile.data(), kBankBlock);
+        for (int64_t r = 0; r < ni; ++r) {
+          const float* t = tile.data() + r * kBankBlock;
+          TopK& h = tk[r];
+          const int64_t self = exclude_self ? i0 + r : -1;
+          for (int64_t c = 0; c < nj; ++c) {
+            const int64_t j = j0 + c;
+            float s;  // smaller is better
+            switch (metric) {
+              case Metric::L2:
+              case Metric::SqEuclidean: s = bnorm[j] - 2.f * t[c]; break;
+              case Metric::Cosine: s = -t[c] * binv[j]; break;
+              default: s = -t[c]; break;
+            }
+            if (s <= h.threshold() && j != self) h.push(s, j);
+          }
+        }
+      }
+      for (int64_t r = 0; r < ni; ++r) {
+        const int64_t i = i0 + r;
+        const int64_t got = tk[r].finish();
+        float* od = out_d + i * k;
+        int64_t* oi = out_i + i * k;
+        const float qinv = qnorm[i] > 0.f ? 1.f / std::sqrt(qnorm[i]) : 0.f;
+        for (int64_t c = 0; c < got; ++c) {
+          const float s = tk[r].buf[c].s;
+          float d;
+          switch (metric) {
+            case Metric::L2: d = std::sqrt(std::max(s + qnorm[i], 0.f)); break;
+            case Metric::SqEuclidean: d = std::max(s + qnorm[i], 0.f); break;
+            case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
+            default: d = -s; break;
+          }
+          od[c] = d;
+          oi[c] = tk[r].buf[c].i;
+        }
+        const float pad = metric == Metric::IP ? -std::numeric_limits<float>::infinity()
+                                               : std::numeric_limits<float>::infinity();
+        for (int64_t c = got; c < k; ++c) {
+          od[c] = pad;
+          oi[c] = -1;
+        }
+      }
+    }
+  });
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t k,
+                                           c10::string_view metric_name, const std::optional<at::Tensor>& bank_norms,
+                                           bool exclude_self) {
+  check_query_bank("knn", query, bank);
+  const Metric metric = parse_metric("knn", metric_name);
+  TORCH_CHECK(k >= 1, "knn: k must be >= 1, got ", k);
+  const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1);
+  TORCH_CHECK(!exclude_self || Q <= N, "knn: exclude_self=True needs query row i to be bank row i, so Q <= N; got Q=",
+              Q, " and N=", N);
+  if (bank_norms) check_bank_norms("knn", *bank_norms, N, bank);
+
+  auto out_d = at::empty({Q, k}, query.options().dtype(at::kFloat));
+  auto out_i = at::empty({Q, k}, query.options().dtype(at::kLong));
+  if (Q == 0) return {out_d, out_i};
+
+  const at::Tensor q = as_f32_contiguous(query), b = as_f32_contiguous(bank);
+  const at::Tensor qn = row_sq_norms(q);
+  check_finite_norms("knn", "query", qn);
+  at::Tensor bn;
+  if (bank_norms) {
+    bn = bank_norms->contiguous();
+  } else {
+    bn = row_sq_norms(b);
+    check_finite_norms("knn", "bank", bn);
+  }
+  knn_f32(q.data_ptr<float>(), b.data_ptr<float>(), bn.data_ptr<float>(), qn.data_ptr<float>(), Q, N, D, k, metric,
+          exclude_self, out_d.data_ptr<float>(), out_i.data_ptr<int64_t>());
+  return {out_d, out_i};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("knn", &knn_cpu); }
+
+}  // namespace fastad::cpu

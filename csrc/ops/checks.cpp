@@ -1,0 +1,53 @@
+#include "ops/checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <sstream>
+
+namespace fastad {
+
+std::string shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+Metric parse_metric(const char* op, std::string_view metric) {
+  if (metric == "l2") return Metric::L2;
+  if (metric == "sqeuclidean") return Metric::SqEuclidean;
+  if (metric == "cosine") return Metric::Cosine;
+  if (metric == "ip") return Metric::IP;
+  TORCH_CHECK(false, op, ": metric must be one of 'l2', 'sqeuclidean', 'cosine', 'ip', got '",
+              std::string(metric), "'");
+}
+
+static bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+void check_query_bank(const char* op, const at::Tensor& query, const at::Tensor& bank) {
+  TORCH_CHECK(query.dim() == 2, op, ": query must be 2-D [Q, D], got ", query.dim(), "-D tensor of shape ",
+              shape_str(query));
+  TORCH_CHECK(bank.dim() == 2, op, ": bank must be 2-D [N, D], got ", bank.dim(), "-D tensor of shape ",
+              shape_str(bank));
+  TORCH_CHECK(query.size(1) == bank.size(1), op, ": query and bank must have the same feature dimension D, got query ",
+              shape_str(query), " and bank ", shape_str(bank));
+  TORCH_CHECK(query.size(1) >= 1, op, ": feature dimension D must be >= 1, got ", query.size(1));
+  TORCH_CHECK(supported_dtype(query.scalar_type()), op, ": query dtype must be float32, float16 or bfloat16, got ",
+              query.scalar_type());
+  TORCH_CHECK(query.scalar_type() == bank.scalar_type(), op, ": query and bank must have the same dtype, got query ",
+              query.scalar_type(), " and bank ", bank.scalar_type());
+  TORCH_CHECK(query.device() == bank.device(), op, ": query and bank must be on the same device, got query on ",
+              query.device(), " and bank on ", bank.device());
+}
+
+void check_bank_norms(const char* op, const at::Tensor& bank_norms, int64_t n, const at::Tensor& bank) {
+  TORCH_CHECK(bank_norms.dim() == 1 && bank_norms.size(0) == n, op, ": bank_norms must be 1-D [N] with N = ", n,
+              " (the squared L2 norm of each bank row), got shape ", shape_str(bank_norms));
+  TORCH_CHECK(bank_norms.scalar_type() == at::kFloat, op, ": bank_norms must be float32, got ",
+              bank_norms.scalar_type());
+  TORCH_CHECK(bank_norms.device() == bank.device(), op, ": bank_norms must be on the bank's device (", bank.device(),
+              "), got ", bank_norms.device());
+}
+
+}  // namespace fastad

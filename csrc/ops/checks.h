@@ -1,0 +1,23 @@
+// Argument checks and small helpers shared by the CPU and CUDA entry functions (no maths here).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <string_view>
+
+namespace fastad {
+
+enum class Metric { L2, SqEuclidean, Cosine, IP };
+
+// Parses "l2" | "sqeuclidean" | "cosine" | "ip"; errors name the op and the value given.
+Metric parse_metric(const char* op, std::string_view metric);
+
+// query [Q, D] and bank [N, D]: 2-D, same D >= 1, same floating dtype (fp32/fp16/bf16), same device.
+void check_query_bank(const char* op, const at::Tensor& query, const at::Tensor& bank);
+
+// An optional per-bank-row float tensor ([N], same device).
+void check_bank_norms(const char* op, const at::Tensor& bank_norms, int64_t n, const at::Tensor& bank);
+
+std::string shape_str(const at::Tensor& t);
+
+}  // namespace fastad

@@ -1,0 +1,15 @@
+// The one place where every fastad operator schema is declared.
+//
+// Each backend registers its kernels in its own file with TORCH_LIBRARY_IMPL(fastad, <Backend>, m):
+//   csrc/cpu/<op>_kernel.cpp   CPU
+//   csrc/cuda/<op>_cuda.cpp    CUDA (host glue; the device code lives in csrc/cuda/<op>_kernel.cu,
+//                              which includes no torch headers so that nvcc stays fast)
+// Fake (meta) kernels for torch.compile / opcheck are in python/fastad/_meta.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastad, m) {
+  // Exact k nearest neighbours of each query row among the bank rows.
+  // query [Q, D], bank [N, D] -> (distances [Q, k] float32, indices [Q, k] int64), best first.
+  m.def("knn(Tensor query, Tensor bank, int k, str metric=\"l2\", Tensor? bank_norms=None, "
+        "bool exclude_self=False) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,75 @@
+"""Loads the compiled extension and reports how it was built."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+__version__ = "0.1.0"
+
+_REBUILD = (
+    "Rebuild fastad against the installed torch: `make build` in a source checkout, or "
+    "`pip install --no-build-isolation --no-deps -e .` in the environment that has the torch you want."
+)
+
+
+def _sidecar() -> dict:
+    spec = importlib.util.find_spec("fastad._C")
+    if spec is None or not spec.origin:
+        return {}
+    cfg = Path(spec.origin).parent / "_build_config.json"
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _load():
+    built = _sidecar().get("torch")
+    if built and built != torch.__version__:
+        raise ImportError(
+            f"fastad was compiled against torch {built} but torch {torch.__version__} is installed. {_REBUILD}"
+        )
+    try:
+        from . import _C  # noqa: F401  (registers torch.ops.fastad.*)
+    except ImportError as e:
+        raise ImportError(
+            f"fastad: the compiled extension fastad._C could not be loaded ({e}). torch is {torch.__version__}"
+            + (f", fastad was compiled against {built}" if built else "")
+            + f". {_REBUILD}"
+        ) from e
+    if _C.compiled_torch_version() != torch.__version__:
+        raise ImportError(
+            f"fastad was compiled against torch {_C.compiled_torch_version()} but torch {torch.__version__} "
+            f"is installed. {_REBUILD}"
+        )
+    return _C
+
+
+_C = _load()
+
+
+def build_info() -> dict:
+    """How this fastad was built and what it runs with.
+
+    Returns a dict with: ``version``, ``torch_compiled`` (torch it was compiled against),
+    ``torch_runtime``, ``cuda_compiled`` (bool), ``cuda_archs`` (TORCH_CUDA_ARCH_LIST or ""),
+    ``cuda_available`` (a GPU is usable now), ``openmp_threads`` (threads of ``at::parallel_for``),
+    ``simd`` (CPU SIMD level of the kernels in use: "avx2" or "generic").
+
+    Example:
+        >>> import fastad; fastad.build_info()["simd"] in ("avx2", "generic")
+        True
+    """
+    return {
+        "version": __version__,
+        "torch_compiled": _C.compiled_torch_version(),
+        "torch_runtime": torch.__version__,
+        "cuda_compiled": bool(_C.cuda_compiled()),
+        "cuda_archs": _C.cuda_archs(),
+        "cuda_available": bool(_C.cuda_compiled()) and torch.cuda.is_available(),
+        "openmp_threads": int(_C.openmp_threads()),
+        "simd": _C.simd_level(),
+    }

@@ -1,0 +1,46 @@
+"""Fake (meta) kernels of the fastad operators, for torch.compile, FakeTensor and opcheck.
+
+Each repeats the checks of the C++ entry function (same messages) and returns empty outputs of
+the right shape, dtype and device.
+"""
+from __future__ import annotations
+
+import torch
+
+_METRICS = ("l2", "sqeuclidean", "cosine", "ip")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise RuntimeError(msg)
+
+
+def check_query_bank(op: str, query: torch.Tensor, bank: torch.Tensor) -> None:
+    _check(query.dim() == 2, f"{op}: query must be 2-D [Q, D], got {query.dim()}-D tensor of shape {list(query.shape)}")
+    _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got {bank.dim()}-D tensor of shape {list(bank.shape)}")
+    _check(
+        query.shape[1] == bank.shape[1],
+        f"{op}: query and bank must have the same feature dimension D, got query {list(query.shape)} "
+        f"and bank {list(bank.shape)}",
+    )
+    _check(query.shape[1] >= 1, f"{op}: feature dimension D must be >= 1, got {query.shape[1]}")
+    _check(query.dtype in _FLOATS, f"{op}: query dtype must be float32, float16 or bfloat16, got {query.dtype}")
+    _check(query.dtype == bank.dtype, f"{op}: query and bank must have the same dtype, got query {query.dtype} and bank {bank.dtype}")
+    _check(query.device == bank.device, f"{op}: query and bank must be on the same device, got query on {query.device} and bank on {bank.device}")
+
+
+def check_metric(op: str, metric: str) -> None:
+    _check(metric in _METRICS, f"{op}: metric must be one of 'l2', 'sqeuclidean', 'cosine', 'ip', got '{metric}'")
+
+
+@torch.library.register_fake("fastad::knn")
+def _knn_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
+    check_query_bank("knn", query, bank)
+    check_metric("knn", metric)
+    _check(k >= 1, f"knn: k must be >= 1, got {k}")
+    Q, N = query.shape[0], bank.shape[0]
+    _check(not exclude_self or Q <= N, f"knn: exclude_self=True needs query row i to be bank row i, so Q <= N; got Q={Q} and N={N}")
+    if bank_norms is not None:
+        _check(bank_norms.dim() == 1 and bank_norms.shape[0] == N, f"knn: bank_norms must be 1-D [N] with N = {N}")
+    return (query.new_empty((Q, k), dtype=torch.float32), query.new_empty((Q, k), dtype=torch.int64))

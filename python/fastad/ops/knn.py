@@ -1,0 +1,57 @@
+"""Exact k nearest neighbours."""
+from __future__ import annotations
+
+import torch
+
+METRICS = ("l2", "sqeuclidean", "cosine", "ip")
+
+
+def check_finite(name: str, op: str, *tensors: torch.Tensor) -> None:
+    """Raise a ValueError naming ``op`` and ``name`` if any tensor holds NaN or Inf (one pass, one sync)."""
+    for t in tensors:
+        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{op}: {name} must hold finite values, got NaN or Inf")
+
+
+def knn(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    metric: str = "l2",
+    *,
+    bank_norms: torch.Tensor | None = None,
+    exclude_self: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN of every query row among the bank rows.
+
+    Args:
+        query: ``Tensor[Q, D]``, float32 / float16 / bfloat16, CPU or CUDA.
+        bank: ``Tensor[N, D]``, same dtype and device as ``query``.
+        k: neighbours per query (>= 1). When ``k > N`` the extra slots hold ``inf`` (``-inf`` for
+            ``"ip"``) and index ``-1``.
+        metric: ``"l2"`` (Euclidean), ``"sqeuclidean"``, ``"cosine"`` (``1 - cos``; a zero row has
+            cosine 0 with everything) or ``"ip"`` (inner product, largest first).
+        bank_norms: optional ``Tensor[N]`` float32 of squared L2 norms of the bank rows (cache them
+            when the bank is reused; ignored by ``"ip"``).
+        exclude_self: query ``i`` is bank row ``i`` (needs ``Q <= N``); row ``i`` is skipped for it
+            (leave-one-out scoring).
+
+    Returns:
+        ``(distances Tensor[Q, k] float32, indices Tensor[Q, k] int64)``, best first; ties in distance
+        are ordered by the smaller bank index.
+
+    NaN or Inf in ``query`` or ``bank`` raise an error (a ``ValueError`` here; the bare CPU op raises a
+    ``RuntimeError``). Computation is blocked: no ``[Q, N]`` matrix is ever held in memory.
+
+    Example:
+        >>> import torch, fastad
+        >>> bank = torch.tensor([[0., 0.], [3., 4.]])
+        >>> d, i = fastad.ops.knn(torch.tensor([[3., 3.]]), bank, k=2)
+        >>> i.tolist(), [round(x, 3) for x in d[0].tolist()]
+        ([[1, 0]], [1.0, 4.243])
+    """
+    if metric not in METRICS:
+        raise ValueError(f"knn: metric must be one of {METRICS}, got {metric!r}")
+    if query.device.type != "cpu":  # the CPU kernel checks finiteness itself, for free
+        check_finite("query and bank", "knn", query, bank)
+    return torch.ops.fastad.knn(query, bank, int(k), metric, bank_norms, bool(exclude_self))

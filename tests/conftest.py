@@ -1,0 +1,21 @@
+"""Shared fixtures: one `device` fixture (cpu, plus cuda when a GPU is usable) with clean skips."""
+import pytest
+import torch
+
+import fastad
+
+
+def _cuda_usable() -> bool:
+    return fastad.build_info()["cuda_compiled"] and torch.cuda.is_available()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda" and not _cuda_usable():
+        pytest.skip("no CUDA device (or fastad built without CUDA)")
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
