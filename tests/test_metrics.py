@@ -217,6 +217,30 @@ def test_aupro_equals_anomalib_port(seed, path):
         assert ours == pytest.approx(anomalib_aupro_port(maps, masks, lim), abs=1e-6), lim
 
 
+@pytest.mark.parametrize("lim", [0.3, 0.02])
+def test_aupro_fpr_cut_fast_path(lim, monkeypatch):
+    """Sparse anomalies on many pixels: aupro resolves only the normal pixels above an estimated
+    FPR cut. Checked against the port, and that the shortcut was really taken."""
+    rng = np.random.default_rng(21)
+    masks = random_blob_masks(rng, 24, 64, 64, p_anom=0.5, max_blobs=2) * (rng.random((24, 1, 1)) < 0.7)
+    masks = masks.astype(np.uint8)
+    masks[0, 5:9, 5:9] = 1
+    assert masks.mean() < 1 / 9
+    maps = random_maps(rng, masks, ties=lim < 0.1)
+    seen = []
+    real = M._neg_counts
+
+    def spy(neg, q, top=None):
+        seen.append(neg.size)
+        return real(neg, q, top)
+
+    monkeypatch.setattr(M, "_neg_counts", spy)
+    ours = M.aupro(maps, masks, fpr_limit=lim)
+    n = int((masks == 0).sum())
+    assert seen and seen[0] < 0.9 * n  # only the candidates above the cut were ranked
+    assert ours == pytest.approx(anomalib_aupro_port(maps, masks, lim), abs=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_pro_musc_equals_musc_port(seed, path):
     rng = np.random.default_rng(200 + seed)
