@@ -471,8 +471,6 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     pos_idx = np.flatnonzero(flat_m)
     pos = flat_s.take(pos_idx)
     w, nreg = _region_weights(y)
-    order = np.argsort(pos)  # sorted queries: cache-friendly binary searches in _neg_counts
-    pos, w = pos.take(order), w.take(order)
     n = flat_s.size - pos.size
     if nreg == 0 or n == 0:
         return _aupro_from(None, nreg, n, fpr_limit)
@@ -489,11 +487,16 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
         sel[pos_idx] = False
         cand = flat_s.take(np.flatnonzero(sel))
         if top <= cand.size < 0.9 * n:
-            # an anomalous pixel below `cut` has all of `cand` (>= top values) above it: it gets
-            # le = n_low, which leaves >= top normal values above it, so its area is 0 as it should
-            lt, le = _neg_counts(cand, pos, top)
+            # an anomalous pixel below `cut` has all of `cand` (>= top values) above it: its area
+            # is 0 (>= top normal pixels above it), so it is dropped
+            near = np.flatnonzero(pos >= cut)
+            pos, w = pos.take(near), w.take(near)
+            order = np.argsort(pos)  # sorted queries: cache-friendly binary searches
+            lt, le = _neg_counts(cand, pos.take(order), top)
             n_low = n - cand.size
-            return _aupro_from((lt + n_low, le + n_low, w), nreg, n, fpr_limit)
+            return _aupro_from((lt + n_low, le + n_low, w.take(order)), nreg, n, fpr_limit)
+    order = np.argsort(pos)
+    pos, w = pos.take(order), w.take(order)
     lt, le = _neg_counts(flat_s[~flat_m], pos, top)
     return _aupro_from((lt, le, w), nreg, n, fpr_limit)
 
