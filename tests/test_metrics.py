@@ -174,6 +174,21 @@ def test_scalar_metrics_large_and_torch(path):
     assert M.f1_max(st.reshape(400, 500), yt.reshape(400, 500)) == pytest.approx(musc_f1(s, y), abs=1e-6)
 
 
+@pytest.mark.parametrize("signal", [2.0, 0.0])
+def test_f1_max_top_shortcut(signal, monkeypatch):
+    """f1_max looks only at the thresholds with few false positives when the F1 found there bounds
+    all others (strong signal), and falls back to the full curve otherwise (no signal)."""
+    rng = np.random.default_rng(8)
+    n = 150_000
+    y = rng.random(n) < 0.02
+    s = np.round(rng.standard_normal(n) + signal * y, 2).astype(np.float32)  # ties too
+    calls = []
+    real = M._ranked_pair
+    monkeypatch.setattr(M, "_ranked_pair", lambda *a: calls.append(1) or real(*a))
+    assert M.f1_max(s, y) == pytest.approx(musc_f1(s, y), abs=1e-6)
+    assert bool(calls) == (signal == 0.0)  # full curve only without signal
+
+
 def test_constant_scores(path):
     y = np.array([0, 1, 0, 1, 1, 0, 0])
     s = np.full(7, 3.0)

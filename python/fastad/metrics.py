@@ -40,6 +40,10 @@ is, per anomalous pixel, the integral of a ramp (closed form below, ``_pro_area`
 found without sorting the normal pixels: a monotone bucket index (``floor((x - lo) * scale)``, monotone
 in ``x`` under any rounding) gives a histogram in one pass; only the normal pixels that share a bucket
 with some anomalous score are sorted and compared exactly. Counts are int64 and sums float64.
+Two shortcuts stay exact: ``aupro`` only ranks the normal pixels above an estimate of the FPR cut
+(an anomalous pixel with more than ``fpr_limit * n`` normal pixels above it adds no area), and
+``f1_max`` first looks only at thresholds with few false positives, keeping the result when it
+provably bounds every other threshold (F1 <= 2P / (2P + FP)) and computing the whole curve otherwise.
 
 **Streaming and memory.** ``PixelMetrics.update`` labels the mask's connected components at once
 and keeps only the normal pixels' scores (one float32 per pixel for float32 maps: less than map +
@@ -392,12 +396,50 @@ def f1_max(scores: Any, labels: Any) -> float:
         >>> f1_max(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.8
     """
+    s, y = _pair(scores, labels, "f1_max")
+    flat_s, flat_m = s.reshape(-1), y.reshape(-1)
+    pos_idx = np.flatnonzero(flat_m)
+    p, n = pos_idx.size, flat_s.size - pos_idx.size
+    if p and n:
+        # F1 at a threshold with FP false positives is at most 2P / (2P + FP): if the best F1 over
+        # the thresholds with FP < top reaches 2P / (2P + top), no other threshold can beat it.
+        top = min(8 * p + 1, n)
+        got = _top_candidates(flat_s, flat_m, pos_idx, n, top)
+        if got is not None:
+            cand, cut = got
+            pos = np.sort(flat_s.take(pos_idx))
+            pos = pos[np.searchsorted(pos, cut, "left"):]  # all positives >= cut
+            lt, _ = _neg_counts(cand, pos)
+            g = _groups(pos)
+            tp = (pos.size - g).astype(np.float64)
+            fp = (cand.size - lt[g]).astype(np.float64)  # normal values >= v, all in cand
+            if tp.size:
+                best = float(np.max(2.0 * tp / (tp + fp + p)))
+                if best >= 2.0 * p / (2.0 * p + top):
+                    return best
     return _ranked_pair(scores, labels, "f1_max").f1_max()[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # per-region overlap
 # ----------------------------------------------------------------------------------------------
+def _top_candidates(flat_s: np.ndarray, flat_m: np.ndarray, pos_idx: np.ndarray, n: int, top: int):
+    """The normal values at or above ``cut``, an estimate (a quantile of a strided sample, with a
+    margin) of the ``top``-th largest normal value, when that pays off: -> (cand, cut) with
+    ``top <= cand.size < 0.9 n``, or None (small input, no saving, or the estimate fell short).
+    Any anomalous value below ``cut`` has all of ``cand``, so at least ``top`` normal values, above it."""
+    if not (n > SMALL_SORT_LIMIT and top < 0.8 * n and pos_idx.size * 8 <= n):
+        return None
+    step = max(1, flat_s.size // 65536)
+    sample = flat_s[::step][~flat_m[::step]]
+    k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
+    cut = np.partition(sample, k)[k]
+    sel = flat_s >= cut
+    sel[pos_idx] = False
+    cand = flat_s.take(np.flatnonzero(sel))
+    return (cand, cut) if top <= cand.size < 0.9 * n else None
+
+
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """-> (1/|region| for every anomalous pixel in row-major [B, H, W] order, number of regions).
     Regions: 8-connected components of each image's mask (never across images)."""
@@ -478,23 +520,17 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     # pixels above an estimate of the FPR cut (a quantile of a strided sample, with a margin) need
     # exact ranks; the others are only counted. Exact whatever the estimate (checked below).
     top = math.ceil(min(fpr_limit, 1.0) * n) + 1
-    if n > SMALL_SORT_LIMIT and top < 0.8 * n and pos.size * 8 <= n:
-        step = max(1, flat_s.size // 65536)
-        sample = flat_s[::step][~flat_m[::step]]
-        k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
-        cut = np.partition(sample, k)[k]
-        sel = flat_s >= cut
-        sel[pos_idx] = False
-        cand = flat_s.take(np.flatnonzero(sel))
-        if top <= cand.size < 0.9 * n:
-            # an anomalous pixel below `cut` has all of `cand` (>= top values) above it: its area
-            # is 0 (>= top normal pixels above it), so it is dropped
-            near = np.flatnonzero(pos >= cut)
-            pos, w = pos.take(near), w.take(near)
-            order = np.argsort(pos)  # sorted queries: cache-friendly binary searches
-            lt, le = _neg_counts(cand, pos.take(order), top)
-            n_low = n - cand.size
-            return _aupro_from((lt + n_low, le + n_low, w.take(order)), nreg, n, fpr_limit)
+    got = _top_candidates(flat_s, flat_m, pos_idx, n, top)
+    if got is not None:
+        # an anomalous pixel below `cut` has all of `cand` (>= top values) above it: its area is
+        # 0 (>= top normal pixels above it), so it is dropped
+        cand, cut = got
+        near = np.flatnonzero(pos >= cut)
+        pos, w = pos.take(near), w.take(near)
+        order = np.argsort(pos)  # sorted queries: cache-friendly binary searches
+        lt, le = _neg_counts(cand, pos.take(order), top)
+        n_low = n - cand.size
+        return _aupro_from((lt + n_low, le + n_low, w.take(order)), nreg, n, fpr_limit)
     order = np.argsort(pos)
     pos, w = pos.take(order), w.take(order)
     lt, le = _neg_counts(flat_s[~flat_m], pos, top)
