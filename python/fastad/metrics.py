@@ -201,20 +201,6 @@ def _neg_counts(neg: np.ndarray, q: np.ndarray, top: float | None = None) -> tup
     q = np.asarray(q, dtype=neg.dtype)
     if n <= SMALL_SORT_LIMIT or q.size * 8 > n or q.size == 0:
         return _sorted_counts(np.sort(neg), q, 0)
-    if top is not None and top < 0.8 * n:
-        # Only the top `top` normal values need resolving: keep the normal values above an estimate
-        # of that cut (a quantile of a strided sample, with a margin) and count the rest. If the
-        # estimate kept fewer than `top`, fall through to the full computation.
-        sample = neg[:: max(1, n // 65536)]
-        k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
-        cut = np.partition(sample, k)[k]
-        cand = neg.take(np.flatnonzero(neg >= cut))
-        if top <= cand.size < 0.9 * n:
-            # a query below `cut` has all of `cand` (>= top values) above it: it gets le = n_low,
-            # an upper bound of #(neg <= q) that leaves cand.size >= top above, as promised
-            lt, le = _neg_counts(cand, q, top)
-            n_low = n - cand.size
-            return lt + n_low, le + n_low
     lo, hi = max(neg.min(), q.min()), min(neg.max(), q.max())
     nb = int(min(max(n * BUCKETS_PER_VALUE, 1 << 10), MAX_BUCKETS))
     bucketed = None
@@ -288,16 +274,15 @@ class _Ranked:
     """Positives sorted ascending (with optional weights) and their exact ranks among negatives."""
 
     def __init__(self, neg: np.ndarray, pos: np.ndarray, w: np.ndarray | None = None,
-                 extra_q: np.ndarray | None = None, top: float | None = None):
-        """``top``: only PRO up to that many false positives is needed (see `_neg_counts`); then
-        only `pro_area` is valid."""
+                 extra_q: np.ndarray | None = None):
+        """``extra_q``: more query values (e.g. PRO-MuSc thresholds) ranked in the same pass."""
         self.n = int(neg.size)
         self.p = int(pos.size)
         order = np.argsort(pos) if w is not None else None  # order within ties is irrelevant
         self.pos = pos[order] if order is not None else np.sort(pos)
         self.w = w[order] if order is not None else None
         q = self.pos if extra_q is None else np.concatenate([self.pos, extra_q.astype(pos.dtype)])
-        lt, le = _neg_counts(neg, q, top)
+        lt, le = _neg_counts(neg, q)
         self.lt, self.le = lt[: self.p], le[: self.p]
         self.extra_lt, self.extra_le = lt[self.p:], le[self.p:]
 
