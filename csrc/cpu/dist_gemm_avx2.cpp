@@ -8,8 +8,10 @@
 //     micro-panel stays in L1d while the MC x KC query block streams from L2;
 //   * when the whole depth D is accumulated, the [MC x NC] score tile (in L2, never Q x N) is turned
 //     into scores alpha_j * dot + beta_j and handed to the epilogue: a running per-query top-k
-//     (sorted buffer k <= 32, heap beyond) behind a vector threshold test, or a running per-group min.
-// Query norms are added only to the winners; l2/sqeuclidean winners are re-ranked with exact
+//     (sorted buffer k <= 32, heap beyond) behind a vector threshold test, or a running per-group
+//     min and argmin.
+// Query norms are needed only for the winners; l2/sqeuclidean winners (knn) and group winners
+// (group_min) are re-evaluated with exact
 // (direct-difference) distances, so the returned distances are accurate to fp32 rounding even on
 // non-centred data.
 //
@@ -392,9 +394,11 @@ inline float seg_min(const float* x, int64_t n) {
   return m;
 }
 
-// Running per-group minimum score: best[qi * G + g] (superblock-relative rows).
+// Running per-group minimum score best[qi * G + g] and its bank row arg[qi * G + g] (superblock-relative
+// rows). Equal minima keep the smaller bank index, whatever the blocking.
 struct GroupEpilogue {
   float* best;
+  int64_t* arg;
   int64_t G, gs, s0;
   const int64_t* exclude;
 
@@ -404,11 +408,20 @@ struct GroupEpilogue {
       const int64_t ex = exclude ? exclude[s0 + qi] : -1;
       const float* row = S + r * ld;
       float* out = best + qi * G;
+      int64_t* oa = arg + qi * G;
       int64_t cc = 0;
       while (cc < nc) {
         const int64_t g = (j0 + cc) / gs;
         const int64_t end = std::min(nc, (g + 1) * gs - j0);
-        if (g != ex) out[g] = std::min(out[g], seg_min(row + cc, end - cc));
+        if (g != ex) {
+          const float m = seg_min(row + cc, end - cc);
+          if (m < out[g]) {
+            int64_t t = cc;
+            while (row[t] != m) ++t;
+            out[g] = m;
+            oa[g] = j0 + t;
+          }
+        }
         cc = end;
       }
     }
@@ -514,6 +527,7 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
     pack_queries(q + s0 * D, qs, D, c.data(), A);
     float* best = out + s0 * G;  // scores first, distances after the sweep
     std::fill(best, best + qs * G, kInf);
+    std::vector<int64_t> arg(static_cast<size_t>(qs * G), -1);
     // Few queries: split the groups across threads (disjoint outputs, no merge); else split the queries.
     const int64_t nbc = (T > 1 && qs <= kBankSplitMaxQ && G >= T) ? T : 1;
     const int64_t nqr = nbc == 1 ? std::min(T, panels) : 1;
@@ -522,15 +536,17 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
         const int64_t bc = t % nbc, qr = t / nbc;
         const int64_t qa = panels * qr / nqr * MR, qb = std::min(qs, panels * (qr + 1) / nqr * MR);
         if (qa >= qb) continue;
-        GroupEpilogue epi{best, G, gs, s0, exclude};
+        GroupEpilogue epi{best, arg.data(), G, gs, s0, exclude};
         sweep("group_min", A, qa, qb, b, G * bc / nbc * gs, G * (bc + 1) / nbc * gs, D, c.data(), metric, epi);
       }
     });
     at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const float qn = sq_dist(q + (s0 + r) * D, c.data(), D);
+        const float* qrow = q + (s0 + r) * D;
+        const float qn = metric == Metric::Cosine ? sq_dist(qrow, c.data(), D) : 0.f;  // c == 0 for cosine
         const float qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
         float* o = best + r * G;
+        const int64_t* a = arg.data() + r * G;
         for (int64_t g = 0; g < G; ++g) {
           const float s = o[g];
           if (s == kInf) {  // excluded group
@@ -538,8 +554,9 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
             continue;
           }
           switch (metric) {
-            case Metric::L2: o[g] = std::sqrt(std::max(s + qn, 0.f)); break;
-            case Metric::SqEuclidean: o[g] = std::max(s + qn, 0.f); break;
+            // l2/sqeuclidean: the exact (direct-difference) distance to the group's winner
+            case Metric::L2: o[g] = std::sqrt(sq_dist(qrow, b + a[g] * D, D)); break;
+            case Metric::SqEuclidean: o[g] = sq_dist(qrow, b + a[g] * D, D); break;
             case Metric::Cosine: o[g] = std::max(1.f + s * qinv, 0.f); break;
             default: o[g] = -s; break;
           }
