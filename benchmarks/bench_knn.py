@@ -273,6 +273,8 @@ def main(argv=None):
     p.add_argument("--skip", nargs="*", default=[], help="anchors to skip: faiss torch sklearn")
     p.add_argument("--sklearn-max-gflop", type=float, default=100.0, help="skip sklearn above this size (slow)")
     p.add_argument("--torch-max-gflop", type=float, default=1e9, help="skip the torch anchors above this size")
+    p.add_argument("--max-gflop", type=float, default=1e9, help="skip shapes above this size")
+    p.add_argument("--min-gflop", type=float, default=0.0, help="skip shapes below this size")
     p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
     a = p.parse_args(argv)
     if a.quick:
@@ -295,6 +297,8 @@ def main(argv=None):
                     for t, D, N, Q in itertools.product(a.threads, a.D, a.N, a.Q))
         for t, D, N, Q, kk in grid:
             gflop = 2.0 * Q * N * D / 1e9
+            if not a.min_gflop <= gflop <= a.max_gflop:
+                continue
             skip = set(a.skip)
             if gflop > a.sklearn_max_gflop:
                 skip.add("sklearn")
