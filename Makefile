@@ -45,7 +45,7 @@ demo: build
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
-	$(PY) benchmarks/bench_knn.py
+	$(PY) benchmarks/bench_knn.py --quick --op both
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.
