@@ -114,8 +114,9 @@ def test_coreset_non_contiguous(device, gen):
 
 
 def test_coreset_thread_count_invariant(gen):
-    b = torch.randn(9000, 16, generator=gen)
-    b[4500:] = b[:4500]  # duplicated halves: exact ties across the per-thread chunks
+    # N = 9002: the 2-thread chunk boundary (4501) is not a multiple of the kernel's 4-row block
+    b = torch.randn(9002, 21, generator=gen) + 5.0
+    b[4501:] = b[:4501]  # duplicated halves: exact ties across the per-thread chunks
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -125,7 +126,7 @@ def test_coreset_thread_count_invariant(gen):
     finally:
         torch.set_num_threads(old)
     assert torch.equal(i1, i2) and torch.equal(d1, d2)
-    assert (i1 < 4500).all()  # the first copy of a duplicated row always wins
+    assert (i1 < 4501).all()  # the first copy of a duplicated row always wins
 
 
 def test_coreset_distances_non_increasing(device, gen):
