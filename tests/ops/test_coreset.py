@@ -267,3 +267,13 @@ def test_coreset_generic_path_equals_simd_path(monkeypatch, dtype, gen):
     assert torch.equal(i1, i2)
     torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-6)
     assert_greedy(b.float(), i2, d2.double())
+
+
+def test_coreset_projection_padding_changes_nothing(gen):
+    # k = 20 is padded to 32 zero columns: same selection as the unpadded projected bank
+    b = _bank(400, 50, gen)
+    idx, dist = fastad.ops.coreset(b, 30, projection_dim=20, seed=2)
+    p = b @ sparse_random_matrix(50, 20, seed=2)
+    ri, rd = ref.coreset(p, 30)
+    assert torch.equal(idx, ri)
+    torch.testing.assert_close(dist.double()[1:], rd[1:], rtol=1e-5, atol=1e-6)
