@@ -16,6 +16,9 @@ TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+# Anchors installed with --no-deps (their own dependencies would pull lightning and another torch):
+# bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module files.
+BENCH_NODEPS := anomalib==2.7.0
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
@@ -46,6 +49,8 @@ demo: build
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
 	$(PY) benchmarks/bench_knn.py --quick --op both
+	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_coreset.py
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.
