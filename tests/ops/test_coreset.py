@@ -277,3 +277,11 @@ def test_coreset_projection_padding_changes_nothing(gen):
     ri, rd = ref.coreset(p, 30)
     assert torch.equal(idx, ri)
     torch.testing.assert_close(dist.double()[1:], rd[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_coreset_torch_compile(gen):
+    b = _bank(300, 16, gen)
+    f = torch.compile(lambda x: fastad.ops.coreset(x, 7, start=3), backend="eager", fullgraph=True)
+    i1, d1 = f(b)
+    i2, d2 = fastad.ops.coreset(b, 7, start=3)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
