@@ -4,9 +4,10 @@
 // chosen centre (exact difference form sum((x - c)^2), fp32), the running-min update and the argmax
 // are fused, with no temporaries. Rows that the triangle inequality proves cannot improve are not
 // read (adaptive pruning, see coreset_select); the result is the same either way (up to fp32
-// rounding of rows within 1e-4 relative of the bound). Rows are split into kCoresetTasksMax-bounded contiguous chunks,
-// one per at::parallel_for task; each task returns its own (max, smallest index) and the partials
-// are reduced in task order, so the result does not depend on the thread count.
+// rounding of rows within 1e-4 relative of the bound). Rows are split into contiguous chunks (at
+// least kCoresetMinRowsPerTask rows each), one per at::parallel_for task; each task returns its own
+// (max, smallest index) and the partials are reduced in task order, so the result does not depend
+// on the thread count.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,8 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <string_view>
 #include <limits>
+#include <string_view>
 #include <vector>
 
 #include "cpu/coreset.h"
