@@ -242,6 +242,9 @@ class ReportWriter:
         mean, std: normalisation of the image tensors, used only for images given as tensors
             without a readable file.
         threshold: image-score threshold of the detector (``predicted = score > threshold``), or None.
+        sample_pixels: size of the random sample of pixel scores that sets the colour scale.
+        seed: seed of that sample.
+        progress: show a progress bar while the images are written.
 
     Example:
         >>> w = ReportWriter("reports/run")                                         # doctest: +SKIP
@@ -264,6 +267,7 @@ class ReportWriter:
         threshold: float | None = None,
         sample_pixels: int = 1 << 20,
         seed: int = 0,
+        progress: bool = True,
     ):
         if cmap not in COLORMAPS:
             raise ValueError(f"ReportWriter: unknown colour map {cmap!r}; available: {sorted(COLORMAPS)}")
@@ -278,6 +282,7 @@ class ReportWriter:
         self.resize = resize
         self.mean, self.std = mean, std
         self.threshold = threshold
+        self.progress = progress
         self._rng = np.random.default_rng(seed)
         self._sample_cap = int(sample_pixels)
         self._samples: list[np.ndarray] = []
@@ -478,7 +483,7 @@ class ReportWriter:
         any_mask = any(r["mask"] is not None for r in rows)
 
         for i in tqdm(
-            sorted(want_heat | shown_set), desc="report", unit="img", leave=False, disable=not (want_heat | shown_set)
+            sorted(want_heat | shown_set), desc="report", unit="img", leave=False, disable=not (self.progress and (want_heat | shown_set))
         ):
             r = rows[i]
             m = self._read_map(r)
