@@ -12,4 +12,9 @@ TORCH_LIBRARY(fastad, m) {
   // query [Q, D], bank [N, D] -> (distances [Q, k] float32, indices [Q, k] int64), best first.
   m.def("knn(Tensor query, Tensor bank, int k, str metric=\"l2\", Tensor? bank_norms=None, "
         "bool exclude_self=False) -> (Tensor, Tensor)");
+
+  // coreset: greedy k-center (farthest point sampling) selection of n rows of bank [N, D], starting at
+  // row `start` -> (indices [n] int64, min_distances [n] float32: the Euclidean distance of each chosen
+  // row to the rows chosen before it; min_distances[0] = +inf). Deterministic; argmax ties -> smaller index.
+  m.def("coreset(Tensor bank, int n, int start=0) -> (Tensor, Tensor)");
 }

@@ -20,4 +20,7 @@ void check_bank_norms(const char* op, const at::Tensor& bank_norms, int64_t n, c
 
 std::string shape_str(const at::Tensor& t);
 
+// coreset: bank [N, D] 2-D, N >= 1, D >= 1, fp32/fp16/bf16; 1 <= n <= N; 0 <= start < N.
+void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start);
+
 }  // namespace fastad

@@ -43,3 +43,27 @@ def knn(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     out_d[:, : order.shape[1]] = d
     out_i[:, : order.shape[1]] = order
     return out_d, out_i
+
+
+def coreset(bank, n, start=0):
+    """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
+
+    Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
+    ``min_distances[0] = inf``; each next index maximises the distance to the chosen set among the rows
+    not chosen yet (ties: smaller index).
+    """
+    x = bank.double()
+    N = x.shape[0]
+    mind = torch.full((N,), float("inf"), dtype=torch.float64)
+    chosen = torch.zeros(N, dtype=torch.bool)
+    idx = [int(start)]
+    dist = [float("inf")]
+    for _ in range(1, n):
+        c = idx[-1]
+        chosen[c] = True
+        mind = torch.minimum(mind, ((x - x[c]) ** 2).sum(1).sqrt())
+        cand = torch.where(chosen, torch.full_like(mind, -1.0), mind)
+        nxt = int(torch.argmax(cand))  # first maximum = smallest index
+        idx.append(nxt)
+        dist.append(float(mind[nxt]))
+    return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
