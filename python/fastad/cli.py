@@ -540,13 +540,8 @@ def cmd_evaluate(a) -> int:
 def cmd_demo(a) -> int:
     from fastad import demo
 
-    argv = []
-    if a.data:
-        argv += ["--data", a.data]
-    if a.out:
-        argv += ["--out", a.out]
-    argv += a.extra
-    return demo.main(argv)
+    demo.run(a)
+    return 0
 
 
 def _bench_dir() -> Path | None:
@@ -708,11 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
         common(e)
         e.set_defaults(func=fn)
 
+    from fastad import demo
+
     d = sub.add_parser("demo", help="PatchCore + EfficientNet-Lite0 end to end (ELPV solar cells, or --data DIR)",
-                       description="Run the demo (see `python -m fastad.demo --help` for every option).")
-    d.add_argument("--data", default=None, metavar="DIR", help="an MVTec-layout folder instead of ELPV")
-    d.add_argument("--out", default=None, metavar="DIR", help="report folder (default reports/demo)")
-    d.add_argument("extra", nargs=argparse.REMAINDER, help="more options for fastad.demo")
+                       description=demo.__doc__.split("\n\n")[0])
+    demo.add_arguments(d)
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="run the benchmarks (benchmarks/bench_*.py of a source checkout)")

@@ -27,8 +27,8 @@ from .cli import score_to_report, subsample
 ELPV_REF = "ELPV: Buerhop-Lutz et al. 2018, Deitsch et al. 2019 (CC BY-NC-SA 4.0)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastad demo", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The demo's options (shared by ``python -m fastad.demo`` and ``fastad demo``)."""
     p.add_argument("--data", default=None, metavar="DIR", help="an MVTec-layout folder (default: ELPV from its PyPI wheel)")
     p.add_argument("--out", default="reports/demo", metavar="DIR", help="report folder (default reports/demo)")
     p.add_argument("--cell-type", choices=("mono", "poly"), default="mono", help="ELPV cell type (default mono)")
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="python -m fastad.demo", description=__doc__.splitlines()[0]))
 
 
 def run(a) -> dict:
@@ -133,28 +137,10 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    from .cli import _one_line_warnings
-    import os
-    import warnings
+    """``python -m fastad.demo``: the same as ``fastad demo`` (one-line errors, exit status 2)."""
+    from .cli import main as cli_main
 
-    show_tb = os.environ.get("FASTAD_TRACEBACK", "") not in ("", "0")
-    old = warnings.showwarning
-    if not show_tb:
-        warnings.showwarning = _one_line_warnings
-    try:
-        run(a)
-        return 0
-    except KeyboardInterrupt:
-        print("fastad demo: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, FileNotFoundError, ValueError, ImportError) as e:
-        if show_tb:
-            raise
-        print(f"fastad demo: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    finally:
-        warnings.showwarning = old
+    return cli_main(["demo"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ a defect probability (0, 1/3, 2/3 or 1) given by experts. It installs offline fr
 
     pip install --no-deps elpv-dataset==1.0.0.post1      # needs only numpy and pillow
 
-The task: train on functional cells (p = 0) of one type, test held-out functional cells against
+The task (:func:`load_elpv`): train on functional cells (p = 0) of one type, test held-out functional cells against
 defective ones (p = 1 by default). There are no pixel masks: items carry ``has_mask = False`` for
 defective cells, so pixel metrics are left out.
 """
@@ -35,26 +35,30 @@ def _type_name(p: float) -> str:
     return f"defective_p{p:.2f}"
 
 
-def _read_all():
-    """(images uint8 [N, 300, 300], probabilities [N], types [N], paths [N]) of the installed wheel."""
+def _read_labels():
+    """(probabilities [N], types [N], paths [N]) of the installed wheel, from its ``data/labels.csv``.
+
+    The wheel's own ``elpv_dataset.utils.load_dataset()`` parses this file the same way but also
+    decodes all 2,624 cells (236 MB, seconds); the adapter decodes only the cells it uses, lazily.
+    """
     try:
         import elpv_dataset
-        from elpv_dataset.utils import load_dataset
     except ImportError as e:
         raise ImportError(f"the ELPV dataset is not installed ({e}); install it with: {_INSTALL}") from None
-    images, probs, types = load_dataset()
-    # load_dataset() reads data/labels.csv (paths relative to data/) in order; we need the paths too
-    # (to name the images and to show the original files in reports).
     data_dir = Path(elpv_dataset.__file__).resolve().parent / "data"
-    labels = np.genfromtxt(data_dir / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"])
+    labels_csv = data_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"ELPV: {str(labels_csv)!r} is missing (a broken elpv-dataset install?)")
+    # the format load_dataset() uses: "<path> <probability> <type>" per line
+    labels = np.genfromtxt(labels_csv, dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"])
     paths = [str(data_dir / p) for p in np.char.decode(labels["path"])]
-    if len(paths) != len(images):
-        raise RuntimeError(f"ELPV: labels.csv lists {len(paths)} images but load_dataset() returned {len(images)}")
-    return images, np.asarray(probs, dtype=np.float64), np.asarray(types).astype(str), paths
+    return np.asarray(labels["probability"], dtype=np.float64), np.char.decode(labels["type"]).astype(str), paths
 
 
 class ELPVDataset:
     """A selection of ELPV cells with the item format of :class:`fastad.data.MVTecDataset`.
+
+    Cells are decoded from ``paths`` when an item is read (or taken from ``images`` when given).
 
     Items are dicts: ``image`` Tensor[3, H, W] float32 (the grey cell repeated on 3 channels,
     resized, normalised with ``mean``/``std``), ``mask`` Tensor[H, W] bool (all False: ELPV has no
@@ -63,7 +67,8 @@ class ELPVDataset:
     (True only for functional cells, whose all-zero mask is known), plus ``probability`` float.
 
     Args:
-        images: uint8 ``[N, h, w]`` grey cells; probabilities: ``[N]``; paths: N file names.
+        paths: N cell image files; probabilities: ``[N]`` defect probabilities.
+        images: optional uint8 ``[N, h, w]`` grey cells already in memory (then ``paths`` only names them).
         image_size: int or (H, W); resize: ``"squash"`` (the cells are square, so squash and crop agree).
         mean, std: normalisation of values in [0, 1].
     """
@@ -72,10 +77,10 @@ class ELPVDataset:
 
     def __init__(
         self,
-        images: np.ndarray,
-        probabilities: Sequence[float],
         paths: Sequence[str],
+        probabilities: Sequence[float],
         *,
+        images: np.ndarray | None = None,
         image_size=224,
         resize: str = "squash",
         mean: Sequence[float] | None = _IMAGENET_MEAN,
@@ -83,9 +88,10 @@ class ELPVDataset:
     ):
         if resize not in ("squash", "shorter_crop", "none"):
             raise ValueError(f"ELPVDataset: resize must be 'squash', 'shorter_crop' or 'none', got {resize!r}")
-        if not (len(images) == len(probabilities) == len(paths)):
+        if len(probabilities) != len(paths) or (images is not None and len(images) != len(paths)):
             raise ValueError(
-                f"ELPVDataset: {len(images)} images, {len(probabilities)} probabilities and {len(paths)} paths"
+                f"ELPVDataset: {len(paths)} paths, {len(probabilities)} probabilities"
+                + ("" if images is None else f" and {len(images)} images")
             )
         self._images = images
         self._probs = np.asarray(probabilities, dtype=np.float64)
@@ -117,8 +123,20 @@ class ELPVDataset:
     def has_masks(self) -> torch.Tensor:
         return torch.from_numpy(self._probs == 0)
 
-    def _image(self, a: np.ndarray) -> torch.Tensor:
-        im = Image.fromarray(np.ascontiguousarray(a))
+    def _image(self, i: int) -> torch.Tensor:
+        if self._images is not None:
+            im = Image.fromarray(np.ascontiguousarray(self._images[i]))
+        else:
+            from fastad.data import UnreadableImageError
+
+            try:
+                with Image.open(self._paths[i]) as f:
+                    f.load()
+                    im = f.copy()
+            except FileNotFoundError:
+                raise
+            except (OSError, ValueError, SyntaxError) as e:
+                raise UnreadableImageError(f"cannot read image {self._paths[i]!r}: {e}") from e
         if im.mode != "L":
             im = im.convert("L")
         if self.image_size is not None:
@@ -143,7 +161,7 @@ class ELPVDataset:
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"ELPVDataset: index {i} out of range for {len(self)} items")
-        image = self._image(self._images[i])
+        image = self._image(i)
         p = float(self._probs[i])
         return {
             "image": image,
@@ -179,9 +197,8 @@ def load_elpv(
     certain defects, p = 1) of the same type make the defective part of the test set (``n_test_defect``
     of them, drawn with the same seed; default all).
 
-    Requires the ``elpv-dataset`` wheel (see the module docstring). Loads via
-    ``elpv_dataset.utils.load_dataset()`` (about 3 s: it decodes every cell) and keeps only the
-    selected cells.
+    Requires the ``elpv-dataset`` wheel (see the module docstring). Reads its ``labels.csv`` as
+    ``elpv_dataset.utils.load_dataset()`` does; only the selected cells are decoded, when used.
 
     Example:
         >>> train, test = load_elpv("mono", n_train=100, n_test_good=50, n_test_defect=50)  # doctest: +SKIP
@@ -195,7 +212,7 @@ def load_elpv(
     bad = [p for p in defect_probabilities if not 0 < p <= 1]
     if bad or not defect_probabilities:
         raise ValueError(f"load_elpv: defect_probabilities must be in (0, 1], got {list(defect_probabilities)}")
-    images, probs, types, paths = _read_all()
+    probs, types, paths = _read_labels()
     rng = np.random.default_rng(seed)
     of_type = types == cell_type
     good = np.flatnonzero(of_type & (probs == 0))
@@ -218,8 +235,6 @@ def load_elpv(
     test = np.concatenate([np.sort(test_good), np.sort(defect)])
 
     def make(idx):
-        return ELPVDataset(
-            images[idx].copy(), probs[idx], [paths[i] for i in idx], image_size=image_size, resize=resize
-        )
+        return ELPVDataset([paths[i] for i in idx], probs[idx], image_size=image_size, resize=resize)
 
     return make(train), make(test)
