@@ -217,6 +217,12 @@ def _batches(ds, batch_size: int, num_workers: int, progress):
     return batches(ds, batch_size, num_workers=num_workers, progress=progress)
 
 
+def _then(iterable, message: str):
+    """Yield from ``iterable``, then print ``message`` to stderr (what happens after the bar ends)."""
+    yield from iterable
+    print(message, file=sys.stderr, flush=True)
+
+
 def fit_detector(
     det,
     train_ds,
@@ -247,7 +253,12 @@ def fit_detector(
         det.progress = False  # our bars (over images) replace the detector's (over batches)
     try:
         with sw("fit"):
-            det.fit(_batches(fit_ds, batch_size, num_workers, "fit: images" if progress else False))
+            feed = _batches(fit_ds, batch_size, num_workers, "fit: images" if progress else False)
+            if progress:
+                step = ("building the memory bank (coreset selection, no progress bar)" if hasattr(det, "coreset_ratio")
+                        else "building the model")
+                feed = _then(feed, f"fit: features of {len(fit_ds)} images extracted; {step}...")
+            det.fit(feed)
         for k, v in (getattr(det, "fit_timings_", None) or {}).items():
             if k != "total":
                 sw.add(f"  fit/{k}", v)
@@ -381,7 +392,12 @@ def score_to_report(
         det.progress = False  # one bar over the images instead of one per batch
     n_scored = 0
     try:
-        for b in _batches(ds, batch_size, num_workers, "predict: images" if progress else False):
+        it = iter(_batches(ds, batch_size, num_workers, "predict: images" if progress else False))
+        while True:
+            with sw("read images"):  # decoding not hidden behind the model (threads prefetch)
+                b = next(it, None)
+            if b is None:
+                break
             with sw("predict"):
                 scores, maps = det.score(b["image"])
             scores, maps = scores.detach().cpu(), maps.detach().cpu().float()

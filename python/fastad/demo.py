@@ -7,7 +7,7 @@ certainly defective ones (p = 1). The sets are subsampled (``--n-train``, ``--n-
 ``--n-test-defect``) so that the whole demo takes a few minutes on 2 CPU cores.
 
 ``--data DIR`` runs the same on any MVTec-layout folder (``train/good``, ``test/<type>``,
-``ground_truth/<type>``): at most ``--max-train`` training images (default 200, seeded sample) and
+``ground_truth/<type>``): at most ``--max-train`` training images (default 120, seeded sample) and
 every test image (or ``--max-test``, stratified by type); pixel metrics when masks exist.
 
 It writes the report (heatmaps, ``scores.csv``, ``metrics.json``, ``index.html``) to ``--out``
@@ -32,10 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, metavar="DIR", help="an MVTec-layout folder (default: ELPV from its PyPI wheel)")
     p.add_argument("--out", default="reports/demo", metavar="DIR", help="report folder (default reports/demo)")
     p.add_argument("--cell-type", choices=("mono", "poly"), default="mono", help="ELPV cell type (default mono)")
-    p.add_argument("--n-train", type=int, default=200, help="ELPV: functional cells to train on (default 200)")
+    p.add_argument("--n-train", type=int, default=120, help="ELPV: functional cells to train on (default 120)")
     p.add_argument("--n-test-good", type=int, default=100, help="ELPV: held-out functional test cells (default 100)")
     p.add_argument("--n-test-defect", type=int, default=100, help="ELPV: defective (p = 1) test cells (default 100)")
-    p.add_argument("--max-train", type=int, default=200, help="--data: at most this many training images (default 200)")
+    p.add_argument("--max-train", type=int, default=120, help="--data: at most this many training images (default 120)")
     p.add_argument("--max-test", type=int, default=None, help="--data: at most this many test images (default all)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=224)

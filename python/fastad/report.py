@@ -480,7 +480,7 @@ class ReportWriter:
             want_heat = set(order[: self.heatmaps]) | shown_set
         vmin, vmax = self.color_range()
         any_map = any(r["map"] is not None for r in rows)
-        any_mask = any(r["mask"] is not None for r in rows)
+        any_mask = any(r["mask"] is not None and r["label"] != 0 for r in rows)
 
         for i in tqdm(
             sorted(want_heat | shown_set), desc="report", unit="img", leave=False, disable=not (self.progress and (want_heat | shown_set))
@@ -527,7 +527,8 @@ class ReportWriter:
         summary = {
             "n_images": len(rows),
             "n_anomalous": sum(1 for r in rows if r["label"] == 1) if has_labels else None,
-            "n_with_mask": sum(1 for r in rows if r["mask"] is not None),
+            "n_anomalous_with_mask": sum(1 for r in rows if r["mask"] is not None and r["label"] == 1)
+            if has_labels else None,
             "score_min": float(scores.min()) if rows else None,
             "score_median": float(np.median(scores)) if rows else None,
             "score_max": float(scores.max()) if rows else None,
@@ -564,10 +565,10 @@ class ReportWriter:
             "td.n{text-align:right;font-variant-numeric:tabular-nums}",
             ".tables{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}",
             ".cards{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}",
-            ".card{padding:8px;background:#fff;border:1px solid #ddd;border-radius:4px}",
+            ".card{padding:8px;background:#fff;border:1px solid #ddd;border-radius:4px;display:flex;flex-direction:column}",
             ".card img{display:block;max-width:256px;height:auto;image-rendering:auto}",
             ".row{display:flex;gap:6px}.row figure{margin:0}.row figcaption{font-size:.75em;color:#666;text-align:center}",
-            ".cap{font-size:.82em;margin-top:4px;max-width:780px;word-break:break-all}",
+            ".cap{font-size:.82em;margin-top:4px;width:0;min-width:100%;overflow-wrap:anywhere}",
             ".bad{color:#b00020;font-weight:600}.ok{color:#1b6e20;font-weight:600}.muted{color:#777}",
             ".legend{display:flex;align-items:center;gap:8px;font-size:.85em}",
             "</style></head><body>",
@@ -590,7 +591,7 @@ class ReportWriter:
         for k, label in (
             ("n_images", "images scored"),
             ("n_anomalous", "anomalous (ground truth)"),
-            ("n_with_mask", "with a known mask"),
+            ("n_anomalous_with_mask", "anomalous with a mask"),
             ("score_min", "score min"),
             ("score_median", "score median"),
             ("score_max", "score max"),
@@ -630,7 +631,7 @@ class ReportWriter:
             parts.append(
                 '<p class="legend">heatmap scale: <span>' + _fmt(lo, 3) + '</span><img src="colorbar.png" alt="colour scale" '
                 'width="256" height="14"><span>' + _fmt(hi, 3) + "</span> (one scale for every image; "
-                + ("white outline: ground-truth defect" if any_mask else "no masks") + ")</p>"
+                + ("white outline: ground-truth defect" if any_mask else "no defect masks") + ")</p>"
             )
         for section, idxs in shown.items():
             parts.append(f"<h2>{e(section)}</h2>")
