@@ -232,3 +232,9 @@ def test_python_dash_m_fastad_info():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["fastad"]["version"] and "torch" in info["packages"]
+
+
+def test_demo_without_the_elpv_wheel_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "elpv_dataset", None)  # import fails as if not installed
+    line = run_err(["demo", "-q", "--out", "unused"], capsys)
+    assert "pip install --no-deps elpv-dataset==1.0.0.post1" in line
