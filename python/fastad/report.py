@@ -498,6 +498,7 @@ class ReportWriter:
                 r["heatmap"] = f"heatmaps/{stem}.png"
                 Image.fromarray(ov).save(self.out_dir / r["heatmap"], optimize=False, compress_level=3)
             if i in shown_set:
+                r["display_wh"] = (int(img.shape[1]), int(img.shape[0]))
                 r["input_png"] = f"images/{stem}_input.png"
                 Image.fromarray(img).save(self.out_dir / r["input_png"], compress_level=3)
                 if mask is not None:
@@ -568,7 +569,7 @@ class ReportWriter:
             ".card{padding:8px;background:#fff;border:1px solid #ddd;border-radius:4px;display:flex;flex-direction:column}",
             ".card img{display:block;max-width:256px;height:auto;image-rendering:auto}",
             ".row{display:flex;gap:6px}.row figure{margin:0}.row figcaption{font-size:.75em;color:#666;text-align:center}",
-            ".cap{font-size:.82em;margin-top:4px;width:0;min-width:100%;overflow-wrap:anywhere}",
+            ".cap{font-size:.82em;margin-top:4px;overflow-wrap:anywhere}",
             ".bad{color:#b00020;font-weight:600}.ok{color:#1b6e20;font-weight:600}.muted{color:#777}",
             ".legend{display:flex;align-items:center;gap:8px;font-size:.85em}",
             "</style></head><body>",
@@ -648,15 +649,18 @@ class ReportWriter:
                 if self.threshold is not None:
                     pred = " &middot; predicted " + ("anomalous" if r["score"] > self.threshold else "normal")
                 figs = []
+                w, h = r.get("display_wh", (self.display_size, self.display_size))
+                n_figs = sum(1 for k in ("input_png", "heatmap", "mask_png") if r.get(k))
+                cap_w = max(n_figs, 1) * (w + 6)  # the caption wraps under the images, never widens the card
                 if r.get("input_png"):
-                    figs.append(_fig(r["input_png"], "input"))
+                    figs.append(_fig(r["input_png"], "input", (w, h)))
                 if r.get("heatmap"):
-                    figs.append(_fig(r["heatmap"], "heatmap"))
+                    figs.append(_fig(r["heatmap"], "heatmap", (w, h)))
                 if r.get("mask_png"):
-                    figs.append(_fig(r["mask_png"], "ground truth"))
+                    figs.append(_fig(r["mask_png"], "ground truth", (w, h)))
                 parts.append(
                     '<div class="card"><div class="row">' + "".join(figs) + "</div>"
-                    f'<div class="cap"><b>#{i}</b> score <b>{_fmt(r["score"])}</b>{truth}{dt}{pred}<br>'
+                    f'<div class="cap" style="max-width:{cap_w}px"><b>#{i}</b> score <b>{_fmt(r["score"])}</b>{truth}{dt}{pred}<br>'
                     f'<span class="muted">{e(r["path"])}</span></div></div>'
                 )
             parts.append("</div>")
@@ -668,8 +672,10 @@ class ReportWriter:
         return "\n".join(parts)
 
 
-def _fig(src: str, caption: str) -> str:
-    return f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}" loading="lazy"><figcaption>{html.escape(caption)}</figcaption></figure>'
+def _fig(src: str, caption: str, wh=None) -> str:
+    size = "" if wh is None else f' width="{wh[0]}" height="{wh[1]}"'
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"{size} loading="lazy">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 _METRIC_NAMES = {
