@@ -449,13 +449,14 @@ def _print_metrics(metrics: dict, per_type: dict) -> None:
         cols = []
         for d in per_type.values():
             cols += [c for c in d if c not in cols]
-        print("by type:  " + "  ".join(f"{c:>10}" for c in cols))
+        tw = max(8, max(len(t) for t in per_type))
+        print(f"by type:{'':<{tw - 6}}" + "  ".join(f"{c:>10}" for c in cols))
         for t, d in per_type.items():
             cells = []
             for c in cols:
                 v = d.get(c)
                 cells.append(f"{'':>10}" if v is None else (f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}"))
-            print(f"  {t:<8}" + "  ".join(cells))
+            print(f"  {t:<{tw}}" + "  ".join(cells))
 
 
 def cmd_fit(a) -> int:
