@@ -51,8 +51,18 @@ build: venv
 test: build
 	$(PY) -m pytest -q tests
 
-demo: build
-	$(PY) -m fastad.demo $(if $(DATA),--data $(DATA),)
+# The demo's default data: ELPV solar cells (91 MB wheel, CC BY-NC-SA 4.0; needs only numpy and
+# pillow, so --no-deps). Not needed with DATA=<MVTec-layout folder>. DEMO_ARGS passes more options
+# (`python -m fastad.demo --help`), e.g. DEMO_ARGS="--n-train 400 --cell-type poly".
+DEMO_DEPS := elpv-dataset==1.0.0.post1
+DEMO_ARGS ?=
+
+$(VENV)/.demo-stamp: $(VENV)/.deps-stamp
+	$(PIP) install -q --no-deps $(DEMO_DEPS)
+	touch $@
+
+demo: build $(if $(DATA),,$(VENV)/.demo-stamp)
+	$(PY) -m fastad.demo $(if $(DATA),--data $(DATA),) $(DEMO_ARGS)
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)

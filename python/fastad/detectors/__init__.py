@@ -1,0 +1,50 @@
+"""Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`).
+
+>>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
+>>> scores, maps = det.score(test_images)                          # doctest: +SKIP
+>>> det.save("model.safetensors"); det = load("model.safetensors")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
+from ._maps import BORDER_MODES, gaussian_blur
+from .patchcore import PatchCore
+from .spade import SPADE
+
+
+def _registry() -> dict[str, type]:
+    return {"PatchCore": PatchCore, "SPADE": SPADE}
+
+
+def load(path, *, backbone=None, device=None) -> BaseDetector:
+    """Read any detector written by ``save(path)``.
+
+    Args:
+        path: the ``.safetensors`` model file.
+        backbone: optional backbone name or ``Backbone`` object to use instead of the recorded name
+            (needed for a model fitted with a custom backbone object); a different backbone *name*
+            than the recorded one is refused.
+        device: where to put the fitted tensors (default CPU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: corrupted or truncated file, not a fastad model, unsupported format version,
+            unknown detector, or tensors that do not fit the recorded layers (the message names the file
+            and the problem).
+    """
+    from .base import _load
+
+    return _load(path, backbone=backbone, device=device)
+
+
+__all__ = [
+    "BaseDetector",
+    "PatchCore",
+    "SPADE",
+    "NotFittedError",
+    "ModelFileError",
+    "FORMAT_VERSION",
+    "BORDER_MODES",
+    "gaussian_blur",
+    "load",
+]

@@ -1,0 +1,636 @@
+"""The detector base class: scikit-learn / PyOD conventions, input handling, thresholds, save/load.
+
+Conventions (scikit-learn / PyOD):
+
+- ``__init__`` stores hyper-parameters only (no work, no validation beyond what is cheap);
+  ``get_params`` / ``set_params`` read and write them.
+- ``fit(X)`` returns ``self`` and sets attributes ending in ``_`` (``memory_bank_``, ``layers_``, ...).
+- ``decision_function(X)`` -> ``Tensor[B]`` image scores, higher = more anomalous;
+  ``score_map(X)`` -> ``Tensor[B, H, W]`` pixel scores at the input image size;
+  ``score(X)`` -> both in one pass; ``predict(X)`` -> ``bool Tensor[B]`` (``score > threshold_``).
+- Every output is on the device of the input.
+
+``X`` may be a normalised image batch ``Tensor[B, 3, H, W]`` (or one image ``Tensor[3, H, W]``), an
+iterable of such batches (or of dicts with an ``"image"`` entry), or a dataset (anything with
+``__len__`` and ``__getitem__`` returning a dict with ``"image"``, e.g. ``fastad.data.MVTecDataset``).
+``fit_features`` / ``score_features`` take precomputed feature maps ``dict[layer, Tensor[B, C, h, w]]``
+(or an iterable of such dicts) and bypass the backbone.
+
+Persistence: one ``.safetensors`` file. The tensors are the fitted state; the header's metadata
+holds one JSON document (hyper-parameters, backbone name, layers and their channel counts, image size,
+threshold, fastad version, format version and a SHA-256 of every tensor). Never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Version of the model-file layout written by :meth:`BaseDetector.save`. Bump on incompatible change.
+FORMAT_VERSION = 1
+#: Key of the JSON document in the safetensors metadata.
+_META_KEY = "fastad"
+_FORMAT_NAME = "fastad-detector"
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a detector is used before ``fit`` (same bases as scikit-learn's)."""
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: corrupted, truncated, not a fastad model, or incompatible."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"fastad model file {self.path!r}: {problem}")
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    t = t.detach().to("cpu").contiguous()
+    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class _Timer:
+    """Accumulates wall-clock seconds per stage into a dict (``with timer("stage"): ...``)."""
+
+    def __init__(self, into: dict[str, float]):
+        self.into = into
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.into[stage] = timer.into.get(stage, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def _progress(iterable, *, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a runtime dependency, but never fail on a progress bar
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+class BaseDetector:
+    """Base of fastad's image anomaly detectors (see the module docstring for the conventions).
+
+    Subclasses implement ``_layers_to_extract()``, ``_fit_stream(batches)`` and
+    ``_score_batch(features, image_size, want_scores, want_maps)`` and list the tensors of their
+    fitted state in ``_state_tensors()`` / ``_set_state_tensors()``.
+    """
+
+    # ------------------------------------------------------------------ parameters (sklearn)
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters as given to ``__init__``."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "BaseDetector":
+        """Set hyper-parameters (takes effect at the next ``fit``)."""
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"{type(self).__name__}.set_params: unknown parameter {k!r}; valid: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        parts = []
+        for name, p in sig.parameters.items():
+            if name == "self":
+                continue
+            v = getattr(self, name, p.default)
+            if p.default is inspect.Parameter.empty or v is not p.default and v != p.default:
+                parts.append(f"{name}={v!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    # ------------------------------------------------------------------ fitted-state checks
+    def _is_fitted(self) -> bool:
+        return getattr(self, "layers_", None) is not None
+
+    def _check_fitted(self, what: str) -> None:
+        if not self._is_fitted():
+            raise NotFittedError(
+                f"{type(self).__name__}.{what}: this detector is not fitted yet; call fit(X) or fit_features(...) "
+                "first (or fastad.detectors.load(path))"
+            )
+
+    def _reset(self) -> None:
+        for name in list(vars(self)):
+            if name.endswith("_") and not name.startswith("__"):
+                delattr(self, name)
+        self._backbone_obj = None
+        self._extractor = None
+
+    # ------------------------------------------------------------------ backbone and extraction
+    def _backbone_name(self) -> str | None:
+        bb = self.backbone
+        if isinstance(bb, str):
+            return bb
+        return getattr(bb, "name", None) or type(getattr(bb, "model", bb)).__name__
+
+    def _resolve_backbone(self):
+        """The Backbone object (``model``, ``default_layers``, ...) for ``self.backbone``."""
+        if getattr(self, "_backbone_obj", None) is not None:
+            return self._backbone_obj
+        bb = self.backbone
+        if isinstance(bb, str):
+            if getattr(self, "custom_backbone_", False):
+                raise ValueError(
+                    f"{type(self).__name__}: this model was fitted with a custom backbone {bb!r}; pass the same "
+                    "backbone object: fastad.detectors.load(path, backbone=...)"
+                )
+            try:
+                from fastad.features import get_backbone
+            except ImportError as e:  # pragma: no cover - fastad.features is part of the package
+                raise ImportError(f"{type(self).__name__}: fastad.features is needed to extract features ({e})") from e
+            bb = get_backbone(bb, weights=getattr(self, "weights", "default"))
+        elif bb is None:
+            raise ValueError(
+                f"{type(self).__name__}: no backbone; give backbone=<name or Backbone>, or use fit_features/score_features"
+            )
+        if not hasattr(bb, "model"):
+            raise TypeError(
+                f"{type(self).__name__}: backbone must be a name or a fastad.features Backbone (with .model and "
+                f".default_layers), got {type(bb).__name__}"
+            )
+        self._backbone_obj = bb
+        return bb
+
+    def _default_layers(self) -> list[str]:
+        layers = getattr(self, "layers", None)
+        if layers is not None:
+            return [str(x) for x in ([layers] if isinstance(layers, str) else layers)]
+        bb = self._resolve_backbone()
+        return [str(x) for x in bb.default_layers]
+
+    def _layers_to_extract(self) -> list[str]:
+        """Backbone taps the detector needs (defaults: ``layers`` or the backbone's default layers)."""
+        return self._default_layers()
+
+    def _run_device(self, like: torch.Tensor | None) -> torch.device:
+        if getattr(self, "device_", None) is not None:
+            return self.device_
+        if self.device is not None:
+            return torch.device(self.device)
+        return like.device if like is not None else torch.device("cpu")
+
+    def _get_extractor(self, device: torch.device):
+        ext = getattr(self, "_extractor", None)
+        if ext is not None and getattr(self, "_extractor_device", None) == device:
+            return ext
+        from fastad.features import FeatureExtractor
+
+        bb = self._resolve_backbone()
+        ext = FeatureExtractor(bb.model, self._layers_to_extract(), batch_size=self.batch_size, device=device, progress=False)
+        self._extractor, self._extractor_device = ext, device
+        return ext
+
+    # ------------------------------------------------------------------ input handling
+    def _image_batches(self, X) -> Iterator[torch.Tensor]:
+        """Yield ``Tensor[b, 3, H, W]`` batches of at most ``batch_size`` images from any accepted ``X``."""
+        bs = max(1, int(self.batch_size))
+
+        def as_image(t, where):
+            if isinstance(t, Mapping):
+                if "image" not in t:
+                    raise TypeError(f"{type(self).__name__}: {where} is a dict without an 'image' entry")
+                t = t["image"]
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{type(self).__name__}: {where} must be an image Tensor, got {type(t).__name__}")
+            if t.dim() == 3:
+                t = t.unsqueeze(0)
+            if t.dim() != 4:
+                raise ValueError(
+                    f"{type(self).__name__}: images must be Tensor[B, C, H, W] or Tensor[C, H, W], got {tuple(t.shape)}"
+                )
+            return t
+
+        if isinstance(X, torch.Tensor):
+            X = as_image(X, "X")
+            for s in range(0, X.shape[0], bs):
+                yield X[s : s + bs]
+            return
+        if isinstance(X, Mapping):
+            yield from self._image_batches(as_image(X, "X"))
+            return
+        if hasattr(X, "__len__") and hasattr(X, "__getitem__") and not isinstance(X, (list, tuple)):
+            # a dataset of single items (e.g. fastad.data.MVTecDataset): stack batch_size items
+            n = len(X)
+            for s in range(0, n, bs):
+                items = [as_image(X[i], f"item {i} of the dataset") for i in range(s, min(n, s + bs))]
+                yield torch.cat(items, dim=0)
+            return
+        if isinstance(X, Iterable):
+            for j, b in enumerate(X):
+                b = as_image(b, f"batch {j}")
+                for s in range(0, b.shape[0], bs):
+                    yield b[s : s + bs]
+            return
+        raise TypeError(
+            f"{type(self).__name__}: X must be an image Tensor[B, 3, H, W], an iterable of batches or a dataset, "
+            f"got {type(X).__name__}"
+        )
+
+    def _n_images(self, X) -> int | None:
+        if isinstance(X, torch.Tensor):
+            return 1 if X.dim() == 3 else X.shape[0]
+        try:
+            return len(X) if not isinstance(X, Mapping) else 1
+        except TypeError:
+            return None
+
+    def _feature_batches(self, X, timings: dict[str, float], desc: str):
+        """Yield ``(features dict, (H, W), input device)`` per image batch, timing the extraction."""
+        timer = _Timer(timings)
+        n = self._n_images(X)
+        total = None if n is None else math.ceil(n / max(1, int(self.batch_size)))
+        it = self._image_batches(X)
+        for batch in _progress(it, enabled=bool(getattr(self, "progress", False)), desc=desc, total=total):
+            device = self._run_device(batch)
+            with timer("extraction"), torch.no_grad():
+                feats = self._get_extractor(device)(batch.to(device))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            yield feats, tuple(batch.shape[-2:]), batch.device
+
+    @staticmethod
+    def _as_feature_batches(features) -> Iterator[dict[str, torch.Tensor]]:
+        if isinstance(features, Mapping):
+            yield dict(features)
+            return
+        if isinstance(features, Iterable):
+            for j, f in enumerate(features):
+                if not isinstance(f, Mapping):
+                    raise TypeError(f"features: batch {j} must be a dict[layer, Tensor[B, C, h, w]], got {type(f).__name__}")
+                yield dict(f)
+            return
+        raise TypeError(f"features must be a dict[layer, Tensor[B, C, h, w]] or an iterable of them, got {type(features).__name__}")
+
+    def _check_features(self, feats: Mapping[str, torch.Tensor], layers: list[str], where: str) -> None:
+        missing = [layer for layer in layers if layer not in feats]
+        if missing:
+            raise KeyError(f"{type(self).__name__}.{where}: features lack layer(s) {missing}; given {sorted(feats)}")
+        B = None
+        for layer in layers:
+            f = feats[layer]
+            if not isinstance(f, torch.Tensor) or f.dim() != 4:
+                raise ValueError(
+                    f"{type(self).__name__}.{where}: features[{layer!r}] must be Tensor[B, C, h, w], got "
+                    f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}"
+                )
+            if B is None:
+                B = f.shape[0]
+            elif f.shape[0] != B:
+                raise ValueError(f"{type(self).__name__}.{where}: layers disagree on the batch size ({B} vs {f.shape[0]})")
+            dims = getattr(self, "layer_dims_", None)
+            if dims is not None and layer in dims and f.shape[1] != dims[layer]:
+                raise ValueError(
+                    f"{type(self).__name__}.{where}: features of layer {layer!r} have {f.shape[1]} channels but the model "
+                    f"was fitted with {dims[layer]} (another backbone or layer? fitted backbone: {getattr(self, 'backbone_name_', None)!r})"
+                )
+            if not torch.is_floating_point(f):
+                raise ValueError(f"{type(self).__name__}.{where}: features[{layer!r}] must be floating point, got {f.dtype}")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None) -> "BaseDetector":
+        """Fit on normal images (``y`` is ignored; present for scikit-learn compatibility). Returns ``self``."""
+        self._reset()
+        self.backbone_name_ = self._backbone_name()
+        self.custom_backbone_ = not isinstance(self.backbone, str)
+        self.layers_ = None
+        self._pending_layers = self._layers_to_extract()
+        timings: dict[str, float] = {}
+        sizes = []
+
+        def stream():
+            for feats, size, _ in self._feature_batches(X, timings, desc=f"{type(self).__name__} fit: features"):
+                sizes.append(size)
+                yield feats
+
+        self._fit_from(stream(), timings)
+        if not sizes:
+            self.layers_ = None
+            raise ValueError(f"{type(self).__name__}.fit: X holds no images")
+        if len(set(sizes)) != 1:
+            raise ValueError(f"{type(self).__name__}.fit: images must all have one size, got {sorted(set(sizes))}")
+        self.image_size_ = tuple(int(s) for s in sizes[0])
+        return self
+
+    def fit_features(self, features, *, image_size: tuple[int, int] | None = None) -> "BaseDetector":
+        """Fit on precomputed feature maps, bypassing the backbone.
+
+        Args:
+            features: ``dict[layer, Tensor[B, C, h, w]]`` or an iterable of such dicts (batches).
+            image_size: ``(H, W)`` of the images the features came from (the default map size).
+        """
+        self._reset()
+        self.backbone_name_ = self._backbone_name() if self.backbone is not None else None
+        self.custom_backbone_ = self.backbone is not None and not isinstance(self.backbone, str)
+        self.layers_ = None
+        layers = self.layers
+        self._pending_layers = None if layers is None else [str(x) for x in ([layers] if isinstance(layers, str) else layers)]
+        self._fit_from(self._as_feature_batches(features), {})
+        self.image_size_ = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        return self
+
+    def _fit_from(self, batches: Iterable[dict[str, torch.Tensor]], timings: dict[str, float]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._fit_stream(batches, timings)
+        except BaseException:
+            self.layers_ = None
+            raise
+        timings["total"] = time.perf_counter() - t0
+        self.fit_timings_ = timings
+        self.threshold_ = None
+
+    def _fit_stream(self, batches, timings):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, X, want_scores: bool, want_maps: bool, what: str):
+        self._check_fitted(what)
+        timings: dict[str, float] = {}
+        scores, maps = [], []
+        t0 = time.perf_counter()
+        for feats, size, out_dev in self._feature_batches(X, timings, desc=f"{type(self).__name__}: scoring"):
+            s, m = self._score_checked(feats, size, want_scores, want_maps, timings, what)
+            if want_scores:
+                scores.append(s.to(out_dev))
+            if want_maps:
+                maps.append(m.to(out_dev))
+        timings["total"] = time.perf_counter() - t0
+        self.score_timings_ = timings
+        if not scores and not maps:
+            raise ValueError(f"{type(self).__name__}.{what}: X holds no images")
+        return (torch.cat(scores) if want_scores else None), (torch.cat(maps) if want_maps else None)
+
+    def _score_checked(self, feats, size, want_scores, want_maps, timings, what):
+        self._check_features(feats, self._layers_to_extract_fitted(), what)
+        return self._score_batch(feats, size, want_scores, want_maps, timings)
+
+    def _layers_to_extract_fitted(self) -> list[str]:
+        return list(self.layers_)
+
+    def _score_batch(self, feats, image_size, want_scores, want_maps, timings):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decision_function(self, X) -> torch.Tensor:
+        """Image anomaly scores ``Tensor[B]`` (float32, higher = more anomalous), on X's device."""
+        return self._score(X, True, False, "decision_function")[0]
+
+    def score_map(self, X) -> torch.Tensor:
+        """Pixel anomaly maps ``Tensor[B, H, W]`` at the input image size, on X's device."""
+        return self._score(X, False, True, "score_map")[1]
+
+    def score(self, X) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image scores Tensor[B], maps Tensor[B, H, W])`` in one pass over X."""
+        return self._score(X, True, True, "score")
+
+    def score_features(self, features, *, image_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores Tensor[B], maps Tensor[B, H, W])`` from precomputed feature maps.
+
+        Args:
+            features: ``dict[layer, Tensor[B, C, h, w]]`` or an iterable of them.
+            image_size: map size ``(H, W)``; defaults to the fitted ``image_size_``.
+        """
+        self._check_fitted("score_features")
+        size = image_size if image_size is not None else getattr(self, "image_size_", None)
+        if size is None:
+            raise ValueError(
+                f"{type(self).__name__}.score_features: image_size is unknown (the detector was fitted from features "
+                "without image_size); pass image_size=(H, W)"
+            )
+        size = (int(size[0]), int(size[1]))
+        timings: dict[str, float] = {}
+        scores, maps = [], []
+        t0 = time.perf_counter()
+        for feats in self._as_feature_batches(features):
+            dev = next(iter(feats.values())).device
+            s, m = self._score_checked(feats, size, True, True, timings, "score_features")
+            scores.append(s.to(dev))
+            maps.append(m.to(dev))
+        timings["total"] = time.perf_counter() - t0
+        self.score_timings_ = timings
+        if not scores:
+            raise ValueError(f"{type(self).__name__}.score_features: no feature batches given")
+        return torch.cat(scores), torch.cat(maps)
+
+    # ------------------------------------------------------------------ thresholds
+    def set_threshold(
+        self,
+        threshold: float | None = None,
+        *,
+        normal=None,
+        normal_scores: torch.Tensor | None = None,
+        quantile: float = 0.99,
+    ) -> "BaseDetector":
+        """Set ``threshold_`` used by :meth:`predict` (``score > threshold_`` is anomalous).
+
+        Give exactly one of: ``threshold`` (a number); ``normal_scores`` (``Tensor[N]`` image scores of
+        held-out normal images: ``threshold_`` is their ``quantile``); ``normal`` (held-out normal images,
+        any accepted X: they are scored, then as ``normal_scores``). Returns ``self``.
+        """
+        self._check_fitted("set_threshold")
+        given = [x is not None for x in (threshold, normal, normal_scores)]
+        if sum(given) != 1:
+            raise ValueError(
+                f"{type(self).__name__}.set_threshold: give exactly one of threshold, normal, normal_scores "
+                f"(got {sum(given)})"
+            )
+        if threshold is not None:
+            t = float(threshold)
+        else:
+            if not 0.0 <= quantile <= 1.0:
+                raise ValueError(f"{type(self).__name__}.set_threshold: quantile must be in [0, 1], got {quantile}")
+            s = self.decision_function(normal) if normal is not None else torch.as_tensor(normal_scores)
+            s = s.detach().reshape(-1).double().cpu()
+            if s.numel() == 0:
+                raise ValueError(f"{type(self).__name__}.set_threshold: no normal scores given")
+            t = float(torch.quantile(s, quantile))
+        if not math.isfinite(t):
+            raise ValueError(f"{type(self).__name__}.set_threshold: threshold must be finite, got {t}")
+        self.threshold_ = t
+        return self
+
+    def predict(self, X) -> torch.Tensor:
+        """``bool Tensor[B]``: True where the image score exceeds ``threshold_``."""
+        self._check_fitted("predict")
+        if getattr(self, "threshold_", None) is None:
+            raise NotFittedError(
+                f"{type(self).__name__}.predict: no threshold set; call set_threshold(threshold) or "
+                "set_threshold(normal=held_out_normal_images) first"
+            )
+        return self.decision_function(X) > self.threshold_
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict, path: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _extra_meta(self) -> dict:
+        return {}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted detector to ``path`` (one safetensors file with JSON metadata; no pickle)."""
+        self._check_fitted("save")
+        from safetensors.torch import save_file
+
+        from .. import __version__
+
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._state_tensors().items()}
+        params = {}
+        for k, v in self.get_params().items():
+            if k == "backbone":
+                v = self.backbone_name_
+            elif isinstance(v, torch.device):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            try:
+                json.dumps(v)
+            except TypeError:
+                v = repr(v)
+            params[k] = v
+        meta = {
+            "format": _FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "fastad_version": __version__,
+            "detector": type(self).__name__,
+            "params": params,
+            "backbone": self.backbone_name_,
+            "custom_backbone": bool(getattr(self, "custom_backbone_", False)),
+            "layers": list(self.layers_),
+            "layer_dims": {k: int(v) for k, v in self.layer_dims_.items()},
+            "image_size": None if getattr(self, "image_size_", None) is None else list(self.image_size_),
+            "threshold": getattr(self, "threshold_", None),
+            "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
+            **self._extra_meta(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, backbone=None, device=None) -> "BaseDetector":
+        """Read a detector written by :meth:`save`. See :func:`fastad.detectors.load`."""
+        det = _load(path, backbone=backbone, device=device)
+        if not isinstance(det, cls):
+            raise ModelFileError(path, f"holds a {type(det).__name__}, not a {cls.__name__}")
+        return det
+
+
+def _read_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+    except Exception as e:  # safetensors raises its own error types for bad headers
+        raise ModelFileError(path, f"not a readable safetensors file (corrupted or truncated?): {e}") from None
+    if raw is None:
+        raise ModelFileError(path, "is a safetensors file but not a fastad model (no 'fastad' metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise ModelFileError(path, f"the model metadata is not valid JSON (corrupted file?): {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
+        raise ModelFileError(path, "the metadata is not a fastad detector description")
+    return meta
+
+
+def _load(path, *, backbone=None, device=None) -> BaseDetector:
+    from safetensors.torch import load_file
+
+    from . import _registry
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fastad model file {str(path)!r}: no such file")
+    meta = _read_meta(path)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            path,
+            f"format version {version!r} is not supported by this fastad (reads version {FORMAT_VERSION}); "
+            f"it was written by fastad {meta.get('fastad_version')!r}",
+        )
+    name = meta.get("detector")
+    if name not in _registry():
+        raise ModelFileError(path, f"unknown detector {name!r} (known: {sorted(_registry())})")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise ModelFileError(path, f"the tensor data cannot be read (corrupted or truncated?): {e}") from None
+    digests = meta.get("sha256") or {}
+    if set(digests) != set(tensors):
+        raise ModelFileError(path, f"tensors {sorted(tensors)} do not match the recorded ones {sorted(digests)}")
+    for k, v in tensors.items():
+        if _tensor_digest(v) != digests[k]:
+            raise ModelFileError(path, f"tensor {k!r} does not match its checksum (the file is corrupted)")
+    try:
+        params = dict(meta["params"])
+        layers = [str(x) for x in meta["layers"]]
+        layer_dims = {str(k): int(v) for k, v in meta["layer_dims"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(path, f"the metadata lacks or garbles {e}") from None
+    if backbone is not None:
+        given = backbone if isinstance(backbone, str) else (getattr(backbone, "name", None))
+        if isinstance(backbone, str) and backbone != meta.get("backbone"):
+            raise ModelFileError(
+                path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
+            )
+        if given is not None and meta.get("backbone") is not None and given != meta.get("backbone"):
+            raise ModelFileError(
+                path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
+            )
+        params["backbone"] = backbone
+    if device is not None:
+        params["device"] = str(device)
+    cls = _registry()[name]
+    valid = set(cls._param_names())
+    det = cls(**{k: v for k, v in params.items() if k in valid})
+    det._reset()
+    det.backbone_name_ = meta.get("backbone")
+    det.custom_backbone_ = bool(meta.get("custom_backbone")) and backbone is None
+    det.layers_ = layers
+    det.layer_dims_ = layer_dims
+    det.image_size_ = None if meta.get("image_size") is None else tuple(int(s) for s in meta["image_size"])
+    det.threshold_ = meta.get("threshold")
+    det.fit_timings_ = {}
+    try:
+        det._set_state_tensors(tensors, meta, str(path))
+    except ModelFileError:
+        raise
+    except (KeyError, ValueError, RuntimeError) as e:
+        det.layers_ = None
+        raise ModelFileError(path, f"incompatible contents: {e}") from None
+    return det

@@ -1,0 +1,224 @@
+"""Detector API on a tiny random backbone: sklearn/PyOD conventions, inputs, thresholds, save/load."""
+import json
+import struct
+
+import pytest
+import torch
+
+import fastad.detectors as det_mod
+from fastad.detectors import SPADE, ModelFileError, NotFittedError, PatchCore
+
+DETECTORS = {
+    "patchcore": lambda bb, **kw: PatchCore(backbone=bb, coreset_ratio=0.1, projection_dim=None, batch_size=5, progress=False, **kw),
+    "spade": lambda bb, **kw: SPADE(backbone=bb, k_images=4, batch_size=5, progress=False, **kw),
+}
+
+
+def close(a, b):
+    """Equal up to float rounding: the backbone's conv and the GEMM inside knn round differently for
+    other batch sizes, and the |x|^2 + |y|^2 - 2 x.y expansion loses relative precision on the small
+    distances between these near-identical test images (seen: 1.7e-4 relative on a SPADE score)."""
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.fixture(params=sorted(DETECTORS))
+def make(request, tiny_backbone):
+    return lambda **kw: DETECTORS[request.param](tiny_backbone, **kw)
+
+
+def test_init_stores_params_only(tiny_backbone):
+    d = PatchCore(backbone=tiny_backbone, coreset_ratio=0.5, num_neighbors=3)
+    assert d.get_params()["coreset_ratio"] == 0.5 and d.get_params()["num_neighbors"] == 3
+    assert not [k for k in vars(d) if k.endswith("_")]
+    d.set_params(num_neighbors=1)
+    assert d.num_neighbors == 1
+    with pytest.raises(ValueError, match="unknown parameter"):
+        d.set_params(nope=1)
+    assert "num_neighbors=1" in repr(d)
+
+
+def test_not_fitted_errors(make, images):
+    d = make()
+    for call in (d.decision_function, d.score_map, d.score, d.predict):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call(images[1])
+    with pytest.raises(NotFittedError):
+        d.save("/tmp/never.safetensors")
+
+
+def test_fit_score_shapes_and_localisation(make, images):
+    train, test = images
+    d = make()
+    assert d.fit(train) is d
+    assert d.layers_ == ["layer1", "layer2"] and d.image_size_ == (64, 64)
+    assert set(d.fit_timings_) >= {"extraction", "aggregation", "total"}
+    s = d.decision_function(test)
+    m = d.score_map(test)
+    s2, m2 = d.score(test)
+    assert s.shape == (8,) and s.dtype == torch.float32
+    assert m.shape == (8, 64, 64)
+    torch.testing.assert_close(s, s2)
+    torch.testing.assert_close(m, m2)
+    # the blob images are the most anomalous, and the blob is where the map peaks
+    assert s[6:].min() > s[:6].max()
+    for b in (6, 7):
+        y, x = divmod(int(m[b].argmax()), 64)
+        assert 14 <= y <= 42 and 18 <= x <= 46, (y, x)
+
+
+def test_input_kinds_agree(make, images):
+    train, test = images
+    d = make().fit(train)
+    ref = d.decision_function(test)
+    close(d.decision_function([test[:3], test[3:]]), ref)  # iterable of batches
+    close(d.decision_function(iter([test[:5], test[5:]])), ref)  # iterator
+    ds = [{"image": t, "label": 0} for t in test]
+
+    class DS:  # map-style dataset of dict items, like fastad.data.MVTecDataset
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    close(d.decision_function(DS()), ref)
+    close(d.decision_function(test[0]), ref[:1])  # a single [3, H, W] image
+    # fitting from batches gives the same model
+    d2 = make().fit([train[:7], train[7:]])
+    close(d2.decision_function(test), ref)
+    with pytest.raises(TypeError, match="image Tensor"):
+        d.decision_function(["not an image"])
+    with pytest.raises(ValueError, match="Tensor\\[B, C, H, W\\]"):
+        d.decision_function(torch.zeros(2, 2, 3, 4, 5))
+
+
+def test_features_path_equals_image_path(make, images, tiny_backbone):
+    from .standins import HookExtractor
+
+    train, test = images
+    ext = HookExtractor(tiny_backbone.model, ["layer1", "layer2"])
+    a = make().fit(train)
+    b = make().fit_features(ext(train), image_size=(64, 64))
+    sa, ma = a.score(test)
+    sb, mb = b.score_features(ext(test))
+    close(sa, sb)
+    close(ma, mb)
+    with pytest.raises(KeyError, match="lack layer"):
+        b.score_features({"layer1": ext(test)["layer1"]})
+
+
+def test_threshold_and_predict(make, images):
+    train, test = images
+    d = make().fit(train)
+    with pytest.raises(NotFittedError, match="no threshold"):
+        d.predict(test)
+    s = d.decision_function(test)
+    d.set_threshold(normal_scores=s[:6], quantile=1.0)
+    assert d.threshold_ == pytest.approx(float(s[:6].max()))
+    p = d.predict(test)
+    assert p.dtype == torch.bool and p.tolist() == [False] * 6 + [True] * 2
+    d.set_threshold(normal=test[:6], quantile=0.5)
+    assert d.threshold_ == pytest.approx(float(torch.quantile(s[:6].double(), 0.5)), rel=1e-4)
+    d.set_threshold(1e9)
+    assert not d.predict(test).any()
+    with pytest.raises(ValueError, match="exactly one"):
+        d.set_threshold(1.0, normal_scores=s)
+    with pytest.raises(ValueError, match="finite"):
+        d.set_threshold(float("nan"))
+
+
+def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
+    train, test = images
+    d = make().fit(train)
+    d.set_threshold(normal_scores=d.decision_function(test[:6]))
+    path = d.save(tmp_path / "m.safetensors")
+    meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["fastad"])
+    assert meta["format_version"] == det_mod.FORMAT_VERSION and meta["backbone"] == "tiny_random"
+    assert meta["layers"] == ["layer1", "layer2"] and meta["image_size"] == [64, 64]
+    assert meta["fastad_version"]
+    e = det_mod.load(path, backbone=tiny_backbone)
+    assert type(e) is type(d) and e.threshold_ == d.threshold_
+    s1, m1 = d.score(test)
+    s2, m2 = e.score(test)
+    close(s1, s2)
+    close(m1, m2)
+    assert torch.equal(d.predict(test), e.predict(test))
+    assert type(d).load(path, backbone=tiny_backbone).threshold_ == d.threshold_
+    # a model fitted with a custom backbone object needs it back
+    f = det_mod.load(path)
+    with pytest.raises(ValueError, match="custom backbone"):
+        f.decision_function(test)
+    with pytest.raises(ModelFileError, match="fitted with backbone 'tiny_random'"):
+        det_mod.load(path, backbone="efficientnet_lite0")
+
+
+def test_load_refuses_bad_files(make, images, tmp_path):
+    train, _ = images
+    path = make().fit(train).save(tmp_path / "m.safetensors")
+    raw = path.read_bytes()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        det_mod.load(tmp_path / "missing.safetensors")
+    # truncated
+    (tmp_path / "t.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ModelFileError, match=r"t\.safetensors.*(corrupted|truncated)"):
+        det_mod.load(tmp_path / "t.safetensors")
+    # garbage
+    (tmp_path / "g.safetensors").write_bytes(b"hello world, not a model")
+    with pytest.raises(ModelFileError, match=r"g\.safetensors"):
+        det_mod.load(tmp_path / "g.safetensors")
+    # flipped bytes in the tensor payload: checksum
+    bad = bytearray(raw)
+    bad[-5] ^= 0xFF
+    (tmp_path / "c.safetensors").write_bytes(bytes(bad))
+    with pytest.raises(ModelFileError, match=r"c\.safetensors.*checksum"):
+        det_mod.load(tmp_path / "c.safetensors")
+
+    def rewrite(name, edit):
+        n = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8 : 8 + n])
+        meta = json.loads(header["__metadata__"]["fastad"])
+        edit(meta)
+        header["__metadata__"]["fastad"] = json.dumps(meta)
+        hb = json.dumps(header).encode()
+        hb += b" " * (-len(hb) % 8)
+        p = tmp_path / name
+        p.write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n :])
+        return p
+
+    with pytest.raises(ModelFileError, match=r"v\.safetensors.*format version 99"):
+        det_mod.load(rewrite("v.safetensors", lambda m: m.update(format_version=99)))
+    with pytest.raises(ModelFileError, match=r"d\.safetensors.*unknown detector"):
+        det_mod.load(rewrite("d.safetensors", lambda m: m.update(detector="Nope")))
+    with pytest.raises(ModelFileError, match=r"dim\.safetensors"):
+        det_mod.load(rewrite("dim.safetensors", lambda m: m["layer_dims"].update(layer1=999)))
+    # a safetensors file that is not a fastad model
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "o.safetensors"))
+    with pytest.raises(ModelFileError, match=r"o\.safetensors.*not a fastad model"):
+        det_mod.load(tmp_path / "o.safetensors")
+
+
+def test_other_backbone_features_refused(make, images):
+    from .standins import HookExtractor, TinyNet
+
+    train, test = images
+    d = make().fit(train)
+    feats = HookExtractor(TinyNet(), ["layer1", "layer3"])(test)  # layer3 has 16 channels, not 12
+    feats["layer2"] = feats.pop("layer3")
+    with pytest.raises(ValueError, match="channels but the model was fitted with 12"):
+        d.score_features(feats, image_size=(64, 64))
+
+
+def test_bad_params(tiny_backbone, images):
+    train, _ = images
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        PatchCore(backbone=tiny_backbone, coreset_ratio=0, progress=False).fit(train)
+    with pytest.raises(ValueError, match="blur_border"):
+        PatchCore(backbone=tiny_backbone, blur_border="wrap", progress=False).fit(train)
+    with pytest.raises(ValueError, match="k_images"):
+        SPADE(backbone=tiny_backbone, k_images=0, progress=False).fit(train)
+    with pytest.raises(ValueError, match="no training"):
+        PatchCore(backbone=tiny_backbone, progress=False).fit(train[:0])
+    with pytest.raises(ValueError, match="NaN"):
+        PatchCore(backbone=tiny_backbone, progress=False).fit(torch.full((2, 3, 64, 64), float("nan")))

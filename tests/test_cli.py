@@ -1,0 +1,240 @@
+"""The `fastad` command line on a tiny synthetic MVTec-layout tree with the random test backbone.
+
+Each test calls `fastad.cli.main(argv)` in-process (fast); one test runs `python -m fastad` in a
+subprocess to check the module entry point.
+"""
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastad.cli import main
+
+SIZE = 64
+FIT = ["--backbone", "random_cnn", "--image-size", str(SIZE), "--num-workers", "0", "-q"]
+
+
+def _texture(rng, size=SIZE):
+    a = rng.normal(120, 8, (size, size)) + 25 * np.sin(np.arange(size) / 3.0)[None, :]
+    return a
+
+
+def make_tree(root: Path, n_train=12, n_good=4, n_bad=4, seed=0) -> Path:
+    """MVTec layout: train/good, test/good, test/scratch (+ ground_truth masks): bright squares."""
+    rng = np.random.default_rng(seed)
+    for split, kind, n in (("train", "good", n_train), ("test", "good", n_good), ("test", "scratch", n_bad)):
+        d = root / split / kind
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = _texture(rng)
+            if kind == "scratch":
+                m = np.zeros((SIZE, SIZE), np.uint8)
+                y, x = rng.integers(8, SIZE - 24, 2)
+                img[y : y + 14, x : x + 14] = 250
+                m[y : y + 14, x : x + 14] = 255
+                g = root / "ground_truth" / kind
+                g.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(m).save(g / f"{i:03d}_mask.png")
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).convert("RGB").save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("data") / "toy")
+
+
+@pytest.fixture(scope="module")
+def model(tree, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "toy.safetensors"
+    assert main(["fit", "--data", str(tree), "--out", str(path)] + FIT) == 0
+    return path
+
+
+def run_err(argv, capsys) -> str:
+    """Run a command that must fail cleanly: exit status 2, one line on stderr, no traceback."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, (rc, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def links(html: str):
+    return re.findall(r'(?:src|href)="([^"]+)"', html)
+
+
+def check_report(out: Path, n_images: int):
+    for f in ("index.html", "metrics.json", "scores.csv"):
+        assert (out / f).is_file(), f
+    html = (out / "index.html").read_text()
+    assert links(html)
+    for link in links(html):
+        assert (out / link).exists(), f"index.html links to a missing file: {link}"
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == n_images
+    assert len(list((out / "heatmaps").glob("*.png"))) == n_images
+    return html, rows, json.loads((out / "metrics.json").read_text())
+
+
+def test_fit_writes_a_model_with_a_threshold(model, capsys):
+    from fastad.detectors import load
+
+    det = load(model)
+    assert det.backbone_name_ == "random_cnn" and det.image_size_ == (SIZE, SIZE)
+    assert det.threshold_ is not None  # 10% of the 12 training images held out (2 images)
+
+
+def test_evaluate_report_and_metrics(tree, model, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model), "--data", str(tree), "--out", str(out), "-q", "--num-workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    html, rows, doc = check_report(out, 8)
+    m = doc["metrics"]
+    # bright squares on a striped texture: easy even for a random CNN
+    assert m["image_auroc"] > 0.9 and m["pixel_auroc"] > 0.9, m
+    assert 0 <= m["aupro"] <= 1 and 0 <= m["pro_musc"] <= 1
+    assert "image AUROC" in printed and f"{m['image_auroc']:.4f}" in printed
+    assert doc["per_type"]["scratch"]["n"] == 4 and "auroc" in doc["per_type"]["scratch"]
+    assert {"predict", "metrics", "report", "load model"} <= set(doc["timings"])
+    assert {r["defect_type"] for r in rows} == {"good", "scratch"}
+    assert all(r["predicted"] in ("0", "1") for r in rows)
+    assert "image AUROC" in html and "pixel AUROC" in html and "_mask.png" in html
+
+
+def test_predict_plain_folder_has_no_metrics(tree, model, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--data", str(tree / "test" / "scratch"), "--out", str(out), "-q"]) == 0
+    html, rows, doc = check_report(out, 4)
+    assert doc["metrics"] == {} and rows[0]["label"] == "" and "no ground truth" in html
+
+
+def test_predict_mvtec_folder_scores_its_test_split(tree, model, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--data", str(tree), "--out", str(out), "-q", "--heatmaps", "2", "--top-k", "1"]) == 0
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 8 and all("/test/" in r["path"] for r in rows)
+    assert 2 <= sum(bool(r["heatmap"]) for r in rows) < 8
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == {}
+
+
+def test_spade_fit_and_evaluate(tree, tmp_path):
+    path = tmp_path / "spade.safetensors"
+    assert main(["fit", "--detector", "spade", "--k-images", "3", "--data", str(tree), "--out", str(path),
+                 "--calibration", "0"] + FIT) == 0
+    out = tmp_path / "r"
+    assert main(["evaluate", "--model", str(path), "--data", str(tree), "--out", str(out), "-q"]) == 0
+    _, rows, doc = check_report(out, 8)
+    assert doc["metrics"]["image_auroc"] > 0.8
+    assert rows[0]["predicted"] == ""  # --calibration 0: no threshold
+
+
+def test_errors_missing_and_empty_folders(tree, model, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    line = run_err(["fit", "--data", str(missing), "--out", str(tmp_path / "m.st")] + FIT, capsys)
+    assert "does not exist" in line and str(missing) in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = run_err(["fit", "--data", str(empty), "--out", str(tmp_path / "m.st")] + FIT, capsys)
+    assert "no readable images" in line and str(empty) in line
+    line = run_err(["predict", "--model", str(model), "--data", str(empty), "--out", str(tmp_path / "r"), "-q"], capsys)
+    assert "no readable images" in line
+    (tmp_path / "mv" / "train").mkdir(parents=True)  # MVTec layout without test/
+    line = run_err(["evaluate", "--model", str(model), "--data", str(tmp_path / "mv"), "--out", str(tmp_path / "r")], capsys)
+    assert "no test/ sub-folder" in line
+    line = run_err(["evaluate", "--model", str(model), "--data", str(tree / "test" / "good"), "--out", str(tmp_path / "r")], capsys)
+    assert "needs ground truth" in line
+
+
+def test_errors_model_files(tree, model, tmp_path, capsys):
+    common = ["--data", str(tree), "--out", str(tmp_path / "r"), "-q"]
+    line = run_err(["predict", "--model", str(tmp_path / "none.safetensors")] + common, capsys)
+    assert "does not exist" in line and "none.safetensors" in line
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 definitely not a model" * 10)
+    line = run_err(["predict", "--model", str(junk)] + common, capsys)
+    assert "junk.safetensors" in line and ("corrupt" in line or "not a" in line)
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    line = run_err(["evaluate", "--model", str(trunc)] + common, capsys)
+    assert "trunc.safetensors" in line
+    line = run_err(["predict", "--model", str(model), "--backbone", "efficientnet_lite0"] + common, capsys)
+    assert "random_cnn" in line and "efficientnet_lite0" in line
+
+
+def test_errors_bad_arguments(tree, tmp_path, capsys):
+    line = run_err(["fit", "--data", str(tree), "--out", str(tmp_path / "m.st"), "--backbone", "no_such_net", "-q"], capsys)
+    assert "no_such_net" in line
+    with pytest.raises(SystemExit) as e:  # argparse: usage + message, status 2
+        main(["fit", "--data", str(tree), "--out", str(tmp_path / "m.st"), "--coreset-ratio", "2"])
+    assert e.value.code == 2
+    assert "--coreset-ratio" in capsys.readouterr().err
+    line = run_err(["fit", "--data", str(tree / "train" / "good" / "000.png"), "--out", str(tmp_path / "m.st")] + FIT, capsys)
+    assert "is not a folder" in line
+
+
+def test_unreadable_images_are_skipped_with_a_warning(tree, model, tmp_path, capsys):
+    bad_tree = tmp_path / "bad"
+    make_tree(bad_tree, n_train=11, n_good=2, n_bad=2, seed=1)
+    (bad_tree / "train" / "good" / "broken.png").write_bytes(b"this is not a png")
+    good = (bad_tree / "test" / "good" / "000.png").read_bytes()
+    (bad_tree / "test" / "good" / "truncated.png").write_bytes(good[: len(good) // 3])
+    path = tmp_path / "m.safetensors"
+    assert main(["fit", "--data", str(bad_tree), "--out", str(path)] + FIT) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "broken.png" in err and "Traceback" not in err
+    out = tmp_path / "r"
+    assert main(["evaluate", "--model", str(path), "--data", str(bad_tree), "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "truncated.png" in err and "Traceback" not in err
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 4 and not any("truncated" in r["path"] for r in rows)
+
+
+def test_demo_on_a_folder(tree, tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--data", str(tree), "--out", str(out), "--backbone", "random_cnn", "--image-size", str(SIZE),
+               "--max-train", "10", "--num-workers", "0", "-q"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "metrics.json").read_text())
+    # the printed numbers are the ones computed (and saved) by this run
+    assert f"{doc['metrics']['image_auroc']:.4f}" in printed and f"{doc['metrics']['pixel_auroc']:.4f}" in printed
+    assert "train 10 normal images" in printed and "fit" in printed and "report:" in printed
+    check_report(out, 8)
+
+
+def test_bench_runs_the_scripts_of_a_checkout(tmp_path, monkeypatch, capsys):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_ok.py").write_text("print('ran ok')\n")
+    (bench / "bench_fail.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--list"]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert main(["bench", "ok"]) == 0
+    line = run_err(["bench", "fail"], capsys)
+    assert "bench_fail.py (exit 3)" in line
+    line = run_err(["bench", "nosuch"], capsys)
+    assert "no benchmark named nosuch" in line
+
+
+def test_python_dash_m_fastad_info():
+    r = subprocess.run([sys.executable, "-m", "fastad", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["fastad"]["version"] and "torch" in info["packages"]
+
+
+def test_demo_without_the_elpv_wheel_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "elpv_dataset", None)  # import fails as if not installed
+    line = run_err(["demo", "-q", "--out", "unused"], capsys)
+    assert "pip install --no-deps elpv-dataset==1.0.0.post1" in line
