@@ -235,3 +235,12 @@ def test_empty_inputs():
     assert torch.ops.fastad.mutual_scores(torch.empty(0, 16, 8), 1, None, 0).shape == (0, 16)
     assert torch.ops.fastad.lnamd_mutual_scores(torch.empty(0, 16, 8), [1, 3], 1, None, 0).shape == (2, 0, 16)
     assert torch.ops.fastad.snamd(torch.empty(0, 16, 8), [3]).shape == (0, 16, 8)
+
+
+def test_mutual_scores_gemm_blocking_edges(device, gen):
+    # L > kGramMC (96) rows and not a multiple of the 6 x 16 register tile; C > kGramKC (256) and not
+    # a multiple of it (accumulation across inner blocks); L not a square (no window needed)
+    z = torch.nn.functional.normalize(torch.randn(6, 101, 300, generator=gen), dim=-1)
+    got = fastad.ops.mutual_scores(z.to(device), k=2)
+    assert (got.cpu().double() - ref.mutual_scores(z, 2)).abs().max().item() <= 1e-5
+    assert (fastad.ops.mutual_scores(z.to(device)).cpu().double() - O.msm_official(z)).abs().max().item() <= 1e-5
