@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu/gram.h"
+#include "cpu/musc_tile.h"
 #include "cpu/vec_ops.h"
 #include "ops/checks.h"
 #include "ops/musc_checks.h"
@@ -188,102 +189,6 @@ void snamd_image(const float* x, int64_t H, int64_t W, int64_t C, int64_t row_st
     }
 }
 
-/// In-place-free 4-D box SUM of a Gram tile over both patch grids (zero padding): out[p, q] =
-/// sum over a in W_r(p), b in W_r(q) of g[a, b]. All buffers L * L floats (row stride L); tmp is scratch.
-void box_gram(const float* g, int64_t H, int64_t W, int64_t r, float* tmp, float* out) {
-  const int64_t L = H * W, rad = (r - 1) / 2;
-  // 1) along the column grid (q): per row, first along w then along h, into out.
-  std::vector<float> row(L);
-  for (int64_t p = 0; p < L; ++p) {
-    const float* gr = g + p * L;
-    std::copy(gr, gr + L, row.data());
-    for (int64_t d = 1; d <= rad; ++d)
-      for (int64_t h = 0; h < H; ++h) {
-        const float* s = gr + h * W;
-        float* t = row.data() + h * W;
-        for (int64_t w = 0; w + d < W; ++w) t[w] += s[w + d];
-        for (int64_t w = d; w < W; ++w) t[w] += s[w - d];
-      }
-    float* o = out + p * L;
-    std::copy(row.begin(), row.end(), o);
-    for (int64_t d = 1; d <= rad; ++d) {
-      for (int64_t q = 0; q + d * W < L; ++q) o[q] += row[q + d * W];
-      for (int64_t q = d * W; q < L; ++q) o[q] += row[q - d * W];
-    }
-  }
-  // 2) along the row grid (p): whole rows, first along w (out -> tmp) then along h (tmp -> out).
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t w = 0; w < W; ++w) {
-      float* t = tmp + (h * W + w) * L;
-      const float* s0 = out + (h * W + w) * L;
-      std::copy(s0, s0 + L, t);
-      for (int64_t d = -rad; d <= rad; ++d) {
-        const int64_t w2 = w + d;
-        if (d == 0 || w2 < 0 || w2 >= W) continue;
-        const float* s = out + (h * W + w2) * L;
-        for (int64_t q = 0; q < L; ++q) t[q] += s[q];
-      }
-    }
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t w = 0; w < W; ++w) {
-      float* o = out + (h * W + w) * L;
-      const float* s0 = tmp + (h * W + w) * L;
-      std::copy(s0, s0 + L, o);
-      for (int64_t d = -rad; d <= rad; ++d) {
-        const int64_t h2 = h + d;
-        if (d == 0 || h2 < 0 || h2 >= H) continue;
-        const float* s = tmp + (h2 * W + w) * L;
-        for (int64_t q = 0; q < L; ++q) o[q] += s[q];
-      }
-    }
-}
-
-/// Fused distance epilogue of one pair tile: d2[p, q] = na[p] + nb[q] - 2 * wa[p] * wb[q] * g[p, q];
-/// rowmin[p] = min_q d2 (q restricted to the window around p when window > 0), colmin[q] = min_p d2
-/// (colmin may be nullptr). wa / wb may be nullptr (scale 1).
-/// @param g  L * L floats (row stride L)   @param na, nb, wa, wb, rowmin, colmin  L floats each
-void pair_min_epilogue(const float* g, int64_t L, int64_t H, int64_t W, int64_t window, const float* na,
-                       const float* nb, const float* wa, const float* wb, float* rowmin, float* colmin,
-                       std::vector<float>& d2) {
-  constexpr float kInf = std::numeric_limits<float>::infinity();
-  d2.resize(L);
-  if (colmin) std::fill(colmin, colmin + L, kInf);
-  const int64_t hw = window > 0 ? (window - 1) / 2 : 0;
-  for (int64_t p = 0; p < L; ++p) {
-    const float* gr = g + p * L;
-    const float np = na[p];
-    const float two_wp = 2.f * (wa ? wa[p] : 1.f);
-    int64_t q0 = 0, q1 = L;
-    if (window > 0) {
-      const int64_t hp = p / W;
-      q0 = std::max<int64_t>(0, hp - hw) * W;
-      q1 = std::min<int64_t>(H, hp + hw + 1) * W;
-    }
-    float* dd = d2.data();
-    if (wb)
-      for (int64_t q = q0; q < q1; ++q) dd[q] = np + nb[q] - two_wp * (wb[q] * gr[q]);
-    else
-      for (int64_t q = q0; q < q1; ++q) dd[q] = np + nb[q] - two_wp * gr[q];
-    if (window > 0) {  // mask the columns outside the window (rows were restricted by q0, q1)
-      const int64_t wp = p % W;
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t wq = q % W;
-        if (wq < wp - hw || wq > wp + hw) dd[q] = kInf;
-      }
-    }
-    float part[8] = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
-    int64_t q = q0;
-    for (; q + 8 <= q1; q += 8)
-      for (int u = 0; u < 8; ++u) part[u] = std::min(part[u], dd[q + u]);
-    float m = kInf;
-    for (int u = 0; u < 8; ++u) m = std::min(m, part[u]);
-    for (; q < q1; ++q) m = std::min(m, dd[q]);
-    rowmin[p] = m;
-    if (colmin)
-      for (int64_t q2 = q0; q2 < q1; ++q2) colmin[q2] = std::min(colmin[q2], dd[q2]);
-  }
-}
-
 /// The pair engine of mutual scoring.
 struct MutualProblem {
   const float* yq = nullptr;  // [Nq, L, C] Gram features of the query images
@@ -311,14 +216,14 @@ void mutual_minima(const MutualProblem& P) {
   const bool any_box = std::any_of(P.r.begin(), P.r.end(), [](int64_t v) { return v > 1; });
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t b, int64_t e) {
     GramScratch scratch;
-    std::vector<float> g(L * L), boxed(any_box ? L * L : 0), tmp(any_box ? L * L : 0), d2;
+    std::vector<float> g(L * L), boxed(any_box ? L * L : 0), tmp(any_box ? L * L : 0), d2, row;
     for (int64_t t = b; t < e; ++t) {
       const auto [i, j] = pairs[t];
       gram(P.img(i), L, P.img(j), L, P.C, g.data(), L, scratch);
       for (int64_t ri = 0; ri < R; ++ri) {
         const float* gr = g.data();
         if (P.r[ri] > 1) {
-          box_gram(g.data(), P.H, P.W, P.r[ri], tmp.data(), boxed.data());
+          box_gram(g.data(), P.H, P.W, P.r[ri], tmp.data(), boxed.data(), row);
           gr = boxed.data();
         }
         const float* nzr = P.nz + ri * Ntot * L;
