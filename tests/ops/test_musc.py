@@ -244,3 +244,15 @@ def test_mutual_scores_gemm_blocking_edges(device, gen):
     got = fastad.ops.mutual_scores(z.to(device), k=2)
     assert (got.cpu().double() - ref.mutual_scores(z, 2)).abs().max().item() <= 1e-5
     assert (fastad.ops.mutual_scores(z.to(device)).cpu().double() - O.msm_official(z)).abs().max().item() <= 1e-5
+
+
+def test_cpu_paths_agree_with_official(cpu_path, gen):
+    # both CPU builds (AVX2 Gram tile + AVX2 tile passes, and the portable ones) against the oracle
+    x = _tokens(6, 5, 300, gen, clustered=True)
+    got = fastad.ops.lnamd_mutual_scores(x[:, 1:], [1, 3, 5])
+    for i, r in enumerate([1, 3, 5]):
+        want = O.msm_official(O.lnamd_official([x], r)[0])
+        assert (got[i].double() - want).abs().max().item() <= 1e-5
+    z = O.lnamd_official([x], 3)[0]
+    w = fastad.ops.mutual_scores(z, same_position=3)
+    assert (w.double() - ref.mutual_scores(z, 1, window=3)).abs().max().item() <= 1e-5

@@ -45,6 +45,43 @@ def knn(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     return out_d, out_i
 
 
+def group_min(query, bank, group_size, metric="l2", exclude_group=None):
+    """Reference of :func:`fastad.ops.group_min` (float64): ``Tensor[Q, G]`` of per-group minima
+    (``"ip"``: maxima); a query's excluded group holds ``inf`` (``"ip"``: ``-inf``)."""
+    Q, N = query.shape[0], bank.shape[0]
+    G = N // group_size
+    s = pairwise_scores(query, bank, metric).view(Q, G, group_size)
+    largest = metric == "ip"
+    out = s.amax(-1) if largest else s.amin(-1)
+    if exclude_group is not None:
+        e = exclude_group.cpu()
+        rows = torch.nonzero(e >= 0).flatten()
+        out[rows, e[rows]] = float("-inf") if largest else float("inf")
+    return out
+
+
+def coreset(bank, n, start=0):
+    """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
+
+    Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
+    ``min_distances[0] = inf``; each next index maximises the distance to the chosen set among the rows
+    not chosen yet (ties: smaller index).
+    """
+    x = bank.double()
+    N = x.shape[0]
+    mind = torch.full((N,), float("inf"), dtype=torch.float64)
+    chosen = torch.zeros(N, dtype=torch.bool)
+    idx = [int(start)]
+    dist = [float("inf")]
+    for _ in range(1, n):
+        c = idx[-1]
+        chosen[c] = True
+        mind = torch.minimum(mind, ((x - x[c]) ** 2).sum(1).sqrt())
+        cand = torch.where(chosen, torch.full_like(mind, -1.0), mind)
+        nxt = int(torch.argmax(cand))  # first maximum = smallest index
+        idx.append(nxt)
+        dist.append(float(mind[nxt]))
+    return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
 # ---- MuSc (issue 5) ------------------------------------------------------------------------------
 # Direct (float64) formulations; tests/musc_oracle.py holds the port of the official code.
 

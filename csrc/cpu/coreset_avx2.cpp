@@ -1,0 +1,103 @@
+// AVX2/FMA/F16C body of the coreset (greedy k-center) step; compiled with -mavx2 -mfma -mf16c and
+// called only after fastad::cpu_has_avx2_fma() (see coreset_kernel.cpp).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu/coreset.h"
+
+namespace fastad::cpu {
+
+namespace {
+
+// 8 consecutive elements of a row converted to fp32.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p, std::integral_constant<int, kCoresetF16>) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load8(const uint16_t* p, std::integral_constant<int, kCoresetBF16>) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+inline float to_f32(float x) { return x; }
+inline float half_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+inline float bf16_to_f32(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Squared distance of one row x (D elements) to c, four independent 8-lane accumulators.
+template <int DT, typename T>
+inline float sq_dist(const T* x, const float* c, int64_t D) {
+  auto ld = [](const T* p) {
+    if constexpr (DT == kCoresetF32) return load8(p);
+    else return load8(p, std::integral_constant<int, DT>{});
+  };
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 32 <= D; t += 32) {
+    const __m256 d0 = _mm256_sub_ps(ld(x + t), _mm256_loadu_ps(c + t));
+    const __m256 d1 = _mm256_sub_ps(ld(x + t + 8), _mm256_loadu_ps(c + t + 8));
+    const __m256 d2 = _mm256_sub_ps(ld(x + t + 16), _mm256_loadu_ps(c + t + 16));
+    const __m256 d3 = _mm256_sub_ps(ld(x + t + 24), _mm256_loadu_ps(c + t + 24));
+    a0 = _mm256_fmadd_ps(d0, d0, a0);
+    a1 = _mm256_fmadd_ps(d1, d1, a1);
+    a2 = _mm256_fmadd_ps(d2, d2, a2);
+    a3 = _mm256_fmadd_ps(d3, d3, a3);
+  }
+  for (; t + 8 <= D; t += 8) {
+    const __m256 d0 = _mm256_sub_ps(ld(x + t), _mm256_loadu_ps(c + t));
+    a0 = _mm256_fmadd_ps(d0, d0, a0);
+  }
+  float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  for (; t < D; ++t) {
+    float v;
+    if constexpr (DT == kCoresetF32) v = to_f32(x[t]);
+    else if constexpr (DT == kCoresetF16) v = half_to_f32(x[t]);
+    else v = bf16_to_f32(x[t]);
+    const float d = v - c[t];
+    s += d * d;
+  }
+  return s;
+}
+
+template <int DT, typename T>
+CoresetBest update(const T* bank, int64_t D, int64_t r0, int64_t r1, const float* c, float* mind, bool* bad) {
+  CoresetBest best;
+  bool nonfinite = false;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float d2 = sq_dist<DT>(bank + r * D, c, D);
+    nonfinite |= !(d2 < INFINITY);  // NaN or Inf
+    const float m = d2 < mind[r] ? d2 : mind[r];
+    mind[r] = m;
+    if (m > best.value) {
+      best.value = m;
+      best.index = r;
+    }
+  }
+  if (nonfinite) *bad = true;
+  return best;
+}
+
+}  // namespace
+
+CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
+                                float* mind, bool* bad) {
+  switch (dtype) {
+    case kCoresetF16: return update<kCoresetF16>(static_cast<const uint16_t*>(bank), D, r0, r1, c, mind, bad);
+    case kCoresetBF16: return update<kCoresetBF16>(static_cast<const uint16_t*>(bank), D, r0, r1, c, mind, bad);
+    default: return update<kCoresetF32>(static_cast<const float*>(bank), D, r0, r1, c, mind, bad);
+  }
+}
+
+}  // namespace fastad::cpu

@@ -1,0 +1,160 @@
+// CPU greedy k-center (farthest point sampling) selection: fastad::coreset.
+//
+// Each step is ONE streaming pass over the bank: the squared distance of every row to the newly
+// chosen centre (exact difference form sum((x - c)^2), fp32), the running-min update and the argmax
+// are fused, with no temporaries. Rows are split into kCoresetTasksMax-bounded contiguous chunks,
+// one per at::parallel_for task; each task returns its own (max, smallest index) and the partials
+// are reduced in task order, so the result does not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string_view>
+#include <limits>
+#include <vector>
+
+#include "cpu/coreset.h"
+#include "ops/build_info.h"
+#include "ops/checks.h"
+
+namespace fastad::cpu {
+
+// Smallest number of bank rows given to one parallel task (below it, a step runs on fewer threads).
+constexpr int64_t kCoresetMinRowsPerTask = 2048;
+
+namespace {
+
+template <typename T>
+inline float to_f32(T x) {
+  return static_cast<float>(x);
+}
+
+template <typename T>
+CoresetBest update_generic(const T* bank, int64_t D, int64_t r0, int64_t r1, const float* c, float* mind, bool* bad) {
+  CoresetBest best;
+  bool nonfinite = false;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* x = bank + r * D;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t t = 0;
+    for (; t + 8 <= D; t += 8)
+      for (int u = 0; u < 8; ++u) {
+        const float d = to_f32(x[t + u]) - c[t + u];
+        acc[u] += d * d;
+      }
+    float d2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; t < D; ++t) {
+      const float d = to_f32(x[t]) - c[t];
+      d2 += d * d;
+    }
+    nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
+    const float m = d2 < mind[r] ? d2 : mind[r];
+    mind[r] = m;
+    if (m > best.value) {
+      best.value = m;
+      best.index = r;
+    }
+  }
+  if (nonfinite) *bad = true;
+  return best;
+}
+
+}  // namespace
+
+CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
+                                   float* mind, bool* bad) {
+  switch (dtype) {
+    case kCoresetF16: return update_generic(static_cast<const c10::Half*>(bank), D, r0, r1, c, mind, bad);
+    case kCoresetBF16: return update_generic(static_cast<const c10::BFloat16*>(bank), D, r0, r1, c, mind, bad);
+    default: return update_generic(static_cast<const float*>(bank), D, r0, r1, c, mind, bad);
+  }
+}
+
+/// Greedy k-center selection over a row-major bank.
+/// @param bank     N * D elements of storage type `dtype` (CoresetDType)
+/// @param n        centres to choose, 1 <= n <= N
+/// @param start    the first centre (row index)
+/// @param mind     workspace, N floats (running squared min distance; chosen rows hold kCoresetChosen)
+/// @param out_idx  n int64: the chosen rows in order
+/// @param out_d    n floats: Euclidean distance of each chosen row to the rows chosen before it
+///                 (out_d[0] = +inf: the distance to the empty set)
+/// @return false if some squared distance was NaN or Inf (the bank holds NaN/Inf or overflows fp32)
+bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
+                    int64_t* out_idx, float* out_d) {
+  const size_t esize = dtype == kCoresetF32 ? 4 : 2;
+  const char* base = static_cast<const char*>(bank);
+  // FASTAD_SIMD=generic forces the portable path (used by the tests to cover it on AVX2 machines).
+  const char* simd_env = std::getenv("FASTAD_SIMD");
+  const bool force_generic = simd_env != nullptr && std::string_view(simd_env) == "generic";
+  const bool avx2 = FASTAD_HAVE_AVX2 && cpu_has_avx2_fma() && !force_generic;
+  auto step_fn = avx2 ? &coreset_update_avx2 : &coreset_update_generic;
+
+  const int64_t tasks = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), (N + kCoresetMinRowsPerTask - 1) / kCoresetMinRowsPerTask));
+  std::vector<CoresetBest> partial(tasks);
+  std::vector<char> bad(tasks, 0);  // per-task non-finite flags
+  std::vector<float> centre(D);
+
+  for (int64_t r = 0; r < N; ++r) mind[r] = std::numeric_limits<float>::infinity();
+  int64_t cur = start;
+  out_idx[0] = start;
+  out_d[0] = std::numeric_limits<float>::infinity();
+  for (int64_t step = 1; step < n; ++step) {
+    // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
+    const char* crow = base + static_cast<size_t>(cur) * D * esize;
+    if (dtype == kCoresetF32) {
+      std::copy_n(reinterpret_cast<const float*>(crow), D, centre.data());
+    } else if (dtype == kCoresetF16) {
+      for (int64_t t = 0; t < D; ++t) centre[t] = static_cast<float>(reinterpret_cast<const c10::Half*>(crow)[t]);
+    } else {
+      for (int64_t t = 0; t < D; ++t) centre[t] = static_cast<float>(reinterpret_cast<const c10::BFloat16*>(crow)[t]);
+    }
+    mind[cur] = kCoresetChosen;
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = N * t / tasks, r1 = N * (t + 1) / tasks;
+        bool b = false;
+        partial[t] = step_fn(bank, dtype, D, r0, r1, centre.data(), mind, &b);
+        bad[t] = b;
+      }
+    });
+    CoresetBest best = partial[0];
+    for (int64_t t = 1; t < tasks; ++t)
+      if (partial[t].value > best.value) best = partial[t];  // strict: earlier task = smaller index wins ties
+    if (std::find(bad.begin(), bad.end(), 1) != bad.end()) return false;
+    cur = best.index;
+    out_idx[step] = cur;
+    out_d[step] = std::sqrt(std::max(best.value, 0.f));
+  }
+  return true;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n, int64_t start) {
+  check_coreset_args("coreset", bank, n, start);
+  const int64_t N = bank.size(0), D = bank.size(1);
+  const at::Tensor b = bank.contiguous();
+  const int dtype = b.scalar_type() == at::kHalf ? kCoresetF16 : b.scalar_type() == at::kBFloat16 ? kCoresetBF16
+                                                                                                  : kCoresetF32;
+  auto out_idx = at::empty({n}, b.options().dtype(at::kLong));
+  auto out_d = at::empty({n}, b.options().dtype(at::kFloat));
+  auto mind = at::empty({N}, b.options().dtype(at::kFloat));
+  const bool ok = coreset_select(b.data_ptr(), dtype, N, D, n, start, mind.data_ptr<float>(),
+                                 out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>());
+  TORCH_CHECK(ok, "coreset: bank must hold finite values, but a squared distance was NaN or Inf "
+                  "(the bank contains NaN/Inf, or values whose squared differences overflow float32)");
+  return {out_idx, out_d};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("coreset", &coreset_cpu); }
+
+}  // namespace fastad::cpu

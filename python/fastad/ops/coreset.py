@@ -1,0 +1,170 @@
+"""Greedy k-center (farthest point sampling) coreset selection, optionally after a seeded sparse
+random projection (PatchCore's memory-bank subsampling)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .knn import check_finite
+
+#: Rows of the bank projected per matmul block (bounds the temporary fp32 copy of a low-precision bank
+#: to ``PROJECTION_BLOCK_ROWS * D * 4`` bytes).
+PROJECTION_BLOCK_ROWS = 16384
+
+#: The projected bank gets zero columns up to a multiple of this many (distances are unchanged: a
+#: zero column adds (0 - 0)^2 = 0), so every row is a whole number of 16-float / 16-half SIMD blocks and
+#: 32/64-byte aligned. Measured: 50,000 x 267 fp16 streams 1.4x faster padded to 272 (RESULTS.md).
+PROJECTION_PAD = 16
+
+#: ``eps`` of the Johnson-Lindenstrauss bound used by ``projection_dim="auto"`` (anomalib's value).
+JL_EPS = 0.9
+
+_STORAGE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def jl_min_dim(n_samples: int, eps: float = JL_EPS) -> int:
+    """Johnson-Lindenstrauss dimension ``int(4 ln(n) / (eps^2/2 - eps^3/3))``, as anomalib computes it
+    (e.g. 267 for 50,000 rows at ``eps=0.9``). Note that it does not depend on ``D``: for small ``D`` it
+    *expands* the data (anomalib does the same)."""
+    if n_samples < 1:
+        raise ValueError(f"jl_min_dim: n_samples must be >= 1, got {n_samples}")
+    return int(4.0 * math.log(n_samples) / (eps**2 / 2.0 - eps**3 / 3.0))
+
+
+def sparse_random_matrix(n_features: int, n_components: int, seed: int = 0) -> torch.Tensor:
+    """Very sparse random projection matrix (Achlioptas / Li, Hastie & Church 2006; the scheme of
+    scikit-learn's ``SparseRandomProjection(density="auto")`` that anomalib uses).
+
+    Density ``s = 1 / sqrt(n_features)``: each entry is ``+sqrt(1/s) / sqrt(n_components)`` with
+    probability ``s/2``, ``-sqrt(1/s) / sqrt(n_components)`` with probability ``s/2``, else 0, so that
+    squared distances are preserved in expectation.
+
+    The matrix is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so a seed gives the same
+    matrix on every device and every run (it is small: ``D * k`` floats).
+
+    Returns:
+        ``Tensor[n_features, n_components]`` float32 (dense storage), CPU.
+    """
+    if n_features < 1 or n_components < 1:
+        raise ValueError(
+            f"sparse_random_matrix: n_features and n_components must be >= 1, got {n_features} and {n_components}"
+        )
+    g = torch.Generator().manual_seed(int(seed))
+    density = 1.0 / math.sqrt(n_features)
+    u = torch.rand(n_features, n_components, generator=g, dtype=torch.float64)
+    scale = math.sqrt(1.0 / density) / math.sqrt(n_components)
+    m = torch.zeros(n_features, n_components, dtype=torch.float32)
+    m[u < density / 2] = scale
+    m[u > 1.0 - density / 2] = -scale
+    return m
+
+
+def project(bank: torch.Tensor, matrix: torch.Tensor, block_rows: int = PROJECTION_BLOCK_ROWS) -> torch.Tensor:
+    """``bank @ matrix`` in fp32, ``block_rows`` rows at a time (bounded temporaries).
+
+    Args:
+        bank: ``Tensor[N, D]`` float32 / float16 / bfloat16, any device.
+        matrix: ``Tensor[D, k]`` (moved to the bank's device, fp32).
+    Returns:
+        ``Tensor[N, k]`` float32 on the bank's device.
+    """
+    m = matrix.to(device=bank.device, dtype=torch.float32)
+    out = torch.empty(bank.shape[0], m.shape[1], dtype=torch.float32, device=bank.device)
+    for r0 in range(0, bank.shape[0], block_rows):
+        blk = bank[r0 : r0 + block_rows]
+        torch.mm(blk if blk.dtype == torch.float32 else blk.float(), m, out=out[r0 : r0 + block_rows])
+    return out
+
+
+def projected_bank(bank: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """The selection space of ``coreset(..., projection_dim=k, seed=seed)``.
+
+    Returns:
+        ``Tensor[N, k + pad]`` float32 on the bank's device: ``bank @ sparse_random_matrix(D, k, seed)``
+        followed by ``pad = -k % PROJECTION_PAD`` zero columns (distances are those of the k columns).
+    """
+    m = sparse_random_matrix(bank.shape[1], k, seed)
+    pad = -k % PROJECTION_PAD
+    if pad:
+        m = torch.cat([m, m.new_zeros(m.shape[0], pad)], dim=1)
+    return project(bank, m)
+
+
+def coreset(
+    bank: torch.Tensor,
+    n: int,
+    *,
+    projection_dim: int | str | None = None,
+    seed: int = 0,
+    start: int = 0,
+    storage_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy k-center (farthest point sampling) selection of ``n`` bank rows.
+
+    Starting from row ``start``, each step adds the row whose Euclidean distance to its nearest
+    already-chosen row is largest (ties: the smallest row index). Chosen rows are never chosen again,
+    so the indices are distinct even when the bank has duplicated rows. Every step is one fused
+    streaming pass over the bank (distance, running min, argmax); on CUDA the whole loop stays on the
+    device (no host synchronisation per step).
+
+    Args:
+        bank: ``Tensor[N, D]``, float32 / float16 / bfloat16 (arithmetic is float32), CPU or CUDA.
+        n: number of rows to choose, ``1 <= n <= N``.
+        projection_dim: ``None`` selects in the full dimension ``D``. An ``int`` ``k`` first projects the
+            bank to ``Tensor[N, k]`` with a seeded very sparse random projection
+            (:func:`sparse_random_matrix`, applied in blocks of :data:`PROJECTION_BLOCK_ROWS` rows; the
+            result is zero-padded to a multiple of :data:`PROJECTION_PAD` columns, which changes no
+            distance);
+            ``"auto"`` uses the Johnson-Lindenstrauss dimension :func:`jl_min_dim` ``(N, eps=0.9)``,
+            as anomalib's PatchCore does (e.g. 267 for N = 50,000).
+        seed: seed of the projection matrix (ignored without projection). Same seed, same result.
+        start: index of the first chosen row, ``0 <= start < N`` (anomalib draws it at random; pass
+            ``torch.randint(N, (1,), generator=g).item()`` for that behaviour).
+        storage_dtype: dtype the (projected) bank is stored in while selecting: ``torch.float16`` or
+            ``torch.bfloat16`` halve the bytes streamed per step (float32 arithmetic either way).
+            ``None`` keeps the bank's dtype (a projected bank is float32). A projected bank is small
+            enough that fp16 storage may keep it in the last-level cache: measured 3x faster per step
+            at 50,000 x 267 (benchmarks/RESULTS.md, "## coreset").
+
+    Returns:
+        ``(indices Tensor[n] int64, min_distances Tensor[n] float32)`` on the bank's device:
+        ``indices[i]`` is the i-th chosen row (``indices[0] == start``) and ``min_distances[i]`` the
+        Euclidean distance (in the selection space: projected / stored dtype) of that row to the rows
+        ``indices[:i]``; ``min_distances[0]`` is ``+inf`` (the distance to the empty set). The
+        distances are non-increasing; ``min_distances[i]`` is the covering radius of the first ``i``
+        centres.
+
+    Raises:
+        RuntimeError (from the op) for bad shapes/dtypes, ``n`` or ``start`` out of range, an empty
+        bank, or NaN/Inf in the bank (detected during the first step, so not when ``n == 1``);
+        ValueError for a bad ``projection_dim`` / ``storage_dtype``, or NaN/Inf in a CUDA bank.
+
+    Example:
+        >>> import torch, fastad
+        >>> bank = torch.tensor([[0., 0.], [1., 0.], [10., 0.], [5., 0.]])
+        >>> idx, dist = fastad.ops.coreset(bank, 3)
+        >>> idx.tolist(), dist.tolist()
+        ([0, 2, 3], [inf, 10.0, 5.0])
+    """
+    if storage_dtype is not None and storage_dtype not in _STORAGE:
+        raise ValueError(f"coreset: storage_dtype must be None, float32, float16 or bfloat16, got {storage_dtype}")
+    x = bank
+    if projection_dim is not None:
+        if bank.dim() != 2:
+            raise ValueError(f"coreset: bank must be 2-D [N, D], got shape {list(bank.shape)}")
+        if isinstance(projection_dim, str):
+            if projection_dim != "auto":
+                raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
+            k = jl_min_dim(max(bank.shape[0], 1))
+        elif isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
+            raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
+        else:
+            k = projection_dim
+        if bank.shape[0] >= 1 and bank.shape[1] >= 1 and bank.dtype in _STORAGE:
+            x = projected_bank(bank, k, seed)
+    if storage_dtype is not None and x.dtype != storage_dtype and x.dtype in _STORAGE:
+        x = x.to(storage_dtype)
+    if x.device.type != "cpu" and x.dim() == 2:  # the CPU kernel detects NaN/Inf itself, for free
+        check_finite("bank", "coreset", x)
+    return torch.ops.fastad.coreset(x, int(n), int(start))
