@@ -132,6 +132,9 @@ def main() -> None:
     ap.add_argument("--floor-reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="10,000 x 384, 300 and 50 centres")
+    ap.add_argument("--clusters", type=int, default=0,
+                    help="0: |N(0,1)| noise (default). K > 0: K Gaussian clusters (centres N(3, 4^2), spread 0.5), "
+                         "where the triangle-inequality pruning can skip rows")
     ap.add_argument("--out", type=str, default=None, help="also write the summary table to this file")
     args = ap.parse_args()
     if args.quick:
@@ -139,10 +142,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     N, D = args.rows, args.dim
     g = torch.Generator().manual_seed(0)
-    bank = torch.randn(N, D, generator=g).abs_()  # non-negative, non-centred like post-ReLU features
+    if args.clusters:
+        cent = torch.randn(args.clusters, D, generator=g) * 4 + 3
+        bank = cent[torch.randint(0, args.clusters, (N,), generator=g)] + 0.5 * torch.randn(N, D, generator=g)
+    else:
+        bank = torch.randn(N, D, generator=g).abs_()  # non-negative, non-centred like post-ReLU features
     start = 0
     an = load_anomalib()
     print(f"fastad {fastad.build_info()}")
+    print(f"data: {f'{args.clusters} Gaussian clusters' if args.clusters else '|N(0,1)| noise'}")
     print(f"bank {N} x {D} fp32 ({bank.numel() * 4 / 2**20:.0f} MiB), threads={args.threads}, "
           f"anomalib: {'KCenterGreedy ' + an[1] + ' (module files loaded unchanged)' if an else 'NOT importable'}")
     rows = []

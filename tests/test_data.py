@@ -243,6 +243,14 @@ def test_batches_collate(mvtec):
         assert a["path"] == c["path"]
     with pytest.raises(ValueError, match="batch_size"):
         batches(ds, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        native = MVTecDataset(mvtec, "train", resize="none")
+    assert [b["image"].shape for b in batches(native, 1)][0] == (1, 3, 30, 40)
+    from fastad.data import collate
+
+    with pytest.raises(ValueError, match="different shapes"):
+        collate([{"image": torch.zeros(3, 2, 2)}, {"image": torch.zeros(3, 2, 3)}])
 
 
 def test_image_folder(tmp_path):

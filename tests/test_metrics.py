@@ -174,6 +174,21 @@ def test_scalar_metrics_large_and_torch(path):
     assert M.f1_max(st.reshape(400, 500), yt.reshape(400, 500)) == pytest.approx(musc_f1(s, y), abs=1e-6)
 
 
+@pytest.mark.parametrize("signal", [2.0, 0.0])
+def test_f1_max_top_shortcut(signal, monkeypatch):
+    """f1_max looks only at the thresholds with few false positives when the F1 found there bounds
+    all others (strong signal), and falls back to the full curve otherwise (no signal)."""
+    rng = np.random.default_rng(8)
+    n = 150_000
+    y = rng.random(n) < 0.02
+    s = np.round(rng.standard_normal(n) + signal * y, 2).astype(np.float32)  # ties too
+    calls = []
+    real = M._ranked_pair
+    monkeypatch.setattr(M, "_ranked_pair", lambda *a: calls.append(1) or real(*a))
+    assert M.f1_max(s, y) == pytest.approx(musc_f1(s, y), abs=1e-6)
+    assert bool(calls) == (signal == 0.0)  # full curve only without signal
+
+
 def test_constant_scores(path):
     y = np.array([0, 1, 0, 1, 1, 0, 0])
     s = np.full(7, 3.0)
@@ -215,6 +230,30 @@ def test_aupro_equals_anomalib_port(seed, path):
     for lim in (0.3, 0.05, 1.0):
         ours = M.aupro(torch.from_numpy(maps), torch.from_numpy(masks), fpr_limit=lim)
         assert ours == pytest.approx(anomalib_aupro_port(maps, masks, lim), abs=1e-6), lim
+
+
+@pytest.mark.parametrize("lim", [0.3, 0.02])
+def test_aupro_fpr_cut_fast_path(lim, monkeypatch):
+    """Sparse anomalies on many pixels: aupro resolves only the normal pixels above an estimated
+    FPR cut. Checked against the port, and that the shortcut was really taken."""
+    rng = np.random.default_rng(21)
+    masks = random_blob_masks(rng, 24, 64, 64, p_anom=0.5, max_blobs=2) * (rng.random((24, 1, 1)) < 0.7)
+    masks = masks.astype(np.uint8)
+    masks[0, 5:9, 5:9] = 1
+    assert masks.mean() < 1 / 9
+    maps = random_maps(rng, masks, ties=lim < 0.1)
+    seen = []
+    real = M._neg_counts
+
+    def spy(neg, q, top=None):
+        seen.append(neg.size)
+        return real(neg, q, top)
+
+    monkeypatch.setattr(M, "_neg_counts", spy)
+    ours = M.aupro(maps, masks, fpr_limit=lim)
+    n = int((masks == 0).sum())
+    assert seen and seen[0] < 0.9 * n  # only the candidates above the cut were ranked
+    assert ours == pytest.approx(anomalib_aupro_port(maps, masks, lim), abs=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))

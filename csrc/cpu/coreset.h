@@ -18,19 +18,41 @@ struct CoresetBest {
   int64_t index = -1;
 };
 
-/// One fused streaming pass over rows [r0, r1) of the bank: for every row x,
-///   mind[r] = min(mind[r], sum((x - c)^2))   (fp32, exact difference form, no temporaries)
-/// and return the largest updated mind[r] (ties: the smallest r).
-/// @param bank   N * D elements of storage type `dtype` (only rows r0..r1-1 are read)
-/// @param dtype  CoresetDType of `bank`
-/// @param c      the centre, D floats (already converted to fp32 from the same storage)
-/// @param mind   running squared min distance, N floats (rows r0..r1-1 are updated)
-/// @param bad    set to true if some squared distance is NaN or Inf (never reset)
-CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
-                                   float* mind, bool* bad);
+// Triangle-inequality pruning of one step (optional). Every row r remembers the centre that gave its
+// running min, assign[r] (a position in the list of chosen centres). If the new centre c is far from
+// that centre a, d(c, a) >= 2 d(r, a), then d(r, c) >= d(c, a) - d(r, a) >= d(r, a): the row cannot
+// improve and is not read. kCoresetPruneSlack keeps the test exact under fp32 rounding.
+constexpr float kCoresetPruneSlack = 1.0001f;
+
+struct CoresetStep {
+  const float* c = nullptr;      // the new centre, D floats (fp32, converted from the bank storage)
+  int32_t cid = 0;               // its position in the list of chosen centres
+  float* mind = nullptr;         // running squared min distance, N floats
+  int32_t* assign = nullptr;     // position of the centre that gave mind[r], N ints
+  const float* cc2 = nullptr;    // squared distance from c to every chosen centre (by position), or
+                                 // nullptr: no pruning this step
+};
+
+/// One fused streaming pass over rows [r0, r1) of the bank: for every row x (not pruned),
+///   d2 = sum((x - c)^2)   (fp32, exact difference form, no temporaries)
+///   if d2 < mind[r]: mind[r] = d2, assign[r] = cid
+/// and return the largest mind[r] over the range (ties: the smallest r).
+/// @param bank     N * D elements of storage type `dtype` (only rows r0..r1-1 are read)
+/// @param dtype    CoresetDType of `bank`
+/// @param st       the step (centre, state arrays, optional pruning distances)
+/// @param skipped  incremented by the number of rows pruned (not read)
+/// @param bad      set to true if some squared distance is NaN or Inf (never reset)
+CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1,
+                                   const CoresetStep& st, int64_t* skipped, bool* bad);
 /// Same contract, AVX2/FMA/F16C code (csrc/cpu/coreset_avx2.cpp). Call only when
-/// fastad::cpu_has_avx2_fma() is true. Declared even when not compiled in (FASTAD_HAVE_AVX2=0).
-CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
-                                float* mind, bool* bad);
+/// fastad::cpu_has_avx2_fma() is true.
+CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1,
+                                const CoresetStep& st, int64_t* skipped, bool* bad);
+
+/// Squared distances from c (D floats) to the bank rows rows[0..count-1] into out[0..count-1].
+void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,
+                               const float* c, float* out);
+void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,
+                            const float* c, float* out);
 
 }  // namespace fastad::cpu

@@ -72,31 +72,57 @@ inline float sq_dist(const T* x, const float* c, int64_t D) {
 }
 
 template <int DT, typename T>
-CoresetBest update(const T* bank, int64_t D, int64_t r0, int64_t r1, const float* c, float* mind, bool* bad) {
+CoresetBest update(const T* bank, int64_t D, int64_t r0, int64_t r1, const CoresetStep& st, int64_t* skipped,
+                   bool* bad) {
   CoresetBest best;
   bool nonfinite = false;
+  int64_t skip = 0;
+  float* mind = st.mind;
   for (int64_t r = r0; r < r1; ++r) {
-    const float d2 = sq_dist<DT>(bank + r * D, c, D);
-    nonfinite |= !(d2 < INFINITY);  // NaN or Inf
-    const float m = d2 < mind[r] ? d2 : mind[r];
-    mind[r] = m;
-    if (m > best.value) {
+    float m = mind[r];
+    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > kCoresetPruneSlack * 4.f * m) {
+      ++skip;  // cannot improve (chosen rows, m = -1, always land here)
+    } else {
+      const float d2 = sq_dist<DT>(bank + r * D, st.c, D);
+      nonfinite |= !(d2 < INFINITY);  // NaN or Inf
+      if (d2 < m) {
+        m = d2;
+        mind[r] = d2;
+        st.assign[r] = st.cid;
+      }
+    }
+    if (m > best.value) {  // strict: ascending rows, so ties keep the smallest index
       best.value = m;
       best.index = r;
     }
   }
   if (nonfinite) *bad = true;
+  *skipped += skip;
   return best;
+}
+
+template <int DT, typename T>
+void row_dists(const T* bank, int64_t D, const int64_t* rows, int64_t count, const float* c, float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = sq_dist<DT>(bank + rows[i] * D, c, D);
 }
 
 }  // namespace
 
-CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
-                                float* mind, bool* bad) {
+CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1,
+                                const CoresetStep& st, int64_t* skipped, bool* bad) {
   switch (dtype) {
-    case kCoresetF16: return update<kCoresetF16>(static_cast<const uint16_t*>(bank), D, r0, r1, c, mind, bad);
-    case kCoresetBF16: return update<kCoresetBF16>(static_cast<const uint16_t*>(bank), D, r0, r1, c, mind, bad);
-    default: return update<kCoresetF32>(static_cast<const float*>(bank), D, r0, r1, c, mind, bad);
+    case kCoresetF16: return update<kCoresetF16>(static_cast<const uint16_t*>(bank), D, r0, r1, st, skipped, bad);
+    case kCoresetBF16: return update<kCoresetBF16>(static_cast<const uint16_t*>(bank), D, r0, r1, st, skipped, bad);
+    default: return update<kCoresetF32>(static_cast<const float*>(bank), D, r0, r1, st, skipped, bad);
+  }
+}
+
+void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,
+                            const float* c, float* out) {
+  switch (dtype) {
+    case kCoresetF16: return row_dists<kCoresetF16>(static_cast<const uint16_t*>(bank), D, rows, count, c, out);
+    case kCoresetBF16: return row_dists<kCoresetBF16>(static_cast<const uint16_t*>(bank), D, rows, count, c, out);
+    default: return row_dists<kCoresetF32>(static_cast<const float*>(bank), D, rows, count, c, out);
   }
 }
 

@@ -2,9 +2,12 @@
 //
 // Each step is ONE streaming pass over the bank: the squared distance of every row to the newly
 // chosen centre (exact difference form sum((x - c)^2), fp32), the running-min update and the argmax
-// are fused, with no temporaries. Rows are split into kCoresetTasksMax-bounded contiguous chunks,
-// one per at::parallel_for task; each task returns its own (max, smallest index) and the partials
-// are reduced in task order, so the result does not depend on the thread count.
+// are fused, with no temporaries. Rows that the triangle inequality proves cannot improve are not
+// read (adaptive pruning, see coreset_select); the result is the same either way (up to fp32
+// rounding of rows within 1e-4 relative of the bound). Rows are split into contiguous chunks (at
+// least kCoresetMinRowsPerTask rows each), one per at::parallel_for task; each task returns its own
+// (max, smallest index) and the partials are reduced in task order, so the result does not depend
+// on the thread count.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,8 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <string_view>
 #include <limits>
+#include <string_view>
 #include <vector>
 
 #include "cpu/coreset.h"
@@ -36,43 +39,74 @@ inline float to_f32(T x) {
 }
 
 template <typename T>
-CoresetBest update_generic(const T* bank, int64_t D, int64_t r0, int64_t r1, const float* c, float* mind, bool* bad) {
+inline float sq_dist_generic(const T* x, const float* c, int64_t D) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= D; t += 8)
+    for (int u = 0; u < 8; ++u) {
+      const float d = to_f32(x[t + u]) - c[t + u];
+      acc[u] += d * d;
+    }
+  float d2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; t < D; ++t) {
+    const float d = to_f32(x[t]) - c[t];
+    d2 += d * d;
+  }
+  return d2;
+}
+
+template <typename T>
+CoresetBest update_generic(const T* bank, int64_t D, int64_t r0, int64_t r1, const CoresetStep& st,
+                           int64_t* skipped, bool* bad) {
   CoresetBest best;
   bool nonfinite = false;
+  int64_t skip = 0;
+  float* mind = st.mind;
   for (int64_t r = r0; r < r1; ++r) {
-    const T* x = bank + r * D;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t t = 0;
-    for (; t + 8 <= D; t += 8)
-      for (int u = 0; u < 8; ++u) {
-        const float d = to_f32(x[t + u]) - c[t + u];
-        acc[u] += d * d;
+    float m = mind[r];
+    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > kCoresetPruneSlack * 4.f * m) {
+      ++skip;
+    } else {
+      const float d2 = sq_dist_generic(bank + r * D, st.c, D);
+      nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
+      if (d2 < m) {
+        m = d2;
+        mind[r] = d2;
+        st.assign[r] = st.cid;
       }
-    float d2 = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; t < D; ++t) {
-      const float d = to_f32(x[t]) - c[t];
-      d2 += d * d;
     }
-    nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
-    const float m = d2 < mind[r] ? d2 : mind[r];
-    mind[r] = m;
     if (m > best.value) {
       best.value = m;
       best.index = r;
     }
   }
   if (nonfinite) *bad = true;
+  *skipped += skip;
   return best;
+}
+
+template <typename T>
+void row_dists_generic(const T* bank, int64_t D, const int64_t* rows, int64_t count, const float* c, float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = sq_dist_generic(bank + rows[i] * D, c, D);
 }
 
 }  // namespace
 
-CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1, const float* c,
-                                   float* mind, bool* bad) {
+CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1,
+                                   const CoresetStep& st, int64_t* skipped, bool* bad) {
   switch (dtype) {
-    case kCoresetF16: return update_generic(static_cast<const c10::Half*>(bank), D, r0, r1, c, mind, bad);
-    case kCoresetBF16: return update_generic(static_cast<const c10::BFloat16*>(bank), D, r0, r1, c, mind, bad);
-    default: return update_generic(static_cast<const float*>(bank), D, r0, r1, c, mind, bad);
+    case kCoresetF16: return update_generic(static_cast<const c10::Half*>(bank), D, r0, r1, st, skipped, bad);
+    case kCoresetBF16: return update_generic(static_cast<const c10::BFloat16*>(bank), D, r0, r1, st, skipped, bad);
+    default: return update_generic(static_cast<const float*>(bank), D, r0, r1, st, skipped, bad);
+  }
+}
+
+void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,
+                               const float* c, float* out) {
+  switch (dtype) {
+    case kCoresetF16: return row_dists_generic(static_cast<const c10::Half*>(bank), D, rows, count, c, out);
+    case kCoresetBF16: return row_dists_generic(static_cast<const c10::BFloat16*>(bank), D, rows, count, c, out);
+    default: return row_dists_generic(static_cast<const float*>(bank), D, rows, count, c, out);
   }
 }
 
@@ -81,12 +115,22 @@ CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64
 /// @param n        centres to choose, 1 <= n <= N
 /// @param start    the first centre (row index)
 /// @param mind     workspace, N floats (running squared min distance; chosen rows hold kCoresetChosen)
+/// @param assign   workspace, N int32 (position of the centre that gave mind[r], for pruning)
 /// @param out_idx  n int64: the chosen rows in order
 /// @param out_d    n floats: Euclidean distance of each chosen row to the rows chosen before it
 ///                 (out_d[0] = +inf: the distance to the empty set)
+/// @param prune    allow triangle-inequality pruning (adaptive, see below); results are identical
 /// @return false if some squared distance was NaN or Inf (the bank holds NaN/Inf or overflows fp32)
+///
+/// Pruning policy: a step that prunes needs the distances from the new centre to all s chosen
+/// centres (s rows of work); it is kept up while it skips more than kCoresetPruneGain * s rows, and
+/// otherwise retried after an exponentially growing number of steps (at most kCoresetPruneMaxBackoff),
+/// so data where nothing prunes (high-dimensional noise) pays almost nothing for it.
+constexpr int64_t kCoresetPruneGain = 2;
+constexpr int64_t kCoresetPruneMaxBackoff = 256;
+
 bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
-                    int64_t* out_idx, float* out_d) {
+                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune) {
   const size_t esize = dtype == kCoresetF32 ? 4 : 2;
   const char* base = static_cast<const char*>(bank);
   // FASTAD_SIMD=generic forces the portable path (used by the tests to cover it on AVX2 machines).
@@ -94,17 +138,24 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   const bool force_generic = simd_env != nullptr && std::string_view(simd_env) == "generic";
   const bool avx2 = FASTAD_HAVE_AVX2 && cpu_has_avx2_fma() && !force_generic;
   auto step_fn = avx2 ? &coreset_update_avx2 : &coreset_update_generic;
+  auto dists_fn = avx2 ? &coreset_row_dists_avx2 : &coreset_row_dists_generic;
 
   const int64_t tasks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (N + kCoresetMinRowsPerTask - 1) / kCoresetMinRowsPerTask));
   std::vector<CoresetBest> partial(tasks);
+  std::vector<int64_t> skipped(tasks);
   std::vector<char> bad(tasks, 0);  // per-task non-finite flags
   std::vector<float> centre(D);
+  std::vector<float> cc2(prune ? n : 0);
 
-  for (int64_t r = 0; r < N; ++r) mind[r] = std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < N; ++r) {
+    mind[r] = std::numeric_limits<float>::infinity();
+    assign[r] = 0;
+  }
   int64_t cur = start;
   out_idx[0] = start;
   out_d[0] = std::numeric_limits<float>::infinity();
+  int64_t next_try = 2, backoff = 1;  // pruning needs >= 2 centres
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
     const char* crow = base + static_cast<size_t>(cur) * D * esize;
@@ -116,18 +167,47 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
       for (int64_t t = 0; t < D; ++t) centre[t] = static_cast<float>(reinterpret_cast<const c10::BFloat16*>(crow)[t]);
     }
     mind[cur] = kCoresetChosen;
+    CoresetStep st;
+    st.c = centre.data();
+    st.cid = static_cast<int32_t>(step - 1);
+    st.mind = mind;
+    st.assign = assign;
+    const bool try_prune = prune && step >= next_try;
+    if (try_prune) {
+      // squared distances from the new centre to the step - 1 earlier centres (and 0 to itself)
+      const int64_t ncent = step - 1;
+      at::parallel_for(0, ncent, 64, [&](int64_t j0, int64_t j1) {
+        dists_fn(bank, dtype, D, out_idx + j0, j1 - j0, centre.data(), cc2.data() + j0);
+      });
+      cc2[step - 1] = 0.f;
+      st.cc2 = cc2.data();
+    }
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = N * t / tasks, r1 = N * (t + 1) / tasks;
         bool b = false;
-        partial[t] = step_fn(bank, dtype, D, r0, r1, centre.data(), mind, &b);
+        int64_t sk = 0;
+        partial[t] = step_fn(bank, dtype, D, r0, r1, st, &sk, &b);
         bad[t] = b;
+        skipped[t] = sk;
       }
     });
     CoresetBest best = partial[0];
     for (int64_t t = 1; t < tasks; ++t)
       if (partial[t].value > best.value) best = partial[t];  // strict: earlier task = smaller index wins ties
     if (std::find(bad.begin(), bad.end(), 1) != bad.end()) return false;
+    if (try_prune) {
+      int64_t sk = 0;
+      for (int64_t t = 0; t < tasks; ++t) sk += skipped[t];
+      // chosen rows are always skipped and were never worth reading: do not count them
+      if (sk - step > kCoresetPruneGain * step) {
+        backoff = 1;
+        next_try = step + 1;
+      } else {
+        backoff = std::min(backoff * 2, kCoresetPruneMaxBackoff);
+        next_try = step + backoff;
+      }
+    }
     cur = best.index;
     out_idx[step] = cur;
     out_d[step] = std::sqrt(std::max(best.value, 0.f));
@@ -146,8 +226,13 @@ std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n
   auto out_idx = at::empty({n}, b.options().dtype(at::kLong));
   auto out_d = at::empty({n}, b.options().dtype(at::kFloat));
   auto mind = at::empty({N}, b.options().dtype(at::kFloat));
+  auto assign = at::empty({N}, b.options().dtype(at::kInt));
+  // FASTAD_CORESET_PRUNE=0 turns the (exact, adaptive) triangle-inequality pruning off (tests compare both).
+  const char* prune_env = std::getenv("FASTAD_CORESET_PRUNE");
+  const bool prune = prune_env == nullptr || std::string_view(prune_env) != "0";
   const bool ok = coreset_select(b.data_ptr(), dtype, N, D, n, start, mind.data_ptr<float>(),
-                                 out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>());
+                                 assign.data_ptr<int32_t>(), out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>(),
+                                 prune);
   TORCH_CHECK(ok, "coreset: bank must hold finite values, but a squared distance was NaN or Inf "
                   "(the bank contains NaN/Inf, or values whose squared differences overflow float32)");
   return {out_idx, out_d};

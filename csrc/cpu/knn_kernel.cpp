@@ -1,4 +1,7 @@
-// CPU exact k-NN: a blocked dot-product tile followed by a fused selection epilogue.
+// CPU exact k-NN entry. On AVX2/FMA CPUs it runs knn_f32_avx2 (csrc/cpu/dist_gemm_avx2.cpp: packed
+// GEMM micro-kernel with the top-k fused into its epilogue); otherwise, or with FASTAD_FORCE_GENERIC=1,
+// the portable knn_f32 below: a blocked dot-product tile followed by a fused selection epilogue.
+// Both re-rank l2/sqeuclidean winners with exact distances.
 // The Q x N distance matrix is never materialised: each thread owns one
 // [kQueryBlock x kBankBlock] score tile (kQueryBlock * kBankBlock * 4 bytes = 128 KiB).
 #include <ATen/Dispatch.h>

@@ -563,6 +563,13 @@ def collate(items: list[dict]) -> dict:
         vals = [it[k] for it in items]
         v0 = vals[0]
         if isinstance(v0, torch.Tensor):
+            shapes = {tuple(v.shape) for v in vals}
+            if len(shapes) > 1:
+                where = [it.get("path", i) for i, it in enumerate(items)]
+                raise ValueError(
+                    f"collate: {k!r} tensors of different shapes {sorted(shapes)} cannot be stacked "
+                    f"(items {where}); resize images to one size, or use batch_size=1 with resize='none'"
+                )
             out[k] = _stack(vals)
         elif isinstance(v0, bool):
             out[k] = torch.tensor(vals, dtype=torch.bool)

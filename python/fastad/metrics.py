@@ -40,6 +40,10 @@ is, per anomalous pixel, the integral of a ramp (closed form below, ``_pro_area`
 found without sorting the normal pixels: a monotone bucket index (``floor((x - lo) * scale)``, monotone
 in ``x`` under any rounding) gives a histogram in one pass; only the normal pixels that share a bucket
 with some anomalous score are sorted and compared exactly. Counts are int64 and sums float64.
+Two shortcuts stay exact: ``aupro`` only ranks the normal pixels above an estimate of the FPR cut
+(an anomalous pixel with more than ``fpr_limit * n`` normal pixels above it adds no area), and
+``f1_max`` first looks only at thresholds with few false positives, keeping the result when it
+provably bounds every other threshold (F1 <= 2P / (2P + FP)) and computing the whole curve otherwise.
 
 **Streaming and memory.** ``PixelMetrics.update`` labels the mask's connected components at once
 and keeps only the normal pixels' scores (one float32 per pixel for float32 maps: less than map +
@@ -87,8 +91,10 @@ class UndefinedMetricWarning(UserWarning):
 # from ~10^5 values on.
 SMALL_SORT_LIMIT = 1 << 16
 # Buckets per normal value for the histogram path (fewer buckets = more values to sort exactly,
-# more buckets = a larger histogram); clamped to [2^10, 2^22].
-BUCKETS_PER_VALUE = 0.25
+# more buckets = a larger, cache-unfriendly histogram), clamped to [2^10, MAX_BUCKETS]. Tuned with
+# benchmarks/bench_metrics.py.
+BUCKETS_PER_VALUE = 0.5
+MAX_BUCKETS = 1 << 20
 
 # 8-connectivity within an image (3x3 ones), as anomalib (cv2.connectedComponents default) and MuSc
 # (skimage.measure.label default for 2-D) label regions; no connection across images.
@@ -195,22 +201,8 @@ def _neg_counts(neg: np.ndarray, q: np.ndarray, top: float | None = None) -> tup
     q = np.asarray(q, dtype=neg.dtype)
     if n <= SMALL_SORT_LIMIT or q.size * 8 > n or q.size == 0:
         return _sorted_counts(np.sort(neg), q, 0)
-    if top is not None and top < 0.8 * n:
-        # Only the top `top` normal values need resolving: keep the normal values above an estimate
-        # of that cut (a quantile of a strided sample, with a margin) and count the rest. If the
-        # estimate kept fewer than `top`, fall through to the full computation.
-        sample = neg[:: max(1, n // 65536)]
-        k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
-        cut = np.partition(sample, k)[k]
-        cand = neg.take(np.flatnonzero(neg >= cut))
-        if top <= cand.size < 0.9 * n:
-            # a query below `cut` has all of `cand` (>= top values) above it: it gets le = n_low,
-            # an upper bound of #(neg <= q) that leaves cand.size >= top above, as promised
-            lt, le = _neg_counts(cand, q, top)
-            n_low = n - cand.size
-            return lt + n_low, le + n_low
     lo, hi = max(neg.min(), q.min()), min(neg.max(), q.max())
-    nb = int(min(max(n * BUCKETS_PER_VALUE, 1 << 10), 1 << 22))
+    nb = int(min(max(n * BUCKETS_PER_VALUE, 1 << 10), MAX_BUCKETS))
     bucketed = None
     if hi > lo:
         for work in (neg.dtype, np.dtype(np.float64)):
@@ -282,16 +274,15 @@ class _Ranked:
     """Positives sorted ascending (with optional weights) and their exact ranks among negatives."""
 
     def __init__(self, neg: np.ndarray, pos: np.ndarray, w: np.ndarray | None = None,
-                 extra_q: np.ndarray | None = None, top: float | None = None):
-        """``top``: only PRO up to that many false positives is needed (see `_neg_counts`); then
-        only `pro_area` is valid."""
+                 extra_q: np.ndarray | None = None):
+        """``extra_q``: more query values (e.g. PRO-MuSc thresholds) ranked in the same pass."""
         self.n = int(neg.size)
         self.p = int(pos.size)
         order = np.argsort(pos) if w is not None else None  # order within ties is irrelevant
         self.pos = pos[order] if order is not None else np.sort(pos)
         self.w = w[order] if order is not None else None
         q = self.pos if extra_q is None else np.concatenate([self.pos, extra_q.astype(pos.dtype)])
-        lt, le = _neg_counts(neg, q, top)
+        lt, le = _neg_counts(neg, q)
         self.lt, self.le = lt[: self.p], le[: self.p]
         self.extra_lt, self.extra_le = lt[self.p:], le[self.p:]
 
@@ -325,17 +316,20 @@ class _Ranked:
         return float(f1[k]), float(self.pos[g[k]])
 
     def pro_area(self, fpr_limit: float) -> float:
-        """Area (FPR x mean region overlap) under anomalib's PRO polyline up to FPR = fpr_limit,
-        times n * sum(w). Per positive of weight w with a = #(neg > p) and e = #(neg == p), its
-        overlap rises from 0 at F = a to w at F = a + e (a ramp over the tied negatives, a step if
-        e = 0), so its area up to F_lim is w * ramp_integral(F_lim)."""
-        f_lim = min(fpr_limit, 1.0) * self.n
-        a = (self.n - self.le).astype(np.float64)
-        e = (self.le - self.lt).astype(np.float64)
-        x = f_lim - a  # distance past the start of the ramp
-        area = np.where(x <= 0, 0.0,
-                        np.where(x >= e, x - 0.5 * e, 0.5 * x * x / np.where(e > 0, e, 1.0)))
-        return float(np.dot(self.w, area))
+        return _pro_area(self.n, self.lt, self.le, self.w, fpr_limit)
+
+
+def _pro_area(n: int, lt: np.ndarray, le: np.ndarray, w: np.ndarray, fpr_limit: float) -> float:
+    """Area (FPR x mean region overlap) under anomalib's PRO polyline up to FPR = fpr_limit, times
+    n * sum(w). Per positive of weight w with a = #(neg > p) and e = #(neg == p), its overlap rises
+    from 0 at F = a to w at F = a + e (a ramp over the tied negatives, a step if e = 0), so its area
+    up to F_lim is w * ramp_integral(F_lim)."""
+    f_lim = min(fpr_limit, 1.0) * n
+    a = (n - le).astype(np.float64)
+    e = (le - lt).astype(np.float64)
+    x = f_lim - a  # distance past the start of the ramp
+    area = np.where(x <= 0, 0.0, np.where(x >= e, x - 0.5 * e, 0.5 * x * x / np.where(e > 0, e, 1.0)))
+    return float(np.dot(w, area))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,43 +381,85 @@ def f1_max(scores: Any, labels: Any) -> float:
         >>> f1_max(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.8
     """
+    s, y = _pair(scores, labels, "f1_max")
+    flat_s, flat_m = s.reshape(-1), y.reshape(-1)
+    pos_idx = np.flatnonzero(flat_m)
+    p, n = pos_idx.size, flat_s.size - pos_idx.size
+    if p and n:
+        # F1 at a threshold with FP false positives is at most 2P / (2P + FP): if the best F1 over
+        # the thresholds with FP < top reaches 2P / (2P + top), no other threshold can beat it.
+        top = min(8 * p + 1, n)
+        got = _top_candidates(flat_s, flat_m, pos_idx, n, top)
+        if got is not None:
+            cand, cut = got
+            pos = np.sort(flat_s.take(pos_idx))
+            pos = pos[np.searchsorted(pos, cut, "left"):]  # all positives >= cut
+            lt, _ = _neg_counts(cand, pos)
+            g = _groups(pos)
+            tp = (pos.size - g).astype(np.float64)
+            fp = (cand.size - lt[g]).astype(np.float64)  # normal values >= v, all in cand
+            if tp.size:
+                best = float(np.max(2.0 * tp / (tp + fp + p)))
+                if best >= 2.0 * p / (2.0 * p + top):
+                    return best
     return _ranked_pair(scores, labels, "f1_max").f1_max()[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # per-region overlap
 # ----------------------------------------------------------------------------------------------
-def _split_regions(maps: np.ndarray, masks: np.ndarray):
-    """-> (normal scores, anomalous scores, their region weights 1/|region|, number of regions).
+def _top_candidates(flat_s: np.ndarray, flat_m: np.ndarray, pos_idx: np.ndarray, n: int, top: int):
+    """The normal values at or above ``cut``, an estimate (a quantile of a strided sample, with a
+    margin) of the ``top``-th largest normal value, when that pays off: -> (cand, cut) with
+    ``top <= cand.size < 0.9 n``, or None (small input, no saving, or the estimate fell short).
+    Any anomalous value below ``cut`` has all of ``cand``, so at least ``top`` normal values, above it."""
+    if not (n > SMALL_SORT_LIMIT and top < 0.8 * n and pos_idx.size * 8 <= n):
+        return None
+    step = max(1, flat_s.size // 65536)
+    sample = flat_s[::step][~flat_m[::step]]
+    k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
+    cut = np.partition(sample, k)[k]
+    sel = flat_s >= cut
+    sel[pos_idx] = False
+    cand = flat_s.take(np.flatnonzero(sel))
+    return (cand, cut) if top <= cand.size < 0.9 * n else None
+
+
+def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """-> (1/|region| for every anomalous pixel in row-major [B, H, W] order, number of regions).
     Regions: 8-connected components of each image's mask (never across images)."""
     from scipy import ndimage
 
-    flat_s, flat_m = maps.reshape(-1), masks.reshape(-1)
-    neg = flat_s[~flat_m]
-    pos = flat_s[flat_m]
-    if pos.size == 0:
-        return neg, pos, np.zeros(0), 0
-    labs, nreg = [], 0
+    labs, nreg = [np.zeros(0, np.int32)], 0
     for m in masks[masks.reshape(masks.shape[0], -1).any(axis=1)]:
         rows = np.flatnonzero(m.any(axis=1))  # label the mask's bounding box only
         cols = np.flatnonzero(m.any(axis=0))
         crop = m[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
         lab, k = ndimage.label(crop, structure=_STRUCTURE_2D)
-        labs.append(lab[crop] + nreg)  # row-major within the image: the order of `pos`
+        labs.append(lab[crop] + nreg)  # row-major within the image: the order of the positives
         nreg += k
     lab = np.concatenate(labs)
     sizes = np.bincount(lab, minlength=nreg + 1).astype(np.float64)
     sizes[0] = 1.0
-    w = 1.0 / sizes[lab]
-    return neg, pos, w, int(nreg)
+    return 1.0 / sizes[lab], int(nreg)
 
 
-def _aupro_from(r: _Ranked, nreg: int, fpr_limit: float) -> float:
-    if nreg == 0 or r.n == 0:
+def _split_regions(maps: np.ndarray, masks: np.ndarray):
+    """-> (normal scores, anomalous scores, their region weights 1/|region|, number of regions)."""
+    flat_s, flat_m = maps.reshape(-1), masks.reshape(-1)
+    neg = flat_s[~flat_m]
+    pos = flat_s.take(np.flatnonzero(flat_m))
+    w, nreg = _region_weights(masks)
+    return neg, pos, w, nreg
+
+
+def _aupro_from(r, nreg: int, n: int, fpr_limit: float) -> float:
+    """``r``: a `_Ranked` or (lt, le, w) of the anomalous pixels; n: number of normal pixels."""
+    if nreg == 0 or n == 0:
         _warn(f"fastad.metrics.aupro: {'no anomalous region' if nreg == 0 else 'no normal pixel'} in masks; "
               "returning 0.0 as anomalib does")
         return 0.0
-    area = r.pro_area(fpr_limit) / (r.n * nreg)
+    area = (r.pro_area(fpr_limit) if isinstance(r, _Ranked) else _pro_area(n, *r, fpr_limit)) / (n * nreg)
     return area / min(fpr_limit, 1.0)
 
 
@@ -458,10 +494,32 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     """
     fpr_limit = _check_fpr_limit(fpr_limit, "aupro")
     s, y = _maps_masks(maps, masks, "aupro")
-    neg, pos, w, nreg = _split_regions(s, y)
-    # anomalous pixels with >= fpr_limit * n normal pixels above them add nothing: skip their exact ranks
-    top = math.ceil(min(fpr_limit, 1.0) * neg.size) + 1
-    return _aupro_from(_Ranked(neg, pos, w, top=top), nreg, fpr_limit)
+    flat_s, flat_m = s.reshape(-1), y.reshape(-1)
+    pos_idx = np.flatnonzero(flat_m)
+    pos = flat_s.take(pos_idx)
+    w, nreg = _region_weights(y)
+    n = flat_s.size - pos.size
+    if nreg == 0 or n == 0:
+        return _aupro_from(None, nreg, n, fpr_limit)
+    # Anomalous pixels with >= fpr_limit * n normal pixels above them add nothing: only the normal
+    # pixels above an estimate of the FPR cut (a quantile of a strided sample, with a margin) need
+    # exact ranks; the others are only counted. Exact whatever the estimate (checked below).
+    top = math.ceil(min(fpr_limit, 1.0) * n) + 1
+    got = _top_candidates(flat_s, flat_m, pos_idx, n, top)
+    if got is not None:
+        # an anomalous pixel below `cut` has all of `cand` (>= top values) above it: its area is
+        # 0 (>= top normal pixels above it), so it is dropped
+        cand, cut = got
+        near = np.flatnonzero(pos >= cut)
+        pos, w = pos.take(near), w.take(near)
+        order = np.argsort(pos)  # sorted queries: cache-friendly binary searches
+        lt, le = _neg_counts(cand, pos.take(order), top)
+        n_low = n - cand.size
+        return _aupro_from((lt + n_low, le + n_low, w.take(order)), nreg, n, fpr_limit)
+    order = np.argsort(pos)
+    pos, w = pos.take(order), w.take(order)
+    lt, le = _neg_counts(flat_s[~flat_m], pos, top)
+    return _aupro_from((lt, le, w), nreg, n, fpr_limit)
 
 
 def _musc_thresholds(lo: np.generic, hi: np.generic, num_thresholds: int) -> np.ndarray:
@@ -593,7 +651,7 @@ class PixelMetrics:
                 "pixel_auroc": r.auroc(),
                 "pixel_ap": r.average_precision(),
                 "pixel_f1_max": r.f1_max()[0],
-                "aupro": _aupro_from(r, self._nreg, self.fpr_limit),
+                "aupro": _aupro_from(r, self._nreg, r.n, self.fpr_limit),
                 "pro_musc": _pro_musc_from(neg, pos, w, self._nreg, lo, hi, self.pro_thresholds,
                                            self.fpr_limit, r=r if extra is not None else None),
             }

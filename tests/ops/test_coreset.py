@@ -277,3 +277,47 @@ def test_coreset_projection_padding_changes_nothing(gen):
     ri, rd = ref.coreset(p, 30)
     assert torch.equal(idx, ri)
     torch.testing.assert_close(dist.double()[1:], rd[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_coreset_torch_compile(gen):
+    b = _bank(300, 16, gen)
+    f = torch.compile(lambda x: fastad.ops.coreset(x, 7, start=3), backend="eager", fullgraph=True)
+    i1, d1 = f(b)
+    i2, d2 = fastad.ops.coreset(b, 7, start=3)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+
+
+def _clustered(N, D, clusters, gen, spread=0.05, offset=3.0):
+    centres = torch.randn(clusters, D, generator=gen) * 4 + offset
+    lab = torch.randint(0, clusters, (N,), generator=gen)
+    return centres[lab] + spread * torch.randn(N, D, generator=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("simd", ["", "generic"])
+def test_coreset_pruning_is_exact(monkeypatch, dtype, simd, gen):
+    # clustered data: after the first centres most rows are far closer to their own centre than half
+    # the distance to the next one, so the triangle-inequality pruning skips them
+    b = _clustered(2500, 24, 30, gen).to(dtype)
+    if simd:
+        monkeypatch.setenv("FASTAD_SIMD", simd)
+    i1, d1 = fastad.ops.coreset(b, 120, start=17)
+    monkeypatch.setenv("FASTAD_CORESET_PRUNE", "0")
+    i0, d0 = fastad.ops.coreset(b, 120, start=17)
+    assert torch.equal(i1, i0) and torch.equal(d1, d0)
+    ri, rd = ref.coreset(b.float(), 120, start=17)
+    assert torch.equal(i1, ri)
+    torch.testing.assert_close(d1.double()[1:], rd[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_coreset_pruning_thread_invariant(gen):
+    b = _clustered(9002, 16, 30, gen)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        i1, d1 = fastad.ops.coreset(b, 150)
+        torch.set_num_threads(max(old, 2))
+        i2, d2 = fastad.ops.coreset(b, 150)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)

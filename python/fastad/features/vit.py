@@ -8,7 +8,6 @@ ignored). Written from the architecture description; see ``dinov2.py`` for the o
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
