@@ -21,4 +21,16 @@ TORCH_LIBRARY(fastad, m) {
   // row `start` -> (indices [n] int64, min_distances [n] float32: the Euclidean distance of each chosen
   // row to the rows chosen before it; min_distances[0] = +inf). Deterministic; argmax ties -> smaller index.
   m.def("coreset(Tensor bank, int n, int start=0) -> (Tensor, Tensor)");
+  // ---- MuSc (issue 5): zero-shot mutual scoring ---------------------------------------------
+  // LNAMD: per-image LayerNorm over (C, H, W) jointly (no affine, eps 1e-5) -> r x r mean with zero
+  // padding counted -> per-token L2 normalisation. tokens [B, L, C] (CLS removed, L = H*H) -> [B, L, C].
+  m.def("lnamd(Tensor tokens, int r) -> Tensor");
+  // MuSc-V2 SNAMD: exp(-||x_n - x_c||)-weighted r x r means of raw tokens, mean over r_list, L2-normalised.
+  m.def("snamd(Tensor tokens, int[] r_list) -> Tensor");
+  // Mutual scoring: z [N, L, C] -> [N, L]: for each patch, its min distance to every other image
+  // (or to every pool image when pool [Np, L, C] is given), then the mean of the k smallest.
+  // window > 0 (odd): patch p only compared with the window x window patches around p.
+  m.def("mutual_scores(Tensor z, int k, Tensor? pool=None, int window=0) -> Tensor");
+  // lnamd (for each r in r_list) followed by mutual_scores, fused: raw tokens [N, L, C] -> [R, N, L].
+  m.def("lnamd_mutual_scores(Tensor tokens, int[] r_list, int k, Tensor? pool=None, int window=0) -> Tensor");
 }

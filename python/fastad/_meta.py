@@ -84,3 +84,70 @@ def _coreset_fake(bank, n, start=0):
     _check(0 <= start < N, f"{op}: start must be a bank row index in [0, {N}), got {start}")
     _check(N < 2**31, f"{op}: bank must have fewer than 2^31 rows, got {N}")
     return (bank.new_empty((n,), dtype=torch.int64), bank.new_empty((n,), dtype=torch.float32))
+# ---- MuSc (issue 5) ------------------------------------------------------------------------------
+
+def _grid_side(L: int) -> int:
+    s = int(round(L ** 0.5))
+    return s if s * s == L else -1
+
+
+def _check_tokens(op, arg, t, need_grid):
+    _check(t.dim() == 3, f"{op}: {arg} must be 3-D [N, L, C], got {t.dim()}-D tensor of shape {list(t.shape)}")
+    _check(t.dtype in _FLOATS, f"{op}: {arg} dtype must be float32, float16 or bfloat16, got {t.dtype}")
+    _check(t.shape[2] >= 1, f"{op}: {arg} must have C >= 1 channels, got shape {list(t.shape)}")
+    if need_grid:
+        _check(t.shape[1] >= 1 and _grid_side(t.shape[1]) > 0,
+               f"{op}: {arg} must hold a square grid of L = H * H patch tokens (CLS removed), got L = {t.shape[1]}")
+
+
+def _check_r(op, r):
+    _check(r >= 1 and r % 2 == 1, f"{op}: r must be an odd integer >= 1, got {r}")
+
+
+def _check_mutual(op, z, k, pool, window, need_grid):
+    _check_tokens(op, "z", z, need_grid or window > 0)
+    _check(window >= 0 and (window == 0 or window % 2 == 1),
+           f"{op}: window (same_position) must be 0 (off) or an odd integer >= 1, got {window}")
+    nref = z.shape[0] - 1
+    if pool is not None:
+        _check_tokens(op, "pool", pool, False)
+        _check(pool.shape[1] == z.shape[1] and pool.shape[2] == z.shape[2],
+               f"{op}: pool must have the same L and C as z, got z {list(z.shape)} and pool {list(pool.shape)}")
+        _check(pool.dtype == z.dtype, f"{op}: pool and z must have the same dtype, got z {z.dtype} and pool {pool.dtype}")
+        _check(pool.device == z.device, f"{op}: pool must be on z's device ({z.device}), got {pool.device}")
+        nref = pool.shape[0]
+    _check(k >= 1, f"{op}: k must be >= 1 (k = int(fraction * number of reference images)), got k={k}")
+    _check(z.shape[0] == 0 or k <= nref,
+           f"{op}: k must be <= the number of reference images per query "
+           f"({'pool size' if pool is not None else 'N - 1'} = {nref}), got k={k}")
+
+
+@torch.library.register_fake("fastad::lnamd")
+def _lnamd_fake(tokens, r):
+    _check_tokens("lnamd", "tokens", tokens, True)
+    _check_r("lnamd", r)
+    return tokens.new_empty(tokens.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("fastad::snamd")
+def _snamd_fake(tokens, r_list):
+    _check_tokens("snamd", "tokens", tokens, True)
+    _check(len(r_list) > 0, "snamd: r_list must not be empty")
+    for r in r_list:
+        _check_r("snamd", r)
+    return tokens.new_empty(tokens.shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("fastad::mutual_scores")
+def _mutual_scores_fake(z, k, pool=None, window=0):
+    _check_mutual("mutual_scores", z, k, pool, window, False)
+    return z.new_empty((z.shape[0], z.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("fastad::lnamd_mutual_scores")
+def _lnamd_mutual_scores_fake(tokens, r_list, k, pool=None, window=0):
+    _check_mutual("lnamd_mutual_scores", tokens, k, pool, window, True)
+    _check(len(r_list) > 0, "lnamd_mutual_scores: r_list must not be empty")
+    for r in r_list:
+        _check_r("lnamd_mutual_scores", r)
+    return tokens.new_empty((len(r_list), tokens.shape[0], tokens.shape[1]), dtype=torch.float32)

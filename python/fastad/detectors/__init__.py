@@ -1,4 +1,5 @@
-"""Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`).
+"""Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
+PatchCore, SPADE, and the zero-shot MuSc (:mod:`fastad.detectors.musc`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
+from .musc import MuSc
 from .patchcore import PatchCore
 from .spade import SPADE
 
@@ -39,6 +41,7 @@ def load(path, *, backbone=None, device=None) -> BaseDetector:
 
 __all__ = [
     "BaseDetector",
+    "MuSc",
     "PatchCore",
     "SPADE",
     "NotFittedError",

@@ -5,5 +5,7 @@ Every op has a pure-torch reference in :mod:`fastad.ops._reference` (the test or
 from .coreset import coreset
 from .group_min import group_min
 from .knn import knn
+from .musc import bilinear_max, interval_k, lnamd, lnamd_mutual_scores, mutual_scores, rscin, snamd
 
-__all__ = ["coreset", "group_min", "knn"]
+__all__ = ["coreset", "group_min", "knn", "lnamd", "snamd", "mutual_scores", "lnamd_mutual_scores", "rscin",
+           "interval_k", "bilinear_max"]

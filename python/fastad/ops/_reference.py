@@ -82,3 +82,82 @@ def coreset(bank, n, start=0):
         idx.append(nxt)
         dist.append(float(mind[nxt]))
     return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
+# ---- MuSc (issue 5) ------------------------------------------------------------------------------
+# Direct (float64) formulations; tests/musc_oracle.py holds the port of the official code.
+
+def lnamd(tokens: torch.Tensor, r: int) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.lnamd`: ``layer_norm`` over (L, C) per image + ``avg_pool2d``
+    (zero padding counted) + per-token L2 normalisation, in float64. Returns float64 ``[B, L, C]``."""
+    B, L, C = tokens.shape
+    H = int(round(L ** 0.5))
+    x = tokens.double()
+    y = torch.nn.functional.layer_norm(x, (L, C), eps=1e-5)
+    g = y.transpose(1, 2).reshape(B, C, H, H)
+    p = torch.nn.functional.avg_pool2d(g, r, 1, (r - 1) // 2, count_include_pad=True)
+    u = p.reshape(B, C, L).transpose(1, 2)
+    return u / u.norm(dim=-1, keepdim=True)
+
+
+def snamd(tokens: torch.Tensor, r_list) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.snamd` (float64; the official MuSc-V2 code rounds to fp16)."""
+    B, L, C = tokens.shape
+    H = int(round(L ** 0.5))
+    rmax = max(r_list)
+    rad = (rmax - 1) // 2
+    x = tokens.double().reshape(B, H, H, C)
+    xp = torch.nn.functional.pad(x, (0, 0, rad, rad, rad, rad))  # zero padding of the grid
+    out = torch.zeros_like(x)
+    for r in r_list:
+        rr = (r - 1) // 2
+        num = torch.zeros_like(x)
+        den = torch.zeros(B, H, H, 1, dtype=torch.float64)
+        for dh in range(-rr, rr + 1):
+            for dw in range(-rr, rr + 1):
+                xn = xp[:, rad + dh : rad + dh + H, rad + dw : rad + dw + H]
+                wgt = torch.exp(-(xn - x).norm(dim=-1, keepdim=True))
+                num += wgt * xn
+                den += wgt
+        out += num / den
+    out /= len(r_list)
+    out = out / out.norm(dim=-1, keepdim=True)
+    return out.reshape(B, L, C)
+
+
+def mutual_scores(z: torch.Tensor, k: int, pool: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.mutual_scores` in float64: per image pair the full distance
+    matrix, its row minima, then the mean of the k smallest over the reference images."""
+    N, L, C = z.shape
+    zz = z.double()
+    refs = pool.double() if pool is not None else zz
+    mask = None
+    if window:
+        H = int(round(L ** 0.5))
+        hh, ww = torch.arange(L) // H, torch.arange(L) % H
+        hw = (window - 1) // 2
+        mask = ((hh[:, None] - hh[None, :]).abs() <= hw) & ((ww[:, None] - ww[None, :]).abs() <= hw)
+    out = torch.empty(N, L, dtype=torch.float64)
+    for i in range(N):
+        mins = []
+        for j in range(refs.shape[0]):
+            if pool is None and j == i:
+                continue
+            d = torch.cdist(zz[i], refs[j])
+            if mask is not None:
+                d = d.masked_fill(~mask, float("inf"))
+            mins.append(d.min(1).values)
+        m = torch.stack(mins, 1)
+        out[i] = m.topk(k, dim=1, largest=False).values.mean(1)
+    return out
+
+
+def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.rscin` in float64: min-max normalised scores averaged over the
+    k most similar images (self included) with similarity weights, mean over k_list."""
+    s = scores.double()
+    s = (s - s.min()) / (s.max() - s.min())
+    W = image_features.double() @ image_features.double().T
+    outs = []
+    for k in k_list:
+        vals, idx = W.topk(k, dim=1)
+        outs.append((vals * s[idx]).sum(1) / vals.sum(1))
+    return torch.stack(outs, 1).mean(1)

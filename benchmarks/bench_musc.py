@@ -1,0 +1,192 @@
+"""MuSc scoring on CPU: fastad vs the port of the official code (tests/musc_oracle.py), 1 thread.
+
+Config B (measured end to end): N=32 images, 24x24 patches, C=768, 4 layers x r in {1,3,5}, maps at
+336 px, RsCIN k=[1,2,3]. Each side runs in its own subprocess (ours, oracle, ours again, so that a
+load change on this shared machine shows up), reporting wall time, process CPU time, process max RSS
+and the peak RSS above the baseline taken after the tokens were created (a 2 ms psutil sampler).
+The parent checks that both sides give the same maps and image scores.
+
+Config C (the official default size, EXTRAPOLATED from measured parts): N=83, 37x37, C=1024,
+4 layers x 3 r. Oracle: LNAMD measured on one batch of 4 images (x N/4), MSM measured for one
+query image at one (layer, r) (x N x 12; the official MSM cost does not depend on r). Ours:
+lnamd_mutual_scores of one layer measured on 5 and on 10 images, split into a per-image part (LN,
+pooled norms) and a per-pair part (GEMM tile, box filters, epilogues), then x N images + N(N-1)/2
+pairs, x 4 layers.
+
+    .venv/bin/python benchmarks/bench_musc.py            # B and C
+    .venv/bin/python benchmarks/bench_musc.py --config B
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONFIG_B = dict(N=32, H=24, C=768, layers=4, image_size=336, r_list=(1, 3, 5), k_list=(1, 2, 3))
+
+
+class PeakRSS:
+    """Samples this process's RSS every `period` seconds in a thread."""
+
+    def __init__(self, period=0.002):
+        import psutil
+
+        self.proc, self.period, self.peak, self._stop = psutil.Process(), period, 0, False
+
+    def rss(self):
+        return self.proc.memory_info().rss
+
+    def __enter__(self):
+        self.base = self.rss()
+        self.peak = self.base
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.period)
+
+    def __exit__(self, *a):
+        self._stop = True
+        self.t.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def make_tokens(cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N, L, C = cfg["N"], cfg["H"] ** 2, cfg["C"]
+    toks = [torch.randn(N, 1 + L, C, generator=g) for _ in range(cfg["layers"])]
+    cls = torch.nn.functional.normalize(torch.randn(N, 768, generator=g), dim=-1)
+    return toks, cls
+
+
+def child(side: str, out: str):
+    torch.set_num_threads(1)
+    cfg = CONFIG_B
+    toks, cls = make_tokens(cfg)
+    import fastad  # noqa: F401  (import cost outside the measurement)
+    from fastad.detectors import MuSc
+    from tests import musc_oracle as O
+
+    with PeakRSS() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        if side == "ours":
+            det = MuSc(backbone=None, image_size=cfg["image_size"], r_list=cfg["r_list"], k_list=cfg["k_list"], progress=False)
+            scores, maps = det.score_tokens(toks, cls)
+            scores = scores.double()
+        else:
+            maps, ac, rs = O.musc_official(toks, cfg["r_list"], cfg["image_size"], cls.numpy(), cfg["k_list"])
+            scores = torch.from_numpy(rs).double()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    raw = maps.flatten(1).max(1).values.double()  # image score before RsCIN (max of the upsampled map)
+    torch.save({"scores": scores, "raw": raw, "maps": maps.float()}, out + ".pt")
+    res = dict(side=side, wall_s=wall, cpu_s=cpu, base_rss_mib=mem.base / 2**20, peak_above_base_mib=(mem.peak - mem.base) / 2**20,
+               max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    Path(out).write_text(json.dumps(res))
+
+
+def run_child(side):
+    fd, out = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    subprocess.run([sys.executable, __file__, "--child", side, "--out", out], check=True, env=env)
+    res = json.loads(Path(out).read_text())
+    res["data"] = torch.load(out + ".pt")
+    os.remove(out)
+    os.remove(out + ".pt")
+    return res
+
+
+def config_b():
+    print(f"== config B: N={CONFIG_B['N']}, {CONFIG_B['H']}x{CONFIG_B['H']} patches, C={CONFIG_B['C']}, "
+          f"{CONFIG_B['layers']} layers x r {list(CONFIG_B['r_list'])}, maps {CONFIG_B['image_size']} px, 1 thread", flush=True)
+    runs = [run_child("ours"), run_child("oracle"), run_child("ours")]
+    hdr = f"{'side':8s} {'wall s':>9s} {'CPU s':>9s} {'max RSS MiB':>12s} {'base MiB':>9s} {'peak-base MiB':>14s}"
+    print(hdr)
+    for r in runs:
+        print(f"{r['side']:8s} {r['wall_s']:9.2f} {r['cpu_s']:9.2f} {r['max_rss_mib']:12.0f} {r['base_rss_mib']:9.0f} {r['peak_above_base_mib']:14.0f}")
+    ours = min((r for r in runs if r["side"] == "ours"), key=lambda r: r["cpu_s"])
+    orc = runs[1]
+    dm = (ours["data"]["maps"] - orc["data"]["maps"]).abs().max().item()
+    ds = (ours["data"]["scores"] - orc["data"]["scores"]).abs().max().item()
+    dr = (ours["data"]["raw"] - orc["data"]["raw"]).abs().max().item()
+    rng = (orc["data"]["raw"].max() - orc["data"]["raw"].min()).item()
+    print(f"parity: max |maps diff| = {dm:.2e}; image scores before RsCIN (max of map): max diff {dr:.2e}; "
+          f"after RsCIN: max diff {ds:.2e} (RsCIN min-max normalises by the score range {rng:.2e}, which "
+          f"amplifies float32 noise by 1/range on these random tokens)")
+    print(f"speed-up (CPU time) {orc['cpu_s'] / ours['cpu_s']:.1f}x, (wall) {orc['wall_s'] / ours['wall_s']:.1f}x; "
+          f"peak memory above baseline: ours/oracle = {ours['peak_above_base_mib'] / max(orc['peak_above_base_mib'], 1e-9):.3f}; "
+          f"process max RSS: ours/oracle = {ours['max_rss_mib'] / orc['max_rss_mib']:.3f}", flush=True)
+
+
+def config_c(n_sub=10):
+    torch.set_num_threads(1)
+    import fastad
+    from tests import musc_oracle as O
+
+    N, H, C, layers, R = 83, 37, 1024, 4, 3
+    L = H * H
+    print(f"== config C (EXTRAPOLATED from measured parts): N={N}, {H}x{H}, C={C}, {layers} layers x {R} r, 1 thread", flush=True)
+    g = torch.Generator().manual_seed(1)
+    # oracle LNAMD: one batch of 4 images, all 4 layers, each r
+    batch = [torch.randn(4, 1 + L, C, generator=g) for _ in range(layers)]
+    c0 = time.process_time()
+    for r in (1, 3, 5):
+        O.lnamd_official(batch, r)
+    lnamd_cpu = (time.process_time() - c0) * N / 4
+    del batch
+    # oracle MSM: one query image against N-1 others, one (layer, r)
+    Z = torch.nn.functional.normalize(torch.randn(N, L, C, generator=g), dim=-1)
+    c0 = time.process_time()
+    O.msm_official(Z, query_index=[0])
+    per_query = time.process_time() - c0
+    del Z
+    msm_cpu = per_query * N * layers * R
+    # ours: one layer on subsets of n1 and n2 images; cost = a * images (LN, pooling norms) + b * pairs
+    times = {}
+    for n in (n_sub // 2, n_sub):
+        x = torch.randn(n, L, C, generator=g)
+        c0 = time.process_time()
+        fastad.ops.lnamd_mutual_scores(x, (1, 3, 5))
+        times[n] = time.process_time() - c0
+    n1, n2 = n_sub // 2, n_sub
+    p1, p2 = n1 * (n1 - 1) // 2, n2 * (n2 - 1) // 2
+    b = (times[n2] - times[n1] * n2 / n1) / (p2 - p1 * n2 / n1)
+    a = (times[n1] - b * p1) / n1
+    pairs = N * (N - 1) // 2
+    ours_cpu = (a * N + b * pairs) * layers
+    print(f"oracle: LNAMD {lnamd_cpu:.0f} CPU-s (from one batch of 4), MSM {per_query:.1f} CPU-s per query per (layer, r) "
+          f"-> {msm_cpu:.0f} CPU-s; total ~{(lnamd_cpu + msm_cpu) / 3600:.2f} CPU-h")
+    print(f"ours (one layer, r = 1, 3, 5): {times[n1]:.2f} CPU-s for {n1} images ({p1} pairs), {times[n2]:.2f} CPU-s for "
+          f"{n2} images ({p2} pairs) -> {1e3 * b:.1f} ms per pair + {1e3 * a:.1f} ms per image -> {ours_cpu:.0f} CPU-s "
+          f"(~{ours_cpu / 3600:.2f} CPU-h) for {N} images, {pairs} pairs x {layers} layers")
+    print(f"extrapolated speed-up: {(lnamd_cpu + msm_cpu) / ours_cpu:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="all", choices=["all", "B", "C"])
+    ap.add_argument("--child", choices=["ours", "oracle"])
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.child:
+        child(a.child, a.out)
+    else:
+        if a.config in ("all", "B"):
+            config_b()
+        if a.config in ("all", "C"):
+            config_c()
