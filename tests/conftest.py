@@ -19,3 +19,15 @@ def device(request):
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(params=["avx2", "generic"])
+def cpu_path(request, monkeypatch):
+    """Runs a CPU test on the AVX2 kernels and on the portable ones (FASTAD_FORCE_GENERIC=1)."""
+    if request.param == "avx2":
+        if fastad.build_info()["simd"] != "avx2":
+            pytest.skip("AVX2/FMA kernels not available on this CPU/build")
+        monkeypatch.delenv("FASTAD_FORCE_GENERIC", raising=False)
+    else:
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    return request.param

@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/dist_kernels.h"
 #include "cpu/topk.h"
 #include "cpu/vec_ops.h"
 #include "ops/checks.h"
@@ -72,12 +73,19 @@ void knn_f32(const float* q, const float* b, const float* bnorm, const float* qn
         float* od = out_d + i * k;
         int64_t* oi = out_i + i * k;
         const float qinv = qnorm[i] > 0.f ? 1.f / std::sqrt(qnorm[i]) : 0.f;
+        if (metric == Metric::L2 || metric == Metric::SqEuclidean) {
+          // re-rank the winners with exact distances (the expansion loses accuracy on non-centred data)
+          for (int64_t c = 0; c < got; ++c)
+            tk[r].buf[c].s = exact_sq_dist(q + i * D, b + tk[r].buf[c].i * D, D);
+          std::sort(tk[r].buf, tk[r].buf + got, better);
+        }
+        const float qadd = (metric == Metric::L2 || metric == Metric::SqEuclidean) ? 0.f : qnorm[i];
         for (int64_t c = 0; c < got; ++c) {
           const float s = tk[r].buf[c].s;
           float d;
           switch (metric) {
-            case Metric::L2: d = std::sqrt(std::max(s + qnorm[i], 0.f)); break;
-            case Metric::SqEuclidean: d = std::max(s + qnorm[i], 0.f); break;
+            case Metric::L2: d = std::sqrt(std::max(s + qadd, 0.f)); break;
+            case Metric::SqEuclidean: d = std::max(s + qadd, 0.f); break;
             case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
             default: d = -s; break;
           }
@@ -115,6 +123,19 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   const at::Tensor q = as_f32_contiguous(query), b = as_f32_contiguous(bank);
   const at::Tensor qn = row_sq_norms(q);
   check_finite_norms("knn", "query", qn);
+  // The AVX2 path computes (centred) bank norms while packing and checks them for NaN/Inf there.
+#if FASTAD_HAVE_AVX2
+  if (use_avx2_path()) {
+    if (N == 0) {
+      out_d.fill_(metric == Metric::IP ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity());
+      out_i.fill_(-1);
+    } else {
+      knn_f32_avx2(q.data_ptr<float>(), b.data_ptr<float>(), Q, N, D, k, metric, exclude_self, out_d.data_ptr<float>(),
+                   out_i.data_ptr<int64_t>());
+    }
+    return {out_d, out_i};
+  }
+#endif
   at::Tensor bn;
   if (bank_norms) {
     bn = bank_norms->contiguous();

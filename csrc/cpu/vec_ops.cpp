@@ -5,6 +5,10 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstdlib>
+
+#include "cpu/dist_kernels.h"
+#include "ops/build_info.h"
 
 namespace fastad::cpu {
 
@@ -26,6 +30,25 @@ void dot_tile(const float* a, int64_t na, const float* b, int64_t nb, int64_t d,
 
 void sq_norms(const float* x, int64_t n, int64_t d, float* out) {
   for (int64_t r = 0; r < n; ++r) out[r] = dot(x + r * d, x + r * d, d);
+}
+
+bool use_avx2_path() {
+  const char* force = std::getenv("FASTAD_FORCE_GENERIC");
+  if (force && force[0] && force[0] != '0') return false;
+  return FASTAD_HAVE_AVX2 && cpu_has_avx2_fma();
+}
+
+float exact_sq_dist(const float* x, const float* y, int64_t d) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= d; t += 8)
+    for (int u = 0; u < 8; ++u) {
+      const float v = x[t + u] - y[t + u];
+      acc[u] += v * v;
+    }
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; t < d; ++t) s += (x[t] - y[t]) * (x[t] - y[t]);
+  return s;
 }
 
 at::Tensor as_f32_contiguous(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }

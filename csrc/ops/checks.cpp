@@ -63,4 +63,21 @@ void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64
   TORCH_CHECK(N < (int64_t(1) << 31), op, ": bank must have fewer than 2^31 rows, got ", N);
 }
 
+void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
+                          const std::optional<at::Tensor>& exclude_group) {
+  check_query_bank("group_min", query, bank);
+  TORCH_CHECK(group_size >= 1, "group_min: group_size must be >= 1, got ", group_size);
+  const int64_t N = bank.size(0), Q = query.size(0);
+  TORCH_CHECK(N % group_size == 0, "group_min: bank rows N must be a multiple of group_size (G consecutive groups of ",
+              "group_size rows), got N=", N, " and group_size=", group_size);
+  if (exclude_group) {
+    const at::Tensor& e = *exclude_group;
+    TORCH_CHECK(e.dim() == 1 && e.size(0) == Q, "group_min: exclude_group must be 1-D [Q] with Q = ", Q,
+                " (one group id or -1 per query), got shape ", shape_str(e));
+    TORCH_CHECK(e.scalar_type() == at::kLong, "group_min: exclude_group must be int64, got ", e.scalar_type());
+    TORCH_CHECK(e.device() == query.device(), "group_min: exclude_group must be on the query's device (",
+                query.device(), "), got ", e.device());
+  }
+}
+
 }  // namespace fastad

@@ -59,3 +59,27 @@ def _coreset_fake(bank, n, start=0):
     _check(0 <= start < N, f"{op}: start must be a bank row index in [0, {N}), got {start}")
     _check(N < 2**31, f"{op}: bank must have fewer than 2^31 rows, got {N}")
     return (bank.new_empty((n,), dtype=torch.int64), bank.new_empty((n,), dtype=torch.float32))
+
+@torch.library.register_fake("fastad::group_min")
+def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
+    check_query_bank("group_min", query, bank)
+    check_metric("group_min", metric)
+    _check(group_size >= 1, f"group_min: group_size must be >= 1, got {group_size}")
+    Q, N = query.shape[0], bank.shape[0]
+    _check(
+        N % group_size == 0,
+        f"group_min: bank rows N must be a multiple of group_size (G consecutive groups of group_size rows), "
+        f"got N={N} and group_size={group_size}",
+    )
+    if exclude_group is not None:
+        _check(
+            exclude_group.dim() == 1 and exclude_group.shape[0] == Q,
+            f"group_min: exclude_group must be 1-D [Q] with Q = {Q} (one group id or -1 per query), "
+            f"got shape {list(exclude_group.shape)}",
+        )
+        _check(exclude_group.dtype == torch.int64, f"group_min: exclude_group must be int64, got {exclude_group.dtype}")
+        _check(
+            exclude_group.device == query.device,
+            f"group_min: exclude_group must be on the query's device ({query.device}), got {exclude_group.device}",
+        )
+    return query.new_empty((Q, N // group_size), dtype=torch.float32)

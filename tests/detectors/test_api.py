@@ -93,10 +93,10 @@ def test_input_kinds_agree(make, images):
 
 
 def test_features_path_equals_image_path(make, images, tiny_backbone):
-    from .standins import HookExtractor
+    from fastad.features import FeatureExtractor
 
     train, test = images
-    ext = HookExtractor(tiny_backbone.model, ["layer1", "layer2"])
+    ext = FeatureExtractor(tiny_backbone.model, ["layer1", "layer2"])
     a = make().fit(train)
     b = make().fit_features(ext(train), image_size=(64, 64))
     sa, ma = a.score(test)
@@ -133,7 +133,7 @@ def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
     d.set_threshold(normal_scores=d.decision_function(test[:6]))
     path = d.save(tmp_path / "m.safetensors")
     meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["fastad"])
-    assert meta["format_version"] == det_mod.FORMAT_VERSION and meta["backbone"] == "tiny_random"
+    assert meta["format_version"] == det_mod.FORMAT_VERSION and meta["backbone"] == "random_cnn"
     assert meta["layers"] == ["layer1", "layer2"] and meta["image_size"] == [64, 64]
     assert meta["fastad_version"]
     e = det_mod.load(path, backbone=tiny_backbone)
@@ -148,8 +148,19 @@ def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
     f = det_mod.load(path)
     with pytest.raises(ValueError, match="custom backbone"):
         f.decision_function(test)
-    with pytest.raises(ModelFileError, match="fitted with backbone 'tiny_random'"):
+    with pytest.raises(ModelFileError, match="fitted with backbone 'random_cnn'"):
         det_mod.load(path, backbone="efficientnet_lite0")
+
+
+def test_save_load_by_backbone_name(images, tmp_path):
+    """Fitted with a backbone *name*: load needs nothing else and scores identically."""
+    train, test = images
+    d = PatchCore(backbone="random_cnn", coreset_ratio=0.1, progress=False).fit(train)
+    e = det_mod.load(d.save(tmp_path / "m.safetensors"))
+    assert e.backbone == "random_cnn" and not e.custom_backbone_
+    s1, m1 = d.score(test)
+    s2, m2 = e.score(test)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
 
 
 def test_load_refuses_bad_files(make, images, tmp_path):
@@ -200,14 +211,24 @@ def test_load_refuses_bad_files(make, images, tmp_path):
 
 
 def test_other_backbone_features_refused(make, images):
-    from .standins import HookExtractor, TinyNet
+    from fastad.features import FeatureExtractor
+
+    from .standins import OtherNet
 
     train, test = images
     d = make().fit(train)
-    feats = HookExtractor(TinyNet(), ["layer1", "layer3"])(test)  # layer3 has 16 channels, not 12
-    feats["layer2"] = feats.pop("layer3")
-    with pytest.raises(ValueError, match="channels but the model was fitted with 12"):
+    feats = FeatureExtractor(OtherNet(), ["layer1", "layer2"])(test)  # 8 / 12 channels, not 16 / 32
+    with pytest.raises(ValueError, match="channels but the model was fitted with 16"):
         d.score_features(feats, image_size=(64, 64))
+    # the same through a backbone object swapped in at load time
+    import types
+
+    other = types.SimpleNamespace(model=OtherNet(), name="random_cnn", default_layers=["layer1", "layer2"], kind="cnn")
+    d.set_params(backbone=other)
+    d._backbone_obj = None
+    d._extractor = None
+    with pytest.raises(ValueError, match="another backbone"):
+        d.decision_function(test)
 
 
 def test_bad_params(tiny_backbone, images):

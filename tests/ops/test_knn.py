@@ -190,3 +190,87 @@ def test_import_refuses_other_torch(monkeypatch):
     monkeypatch.setattr(_library, "_sidecar", lambda: {"torch": "0.0.1"})
     with pytest.raises(ImportError, match=r"compiled against torch 0.0.1 but torch .* is installed.*make build"):
         _library._load()
+
+
+# --- both CPU code paths (AVX2 GEMM and portable), edge shapes of the blocked kernel -------------
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize(
+    "Q,N,D,k",
+    [(7, 37, 5, 3), (100, 530, 13, 4), (13, 1000, 700, 2), (200, 700, 33, 1), (6, 16, 8, 16)],
+)
+def test_knn_cpu_paths_match_reference(cpu_path, metric, Q, N, D, k, gen):
+    # Q across query blocks (96) and panels (6), N across bank blocks / panels (16), D across depth passes (320)
+    q, b = _data(Q, N, D, gen, dup=True)
+    d, i = fastad.ops.knn(q, b, k, metric)
+    rd, ri = ref.knn(q, b, k, metric)
+    assert_knn_equal(d, i, rd, ri)
+
+
+@pytest.mark.parametrize("offset", [4.0, 30.0])
+@pytest.mark.parametrize("D", [64, 384])
+def test_knn_offset_data_within_1e4_of_float64(cpu_path, offset, D, gen):
+    # non-centred features: the expansion |q|^2+|b|^2-2qb cancels; centring + exact re-rank must keep 1e-4
+    q, b = _data(40, 900, D, gen, offset=offset)
+    q = b[:40] + 0.05 * torch.randn(40, D, generator=gen)  # near duplicates: small distances, large norms
+    for metric in ("l2", "sqeuclidean"):
+        d, i = fastad.ops.knn(q, b, 5, metric)
+        rd, ri = ref.knn(q, b, 5, metric)
+        assert_knn_equal(d, i, rd, ri, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("k", [33, 100])
+def test_knn_large_k_heap(cpu_path, k, gen):
+    q, b = _data(20, 400, 24, gen, dup=True)
+    for metric in ("l2", "ip"):
+        d, i = fastad.ops.knn(q, b, k, metric)
+        rd, ri = ref.knn(q, b, k, metric)
+        assert_knn_equal(d, i, rd, ri)
+    d, i = fastad.ops.knn(b, b, k, exclude_self=True)
+    rd, ri = ref.knn(b, b, k, exclude_self=True)
+    assert_knn_equal(d, i, rd, ri)
+
+
+def test_knn_ties_cpu_paths(cpu_path):
+    b = torch.zeros(40, 4)
+    b[:, 0] = torch.tensor([1.0, 2, 1, 2, 1, 3, 3, 1, 2, 5] * 4)
+    d, i = fastad.ops.knn(torch.zeros(1, 4), b, 12)
+    assert i[0].tolist() == [0, 2, 4, 7, 10, 12, 14, 17, 20, 22, 24, 27]
+    d, i = fastad.ops.knn(torch.zeros(3, 4), b, 1)
+    assert i[:, 0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("Q,N", [(200, 700), (2100, 64)])  # bank split across threads / query split
+def test_knn_thread_count_invariant_paths(cpu_path, Q, N, gen):
+    q, b = _data(Q, N, 19, gen, dup=True)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        d1, i1 = fastad.ops.knn(q, b, 5)
+        e1 = fastad.ops.knn(b, b, 3, exclude_self=True)
+        torch.set_num_threads(2)
+        d2, i2 = fastad.ops.knn(q, b, 5)
+        e2 = fastad.ops.knn(b, b, 3, exclude_self=True)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+    assert torch.equal(e1[0], e2[0]) and torch.equal(e1[1], e2[1])
+
+
+def test_knn_paths_agree_and_bank_norms_ignored_safely(gen, monkeypatch):
+    if fastad.build_info()["simd"] != "avx2":
+        pytest.skip("AVX2/FMA kernels not available")
+    q, b = _data(50, 300, 40, gen)
+    d1, i1 = fastad.ops.knn(q, b, 4, bank_norms=(b * b).sum(1))
+    monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    d2, i2 = fastad.ops.knn(q, b, 4)
+    assert torch.equal(i1, i2) and torch.allclose(d1, d2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["query", "bank"])
+def test_knn_non_finite_cpu_paths(cpu_path, where):
+    q, b = torch.randn(4, 6), torch.randn(90, 6)
+    (q if where == "query" else b)[3 if where == "query" else 77, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="finite"):
+        torch.ops.fastad.knn(q, b, 2, "l2", None, False)

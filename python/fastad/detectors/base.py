@@ -271,10 +271,29 @@ class BaseDetector:
         for batch in _progress(it, enabled=bool(getattr(self, "progress", False)), desc=desc, total=total):
             device = self._run_device(batch)
             with timer("extraction"), torch.no_grad():
-                feats = self._get_extractor(device)(batch.to(device))
+                feats = self._as_maps(self._get_extractor(device)(batch.to(device)), tuple(batch.shape[-2:]))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
             yield feats, tuple(batch.shape[-2:]), batch.device
+
+    def _as_maps(self, feats: dict[str, torch.Tensor], image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """ViT taps ``Tensor[B, 1 + L, C]`` (CLS first) -> patch-token maps ``Tensor[B, C, h, w]``.
+
+        ``h, w = H // patch_size, W // patch_size``; the last ``h * w`` tokens are the patch tokens (in
+        row-major order), the CLS (and any register) tokens before them are dropped. CNN maps pass through.
+        """
+        out = {}
+        for k, f in feats.items():
+            if f.dim() == 3:
+                ps = getattr(self._resolve_backbone(), "patch_size", None)
+                if not ps:
+                    raise ValueError(f"{type(self).__name__}: layer {k!r} gives tokens {tuple(f.shape)} but the backbone has no patch_size")
+                h, w = image_hw[0] // ps, image_hw[1] // ps
+                if f.shape[1] < h * w:
+                    raise ValueError(f"{type(self).__name__}: layer {k!r} has {f.shape[1]} tokens, fewer than the {h}x{w} patch grid")
+                f = f[:, f.shape[1] - h * w :].transpose(1, 2).reshape(f.shape[0], f.shape[2], h, w)
+            out[k] = f
+        return out
 
     @staticmethod
     def _as_feature_batches(features) -> Iterator[dict[str, torch.Tensor]]:

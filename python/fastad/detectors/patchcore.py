@@ -166,7 +166,10 @@ class PatchCore(BaseDetector):
             if self.coreset_ratio < 1:
                 # anomalib: coreset_size = int(N * ratio) (an error when 0); here at least one row.
                 m = max(1, int(n * float(self.coreset_ratio)))
-                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state))
+                # anomalib starts from torch.randint(N) on the global generator; here a seeded draw.
+                g = torch.Generator().manual_seed(int(self.random_state))
+                start = int(torch.randint(n, (1,), generator=g))
+                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start)
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)

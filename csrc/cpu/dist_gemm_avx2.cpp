@@ -1,0 +1,569 @@
+// AVX2/FMA distance GEMM with fused selection epilogues: the fast CPU path of knn and group_min.
+//
+// Scores are computed as a register-blocked GEMM in the BLIS style:
+//   * queries are packed once per "superblock" into MR-row panels laid out [k][MR] (centred);
+//   * the bank is packed block by block (NC rows) into NR-row panels laid out [k][NR] (centred),
+//     and its row norms are computed while packing (the bank_norms argument is not needed);
+//   * a 6 x 16 micro-kernel (12 ymm accumulators) runs over KC-deep slices: the KC x 16 bank
+//     micro-panel stays in L1d while the MC x KC query block streams from L2;
+//   * when the whole depth D is accumulated, the [MC x NC] score tile (in L2, never Q x N) is turned
+//     into scores alpha_j * dot + beta_j and handed to the epilogue: a running per-query top-k
+//     (sorted buffer k <= 32, heap beyond) behind a vector threshold test, or a running per-group
+//     min and argmin.
+// Query norms are needed only for the winners; l2/sqeuclidean winners (knn) and group winners
+// (group_min) are re-evaluated with exact
+// (direct-difference) distances, so the returned distances are accurate to fp32 rounding even on
+// non-centred data.
+//
+// Numerics: for l2/sqeuclidean both queries and bank are centred by c, an estimate of the bank mean
+// (mean of at most kCentreSample evenly spaced rows). Any c gives the same exact distances; a c near
+// the data keeps |q-c|^2 + |b-c|^2 close to |q-b|^2, so the expansion loses little to cancellation.
+//
+// Determinism: the score of a pair (i, j) is computed by the same instruction sequence whatever the
+// blocking or the thread that computes it; the per-chunk top-k lists are merged under the total order
+// (score, index), so results do not depend on the thread count.
+#include <immintrin.h>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "cpu/dist_kernels.h"
+#include "cpu/topk.h"
+
+namespace fastad::cpu {
+
+namespace {
+
+constexpr int64_t MR = 6;                       // query rows per micro-tile (6 x 2 ymm accumulators)
+constexpr int64_t NR = 16;                      // bank rows per micro-tile (2 ymm)
+constexpr int64_t kKcMax = 320;                 // depth per pass: bank micro-panel <= 320*16*4 = 20 KiB (L1d)
+constexpr int64_t kMC = 96;                     // query rows per block: <= 96*320*4 = 120 KiB (L2)
+constexpr int64_t kNCMax = 512;                 // bank rows per packed block ...
+constexpr int64_t kBankBlockBytes = 2ll << 20;  // ... and at most 2 MiB of packed bank per thread
+constexpr int64_t kQueryPackBytes = 16ll << 20; // packed query superblock <= 16 MiB
+constexpr int64_t kCentreSample = 2048;         // bank rows averaged to estimate the centre
+constexpr int64_t kBankSplitMaxQ = 2048;        // at most this many queries: split the bank across threads
+constexpr int64_t kSortedMaxK = 32;             // k <= 32: sorted buffer; larger k: binary heap
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// A growable 64-byte aligned float buffer, reused across calls (thread_local instances below).
+struct FBuf {
+  float* p = nullptr;
+  size_t cap = 0;
+  FBuf() = default;
+  FBuf(const FBuf&) = delete;
+  ~FBuf() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(round_up(int64_t(n) * 4, 64))));
+      TORCH_CHECK(p != nullptr, "fastad: out of memory allocating a ", n * 4, "-byte CPU tile");
+      cap = n;
+    }
+    return p;
+  }
+};
+
+// Per-thread tiles of the sweep (bank pack, score tile, alpha/beta) and the caller's query pack.
+struct SweepBufs {
+  FBuf bpack, ctile, alpha, beta;
+};
+thread_local SweepBufs tl_sweep;
+thread_local FBuf tl_qpack;
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// |x - y|^2 with two 8-lane accumulators, then a scalar tail (fixed order: deterministic).
+inline float sq_dist(const float* x, const float* y, int64_t d) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 16 <= d; t += 16) {
+    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
+    const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(x + t + 8), _mm256_loadu_ps(y + t + 8));
+    a0 = _mm256_fmadd_ps(v0, v0, a0);
+    a1 = _mm256_fmadd_ps(v1, v1, a1);
+  }
+  if (t + 8 <= d) {
+    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
+    a0 = _mm256_fmadd_ps(v0, v0, a0);
+    t += 8;
+  }
+  float s = hsum(_mm256_add_ps(a0, a1));
+  for (; t < d; ++t) {
+    const float v = x[t] - y[t];
+    s += v * v;
+  }
+  return s;
+}
+
+inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5, __m256& r6,
+                       __m256& r7) {
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Packs `rows` (<= NR) bank rows of D floats, minus c, into one panel dst[k * NR + r]; missing rows are 0.
+void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c, float* dst) {
+  for (int64_t r0 = 0; r0 < NR; r0 += 8) {
+    const int64_t rg = std::clamp<int64_t>(rows - r0, 0, 8);
+    float* d = dst + r0;
+    const float* src = b + r0 * D;
+    if (rg == 8) {
+      int64_t k = 0;
+      for (; k + 8 <= D; k += 8) {
+        const __m256 cv = _mm256_loadu_ps(c + k);
+        __m256 x0 = _mm256_sub_ps(_mm256_loadu_ps(src + 0 * D + k), cv);
+        __m256 x1 = _mm256_sub_ps(_mm256_loadu_ps(src + 1 * D + k), cv);
+        __m256 x2 = _mm256_sub_ps(_mm256_loadu_ps(src + 2 * D + k), cv);
+        __m256 x3 = _mm256_sub_ps(_mm256_loadu_ps(src + 3 * D + k), cv);
+        __m256 x4 = _mm256_sub_ps(_mm256_loadu_ps(src + 4 * D + k), cv);
+        __m256 x5 = _mm256_sub_ps(_mm256_loadu_ps(src + 5 * D + k), cv);
+        __m256 x6 = _mm256_sub_ps(_mm256_loadu_ps(src + 6 * D + k), cv);
+        __m256 x7 = _mm256_sub_ps(_mm256_loadu_ps(src + 7 * D + k), cv);
+        transpose8(x0, x1, x2, x3, x4, x5, x6, x7);
+        _mm256_store_ps(d + (k + 0) * NR, x0);
+        _mm256_store_ps(d + (k + 1) * NR, x1);
+        _mm256_store_ps(d + (k + 2) * NR, x2);
+        _mm256_store_ps(d + (k + 3) * NR, x3);
+        _mm256_store_ps(d + (k + 4) * NR, x4);
+        _mm256_store_ps(d + (k + 5) * NR, x5);
+        _mm256_store_ps(d + (k + 6) * NR, x6);
+        _mm256_store_ps(d + (k + 7) * NR, x7);
+      }
+      for (; k < D; ++k)
+        for (int64_t r = 0; r < 8; ++r) d[k * NR + r] = src[r * D + k] - c[k];
+    } else {
+      for (int64_t k = 0; k < D; ++k)
+        for (int64_t r = 0; r < 8; ++r) d[k * NR + r] = r < rg ? src[r * D + k] - c[k] : 0.f;
+    }
+  }
+}
+
+// Packs `rows` (<= MR) query rows, minus c, into one panel dst[k * MR + r]; missing rows are 0.
+void pack_a_panel(const float* q, int64_t rows, int64_t D, const float* c, float* dst) {
+  for (int64_t r = 0; r < MR; ++r) {
+    if (r < rows) {
+      const float* src = q + r * D;
+      for (int64_t k = 0; k < D; ++k) dst[k * MR + r] = src[k] - c[k];
+    } else {
+      for (int64_t k = 0; k < D; ++k) dst[k * MR + r] = 0.f;
+    }
+  }
+}
+
+// C[r * ldc + j] (r < 6, j < 16) = (accumulate ? C : 0) + sum_p A[p * 6 + r] * B[p * 16 + j].
+// B must be 32-byte aligned.
+__attribute__((always_inline)) inline void micro_6x16(int64_t kc, const float* __restrict__ A,
+                                                      const float* __restrict__ B, float* C, int64_t ldc,
+                                                      bool accumulate) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  if (accumulate) {
+    c00 = _mm256_loadu_ps(C + 0 * ldc), c01 = _mm256_loadu_ps(C + 0 * ldc + 8);
+    c10 = _mm256_loadu_ps(C + 1 * ldc), c11 = _mm256_loadu_ps(C + 1 * ldc + 8);
+    c20 = _mm256_loadu_ps(C + 2 * ldc), c21 = _mm256_loadu_ps(C + 2 * ldc + 8);
+    c30 = _mm256_loadu_ps(C + 3 * ldc), c31 = _mm256_loadu_ps(C + 3 * ldc + 8);
+    c40 = _mm256_loadu_ps(C + 4 * ldc), c41 = _mm256_loadu_ps(C + 4 * ldc + 8);
+    c50 = _mm256_loadu_ps(C + 5 * ldc), c51 = _mm256_loadu_ps(C + 5 * ldc + 8);
+  } else {
+    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+  }
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
+    __m256 a = _mm256_broadcast_ss(A + 0);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(A + 1);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(A + 2);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(A + 3);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(A + 4);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(A + 5);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+    A += MR;
+    B += NR;
+  }
+  _mm256_storeu_ps(C + 0 * ldc, c00), _mm256_storeu_ps(C + 0 * ldc + 8, c01);
+  _mm256_storeu_ps(C + 1 * ldc, c10), _mm256_storeu_ps(C + 1 * ldc + 8, c11);
+  _mm256_storeu_ps(C + 2 * ldc, c20), _mm256_storeu_ps(C + 2 * ldc + 8, c21);
+  _mm256_storeu_ps(C + 3 * ldc, c30), _mm256_storeu_ps(C + 3 * ldc + 8, c31);
+  _mm256_storeu_ps(C + 4 * ldc, c40), _mm256_storeu_ps(C + 4 * ldc + 8, c41);
+  _mm256_storeu_ps(C + 5 * ldc, c50), _mm256_storeu_ps(C + 5 * ldc + 8, c51);
+}
+
+// Bank rows per packed block: a multiple of NR, at most kNCMax and kBankBlockBytes of packed data.
+inline int64_t bank_block_rows(int64_t D) {
+  const int64_t nc = kBankBlockBytes / (4 * D) / NR * NR;
+  return std::clamp<int64_t>(nc, NR, kNCMax);
+}
+
+// Centre for l2/sqeuclidean: mean of at most kCentreSample evenly spaced bank rows (float64 sums).
+void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
+  std::vector<double> acc(D, 0.0);
+  const int64_t step = std::max<int64_t>(1, N / kCentreSample);
+  int64_t cnt = 0;
+  for (int64_t j = 0; j < N && cnt < kCentreSample; j += step, ++cnt)
+    for (int64_t t = 0; t < D; ++t) acc[t] += b[j * D + t];
+  for (int64_t t = 0; t < D; ++t) {
+    c[t] = cnt ? static_cast<float>(acc[t] / cnt) : 0.f;
+    if (!std::isfinite(c[t])) c[t] = 0.f;  // NaN/Inf rows are reported by the sweep's norm check
+  }
+}
+
+// Packs queries [0, rows) of q (row-major) into ceil(rows / MR) panels of D * MR floats.
+void pack_queries(const float* q, int64_t rows, int64_t D, const float* c, float* A) {
+  const int64_t panels = (rows + MR - 1) / MR;
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) pack_a_panel(q + p * MR * D, std::min(MR, rows - p * MR), D, c, A + p * MR * D);
+  });
+}
+
+// Scores queries [qa, qb) of the packed superblock A (qa a multiple of MR) against bank rows [ja, jb):
+// S[r, c] = alpha_j * dot(q - c, b - c) + beta_j for j = j0 + c, with
+//   l2/sqeuclidean: alpha = -2, beta = |b - c|^2;  cosine: alpha = -1/|b| (0 for a zero row), beta = 0;
+//   ip: alpha = -1, beta = 0;  padding columns: alpha = 0, beta = +inf.
+// Each finished [mc x nc] tile goes to epi(i0, mc, j0, nc, S, ldS) (i0 relative to the superblock).
+template <class Epi>
+void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* b, int64_t ja, int64_t jb, int64_t D,
+           const float* c, Metric metric, Epi& epi) {
+  SweepBufs& tb = tl_sweep;
+  const int64_t NC = bank_block_rows(D);
+  float* Bp = tb.bpack.get(NC * D);
+  float* C = tb.ctile.get(kMC * NC);
+  float* alpha = tb.alpha.get(NC);
+  float* beta = tb.beta.get(NC);
+  const int64_t nkb = (D + kKcMax - 1) / kKcMax;
+  const int64_t KC = (D + nkb - 1) / nkb;
+  for (int64_t j0 = ja; j0 < jb; j0 += NC) {
+    const int64_t nc = std::min(NC, jb - j0), ncp = round_up(nc, NR);
+    for (int64_t p = 0; p < ncp / NR; ++p)
+      pack_b_panel(b + (j0 + p * NR) * D, std::min(NR, nc - p * NR), D, c, Bp + p * NR * D);
+    for (int64_t jj = 0; jj < ncp; ++jj) {
+      if (jj >= nc) {
+        alpha[jj] = 0.f;
+        beta[jj] = kInf;
+        continue;
+      }
+      const float nrm = sq_dist(b + (j0 + jj) * D, c, D);
+      TORCH_CHECK(std::isfinite(nrm), op, ": bank must hold finite values, but row ", j0 + jj,
+                  " contains NaN or Inf (or values whose square overflows float32)");
+      switch (metric) {
+        case Metric::L2:
+        case Metric::SqEuclidean: alpha[jj] = -2.f, beta[jj] = nrm; break;
+        case Metric::Cosine: alpha[jj] = nrm > 0.f ? -1.f / std::sqrt(nrm) : 0.f, beta[jj] = 0.f; break;
+        default: alpha[jj] = -1.f, beta[jj] = 0.f; break;
+      }
+    }
+    for (int64_t i0 = qa; i0 < qb; i0 += kMC) {
+      const int64_t mc = std::min(kMC, qb - i0), mcp = round_up(mc, MR);
+      for (int64_t pc = 0; pc < D; pc += KC) {
+        const int64_t kc = std::min(KC, D - pc);
+        for (int64_t jr = 0; jr < ncp; jr += NR) {
+          const float* Bpanel = Bp + (jr / NR) * NR * D + pc * NR;
+          for (int64_t ir = 0; ir < mcp; ir += MR)
+            micro_6x16(kc, A + ((i0 + ir) / MR) * MR * D + pc * MR, Bpanel, C + ir * NC + jr, NC, pc > 0);
+        }
+      }
+      for (int64_t r = 0; r < mc; ++r) {
+        float* row = C + r * NC;
+        for (int64_t jj = 0; jj < ncp; jj += 8)
+          _mm256_storeu_ps(row + jj, _mm256_fmadd_ps(_mm256_loadu_ps(alpha + jj), _mm256_loadu_ps(row + jj),
+                                                     _mm256_loadu_ps(beta + jj)));
+      }
+      epi(i0, mc, j0, nc, C, NC);
+    }
+  }
+}
+
+// Running top-k per query for one bank chunk: buf[qi * k ...], cnt[qi]. Within a chunk a query sees
+// bank indices in increasing order, so a new candidate only enters when strictly below the threshold.
+struct KnnEpilogue {
+  ScoreIdx* buf;
+  int64_t* cnt;
+  int64_t k;
+  int64_t s0;  // global index of the superblock's first query
+  bool exclude_self;
+  bool heap;
+
+  float threshold(const ScoreIdx* h, int64_t n) const {
+    return n < k ? kInf : (heap ? h[0].s : h[k - 1].s);
+  }
+
+  void insert(ScoreIdx* h, int64_t& n, float s, int64_t j) const {
+    const ScoreIdx cand{s, j};
+    if (heap) {
+      auto worse_first = [](const ScoreIdx& a, const ScoreIdx& b) { return better(a, b); };
+      if (n < k) {
+        h[n++] = cand;
+        std::push_heap(h, h + n, worse_first);
+      } else {
+        std::pop_heap(h, h + n, worse_first);
+        h[n - 1] = cand;
+        std::push_heap(h, h + n, worse_first);
+      }
+      return;
+    }
+    int64_t p = n < k ? n : k - 1;  // slot freed at the end
+    while (p > 0 && better(cand, h[p - 1])) {
+      h[p] = h[p - 1];
+      --p;
+    }
+    h[p] = cand;
+    if (n < k) ++n;
+  }
+
+  void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld) const {
+    for (int64_t r = 0; r < mc; ++r) {
+      const int64_t qi = i0 + r;
+      const int64_t self = exclude_self ? s0 + qi : -1;
+      ScoreIdx* h = buf + qi * k;
+      int64_t& n = cnt[qi];
+      const float* row = S + r * ld;
+      float thr = threshold(h, n);
+      __m256 tv = _mm256_set1_ps(thr);
+      for (int64_t jj = 0; jj < nc; jj += 8) {
+        unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + jj), tv, _CMP_LT_OQ)));
+        if (!m) continue;
+        while (m) {
+          const int64_t cc = jj + __builtin_ctz(m);
+          m &= m - 1;
+          if (cc >= nc) break;
+          const float s = row[cc];
+          if (!(s < thr) || j0 + cc == self) continue;
+          insert(h, n, s, j0 + cc);
+          thr = threshold(h, n);
+        }
+        tv = _mm256_set1_ps(thr);
+      }
+    }
+  }
+};
+
+inline float seg_min(const float* x, int64_t n) {
+  int64_t t = 0;
+  float m = kInf;
+  if (n >= 8) {
+    __m256 v = _mm256_loadu_ps(x);
+    for (t = 8; t + 8 <= n; t += 8) v = _mm256_min_ps(v, _mm256_loadu_ps(x + t));
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_min_ss(s, _mm_movehdup_ps(s));
+    m = _mm_cvtss_f32(s);
+  }
+  for (; t < n; ++t) m = std::min(m, x[t]);
+  return m;
+}
+
+// Running per-group minimum score best[qi * G + g] and its bank row arg[qi * G + g] (superblock-relative
+// rows). Equal minima keep the smaller bank index, whatever the blocking.
+struct GroupEpilogue {
+  float* best;
+  int64_t* arg;
+  int64_t G, gs, s0;
+  const int64_t* exclude;
+
+  void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld) const {
+    for (int64_t r = 0; r < mc; ++r) {
+      const int64_t qi = i0 + r;
+      const int64_t ex = exclude ? exclude[s0 + qi] : -1;
+      const float* row = S + r * ld;
+      float* out = best + qi * G;
+      int64_t* oa = arg + qi * G;
+      int64_t cc = 0;
+      while (cc < nc) {
+        const int64_t g = (j0 + cc) / gs;
+        const int64_t end = std::min(nc, (g + 1) * gs - j0);
+        if (g != ex) {
+          const float m = seg_min(row + cc, end - cc);
+          if (m < out[g]) {
+            int64_t t = cc;
+            while (row[t] != m) ++t;
+            out[g] = m;
+            oa[g] = j0 + t;
+          }
+        }
+        cc = end;
+      }
+    }
+  }
+};
+
+// Superblock size: packed queries <= kQueryPackBytes, equal-sized blocks, multiple of MR.
+inline int64_t superblock_rows(int64_t Q, int64_t D) {
+  const int64_t qmax = std::max<int64_t>(MR, kQueryPackBytes / (4 * D) / MR * MR);
+  const int64_t nsb = (Q + qmax - 1) / qmax;
+  return round_up((Q + nsb - 1) / nsb, MR);
+}
+
+}  // namespace
+
+float exact_sq_dist_avx2(const float* x, const float* y, int64_t d) { return sq_dist(x, y, d); }
+
+void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i) {
+  const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
+  std::vector<float> c(D, 0.f);
+  if (centred) estimate_centre(b, N, D, c.data());
+  const int64_t T = std::max(1, at::get_num_threads());
+  const int64_t QS = superblock_rows(Q, D);
+  const bool heap = k > kSortedMaxK;
+  const float pad = metric == Metric::IP ? -kInf : kInf;
+  for (int64_t s0 = 0; s0 < Q; s0 += QS) {
+    const int64_t qs = std::min(QS, Q - s0), panels = (qs + MR - 1) / MR;
+    float* A = tl_qpack.get(panels * MR * D);
+    pack_queries(q + s0 * D, qs, D, c.data(), A);
+    // Few queries: every thread sweeps all of them over its share of the bank; else split the queries.
+    const int64_t nbc = (T > 1 && qs <= kBankSplitMaxQ && N >= 2 * NR * T) ? T : 1;
+    const int64_t nqr = nbc == 1 ? std::min(T, panels) : 1;
+    std::vector<ScoreIdx> st(static_cast<size_t>(nbc * qs * k));
+    std::vector<int64_t> cnt(static_cast<size_t>(nbc * qs), 0);
+    at::parallel_for(0, nbc * nqr, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t bc = t % nbc, qr = t / nbc;
+        const int64_t qa = panels * qr / nqr * MR, qb = std::min(qs, panels * (qr + 1) / nqr * MR);
+        if (qa >= qb) continue;
+        KnnEpilogue epi{st.data() + bc * qs * k, cnt.data() + bc * qs, k, s0, exclude_self, heap};
+        sweep("knn", A, qa, qb, b, N * bc / nbc, N * (bc + 1) / nbc, D, c.data(), metric, epi);
+      }
+    });
+    // Merge the chunks' lists, re-rank exactly (l2/sqeuclidean), write the outputs.
+    at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<ScoreIdx> cand;
+      cand.reserve(static_cast<size_t>(nbc * k));
+      for (int64_t r = r0; r < r1; ++r) {
+        cand.clear();
+        for (int64_t bc = 0; bc < nbc; ++bc) {
+          const ScoreIdx* h = st.data() + (bc * qs + r) * k;
+          cand.insert(cand.end(), h, h + cnt[bc * qs + r]);
+        }
+        std::sort(cand.begin(), cand.end(), better);
+        const int64_t got = std::min<int64_t>(k, static_cast<int64_t>(cand.size()));
+        const int64_t gi = s0 + r;
+        const float* qrow = q + gi * D;
+        if (centred) {
+          for (int64_t t = 0; t < got; ++t) cand[t].s = sq_dist(qrow, b + cand[t].i * D, D);
+          std::sort(cand.begin(), cand.begin() + got, better);
+        }
+        float qinv = 0.f;
+        if (metric == Metric::Cosine) {
+          const float qn = sq_dist(qrow, c.data(), D);  // c == 0 for cosine
+          qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
+        }
+        float* od = out_d + gi * k;
+        int64_t* oi = out_i + gi * k;
+        for (int64_t t = 0; t < got; ++t) {
+          const float s = cand[t].s;
+          float d;
+          switch (metric) {
+            case Metric::L2: d = std::sqrt(s); break;
+            case Metric::SqEuclidean: d = s; break;
+            case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
+            default: d = -s; break;
+          }
+          od[t] = d;
+          oi[t] = cand[t].i;
+        }
+        for (int64_t t = got; t < k; ++t) {
+          od[t] = pad;
+          oi[t] = -1;
+        }
+      }
+    });
+  }
+}
+
+void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out) {
+  const int64_t G = N / gs;
+  if (Q == 0 || G == 0) return;
+  const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
+  std::vector<float> c(D, 0.f);
+  if (centred) estimate_centre(b, N, D, c.data());
+  const int64_t T = std::max(1, at::get_num_threads());
+  const int64_t QS = superblock_rows(Q, D);
+  for (int64_t s0 = 0; s0 < Q; s0 += QS) {
+    const int64_t qs = std::min(QS, Q - s0), panels = (qs + MR - 1) / MR;
+    float* A = tl_qpack.get(panels * MR * D);
+    pack_queries(q + s0 * D, qs, D, c.data(), A);
+    float* best = out + s0 * G;  // scores first, distances after the sweep
+    std::fill(best, best + qs * G, kInf);
+    std::vector<int64_t> arg(static_cast<size_t>(qs * G), -1);
+    // Few queries: split the groups across threads (disjoint outputs, no merge); else split the queries.
+    const int64_t nbc = (T > 1 && qs <= kBankSplitMaxQ && G >= T) ? T : 1;
+    const int64_t nqr = nbc == 1 ? std::min(T, panels) : 1;
+    at::parallel_for(0, nbc * nqr, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t bc = t % nbc, qr = t / nbc;
+        const int64_t qa = panels * qr / nqr * MR, qb = std::min(qs, panels * (qr + 1) / nqr * MR);
+        if (qa >= qb) continue;
+        GroupEpilogue epi{best, arg.data(), G, gs, s0, exclude};
+        sweep("group_min", A, qa, qb, b, G * bc / nbc * gs, G * (bc + 1) / nbc * gs, D, c.data(), metric, epi);
+      }
+    });
+    at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* qrow = q + (s0 + r) * D;
+        const float qn = metric == Metric::Cosine ? sq_dist(qrow, c.data(), D) : 0.f;  // c == 0 for cosine
+        const float qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
+        float* o = best + r * G;
+        const int64_t* a = arg.data() + r * G;
+        for (int64_t g = 0; g < G; ++g) {
+          const float s = o[g];
+          if (s == kInf) {  // excluded group
+            o[g] = metric == Metric::IP ? -kInf : kInf;
+            continue;
+          }
+          switch (metric) {
+            // l2/sqeuclidean: the exact (direct-difference) distance to the group's winner
+            case Metric::L2: o[g] = std::sqrt(sq_dist(qrow, b + a[g] * D, D)); break;
+            case Metric::SqEuclidean: o[g] = sq_dist(qrow, b + a[g] * D, D); break;
+            case Metric::Cosine: o[g] = std::max(1.f + s * qinv, 0.f); break;
+            default: o[g] = -s; break;
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace fastad::cpu

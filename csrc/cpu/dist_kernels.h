@@ -1,0 +1,37 @@
+// Distance kernels shared by the CPU k-NN and group-min ops (raw pointers + sizes, row-major fp32).
+//
+// Two implementations:
+//   *_generic  portable C++ (csrc/cpu/knn_kernel.cpp, csrc/cpu/group_min_kernel.cpp)
+//   *_avx2     register-blocked AVX2/FMA GEMM with a fused selection epilogue
+//              (csrc/cpu/dist_gemm_avx2.cpp), used only when fastad::cpu_has_avx2_fma() is true.
+// use_avx2_path() decides; FASTAD_FORCE_GENERIC=1 in the environment forces the portable path
+// (read at every call, so tests can exercise both paths in one process).
+#pragma once
+#include <cstdint>
+
+#include "ops/checks.h"
+
+namespace fastad::cpu {
+
+/// true when the AVX2 kernels are compiled in, the CPU supports them and FASTAD_FORCE_GENERIC is not set.
+bool use_avx2_path();
+
+/// Exact squared L2 distance between two rows of d floats (direct differences, no expansion; portable).
+float exact_sq_dist(const float* x, const float* y, int64_t d);
+
+#if FASTAD_HAVE_AVX2
+/// AVX2 exact k-NN. Same contract as knn_f32 in knn_kernel.cpp, except that bank norms are computed
+/// internally (centred by an estimate of the bank mean, while packing the bank), and l2/sqeuclidean
+/// winners are re-ranked with exact distances.
+void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i);
+
+/// AVX2 group minimum: out[i, g] = min over bank rows j in [g*gs, (g+1)*gs) of dist(q_i, b_j)
+/// ("ip": max inner product). exclude[i] (or nullptr) names a group to skip for query i (-1: none);
+/// a skipped group gets +inf (-inf for "ip").
+void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out);
+float exact_sq_dist_avx2(const float* x, const float* y, int64_t d);
+#endif
+
+}  // namespace fastad::cpu

@@ -1,0 +1,48 @@
+"""Minimum distance from each query to each group of bank rows (per-image nearest patch)."""
+from __future__ import annotations
+
+import torch
+
+from .knn import METRICS, check_finite
+
+
+def group_min(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    group_size: int,
+    metric: str = "l2",
+    *,
+    exclude_group: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """For every query row, the minimum distance to each group of ``group_size`` consecutive bank rows.
+
+    This is MuSc's mutual scoring core and SPADE's per-image search: with the patches of ``G`` images
+    stacked as the bank, ``out[i, g]`` is the distance from patch ``i`` to its nearest patch of image ``g``.
+
+    Args:
+        query: ``Tensor[Q, D]``, float32 / float16 / bfloat16, CPU or CUDA.
+        bank: ``Tensor[N, D]``, same dtype and device; ``N = G * group_size`` (G consecutive groups).
+        group_size: rows per group (>= 1, must divide ``N``).
+        metric: ``"l2"``, ``"sqeuclidean"``, ``"cosine"`` (``1 - cos``) or ``"ip"`` (then the
+            *maximum* inner product per group).
+        exclude_group: optional ``Tensor[Q]`` int64: for query ``i`` the group ``exclude_group[i]`` is
+            skipped (``-1``: none), e.g. the query's own image. A skipped group holds ``inf``
+            (``-inf`` for ``"ip"``). The CPU kernel rejects ids outside ``[-1, G)``; the CUDA kernel
+            does not check the values (that would need a device sync) and skips nothing for them.
+
+    Returns:
+        ``Tensor[Q, G]`` float32.
+
+    NaN or Inf in ``query`` or ``bank`` raise an error. No ``[Q, N]`` matrix is ever held in memory.
+
+    Example:
+        >>> import torch, fastad
+        >>> bank = torch.tensor([[0., 0.], [3., 4.], [1., 0.], [6., 8.]])  # 2 groups of 2 rows
+        >>> fastad.ops.group_min(torch.tensor([[0., 0.]]), bank, 2).tolist()
+        [[0.0, 1.0]]
+    """
+    if metric not in METRICS:
+        raise ValueError(f"group_min: metric must be one of {METRICS}, got {metric!r}")
+    if query.device.type != "cpu":  # the CPU kernel checks finiteness itself
+        check_finite("query and bank", "group_min", query, bank)
+    return torch.ops.fastad.group_min(query, bank, int(group_size), metric, exclude_group)
