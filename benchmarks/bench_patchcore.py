@@ -187,11 +187,17 @@ def main():
     print(f"data: {data} train {len(train)}/{len(tr_ds)} images, test {len(test)} images at {args.image_size} px "
           f"(decode+resize {t_load:.1f} s, shared, not counted); threads {torch.get_num_threads()}", flush=True)
 
+    # one backbone instance per side: fastad's detector converts its CNN to channels_last (its own
+    # choice); anomalib's side runs the model as fastad.features builds it (contiguous NCHW).
     bb = get_backbone("efficientnet_lite0")
+    bb_a = get_backbone("efficientnet_lite0")
+    fx_a = FeatureExtractor(bb_a.model, args.layers, batch_size=args.batch_size, progress=False)
     with torch.no_grad():  # warm-up (first-call allocations), so neither side pays it
-        FeatureExtractor(bb.model, args.layers, progress=False)(train[: args.batch_size])
+        fx_a(train[: args.batch_size])
+        PatchCore_warm = __import__("fastad.detectors", fromlist=["PatchCore"]).PatchCore
+        PatchCore_warm(backbone=bb, layers=args.layers, coreset_ratio=1.0, progress=False).fit(train[:2])
     state_f = {"backbone": bb}
-    state_a = {"extractor": FeatureExtractor(bb.model, args.layers, batch_size=args.batch_size, progress=False)}
+    state_a = {"extractor": fx_a}
     res = {"fastad": {}, "anomalib": {}}
     sides = [("fastad", run_fastad, state_f)] + ([] if args.skip_anomalib else [("anomalib", run_anomalib, state_a)])
     for stage in ("fit", "predict"):
