@@ -243,3 +243,35 @@ def test_bad_params(tiny_backbone, images):
         PatchCore(backbone=tiny_backbone, progress=False).fit(train[:0])
     with pytest.raises(ValueError, match="NaN"):
         PatchCore(backbone=tiny_backbone, progress=False).fit(torch.full((2, 3, 64, 64), float("nan")))
+
+
+def test_fit_on_mvtec_dataset(tmp_path):
+    """X = fastad.data.MVTecDataset (the layout on disk), end to end with a random backbone."""
+    import numpy as np
+    from PIL import Image
+
+    from fastad.data import MVTecDataset
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (48, 48, 3))
+    for split, kind, n in [("train", "good", 6), ("test", "good", 3), ("test", "dent", 2)]:
+        folder = tmp_path / split / kind
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255)
+            if kind == "dent":
+                img[10:20, 10:20] = 255
+                (tmp_path / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+                mask = np.zeros((48, 48), np.uint8)
+                mask[10:20, 10:20] = 255
+                Image.fromarray(mask).save(tmp_path / "ground_truth" / kind / f"{i}_mask.png")
+            Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
+    train = MVTecDataset(tmp_path, "train", image_size=64)
+    test = MVTecDataset(tmp_path, "test", image_size=64)
+    d = PatchCore(backbone="random_cnn", coreset_ratio=0.5, batch_size=4, progress=False).fit(train)
+    s, m = d.score(test)
+    assert s.shape == (5,) and m.shape == (5, 64, 64)
+    assert d.image_size_ == (64, 64)
+    labels = torch.as_tensor(list(test.labels))
+    assert labels.tolist() == [1, 1, 0, 0, 0]  # type folders sorted: dent, good
+    assert float(s[labels == 1].min()) > float(s[labels == 0].max())

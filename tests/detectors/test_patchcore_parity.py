@@ -67,7 +67,9 @@ def _port_anomaly_score(patch_scores, locations, embedding, bank, num_neighbors,
     nn_index = locations[ar, max_patches]
     nn_sample = bank[nn_index, :]
     _, support = _port_nearest_neighbors(nn_sample, bank, min(num_neighbors, bank.shape[0]))
-    if support.dim() == 1:  # n_neighbors == 1 (a one-row bank) returns [B] from min()
+    if support.dim() == 1:
+        # a one-row bank: anomalib's min() branch returns [B] and its broadcast then mixes the batch;
+        # fastad (and this port) keep one support row per image instead (see PatchCore._image_scores)
         support = support[:, None]
     distances = _port_euclidean_dist(max_feats.unsqueeze(1), bank[support])
     weights = (1 - F.softmax(distances.squeeze(1), 1))[..., 0]

@@ -242,7 +242,17 @@ class BaseDetector:
             yield from self._image_batches(as_image(X, "X"))
             return
         if hasattr(X, "__len__") and hasattr(X, "__getitem__") and not isinstance(X, (list, tuple)):
-            # a dataset of single items (e.g. fastad.data.MVTecDataset): stack batch_size items
+            # a dataset of single items (e.g. fastad.data.MVTecDataset)
+            try:
+                from fastad.data import batches
+            except ImportError:  # pragma: no cover
+                batches = None
+            if batches is not None and hasattr(X, "paths"):
+                # fastad.data datasets: fastad.data.batches skips unreadable images with a warning
+                # naming them (scores then follow the readable images, in order)
+                for j, b in enumerate(batches(X, bs)):
+                    yield as_image(b, f"batch {j}")
+                return
             n = len(X)
             for s in range(0, n, bs):
                 items = [as_image(X[i], f"item {i} of the dataset") for i in range(s, min(n, s + bs))]
@@ -371,8 +381,12 @@ class BaseDetector:
         """Fit on precomputed feature maps, bypassing the backbone.
 
         Args:
-            features: ``dict[layer, Tensor[B, C, h, w]]`` or an iterable of such dicts (batches).
+            features: ``dict[layer, Tensor[B, C, h, w]]`` or an iterable of such dicts (batches). ViT
+                tokens must be reshaped to maps by the caller.
             image_size: ``(H, W)`` of the images the features came from (the default map size).
+
+        The ``backbone`` hyper-parameter is recorded as the features' origin when saving: set it to
+        the backbone that produced them (or ``None``). ``layers`` default to the dict's keys in order.
         """
         self._reset()
         self.backbone_name_ = self._backbone_name() if self.backbone is not None else None
@@ -641,8 +655,8 @@ def _load(path, *, backbone=None, device=None) -> BaseDetector:
                 path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
             )
         params["backbone"] = backbone
-    if device is not None:
-        params["device"] = str(device)
+    # the device the model was fitted on is not a property of the file: CPU unless asked
+    params["device"] = None if device is None else str(device)
     cls = _registry()[name]
     valid = set(cls._param_names())
     det = cls(**{k: v for k, v in params.items() if k in valid})

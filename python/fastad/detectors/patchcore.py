@@ -201,6 +201,9 @@ class PatchCore(BaseDetector):
         s_star = patch[ar, best]
         m_star = nn_idx[ar, best]
         feat = rows.view(B, P, -1)[ar, best]  # [B, D]
+        # anomalib clamps k to the bank size too. With a one-row bank its min() branch returns [B] indices
+        # and the [B, 1, D] x [B, D] broadcast then softmaxes over the batch (a batch-size-dependent
+        # weight); here k = 1 gives the plain softmax of one distance (weight 0). Only a 1-row bank differs.
         k = min(int(self.num_neighbors), self.memory_bank_.shape[0])
         _, support = self._nearest(self.memory_bank_.index_select(0, m_star), k)  # [B, k], m* first
         sup = self.memory_bank_[support]  # [B, k, D]
