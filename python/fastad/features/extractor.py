@@ -54,6 +54,9 @@ class FeatureExtractor:
         dtype: model and input dtype (float32 default; float16/bfloat16 on GPUs).
         progress: show a tqdm bar over batches: True, False, or ``"auto"`` (only for more than 8
             batches).
+        channels_last: run the model and inputs in ``torch.channels_last`` memory format (about 2x
+            faster for CNNs on CPU with oneDNN); outputs are returned in the usual contiguous
+            layout either way. Default False here; :meth:`Backbone.extractor` turns it on for CNNs.
 
     The forward stops (a private exception from the hook) as soon as every requested layer has
     produced its output, so later layers and heads are never computed.
@@ -77,6 +80,7 @@ class FeatureExtractor:
         device=None,
         dtype: torch.dtype = torch.float32,
         progress=False,
+        channels_last: bool = False,
     ):
         if isinstance(layers, str):
             layers = [layers]
@@ -105,7 +109,10 @@ class FeatureExtractor:
             device = p.device if p is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.dtype = dtype
+        self.channels_last = bool(channels_last)
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.layers = layers
         self.batch_size = int(batch_size)
         self.progress = progress
@@ -119,7 +126,8 @@ class FeatureExtractor:
             def hook(_module, _inp, out):
                 if name in captured:
                     return
-                captured[name] = _first_tensor(out)
+                t = _first_tensor(out)
+                captured[name] = t.contiguous() if self.channels_last else t
                 if len(captured) == need:
                     raise _StopForward
 
@@ -141,7 +149,8 @@ class FeatureExtractor:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"FeatureExtractor: images must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
-        return x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _batches_of(self, x) -> tuple[Iterable, int | None]:
         if isinstance(x, torch.Tensor):
@@ -192,5 +201,5 @@ class FeatureExtractor:
     def __repr__(self) -> str:
         return (
             f"FeatureExtractor({type(self.model).__name__}, layers={self.layers}, batch_size={self.batch_size}, "
-            f"device={self.device}, dtype={self.dtype})"
+            f"device={self.device}, dtype={self.dtype}, channels_last={self.channels_last})"
         )

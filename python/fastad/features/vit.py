@@ -113,6 +113,7 @@ class VisionTransformer(nn.Module):
         ls_init: float = 1e-5,
         in_chans: int = 3,
         pos_interp: str = "offset",
+        init: bool = True,
     ):
         super().__init__()
         if pos_interp not in ("offset", "size"):
@@ -126,6 +127,12 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pos_grid * pos_grid, embed_dim))
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, eps, ls_init) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=eps)
+        if init:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random initialisation (truncated normal, std 0.02). Skipped with ``init=False`` when
+        weights are loaded right after (it costs seconds for ViT-S)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         for m in self.modules():
