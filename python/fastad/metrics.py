@@ -56,6 +56,7 @@ limit). Invalid input (NaN/inf scores, non-binary labels, mismatched shapes, emp
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -168,52 +169,106 @@ def _warn(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # core: exact counts of normal values below / at each query
 # ----------------------------------------------------------------------------------------------
-def _bucket(x: np.ndarray, lo, scale) -> np.ndarray:
-    """floor((x - lo) * scale) as int32, for lo <= x <= hi and scale = (nb - 1) / (hi - lo): a
-    monotone non-decreasing function of x in x's dtype (each rounding step is monotone), so
-    bucket(a) < bucket(b) implies a < b. Rounding keeps the result in [0, nb] (error < 1 bucket for
-    nb <= 2^22 in float32), and callers size their tables nb + 1."""
-    t = np.subtract(x, lo, dtype=x.dtype)
-    np.multiply(t, scale, out=t)
+def _bucket(x: np.ndarray, scale, offset, nb: int) -> np.ndarray:
+    """clip(x * scale + offset, 0, nb + 1) truncated to int32: a monotone non-decreasing function
+    of x (every rounding step is monotone), so bucket(a) < bucket(b) implies a < b. Correctness
+    needs nothing else; scale/offset only decide which values share a bucket."""
+    t = np.multiply(x, scale, dtype=x.dtype)
+    np.add(t, offset, out=t)
+    np.clip(t, 0, nb + 1, out=t)
     return t.astype(np.int32)
 
 
-def _neg_counts(neg: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _neg_counts(neg: np.ndarray, q: np.ndarray, top: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """lt[i] = #(neg < q[i]) and le[i] = #(neg <= q[i]), int64, exact. ``q`` has neg's dtype.
 
-    Large inputs: a monotone bucket index over [min, max] of ``neg`` gives a histogram in one pass;
-    the normal values in buckets that hold some query are sorted and compared exactly, the others
-    are counted by bucket (a value in a lower bucket is smaller, in a higher one larger)."""
+    With ``top``, exactness is only promised for queries with fewer than ``top`` normal values
+    above them; for the others lt = le = an upper bound of #(neg <= q) that still leaves at least
+    ``top`` values above (enough for a PRO curve cut at FPR = top / n, where they contribute 0).
+
+    Large inputs: a monotone bucket index (``nb`` buckets spread over the range where normal values
+    and queries overlap, one bucket below and one above it) gives a histogram of the normal values
+    in one pass; only the normal values in buckets that also hold a query are sorted and compared
+    exactly; the others are counted by bucket (a value in a lower bucket is smaller, in a higher
+    one larger)."""
     n = neg.size
     q = np.asarray(q, dtype=neg.dtype)
-    if n <= SMALL_SORT_LIMIT or q.size * 8 > n:
-        s = np.sort(neg)
-        return np.searchsorted(s, q, "left").astype(np.int64), np.searchsorted(s, q, "right").astype(np.int64)
-    lo, hi = neg.min(), neg.max()
-    span = float(hi) - float(lo)
-    if not span > 0:  # constant normal scores
-        return np.where(q > lo, n, 0).astype(np.int64), np.where(q >= lo, n, 0).astype(np.int64)
+    if n <= SMALL_SORT_LIMIT or q.size * 8 > n or q.size == 0:
+        return _sorted_counts(np.sort(neg), q, 0)
+    if top is not None and top < 0.8 * n:
+        # Only the top `top` normal values need resolving: keep the normal values above an estimate
+        # of that cut (a quantile of a strided sample, with a margin) and count the rest. If the
+        # estimate kept fewer than `top`, fall through to the full computation.
+        sample = neg[:: max(1, n // 65536)]
+        k = int(sample.size * max(0.0, 1.0 - top / n - 0.02))
+        cut = np.partition(sample, k)[k]
+        cand = neg.take(np.flatnonzero(neg >= cut))
+        if top <= cand.size < 0.9 * n:
+            # a query below `cut` has all of `cand` (>= top values) above it: it gets le = n_low,
+            # an upper bound of #(neg <= q) that leaves cand.size >= top above, as promised
+            lt, le = _neg_counts(cand, q, top)
+            n_low = n - cand.size
+            return lt + n_low, le + n_low
+    lo, hi = max(neg.min(), q.min()), min(neg.max(), q.max())
     nb = int(min(max(n * BUCKETS_PER_VALUE, 1 << 10), 1 << 22))
-    work = neg.dtype
-    if not np.isfinite(np.asarray(hi, dtype=work) - np.asarray(lo, dtype=work)):  # overflow: float64
-        work = np.dtype(np.float64)
-    scale = np.asarray((nb - 1) / span, dtype=work)
-    lo_w = np.asarray(lo, dtype=work)
-    bn = _bucket(neg.astype(work, copy=False), lo_w, scale)
-    bq = _bucket(np.clip(q, lo, hi).astype(work, copy=False), lo_w, scale)
-    hist = torch.bincount(torch.from_numpy(bn), minlength=nb + 1).numpy()  # faster than np.bincount
+    bucketed = None
+    if hi > lo:
+        for work in (neg.dtype, np.dtype(np.float64)):
+            with np.errstate(over="ignore", invalid="ignore"):
+                scale = np.asarray(nb / (float(hi) - float(lo)), dtype=work)
+                offset = np.asarray(1.0 - float(lo) * float(scale), dtype=work)
+                ext = np.asarray(max(abs(float(neg.min())), abs(float(neg.max())), abs(float(q.min())),
+                                     abs(float(q.max()))), dtype=work) * scale
+            if np.isfinite(scale) and np.isfinite(offset) and np.isfinite(ext):
+                bucketed = (work, scale, offset)
+                break
+    if bucketed is None:  # no overlap, a single value, or a range that overflows: sort
+        return _sorted_counts(np.sort(neg), q, 0)
+    work, scale, offset = bucketed
+    bn = _bucket(neg.astype(work, copy=False), scale, offset, nb)
+    bq = _bucket(q.astype(work, copy=False), scale, offset, nb)
+    hist = torch.bincount(torch.from_numpy(bn), minlength=nb + 2).numpy()  # faster than np.bincount
     mixed = np.zeros(hist.size, dtype=bool)
-    mixed[bq] = True
-    nz = neg[mixed[bn]]  # normal values sharing a bucket with some query: resolved exactly
+    far = None
+    if top is not None:  # queries with >= top normal values in higher buckets: no exact count needed
+        above = np.zeros(hist.size + 1, dtype=np.int64)
+        np.cumsum(hist[::-1], out=above[1:])
+        n_above = above[hist.size - 1 - bq]  # normal values in buckets > bq
+        far = n_above >= top
+        mixed[bq[~far]] = True
+    else:
+        mixed[bq] = True
+    # normal values sharing a bucket with some query: resolved exactly (take(flatnonzero) is ~3x
+    # faster than boolean indexing at this selectivity)
+    nz = neg.take(np.flatnonzero(mixed[bn]))
     nz.sort()
-    cum = np.zeros(hist.size + 1, dtype=np.int64)
-    np.cumsum(hist, out=cum[1:])
-    cum_m = np.zeros(hist.size + 1, dtype=np.int64)
-    np.cumsum(np.where(mixed, hist, 0), out=cum_m[1:])
-    base = cum[bq] - cum_m[bq]  # normal values in buckets below q's, minus the sorted ones there
-    lt = base + np.searchsorted(nz, q, "left")
-    le = base + np.searchsorted(nz, q, "right")
+    below = np.zeros(hist.size + 1, dtype=np.int64)  # unsorted normal values in lower buckets
+    np.cumsum(np.where(mixed, 0, hist), out=below[1:])
+    if far is None or not far.any():
+        return _sorted_counts(nz, q, below[bq])
+    lt = np.empty(q.size, np.int64)
+    le = np.empty(q.size, np.int64)
+    near = np.flatnonzero(~far)
+    lt[near], le[near] = _sorted_counts(nz, q[near], below[bq[near]])
+    lt[far] = le[far] = n - n_above[far]
     return lt, le
+
+
+def _sorted_counts(s: np.ndarray, q: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
+    """base + (#(s < q), #(s <= q)) for ascending ``s``; the second from the first by walking over
+    ties (few in practice), falling back to a second binary search when ties run long."""
+    lt = np.searchsorted(s, q, "left")
+    le = lt.copy()
+    for _ in range(4):
+        inb = le < s.size
+        idx = np.flatnonzero(inb)
+        eq = s[le[idx]] == q[idx]
+        if not eq.any():
+            break
+        le[idx[eq]] += 1
+    else:
+        le = np.searchsorted(s, q, "right")
+    return (base + lt).astype(np.int64), (base + le).astype(np.int64)
 
 
 def _groups(sorted_vals: np.ndarray) -> np.ndarray:
@@ -227,14 +282,16 @@ class _Ranked:
     """Positives sorted ascending (with optional weights) and their exact ranks among negatives."""
 
     def __init__(self, neg: np.ndarray, pos: np.ndarray, w: np.ndarray | None = None,
-                 extra_q: np.ndarray | None = None):
+                 extra_q: np.ndarray | None = None, top: float | None = None):
+        """``top``: only PRO up to that many false positives is needed (see `_neg_counts`); then
+        only `pro_area` is valid."""
         self.n = int(neg.size)
         self.p = int(pos.size)
         order = np.argsort(pos) if w is not None else None  # order within ties is irrelevant
         self.pos = pos[order] if order is not None else np.sort(pos)
         self.w = w[order] if order is not None else None
         q = self.pos if extra_q is None else np.concatenate([self.pos, extra_q.astype(pos.dtype)])
-        lt, le = _neg_counts(neg, q)
+        lt, le = _neg_counts(neg, q, top)
         self.lt, self.le = lt[: self.p], le[: self.p]
         self.extra_lt, self.extra_le = lt[self.p:], le[self.p:]
 
@@ -402,7 +459,9 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
     fpr_limit = _check_fpr_limit(fpr_limit, "aupro")
     s, y = _maps_masks(maps, masks, "aupro")
     neg, pos, w, nreg = _split_regions(s, y)
-    return _aupro_from(_Ranked(neg, pos, w), nreg, fpr_limit)
+    # anomalous pixels with >= fpr_limit * n normal pixels above them add nothing: skip their exact ranks
+    top = math.ceil(min(fpr_limit, 1.0) * neg.size) + 1
+    return _aupro_from(_Ranked(neg, pos, w, top=top), nreg, fpr_limit)
 
 
 def _musc_thresholds(lo: np.generic, hi: np.generic, num_thresholds: int) -> np.ndarray:
