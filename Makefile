@@ -58,7 +58,7 @@ demo: build
 bench: build
 	$(PIP) install -q $(BENCH_DEPS)
 	$(PIP) install -q --no-deps $(BENCH_NODEPS)
-	$(PY) benchmarks/bench_knn.py
+	$(PY) benchmarks/bench_knn.py --quick --op both
 	$(PY) benchmarks/bench_coreset.py
 	$(PY) benchmarks/bench_metrics.py
 

@@ -1,0 +1,323 @@
+"""k-NN and group-min benchmark: fastad against its anchors, interleaved in one process on the same data.
+
+    python benchmarks/bench_knn.py --quick                 # a few shapes, 1 thread
+    python benchmarks/bench_knn.py --threads 1 2           # the full issue-3 grid at 1 and 2 threads
+    python benchmarks/bench_knn.py --op group_min --quick  # group_min vs k=1 knn and torch reshape+amin
+
+Anchors (knn): faiss-cpu ``faiss.knn`` and ``IndexFlatL2.search``, torch ``cdist``+``topk`` (anomalib's
+path), torch ``addmm``+``topk`` (norm expansion), scikit-learn brute force, and numpy/OpenBLAS sgemm of
+the same shape as the roof (written into a reused buffer in <= 1 GiB query blocks). Anchors that need
+the Q x N matrix run in <= 1 GiB query blocks (as faiss itself does), never on the whole matrix.
+
+Each method runs once for memory (also timed), then ``--repeat`` more times, the methods interleaved round-robin so they share the
+machine's contention; the best run is kept. Throughput is reported per process CPU-second
+(``time.process_time``: the machine is shared), wall time alongside. Peak extra memory = VmHWM above
+the RSS before the call (reset through /proc/self/clear_refs). Ratios are anchor CPU-s / ours CPU-s
+(> 1: we are faster). Every shape checks our top-1 against a float64 cdist on 256 queries.
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from the environment before numpy loads (they
+mis-tune OpenBLAS on this machine, see shared/docs/PERF.md).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_BAD_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+if any(v in os.environ for v in _BAD_ENV):  # re-exec without them, before numpy/OpenBLAS initialise
+    env = {k: v for k, v in os.environ.items() if k not in _BAD_ENV}
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import fastad  # noqa: E402
+
+BLOCK_BYTES = 1 << 30  # anchors' score blocks (the torch paths and the sgemm roof)
+
+
+# ----------------------------------------------------------------------------------------------- utils
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_extra_mb(fn) -> tuple[float, float, float]:
+    """Runs fn once: (peak RSS above the RSS before the call in MB (nan if unmeasurable), CPU s, wall s)."""
+    base = _rss_kb()
+    ok = _reset_hwm()
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    c1, w1 = time.process_time(), time.perf_counter()
+    peak = _hwm_kb()
+    del out
+    return ((peak - base) / 1024 if ok else float("nan")), c1 - c0, w1 - w0
+
+
+def timed(fn) -> tuple[float, float]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    c1, w1 = time.process_time(), time.perf_counter()
+    del out
+    return c1 - c0, w1 - w0
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)  # numpy's / faiss's OpenBLAS, sklearn's BLAS
+    except ImportError:
+        pass
+
+
+def q_block(Q: int, N: int) -> int:
+    return max(1, min(Q, BLOCK_BYTES // (4 * max(N, 1))))
+
+
+# --------------------------------------------------------------------------------------------- methods
+def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
+    qn, bn = q.numpy(), b.numpy()
+    Q, N = q.shape[0], b.shape[0]
+    qb = q_block(Q, N)
+    m = {}
+    m["fastad"] = lambda: fastad.ops.knn(q, b, k)
+    try:
+        import faiss
+
+        if "faiss" not in skip:
+            m["faiss.knn"] = lambda: faiss.knn(qn, bn, k)
+            index = faiss.IndexFlatL2(bn.shape[1])
+            index.add(bn)
+            m["faiss.IndexFlatL2"] = lambda: index.search(qn, k)
+    except ImportError:
+        print("faiss-cpu not installed: skipping the faiss anchors (pip install faiss-cpu==1.15.1)")
+
+    def cdist_topk():  # anomalib: torch.cdist(embedding, memory_bank) then topk(largest=False)
+        outs = []
+        for i in range(0, Q, qb):
+            outs.append(torch.cdist(q[i : i + qb], b).topk(k, dim=1, largest=False))
+        return outs
+
+    bnorm = (b * b).sum(1)
+
+    def mm_topk():  # |b|^2 - 2 q.b, topk, + |q|^2 on the winners
+        outs = []
+        for i in range(0, Q, qb):
+            qq = q[i : i + qb]
+            s = torch.addmm(bnorm, qq, b.T, alpha=-2.0)
+            v, ix = s.topk(k, dim=1, largest=False)
+            outs.append(((v + (qq * qq).sum(1, keepdim=True)).clamp_min_(0).sqrt_(), ix))
+        return outs
+
+    if "torch" not in skip:
+        m["torch.cdist+topk"] = cdist_topk
+        m["torch.mm+topk"] = mm_topk
+    if "sklearn" not in skip:
+        try:
+            from sklearn.neighbors import NearestNeighbors
+
+            nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(bn)
+            m["sklearn.brute"] = lambda: nn.kneighbors(qn, k)
+        except ImportError:
+            print("scikit-learn not installed: skipping the sklearn anchor")
+    buf = np.empty((qb, N), dtype=np.float32)
+    bT = bn.T
+
+    def sgemm():  # the roof: the same GEMM, no selection, into a reused buffer
+        for i in range(0, Q, qb):
+            n = min(qb, Q - i)
+            np.matmul(qn[i : i + n], bT, out=buf[:n])
+        return None
+
+    m["numpy.sgemm(roof)"] = sgemm
+    return m
+
+
+def group_methods(q: torch.Tensor, b: torch.Tensor, gs: int, skip: set[str]):
+    Q, N = q.shape[0], b.shape[0]
+    G = N // gs
+    qb = q_block(Q, N)
+    qn, bn = q.numpy(), b.numpy()
+    m = {}
+    m["fastad"] = lambda: fastad.ops.group_min(q, b, gs)
+    m["fastad.knn(k=1)"] = lambda: fastad.ops.knn(q, b, 1)
+
+    def cdist_amin():
+        return [torch.cdist(q[i : i + qb], b).view(-1, G, gs).amin(-1) for i in range(0, Q, qb)]
+
+    bnorm = (b * b).sum(1)
+
+    def mm_amin():
+        outs = []
+        for i in range(0, Q, qb):
+            qq = q[i : i + qb]
+            s = torch.addmm(bnorm, qq, b.T, alpha=-2.0).view(-1, G, gs).amin(-1)
+            outs.append((s + (qq * qq).sum(1, keepdim=True)).clamp_min_(0).sqrt_())
+        return outs
+
+    if "torch" not in skip:
+        m["torch.cdist+amin"] = cdist_amin
+        m["torch.mm+amin"] = mm_amin
+    try:
+        import faiss
+
+        if "faiss" not in skip:
+            m["faiss.knn per group"] = lambda: [faiss.knn(qn, bn[g * gs : (g + 1) * gs], 1) for g in range(G)]
+    except ImportError:
+        pass
+    buf = np.empty((qb, N), dtype=np.float32)
+    bT = bn.T
+
+    def sgemm():
+        for i in range(0, Q, qb):
+            n = min(qb, Q - i)
+            np.matmul(qn[i : i + n], bT, out=buf[:n])
+
+    m["numpy.sgemm(roof)"] = sgemm
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ main
+def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0):
+    set_threads(threads)
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randn(N, D, generator=g)
+    q = torch.randn(Q, D, generator=g)
+    flops = 2.0 * Q * N * D
+    methods = knn_methods(q, b, k_or_gs, skip) if op == "knn" else group_methods(q, b, k_or_gs, skip)
+    # accuracy: our top-1 / group minima against float64 on up to 256 queries
+    qs = q[:256]
+    d64 = torch.cdist(qs.double(), b.double())
+    if op == "knn":
+        d, i = fastad.ops.knn(qs, b, 1)
+        acc = float((d64.gather(1, i) - d64.min(1, keepdim=True).values).abs().le(1e-4 * d64.min(1, keepdim=True).values + 1e-6).double().mean())
+    else:
+        ref = d64.view(len(qs), -1, k_or_gs).amin(-1)
+        out = fastad.ops.group_min(qs, b, k_or_gs).double()
+        acc = float(((out - ref).abs() <= 1e-4 * ref + 1e-6).double().mean())
+    del d64
+    res = {name: {"cpu": float("inf"), "wall": float("inf")} for name in methods}
+    load0 = os.getloadavg()[0]
+    for name, fn in methods.items():  # first run: memory (and a time sample; it includes first-touch costs)
+        res[name]["mem_mb"], res[name]["cpu"], res[name]["wall"] = peak_extra_mb(fn)
+    for _ in range(repeat):  # interleaved
+        for name, fn in methods.items():
+            c, w = timed(fn)
+            res[name]["cpu"] = min(res[name]["cpu"], c)
+            res[name]["wall"] = min(res[name]["wall"], w)
+    load1 = os.getloadavg()[0]
+    roof = flops / res["numpy.sgemm(roof)"]["cpu"]
+    ours = res["fastad"]["cpu"]
+    param = "k" if op == "knn" else "group_size"
+    print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
+          f"top-1/min accuracy vs float64 {acc:.4f}, load avg {load0:.1f}->{load1:.1f})")
+    print(f"| method | CPU s | wall s | GF/core-s | GF/s wall | % sgemm | extra MB | anchor/ours (CPU) | (wall) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name, r in res.items():
+        gf = flops / r["cpu"] / 1e9
+        row = dict(op=op, D=D, N=N, Q=Q, param=k_or_gs, threads=threads, method=name, cpu_s=r["cpu"],
+                   wall_s=r["wall"], gf_core=gf, gf_wall=flops / r["wall"] / 1e9, frac_sgemm=flops / r["cpu"] / roof,
+                   mem_mb=r["mem_mb"], ratio_cpu=r["cpu"] / ours, ratio_wall=r["wall"] / res["fastad"]["wall"],
+                   acc=acc, load=(load0, load1))
+        rows.append(row)
+        print(f"| {name} | {r['cpu']:.3f} | {r['wall']:.3f} | {gf:.1f} | {row['gf_wall']:.1f} | "
+              f"{100*row['frac_sgemm']:.0f}% | {r['mem_mb']:.0f} | {row['ratio_cpu']:.2f} | {row['ratio_wall']:.2f} |")
+    sys.stdout.flush()
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", choices=["knn", "group_min", "both"], default="knn")
+    p.add_argument("--quick", action="store_true", help="a small subset (D=384/1536, bank 16384, 784 queries)")
+    p.add_argument("--D", type=int, nargs="+", default=[384, 1536])
+    p.add_argument("--N", type=int, nargs="+", default=[16384, 131072], help="bank rows (group_min: rounded to groups)")
+    p.add_argument("--Q", type=int, nargs="+", default=[784, 12544])
+    p.add_argument("--k", type=int, nargs="+", default=[1, 9])
+    p.add_argument("--group-size", type=int, default=784, help="group_min: rows per group (28x28 patches)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1])
+    p.add_argument("--repeat", type=int, default=2, help="timed runs per method after the first (memory) run")
+    p.add_argument("--skip", nargs="*", default=[], help="anchors to skip: faiss torch sklearn")
+    p.add_argument("--sklearn-max-gflop", type=float, default=100.0, help="skip sklearn above this size (slow)")
+    p.add_argument("--torch-max-gflop", type=float, default=1e9, help="skip the torch anchors above this size")
+    p.add_argument("--max-gflop", type=float, default=1e9, help="skip shapes above this size")
+    p.add_argument("--min-gflop", type=float, default=0.0, help="skip shapes below this size")
+    p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.N, a.Q = [16384], [784]
+    print(f"fastad {fastad.__version__} build {fastad.build_info()}; torch {torch.__version__}, numpy {np.__version__}")
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            print("  blas:", lib.get("internal_api"), lib.get("version"), lib.get("architecture"), lib.get("filepath", "").split("/")[-1])
+    except ImportError:
+        pass
+    ops = ["knn", "group_min"] if a.op == "both" else [a.op]
+    rows = []
+    for op in ops:
+        if op == "knn":
+            grid = itertools.product(a.threads, a.D, a.N, a.Q, a.k)
+        else:
+            grid = ((t, D, max(1, N // a.group_size) * a.group_size, Q, a.group_size)
+                    for t, D, N, Q in itertools.product(a.threads, a.D, a.N, a.Q))
+        for t, D, N, Q, kk in grid:
+            gflop = 2.0 * Q * N * D / 1e9
+            if not a.min_gflop <= gflop <= a.max_gflop:
+                continue
+            skip = set(a.skip)
+            if gflop > a.sklearn_max_gflop:
+                skip.add("sklearn")
+            if gflop > a.torch_max_gflop:
+                skip.add("torch")
+            rows += run_shape(op, D, N, Q, kk, t, a.repeat, skip)
+    if a.jsonl:
+        with open(a.jsonl, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    # summary: our ratios against each anchor (CPU time), per shape
+    print("\n## summary (anchor CPU-s / fastad CPU-s; fastad % of same-run sgemm)")
+    keyf = lambda r: (r["op"], r["D"], r["N"], r["Q"], r["param"], r["threads"])  # noqa: E731
+    for key, grp in itertools.groupby(rows, key=keyf):
+        grp = list(grp)
+        ours = next(r for r in grp if r["method"] == "fastad")
+        parts = [f"{r['method']} {r['ratio_cpu']:.2f}" for r in grp if r["method"] != "fastad"]
+        print(f"{key}: fastad {ours['gf_core']:.1f} GF/core-s = {100*ours['frac_sgemm']:.0f}% sgemm; " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
