@@ -5,8 +5,10 @@
 Data: ``$FASTAD_MTD`` or ``../shared/data/mtd`` (relative to the repo root), MVTec layout. Images are
 decoded and squash-resized to 224 px once (shared, timed separately, counted on neither side).
 Both sides use EfficientNet-Lite0 (ImageNet weights), taps ``_blocks.4`` + ``_blocks.10``, through
-the same ``fastad.features.FeatureExtractor`` (anomalib's ``TimmFeatureExtractor`` is replaced by it:
-see ``_anomalib_patchcore.py``), coreset ratio 0.1, ``num_neighbors=9``, sigma-4 blur.
+``fastad.features.FeatureExtractor`` (anomalib's ``TimmFeatureExtractor`` is replaced by it: see
+``_anomalib_patchcore.py``); fastad's side with its defaults (BN folded, channels_last), anomalib's
+with the plain model (BN layers, NCHW) as timm would run it. Coreset ratio 0.1, ``num_neighbors=9``,
+sigma-4 blur.
 The training set is subsampled (a seeded random subset, ``--train-images``) for BOTH sides equally,
 because anomalib's coreset takes minutes. ``torch.set_num_threads(1)`` unless ``--threads``.
 Stages run interleaved (fastad fit, anomalib fit, fastad predict, anomalib predict) in one process;
@@ -187,11 +189,13 @@ def main():
     print(f"data: {data} train {len(train)}/{len(tr_ds)} images, test {len(test)} images at {args.image_size} px "
           f"(decode+resize {t_load:.1f} s, shared, not counted); threads {torch.get_num_threads()}", flush=True)
 
-    # one backbone instance per side: fastad's detector converts its CNN to channels_last (its own
-    # choice); anomalib's side runs the model as fastad.features builds it (contiguous NCHW).
+    # One backbone instance per side, same ImageNet weights. fastad runs its pipeline's default: batch
+    # norms folded into the convolutions and channels_last (fastad.features). anomalib's side runs the
+    # model as timm / the efficientnet-lite package define it (separate BN layers, NCHW), which is what
+    # anomalib's TimmFeatureExtractor would run: features equal to ~1e-5 relative.
     bb = get_backbone("efficientnet_lite0")
-    bb_a = get_backbone("efficientnet_lite0")
-    fx_a = FeatureExtractor(bb_a.model, args.layers, batch_size=args.batch_size, progress=False)
+    bb_a = get_backbone("efficientnet_lite0", fuse=False)
+    fx_a = FeatureExtractor(bb_a.model, args.layers, batch_size=args.batch_size, progress=False, channels_last=False)
     with torch.no_grad():  # warm-up (first-call allocations), so neither side pays it
         fx_a(train[: args.batch_size])
         PatchCore_warm = __import__("fastad.detectors", fromlist=["PatchCore"]).PatchCore
