@@ -120,7 +120,8 @@ def run_anomalib(stage, state, args, train, test):
         kcg.tqdm = lambda it, **kw: it  # silence its per-step progress bar (no effect on the computation)
         state["anomalib_version"] = version
         fx = state["extractor"]
-        A.FeatureSource.extract = c.timed("extraction", lambda x: fx(x))
+        state["extract"] = lambda x: fx(x)
+        A.FeatureSource.extract = c.timed("extraction", state["extract"])
         model = PatchcoreModel(layers=list(args.layers), backbone="efficientnet_lite0 (fastad extractor)", pre_trained=True,
                                num_neighbors=args.num_neighbors)
         state["model"] = model
@@ -130,13 +131,14 @@ def run_anomalib(stage, state, args, train, test):
         w, p = time.perf_counter(), time.process_time()
         for s in range(0, len(train), args.batch_size):
             model(train[s : s + args.batch_size])
-        c.add("embedding (extraction + aggregation)", time.perf_counter() - w, time.process_time() - p)
+        c.add("extraction+aggregation", time.perf_counter() - w, time.process_time() - p)
         w2, p2 = time.perf_counter(), time.process_time()
         model.subsample_embedding(args.coreset_ratio)
         c.add("coreset", time.perf_counter() - w2, time.process_time() - p2)
         c.add("total", time.perf_counter() - w, time.process_time() - p)
     else:
         model = state["model"]
+        A.FeatureSource.extract = c.timed("extraction", state["extract"])  # this stage's clock
         model.eval()
         gen = model.anomaly_map_generator
         gen.forward = c.timed("maps", gen.forward)  # instance attribute: nn.Module.__call__ finds it
