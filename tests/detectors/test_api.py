@@ -275,3 +275,30 @@ def test_fit_on_mvtec_dataset(tmp_path):
     labels = torch.as_tensor(list(test.labels))
     assert labels.tolist() == [1, 1, 0, 0, 0]  # type folders sorted: dent, good
     assert float(s[labels == 1].min()) > float(s[labels == 0].max())
+
+
+def test_target_dim_option_and_roundtrip(tmp_path):
+    """The paper's adaptive pooling (target_dim): bank width = target_dim, saved and reloaded."""
+    gen = torch.Generator().manual_seed(0)
+    feats = {"a": torch.randn(3, 6, 8, 8, generator=gen), "b": torch.randn(3, 10, 4, 4, generator=gen)}
+    d = PatchCore(backbone=None, coreset_ratio=0.5, target_dim=4, projection_dim=None, progress=False)
+    d.fit_features(feats, image_size=(32, 32))
+    assert d.memory_bank_.shape == (96, 4)
+    e = det_mod.load(d.save(tmp_path / "t.safetensors"))
+    s1, m1 = d.score_features(feats)
+    s2, m2 = e.score_features(feats)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2) and m1.shape == (3, 32, 32)
+
+
+def test_vit_backbone_tokens_become_maps():
+    """ViT taps [B, 1 + L, C] are turned into [B, C, H/p, W/p] patch maps (CLS dropped)."""
+    from fastad.features import get_backbone
+
+    vit = get_backbone("random_vit")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    d = PatchCore(backbone=vit, coreset_ratio=0.5, progress=False).fit(x)
+    ps = vit.patch_size
+    assert d.feature_grid_ == (64 // ps, 64 // ps)
+    s, m = d.score(x[:2])
+    assert s.shape == (2,) and m.shape == (2, 64, 64)
