@@ -50,7 +50,7 @@ def test_fit_score_shapes_and_localisation(make, images):
     train, test = images
     d = make()
     assert d.fit(train) is d
-    assert d.layers_ == ["layer1", "layer2"] and d.image_size_ == (64, 64)
+    assert d.layers_ == ["layer1", "layer2"] and d.image_size_ == (64, 64) and d.n_fit_images_ == 12
     assert set(d.fit_timings_) >= {"extraction", "aggregation", "total"}
     s = d.decision_function(test)
     m = d.score_map(test)
@@ -137,7 +137,7 @@ def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
     assert meta["layers"] == ["layer1", "layer2"] and meta["image_size"] == [64, 64]
     assert meta["fastad_version"]
     e = det_mod.load(path, backbone=tiny_backbone)
-    assert type(e) is type(d) and e.threshold_ == d.threshold_
+    assert type(e) is type(d) and e.threshold_ == d.threshold_ and e.n_fit_images_ == 12
     s1, m1 = d.score(test)
     s2, m2 = e.score(test)
     close(s1, s2)

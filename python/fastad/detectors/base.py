@@ -366,7 +366,7 @@ class BaseDetector:
                 sizes.append(size)
                 yield feats
 
-        self._fit_from(stream(), timings)
+        self._fit_from(self._counting(stream()), timings)
         if not sizes:
             self.layers_ = None
             raise ValueError(f"{type(self).__name__}.fit: X holds no images")
@@ -392,9 +392,17 @@ class BaseDetector:
         self.layers_ = None
         layers = self.layers
         self._pending_layers = None if layers is None else [str(x) for x in ([layers] if isinstance(layers, str) else layers)]
-        self._fit_from(self._as_feature_batches(features), {})
+        self._fit_from(self._counting(self._as_feature_batches(features)), {})
         self.image_size_ = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         return self
+
+    def _counting(self, batches):
+        """Pass feature batches through, counting images into ``n_fit_images_``."""
+        self.n_fit_images_ = 0
+        for feats in batches:
+            first = next(iter(feats.values()), None)
+            self.n_fit_images_ += 0 if first is None else int(first.shape[0])
+            yield feats
 
     def _fit_from(self, batches: Iterable[dict[str, torch.Tensor]], timings: dict[str, float]) -> None:
         t0 = time.perf_counter()
@@ -570,6 +578,7 @@ class BaseDetector:
             "layer_dims": {k: int(v) for k, v in self.layer_dims_.items()},
             "image_size": None if getattr(self, "image_size_", None) is None else list(self.image_size_),
             "threshold": getattr(self, "threshold_", None),
+            "n_fit_images": getattr(self, "n_fit_images_", None),
             "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
             **self._extra_meta(),
         }
@@ -665,6 +674,7 @@ def _load(path, *, backbone=None, device=None) -> BaseDetector:
     det.layer_dims_ = layer_dims
     det.image_size_ = None if meta.get("image_size") is None else tuple(int(s) for s in meta["image_size"])
     det.threshold_ = meta.get("threshold")
+    det.n_fit_images_ = meta.get("n_fit_images")
     det.fit_timings_ = {}
     try:
         det._set_state_tensors(tensors, meta, str(path))

@@ -65,7 +65,7 @@ class PatchCore(BaseDetector):
         progress: show progress bars.
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
-    ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_train_patches_``, ``fit_timings_``
+    ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
     (seconds per stage), ``threshold_`` (``None`` until :meth:`set_threshold`).
     """
 
