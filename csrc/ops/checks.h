@@ -21,11 +21,11 @@ void check_bank_norms(const char* op, const at::Tensor& bank_norms, int64_t n, c
 
 std::string shape_str(const at::Tensor& t);
 
-// coreset: bank [N, D] 2-D, N >= 1, D >= 1, fp32/fp16/bf16; 1 <= n <= N; 0 <= start < N.
-void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start);
 // group_min: query/bank as check_query_bank, group_size >= 1 dividing N, exclude_group (optional)
 // a 1-D int64 [Q] tensor on the query's device. Values are checked by the CPU kernel only.
 void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
                           const std::optional<at::Tensor>& exclude_group);
+// coreset: bank [N, D] 2-D, N >= 1, D >= 1, fp32/fp16/bf16; 1 <= n <= N; 0 <= start < N.
+void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start);
 
 }  // namespace fastad

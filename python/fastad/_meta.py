@@ -46,20 +46,6 @@ def _knn_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     return (query.new_empty((Q, k), dtype=torch.float32), query.new_empty((Q, k), dtype=torch.int64))
 
 
-# coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/ops/checks.cpp check_coreset_args).
-@torch.library.register_fake("fastad::coreset")
-def _coreset_fake(bank, n, start=0):
-    op = "coreset"
-    _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got {bank.dim()}-D tensor of shape {list(bank.shape)}")
-    _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
-    N = bank.shape[0]
-    _check(N >= 1, f"{op}: bank must have at least one row, got shape {list(bank.shape)}")
-    _check(bank.shape[1] >= 1, f"{op}: feature dimension D must be >= 1, got shape {list(bank.shape)}")
-    _check(1 <= n <= N, f"{op}: n (centres to choose) must be in [1, N] = [1, {N}], got {n}")
-    _check(0 <= start < N, f"{op}: start must be a bank row index in [0, {N}), got {start}")
-    _check(N < 2**31, f"{op}: bank must have fewer than 2^31 rows, got {N}")
-    return (bank.new_empty((n,), dtype=torch.int64), bank.new_empty((n,), dtype=torch.float32))
-
 @torch.library.register_fake("fastad::group_min")
 def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
     check_query_bank("group_min", query, bank)
@@ -83,3 +69,18 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
             f"group_min: exclude_group must be on the query's device ({query.device}), got {exclude_group.device}",
         )
     return query.new_empty((Q, N // group_size), dtype=torch.float32)
+
+
+# coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/ops/checks.cpp check_coreset_args).
+@torch.library.register_fake("fastad::coreset")
+def _coreset_fake(bank, n, start=0):
+    op = "coreset"
+    _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got {bank.dim()}-D tensor of shape {list(bank.shape)}")
+    _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
+    N = bank.shape[0]
+    _check(N >= 1, f"{op}: bank must have at least one row, got shape {list(bank.shape)}")
+    _check(bank.shape[1] >= 1, f"{op}: feature dimension D must be >= 1, got shape {list(bank.shape)}")
+    _check(1 <= n <= N, f"{op}: n (centres to choose) must be in [1, N] = [1, {N}], got {n}")
+    _check(0 <= start < N, f"{op}: start must be a bank row index in [0, {N}), got {start}")
+    _check(N < 2**31, f"{op}: bank must have fewer than 2^31 rows, got {N}")
+    return (bank.new_empty((n,), dtype=torch.int64), bank.new_empty((n,), dtype=torch.float32))

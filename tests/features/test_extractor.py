@@ -97,6 +97,15 @@ def test_tuple_outputs_and_errors():
         FeatureExtractor(net, ["a"])([[1, 2]])
 
 
+def test_taps_are_safe_from_later_inplace_ops():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1))
+    x = torch.randn(2, 3, 8, 8)
+    got = FeatureExtractor(net, ["0", "2"])(x)["0"]
+    with torch.no_grad():
+        torch.testing.assert_close(got, net[0](x))
+    assert (got < 0).any(), "the in-place ReLU after the tapped conv must not clip the captured map"
+
+
 def test_unused_layer_is_reported():
     class Skip(nn.Module):
         def __init__(self):
@@ -138,6 +147,13 @@ def test_vit_tokens_match_reference(gen):
         get_backbone("random_cnn").vit_tokens(x)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         bb.vit_tokens(torch.randn(1, 3, 50, 64))
+    with pytest.raises(ValueError, match="out of range"):
+        bb.vit_tokens(x, [4])
+    with pytest.raises(ValueError, match="block indices"):
+        bb.vit_tokens(x, ["norm"])
+    # streaming input, gathered on the requested device
+    streamed = bb.vit_tokens([x[:2], x[2:]], [3], norm=True, out_device="cpu")[0]
+    torch.testing.assert_close(streamed, normed[1], rtol=1e-5, atol=1e-5)
 
 
 def test_vit_position_interpolation(gen):

@@ -114,8 +114,9 @@ def test_coreset_non_contiguous(device, gen):
 
 
 def test_coreset_thread_count_invariant(gen):
-    b = torch.randn(9000, 16, generator=gen)
-    b[4500:] = b[:4500]  # duplicated halves: exact ties across the per-thread chunks
+    # N = 9002: the 2-thread chunk boundary (4501) is not a multiple of the kernel's 4-row block
+    b = torch.randn(9002, 21, generator=gen) + 5.0
+    b[4501:] = b[:4501]  # duplicated halves: exact ties across the per-thread chunks
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -125,7 +126,7 @@ def test_coreset_thread_count_invariant(gen):
     finally:
         torch.set_num_threads(old)
     assert torch.equal(i1, i2) and torch.equal(d1, d2)
-    assert (i1 < 4500).all()  # the first copy of a duplicated row always wins
+    assert (i1 < 4501).all()  # the first copy of a duplicated row always wins
 
 
 def test_coreset_distances_non_increasing(device, gen):
@@ -266,3 +267,13 @@ def test_coreset_generic_path_equals_simd_path(monkeypatch, dtype, gen):
     assert torch.equal(i1, i2)
     torch.testing.assert_close(d1, d2, rtol=1e-5, atol=1e-6)
     assert_greedy(b.float(), i2, d2.double())
+
+
+def test_coreset_projection_padding_changes_nothing(gen):
+    # k = 20 is padded to 32 zero columns: same selection as the unpadded projected bank
+    b = _bank(400, 50, gen)
+    idx, dist = fastad.ops.coreset(b, 30, projection_dim=20, seed=2)
+    p = b @ sparse_random_matrix(50, 20, seed=2)
+    ri, rd = ref.coreset(p, 30)
+    assert torch.equal(idx, ri)
+    torch.testing.assert_close(dist.double()[1:], rd[1:], rtol=1e-5, atol=1e-6)

@@ -78,6 +78,9 @@ class Backbone:
         """A :class:`FeatureExtractor` on this model (``layers`` default: ``default_layers``;
         ``channels_last`` defaults to True for CNNs: about 2x faster on CPU)."""
         kwargs.setdefault("channels_last", self.kind == "cnn")
+        p = next(self.model.parameters(), None)
+        if p is not None:
+            kwargs.setdefault("dtype", p.dtype)  # keep the model's dtype unless told otherwise
         return FeatureExtractor(self.model, list(layers) if layers is not None else list(self.default_layers), **kwargs)
 
     def features(self, x, layers=None, **kwargs) -> dict[str, torch.Tensor]:
@@ -93,7 +96,8 @@ class Backbone:
         s = self.strides[layer if layer is not None else self.default_layers[0]]
         return -(-height // s), -(-width // s)
 
-    def vit_tokens(self, x, layers=None, *, norm: bool = True, batch_size: int = 16, device=None, dtype=None, progress=False) -> list[torch.Tensor]:
+    def vit_tokens(self, x, layers=None, *, norm: bool = True, batch_size: int = 16, device=None, dtype=None,
+                   progress=False, out_device=None) -> list[torch.Tensor]:
         """Token taps of a ViT backbone.
 
         Args:
@@ -103,30 +107,50 @@ class Backbone:
             norm: apply the model's final LayerNorm to each tapped output, as DINOv2's
                 ``get_intermediate_layers(norm=True)`` does (what MuSc uses); False gives the raw
                 residual stream.
+            batch_size, device, dtype, progress: as :class:`FeatureExtractor` (device and dtype
+                default to the model's).
+            out_device: where results are gathered (default: the input tensor's device, or the
+                model's device for an iterable).
 
         Returns:
             list (in ``layers`` order) of Tensor[B, 1 + L, C], CLS token first.
+
+        Example:
+            >>> vit = get_backbone("dinov2_vits14")                          # doctest: +SKIP
+            >>> toks = vit.vit_tokens(torch.randn(2, 3, 224, 224), [2, 5, 8, 11])  # doctest: +SKIP
+            >>> [t.shape for t in toks]                                      # doctest: +SKIP
+            [torch.Size([2, 257, 384])] * 4
         """
         if self.kind != "vit":
             raise ValueError(f"Backbone.vit_tokens: {self.name} is a {self.kind} backbone, not a ViT")
-        names = [f"blocks.{int(l)}" if isinstance(l, int) else str(l) for l in (layers if layers is not None else self.default_layers)]
         depth = len(self.model.blocks)
-        names = [f"blocks.{int(n.split('.')[1]) % depth}" if n.startswith("blocks.-") else n for n in names]
+        names = []
+        for l in layers if layers is not None else self.default_layers:
+            i = int(l) if isinstance(l, int) else int(str(l).rsplit(".", 1)[-1]) if str(l).startswith("blocks.") else None
+            if i is None:
+                raise ValueError(f"Backbone.vit_tokens: layers are block indices or 'blocks.N' names, got {l!r}")
+            if not -depth <= i < depth:
+                raise ValueError(f"Backbone.vit_tokens: block {l!r} out of range for {depth} blocks")
+            names.append(f"blocks.{i % depth}")
+        uniq = list(dict.fromkeys(names))
         kw = {"batch_size": batch_size, "progress": progress}
         if device is not None:
             kw["device"] = device
         if dtype is not None:
             kw["dtype"] = dtype
-        uniq = list(dict.fromkeys(names))
         fx = self.extractor(uniq, **kw)
-        feats = fx(x)
-        if not norm:
-            return [feats[n] for n in names]
-        normed = {}
+        if out_device is None:
+            out_device = x.device if isinstance(x, torch.Tensor) else fx.device
+        parts: dict[str, list[torch.Tensor]] = {n: [] for n in uniq}
         with torch.no_grad():
-            for n in uniq:
-                normed[n] = self.model.norm(feats[n].to(fx.device)).to(feats[n].device)
-        return [normed[n] for n in names]
+            for feats in fx.iter_batches(x):  # normalise per batch: no second full-size copy
+                for n in uniq:
+                    t = self.model.norm(feats[n]) if norm else feats[n]
+                    parts[n].append(t.to(out_device))
+        if not parts[uniq[0]]:
+            raise ValueError("Backbone.vit_tokens: no images were given")
+        out = {n: torch.cat(v) if len(v) > 1 else v[0] for n, v in parts.items()}
+        return [out[n] for n in names]
 
     def __repr__(self) -> str:
         return (

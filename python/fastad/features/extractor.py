@@ -63,7 +63,7 @@ class FeatureExtractor:
 
     Outputs: ``dict[layer, Tensor]``: CNN feature maps ``Tensor[B, C, h, w]``; ViT blocks
     ``Tensor[B, 1 + L, C]`` tokens (CLS first). If a module returns a tuple/list, its first tensor
-    is kept.
+    is kept. Captured outputs are copies (contiguous), safe from later in-place ops of the forward.
 
     Example:
         >>> bb = get_backbone("random_cnn")                    # doctest: +SKIP
@@ -126,8 +126,9 @@ class FeatureExtractor:
             def hook(_module, _inp, out):
                 if name in captured:
                     return
-                t = _first_tensor(out)
-                captured[name] = t.contiguous() if self.channels_last else t
+                # A copy in the standard layout: later in-place ops of the forward (ReLU(inplace=True)
+                # after a tapped conv) must not change what was captured. Cheap next to the model.
+                captured[name] = _first_tensor(out).clone(memory_format=torch.contiguous_format)
                 if len(captured) == need:
                     raise _StopForward
 

@@ -45,6 +45,21 @@ def knn(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     return out_d, out_i
 
 
+def group_min(query, bank, group_size, metric="l2", exclude_group=None):
+    """Reference of :func:`fastad.ops.group_min` (float64): ``Tensor[Q, G]`` of per-group minima
+    (``"ip"``: maxima); a query's excluded group holds ``inf`` (``"ip"``: ``-inf``)."""
+    Q, N = query.shape[0], bank.shape[0]
+    G = N // group_size
+    s = pairwise_scores(query, bank, metric).view(Q, G, group_size)
+    largest = metric == "ip"
+    out = s.amax(-1) if largest else s.amin(-1)
+    if exclude_group is not None:
+        e = exclude_group.cpu()
+        rows = torch.nonzero(e >= 0).flatten()
+        out[rows, e[rows]] = float("-inf") if largest else float("inf")
+    return out
+
+
 def coreset(bank, n, start=0):
     """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
 
@@ -67,17 +82,3 @@ def coreset(bank, n, start=0):
         idx.append(nxt)
         dist.append(float(mind[nxt]))
     return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
-
-def group_min(query, bank, group_size, metric="l2", exclude_group=None):
-    """Reference of :func:`fastad.ops.group_min` (float64): ``Tensor[Q, G]`` of per-group minima
-    (``"ip"``: maxima); a query's excluded group holds ``inf`` (``"ip"``: ``-inf``)."""
-    Q, N = query.shape[0], bank.shape[0]
-    G = N // group_size
-    s = pairwise_scores(query, bank, metric).view(Q, G, group_size)
-    largest = metric == "ip"
-    out = s.amax(-1) if largest else s.amin(-1)
-    if exclude_group is not None:
-        e = exclude_group.cpu()
-        rows = torch.nonzero(e >= 0).flatten()
-        out[rows, e[rows]] = float("-inf") if largest else float("inf")
-    return out
