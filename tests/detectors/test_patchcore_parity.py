@@ -67,7 +67,9 @@ def _port_anomaly_score(patch_scores, locations, embedding, bank, num_neighbors,
     nn_index = locations[ar, max_patches]
     nn_sample = bank[nn_index, :]
     _, support = _port_nearest_neighbors(nn_sample, bank, min(num_neighbors, bank.shape[0]))
-    if support.dim() == 1:  # n_neighbors == 1 (a one-row bank) returns [B] from min()
+    if support.dim() == 1:
+        # a one-row bank: anomalib's min() branch returns [B] and its broadcast then mixes the batch;
+        # fastad (and this port) keep one support row per image instead (see PatchCore._image_scores)
         support = support[:, None]
     distances = _port_euclidean_dist(max_feats.unsqueeze(1), bank[support])
     weights = (1 - F.softmax(distances.squeeze(1), 1))[..., 0]
@@ -185,3 +187,40 @@ def test_port_blur_matches_fastad_separable_blur():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 37, 50, generator=gen)
     torch.testing.assert_close(gaussian_blur(x, 4.0, "reflect"), _port_blur(x), rtol=1e-5, atol=1e-6)
+
+
+def test_parity_with_installed_anomalib_code():
+    """Where anomalib 2.7.0 (+ kornia, scikit-learn) is installed (the `bench` extra), run anomalib's
+    own PatchcoreModel.forward (loaded without torchvision by benchmarks/_anomalib_patchcore.py) on the
+    same features with fastad's memory bank injected."""
+    pytest.importorskip("anomalib")
+    pytest.importorskip("kornia")
+    pytest.importorskip("sklearn")
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    saved = {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import _anomalib_patchcore as A
+
+        PatchcoreModel, *_, version = A.load()
+        assert version == "2.7.0", version
+        gen = torch.Generator().manual_seed(11)
+        train, test = _features(gen, 6), _features(gen, 5)
+        det = PatchCore(backbone=None, layers=["a", "b"], coreset_ratio=0.3, num_neighbors=9, progress=False)
+        det.fit_features(train, image_size=(48, 64))
+        scores, maps = det.score_features(test)
+        A.FeatureSource.extract = lambda x: test  # anomalib's extractor returns these very features
+        model = PatchcoreModel(layers=["a", "b"], backbone="features", num_neighbors=9)
+        model.memory_bank = det.memory_bank_.clone()
+        model.eval()
+        out = model(torch.zeros(5, 3, 48, 64))
+        torch.testing.assert_close(maps, out.anomaly_map[:, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(scores, out.pred_score, rtol=1e-4, atol=1e-4)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)

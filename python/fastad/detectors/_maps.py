@@ -19,6 +19,10 @@ import torch.nn.functional as F
 #: - ``"constant"``: zeros outside. scipy ``mode="constant", cval=0``.
 BORDER_MODES = ("reflect", "symmetric", "replicate", "constant")
 
+#: Maps blurred per chunk in :func:`gaussian_blur` (bounds the ``[chunk, H, W, taps]`` temporary the
+#: sliding-window product may materialise: 16 maps of 224 x 224 with 33 taps ~ 110 MB).
+BLUR_CHUNK = 16
+
 
 def gaussian_kernel1d(sigma: float, *, truncate: float = 4.0, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised 1-D Gaussian taps, ``Tensor[2 * int(truncate * sigma + 0.5) + 1]``.
@@ -89,9 +93,15 @@ def gaussian_blur(maps: torch.Tensor, sigma: float | None, border: str = "reflec
     else:
         x = x.index_select(3, _pad_index(W, r, border, x.device))
         x = x.index_select(2, _pad_index(H, r, border, x.device))
-    x = F.conv2d(x, k.view(1, 1, 1, -1))  # rows
-    x = F.conv2d(x, k.view(1, 1, -1, 1))  # columns
-    return x[:, 0] if squeeze else x
+    # Each pass is a matrix-vector product over a sliding-window view (unfold): on CPU this is ~3x
+    # faster than a 1 x K conv2d of one channel. Rows first, then the transposed image's rows (columns).
+    out = torch.empty(x.shape[0], H, W, dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], BLUR_CHUNK):
+        xs = x[s : s + BLUR_CHUNK, 0]  # [b, H + 2r, W + 2r]
+        rows = xs.unfold(2, k.numel(), 1).matmul(k)  # [b, H + 2r, W]
+        cols = rows.transpose(1, 2).contiguous().unfold(2, k.numel(), 1).matmul(k)  # [b, W, H]
+        out[s : s + BLUR_CHUNK] = cols.transpose(1, 2)
+    return out if squeeze else out.unsqueeze(1)
 
 
 def local_average(feature: torch.Tensor) -> torch.Tensor:

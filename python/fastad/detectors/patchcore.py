@@ -65,7 +65,7 @@ class PatchCore(BaseDetector):
         progress: show progress bars.
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
-    ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_train_patches_``, ``fit_timings_``
+    ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
     (seconds per stage), ``threshold_`` (``None`` until :meth:`set_threshold`).
     """
 
@@ -166,7 +166,10 @@ class PatchCore(BaseDetector):
             if self.coreset_ratio < 1:
                 # anomalib: coreset_size = int(N * ratio) (an error when 0); here at least one row.
                 m = max(1, int(n * float(self.coreset_ratio)))
-                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state))
+                # anomalib starts from torch.randint(N) on the global generator; here a seeded draw.
+                g = torch.Generator().manual_seed(int(self.random_state))
+                start = int(torch.randint(n, (1,), generator=g))
+                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start)
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)
@@ -198,6 +201,9 @@ class PatchCore(BaseDetector):
         s_star = patch[ar, best]
         m_star = nn_idx[ar, best]
         feat = rows.view(B, P, -1)[ar, best]  # [B, D]
+        # anomalib clamps k to the bank size too. With a one-row bank its min() branch returns [B] indices
+        # and the [B, 1, D] x [B, D] broadcast then softmaxes over the batch (a batch-size-dependent
+        # weight); here k = 1 gives the plain softmax of one distance (weight 0). Only a 1-row bank differs.
         k = min(int(self.num_neighbors), self.memory_bank_.shape[0])
         _, support = self._nearest(self.memory_bank_.index_select(0, m_star), k)  # [B, k], m* first
         sup = self.memory_bank_[support]  # [B, k, D]

@@ -40,7 +40,7 @@ class SPADE(BaseDetector):
 
     Fitted attributes: ``train_global_`` (``Tensor[N, C_g]``), ``train_patches_`` (dict layer ->
     ``Tensor[N, h*w, C]``), ``layers_``, ``layer_dims_``, ``global_layer_``, ``feature_grids_``,
-    ``image_size_``, ``threshold_``.
+    ``image_size_``, ``n_fit_images_``, ``threshold_``.
     """
 
     def __init__(
