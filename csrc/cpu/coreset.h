@@ -2,6 +2,7 @@
 // coreset_avx2.cpp (raw pointers and sizes only; row-major).
 #pragma once
 #include <cstdint>
+#include <limits>
 
 namespace fastad::cpu {
 
@@ -48,6 +49,38 @@ CoresetBest coreset_update_generic(const void* bank, int dtype, int64_t D, int64
 /// fastad::cpu_has_avx2_fma() is true.
 CoresetBest coreset_update_avx2(const void* bank, int dtype, int64_t D, int64_t r0, int64_t r1,
                                 const CoresetStep& st, int64_t* skipped, bool* bad);
+
+/// The row loop behind both coreset_update_* (one definition; each caller supplies its own squared-distance
+/// code for row r as `dist(r)`, compiled for its ISA). Same contract as coreset_update_generic.
+template <typename Dist>
+inline CoresetBest coreset_update_rows(int64_t r0, int64_t r1, const CoresetStep& st, Dist&& dist, int64_t* skipped,
+                                       bool* bad) {
+  CoresetBest best;
+  bool nonfinite = false;
+  int64_t skip = 0;
+  float* mind = st.mind;
+  for (int64_t r = r0; r < r1; ++r) {
+    float m = mind[r];
+    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > kCoresetPruneSlack * 4.f * m) {
+      ++skip;  // cannot improve (chosen rows, m = -1, always land here)
+    } else {
+      const float d2 = dist(r);
+      nonfinite |= !(d2 < std::numeric_limits<float>::infinity());  // NaN or Inf
+      if (d2 < m) {
+        m = d2;
+        mind[r] = d2;
+        st.assign[r] = st.cid;
+      }
+    }
+    if (m > best.value) {  // strict: ascending rows, so ties keep the smallest index
+      best.value = m;
+      best.index = r;
+    }
+  }
+  if (nonfinite) *bad = true;
+  *skipped += skip;
+  return best;
+}
 
 /// Squared distances from c (D floats) to the bank rows rows[0..count-1] into out[0..count-1].
 void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,

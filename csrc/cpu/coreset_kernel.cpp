@@ -58,31 +58,8 @@ inline float sq_dist_generic(const T* x, const float* c, int64_t D) {
 template <typename T>
 CoresetBest update_generic(const T* bank, int64_t D, int64_t r0, int64_t r1, const CoresetStep& st,
                            int64_t* skipped, bool* bad) {
-  CoresetBest best;
-  bool nonfinite = false;
-  int64_t skip = 0;
-  float* mind = st.mind;
-  for (int64_t r = r0; r < r1; ++r) {
-    float m = mind[r];
-    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > kCoresetPruneSlack * 4.f * m) {
-      ++skip;
-    } else {
-      const float d2 = sq_dist_generic(bank + r * D, st.c, D);
-      nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
-      if (d2 < m) {
-        m = d2;
-        mind[r] = d2;
-        st.assign[r] = st.cid;
-      }
-    }
-    if (m > best.value) {
-      best.value = m;
-      best.index = r;
-    }
-  }
-  if (nonfinite) *bad = true;
-  *skipped += skip;
-  return best;
+  return coreset_update_rows(
+      r0, r1, st, [&](int64_t r) { return sq_dist_generic(bank + r * D, st.c, D); }, skipped, bad);
 }
 
 template <typename T>

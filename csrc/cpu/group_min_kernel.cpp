@@ -34,7 +34,7 @@ void group_min_f32(const float* q, const float* b, const float* bnorm, const flo
   std::vector<float> binv;
   if (metric == Metric::Cosine) {
     binv.resize(N);
-    for (int64_t j = 0; j < N; ++j) binv[j] = bnorm[j] > 0.f ? 1.f / std::sqrt(bnorm[j]) : 0.f;
+    inverse_norms(bnorm, N, binv.data());
   }
   const int64_t nqb = (Q + kQueryBlock - 1) / kQueryBlock;
   at::parallel_for(0, nqb, 1, [&](int64_t qb0, int64_t qb1) {

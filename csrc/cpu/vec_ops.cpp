@@ -51,6 +51,10 @@ float exact_sq_dist(const float* x, const float* y, int64_t d) {
   return s;
 }
 
+void inverse_norms(const float* sq_norms, int64_t n, float* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = sq_norms[j] > 0.f ? 1.f / std::sqrt(sq_norms[j]) : 0.f;
+}
+
 at::Tensor as_f32_contiguous(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }
 
 at::Tensor row_sq_norms(const at::Tensor& x) {

@@ -351,13 +351,18 @@ class TinyCNN(nn.Module):
         return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
-def _random_cnn(weights, device) -> Backbone:
+def _seeded_test_model(make, weights, name, device):
+    """A test model built under seed 0 (without touching the global RNG), or loaded from ``weights``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = TinyCNN()
+        model = make()
     if weights not in ("default", None):
-        _load_into(model, weights, "random_cnn")
-    model.eval().to(device)
+        _load_into(model, weights, name)
+    return model.eval().to(device)
+
+
+def _random_cnn(weights, device) -> Backbone:
+    model = _seeded_test_model(TinyCNN, weights, "random_cnn", device)
     return Backbone(
         model=model,
         name="random_cnn",
@@ -374,12 +379,10 @@ def _random_cnn(weights, device) -> Backbone:
 def _random_vit(weights, device) -> Backbone:
     from .vit import VisionTransformer
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VisionTransformer(patch_size=8, embed_dim=32, depth=4, num_heads=2, pos_grid=8, ls_init=0.5)
-    if weights not in ("default", None):
-        _load_into(model, weights, "random_vit")
-    model.eval().to(device)
+    def make():
+        return VisionTransformer(patch_size=8, embed_dim=32, depth=4, num_heads=2, pos_grid=8, ls_init=0.5)
+
+    model = _seeded_test_model(make, weights, "random_vit", device)
     return Backbone(
         model=model,
         name="random_vit",
