@@ -127,7 +127,11 @@ class _FakeViT(torch.nn.Module):
 
 
 def _fake_backbone():
-    model = _FakeViT().eval()
+    # Seeded whole (Linear's default init draws from the global RNG): the result must not depend on
+    # which tests ran before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _FakeViT().eval()
 
     def vit_tokens(x, layers, norm=True, batch_size=8, progress=False, device=None):
         p = torch.nn.functional.unfold(x, 4, stride=4).transpose(1, 2)  # [B, L, 48]
