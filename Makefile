@@ -32,7 +32,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench cuda-check clean bench-patchcore
+.PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak
 
 all: test
 
@@ -71,6 +71,12 @@ bench: build
 	$(PY) benchmarks/bench_knn.py --quick --op both
 	$(PY) benchmarks/bench_coreset.py
 	$(PY) benchmarks/bench_metrics.py
+
+# The machine's single-core FP32 FMA ceiling (register-only loops; AVX-512 variant run only where present).
+bench-peak:
+	mkdir -p build
+	$(CC) -O2 -o build/peak_fma benchmarks/peak_fma.c -lpthread
+	build/peak_fma 2 1
 
 # PatchCore end to end on MTD against anomalib 2.7.0 (~10 min: anomalib's coreset is slow).
 bench-patchcore: build
