@@ -210,13 +210,15 @@ def group_methods(q: torch.Tensor, b: torch.Tensor, gs: int, skip: set[str]):
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0):
+def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
     set_threads(threads)
     g = torch.Generator().manual_seed(seed)
     b = torch.randn(N, D, generator=g)
     q = torch.randn(Q, D, generator=g)
     flops = 2.0 * Q * N * D
     methods = knn_methods(q, b, k_or_gs, skip) if op == "knn" else group_methods(q, b, k_or_gs, skip)
+    if only:  # keep fastad and the named methods, in their usual order
+        methods = {n: f for n, f in methods.items() if n == "fastad" or n in only}
     # accuracy: our top-1 / group minima against float64 on up to 256 queries
     qs = q[:256]
     d64 = torch.cdist(qs.double(), b.double())
@@ -238,7 +240,7 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0):
             res[name]["cpu"] = min(res[name]["cpu"], c)
             res[name]["wall"] = min(res[name]["wall"], w)
     load1 = os.getloadavg()[0]
-    roof = flops / res["numpy.sgemm(roof)"]["cpu"]
+    roof = flops / res["numpy.sgemm(roof)"]["cpu"] if "numpy.sgemm(roof)" in res else float("nan")
     ours = res["fastad"]["cpu"]
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
@@ -275,6 +277,8 @@ def main(argv=None):
     p.add_argument("--torch-max-gflop", type=float, default=1e9, help="skip the torch anchors above this size")
     p.add_argument("--max-gflop", type=float, default=1e9, help="skip shapes above this size")
     p.add_argument("--min-gflop", type=float, default=0.0, help="skip shapes below this size")
+    p.add_argument("--only", nargs="*", default=[], help="run only fastad and these methods, by their printed "
+                   "names (e.g. faiss.knn torch.cdist+topk); default: all")
     p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
     a = p.parse_args(argv)
     if a.quick:
@@ -304,7 +308,7 @@ def main(argv=None):
                 skip.add("sklearn")
             if gflop > a.torch_max_gflop:
                 skip.add("torch")
-            rows += run_shape(op, D, N, Q, kk, t, a.repeat, skip)
+            rows += run_shape(op, D, N, Q, kk, t, a.repeat, skip, only=set(a.only))
     if a.jsonl:
         with open(a.jsonl, "a") as f:
             for r in rows:

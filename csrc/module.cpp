@@ -12,5 +12,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_compiled", [] { return bool(FASTAD_WITH_CUDA); });
   m.def("cuda_archs", [] { return fastad::cuda_archs(); });
   m.def("simd_level", [] { return fastad::simd_level(); });
+  m.def("dist_micro_kernel", [] { return fastad::dist_micro_kernel(); });
   m.def("openmp_threads", [] { return fastad::openmp_threads(); });
 }

@@ -5,7 +5,9 @@
 //   * the bank is packed block by block (NC rows) into NR-row panels laid out [k][NR] (centred),
 //     and its row norms are computed while packing (the bank_norms argument is not needed);
 //   * a 6 x 16 micro-kernel (12 ymm accumulators) runs over KC-deep slices: the KC x 16 bank
-//     micro-panel stays in L1d while the MC x KC query block streams from L2;
+//     micro-panel stays in L1d while the MC x KC query block streams from L2; where the CPU has
+//     AVX-512F, a 24 x 16 zmm kernel (csrc/cpu/dist_micro_avx512.cpp) takes four query panels at a
+//     time, with bit-identical scores;
 //   * when the whole depth D is accumulated, the [MC x NC] score tile (in L2, never Q x N) is turned
 //     into scores alpha_j * dot + beta_j and handed to the epilogue: a running per-query top-k
 //     (sorted buffer k <= 32, heap beyond) behind a vector threshold test, or a running per-group
@@ -172,6 +174,30 @@ void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c, float
   }
 }
 
+// Squared norms of the NR rows of one packed bank panel P[k * NR + r] (the centred rows |b - c|^2),
+// read back from the panel just packed (in L1/L2) instead of from the bank rows (evicted to L3/DRAM by
+// then). Every row goes through the same lane-wise sequence (four partial sums by k % 4, then
+// (s0 + s1) + (s2 + s3)), so its norm does not depend on its position in a panel or block.
+inline void panel_sq_norms(const float* P, int64_t D, float* out) {
+  __m256 lo[4], hi[4];
+  for (int u = 0; u < 4; ++u) lo[u] = hi[u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 4 <= D; k += 4) {
+    for (int u = 0; u < 4; ++u) {
+      const __m256 x = _mm256_load_ps(P + (k + u) * NR), y = _mm256_load_ps(P + (k + u) * NR + 8);
+      lo[u] = _mm256_fmadd_ps(x, x, lo[u]);
+      hi[u] = _mm256_fmadd_ps(y, y, hi[u]);
+    }
+  }
+  for (int u = 0; k < D; ++k, ++u) {
+    const __m256 x = _mm256_load_ps(P + k * NR), y = _mm256_load_ps(P + k * NR + 8);
+    lo[u] = _mm256_fmadd_ps(x, x, lo[u]);
+    hi[u] = _mm256_fmadd_ps(y, y, hi[u]);
+  }
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo[0], lo[1]), _mm256_add_ps(lo[2], lo[3])));
+  _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_add_ps(hi[0], hi[1]), _mm256_add_ps(hi[2], hi[3])));
+}
+
 // Packs `rows` (<= MR) query rows, minus c, into one panel dst[k * MR + r]; missing rows are 0.
 void pack_a_panel(const float* q, int64_t rows, int64_t D, const float* c, float* dst) {
   for (int64_t r = 0; r < MR; ++r) {
@@ -273,19 +299,22 @@ void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* 
   float* C = tb.ctile.get(kMC * NC);
   float* alpha = tb.alpha.get(NC);
   float* beta = tb.beta.get(NC);
+  [[maybe_unused]] const bool wide = use_avx512_micro();  // AVX-512 24 x 16 micro-kernel (same scores)
   const int64_t nkb = (D + kKcMax - 1) / kKcMax;
   const int64_t KC = (D + nkb - 1) / nkb;
   for (int64_t j0 = ja; j0 < jb; j0 += NC) {
     const int64_t nc = std::min(NC, jb - j0), ncp = round_up(nc, NR);
-    for (int64_t p = 0; p < ncp / NR; ++p)
+    for (int64_t p = 0; p < ncp / NR; ++p) {
       pack_b_panel(b + (j0 + p * NR) * D, std::min(NR, nc - p * NR), D, c, Bp + p * NR * D);
+      panel_sq_norms(Bp + p * NR * D, D, beta + p * NR);  // |b - c|^2, overwritten below
+    }
     for (int64_t jj = 0; jj < ncp; ++jj) {
       if (jj >= nc) {
         alpha[jj] = 0.f;
         beta[jj] = kInf;
         continue;
       }
-      const float nrm = sq_dist(b + (j0 + jj) * D, c, D);
+      const float nrm = beta[jj];
       TORCH_CHECK(std::isfinite(nrm), op, ": bank must hold finite values, but row ", j0 + jj,
                   " contains NaN or Inf (or values whose square overflows float32)");
       switch (metric) {
@@ -308,7 +337,14 @@ void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* 
         for (int64_t jr = 0; jr < ncp; jr += NR) {
           for (int64_t t = 0; t < pf_step && pf < pf_end; ++t, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
           const float* Bpanel = Bp + (jr / NR) * NR * D + pc * NR;
-          for (int64_t ir = 0; ir < mcp; ir += MR)
+          int64_t ir = 0;
+#if FASTAD_HAVE_AVX512
+          if (wide)  // 4 query panels at a time (bit-identical to 4 calls of micro_6x16)
+            for (; ir + 4 * MR <= mcp; ir += 4 * MR)
+              micro_24x16_avx512(kc, A + ((i0 + ir) / MR) * MR * D + pc * MR, MR * D, Bpanel, C + ir * NC + jr, NC,
+                                 pc > 0);
+#endif
+          for (; ir < mcp; ir += MR)
             micro_6x16(kc, A + ((i0 + ir) / MR) * MR * D + pc * MR, Bpanel, C + ir * NC + jr, NC, pc > 0);
         }
       }

@@ -16,6 +16,11 @@ namespace fastad::cpu {
 /// true when the AVX2 kernels are compiled in, the CPU supports them and FASTAD_FORCE_GENERIC is not set.
 bool use_avx2_path();
 
+/// true when the AVX2 distance GEMM may use its AVX-512 micro-kernel (csrc/cpu/dist_micro_avx512.cpp):
+/// compiled in, the CPU reports avx512f, and FASTAD_FORCE_AVX2 is not set in the environment (read at
+/// every call, so tests can compare both micro-kernels in one process).
+bool use_avx512_micro();
+
 /// Exact squared L2 distance between two rows of d floats (direct differences, no expansion; portable).
 float exact_sq_dist(const float* x, const float* y, int64_t d);
 
@@ -32,6 +37,14 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
 void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
                         const int64_t* exclude, float* out);
 float exact_sq_dist_avx2(const float* x, const float* y, int64_t d);
+#endif
+
+#if FASTAD_HAVE_AVX512
+/// C[r * ldc + j] (r < 24, j < 16) = (accumulate ? C : 0) + sum_p A_{r/6}[p * 6 + r % 6] * B[p * 16 + j],
+/// where A_t = A + t * panel_stride are four consecutive packed 6-row query panels and B one packed
+/// 16-row bank panel (64-byte aligned). Bit-identical to four calls of the AVX2 6 x 16 kernel.
+void micro_24x16_avx512(int64_t kc, const float* A, int64_t panel_stride, const float* B, float* C, int64_t ldc,
+                        bool accumulate);
 #endif
 
 }  // namespace fastad::cpu

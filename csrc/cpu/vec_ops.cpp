@@ -38,6 +38,17 @@ bool use_avx2_path() {
   return FASTAD_HAVE_AVX2 && cpu_has_avx2_fma();
 }
 
+bool use_avx512_micro() {
+#if FASTAD_HAVE_AVX512 && (defined(__x86_64__) || defined(__i386__))
+  static const bool cpu_ok = __builtin_cpu_supports("avx512f");
+  const char* force = std::getenv("FASTAD_FORCE_AVX2");
+  if (force && force[0] && force[0] != '0') return false;
+  return cpu_ok && use_avx2_path();
+#else
+  return false;
+#endif
+}
+
 float exact_sq_dist(const float* x, const float* y, int64_t d) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t t = 0;

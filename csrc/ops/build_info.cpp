@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "cpu/dist_kernels.h"
+
 namespace fastad {
 
 bool cpu_has_avx2_fma() {
@@ -15,6 +17,11 @@ bool cpu_has_avx2_fma() {
 }
 
 std::string simd_level() { return cpu_has_avx2_fma() ? "avx2" : "generic"; }
+
+std::string dist_micro_kernel() {
+  if (cpu::use_avx512_micro()) return "avx512";
+  return cpu::use_avx2_path() ? "avx2" : "generic";
+}
 
 int openmp_threads() { return at::get_num_threads(); }
 

@@ -57,7 +57,10 @@ def build_info() -> dict:
     Returns a dict with: ``version``, ``torch_compiled`` (torch it was compiled against),
     ``torch_runtime``, ``cuda_compiled`` (bool), ``cuda_archs`` (TORCH_CUDA_ARCH_LIST or ""),
     ``cuda_available`` (a GPU is usable now), ``openmp_threads`` (threads of ``at::parallel_for``),
-    ``simd`` (CPU SIMD level of the kernels in use: "avx2" or "generic").
+    ``simd`` (CPU SIMD level of the kernels in use: "avx2" or "generic"), ``dist_micro_kernel``
+    (micro-kernel of the knn/group_min distance GEMM now: "avx512" where the CPU has AVX-512F,
+    "avx2", or "generic"; ``FASTAD_FORCE_AVX2=1`` / ``FASTAD_FORCE_GENERIC=1`` in the environment
+    select the others).
 
     Example:
         >>> import fastad; fastad.build_info()["simd"] in ("avx2", "generic")
@@ -72,4 +75,5 @@ def build_info() -> dict:
         "cuda_available": bool(_C.cuda_compiled()) and torch.cuda.is_available(),
         "openmp_threads": int(_C.openmp_threads()),
         "simd": _C.simd_level(),
+        "dist_micro_kernel": _C.dist_micro_kernel(),
     }

@@ -153,3 +153,20 @@ def test_group_min_torch_compile(gen):
         return torch.ops.fastad.group_min(q, b, 10, "l2", None)
 
     _assert_close(f(q, b), ref.group_min(q, b, 10))
+
+
+@pytest.mark.parametrize("Q,G,gs,D", [(101, 5, 67, 700), (250, 9, 16, 19), (48, 3, 400, 1030)])
+def test_group_min_avx512_micro_bit_identical_to_avx2(monkeypatch, Q, G, gs, D, gen):
+    # the AVX-512 24x16 micro-kernel computes the same FMA chains as the AVX2 6x16 one: equal outputs
+    if fastad.build_info()["dist_micro_kernel"] != "avx512":
+        pytest.skip("no AVX-512F on this CPU (or build): only the AVX2 micro-kernel can run here")
+    q, b = _data(Q, G, gs, D, gen)
+    ex = torch.randint(-1, G, (Q,), generator=gen)
+    for metric in METRICS:
+        monkeypatch.delenv("FASTAD_FORCE_AVX2", raising=False)
+        a = fastad.ops.group_min(q, b, gs, metric, exclude_group=ex)
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
+        assert fastad.build_info()["dist_micro_kernel"] == "avx2"
+        c = fastad.ops.group_min(q, b, gs, metric, exclude_group=ex)
+        assert torch.equal(a, c), metric
+        _assert_close(c, ref.group_min(q, b, gs, metric, ex))

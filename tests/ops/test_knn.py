@@ -182,6 +182,8 @@ def test_build_info_keys():
         assert key in info
     assert info["torch_compiled"] == torch.__version__
     assert info["simd"] in ("avx2", "generic")
+    assert info["dist_micro_kernel"] in ("avx512", "avx2", "generic")
+    assert (info["dist_micro_kernel"] == "generic") == (info["simd"] == "generic")
 
 
 def test_import_refuses_other_torch(monkeypatch):
@@ -274,3 +276,31 @@ def test_knn_non_finite_cpu_paths(cpu_path, where):
     (q if where == "query" else b)[3 if where == "query" else 77, 2] = float("nan")
     with pytest.raises(RuntimeError, match="finite"):
         torch.ops.fastad.knn(q, b, 2, "l2", None, False)
+
+
+# --- the AVX-512 24x16 micro-kernel against the AVX2 6x16 one (same packed operands, same FMA chains) ----
+
+
+def _need_avx512_micro():
+    if fastad.build_info()["dist_micro_kernel"] != "avx512":
+        pytest.skip("no AVX-512F on this CPU (or build): only the AVX2 micro-kernel can run here")
+
+
+@pytest.mark.parametrize(
+    "Q,N,D,k",
+    # Q: 24-row kernel calls plus 6-row remainders within and across 96-row query blocks; N: partial
+    # 16-row panels; D: several depth slices (KC <= 512) and odd depths
+    [(101, 333, 700, 7), (24, 16, 5, 1), (250, 1100, 19, 3), (97, 70, 1030, 40), (2100, 64, 9, 2)],
+)
+def test_knn_avx512_micro_bit_identical_to_avx2(monkeypatch, Q, N, D, k, gen):
+    _need_avx512_micro()
+    q, b = _data(Q, N, D, gen, dup=True)
+    for metric in METRICS:
+        monkeypatch.delenv("FASTAD_FORCE_AVX2", raising=False)
+        d1, i1 = fastad.ops.knn(q, b, k, metric)
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
+        assert fastad.build_info()["dist_micro_kernel"] == "avx2"
+        d2, i2 = fastad.ops.knn(q, b, k, metric)
+        assert torch.equal(i1, i2) and torch.equal(d1, d2), metric
+        rd, ri = ref.knn(q, b, k, metric)
+        assert_knn_equal(d2, i2, rd, ri)

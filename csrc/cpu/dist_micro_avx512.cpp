@@ -1,0 +1,57 @@
+// AVX-512 micro-kernel for the distance GEMM of csrc/cpu/dist_gemm_avx2.cpp (knn, group_min).
+//
+// It reads the same packed operands as the AVX2 6 x 16 kernel (query panels [k][6], bank panels
+// [k][16], see dist_gemm_avx2.cpp) and computes 24 x 16 of the score tile at once: four consecutive
+// 6-row query panels against one 16-row bank panel, one zmm accumulator per query row (24 of the 32
+// zmm registers). Per depth step it issues 24 FMAs for 1 bank load and 24 broadcasts, against 12 FMAs
+// for 2 + 6 loads in the 6 x 16 ymm kernel: half the instructions per flop and fewer loads per FMA.
+// On Zen 4 a 512-bit FMA runs as two 256-bit halves (benchmarks/peak_fma.c: same FP32 peak for both
+// widths), so the gain is in the overheads, not in the peak.
+//
+// Every score element is the same fused multiply-add chain over the depth as in the 6 x 16 kernel
+// (C = fma(a_p, b_p, C), p increasing, C stored and reloaded between depth slices), so both kernels
+// give bit-identical scores and the results do not depend on which one computed a tile.
+//
+// Compiled with -mavx512f (CMakeLists: *_avx512.cpp); called only when cpu_has_avx512f() is true.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu/dist_kernels.h"
+
+namespace fastad::cpu {
+
+void micro_24x16_avx512(int64_t kc, const float* __restrict__ A, int64_t panel_stride, const float* __restrict__ B,
+                        float* C, int64_t ldc, bool accumulate) {
+  constexpr int kRows = 24, kPanelRows = 6, kNR = 16;
+  __m512 c[kRows];
+  if (accumulate) {
+#pragma GCC unroll 24
+    for (int r = 0; r < kRows; ++r) c[r] = _mm512_loadu_ps(C + r * ldc);
+  } else {
+#pragma GCC unroll 24
+    for (int r = 0; r < kRows; ++r) c[r] = _mm512_setzero_ps();
+  }
+  const float* A0 = A;
+  const float* A1 = A + panel_stride;
+  const float* A2 = A + 2 * panel_stride;
+  const float* A3 = A + 3 * panel_stride;
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m512 b = _mm512_load_ps(B);
+#pragma GCC unroll 6
+    for (int r = 0; r < kPanelRows; ++r) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(A0[r]), b, c[r]);
+#pragma GCC unroll 6
+    for (int r = 0; r < kPanelRows; ++r) c[6 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A1[r]), b, c[6 + r]);
+#pragma GCC unroll 6
+    for (int r = 0; r < kPanelRows; ++r) c[12 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A2[r]), b, c[12 + r]);
+#pragma GCC unroll 6
+    for (int r = 0; r < kPanelRows; ++r) c[18 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A3[r]), b, c[18 + r]);
+    A0 += kPanelRows, A1 += kPanelRows, A2 += kPanelRows, A3 += kPanelRows;
+    B += kNR;
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(C + r * ldc, c[r]);
+}
+
+}  // namespace fastad::cpu
