@@ -584,25 +584,36 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
         sweep("group_min", A, qa, qb, b, G * bc / nbc * gs, G * (bc + 1) / nbc * gs, D, c.data(), metric, epi);
       }
     });
-    at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* qrow = q + (s0 + r) * D;
-        const float qn = metric == Metric::Cosine ? sq_dist(qrow, c.data(), D) : 0.f;  // c == 0 for cosine
-        const float qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
-        float* o = best + r * G;
-        const int64_t* a = arg.data() + r * G;
-        for (int64_t g = 0; g < G; ++g) {
-          const float s = o[g];
+    // Scores -> distances. l2/sqeuclidean: the exact (direct-difference) distance to each group's
+    // winner. Group-major order: the winners of group g all lie in its gs rows and the queries of the
+    // superblock are reused for every group, so both stay in cache (query-major order re-read the
+    // winners, Q * G rows, in random order from DRAM: 2-4% of the time at 784 queries).
+    std::vector<float> qinv;
+    if (metric == Metric::Cosine) {
+      qinv.resize(qs);
+      at::parallel_for(0, qs, 64, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float qn = sq_dist(q + (s0 + r) * D, c.data(), D);  // c == 0 for cosine
+          qinv[r] = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
+        }
+      });
+    }
+    at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t r = 0; r < qs; ++r) {
+          float* o = best + r * G + g;
+          const float s = *o;
           if (s == kInf) {  // excluded group
-            o[g] = metric == Metric::IP ? -kInf : kInf;
+            *o = metric == Metric::IP ? -kInf : kInf;
             continue;
           }
+          const float* qrow = q + (s0 + r) * D;
+          const float* brow = b + arg[r * G + g] * D;
           switch (metric) {
-            // l2/sqeuclidean: the exact (direct-difference) distance to the group's winner
-            case Metric::L2: o[g] = std::sqrt(sq_dist(qrow, b + a[g] * D, D)); break;
-            case Metric::SqEuclidean: o[g] = sq_dist(qrow, b + a[g] * D, D); break;
-            case Metric::Cosine: o[g] = std::max(1.f + s * qinv, 0.f); break;
-            default: o[g] = -s; break;
+            case Metric::L2: *o = std::sqrt(sq_dist(qrow, brow, D)); break;
+            case Metric::SqEuclidean: *o = sq_dist(qrow, brow, D); break;
+            case Metric::Cosine: *o = std::max(1.f + s * qinv[r], 0.f); break;
+            default: *o = -s; break;
           }
         }
       }
