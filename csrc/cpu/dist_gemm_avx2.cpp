@@ -459,9 +459,17 @@ struct GroupEpilogue {
         const int64_t end = std::min(nc, (g + 1) * gs - j0);
         if (g != ex) {
           const float m = seg_min(row + cc, end - cc);
-          if (m < out[g]) {
+          if (m < out[g]) {  // first column holding the minimum, 8 at a time
+            const __m256 mv = _mm256_set1_ps(m);
             int64_t t = cc;
-            while (row[t] != m) ++t;
+            for (; t + 8 <= end; t += 8) {
+              const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + t), mv, _CMP_EQ_OQ));
+              if (mask) {
+                t += __builtin_ctz(static_cast<unsigned>(mask));
+                break;
+              }
+            }
+            while (row[t] != m) ++t;  // tail (or already there)
             out[g] = m;
             oa[g] = j0 + t;
           }
