@@ -606,9 +606,15 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
         }
       });
     }
+    constexpr int64_t kAhead = 4;  // winners prefetched ahead (a row is 1.5-6 KiB, mostly from DRAM/L3)
+    const bool rerank = centred;
     at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         for (int64_t r = 0; r < qs; ++r) {
+          if (rerank && r + kAhead < qs && arg[(r + kAhead) * G + g] >= 0) {
+            const char* nb = reinterpret_cast<const char*>(b + arg[(r + kAhead) * G + g] * D);
+            for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+          }
           float* o = best + r * G + g;
           const float s = *o;
           if (s == kInf) {  // excluded group
