@@ -12,12 +12,14 @@
 // (C = fma(a_p, b_p, C), p increasing, C stored and reloaded between depth slices), so both kernels
 // give bit-identical scores and the results do not depend on which one computed a tile.
 //
-// Compiled with -mavx512f (CMakeLists: *_avx512.cpp); called only when cpu_has_avx512f() is true.
+// Compiled with -mavx512f (CMakeLists: *_avx512.cpp); called only when use_avx512_micro() is true.
+// Deliberately includes no torch or standard-library headers besides <cstdint>: any inline function
+// or static initialiser emitted here would be AVX-512 code that the linker may pick for (or run on)
+// a CPU without AVX-512. The declaration it implements is in cpu/dist_kernels.h (the linker checks
+// that the signatures agree).
 #include <immintrin.h>
 
 #include <cstdint>
-
-#include "cpu/dist_kernels.h"
 
 namespace fastad::cpu {
 
