@@ -13,8 +13,17 @@ lnamd_mutual_scores of one layer measured on 5 and on 10 images, split into a pe
 pooled norms) and a per-pair part (GEMM tile, box filters, epilogues), then x N images + N(N-1)/2
 pairs, x 4 layers.
 
+Pair mode (--pair, a micro-benchmark of the per-pair engine at the default size, L=37x37=1369,
+C=1024, 1 thread, process CPU time): the per-pair cost of `lnamd_mutual_scores` (r = 1, 3, 5: one
+Gram tile, two box filters, three min epilogues) and of `mutual_scores` (r = 1: Gram tile + one
+epilogue), each fitted from runs on n and 2n images (T = a * images + b * pairs, as config C), and,
+interleaved in the same loop, the knn op (k=1, l2) on 1369 queries x 8192 bank rows x 1024: its
+2QND / CPU-s is the rate of the shared AVX2 micro-kernel on this machine at this moment. Rates are
+GFLOP (2 L^2 C per pair) per CPU-second; every round is printed so the spread under load shows.
+
     .venv/bin/python benchmarks/bench_musc.py            # B and C
     .venv/bin/python benchmarks/bench_musc.py --config B
+    .venv/bin/python benchmarks/bench_musc.py --pair --rounds 5
 """
 from __future__ import annotations
 
@@ -177,14 +186,69 @@ def config_c(n_sub=10):
     print(f"extrapolated speed-up: {(lnamd_cpu + msm_cpu) / ours_cpu:.1f}x", flush=True)
 
 
+def pair_bench(rounds=3, n1=4):
+    torch.set_num_threads(1)
+    import fastad  # noqa: F401
+
+    H, C = 37, 1024
+    L = H * H
+    n2 = 2 * n1
+    p1, p2 = n1 * (n1 - 1) // 2, n2 * (n2 - 1) // 2
+    gf_pair = 2 * L * L * C / 1e9
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n2, L, C, generator=g)
+    z = torch.nn.functional.normalize(x, dim=-1)
+    q = torch.randn(L, C, generator=g)
+    bank = torch.randn(8192, C, generator=g)
+    gf_knn = 2 * L * bank.shape[0] * C / 1e9
+    ops = torch.ops.fastad
+
+    def cpu(fn):
+        c0 = time.process_time()
+        fn()
+        return time.process_time() - c0
+
+    def per_pair(fn):
+        t1, t2 = cpu(lambda: fn(n1)), cpu(lambda: fn(n2))
+        return (t2 - t1 * n2 / n1) / (p2 - p1 * n2 / n1)
+
+    lms = lambda n: ops.lnamd_mutual_scores(x[:n], [1, 3, 5], 1, None, 0)  # noqa: E731
+    ms = lambda n: ops.mutual_scores(z[:n], 1, None, 0)  # noqa: E731
+    knn = lambda: ops.knn(q, bank, 1, "l2", None, False)  # noqa: E731
+    lms(2), ms(2), knn()  # warm-up (thread-local buffers, page faults)
+    print(f"== pair mode: L={H}x{H}={L}, C={C}, {gf_pair:.2f} GFLOP per pair tile, fitted from {n1} and {n2} images; "
+          f"knn k=1 {L} x {bank.shape[0]} x {C}; 1 thread, GFLOP per CPU-second (GF/CPU-s)", flush=True)
+    print(f"{'round':>5s} {'knn GF/CPU-s':>13s} {'mutual r=1 ms/pair':>19s} {'GF/CPU-s':>9s} "
+          f"{'lnamd_mutual r=1,3,5 ms/pair':>29s} {'GF/CPU-s':>9s}")
+    rows = []
+    for rd in range(rounds):
+        tk = cpu(knn)
+        b1 = per_pair(ms)
+        b3 = per_pair(lms)
+        tk2 = cpu(knn)
+        rk = gf_knn / min(tk, tk2)
+        rows.append((rk, b1, b3))
+        print(f"{rd:5d} {rk:13.1f} {1e3 * b1:19.1f} {gf_pair / b1:9.1f} {1e3 * b3:29.1f} {gf_pair / b3:9.1f}", flush=True)
+    rk = max(r[0] for r in rows)
+    b1 = min(r[1] for r in rows)
+    b3 = min(r[2] for r in rows)
+    print(f"best: knn {rk:.1f} GF/CPU-s; mutual_scores {1e3 * b1:.1f} ms/pair = {gf_pair / b1:.1f} GF/CPU-s "
+          f"({gf_pair / b1 / rk:.2f} of knn); lnamd_mutual_scores (r 1,3,5) {1e3 * b3:.1f} ms/pair = "
+          f"{gf_pair / b3:.1f} GF/CPU-s ({gf_pair / b3 / rk:.2f} of knn)", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="all", choices=["all", "B", "C"])
+    ap.add_argument("--pair", action="store_true", help="per-pair micro-benchmark only (see the docstring)")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", choices=["ours", "oracle"])
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.child:
         child(a.child, a.out)
+    elif a.pair:
+        pair_bench(a.rounds)
     else:
         if a.config in ("all", "B"):
             config_b()

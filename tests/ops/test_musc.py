@@ -238,9 +238,10 @@ def test_empty_inputs():
 
 
 def test_mutual_scores_gemm_blocking_edges(device, gen):
-    # L > kGramMC (96) rows and not a multiple of the 6 x 16 register tile; C > kGramKC (256) and not
-    # a multiple of it (accumulation across inner blocks); L not a square (no window needed)
-    z = torch.nn.functional.normalize(torch.randn(6, 101, 300, generator=gen), dim=-1)
+    # L > kGramMC (96) rows and > kGramNC (512) columns, not a multiple of the 6 x 16 register tile;
+    # C > kGramKcMax (512) and not a multiple of 8 (accumulation across two depth slices, scalar pack
+    # tails); L not a square (no window needed)
+    z = torch.nn.functional.normalize(torch.randn(5, 533, 603, generator=gen), dim=-1)
     got = fastad.ops.mutual_scores(z.to(device), k=2)
     assert (got.cpu().double() - ref.mutual_scores(z, 2)).abs().max().item() <= 1e-5
     assert (fastad.ops.mutual_scores(z.to(device)).cpu().double() - O.msm_official(z)).abs().max().item() <= 1e-5
