@@ -257,3 +257,16 @@ def test_cpu_paths_agree_with_official(cpu_path, gen):
     z = O.lnamd_official([x], 3)[0]
     w = fastad.ops.mutual_scores(z, same_position=3)
     assert (w.double() - ref.mutual_scores(z, 1, window=3)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("r_list", [[7], [9, 3]])
+def test_lnamd_mutual_scores_wide_boxes(cpu_path, r_list, gen):
+    # box radii past the unrolled cases (r = 3, 5) and wider than the 5 x 5 grid (every neighbour
+    # reached, zero padding on all sides), on both CPU builds, with and without a window
+    x = _tokens(6, 5, 40, gen, clustered=True)
+    for window in (0, 3):
+        got = fastad.ops.lnamd_mutual_scores(x[:, 1:], r_list, same_position=window or None)
+        for i, r in enumerate(r_list):
+            z = O.lnamd_official([x], r)[0]
+            want = O.msm_official(z) if not window else ref.mutual_scores(z, 1, window=window)
+            assert (got[i].double() - want).abs().max().item() <= 1e-5
