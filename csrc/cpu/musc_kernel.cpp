@@ -13,7 +13,8 @@
 // products of pooled features are a 4-D box filter of the Gram of the LayerNorm-ed tokens,
 //   <sum_{a in W_r(p)} y_a, sum_{b in W_r(q)} y_b> = sum_{a in W_r(p), b in W_r(q)} G[a, b],
 // and one GEMM per pair and layer serves every r in r_list (the box filter costs O(r L^2), against
-// O(C L^2) for the GEMM). The per-token L2 normalisation becomes a per-row/column scale.
+// O(C L^2) for the GEMM; it streams one grid row at a time inside the min epilogue of cpu/musc_tile.h,
+// so G stays the only L x L buffer). The per-token L2 normalisation becomes a per-row/column scale.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
