@@ -11,10 +11,21 @@ Config C (the official default size, EXTRAPOLATED from measured parts): N=83, 37
 query image at one (layer, r) (x N x 12; the official MSM cost does not depend on r). Ours:
 lnamd_mutual_scores of one layer measured on 5 and on 10 images, split into a per-image part (LN,
 pooled norms) and a per-pair part (GEMM tile, box filters, epilogues), then x N images + N(N-1)/2
-pairs, x 4 layers.
+pairs, x 4 layers. Ours' peak RSS above the baseline is sampled on the subsets, and with
+--full-layers K ours also runs K layers end to end at N=83 (measured CPU time and peak memory).
+
+Pair mode (--pair, a micro-benchmark of the per-pair engine at the default size, L=37x37=1369,
+C=1024, 1 thread, process CPU time): the per-pair cost of `lnamd_mutual_scores` (r = 1, 3, 5: one
+Gram tile, two box filters, three min epilogues) and of `mutual_scores` (r = 1: Gram tile + one
+epilogue), each fitted from runs on n and 2n images (T = a * images + b * pairs, as config C), and,
+interleaved in the same loop, the knn op (k=1, l2) on 1369 queries x 8192 bank rows x 1024: its
+2QND / CPU-s is the rate of the shared AVX2 micro-kernel on this machine at this moment. Rates are
+GFLOP (2 L^2 C per pair) per CPU-second; every round is printed so the spread under load shows.
 
     .venv/bin/python benchmarks/bench_musc.py            # B and C
     .venv/bin/python benchmarks/bench_musc.py --config B
+    .venv/bin/python benchmarks/bench_musc.py --config C --full-layers 1
+    .venv/bin/python benchmarks/bench_musc.py --pair --rounds 5
 """
 from __future__ import annotations
 
@@ -133,15 +144,51 @@ def config_b():
           f"process max RSS: ours/oracle = {ours['max_rss_mib'] / orc['max_rss_mib']:.3f}", flush=True)
 
 
-def config_c(n_sub=10):
-    torch.set_num_threads(1)
+C_N, C_H, C_C, C_LAYERS, C_R = 83, 37, 1024, 4, 3
+
+
+def c_memory_model(n):
+    """MiB that ours allocates for one lnamd_mutual_scores call on n images at config C, 1 thread:
+    LN-ed tokens + [R, n, n-1, L] minima + per-thread Gram tile, packed A/B, L2 tile, epilogue scratch."""
+    L, C = C_H * C_H, C_C
+    scratch = (L * L + (L + 5) // 6 * 6 * C + 512 * C + 96 * 512) * 4 + 1.4 * 2**20
+    return (n * L * C * 4 + C_R * n * (n - 1) * L * 4 + scratch) / 2**20
+
+
+def ours_subsets(g, n_sub):
+    """ours on n_sub/2 and n_sub images (one layer): per-image cost a, per-pair cost b, peak RSS."""
     import fastad
+
+    L = C_H * C_H
+    times, peaks = {}, {}
+    for n in (n_sub // 2, n_sub):
+        x = torch.randn(n, L, C_C, generator=g)
+        with PeakRSS() as mem:
+            c0 = time.process_time()
+            fastad.ops.lnamd_mutual_scores(x, (1, 3, 5))
+            times[n] = time.process_time() - c0
+        peaks[n] = (mem.peak - mem.base) / 2**20
+        del x
+    n1, n2 = n_sub // 2, n_sub
+    p1, p2 = n1 * (n1 - 1) // 2, n2 * (n2 - 1) // 2
+    b = (times[n2] - times[n1] * n2 / n1) / (p2 - p1 * n2 / n1)
+    a = (times[n1] - b * p1) / n1
+    return a, b, times, peaks
+
+
+def config_c(n_sub=10, full_layers=0):
+    torch.set_num_threads(1)
+    import fastad  # noqa: F401
     from tests import musc_oracle as O
 
-    N, H, C, layers, R = 83, 37, 1024, 4, 3
+    N, H, C, layers, R = C_N, C_H, C_C, C_LAYERS, C_R
     L = H * H
-    print(f"== config C (EXTRAPOLATED from measured parts): N={N}, {H}x{H}, C={C}, {layers} layers x {R} r, 1 thread", flush=True)
+    pairs = N * (N - 1) // 2
+    n1, n2 = n_sub // 2, n_sub
+    print(f"== config C (EXTRAPOLATED from measured parts): N={N}, {H}x{H}, C={C}, {layers} layers x {R} r, 1 thread; "
+          f"order: ours, oracle, ours (same process)", flush=True)
     g = torch.Generator().manual_seed(1)
+    ours = [ours_subsets(g, n_sub)]  # first, in a fresh process: its peak RSS is not hidden by freed oracle memory
     # oracle LNAMD: one batch of 4 images, all 4 layers, each r
     batch = [torch.randn(4, 1 + L, C, generator=g) for _ in range(layers)]
     c0 = time.process_time()
@@ -156,37 +203,112 @@ def config_c(n_sub=10):
     per_query = time.process_time() - c0
     del Z
     msm_cpu = per_query * N * layers * R
-    # ours: one layer on subsets of n1 and n2 images; cost = a * images (LN, pooling norms) + b * pairs
-    times = {}
-    for n in (n_sub // 2, n_sub):
-        x = torch.randn(n, L, C, generator=g)
-        c0 = time.process_time()
-        fastad.ops.lnamd_mutual_scores(x, (1, 3, 5))
-        times[n] = time.process_time() - c0
-    n1, n2 = n_sub // 2, n_sub
-    p1, p2 = n1 * (n1 - 1) // 2, n2 * (n2 - 1) // 2
-    b = (times[n2] - times[n1] * n2 / n1) / (p2 - p1 * n2 / n1)
-    a = (times[n1] - b * p1) / n1
-    pairs = N * (N - 1) // 2
-    ours_cpu = (a * N + b * pairs) * layers
+    ours.append(ours_subsets(g, n_sub))
+    oracle = lnamd_cpu + msm_cpu
     print(f"oracle: LNAMD {lnamd_cpu:.0f} CPU-s (from one batch of 4), MSM {per_query:.1f} CPU-s per query per (layer, r) "
-          f"-> {msm_cpu:.0f} CPU-s; total ~{(lnamd_cpu + msm_cpu) / 3600:.2f} CPU-h")
-    print(f"ours (one layer, r = 1, 3, 5): {times[n1]:.2f} CPU-s for {n1} images ({p1} pairs), {times[n2]:.2f} CPU-s for "
-          f"{n2} images ({p2} pairs) -> {1e3 * b:.1f} ms per pair + {1e3 * a:.1f} ms per image -> {ours_cpu:.0f} CPU-s "
-          f"(~{ours_cpu / 3600:.2f} CPU-h) for {N} images, {pairs} pairs x {layers} layers")
-    print(f"extrapolated speed-up: {(lnamd_cpu + msm_cpu) / ours_cpu:.1f}x", flush=True)
+          f"-> {msm_cpu:.0f} CPU-s; total ~{oracle / 3600:.2f} CPU-h")
+    for k, (a, b, times, _) in enumerate(ours):
+        ours_cpu = (a * N + b * pairs) * layers
+        print(f"ours run {k + 1} (one layer, r = 1, 3, 5): {times[n1]:.2f} CPU-s for {n1} images, {times[n2]:.2f} CPU-s for "
+              f"{n2} images -> {1e3 * b:.1f} ms per pair ({2 * L * L * C / 1e9 / b:.0f} GF/CPU-s) + {1e3 * a:.1f} ms per "
+              f"image -> {ours_cpu:.0f} CPU-s for {N} images, {pairs} pairs x {layers} layers; extrapolated speed-up "
+              f"{oracle / ours_cpu:.1f}x", flush=True)
+    peaks = ours[0][3]
+    print(f"ours peak RSS above baseline (input tokens excluded): {peaks[n1]:.0f} MiB at {n1} images, {peaks[n2]:.0f} MiB "
+          f"at {n2} (model {c_memory_model(n1):.0f} / {c_memory_model(n2):.0f} MiB); model at N={N}: "
+          f"{c_memory_model(N):.0f} MiB", flush=True)
+    for _ in range(full_layers):  # one layer measured end to end at the default size, in a fresh subprocess
+        res = run_child("full")
+        cpu = res["cpu_s"]
+        print(f"ours, one layer MEASURED at N={N} (own subprocess): {cpu:.1f} CPU-s ({res['wall_s']:.1f} s wall), peak "
+              f"RSS above baseline {res['peak_above_base_mib']:.0f} MiB (model {c_memory_model(N):.0f}); x {layers} layers "
+              f"= {cpu * layers:.0f} CPU-s -> speed-up vs the extrapolated oracle {oracle / (cpu * layers):.1f}x", flush=True)
+
+
+def child_full(out: str):
+    """One layer of config C end to end (ours), for --full-layers."""
+    torch.set_num_threads(1)
+    import fastad
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(C_N, C_H * C_H, C_C, generator=g)
+    with PeakRSS() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        fastad.ops.lnamd_mutual_scores(x, (1, 3, 5))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    Path(out).write_text(json.dumps(dict(wall_s=wall, cpu_s=cpu, peak_above_base_mib=(mem.peak - mem.base) / 2**20)))
+    torch.save({}, out + ".pt")
+
+
+def pair_bench(rounds=3, n1=4):
+    torch.set_num_threads(1)
+    import fastad  # noqa: F401
+
+    H, C = 37, 1024
+    L = H * H
+    n2 = 2 * n1
+    p1, p2 = n1 * (n1 - 1) // 2, n2 * (n2 - 1) // 2
+    gf_pair = 2 * L * L * C / 1e9
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n2, L, C, generator=g)
+    z = torch.nn.functional.normalize(x, dim=-1)
+    q = torch.randn(L, C, generator=g)
+    bank = torch.randn(8192, C, generator=g)
+    gf_knn = 2 * L * bank.shape[0] * C / 1e9
+    ops = torch.ops.fastad
+
+    def cpu(fn):
+        c0 = time.process_time()
+        fn()
+        return time.process_time() - c0
+
+    def per_pair(fn):
+        t1, t2 = cpu(lambda: fn(n1)), cpu(lambda: fn(n2))
+        return (t2 - t1 * n2 / n1) / (p2 - p1 * n2 / n1)
+
+    lms = lambda n: ops.lnamd_mutual_scores(x[:n], [1, 3, 5], 1, None, 0)  # noqa: E731
+    ms = lambda n: ops.mutual_scores(z[:n], 1, None, 0)  # noqa: E731
+    knn = lambda: ops.knn(q, bank, 1, "l2", None, False)  # noqa: E731
+    lms(2), ms(2), knn()  # warm-up (thread-local buffers, page faults)
+    print(f"== pair mode: L={H}x{H}={L}, C={C}, {gf_pair:.2f} GFLOP per pair tile, fitted from {n1} and {n2} images; "
+          f"knn k=1 {L} x {bank.shape[0]} x {C}; 1 thread, GFLOP per CPU-second (GF/CPU-s)", flush=True)
+    print(f"{'round':>5s} {'knn GF/CPU-s':>13s} {'mutual r=1 ms/pair':>19s} {'GF/CPU-s':>9s} "
+          f"{'lnamd_mutual r=1,3,5 ms/pair':>29s} {'GF/CPU-s':>9s}")
+    rows = []
+    for rd in range(rounds):
+        tk = cpu(knn)
+        b1 = per_pair(ms)
+        b3 = per_pair(lms)
+        tk2 = cpu(knn)
+        rk = gf_knn / min(tk, tk2)
+        rows.append((rk, b1, b3))
+        print(f"{rd:5d} {rk:13.1f} {1e3 * b1:19.1f} {gf_pair / b1:9.1f} {1e3 * b3:29.1f} {gf_pair / b3:9.1f}", flush=True)
+    rk = max(r[0] for r in rows)
+    b1 = min(r[1] for r in rows)
+    b3 = min(r[2] for r in rows)
+    print(f"best: knn {rk:.1f} GF/CPU-s; mutual_scores {1e3 * b1:.1f} ms/pair = {gf_pair / b1:.1f} GF/CPU-s "
+          f"({gf_pair / b1 / rk:.2f} of knn); lnamd_mutual_scores (r 1,3,5) {1e3 * b3:.1f} ms/pair = "
+          f"{gf_pair / b3:.1f} GF/CPU-s ({gf_pair / b3 / rk:.2f} of knn)", flush=True)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="all", choices=["all", "B", "C"])
-    ap.add_argument("--child", choices=["ours", "oracle"])
+    ap.add_argument("--pair", action="store_true", help="per-pair micro-benchmark only (see the docstring)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--full-layers", type=int, default=0,
+                    help="config C: also run ours on this many layers end to end at N=83 (~2-3 CPU-min each)")
+    ap.add_argument("--child", choices=["ours", "oracle", "full"])
     ap.add_argument("--out")
     a = ap.parse_args()
-    if a.child:
+    if a.child == "full":
+        child_full(a.out)
+    elif a.child:
         child(a.child, a.out)
+    elif a.pair:
+        pair_bench(a.rounds)
     else:
         if a.config in ("all", "B"):
             config_b()
         if a.config in ("all", "C"):
-            config_c()
+            config_c(full_layers=a.full_layers)

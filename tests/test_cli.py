@@ -238,3 +238,23 @@ def test_demo_without_the_elpv_wheel_says_how_to_install_it(monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "elpv_dataset", None)  # import fails as if not installed
     line = run_err(["demo", "-q", "--out", "unused"], capsys)
     assert "pip install --no-deps elpv-dataset==1.0.0.post1" in line
+
+
+def test_resize_mode_is_stored_and_reused(tree, model, tmp_path, monkeypatch, capsys):
+    """`fit --resize` is saved in the model file; predict/evaluate reuse it unless told otherwise."""
+    import fastad.cli as cli
+    from fastad.detectors import load
+
+    assert load(model).preprocess_ == {"resize": "squash"}
+    path = tmp_path / "crop.safetensors"
+    assert main(["fit", "--data", str(tree), "--out", str(path), "--resize", "shorter_crop"] + FIT) == 0
+    assert load(path).preprocess_ == {"resize": "shorter_crop"}
+    seen = []
+    real = cli.open_dataset
+    monkeypatch.setattr(cli, "open_dataset", lambda *a, **kw: (seen.append(kw["resize"]), real(*a, **kw))[1])
+    assert main(["predict", "--model", str(path), "--data", str(tree), "--out", str(tmp_path / "p1"), "-q"]) == 0
+    assert seen == ["shorter_crop"]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(path), "--data", str(tree), "--out", str(tmp_path / "p2"), "-q",
+                 "--resize", "squash"]) == 0
+    assert seen[-1] == "squash" and "fitted with --resize shorter_crop" in capsys.readouterr().err

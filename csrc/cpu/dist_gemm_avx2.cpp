@@ -4,10 +4,10 @@
 //   * queries are packed once per "superblock" into MR-row panels laid out [k][MR] (centred);
 //   * the bank is packed block by block (NC rows) into NR-row panels laid out [k][NR] (centred),
 //     and its row norms are computed while packing (the bank_norms argument is not needed);
-//   * a 6 x 16 micro-kernel (12 ymm accumulators) runs over KC-deep slices: the KC x 16 bank
-//     micro-panel stays in L1d while the MC x KC query block streams from L2; where the CPU has
-//     AVX-512F, a 24 x 16 zmm kernel (csrc/cpu/dist_micro_avx512.cpp) takes four query panels at a
-//     time, with bit-identical scores;
+//   * the 6 x 16 micro-kernel of microkernel_avx2.h (12 ymm accumulators; shared with MuSc's Gram
+//     tile) runs over KC-deep slices: the KC x 16 bank micro-panel stays in L1d while the MC x KC
+//     query block streams from L2; where the CPU has AVX-512F, a 24 x 16 zmm kernel
+//     (csrc/cpu/dist_micro_avx512.cpp) takes four query panels at a time, with bit-identical scores;
 //   * when the whole depth D is accumulated, the [MC x NC] score tile (in L2, never Q x N) is turned
 //     into scores alpha_j * dot + beta_j and handed to the epilogue: a running per-query top-k
 //     (sorted buffer k <= 32, heap beyond) behind a vector threshold test, or a running per-group
@@ -36,14 +36,18 @@
 #include <vector>
 
 #include "cpu/dist_kernels.h"
+#include "cpu/microkernel_avx2.h"
 #include "cpu/topk.h"
 
 namespace fastad::cpu {
 
 namespace {
 
-constexpr int64_t MR = 6;                       // query rows per micro-tile (6 x 2 ymm accumulators)
-constexpr int64_t NR = 16;                      // bank rows per micro-tile (2 ymm)
+using mk::micro_6x16;                            // the shared micro-kernel and packing (microkernel_avx2.h)
+using mk::pack_a_panel;
+using mk::pack_b_panel;
+constexpr int64_t MR = mk::kMR;                 // query rows per micro-tile (6 x 2 ymm accumulators)
+constexpr int64_t NR = mk::kNR;                 // bank rows per micro-tile (2 ymm)
 constexpr int64_t kKcMax = 512;                 // depth per pass: bank micro-panel <= 512*16*4 = 32 KiB (L1d);
                                                 // measured: 384-512 beat 256-320 by ~3% at D=384 and 1536
 constexpr int64_t kMC = 96;                     // query rows per block: <= 96*512*4 = 192 KiB (L2)
@@ -113,67 +117,6 @@ inline float sq_dist(const float* x, const float* y, int64_t d) {
   return s;
 }
 
-inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5, __m256& r6,
-                       __m256& r7) {
-  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// Packs `rows` (<= NR) bank rows of D floats, minus c, into one panel dst[k * NR + r]; missing rows are 0.
-void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c, float* dst) {
-  for (int64_t r0 = 0; r0 < NR; r0 += 8) {
-    const int64_t rg = std::clamp<int64_t>(rows - r0, 0, 8);
-    float* d = dst + r0;
-    const float* src = b + r0 * D;
-    if (rg == 8) {
-      int64_t k = 0;
-      for (; k + 8 <= D; k += 8) {
-        const __m256 cv = _mm256_loadu_ps(c + k);
-        __m256 x0 = _mm256_sub_ps(_mm256_loadu_ps(src + 0 * D + k), cv);
-        __m256 x1 = _mm256_sub_ps(_mm256_loadu_ps(src + 1 * D + k), cv);
-        __m256 x2 = _mm256_sub_ps(_mm256_loadu_ps(src + 2 * D + k), cv);
-        __m256 x3 = _mm256_sub_ps(_mm256_loadu_ps(src + 3 * D + k), cv);
-        __m256 x4 = _mm256_sub_ps(_mm256_loadu_ps(src + 4 * D + k), cv);
-        __m256 x5 = _mm256_sub_ps(_mm256_loadu_ps(src + 5 * D + k), cv);
-        __m256 x6 = _mm256_sub_ps(_mm256_loadu_ps(src + 6 * D + k), cv);
-        __m256 x7 = _mm256_sub_ps(_mm256_loadu_ps(src + 7 * D + k), cv);
-        transpose8(x0, x1, x2, x3, x4, x5, x6, x7);
-        _mm256_store_ps(d + (k + 0) * NR, x0);
-        _mm256_store_ps(d + (k + 1) * NR, x1);
-        _mm256_store_ps(d + (k + 2) * NR, x2);
-        _mm256_store_ps(d + (k + 3) * NR, x3);
-        _mm256_store_ps(d + (k + 4) * NR, x4);
-        _mm256_store_ps(d + (k + 5) * NR, x5);
-        _mm256_store_ps(d + (k + 6) * NR, x6);
-        _mm256_store_ps(d + (k + 7) * NR, x7);
-      }
-      for (; k < D; ++k)
-        for (int64_t r = 0; r < 8; ++r) d[k * NR + r] = src[r * D + k] - c[k];
-    } else {
-      for (int64_t k = 0; k < D; ++k)
-        for (int64_t r = 0; r < 8; ++r) d[k * NR + r] = r < rg ? src[r * D + k] - c[k] : 0.f;
-    }
-  }
-}
-
 // Squared norms of the NR rows of one packed bank panel P[k * NR + r] (the centred rows |b - c|^2),
 // read back from the panel just packed (in L1/L2) instead of from the bank rows (evicted to L3/DRAM by
 // then). Every row goes through the same lane-wise sequence (four partial sums by k % 4, then
@@ -196,66 +139,6 @@ inline void panel_sq_norms(const float* P, int64_t D, float* out) {
   }
   _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(lo[0], lo[1]), _mm256_add_ps(lo[2], lo[3])));
   _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_add_ps(hi[0], hi[1]), _mm256_add_ps(hi[2], hi[3])));
-}
-
-// Packs `rows` (<= MR) query rows, minus c, into one panel dst[k * MR + r]; missing rows are 0.
-void pack_a_panel(const float* q, int64_t rows, int64_t D, const float* c, float* dst) {
-  for (int64_t r = 0; r < MR; ++r) {
-    if (r < rows) {
-      const float* src = q + r * D;
-      for (int64_t k = 0; k < D; ++k) dst[k * MR + r] = src[k] - c[k];
-    } else {
-      for (int64_t k = 0; k < D; ++k) dst[k * MR + r] = 0.f;
-    }
-  }
-}
-
-// C[r * ldc + j] (r < 6, j < 16) = (accumulate ? C : 0) + sum_p A[p * 6 + r] * B[p * 16 + j].
-// B must be 32-byte aligned.
-__attribute__((always_inline)) inline void micro_6x16(int64_t kc, const float* __restrict__ A,
-                                                      const float* __restrict__ B, float* C, int64_t ldc,
-                                                      bool accumulate) {
-  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-  if (accumulate) {
-    c00 = _mm256_loadu_ps(C + 0 * ldc), c01 = _mm256_loadu_ps(C + 0 * ldc + 8);
-    c10 = _mm256_loadu_ps(C + 1 * ldc), c11 = _mm256_loadu_ps(C + 1 * ldc + 8);
-    c20 = _mm256_loadu_ps(C + 2 * ldc), c21 = _mm256_loadu_ps(C + 2 * ldc + 8);
-    c30 = _mm256_loadu_ps(C + 3 * ldc), c31 = _mm256_loadu_ps(C + 3 * ldc + 8);
-    c40 = _mm256_loadu_ps(C + 4 * ldc), c41 = _mm256_loadu_ps(C + 4 * ldc + 8);
-    c50 = _mm256_loadu_ps(C + 5 * ldc), c51 = _mm256_loadu_ps(C + 5 * ldc + 8);
-  } else {
-    c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-  }
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < kc; ++p) {
-    const __m256 b0 = _mm256_load_ps(B), b1 = _mm256_load_ps(B + 8);
-    __m256 a = _mm256_broadcast_ss(A + 0);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(A + 1);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(A + 2);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(A + 3);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(A + 4);
-    c40 = _mm256_fmadd_ps(a, b0, c40);
-    c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(A + 5);
-    c50 = _mm256_fmadd_ps(a, b0, c50);
-    c51 = _mm256_fmadd_ps(a, b1, c51);
-    A += MR;
-    B += NR;
-  }
-  _mm256_storeu_ps(C + 0 * ldc, c00), _mm256_storeu_ps(C + 0 * ldc + 8, c01);
-  _mm256_storeu_ps(C + 1 * ldc, c10), _mm256_storeu_ps(C + 1 * ldc + 8, c11);
-  _mm256_storeu_ps(C + 2 * ldc, c20), _mm256_storeu_ps(C + 2 * ldc + 8, c21);
-  _mm256_storeu_ps(C + 3 * ldc, c30), _mm256_storeu_ps(C + 3 * ldc + 8, c31);
-  _mm256_storeu_ps(C + 4 * ldc, c40), _mm256_storeu_ps(C + 4 * ldc + 8, c41);
-  _mm256_storeu_ps(C + 5 * ldc, c50), _mm256_storeu_ps(C + 5 * ldc + 8, c51);
 }
 
 // Bank rows per packed block: a multiple of NR, at most kNCMax and kBankBlockBytes of packed data.

@@ -13,7 +13,8 @@
 // products of pooled features are a 4-D box filter of the Gram of the LayerNorm-ed tokens,
 //   <sum_{a in W_r(p)} y_a, sum_{b in W_r(q)} y_b> = sum_{a in W_r(p), b in W_r(q)} G[a, b],
 // and one GEMM per pair and layer serves every r in r_list (the box filter costs O(r L^2), against
-// O(C L^2) for the GEMM). The per-token L2 normalisation becomes a per-row/column scale.
+// O(C L^2) for the GEMM; it streams one grid row at a time inside the min epilogue of cpu/musc_tile.h,
+// so G stays the only L x L buffer). The per-token L2 normalisation becomes a per-row/column scale.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -213,19 +214,13 @@ void mutual_minima(const MutualProblem& P) {
     for (int64_t i = 0; i < P.Nq; ++i)
       for (int64_t j = i + 1; j < P.Nq; ++j) pairs.emplace_back(i, j);
   }
-  const bool any_box = std::any_of(P.r.begin(), P.r.end(), [](int64_t v) { return v > 1; });
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t b, int64_t e) {
     GramScratch scratch;
-    std::vector<float> g(L * L), boxed(any_box ? L * L : 0), tmp(any_box ? L * L : 0), d2, row;
+    std::vector<float> g(L * L), epi;
     for (int64_t t = b; t < e; ++t) {
       const auto [i, j] = pairs[t];
       gram(P.img(i), L, P.img(j), L, P.C, g.data(), L, scratch);
       for (int64_t ri = 0; ri < R; ++ri) {
-        const float* gr = g.data();
-        if (P.r[ri] > 1) {
-          box_gram(g.data(), P.H, P.W, P.r[ri], tmp.data(), boxed.data(), row);
-          gr = boxed.data();
-        }
         const float* nzr = P.nz + ri * Ntot * L;
         const float* wr = P.w ? P.w + ri * Ntot * L : nullptr;
         float* mr = P.minima + ri * P.Nq * Nref * L;
@@ -237,8 +232,8 @@ void mutual_minima(const MutualProblem& P) {
           rowmin = mr + (i * Nref + (j - 1)) * L;  // slot of j among i's others (j > i)
           colmin = mr + (j * Nref + i) * L;        // slot of i among j's others (i < j)
         }
-        pair_min_epilogue(gr, L, P.H, P.W, P.window, nzr + i * L, nzr + j * L, wr ? wr + i * L : nullptr,
-                          wr ? wr + j * L : nullptr, rowmin, colmin, d2);
+        pair_min_epilogue(g.data(), P.H, P.W, P.r[ri], P.window, nzr + i * L, nzr + j * L, wr ? wr + i * L : nullptr,
+                          wr ? wr + j * L : nullptr, rowmin, colmin, epi);
       }
     }
   });

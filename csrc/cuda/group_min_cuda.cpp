@@ -1,5 +1,6 @@
 // CUDA entry for fastad::group_min: argument checks, output allocation, stream/guard, launch.
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -19,18 +20,20 @@ at::Tensor group_min_cuda(const at::Tensor& query, const at::Tensor& bank, int64
   check_group_min_args(query, bank, group_size, exclude_group);
   const Metric metric = parse_metric("group_min", metric_name);
   const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1), G = N / group_size;
-  TORCH_CHECK(Q * G < (int64_t(1) << 31), "group_min: the CUDA kernel supports Q * G < 2^31 (query, group) pairs, got Q=",
-              Q, " and G=", G);
   c10::cuda::CUDAGuard guard(query.device());
   auto out = at::empty({Q, G}, query.options().dtype(at::kFloat));
   if (Q == 0 || G == 0) return out;
   const at::Tensor q = query.contiguous(), b = bank.contiguous();
   at::Tensor ex;
   if (exclude_group) ex = exclude_group->contiguous();
-  cudaError_t err = group_min_launch(q.data_ptr(), b.data_ptr(), dtype_code(q), Q, G, group_size, D,
-                                     static_cast<int>(metric), exclude_group ? ex.data_ptr<int64_t>() : nullptr,
-                                     out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "group_min: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  const int dt = dtype_code(q);
+  const GroupMinPlan plan = group_min_plan(Q, G, group_size, D, dt, static_cast<int>(metric));
+  auto workspace = at::empty({plan.workspace_bytes}, query.options().dtype(at::kByte));
+  cudaError_t err = group_min_launch(at::cuda::getCurrentCUDABlasHandle(), q.data_ptr(), b.data_ptr(), dt, Q, G,
+                                     group_size, D, static_cast<int>(metric),
+                                     exclude_group ? ex.data_ptr<int64_t>() : nullptr, out.data_ptr<float>(),
+                                     workspace.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "group_min: CUDA kernel or cuBLAS call failed: ", cudaGetErrorString(err));
   return out;
 }
 

@@ -1,5 +1,6 @@
 // CUDA entry for fastad::knn: argument checks, output allocation, stream/guard, launch.
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -11,9 +12,6 @@
 #include "ops/checks.h"
 
 namespace fastad::cuda {
-
-// Score tile budget: the simple kernel materialises at most this many bytes of [rows, N] scores.
-constexpr int64_t kScratchBytes = 256ll << 20;
 
 int dtype_code(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf ? 1 : t.scalar_type() == at::kBFloat16 ? 2 : 0;
@@ -36,18 +34,17 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query, const at::T
   auto out_d = at::empty({Q, k}, query.options().dtype(at::kFloat));
   auto out_i = at::empty({Q, k}, query.options().dtype(at::kLong));
   if (Q == 0) return {out_d, out_i};
+  TORCH_CHECK(N < (int64_t(1) << 31), "knn: the CUDA kernel supports banks of fewer than 2^31 rows, got N=", N);
   const at::Tensor q = query.contiguous(), b = bank.contiguous();
-  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(Q, kScratchBytes / (4 * std::max<int64_t>(N, 1))));
-  auto f32 = query.options().dtype(at::kFloat);
-  auto scratch = at::empty({rows * std::max<int64_t>(N, 1)}, f32);
-  auto qn = at::empty({Q}, f32);
-  auto bn = at::empty({std::max<int64_t>(N, 1)}, f32);
+  const int dt = dtype_code(q);
+  const KnnPlan plan = knn_plan(Q, N, D, k, dt, static_cast<int>(metric));
+  auto workspace = at::empty({plan.workspace_bytes}, query.options().dtype(at::kByte));
   const at::Tensor bnorm = bank_norms ? bank_norms->contiguous() : at::Tensor();
-  cudaError_t err = knn_launch(q.data_ptr(), b.data_ptr(), dtype_code(q), bank_norms ? bnorm.data_ptr<float>() : nullptr,
-                               Q, N, D, k, static_cast<int>(metric), exclude_self, out_d.data_ptr<float>(),
-                               out_i.data_ptr<int64_t>(), scratch.data_ptr<float>(), rows, qn.data_ptr<float>(),
-                               bn.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "knn: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  cudaError_t err = knn_launch(at::cuda::getCurrentCUDABlasHandle(), q.data_ptr(), b.data_ptr(), dt,
+                               bank_norms ? bnorm.data_ptr<float>() : nullptr, Q, N, D, k, static_cast<int>(metric),
+                               exclude_self, out_d.data_ptr<float>(), out_i.data_ptr<int64_t>(),
+                               workspace.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "knn: CUDA kernel or cuBLAS call failed: ", cudaGetErrorString(err));
   return {out_d, out_i};
 }
 

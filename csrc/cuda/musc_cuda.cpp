@@ -1,6 +1,7 @@
 // CUDA entries of the MuSc ops: argument checks, float32 staging, outputs, stream/guard, launches.
 // Non-finite inputs are rejected by the Python wrappers (a check here would need a device sync).
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -25,7 +26,7 @@ at::Tensor as_f32_rows(const at::Tensor& t) {
 }
 
 void check_launch(const char* op, cudaError_t e) {
-  TORCH_CHECK(e == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(e));
+  TORCH_CHECK(e == cudaSuccess, op, ": CUDA kernel or cuBLAS call failed: ", cudaGetErrorString(e));
 }
 
 at::Tensor lnamd_impl(const at::Tensor& tokens, int64_t r) {
@@ -84,8 +85,11 @@ at::Tensor mutual_impl(const char* op, const at::Tensor& z, int64_t k, const std
   auto minima = at::empty({Nq * Nref * L}, out.options());
   const int64_t H = window > 0 ? grid_side(L) : 1;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  check_launch(op, mutual_minima_launch(zq.data_ptr<float>(), Np ? zp.data_ptr<float>() : nullptr, Nq, Np, L, C, H,
-                                        window, norms.data_ptr<float>(), minima.data_ptr<float>(), stream));
+  auto tile = at::empty({L * mutual_tile_images(L, Nref) * L}, out.options());
+  check_launch(op, mutual_minima_launch(at::cuda::getCurrentCUDABlasHandle(), zq.data_ptr<float>(),
+                                        Np ? zp.data_ptr<float>() : nullptr, Nq, Np, L, C, H, window,
+                                        norms.data_ptr<float>(), tile.data_ptr<float>(), minima.data_ptr<float>(),
+                                        stream));
   check_launch(op, interval_mean_launch(minima.data_ptr<float>(), Nq, Nref, L, k, out.data_ptr<float>(), stream));
   return out;
 }

@@ -1,8 +1,15 @@
-// CUDA kernels of MuSc: lnamd, snamd, mutual-scoring minima (one register-blocked 64 x 64 pair tile
-// per block, row and column minima by integer atomicMin on non-negative floats) and the interval
-// mean. Exact float32 (no tensor cores: TF32 would break the 1e-5 parity with the official scores).
+// CUDA kernels of MuSc: lnamd, snamd, mutual-scoring minima and the interval mean.
+// Mutual scoring: for image i, one cuBLAS GEMM against a batch of other images gives the float32
+// tile T[L, b * L] (fp32 SGEMM, no TF32: TF32 would break the 1e-5 parity with the official scores);
+// two epilogue kernels read it back for the row minima (i vs each j) and, in self mode, the column
+// minima (each j vs i), so each image pair's Gram block is computed once, as on the CPU. The tile
+// (kMusCTileBytes) stays within the L2-sized-to-HBM range where its write + two reads cost a few
+// percent of the GEMM.
 #include "cuda/cuda_utils.cuh"
+#include "cuda/dist_tiles.h"
 #include "cuda/musc_kernel.h"
+
+#include <algorithm>
 
 namespace fastad::cuda {
 
@@ -140,111 +147,62 @@ __global__ void row_sq_norms_kernel(const float* __restrict__ x, int64_t n, int6
   if (lane == 0) out[row] = s;
 }
 
-__global__ void fill_kernel(int* __restrict__ p, int64_t n, int v) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    p[i] = v;
+
+// Epilogues of the mutual-scoring tile T[L, b * L] = z_i . [z_j0 .. z_j0+b-1]^T (cuBLAS, fp32, no TF32).
+// Squared distances are n_p + n_q - 2 T (clamped at 0); same_position windows mask far pairs (inf).
+__device__ __forceinline__ bool outside_window(int64_t p, int64_t q, int64_t H, int64_t hw) {
+  const int64_t dh = p / H - q / H, dw = p % H - q % H;
+  return dh > hw || -dh > hw || dw > hw || -dw > hw;
 }
 
-// One kPairBM x kPairBN tile of one image pair per block (blockIdx.y: pair index, offset pair0).
-// 16 x 16 threads, each accumulating kPairTM x kPairTN dot products (rows ty + 16 u, columns
-// tx + 16 v) from kPairBK-deep shared slices; the epilogue forms squared distances and takes the
-// tile's row minima (warp shuffles over the 16 tx lanes) and column minima (shared memory), merged
-// into the global minima by integer atomicMin (valid for non-negative floats).
-constexpr int kPairBM = 64, kPairBN = 64, kPairBK = 16, kPairTM = 4, kPairTN = 4;
-
-__global__ void __launch_bounds__(256) pair_tile_kernel(const float* __restrict__ zq, const float* __restrict__ zp,
-                                                        const float* __restrict__ norms, int64_t Nq, int64_t Np,
-                                                        int64_t L, int64_t C, int64_t H, int64_t window,
-                                                        int64_t pair0, float* __restrict__ minima) {
-  __shared__ float As[kPairBK][kPairBM + 4];  // +4: fewer bank conflicts on the transposing stores
-  __shared__ float Bs[kPairBK][kPairBN + 4];
-  __shared__ float colred[16][kPairBN + 1];
-  const int64_t pair = pair0 + blockIdx.y;
-  int64_t i, j;
-  if (Np > 0) {
-    i = pair / Np;
-    j = Nq + pair % Np;
-  } else {
-    i = pair / Nq;
-    j = pair % Nq;
-    if (i >= j) return;  // uniform over the block
-  }
-  const int64_t Nref = Np > 0 ? Np : Nq - 1;
-  const float* A = zq + i * L * C;
-  const float* B = j < Nq ? zq + j * L * C : zp + (j - Nq) * L * C;
-  const int64_t tpc = (L + kPairBN - 1) / kPairBN;
-  const int64_t p0 = (blockIdx.x / tpc) * kPairBM, q0 = (blockIdx.x % tpc) * kPairBN;
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
-  float acc[kPairTM][kPairTN];
-#pragma unroll
-  for (int u = 0; u < kPairTM; ++u)
-#pragma unroll
-    for (int v = 0; v < kPairTN; ++v) acc[u][v] = 0.f;
-  for (int64_t c0 = 0; c0 < C; c0 += kPairBK) {
-#pragma unroll
-    for (int l = 0; l < (kPairBM * kPairBK) / 256; ++l) {
-      const int e = tid + 256 * l, row = e / kPairBK, kk = e % kPairBK;
-      const int64_t pa = p0 + row, qb = q0 + row, cc = c0 + kk;
-      As[kk][row] = (pa < L && cc < C) ? A[pa * C + cc] : 0.f;
-      Bs[kk][row] = (qb < L && cc < C) ? B[qb * C + cc] : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kPairBK; ++kk) {
-      float a[kPairTM], b[kPairTN];
-#pragma unroll
-      for (int u = 0; u < kPairTM; ++u) a[u] = As[kk][ty + 16 * u];
-#pragma unroll
-      for (int v = 0; v < kPairTN; ++v) b[v] = Bs[kk][tx + 16 * v];
-#pragma unroll
-      for (int u = 0; u < kPairTM; ++u)
-#pragma unroll
-        for (int v = 0; v < kPairTN; ++v) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
-    }
-    __syncthreads();
-  }
-  const float inf = __int_as_float(0x7f800000);
+// Row minima: one warp per (p, jb), reading T's row segment [p, jb * L, L) (coalesced).
+// minima[(i * Nref + slot0 + jb) * L + p] = min_q d2(p of image i, q of image j0 + jb).
+__global__ void tile_row_min_kernel(const float* __restrict__ T, int64_t L, int64_t b, const float* __restrict__ ni,
+                                    const float* __restrict__ nj, int64_t H, int64_t window, int64_t i,
+                                    int64_t slot0, int64_t Nref, float* __restrict__ minima) {
+  const int64_t w = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= L * b) return;
+  const int64_t p = w / b, jb = w % b;
+  const float* row = T + p * (b * L) + jb * L;
+  const float* nq = nj + jb * L;
+  const float np = ni[p];
   const int64_t hw = window > 0 ? (window - 1) / 2 : 0;
-  float cmin[kPairTN];
-#pragma unroll
-  for (int v = 0; v < kPairTN; ++v) cmin[v] = inf;
-#pragma unroll
-  for (int u = 0; u < kPairTM; ++u) {
-    const int64_t p = p0 + ty + 16 * u;
-    const float np = p < L ? norms[i * L + p] : 0.f;
-    float rmin = inf;
-#pragma unroll
-    for (int v = 0; v < kPairTN; ++v) {
-      const int64_t q = q0 + tx + 16 * v;
-      float d2 = inf;
-      if (p < L && q < L) {
-        d2 = fmaxf(np + norms[j * L + q] - 2.f * acc[u][v], 0.f);
-        if (window > 0) {
-          const int64_t dh = p / H - q / H, dw = p % H - q % H;
-          if (dh > hw || -dh > hw || dw > hw || -dw > hw) d2 = inf;
-        }
-      }
-      rmin = fminf(rmin, d2);
-      cmin[v] = fminf(cmin[v], d2);
-    }
-    // row minimum over the 16 tx lanes (a half warp: lanes differ in bits 0-3 only)
-#pragma unroll
-    for (int o = 8; o > 0; o /= 2) rmin = fminf(rmin, __shfl_xor_sync(0xffffffffu, rmin, o));
-    if (tx == 0 && p < L) {
-      const int64_t slot = Np > 0 ? j - Nq : j - 1;
-      atomicMin(reinterpret_cast<int*>(minima + (i * Nref + slot) * L + p), __float_as_int(rmin));
-    }
+  float m = __int_as_float(0x7f800000);
+  for (int64_t q = lane; q < L; q += 32) {
+    if (window > 0 && outside_window(p, q, H, hw)) continue;
+    m = fminf(m, fmaxf(np + nq[q] - 2.f * row[q], 0.f));
   }
-  if (Np == 0) {  // column minima: patch q of image j against image i
 #pragma unroll
-    for (int v = 0; v < kPairTN; ++v) colred[ty][tx + 16 * v] = cmin[v];
-    __syncthreads();
-    if (tid < kPairBN) {
-      const int64_t q = q0 + tid;
-      float m = inf;
-      for (int r = 0; r < 16; ++r) m = fminf(m, colred[r][tid]);
-      if (q < L) atomicMin(reinterpret_cast<int*>(minima + (j * Nref + i) * L + q), __float_as_int(m));
+  for (int o = 16; o > 0; o /= 2) m = fminf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) minima[(i * Nref + slot0 + jb) * L + p] = m;
+}
+
+// Column minima (self mode): for column q of image j = j0 + jb, the minimum over the L rows p of
+// image i. Block (32, kColSlices): 32 consecutive columns (coalesced), rows split in kColSlices.
+// minima[(j * Nref + i) * L + q] (image i is slot i of image j > i).
+constexpr int kColSlices = 8;
+__global__ void tile_col_min_kernel(const float* __restrict__ T, int64_t L, int64_t b, const float* __restrict__ ni,
+                                    const float* __restrict__ nj, int64_t H, int64_t window, int64_t i, int64_t j0,
+                                    int64_t Nref, float* __restrict__ minima) {
+  __shared__ float red[kColSlices][33];
+  const int64_t cc = blockIdx.x * 32ll + threadIdx.x;  // column of T: jb * L + q
+  const bool valid = cc < b * L;
+  const int64_t jb = valid ? cc / L : 0, q = valid ? cc % L : 0;
+  const int64_t hw = window > 0 ? (window - 1) / 2 : 0;
+  const float nq = valid ? nj[cc] : 0.f;
+  float m = __int_as_float(0x7f800000);
+  if (valid)
+    for (int64_t p = threadIdx.y; p < L; p += kColSlices) {
+      if (window > 0 && outside_window(p, q, H, hw)) continue;
+      m = fminf(m, fmaxf(ni[p] + nq - 2.f * T[p * (b * L) + cc], 0.f));
     }
+  red[threadIdx.y][threadIdx.x] = m;
+  __syncthreads();
+  if (threadIdx.y == 0 && valid) {
+#pragma unroll
+    for (int s = 1; s < kColSlices; ++s) m = fminf(m, red[s][threadIdx.x]);
+    minima[((j0 + jb) * Nref + i) * L + q] = m;
   }
 }
 
@@ -300,8 +258,14 @@ cudaError_t snamd_launch(const float* x, int64_t B, int64_t H, int64_t C, int64_
   return cudaGetLastError();
 }
 
-cudaError_t mutual_minima_launch(const float* zq, const float* zp, int64_t Nq, int64_t Np, int64_t L, int64_t C,
-                                 int64_t H, int64_t window, float* norms, float* minima, cudaStream_t stream) {
+int64_t mutual_tile_images(int64_t L, int64_t Nref) {
+  const int64_t per = 4 * L * L;  // bytes of one image pair's tile
+  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(Nref, 1), kMusCTileBytes / std::max<int64_t>(per, 1)));
+}
+
+cudaError_t mutual_minima_launch(cublasHandle_t handle, const float* zq, const float* zp, int64_t Nq, int64_t Np,
+                                 int64_t L, int64_t C, int64_t H, int64_t window, float* norms, float* tile,
+                                 float* minima, cudaStream_t stream) {
   const int64_t Nref = Np > 0 ? Np : Nq - 1;
   if (Nq == 0 || L == 0 || Nref <= 0) return cudaSuccess;
   const int warps = 8;
@@ -309,18 +273,30 @@ cudaError_t mutual_minima_launch(const float* zq, const float* zp, int64_t Nq, i
   if (Np > 0)
     row_sq_norms_kernel<<<(unsigned)((Np * L + warps - 1) / warps), warps * 32, 0, stream>>>(zp, Np * L, C,
                                                                                               norms + Nq * L);
-  const int64_t nmin = Nq * Nref * L;
-  fill_kernel<<<(unsigned)((nmin + 255) / 256 < 65535 ? (nmin + 255) / 256 : 65535), 256, 0, stream>>>(
-      reinterpret_cast<int*>(minima), nmin, 0x7f800000);
-  const int64_t tiles = ((L + kPairBM - 1) / kPairBM) * ((L + kPairBN - 1) / kPairBN);
-  const int64_t npairs = Np > 0 ? Nq * Np : Nq * Nq;
-  constexpr int64_t kMaxGridY = 65535;
-  for (int64_t pair0 = 0; pair0 < npairs; pair0 += kMaxGridY) {
-    const int64_t n = npairs - pair0 < kMaxGridY ? npairs - pair0 : kMaxGridY;
-    dim3 block(16, 16), grid((unsigned)tiles, (unsigned)n);
-    pair_tile_kernel<<<grid, block, 0, stream>>>(zq, zp, norms, Nq, Np, L, C, H, window, pair0, minima);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const int64_t B = mutual_tile_images(L, Nref);
+  const float* np_ = norms + Nq * L;
+  for (int64_t i = 0; i < Nq; ++i) {
+    const float* zi = zq + i * L * C;
+    // self mode: images j > i (each pair once: row minima for i, column minima for j); pool: all.
+    const int64_t jbeg = Np > 0 ? 0 : i + 1, jend = Np > 0 ? Np : Nq;
+    for (int64_t j0 = jbeg; j0 < jend; j0 += B) {
+      const int64_t b = std::min<int64_t>(B, jend - j0);
+      const float* zj = Np > 0 ? zp + j0 * L * C : zq + j0 * L * C;
+      const float* nj = Np > 0 ? np_ + j0 * L : norms + j0 * L;
+      if (tile_dot(handle, kF32, zi, L, zj, b * L, C, tile, stream) != CUBLAS_STATUS_SUCCESS)
+        return cudaErrorUnknown;  // reported by the entry as a cuBLAS failure
+      const int64_t slot0 = Np > 0 ? j0 : j0 - 1;  // j > i: slot j - 1 in i's list
+      tile_row_min_kernel<<<(unsigned)((L * b + warps - 1) / warps), warps * 32, 0, stream>>>(
+          tile, L, b, norms + i * L, nj, H, window, i, slot0, Nref, minima);
+      if (Np == 0) {
+        dim3 block(32, kColSlices);
+        tile_col_min_kernel<<<(unsigned)((b * L + 31) / 32), block, 0, stream>>>(tile, L, b, norms + i * L, nj, H,
+                                                                                  window, i, j0, Nref, minima);
+      }
+      if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
   }
   return cudaGetLastError();
 }

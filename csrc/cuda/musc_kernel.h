@@ -1,5 +1,6 @@
 // Host-callable launchers of csrc/cuda/musc_kernel.cu (plain C++ types only; float32 buffers).
 #pragma once
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -9,6 +10,7 @@ namespace fastad::cuda {
 constexpr int64_t kMusCMaxK = 256;     // largest k of the interval mean (k = int(0.3 (N - 1)): N <= 854)
 constexpr int64_t kMusCMaxR = 8;       // largest len(r_list) of snamd
 constexpr int64_t kMusCMaxWindow = 15; // largest r of snamd (window of shared weights)
+constexpr int64_t kMusCTileBytes = 256ll << 20;  // mutual-scoring GEMM tile budget
 
 /// lnamd of B images: x [B, L, C] with strides (s0, s1, 1), L = H * H; out [B, L, C] contiguous.
 /// @param stats  2 * B floats scratch (mean, rstd per image)
@@ -19,12 +21,17 @@ cudaError_t lnamd_launch(const float* x, int64_t B, int64_t H, int64_t C, int64_
 cudaError_t snamd_launch(const float* x, int64_t B, int64_t H, int64_t C, int64_t s0, int64_t s1, const int* r_list,
                          int R, float* out, cudaStream_t stream);
 
+/// Images per mutual-scoring tile: the tile is [L, b * L] float32 with b = this (<= Nref).
+int64_t mutual_tile_images(int64_t L, int64_t Nref);
+
 /// Minimum squared distances of mutual scoring. zq [Nq, L, C], zp [Np, L, C] (pool mode when Np > 0;
 /// else the Nq images score each other), contiguous. window 0 or odd (needs L = H * H).
 /// @param norms   (Nq + Np) * L floats scratch
-/// @param minima  [Nq, Nref, L] floats out, Nref = Np or Nq - 1
-cudaError_t mutual_minima_launch(const float* zq, const float* zp, int64_t Nq, int64_t Np, int64_t L, int64_t C,
-                                 int64_t H, int64_t window, float* norms, float* minima, cudaStream_t stream);
+/// @param tile    L * mutual_tile_images(L, Nref) * L floats scratch
+/// @param minima  [Nq, Nref, L] floats out, Nref = Np or Nq - 1 (every entry written)
+cudaError_t mutual_minima_launch(cublasHandle_t handle, const float* zq, const float* zp, int64_t Nq, int64_t Np,
+                                 int64_t L, int64_t C, int64_t H, int64_t window, float* norms, float* tile,
+                                 float* minima, cudaStream_t stream);
 
 /// out[s, p] = mean of the k smallest sqrt(minima[s, :, p]) (k <= kMusCMaxK), s < S.
 cudaError_t interval_mean_launch(const float* minima, int64_t S, int64_t Nref, int64_t L, int64_t k, float* out,

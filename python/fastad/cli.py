@@ -467,7 +467,8 @@ def cmd_fit(a) -> int:
     device = resolve_device(a.device)
     layers = [s for s in a.layers.split(",") if s] if a.layers else None
     with sw("load data"):
-        ds = open_dataset(a.data, "train", image_size=a.image_size, resize=a.resize)
+        resize = a.resize or "squash"
+        ds = open_dataset(a.data, "train", image_size=a.image_size, resize=resize)
         if _has_labels(ds) and int(ds.labels.sum()):
             raise CLIError(f"{a.data}/train holds defective images: fit needs normal images only (train/good/)")
         ds = subsample(ds, a.max_train, a.seed)
@@ -487,6 +488,7 @@ def cmd_fit(a) -> int:
         det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
         calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
     )
+    det.preprocess_ = {"resize": resize}  # stored in the model file; predict/evaluate reuse it
     with sw("save"):
         path = det.save(a.out)
     bank = getattr(det, "memory_bank_", None)
@@ -522,8 +524,13 @@ def _cmd_score(a, evaluate: bool) -> int:
         det = load_model(a.model, backbone=a.backbone, device=device)
         det._resolve_backbone()
     size = a.image_size or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
+    fitted_resize = (getattr(det, "preprocess_", None) or {}).get("resize")
+    resize = a.resize or fitted_resize or "squash"
+    if a.resize and fitted_resize and a.resize != fitted_resize:
+        print(f"warning: the model was fitted with --resize {fitted_resize}, scoring with --resize {a.resize}",
+              file=sys.stderr)
     with sw("load data"):
-        ds = open_dataset(a.data, "test", image_size=size, resize=a.resize)
+        ds = open_dataset(a.data, "test", image_size=size, resize=resize)
         ds = subsample(ds, a.max_images, a.seed, stratify=True)
     what = "evaluate" if evaluate else "predict"
     print(f"{what}: {type(det).__name__} ({det.backbone_name_}) from {a.model} on {len(ds)} images of {a.data}")
@@ -535,7 +542,7 @@ def _cmd_score(a, evaluate: bool) -> int:
     doc = score_to_report(
         det, ds, a.out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
         progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
-        info=info, cmap=a.cmap, resize=a.resize,
+        info=info, cmap=a.cmap, resize=resize,
     )
     _print_metrics(doc["metrics"], doc["per_type"])
     s = doc["summary"]
@@ -675,8 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
         sp.add_argument("--batch-size", type=_pos_int, default=16, help="images per batch (default 16)")
         sp.add_argument("--num-workers", type=int, default=2, help="image-decoding threads (default 2)")
-        sp.add_argument("--resize", choices=("squash", "shorter_crop"), default="squash",
-                        help="squash to the image size (default) or scale the shorter side and centre-crop")
+        sp.add_argument("--resize", choices=("squash", "shorter_crop"), default=None,
+                        help="squash to the image size or scale the shorter side and centre-crop; fit: default "
+                             "squash, stored in the model file; predict/evaluate: default the model's mode")
         sp.add_argument("--seed", type=int, default=0, help="seed of the subsampling and coreset (default 0)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 

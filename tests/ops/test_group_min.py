@@ -155,6 +155,15 @@ def test_group_min_torch_compile(gen):
     _assert_close(f(q, b), ref.group_min(q, b, 10))
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_group_min_many_bank_chunks(device, metric, gen):
+    """More groups than one chunk of the CUDA kernel holds (65,536 rows -> 65 groups of 1000)."""
+    q, b = _data(5, 70, 1000, 3, gen, offset=2.0)
+    ex = torch.tensor([0, 69, -1, 65, 3])
+    out = fastad.ops.group_min(q.to(device), b.to(device), 1000, metric, exclude_group=ex.to(device))
+    _assert_close(out, ref.group_min(q, b, 1000, metric, exclude_group=ex))
+
+
 @pytest.mark.parametrize("Q,G,gs,D", [(101, 5, 67, 700), (250, 9, 16, 19), (48, 3, 400, 1030)])
 def test_group_min_avx512_micro_bit_identical_to_avx2(monkeypatch, Q, G, gs, D, gen):
     # the AVX-512 24x16 micro-kernel computes the same FMA chains as the AVX2 6x16 one: equal outputs

@@ -278,6 +278,21 @@ def test_knn_non_finite_cpu_paths(cpu_path, where):
         torch.ops.fastad.knn(q, b, 2, "l2", None, False)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("N,k", [(70_000, 5), (9_000, 50)])
+def test_knn_many_bank_chunks(device, metric, N, k, gen):
+    """Banks longer than one chunk of the CUDA kernel (65,536 rows for k <= 32, 4096 - k above), with
+    exact ties across chunks and exclude_self: the running top-k must merge chunks exactly."""
+    q, b = _data(6, N, 4, gen, dup=True)
+    q = b[[0, 1, N // 2, N - 1, 17, 65_535 % N]].clone()
+    d, i = fastad.ops.knn(q.to(device), b.to(device), k, metric)
+    rd, ri = ref.knn(q, b, k, metric)
+    assert_knn_equal(d, i, rd, ri)
+    d, i = fastad.ops.knn(b[:6].to(device), b.to(device), k, metric, exclude_self=True)
+    rd, ri = ref.knn(b[:6], b, k, metric, exclude_self=True)
+    assert_knn_equal(d, i, rd, ri)
+
+
 # --- the AVX-512 24x16 micro-kernel against the AVX2 6x16 one (same packed operands, same FMA chains) ----
 
 

@@ -24,7 +24,7 @@ def _tokens(N, H, C, gen, cls=True, clustered=False):
 def test_lnamd_matches_official(device, r, N, H, C, gen):
     x = _tokens(N, H, C, gen) * 2 + 0.5
     got = fastad.ops.lnamd(x[:, 1:].to(device), r)
-    assert got.dtype == torch.float32 and got.shape == (N, H * H, C) and got.device == device
+    assert got.dtype == torch.float32 and got.shape == (N, H * H, C) and got.device.type == device.type
     want = O.lnamd_official([x], r)[0]
     assert (got.cpu() - want).abs().max().item() <= 1e-6
     assert (got.cpu().double() - ref.lnamd(x[:, 1:], r)).abs().max().item() <= 1e-6
@@ -71,7 +71,7 @@ def test_mutual_scores_matches_official(device, N, H, C, clustered, gen):
     x = _tokens(N, H, C, gen, clustered=clustered)
     z = O.lnamd_official([x], 3)[0]
     got = fastad.ops.mutual_scores(z.to(device))
-    assert got.shape == (N, H * H) and got.dtype == torch.float32 and got.device == device
+    assert got.shape == (N, H * H) and got.dtype == torch.float32 and got.device.type == device.type
     want = O.msm_official(z)
     assert (got.cpu().double() - want).abs().max().item() <= 1e-5
     k = int(0.3 * (N - 1))
@@ -238,9 +238,10 @@ def test_empty_inputs():
 
 
 def test_mutual_scores_gemm_blocking_edges(device, gen):
-    # L > kGramMC (96) rows and not a multiple of the 6 x 16 register tile; C > kGramKC (256) and not
-    # a multiple of it (accumulation across inner blocks); L not a square (no window needed)
-    z = torch.nn.functional.normalize(torch.randn(6, 101, 300, generator=gen), dim=-1)
+    # L > kGramMC (96) rows and > kGramNC (512) columns, not a multiple of the 6 x 16 register tile;
+    # C > kGramKcMax (512) and not a multiple of 8 (accumulation across two depth slices, scalar pack
+    # tails); L not a square (no window needed)
+    z = torch.nn.functional.normalize(torch.randn(5, 533, 603, generator=gen), dim=-1)
     got = fastad.ops.mutual_scores(z.to(device), k=2)
     assert (got.cpu().double() - ref.mutual_scores(z, 2)).abs().max().item() <= 1e-5
     assert (fastad.ops.mutual_scores(z.to(device)).cpu().double() - O.msm_official(z)).abs().max().item() <= 1e-5
@@ -256,3 +257,16 @@ def test_cpu_paths_agree_with_official(cpu_path, gen):
     z = O.lnamd_official([x], 3)[0]
     w = fastad.ops.mutual_scores(z, same_position=3)
     assert (w.double() - ref.mutual_scores(z, 1, window=3)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("r_list", [[7], [9, 3]])
+def test_lnamd_mutual_scores_wide_boxes(cpu_path, r_list, gen):
+    # box radii past the unrolled cases (r = 3, 5) and wider than the 5 x 5 grid (every neighbour
+    # reached, zero padding on all sides), on both CPU builds, with and without a window
+    x = _tokens(6, 5, 40, gen, clustered=True)
+    for window in (0, 3):
+        got = fastad.ops.lnamd_mutual_scores(x[:, 1:], r_list, same_position=window or None)
+        for i, r in enumerate(r_list):
+            z = O.lnamd_official([x], r)[0]
+            want = O.msm_official(z) if not window else ref.mutual_scores(z, 1, window=window)
+            assert (got[i].double() - want).abs().max().item() <= 1e-5

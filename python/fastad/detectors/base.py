@@ -579,6 +579,7 @@ class BaseDetector:
             "image_size": None if getattr(self, "image_size_", None) is None else list(self.image_size_),
             "threshold": getattr(self, "threshold_", None),
             "n_fit_images": getattr(self, "n_fit_images_", None),
+            "preprocess": getattr(self, "preprocess_", None),
             "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
             **self._extra_meta(),
         }
@@ -675,6 +676,7 @@ def _load(path, *, backbone=None, device=None) -> BaseDetector:
     det.image_size_ = None if meta.get("image_size") is None else tuple(int(s) for s in meta["image_size"])
     det.threshold_ = meta.get("threshold")
     det.n_fit_images_ = meta.get("n_fit_images")
+    det.preprocess_ = meta.get("preprocess")  # e.g. {"resize": "squash"} from `fastad fit`; None if unknown
     det.fit_timings_ = {}
     try:
         det._set_state_tensors(tensors, meta, str(path))
