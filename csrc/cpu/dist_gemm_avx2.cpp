@@ -54,12 +54,12 @@ constexpr int64_t kKcMax = 512;                 // depth per pass: bank micro-pa
 constexpr int64_t kMC = 96;                     // query rows per block: <= 96*512*4 = 192 KiB (L2);
                                                 // 48-192 within noise at D=384 and 1536
 constexpr int64_t kNCMax = 512;                 // bank rows per packed block ...
-constexpr int64_t kBankBlockBytes = 256ll << 10;  // ... and at most 256 KiB of packed bank per thread, so
-                                                 // that the packed block, the prefetched next block and
-                                                 // the query block all stay in L2 (1 MiB on Zen 4):
-                                                 // 160 rows at D=384, 32 at D=1536. Measured against
-                                                 // 2 MiB (512 / 336 rows): packing cost halved, +1.3-1.6%
-                                                 // at D=384, +0.5% at D=1536 (noise level)
+constexpr int64_t kBankBlockBytes = 2ll << 20;  // ... and at most 2 MiB of packed bank per thread, or
+constexpr int64_t kBankBlockBytesSmallQ = 256ll << 10;  // 256 KiB when the sweep's packed queries fit in
+constexpr int64_t kSmallQueryBytes = 4ll << 20;         // 4 MiB (e.g. 784 queries at D=384): then the
+    // packed bank block, the prefetched next block and the query block all stay in L2 (1 MiB on Zen 4)
+    // and packing costs half as much (160 rows at D=384: +0-1.6% at Q=784 against 512 rows); with more
+    // queries, each bank block re-streams them from L3, and 512 rows were 0.5-0.8% faster (Q=12544).
 constexpr int64_t kQueryPackBytes = 16ll << 20; // packed query superblock <= 16 MiB
 constexpr int64_t kCentreSample = 2048;         // bank rows averaged to estimate the centre
 constexpr int64_t kBankSplitMaxQ = 2048;        // at most this many queries: split the bank across threads
@@ -148,9 +148,11 @@ inline void panel_sq_norms(const float* P, int64_t D, float* out) {
   _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_add_ps(hi[0], hi[1]), _mm256_add_ps(hi[2], hi[3])));
 }
 
-// Bank rows per packed block: a multiple of NR, at most kNCMax and kBankBlockBytes of packed data.
-inline int64_t bank_block_rows(int64_t D) {
-  const int64_t nc = kBankBlockBytes / (4 * D) / NR * NR;
+// Bank rows per packed block for a sweep over `rows` queries: a multiple of NR, at most kNCMax and
+// kBankBlockBytes (kBankBlockBytesSmallQ for few queries) of packed data.
+inline int64_t bank_block_rows(int64_t D, int64_t rows) {
+  const int64_t bytes = rows * D * 4 <= kSmallQueryBytes ? kBankBlockBytesSmallQ : kBankBlockBytes;
+  const int64_t nc = bytes / (4 * D) / NR * NR;
   return std::clamp<int64_t>(nc, NR, kNCMax);
 }
 
@@ -193,7 +195,7 @@ template <class Epi>
 void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* b, int64_t ja, int64_t jb, int64_t D,
            const float* c, Metric metric, Epi& epi) {
   SweepBufs& tb = tl_sweep;
-  const int64_t NC = bank_block_rows(D);
+  const int64_t NC = bank_block_rows(D, qb - qa);
   float* Bp = tb.bpack.get(NC * D);
   float* C = tb.ctile.get(kMC * NC);
   float* alpha = tb.alpha.get(NC);
