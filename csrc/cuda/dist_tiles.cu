@@ -3,6 +3,8 @@
 #include "cuda/cuda_utils.cuh"
 #include "cuda/dist_tiles.h"
 
+#include <algorithm>
+
 namespace fastad::cuda {
 
 namespace {
@@ -108,6 +110,85 @@ cublasStatus_t tile_dot(cublasHandle_t handle, int dtype, const void* q, int64_t
     if (st == CUBLAS_STATUS_SUCCESS) st = st2;
   }
   return st;
+}
+
+int64_t chunk_rows_cap(int64_t D, int dtype) {
+  return std::min<int64_t>(kChunkRows, std::max<int64_t>(256, kTileBudgetBytes / (D * dtype_bytes(dtype))));
+}
+
+int64_t tile_rows(int64_t Q, int64_t Nc, int64_t D, int dtype) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>({Q, kTileBudgetBytes / (4 * Nc), std::max<int64_t>(1, kTileBudgetBytes / (D * dtype_bytes(dtype)))}));
+}
+
+namespace {
+
+int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
+
+}  // namespace
+
+int64_t ScoreTiles::workspace_bytes(int64_t Q, int64_t Nc, int64_t Qt, int64_t D, int dtype, int metric) {
+  const int64_t es = dtype_bytes(dtype);
+  int64_t w = align256(4 * D) + align256(4 * Nc) + align256(4 * std::max<int64_t>(Q, 1)) + align256(4 * Qt) +
+              align256(4 * Qt * Nc);
+  if (centred(metric, dtype)) w += align256(es * Nc * D) + align256(es * Qt * D);
+  return w;
+}
+
+ScoreTiles::ScoreTiles(void* workspace, cublasHandle_t handle, const void* q, const void* b, int dtype, int metric,
+                       int64_t Q, int64_t N, int64_t Nc, int64_t Qt, int64_t D, cudaStream_t stream)
+    : handle_(handle), q_(static_cast<const char*>(q)), b_(static_cast<const char*>(b)), dtype_(dtype),
+      metric_(metric), Q_(Q), N_(N), D_(D), es_(dtype_bytes(dtype)), centre_(centred(metric, dtype)),
+      stream_(stream) {
+  char* p = static_cast<char*>(workspace);  // same order and sizes as workspace_bytes
+  auto take = [&p](int64_t bytes) {
+    char* r = p;
+    p += align256(bytes);
+    return r;
+  };
+  mu_ = reinterpret_cast<float*>(take(4 * D));
+  bn_ = reinterpret_cast<float*>(take(4 * Nc));
+  qn_ = reinterpret_cast<float*>(take(4 * std::max<int64_t>(Q, 1)));
+  qtn_ = reinterpret_cast<float*>(take(4 * Qt));
+  S_ = reinterpret_cast<float*>(take(4 * Qt * Nc));
+  bcopy_ = centre_ ? take(es_ * Nc * D) : nullptr;
+  qcopy_ = centre_ ? take(es_ * Qt * D) : nullptr;
+}
+
+cudaError_t ScoreTiles::begin() {
+  cudaError_t e = cudaSuccess;
+  if (centre_ && N_ > 0 && (e = column_mean(b_, dtype_, N_, D_, mu_, stream_)) != cudaSuccess) return e;
+  if (metric_ == kCosine) e = centre_rows(q_, dtype_, Q_, D_, nullptr, nullptr, qn_, stream_);
+  return e;
+}
+
+cudaError_t ScoreTiles::load_chunk(int64_t j0, int64_t nc, const float* bank_sqnorms) {
+  nc_ = nc;
+  chunk_ = b_ + j0 * D_ * es_;
+  chunk_norms_ = bn_;
+  if (nc == 0) return cudaSuccess;
+  if (centre_) {
+    chunk_ = bcopy_;
+    return centre_rows(b_ + j0 * D_ * es_, dtype_, nc, D_, mu_, bcopy_, bn_, stream_);
+  }
+  if (metric_ == kCosine && bank_sqnorms) {
+    chunk_norms_ = bank_sqnorms + j0;
+    return cudaSuccess;
+  }
+  if (metric_ == kL2 || metric_ == kSqEuclidean || metric_ == kCosine)
+    return centre_rows(chunk_, dtype_, nc, D_, nullptr, nullptr, bn_, stream_);
+  return cudaSuccess;
+}
+
+cudaError_t ScoreTiles::dot(int64_t q0, int64_t qt) {
+  const void* qg = q_ + q0 * D_ * es_;
+  if (centre_) {
+    cudaError_t e = centre_rows(qg, dtype_, qt, D_, mu_, qcopy_, qtn_, stream_);
+    if (e != cudaSuccess) return e;
+    qg = qcopy_;
+  }
+  return tile_dot(handle_, dtype_, qg, qt, chunk_, nc_, D_, S_, stream_) == CUBLAS_STATUS_SUCCESS ? cudaSuccess
+                                                                                                 : cudaErrorUnknown;
 }
 
 }  // namespace fastad::cuda

@@ -24,6 +24,7 @@
 namespace fastad::cuda {
 
 constexpr int64_t kTileBudgetBytes = 256ll << 20;  // score tile and centred-chunk budget (each)
+constexpr int64_t kChunkRows = 65536;              // most bank rows per chunk
 
 /// mu[D] = column means of x[N, D] (dtype code 0 f32, 1 f16, 2 bf16). mu must hold D floats.
 cudaError_t column_mean(const void* x, int dtype, int64_t N, int64_t D, float* mu, cudaStream_t stream);
@@ -40,5 +41,53 @@ cublasStatus_t tile_dot(cublasHandle_t handle, int dtype, const void* q, int64_t
 
 /// Bytes of one element of dtype code `dtype`.
 inline int64_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
+
+/// Whether l2 / sqeuclidean inputs are centred (float32 only; see above).
+inline bool centred(int metric, int dtype) { return (metric == 0 || metric == 1) && dtype == 0; }
+
+/// Most bank rows per chunk for rows of D elements (kChunkRows, less when a centred copy would pass
+/// the budget; at least 256).
+int64_t chunk_rows_cap(int64_t D, int dtype);
+
+/// Query rows per tile against chunks of Nc rows: the [Qt, Nc] float32 tile and the centred query
+/// copy both stay within kTileBudgetBytes (at least 1 row, at most Q).
+int64_t tile_rows(int64_t Q, int64_t Nc, int64_t D, int dtype);
+
+/// The steps knn and group_min share, over one workspace: bank statistics, per-chunk preparation
+/// (centred copy + norms, or plain norms) and the tile GEMM. Metric codes as fastad::Metric.
+class ScoreTiles {
+ public:
+  /// Workspace bytes for Q queries, chunks of Nc bank rows and tiles of Qt query rows.
+  static int64_t workspace_bytes(int64_t Q, int64_t Nc, int64_t Qt, int64_t D, int dtype, int metric);
+
+  ScoreTiles(void* workspace, cublasHandle_t handle, const void* q, const void* b, int dtype, int metric, int64_t Q,
+             int64_t N, int64_t Nc, int64_t Qt, int64_t D, cudaStream_t stream);
+
+  /// Bank mean (centred metrics) and the queries' squared norms (cosine: query_sqnorms()).
+  cudaError_t begin();
+  /// Prepares bank rows [j0, j0 + nc): a centred copy and its norms, or the rows' squared norms
+  /// (l2 on half inputs, cosine; `bank_sqnorms`, when given, replaces them for cosine).
+  cudaError_t load_chunk(int64_t j0, int64_t nc, const float* bank_sqnorms);
+  /// scores() = [qt, nc] inner products of queries [q0, q0 + qt) with the loaded chunk
+  /// (cudaErrorUnknown when cuBLAS fails).
+  cudaError_t dot(int64_t q0, int64_t qt);
+
+  const float* scores() const { return S_; }
+  /// Per chunk row: |b'|^2 (centred), |b|^2 (l2 on half inputs, cosine); unused for ip.
+  const float* chunk_sqnorms() const { return chunk_norms_; }
+  const float* query_sqnorms() const { return qn_; }  // [Q], cosine only
+
+ private:
+  cublasHandle_t handle_;
+  const char *q_, *b_;
+  int dtype_, metric_;
+  int64_t Q_, N_, D_, es_, nc_ = 0;
+  bool centre_;
+  cudaStream_t stream_;
+  float *mu_, *bn_, *qn_, *qtn_, *S_;
+  char *bcopy_, *qcopy_;
+  const void* chunk_ = nullptr;
+  const float* chunk_norms_ = nullptr;
+};
 
 }  // namespace fastad::cuda

@@ -13,7 +13,6 @@ namespace fastad::cuda {
 namespace {
 
 constexpr int kWarps = 8;              // warps per block of the epilogue (one (query, group) per warp)
-constexpr int64_t kChunkRows = 65536;  // target bank rows per chunk (whole groups, at least one)
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -80,22 +79,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (lane == 0) out[qi * G + g] = d;
 }
 
-int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
-
 }  // namespace
 
 GroupMinPlan group_min_plan(int64_t Q, int64_t G, int64_t gs, int64_t D, int dtype, int metric) {
-  GroupMinPlan p;
-  const int64_t es = dtype_bytes(dtype);
-  const bool centre = (metric == kL2 || metric == kSqEuclidean) && dtype == kF32;  // see dist_tiles.h
-  const int64_t rows_cap = std::min<int64_t>(kChunkRows, std::max<int64_t>(256, kTileBudgetBytes / (D * es)));
-  p.groups_per_chunk = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(G, 1), rows_cap / gs));
+  GroupMinPlan p;  // chunks hold whole groups, at least one
+  p.groups_per_chunk = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(G, 1), chunk_rows_cap(D, dtype) / gs));
   const int64_t Nc = p.groups_per_chunk * gs;
-  p.Qt = std::max<int64_t>(1, std::min<int64_t>({Q, kTileBudgetBytes / (4 * Nc), std::max<int64_t>(1, kTileBudgetBytes / (D * es))}));
-  int64_t w = align256(4 * D) + align256(4 * Nc) + align256(4 * std::max<int64_t>(Q, 1)) + align256(4 * p.Qt) +
-              align256(4 * p.Qt * Nc);
-  if (centre) w += align256(es * Nc * D) + align256(es * p.Qt * D);
-  p.workspace_bytes = w;
+  p.Qt = tile_rows(Q, Nc, D, dtype);
+  p.workspace_bytes = ScoreTiles::workspace_bytes(Q, Nc, p.Qt, D, dtype, metric);
   return p;
 }
 
@@ -104,44 +95,18 @@ cudaError_t group_min_launch(cublasHandle_t handle, const void* q, const void* b
                              cudaStream_t stream) {
   if (Q == 0 || G == 0) return cudaSuccess;
   const GroupMinPlan plan = group_min_plan(Q, G, gs, D, dtype, metric);
-  const int64_t es = dtype_bytes(dtype), gpcap = plan.groups_per_chunk, Nc = gpcap * gs, Qt = plan.Qt, N = G * gs;
-  const bool l2 = metric == kL2 || metric == kSqEuclidean;
-  const bool centre = l2 && dtype == kF32;  // see dist_tiles.h: half inputs are not centred
-  char* p = static_cast<char*>(workspace);
-  auto take = [&p](int64_t bytes) {
-    char* r = p;
-    p += align256(bytes);
-    return r;
-  };
-  float* mu = reinterpret_cast<float*>(take(4 * D));
-  float* bn = reinterpret_cast<float*>(take(4 * Nc));
-  float* qn = reinterpret_cast<float*>(take(4 * std::max<int64_t>(Q, 1)));
-  float* qtn = reinterpret_cast<float*>(take(4 * Qt));
-  float* S = reinterpret_cast<float*>(take(4 * Qt * Nc));
-  char* bcopy = centre ? take(es * Nc * D) : nullptr;
-  char* qcopy = centre ? take(es * Qt * D) : nullptr;
-  const char* qb = static_cast<const char*>(q);
-  const char* bb = static_cast<const char*>(b);
-  cudaError_t e = cudaSuccess;
-  if (centre && (e = column_mean(b, dtype, N, D, mu, stream)) != cudaSuccess) return e;
-  if (metric == kCosine && (e = centre_rows(q, dtype, Q, D, nullptr, nullptr, qn, stream)) != cudaSuccess) return e;
+  const int64_t gpcap = plan.groups_per_chunk, Nc = gpcap * gs, Qt = plan.Qt;
+  ScoreTiles tiles(workspace, handle, q, b, dtype, metric, Q, G * gs, Nc, Qt, D, stream);
+  cudaError_t e = tiles.begin();
+  if (e != cudaSuccess) return e;
+  const float *S = tiles.scores(), *qn = tiles.query_sqnorms();
   for (int64_t g0 = 0; g0 < G; g0 += gpcap) {
     const int64_t gpc = std::min<int64_t>(gpcap, G - g0), nc = gpc * gs;
-    const void* bg = bb + g0 * gs * D * es;
-    if (centre) {
-      if ((e = centre_rows(bg, dtype, nc, D, mu, bcopy, bn, stream)) != cudaSuccess) return e;
-      bg = bcopy;
-    } else if (l2 || metric == kCosine) {
-      if ((e = centre_rows(bg, dtype, nc, D, nullptr, nullptr, bn, stream)) != cudaSuccess) return e;
-    }
+    if ((e = tiles.load_chunk(g0 * gs, nc, nullptr)) != cudaSuccess) return e;
+    const float* bn = tiles.chunk_sqnorms();
     for (int64_t q0 = 0; q0 < Q; q0 += Qt) {
       const int64_t qt = std::min<int64_t>(Qt, Q - q0);
-      const void* qg = qb + q0 * D * es;
-      if (centre) {
-        if ((e = centre_rows(qg, dtype, qt, D, mu, qcopy, qtn, stream)) != cudaSuccess) return e;
-        qg = qcopy;
-      }
-      if (tile_dot(handle, dtype, qg, qt, bg, nc, D, S, stream) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+      if ((e = tiles.dot(q0, qt)) != cudaSuccess) return e;  // cudaErrorUnknown: cuBLAS failed
       const int64_t warps = qt * gpc;
       const unsigned blocks = (unsigned)((warps + kWarps - 1) / kWarps);
       switch (dtype) {

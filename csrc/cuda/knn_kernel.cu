@@ -29,7 +29,6 @@ constexpr int kSortN = 4096;       // shared-memory sort size, k > kSmallK
 constexpr int kSortThreads = 512;
 constexpr int kFinishThreads = 256;
 constexpr int kNoIdx = INT_MAX;    // empty queue slot (its score is +inf)
-constexpr int64_t kMaxChunk = 65536;
 
 __device__ __forceinline__ bool better32(float s, int i, float t, int j) { return s < t || (s == t && i < j); }
 
@@ -245,36 +244,14 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
-int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
-
-struct Carve {
-  char* p;
-  template <typename U>
-  U* take(int64_t count) {
-    U* r = reinterpret_cast<U*>(p);
-    p += align256(count * (int64_t)sizeof(U));
-    return r;
-  }
-};
-
 }  // namespace
 
 KnnPlan knn_plan(int64_t Q, int64_t N, int64_t D, int64_t k, int dtype, int metric) {
   KnnPlan p;
-  const int64_t es = dtype_bytes(dtype);
-  const bool l2 = metric == kL2 || metric == kSqEuclidean;
-  const bool centre = l2 && dtype == kF32;  // see dist_tiles.h: half inputs are not centred
   const int64_t n1 = N > 0 ? N : 1;
-  if (k <= kSmallK) {
-    p.Nc = std::min<int64_t>({n1, kMaxChunk, std::max<int64_t>(256, kTileBudgetBytes / (D * es))});
-  } else {
-    p.Nc = std::min<int64_t>(n1, kSortN - k);
-  }
-  p.Qt = std::max<int64_t>(1, std::min<int64_t>({Q, kTileBudgetBytes / (4 * p.Nc), std::max<int64_t>(1, kTileBudgetBytes / (D * es))}));
-  int64_t w = align256(4 * D) + align256(4 * p.Nc) + align256(4 * std::max<int64_t>(Q, 1)) + align256(4 * p.Qt) +
-              align256(4 * p.Qt * p.Nc);
-  if (centre) w += align256(es * p.Nc * D) + align256(es * p.Qt * D);
-  p.workspace_bytes = w;
+  p.Nc = k <= kSmallK ? std::min<int64_t>(n1, chunk_rows_cap(D, dtype)) : std::min<int64_t>(n1, kSortN - k);
+  p.Qt = tile_rows(Q, p.Nc, D, dtype);
+  p.workspace_bytes = ScoreTiles::workspace_bytes(Q, p.Nc, p.Qt, D, dtype, metric);
   return p;
 }
 
@@ -283,49 +260,18 @@ cudaError_t knn_launch(cublasHandle_t handle, const void* q, const void* b, int 
                        void* workspace, cudaStream_t stream) {
   if (Q == 0) return cudaSuccess;
   const KnnPlan plan = knn_plan(Q, N, D, k, dtype, metric);
-  const int64_t es = dtype_bytes(dtype), Nc = plan.Nc, Qt = plan.Qt;
-  const bool l2 = metric == kL2 || metric == kSqEuclidean;
-  const bool centre = l2 && dtype == kF32;  // see dist_tiles.h: half inputs are not centred
-  Carve cv{static_cast<char*>(workspace)};
-  float* mu = cv.take<float>(D);
-  float* bn = cv.take<float>(Nc);
-  float* qn = cv.take<float>(std::max<int64_t>(Q, 1));
-  float* qtn = cv.take<float>(Qt);
-  float* S = cv.take<float>(Qt * Nc);
-  char* bcopy = centre ? cv.take<char>(es * Nc * D) : nullptr;
-  char* qcopy = centre ? cv.take<char>(es * Qt * D) : nullptr;
-  const char* qb = static_cast<const char*>(q);
-  const char* bb = static_cast<const char*>(b);
-  cudaError_t e = cudaSuccess;
-  if (centre && N > 0 && (e = column_mean(b, dtype, N, D, mu, stream)) != cudaSuccess) return e;
-  if (metric == kCosine && (e = centre_rows(q, dtype, Q, D, nullptr, nullptr, qn, stream)) != cudaSuccess) return e;
-  for (int64_t j0 = 0; j0 < std::max<int64_t>(N, 1); j0 += Nc) {
+  const int64_t Nc = plan.Nc, Qt = plan.Qt;
+  ScoreTiles tiles(workspace, handle, q, b, dtype, metric, Q, N, Nc, Qt, D, stream);
+  cudaError_t e = tiles.begin();
+  if (e != cudaSuccess) return e;
+  const float* S = tiles.scores();
+  for (int64_t j0 = 0; j0 < std::max<int64_t>(N, 1); j0 += Nc) {  // N = 0: one empty chunk writes the pads
     const int64_t nc = std::max<int64_t>(0, std::min<int64_t>(Nc, N - j0));
-    const void* bg = bb + j0 * D * es;
-    const float* bnp = bn;
-    if (nc > 0) {
-      if (centre) {
-        if ((e = centre_rows(bg, dtype, nc, D, mu, bcopy, bn, stream)) != cudaSuccess) return e;
-        bg = bcopy;
-      } else if (l2 || metric == kCosine) {
-        if (metric == kCosine && bnorm) {
-          bnp = bnorm + j0;
-        } else if ((e = centre_rows(bg, dtype, nc, D, nullptr, nullptr, bn, stream)) != cudaSuccess) {
-          return e;
-        }
-      }
-    }
+    if ((e = tiles.load_chunk(j0, nc, bnorm)) != cudaSuccess) return e;
+    const float* bnp = tiles.chunk_sqnorms();
     for (int64_t q0 = 0; q0 < Q; q0 += Qt) {
       const int64_t qt = std::min<int64_t>(Qt, Q - q0);
-      if (nc > 0) {
-        const void* qg = qb + q0 * D * es;
-        if (centre) {
-          if ((e = centre_rows(qg, dtype, qt, D, mu, qcopy, qtn, stream)) != cudaSuccess) return e;
-          qg = qcopy;
-        }
-        if (tile_dot(handle, dtype, qg, qt, bg, nc, D, S, stream) != CUBLAS_STATUS_SUCCESS)
-          return cudaErrorUnknown;  // reported by the entry as a cuBLAS failure
-      }
+      if (nc > 0 && (e = tiles.dot(q0, qt)) != cudaSuccess) return e;  // cudaErrorUnknown: cuBLAS failed
       const bool first = j0 == 0;
       const int kk = (int)k;
       if (k > kSmallK) {
@@ -346,6 +292,7 @@ cudaError_t knn_launch(cublasHandle_t handle, const void* q, const void* b, int 
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
   }
+  const float* qn = tiles.query_sqnorms();
   switch (dtype) {
     case kF16:
       finish_kernel<__half><<<(unsigned)Q, kFinishThreads, 0, stream>>>(
