@@ -12,6 +12,8 @@ the run goes on):
 - knn: fastad.ops.knn vs torch cdist + topk (anomalib's path), float32 and bf16 inputs; GFLOP/s
   counted as 2 Q N D; fraction of the measured fp32 (or bf16) matmul rate; an accuracy check on
   256 queries against a float64 reference (max relative distance error, equal index sets).
+- knn_sweep: the same knn at Q=12544, N=131072 under each k <= 32 selection kernel and tile shape
+  (FASTAD_CUDA_KNN_SELECT / _CHUNK_ROWS / _TILE_ROWS benchmark knobs); results must equal the first.
 - group_min: fastad.ops.group_min vs torch cdist -> view(Q, G, gs) -> amin.
 - coreset: one greedy step on 1M x 1536 (per-step time from n=201 minus n=1 runs), vs anomalib's
   step written in torch (norm of bank - centre, minimum, argmax) and the one-read floor (bank.sum()).
@@ -120,6 +122,53 @@ def sec_knn(args):
             torch.cuda.empty_cache()
 
 
+SWEEP_SHAPES = [(65536, 1024), (32768, 2048), (16384, 2048), (16384, 4096), (8192, 2048), (8192, 4096), (4096, 4096)]
+
+
+def sec_knn_sweep(args):
+    """Selection kernel (warp list vs per-thread queues) and tile shape (bank rows per chunk x query
+    rows per tile, through the FASTAD_CUDA_* benchmark knobs) at Q=12544, N=131072: which tile fits
+    the 60 MB L2 well enough that the float32 score tile never goes to HBM."""
+    Q, N = (12544, 131072) if not args.quick else (784, 16384)
+    knobs = ("FASTAD_CUDA_KNN_SELECT", "FASTAD_CUDA_CHUNK_ROWS", "FASTAD_CUDA_TILE_ROWS", "FASTAD_CUDA_SEL_WARPS")
+    try:
+        for D in (384, 1536):
+            g = torch.Generator(device="cuda").manual_seed(0)
+            b = torch.randn(N, D, device="cuda", generator=g) + 3.0
+            q = b[torch.randint(0, N, (Q,), device="cuda", generator=g)] + 0.5 * torch.randn(Q, D, device="cuda", generator=g)
+            flops = 2.0 * Q * N * D
+            for dt in (torch.bfloat16, torch.float32):
+                qq, bb = q.to(dt), b.to(dt)
+                ceil = CEIL.get("fp32_TFs" if dt == torch.float32 else "bf16_TFs", float("nan"))
+                for k in (1, 9):
+                    configs = [("queue", None, None, None), ("warp", None, None, 8), ("warp", None, None, 4),
+                               ("warp", None, None, 16)] + [("warp", nc, qt, 8) for nc, qt in SWEEP_SHAPES]
+                    ref_i = None
+                    for sel, nc, qt, w in configs:
+                        os.environ["FASTAD_CUDA_KNN_SELECT"] = sel
+                        for name, v in (("FASTAD_CUDA_CHUNK_ROWS", nc), ("FASTAD_CUDA_TILE_ROWS", qt),
+                                        ("FASTAD_CUDA_SEL_WARPS", w)):
+                            if v is None:
+                                os.environ.pop(name, None)
+                            else:
+                                os.environ[name] = str(v)
+                        t = timeit(lambda: fastad.ops.knn(qq, bb, k), repeats=args.repeats)
+                        d, i = fastad.ops.knn(qq, bb, k)
+                        if ref_i is None:
+                            ref_d, ref_i = d, i
+                        same = bool(torch.equal(i, ref_i)) and bool(torch.equal(d, ref_d))
+                        row("knn_sweep", D=D, k=k, dtype=str(dt).split(".")[1], select=sel, warps=w or "-",
+                            chunk_rows=nc or "default", tile_rows=qt or "default",
+                            tile_MB=(nc * qt * 4 / 2**20) if nc else "default", ms=t * 1e3, TFs=flops / t / 1e12,
+                            frac_matmul=flops / t / 1e12 / ceil, same_as_first=same)
+                del qq, bb
+            del b, q
+            torch.cuda.empty_cache()
+    finally:
+        for name in knobs:
+            os.environ.pop(name, None)
+
+
 def sec_group_min(args):
     for Q, G, gs, D in [(10952, 200, 1369, 1024), (3136, 200, 784, 1536)]:
         g = torch.Generator(device="cuda").manual_seed(1)
@@ -202,7 +251,7 @@ def sec_musc(args):
         torch.cuda.empty_cache()
 
 
-SECTIONS = {"ceilings": sec_ceilings, "knn": sec_knn, "group_min": sec_group_min, "coreset": sec_coreset,
+SECTIONS = {"ceilings": sec_ceilings, "knn": sec_knn, "knn_sweep": sec_knn_sweep, "group_min": sec_group_min, "coreset": sec_coreset,
             "musc": sec_musc}
 
 

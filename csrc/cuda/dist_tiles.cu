@@ -4,6 +4,7 @@
 #include "cuda/dist_tiles.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace fastad::cuda {
 
@@ -114,6 +115,14 @@ cublasStatus_t tile_dot(cublasHandle_t handle, int dtype, const void* q, int64_t
 
 int64_t chunk_rows_cap(int64_t D, int dtype) {
   return std::min<int64_t>(kChunkRows, std::max<int64_t>(256, kTileBudgetBytes / (D * dtype_bytes(dtype))));
+}
+
+int64_t env_rows(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  return (end && *end == '\0' && x > 0) ? (int64_t)x : fallback;
 }
 
 int64_t tile_rows(int64_t Q, int64_t Nc, int64_t D, int dtype) {

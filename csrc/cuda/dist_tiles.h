@@ -49,6 +49,12 @@ inline bool centred(int metric, int dtype) { return (metric == 0 || metric == 1)
 /// the budget; at least 256).
 int64_t chunk_rows_cap(int64_t D, int dtype);
 
+/// Benchmark tuning knobs (not a user API): the positive integer in environment variable `name`
+/// (read at every call), or `fallback` when it is unset or not a positive integer. Used for
+/// FASTAD_CUDA_CHUNK_ROWS / FASTAD_CUDA_TILE_ROWS (chunk and tile shape of knn / group_min) so one
+/// build can sweep tile shapes on a GPU (benchmarks/bench_gpu.py --sections knn_sweep).
+int64_t env_rows(const char* name, int64_t fallback);
+
 /// Query rows per tile against chunks of Nc rows: the [Qt, Nc] float32 tile and the centred query
 /// copy both stay within kTileBudgetBytes (at least 1 row, at most Q).
 int64_t tile_rows(int64_t Q, int64_t Nc, int64_t D, int dtype);

@@ -83,9 +83,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 GroupMinPlan group_min_plan(int64_t Q, int64_t G, int64_t gs, int64_t D, int dtype, int metric) {
   GroupMinPlan p;  // chunks hold whole groups, at least one
-  p.groups_per_chunk = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(G, 1), chunk_rows_cap(D, dtype) / gs));
+  p.groups_per_chunk = std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(G, 1), env_rows("FASTAD_CUDA_CHUNK_ROWS", chunk_rows_cap(D, dtype)) / gs));
   const int64_t Nc = p.groups_per_chunk * gs;
-  p.Qt = tile_rows(Q, Nc, D, dtype);
+  p.Qt = std::min<int64_t>(std::max<int64_t>(Q, 1), env_rows("FASTAD_CUDA_TILE_ROWS", tile_rows(Q, Nc, D, dtype)));
   p.workspace_bytes = ScoreTiles::workspace_bytes(Q, Nc, p.Qt, D, dtype, metric);
   return p;
 }

@@ -3,15 +3,18 @@
 // top-k kept in the output buffers (as scores, smaller is better), then a finishing kernel that turns
 // scores into distances (l2/sqeuclidean: exact fp32 distances of the winners, re-sorted).
 //
-// Selection (faiss's GPU k-selection teaches the shape; our own simpler variant):
-// - k <= kSmallK: one block of kSelThreads per query row; each thread keeps its own sorted top-K
-//   (K = next power of two >= k, compile-time, so the queue lives in registers) over a strided
-//   slice of the tile plus the previous top-k; then k rounds of a block-wide argmin over the
-//   threads' queue heads merge them (the winner's thread pops its head). Measured on an H200 this
-//   costs ~12 ms per 1.6e9 scores at k = 9 (many queue inserts per thread): the branch
-//   cuda-warp-select has a warp-list variant (one compare per candidate) not yet run on a GPU.
-// - k > kSmallK: chunks of kSortN - k bank rows; the previous top-k and the chunk's scores are
-//   bitonic-sorted in shared memory and the first k kept.
+// Selection (faiss's GPU k-selection teaches the shape; our own simpler variants), k <= kSmallK:
+// - warp list (k >= 2): 8 warps per query row; each keeps a warp-wide sorted list of k entries (one
+//   per lane) over its share of the row: a candidate costs one compare with the list's k-th entry,
+//   the rare winners are inserted by ballot + shuffles, the next batch of loads is in flight while a
+//   batch is compared; warp 0 merges the lists. Measured on an H200 at k = 9 it costs about what
+//   k = 1 costs (the per-thread queues below cost ~12 ms more per 1.6e9 scores at k = 9).
+// - per-thread register queues (k = 1, where the queue is a running minimum and measured faster):
+//   each thread keeps its own sorted top-K (K = next power of two >= k) over a strided slice, then
+//   k rounds of a block-wide argmin merge them.
+// FASTAD_CUDA_KNN_SELECT=queue|warp forces one of them (benchmark knob; tests run both).
+// k > kSmallK: chunks of kSortN - k bank rows; the previous top-k and the chunk's scores are
+// bitonic-sorted in shared memory and the first k kept.
 // Ties: smaller score first, then the smaller bank index (as the CPU kernel and the reference).
 #include "cuda/cuda_utils.cuh"
 #include "cuda/dist_tiles.h"
@@ -19,16 +22,20 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 namespace fastad::cuda {
 
 namespace {
 
-constexpr int kSelThreads = 128;   // threads per query row, k <= kSmallK
+constexpr int kSelThreads = 128;   // threads per query row, k <= kSmallK (queue selection)
+constexpr int kSelUnroll = 8;      // tile loads in flight per lane (warp-list selection)
 constexpr int kSortN = 4096;       // shared-memory sort size, k > kSmallK
 constexpr int kSortThreads = 512;
 constexpr int kFinishThreads = 256;
 constexpr int kNoIdx = INT_MAX;    // empty queue slot (its score is +inf)
+constexpr int64_t kF32ChunkRows = 32768;  // most bank rows per chunk for float32 inputs
 
 __device__ __forceinline__ bool better32(float s, int i, float t, int j) { return s < t || (s == t && i < j); }
 
@@ -124,6 +131,125 @@ __global__ void __launch_bounds__(kSelThreads)
     if (threadIdx.x == 0) {
       ss[c] = bj == kNoIdx ? inf : bs;
       si[c] = bj == kNoIdx ? -1 : bj;
+    }
+  }
+}
+
+// Warp-wide sorted list of the k (<= 32) best (score, index) pairs: lane l holds entry l (lanes >= k
+// and empty slots hold (+inf, kNoIdx)). Inserts (cs, cj), the same on every lane, in O(1) warp steps.
+__device__ __forceinline__ void warp_list_insert(float& ls, int& li, float cs, int cj, int k, int lane) {
+  const unsigned ahead = __ballot_sync(0xffffffffu, lane < k && better32(ls, li, cs, cj));
+  const int pos = __popc(ahead);  // the list is sorted, so the better entries are a prefix
+  if (pos >= k) return;
+  const float us = __shfl_up_sync(0xffffffffu, ls, 1);
+  const int ui = __shfl_up_sync(0xffffffffu, li, 1);
+  if (lane > pos && lane < k) {
+    ls = us;
+    li = ui;
+  } else if (lane == pos) {
+    ls = cs;
+    li = cj;
+  }
+}
+
+__device__ __forceinline__ float score_of(float dot, float bnv, int metric) {
+  if (metric == kL2 || metric == kSqEuclidean) return bnv - 2.f * dot;
+  if (metric == kCosine) return bnv > 0.f ? -dot * rsqrtf(bnv) : 0.f;
+  return -dot;
+}
+
+// Folds S[r, :nc] (bank rows j0 .. j0 + nc) into the running top-k of query q0 + r (k <= 32).
+// kSelWarps warps per row each keep a warp list over their share of the row (32 consecutive
+// columns per step, coalesced); a candidate costs one compare against the list's k-th entry, and the
+// rare winners are inserted one by one (ballot + shuffles). The kernel reads each score once and is
+// bound by memory latency, so the loads of the next kSelUnroll steps (scores and bank norms) are
+// issued before the current ones are compared, and a whole batch with no winner on any lane costs
+// one __any_sync. Warp 0 starts from the previous top-k and finally merges the other warps' lists.
+template <int kSelWarps>
+__global__ void __launch_bounds__(kSelWarps * 32)
+    select_warp_kernel(const float* __restrict__ S, int64_t nc, const float* __restrict__ bn, int metric, int64_t q0,
+                       int64_t j0, bool exclude_self, int k, bool first, float* __restrict__ st_s,
+                       int64_t* __restrict__ st_i) {
+  __shared__ float sh_s[kSelWarps][32];
+  __shared__ int sh_i[kSelWarps][32];
+  const int64_t r = blockIdx.x, qi = q0 + r;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float inf = __int_as_float(0x7f800000);
+  const bool use_bn = metric != kIP;
+  float* ss = st_s + qi * k;
+  int64_t* si = st_i + qi * k;
+  float ls = inf;
+  int li = kNoIdx;
+  if (warp == 0 && !first && lane < k && si[lane] >= 0) {
+    ls = ss[lane];
+    li = (int)si[lane];
+  }
+  float ts = __shfl_sync(0xffffffffu, ls, k - 1);
+  int ti = __shfl_sync(0xffffffffu, li, k - 1);
+  const float* row = S + r * nc;
+  constexpr int64_t kStride = kSelWarps * 32, kStep = kStride * kSelUnroll;
+  float nd[kSelUnroll], nb[kSelUnroll];  // the next batch, in flight
+#pragma unroll
+  for (int u = 0; u < kSelUnroll; ++u) {
+    const int64_t c = warp * 32 + u * kStride + lane;
+    nd[u] = c < nc ? row[c] : 0.f;
+    nb[u] = use_bn && c < nc ? bn[c] : 0.f;
+  }
+  for (int64_t base = warp * 32; base < nc; base += kStep) {  // warp-uniform bound
+    float s[kSelUnroll];
+    int j[kSelUnroll];
+    bool any = false;
+#pragma unroll
+    for (int u = 0; u < kSelUnroll; ++u) {
+      const int64_t c = base + u * kStride + lane, jj = j0 + c;
+      const bool ok = c < nc && !(exclude_self && jj == qi);
+      s[u] = ok ? score_of(nd[u], nb[u], metric) : inf;
+      j[u] = ok ? (int)jj : kNoIdx;
+      any |= better32(s[u], j[u], ts, ti);
+    }
+    if (base + kStep < nc) {  // warp-uniform: issue the next batch's loads before the compares below
+#pragma unroll
+      for (int u = 0; u < kSelUnroll; ++u) {
+        const int64_t c = base + kStep + u * kStride + lane;
+        nd[u] = c < nc ? row[c] : 0.f;
+        nb[u] = use_bn && c < nc ? bn[c] : 0.f;
+      }
+    }
+    if (!__any_sync(0xffffffffu, any)) continue;
+#pragma unroll
+    for (int u = 0; u < kSelUnroll; ++u) {
+      unsigned m = __ballot_sync(0xffffffffu, better32(s[u], j[u], ts, ti));
+      while (m) {
+        const int src = __ffs(m) - 1;
+        m &= m - 1;
+        const float cs = __shfl_sync(0xffffffffu, s[u], src);
+        const int cj = __shfl_sync(0xffffffffu, j[u], src);
+        if (better32(cs, cj, ts, ti)) {
+          warp_list_insert(ls, li, cs, cj, k, lane);
+          ts = __shfl_sync(0xffffffffu, ls, k - 1);
+          ti = __shfl_sync(0xffffffffu, li, k - 1);
+        }
+      }
+    }
+  }
+  if (warp > 0) {
+    sh_s[warp][lane] = ls;
+    sh_i[warp][lane] = li;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    for (int w = 1; w < kSelWarps; ++w)
+      for (int e = 0; e < k; ++e) {
+        const float cs = sh_s[w][e];
+        const int cj = sh_i[w][e];
+        if (!better32(cs, cj, ts, ti)) break;  // each list is sorted: the rest cannot enter either
+        warp_list_insert(ls, li, cs, cj, k, lane);
+        ts = __shfl_sync(0xffffffffu, ls, k - 1);
+        ti = __shfl_sync(0xffffffffu, li, k - 1);
+      }
+    if (lane < k) {
+      ss[lane] = li == kNoIdx ? inf : ls;
+      si[lane] = li == kNoIdx ? -1 : li;
     }
   }
 }
@@ -249,8 +375,16 @@ __global__ void __launch_bounds__(kFinishThreads)
 KnnPlan knn_plan(int64_t Q, int64_t N, int64_t D, int64_t k, int dtype, int metric) {
   KnnPlan p;
   const int64_t n1 = N > 0 ? N : 1;
-  p.Nc = k <= kSmallK ? std::min<int64_t>(n1, chunk_rows_cap(D, dtype)) : std::min<int64_t>(n1, kSortN - k);
-  p.Qt = tile_rows(Q, p.Nc, D, dtype);
+  // float32: chunks of at most kF32ChunkRows (tiles of 2048 query rows at most) ran 10% faster at D=384 on an
+  // H200 than 65536-row chunks (same at D=1536); bf16 ran best with 65536 (benchmarks/RESULTS.md, knn_sweep).
+  const int64_t cap = dtype == kF32 ? std::min<int64_t>(kF32ChunkRows, chunk_rows_cap(D, dtype)) : chunk_rows_cap(D, dtype);
+  p.Nc = k <= kSmallK ? std::min<int64_t>(n1, env_rows("FASTAD_CUDA_CHUNK_ROWS", cap)) : std::min<int64_t>(n1, kSortN - k);
+  p.Qt = std::min<int64_t>(std::max<int64_t>(Q, 1), env_rows("FASTAD_CUDA_TILE_ROWS", tile_rows(Q, p.Nc, D, dtype)));
+  // k = 1: the per-thread queue is a plain running minimum, which measured faster than the warp list
+  // (bf16 D=1536: 11.1 vs 12.4 ms); k >= 2: the warp list (k = 9: 1.1-2.6x faster than the queues).
+  const char* sel = std::getenv("FASTAD_CUDA_KNN_SELECT");  // benchmark knob: "queue" or "warp"
+  p.warp_select = sel && std::strcmp(sel, "queue") == 0 ? false : sel && std::strcmp(sel, "warp") == 0 ? true : k > 1;
+  p.sel_warps = (int)std::min<int64_t>(16, env_rows("FASTAD_CUDA_SEL_WARPS", 8));  // benchmark knob: 4, 8 or 16
   p.workspace_bytes = ScoreTiles::workspace_bytes(Q, p.Nc, p.Qt, D, dtype, metric);
   return p;
 }
@@ -277,6 +411,14 @@ cudaError_t knn_launch(cublasHandle_t handle, const void* q, const void* b, int 
       if (k > kSmallK) {
         select_sort_kernel<<<(unsigned)qt, kSortThreads, 0, stream>>>(S, nc, bnp, metric, q0, j0, exclude_self, kk,
                                                                       first, out_d, out_i);
+      } else if (plan.warp_select) {
+#define FASTAD_SELECT_WARP(W)                                                                         \
+  select_warp_kernel<W><<<(unsigned)qt, W * 32, 0, stream>>>(S, nc, bnp, metric, q0, j0, exclude_self, kk, first, \
+                                                             out_d, out_i)
+        if (plan.sel_warps <= 4) FASTAD_SELECT_WARP(4);
+        else if (plan.sel_warps <= 8) FASTAD_SELECT_WARP(8);
+        else FASTAD_SELECT_WARP(16);
+#undef FASTAD_SELECT_WARP
       } else {
 #define FASTAD_SELECT(KK)                                                                                      \
   select_small_kernel<KK><<<(unsigned)qt, kSelThreads, 0, stream>>>(S, nc, bnp, metric, q0, j0, exclude_self, kk, \

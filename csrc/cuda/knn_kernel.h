@@ -8,12 +8,14 @@
 namespace fastad::cuda {
 
 constexpr int64_t kMaxK = 1024;       // largest k the CUDA selection supports
-constexpr int64_t kSmallK = 32;       // k <= this: per-thread register queues; above: shared-memory sort
+constexpr int64_t kSmallK = 32;       // k <= this: register selection (warp list / queues); above: shared-memory sort
 
 /// Chunk/tile plan of knn on given sizes: bank rows per chunk (Nc), query rows per tile (Qt), and
 /// the workspace bytes knn_launch needs (all bounded by kTileBudgetBytes-sized pieces).
 struct KnnPlan {
   int64_t Nc = 0, Qt = 0, workspace_bytes = 0;
+  bool warp_select = true;  // k <= kSmallK: warp-list selection (else per-thread register queues)
+  int sel_warps = 8;        // warps per query row of the warp-list selection
 };
 KnnPlan knn_plan(int64_t Q, int64_t N, int64_t D, int64_t k, int dtype, int metric);
 
