@@ -25,11 +25,13 @@ run_tests() {  # $1: label, rest: pytest args; appends to one log
   echo "pytest [$label] rc=$? in $(( $(date +%s) - t0 )) s: $(tail -1 "$OUT/pytest.log")"
 }
 echo "== CUDA tests"; : >"$OUT/pytest.log"
-run_tests "all cuda" -k cuda tests/ops tests/detectors
+run_tests "all cuda" -k "cuda or tile_batches" tests/ops tests/detectors
+if [ -z "${MAIN_TESTS_ONLY:-}" ]; then  # MAIN_TESTS_ONLY=1: skip the knn/group_min variants below
 FASTAD_CUDA_KNN_SELECT=queue run_tests "knn, queue selection for every k <= 32" -k cuda tests/ops/test_knn.py
 FASTAD_CUDA_KNN_SELECT=warp run_tests "knn, warp-list selection for every k <= 32" -k cuda tests/ops/test_knn.py
 FASTAD_CUDA_CHUNK_ROWS=300 FASTAD_CUDA_TILE_ROWS=7 run_tests "knn+group_min, 300-row chunks x 7-row tiles" \
   -k cuda tests/ops/test_knn.py tests/ops/test_group_min.py
+fi
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 echo "== bench"; t0=$(date +%s)
 timeout ${BENCH_TIMEOUT:-240} $PY benchmarks/bench_gpu.py --out "$OUT/gpu.json" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v "^\s*$"

@@ -30,6 +30,22 @@ __device__ T block_sum(T v, T* sh) {
   return t;
 }
 
+// Sum of y[(h + dh) * H + (w + dw), c] over |dh|, |dw| <= rad inside the H x H grid (zero padding).
+__device__ __forceinline__ float box_at(const float* __restrict__ yb, int64_t H, int64_t C, int64_t h, int64_t w,
+                                        int64_t rad, int64_t c) {
+  float acc = 0.f;
+  for (int64_t dh = -rad; dh <= rad; ++dh) {
+    const int64_t h2 = h + dh;
+    if (h2 < 0 || h2 >= H) continue;
+    for (int64_t dw = -rad; dw <= rad; ++dw) {
+      const int64_t w2 = w + dw;
+      if (w2 < 0 || w2 >= H) continue;
+      acc += yb[(h2 * H + w2) * C + c];
+    }
+  }
+  return acc;
+}
+
 __global__ void lnamd_stats_kernel(const float* __restrict__ x, int64_t L, int64_t C, int64_t s0, int64_t s1,
                                    float* __restrict__ stats) {
   __shared__ double sh[32];
@@ -158,7 +174,8 @@ __device__ __forceinline__ bool outside_window(int64_t p, int64_t q, int64_t H, 
 // Row minima: one warp per (p, jb), reading T's row segment [p, jb * L, L) (coalesced).
 // minima[(i * Nref + slot0 + jb) * L + p] = min_q d2(p of image i, q of image j0 + jb).
 __global__ void tile_row_min_kernel(const float* __restrict__ T, int64_t L, int64_t b, const float* __restrict__ ni,
-                                    const float* __restrict__ nj, int64_t H, int64_t window, int64_t i,
+                                    const float* __restrict__ nj, const float* __restrict__ wi,
+                                    const float* __restrict__ wj, int64_t H, int64_t window, int64_t i,
                                     int64_t slot0, int64_t Nref, float* __restrict__ minima) {
   const int64_t w = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -166,12 +183,13 @@ __global__ void tile_row_min_kernel(const float* __restrict__ T, int64_t L, int6
   const int64_t p = w / b, jb = w % b;
   const float* row = T + p * (b * L) + jb * L;
   const float* nq = nj + jb * L;
-  const float np = ni[p];
+  const float* wq = wj ? wj + jb * L : nullptr;
+  const float np = ni[p], two_wp = 2.f * (wi ? wi[p] : 1.f);
   const int64_t hw = window > 0 ? (window - 1) / 2 : 0;
   float m = __int_as_float(0x7f800000);
   for (int64_t q = lane; q < L; q += 32) {
     if (window > 0 && outside_window(p, q, H, hw)) continue;
-    m = fminf(m, fmaxf(np + nq[q] - 2.f * row[q], 0.f));
+    m = fminf(m, fmaxf(np + nq[q] - two_wp * (wq ? wq[q] : 1.f) * row[q], 0.f));
   }
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) m = fminf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -183,19 +201,20 @@ __global__ void tile_row_min_kernel(const float* __restrict__ T, int64_t L, int6
 // minima[(j * Nref + i) * L + q] (image i is slot i of image j > i).
 constexpr int kColSlices = 8;
 __global__ void tile_col_min_kernel(const float* __restrict__ T, int64_t L, int64_t b, const float* __restrict__ ni,
-                                    const float* __restrict__ nj, int64_t H, int64_t window, int64_t i, int64_t j0,
+                                    const float* __restrict__ nj, const float* __restrict__ wi,
+                                    const float* __restrict__ wj, int64_t H, int64_t window, int64_t i, int64_t j0,
                                     int64_t Nref, float* __restrict__ minima) {
   __shared__ float red[kColSlices][33];
   const int64_t cc = blockIdx.x * 32ll + threadIdx.x;  // column of T: jb * L + q
   const bool valid = cc < b * L;
   const int64_t jb = valid ? cc / L : 0, q = valid ? cc % L : 0;
   const int64_t hw = window > 0 ? (window - 1) / 2 : 0;
-  const float nq = valid ? nj[cc] : 0.f;
+  const float nq = valid ? nj[cc] : 0.f, wq = valid && wj ? wj[cc] : 1.f;
   float m = __int_as_float(0x7f800000);
   if (valid)
     for (int64_t p = threadIdx.y; p < L; p += kColSlices) {
       if (window > 0 && outside_window(p, q, H, hw)) continue;
-      m = fminf(m, fmaxf(ni[p] + nq - 2.f * T[p * (b * L) + cc], 0.f));
+      m = fminf(m, fmaxf(ni[p] + nq - 2.f * (wi ? wi[p] : 1.f) * wq * T[p * (b * L) + cc], 0.f));
     }
   red[threadIdx.y][threadIdx.x] = m;
   __syncthreads();
@@ -204,6 +223,97 @@ __global__ void tile_col_min_kernel(const float* __restrict__ T, int64_t L, int6
     for (int s = 1; s < kColSlices; ++s) m = fminf(m, red[s][threadIdx.x]);
     minima[((j0 + jb) * Nref + i) * L + q] = m;
   }
+}
+
+// ---- lnamd_mutual_scores with one Gram per image pair for every r (as the CPU kernel) -------------
+// LNAMD's r x r mean is linear, so with y the LayerNorm-ed tokens and v_r(p) = sum_{a in W_r(p)} y_a,
+// <z_r(p), z_r(q)> = w_r(p) w_r(q) sum_{a in W_r(p), b in W_r(q)} <y_a, y_b>, w_r = 1 / |v_r|: the
+// Gram of y, box-filtered over both patch grids, serves every r. The box filter is separable: q's
+// grid (w then h) inside one row segment of the tile in shared memory, then p's grid (w then h)
+// over tile rows, columns coalesced; zero padding past the grid edges (missing terms are skipped).
+
+// y[b, p, :] = (x[b, p, :] - mean_b) * rstd_b, contiguous [B, L, C].
+__global__ void ln_apply_kernel(const float* __restrict__ x, int64_t B, int64_t L, int64_t C, int64_t s0, int64_t s1,
+                                const float* __restrict__ stats, float* __restrict__ y) {
+  const int64_t n = B * L * C;
+  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < n; t += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = t / (L * C), rem = t % (L * C), p = rem / C, c = rem % C;
+    y[t] = (x[b * s0 + p * s1 + c] - stats[2 * b]) * stats[2 * b + 1];
+  }
+}
+
+// Per token p of image b: v = box_r sum of y around p (r = 1: y_p); w[b, p] = 1 / |v| (0 if v = 0),
+// nz[b, p] = |v * w|^2 accumulated in double from the rounded products (as the CPU kernel).
+__global__ void box_scale_kernel(const float* __restrict__ y, int64_t L, int64_t H, int64_t C, int64_t r,
+                                 float* __restrict__ w, float* __restrict__ nz) {
+  __shared__ double sh[32];
+  const int64_t bp = blockIdx.x, b = bp / L, p = bp % L, h = p / H, ww = p % H, rad = (r - 1) / 2;
+  const float* yb = y + b * L * C;
+  double ss = 0.0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float v = box_at(yb, H, C, h, ww, rad, c);
+    ss += (double)v * v;
+  }
+  const double nrm = sqrt(block_sum(ss, sh));
+  const float inv = nrm > 0.0 ? (float)(1.0 / nrm) : 0.f;
+  double s2 = 0.0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float zc = box_at(yb, H, C, h, ww, rad, c) * inv;
+    s2 += (double)zc * zc;
+  }
+  const double n2 = block_sum(s2, sh);
+  if (threadIdx.x == 0) {
+    w[bp] = inv;
+    nz[bp] = (float)n2;
+  }
+}
+
+// q-direction box sum of every row segment [p, jb * L, L) of T[L, b * L] (one block per segment;
+// dynamic shared memory 2 L floats): U[p, jb * L + q] = sum_{a in W_r(q)} T[p, jb * L + a].
+__global__ void qbox_kernel(const float* __restrict__ T, int64_t L, int64_t H, int64_t b, int64_t rad,
+                            float* __restrict__ U) {
+  extern __shared__ float seg[];
+  float* s1 = seg + L;
+  const int64_t p = blockIdx.x / b, jb = blockIdx.x % b;
+  const float* src = T + p * (b * L) + jb * L;
+  for (int64_t q = threadIdx.x; q < L; q += blockDim.x) seg[q] = src[q];
+  __syncthreads();
+  for (int64_t q = threadIdx.x; q < L; q += blockDim.x) {
+    const int64_t w = q % H;
+    float acc = seg[q];
+    for (int64_t d = 1; d <= rad; ++d) {
+      if (w - d >= 0) acc += seg[q - d];
+      if (w + d < H) acc += seg[q + d];
+    }
+    s1[q] = acc;
+  }
+  __syncthreads();
+  float* dst = U + p * (b * L) + jb * L;
+  for (int64_t q = threadIdx.x; q < L; q += blockDim.x) {
+    const int64_t h = q / H;
+    float acc = s1[q];
+    for (int64_t d = 1; d <= rad; ++d) {
+      if (h - d >= 0) acc += s1[q - d * H];
+      if (h + d < H) acc += s1[q + d * H];
+    }
+    dst[q] = acc;
+  }
+}
+
+// p-direction box sum over the rows of in[L, ncols] along one grid axis: out[p, c] = sum over the
+// valid neighbours p' = p + d * step (|d| <= rad) of in[p', c]; step 1: along w (same grid row), step H:
+// along h. Threads run along c (coalesced); the r reads per output hit L2 (neighbouring rows).
+__global__ void pbox_kernel(const float* __restrict__ in, int64_t L, int64_t H, int64_t ncols, int64_t rad,
+                            int64_t step, float* __restrict__ out) {
+  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, p = blockIdx.y;
+  if (c >= ncols) return;
+  const int64_t pos = step == 1 ? p % H : p / H;
+  float acc = in[p * ncols + c];
+  for (int64_t d = 1; d <= rad; ++d) {
+    if (pos - d >= 0) acc += in[(p - d * step) * ncols + c];
+    if (pos + d < H) acc += in[(p + d * step) * ncols + c];
+  }
+  out[p * ncols + c] = acc;
 }
 
 __global__ void interval_mean_kernel(const float* __restrict__ minima, int64_t S, int64_t Nref, int64_t L, int64_t k,
@@ -289,13 +399,74 @@ cudaError_t mutual_minima_launch(cublasHandle_t handle, const float* zq, const f
         return cudaErrorUnknown;  // reported by the entry as a cuBLAS failure
       const int64_t slot0 = Np > 0 ? j0 : j0 - 1;  // j > i: slot j - 1 in i's list
       tile_row_min_kernel<<<(unsigned)((L * b + warps - 1) / warps), warps * 32, 0, stream>>>(
-          tile, L, b, norms + i * L, nj, H, window, i, slot0, Nref, minima);
+          tile, L, b, norms + i * L, nj, nullptr, nullptr, H, window, i, slot0, Nref, minima);
       if (Np == 0) {
         dim3 block(32, kColSlices);
-        tile_col_min_kernel<<<(unsigned)((b * L + 31) / 32), block, 0, stream>>>(tile, L, b, norms + i * L, nj, H,
-                                                                                  window, i, j0, Nref, minima);
+        tile_col_min_kernel<<<(unsigned)((b * L + 31) / 32), block, 0, stream>>>(
+            tile, L, b, norms + i * L, nj, nullptr, nullptr, H, window, i, j0, Nref, minima);
       }
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t ln_features_launch(const float* x, int64_t B, int64_t L, int64_t C, int64_t s0, int64_t s1, float* stats,
+                               float* y, cudaStream_t stream) {
+  if (B == 0 || L == 0) return cudaSuccess;
+  lnamd_stats_kernel<<<(unsigned)B, kStatThreads, 0, stream>>>(x, L, C, s0, s1, stats);
+  const int64_t n = B * L * C, blocks = std::min<int64_t>((n + 255) / 256, 1 << 16);
+  ln_apply_kernel<<<(unsigned)blocks, 256, 0, stream>>>(x, B, L, C, s0, s1, stats, y);
+  return cudaGetLastError();
+}
+
+cudaError_t box_scales_launch(const float* y, int64_t B, int64_t H, int64_t C, int64_t r, float* w, float* nz,
+                              cudaStream_t stream) {
+  if (B == 0 || H == 0) return cudaSuccess;
+  box_scale_kernel<<<(unsigned)(B * H * H), kThreads, 0, stream>>>(y, H * H, H, C, r, w, nz);
+  return cudaGetLastError();
+}
+
+cudaError_t lnamd_minima_launch(cublasHandle_t handle, const float* yq, const float* yp, int64_t Nq, int64_t Np,
+                                int64_t L, int64_t C, int64_t H, int64_t window, const int64_t* r_list, int64_t R,
+                                const float* w, const float* nz, float* T, float* U, float* V, float* minima,
+                                cudaStream_t stream) {
+  const int64_t Nref = Np > 0 ? Np : Nq - 1, Ntot = Nq + Np;
+  if (Nq == 0 || L == 0 || Nref <= 0) return cudaSuccess;
+  const int warps = 8, threads = 256;
+  const int64_t B = mutual_tile_images(L, Nref);
+  cudaError_t e = cudaSuccess;
+  for (int64_t i = 0; i < Nq; ++i) {
+    const float* yi = yq + i * L * C;
+    const int64_t jbeg = Np > 0 ? 0 : i + 1, jend = Np > 0 ? Np : Nq;  // as mutual_minima_launch
+    for (int64_t j0 = jbeg; j0 < jend; j0 += B) {
+      const int64_t b = std::min<int64_t>(B, jend - j0), ncols = b * L;
+      const float* yj = Np > 0 ? yp + j0 * L * C : yq + j0 * L * C;
+      if (tile_dot(handle, kF32, yi, L, yj, ncols, C, T, stream) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+      const int64_t jt = Np > 0 ? Nq + j0 : j0;        // first image j in the [Ntot] token layout
+      const int64_t slot0 = Np > 0 ? j0 : j0 - 1;      // j > i: slot j - 1 in i's list
+      for (int64_t ri = 0; ri < R; ++ri) {
+        const int64_t rad = (r_list[ri] - 1) / 2;
+        const float* S = T;
+        if (rad > 0) {
+          qbox_kernel<<<(unsigned)(L * b), threads, (size_t)(2 * L * sizeof(float)), stream>>>(T, L, H, b, rad, U);
+          const dim3 grid((unsigned)((ncols + threads - 1) / threads), (unsigned)L);
+          pbox_kernel<<<grid, threads, 0, stream>>>(U, L, H, ncols, rad, 1, V);
+          pbox_kernel<<<grid, threads, 0, stream>>>(V, L, H, ncols, rad, H, U);
+          S = U;
+        }
+        const float* wr = w + ri * Ntot * L;
+        const float* nr = nz + ri * Ntot * L;
+        float* mr = minima + ri * Nq * Nref * L;
+        tile_row_min_kernel<<<(unsigned)((L * b + warps - 1) / warps), warps * 32, 0, stream>>>(
+            S, L, b, nr + i * L, nr + jt * L, wr + i * L, wr + jt * L, H, window, i, slot0, Nref, mr);
+        if (Np == 0) {
+          dim3 block(32, kColSlices);
+          tile_col_min_kernel<<<(unsigned)((ncols + 31) / 32), block, 0, stream>>>(
+              S, L, b, nr + i * L, nr + jt * L, wr + i * L, wr + jt * L, H, window, i, j0, Nref, mr);
+        }
+        if ((e = cudaGetLastError()) != cudaSuccess) return e;
+      }
     }
   }
   return cudaGetLastError();

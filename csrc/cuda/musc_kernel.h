@@ -33,6 +33,31 @@ cudaError_t mutual_minima_launch(cublasHandle_t handle, const float* zq, const f
                                  int64_t L, int64_t C, int64_t H, int64_t window, float* norms, float* tile,
                                  float* minima, cudaStream_t stream);
 
+/// Largest L (patches per image) of the one-Gram-for-every-r path of lnamd_mutual_scores (its
+/// q-direction box filter keeps two row segments of L floats in shared memory).
+constexpr int64_t kMusCBoxMaxL = 6144;
+
+/// LayerNorm-ed tokens of B images (one mean / rstd per image, as lnamd): x [B, L, C] with strides
+/// (s0, s1, 1) -> y [B, L, C] contiguous. @param stats  2 * B floats out (mean, rstd)
+cudaError_t ln_features_launch(const float* x, int64_t B, int64_t L, int64_t C, int64_t s0, int64_t s1, float* stats,
+                               float* y, cudaStream_t stream);
+
+/// Per token of y [B, H * H, C]: w = 1 / |box_r sum of y around the token| and nz = |that sum * w|^2
+/// (the squared norm of the LNAMD vector as rounded); w, nz: B * H * H floats out.
+cudaError_t box_scales_launch(const float* y, int64_t B, int64_t H, int64_t C, int64_t r, float* w, float* nz,
+                              cudaStream_t stream);
+
+/// Minimum squared distances of lnamd_mutual_scores from ONE Gram per image pair for all R sizes in
+/// r_list: tile T = y_i y_j^T, box-filtered over both patch grids per r into U (V: scratch), then
+/// d2 = nz_p + nz_q - 2 w_p w_q S and the row / column minima as mutual_minima_launch.
+/// yq [Nq, L, C], yp [Np, L, C] (pool mode when Np > 0) LayerNorm-ed, contiguous; w, nz [R, Nq + Np, L]
+/// from box_scales_launch; T, U, V: L * mutual_tile_images(L, Nref) * L floats each; minima
+/// [R, Nq, Nref, L] out. L = H * H <= kMusCBoxMaxL.
+cudaError_t lnamd_minima_launch(cublasHandle_t handle, const float* yq, const float* yp, int64_t Nq, int64_t Np,
+                                int64_t L, int64_t C, int64_t H, int64_t window, const int64_t* r_list, int64_t R,
+                                const float* w, const float* nz, float* T, float* U, float* V, float* minima,
+                                cudaStream_t stream);
+
 /// out[s, p] = mean of the k smallest sqrt(minima[s, :, p]) (k <= kMusCMaxK), s < S.
 cudaError_t interval_mean_launch(const float* minima, int64_t S, int64_t Nref, int64_t L, int64_t k, float* out,
                                  cudaStream_t stream);

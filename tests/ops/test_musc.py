@@ -270,3 +270,33 @@ def test_lnamd_mutual_scores_wide_boxes(cpu_path, r_list, gen):
             z = O.lnamd_official([x], r)[0]
             want = O.msm_official(z) if not window else ref.mutual_scores(z, 1, window=window)
             assert (got[i].double() - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("r_list", [[7], [9, 3], [7, 1]])
+def test_lnamd_mutual_scores_wide_boxes_device(device, r_list, gen):
+    # the device's own paths (CUDA: one r by composition; two or more: one Gram per pair,
+    # box-filtered per r) with boxes wider than the 5 x 5 grid, with and without a window
+    x = _tokens(6, 5, 40, gen, clustered=True)
+    for window in (0, 3):
+        got = fastad.ops.lnamd_mutual_scores(x[:, 1:].to(device), r_list, same_position=window or None)
+        assert got.device.type == device.type
+        for i, r in enumerate(r_list):
+            z = O.lnamd_official([x], r)[0]
+            want = O.msm_official(z) if not window else ref.mutual_scores(z, 1, window=window)
+            assert (got[i].cpu().double() - want).abs().max().item() <= 1e-5
+
+
+def test_lnamd_mutual_scores_cuda_tile_batches(gen):
+    # the official grid (37 x 37) with more images than one CUDA tile holds (35 per 256 MiB at
+    # L = 1369), self and pool mode, with and without a window: CUDA against the CPU kernel
+    if not (fastad.build_info()["cuda_compiled"] and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA build and a GPU")
+    x = _tokens(40, 37, 16, gen, cls=False, clustered=True)
+    for window in (0, 3):
+        want = fastad.ops.lnamd_mutual_scores(x, [1, 3, 5], same_position=window or None)
+        got = fastad.ops.lnamd_mutual_scores(x.cuda(), [1, 3, 5], same_position=window or None).cpu()
+        assert (got - want).abs().max().item() <= 1e-5
+    q, pool = x[:3], x[3:]
+    want = fastad.ops.lnamd_mutual_scores(q, [1, 5], pool=pool)
+    got = fastad.ops.lnamd_mutual_scores(q.cuda(), [1, 5], pool=pool.cuda()).cpu()
+    assert (got - want).abs().max().item() <= 1e-5

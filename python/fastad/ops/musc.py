@@ -140,9 +140,11 @@ def lnamd_mutual_scores(
 ) -> torch.Tensor:
     """``mutual_scores(lnamd(tokens, r))`` for every r in ``r_list``, fused.
 
-    On CPU, LNAMD's r x r mean is linear, so the inner products of pooled features are a box filter
-    of the Gram tile of the LayerNorm-ed tokens: one GEMM per image pair serves every r (a 3x cut of
-    the GEMM work at ``r_list=[1, 3, 5]``), and the pair is computed once for both directions.
+    LNAMD's r x r mean is linear, so the inner products of pooled features are a box filter of the
+    Gram tile of the LayerNorm-ed tokens: one GEMM per image pair serves every r (a 3x cut of the GEMM
+    work at ``r_list=[1, 3, 5]``), and the pair is computed once for both directions. CPU: always;
+    CUDA: when ``r_list`` has two or more sizes (a single r runs :func:`lnamd` then
+    :func:`mutual_scores`, which measured faster there) and ``L <= 6144``.
 
     Args:
         tokens: ``Tensor[N, L, C]`` raw patch tokens of one layer (CLS removed, ``L = H * H``).
