@@ -20,7 +20,10 @@ TORCH_LIBRARY(fastad, m) {
   // coreset: greedy k-center (farthest point sampling) selection of n rows of bank [N, D], starting at
   // row `start` -> (indices [n] int64, min_distances [n] float32: the Euclidean distance of each chosen
   // row to the rows chosen before it; min_distances[0] = +inf). Deterministic; argmax ties -> smaller index.
-  m.def("coreset(Tensor bank, int n, int start=0) -> (Tensor, Tensor)");
+  // progress: optional CPU int64 tensor; progress[0] = centres chosen so far (CPU: updated after every
+  // step while the op runs, for a progress bar polled from another thread; CUDA: n once the device loop
+  // is enqueued).
+  m.def("coreset(Tensor bank, int n, int start=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
   // ---- MuSc (issue 5): zero-shot mutual scoring ---------------------------------------------
   // LNAMD: per-image LayerNorm over (C, H, W) jointly (no affine, eps 1e-5) -> r x r mean with zero
   // padding counted -> per-token L2 normalisation. tokens [B, L, C] (CLS removed, L = H*H) -> [B, L, C].

@@ -97,6 +97,8 @@ void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int
 /// @param out_d    n floats: Euclidean distance of each chosen row to the rows chosen before it
 ///                 (out_d[0] = +inf: the distance to the empty set)
 /// @param prune    allow triangle-inequality pruning (adaptive, see below); results are identical
+/// @param progress nullptr, or a counter set to the number of centres chosen so far after every step
+///                 (relaxed atomic stores: another thread polls it for a progress bar)
 /// @return false if some squared distance was NaN or Inf (the bank holds NaN/Inf or overflows fp32)
 ///
 /// Pruning policy: a step that prunes needs the distances from the new centre to all s chosen
@@ -107,7 +109,10 @@ constexpr int64_t kCoresetPruneGain = 2;
 constexpr int64_t kCoresetPruneMaxBackoff = 256;
 
 bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
-                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune) {
+                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune, int64_t* progress) {
+  auto report = [progress](int64_t chosen) {
+    if (progress) __atomic_store_n(progress, chosen, __ATOMIC_RELAXED);
+  };
   const size_t esize = dtype == kCoresetF32 ? 4 : 2;
   const char* base = static_cast<const char*>(bank);
   // FASTAD_SIMD=generic forces the portable path (used by the tests to cover it on AVX2 machines).
@@ -132,6 +137,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   int64_t cur = start;
   out_idx[0] = start;
   out_d[0] = std::numeric_limits<float>::infinity();
+  report(1);
   int64_t next_try = 2, backoff = 1;  // pruning needs >= 2 centres
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
@@ -188,14 +194,17 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     cur = best.index;
     out_idx[step] = cur;
     out_d[step] = std::sqrt(std::max(best.value, 0.f));
+    report(step + 1);
   }
   return true;
 }
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n, int64_t start) {
+std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n, int64_t start,
+                                               const std::optional<at::Tensor>& progress) {
   check_coreset_args("coreset", bank, n, start);
+  int64_t* prog = coreset_progress_ptr("coreset", progress);
   const int64_t N = bank.size(0), D = bank.size(1);
   const at::Tensor b = bank.contiguous();
   const int dtype = b.scalar_type() == at::kHalf ? kCoresetF16 : b.scalar_type() == at::kBFloat16 ? kCoresetBF16
@@ -209,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n
   const bool prune = prune_env == nullptr || std::string_view(prune_env) != "0";
   const bool ok = coreset_select(b.data_ptr(), dtype, N, D, n, start, mind.data_ptr<float>(),
                                  assign.data_ptr<int32_t>(), out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>(),
-                                 prune);
+                                 prune, prog);
   TORCH_CHECK(ok, "coreset: bank must hold finite values, but a squared distance was NaN or Inf "
                   "(the bank contains NaN/Inf, or values whose squared differences overflow float32)");
   return {out_idx, out_d};

@@ -15,8 +15,10 @@ int dtype_code(const at::Tensor& t);  // knn_cuda.cpp: 0 f32, 1 f16, 2 bf16
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> coreset_cuda(const at::Tensor& bank, int64_t n, int64_t start) {
+std::tuple<at::Tensor, at::Tensor> coreset_cuda(const at::Tensor& bank, int64_t n, int64_t start,
+                                                const std::optional<at::Tensor>& progress) {
   check_coreset_args("coreset", bank, n, start);
+  int64_t* prog = coreset_progress_ptr("coreset", progress);  // CPU counter: set once the loop is enqueued
   c10::cuda::CUDAGuard guard(bank.device());
   const int64_t N = bank.size(0), D = bank.size(1);
   const at::Tensor b = bank.contiguous();
@@ -29,6 +31,7 @@ std::tuple<at::Tensor, at::Tensor> coreset_cuda(const at::Tensor& bank, int64_t 
                                    out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>(),
                                    c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "coreset: CUDA kernel launch failed: ", cudaGetErrorString(err));
+  if (prog) *prog = n;  // the device loop reports no steps (no host synchronisation per step)
   return {out_idx, out_d};
 }
 

@@ -80,4 +80,15 @@ void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64
   TORCH_CHECK(N < (int64_t(1) << 31), op, ": bank must have fewer than 2^31 rows, got ", N);
 }
 
+int64_t* coreset_progress_ptr(const char* op, const std::optional<at::Tensor>& progress) {
+  if (!progress) return nullptr;
+  const at::Tensor& p = *progress;
+  TORCH_CHECK(p.device().is_cpu(), op, ": progress must be a CPU tensor (it is polled from the host), got device ",
+              p.device());
+  TORCH_CHECK(p.scalar_type() == at::kLong, op, ": progress must be int64, got ", p.scalar_type());
+  TORCH_CHECK(p.numel() >= 1 && p.is_contiguous(), op,
+              ": progress must be a contiguous tensor with at least one element, got shape ", shape_str(p));
+  return p.data_ptr<int64_t>();
+}
+
 }  // namespace fastad

@@ -27,5 +27,7 @@ void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64
                           const std::optional<at::Tensor>& exclude_group);
 // coreset: bank [N, D] 2-D, N >= 1, D >= 1, fp32/fp16/bf16; 1 <= n <= N; 0 <= start < N.
 void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start);
+/// The progress counter of coreset (nullptr when absent), checked: CPU, int64, contiguous, >= 1 element.
+int64_t* coreset_progress_ptr(const char* op, const std::optional<at::Tensor>& progress);
 
 }  // namespace fastad

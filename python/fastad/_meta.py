@@ -73,8 +73,14 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
 
 # coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/ops/checks.cpp check_coreset_args).
 @torch.library.register_fake("fastad::coreset")
-def _coreset_fake(bank, n, start=0):
+def _coreset_fake(bank, n, start=0, progress=None):
     op = "coreset"
+    if progress is not None:
+        _check(progress.device.type == "cpu",
+               f"{op}: progress must be a CPU tensor (it is polled from the host), got device {progress.device}")
+        _check(progress.dtype == torch.int64, f"{op}: progress must be int64, got {progress.dtype}")
+        _check(progress.numel() >= 1,
+               f"{op}: progress must be a contiguous tensor with at least one element, got shape {list(progress.shape)}")
     _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got {bank.dim()}-D tensor of shape {list(bank.shape)}")
     _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
     N = bank.shape[0]

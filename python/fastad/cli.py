@@ -249,13 +249,13 @@ def fit_detector(
     else:
         fit_ds, cal_ds = train_ds, None
     was = getattr(det, "progress", None)
-    if was is not None:
-        det.progress = False  # our bars (over images) replace the detector's (over batches)
+    if was is not None:  # our bars (over images) replace the detector's (over batches); PatchCore keeps
+        det.progress = "coreset" if progress and hasattr(det, "coreset_ratio") else False  # its coreset bar
     try:
         with sw("fit"):
             feed = _batches(fit_ds, batch_size, num_workers, "fit: images" if progress else False)
             if progress:
-                step = ("building the memory bank (coreset selection, no progress bar)" if hasattr(det, "coreset_ratio")
+                step = ("building the memory bank (coreset selection)" if hasattr(det, "coreset_ratio")
                         else "building the model")
                 feed = _then(feed, f"fit: features of {len(fit_ds)} images extracted; {step}...")
             det.fit(feed)

@@ -139,6 +139,44 @@ def test_coreset_opcheck(gen):
     b = _bank(120, 7, gen)
     torch.library.opcheck(torch.ops.fastad.coreset.default, (b, 10, 3))
     torch.library.opcheck(torch.ops.fastad.coreset.default, (b.half(), 1, 0))
+    torch.library.opcheck(torch.ops.fastad.coreset.default, (b, 10, 3, torch.zeros(1, dtype=torch.int64)))
+
+
+def test_coreset_progress_counter(device, gen):
+    b = _bank(5000, 24, gen).to(device)
+    want = fastad.ops.coreset(b, 300, start=7)
+    counter = torch.full((1,), -1, dtype=torch.int64)
+    got = torch.ops.fastad.coreset(b, 300, 7, counter)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert counter.item() == 300  # CPU: after every step; CUDA: once the device loop is enqueued
+    ri, rd = ref.coreset(b.cpu(), 20, 7, counter)
+    assert counter.item() == 20 and torch.equal(ri, fastad.ops.coreset(b, 20, start=7)[0].cpu())
+
+
+def test_coreset_progress_bar_same_result(gen, capsys):
+    # the wrapper's progress path runs the op in a worker thread and polls the counter for tqdm
+    b = _bank(20000, 32, gen)
+    want = fastad.ops.coreset(b, 400, start=3)
+    got = fastad.ops.coreset(b, 400, start=3, progress=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert "coreset" in capsys.readouterr().err  # the bar was drawn (tqdm writes to stderr)
+    with pytest.raises(RuntimeError, match="finite"):  # errors of the worker reach the caller
+        bad = b.clone()
+        bad[5, 0] = float("nan")
+        fastad.ops.coreset(bad, 10, progress=True)
+
+
+@pytest.mark.parametrize(
+    "progress,match",
+    [
+        (torch.zeros(1, dtype=torch.int32), "progress must be int64, got Int"),
+        (torch.zeros(0, dtype=torch.int64), "at least one element"),
+        (torch.zeros(4, dtype=torch.int64)[::2], "contiguous"),
+    ],
+)
+def test_coreset_progress_errors(progress, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.fastad.coreset(torch.randn(10, 3), 2, 0, progress)
 
 
 @pytest.mark.parametrize(

@@ -285,7 +285,8 @@ class BaseDetector:
         n = self._n_images(X)
         total = None if n is None else math.ceil(n / max(1, int(self.batch_size)))
         it = self._image_batches(X)
-        for batch in _progress(it, enabled=bool(getattr(self, "progress", False)), desc=desc, total=total):
+        p = getattr(self, "progress", False)  # "coreset" (PatchCore): only the coreset's bar
+        for batch in _progress(it, enabled=bool(p) and p != "coreset", desc=desc, total=total):
             device = self._run_device(batch)
             with timer("extraction"), torch.no_grad():
                 feats = self._as_maps(self._get_extractor(device)(batch.to(device)), tuple(batch.shape[-2:]))

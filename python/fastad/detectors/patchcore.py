@@ -62,7 +62,8 @@ class PatchCore(BaseDetector):
         batch_size: images per backbone batch.
         device: where features are extracted and the bank lives (default: the input's device).
         random_state: seed of the coreset selection.
-        progress: show progress bars.
+        progress: show progress bars (``True``: feature extraction and coreset selection;
+            ``"coreset"``: only the coreset selection's; ``False``: none).
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
     ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
@@ -83,7 +84,7 @@ class PatchCore(BaseDetector):
         batch_size: int = 16,
         device=None,
         random_state: int = 0,
-        progress: bool = True,
+        progress: bool | str = True,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -169,7 +170,8 @@ class PatchCore(BaseDetector):
                 # anomalib starts from torch.randint(N) on the global generator; here a seeded draw.
                 g = torch.Generator().manual_seed(int(self.random_state))
                 start = int(torch.randint(n, (1,), generator=g))
-                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start)
+                idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
+                                     progress=bool(self.progress))
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)

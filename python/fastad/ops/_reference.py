@@ -60,12 +60,13 @@ def group_min(query, bank, group_size, metric="l2", exclude_group=None):
     return out
 
 
-def coreset(bank, n, start=0):
+def coreset(bank, n, start=0, progress=None):
     """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
 
     Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
     ``min_distances[0] = inf``; each next index maximises the distance to the chosen set among the rows
-    not chosen yet (ties: smaller index).
+    not chosen yet (ties: smaller index). ``progress`` (``Tensor[>= 1]`` int64), when given, holds the
+    number of centres chosen so far in ``progress[0]``.
     """
     x = bank.double()
     N = x.shape[0]
@@ -81,6 +82,10 @@ def coreset(bank, n, start=0):
         nxt = int(torch.argmax(cand))  # first maximum = smallest index
         idx.append(nxt)
         dist.append(float(mind[nxt]))
+        if progress is not None:
+            progress.view(-1)[0] = len(idx)
+    if progress is not None:
+        progress.view(-1)[0] = len(idx)
     return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
 # ---- MuSc (issue 5) ------------------------------------------------------------------------------
 # Direct (float64) formulations; tests/musc_oracle.py holds the port of the official code.

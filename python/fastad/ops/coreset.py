@@ -3,6 +3,7 @@ random projection (PatchCore's memory-bank subsampling)."""
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -16,6 +17,9 @@ PROJECTION_BLOCK_ROWS = 16384
 #: zero column adds (0 - 0)^2 = 0), so every row is a whole number of 16-float / 16-half SIMD blocks and
 #: 32/64-byte aligned. Measured: 50,000 x 267 fp16 streams 1.4x faster padded to 272 (RESULTS.md).
 PROJECTION_PAD = 16
+
+#: Seconds between two reads of the op's progress counter while a progress bar is shown.
+PROGRESS_POLL_S = 0.1
 
 #: ``eps`` of the Johnson-Lindenstrauss bound used by ``projection_dim="auto"`` (anomalib's value).
 JL_EPS = 0.9
@@ -99,6 +103,7 @@ def coreset(
     seed: int = 0,
     start: int = 0,
     storage_dtype: torch.dtype | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-center (farthest point sampling) selection of ``n`` bank rows.
 
@@ -128,6 +133,9 @@ def coreset(
             ``None`` keeps the bank's dtype (a projected bank is float32). A projected bank is small
             enough that fp16 storage may keep it in the last-level cache: measured 3x faster per step
             at 50,000 x 267 (benchmarks/RESULTS.md, "## coreset").
+        progress: show a tqdm bar of the centres chosen (CPU banks: the op runs in a worker thread,
+            which it allows by releasing the GIL, and reports every step through a counter; the result
+            is the same). On CUDA the loop runs on the device without host synchronisation, so no bar.
 
     Returns:
         ``(indices Tensor[n] int64, min_distances Tensor[n] float32)`` on the bank's device:
@@ -169,4 +177,33 @@ def coreset(
         x = x.to(storage_dtype)
     if x.device.type != "cpu" and x.dim() == 2:  # the CPU kernel detects NaN/Inf itself, for free
         check_finite("bank", "coreset", x)
+    if progress and x.device.type == "cpu" and int(n) > 1:
+        return _coreset_with_progress(x, int(n), int(start))
     return torch.ops.fastad.coreset(x, int(n), int(start))
+
+
+def _coreset_with_progress(x: torch.Tensor, n: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.fastad.coreset(x, n, start)`` in a worker thread while this thread draws a tqdm bar
+    from the op's progress counter (errors are re-raised here)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a runtime dependency, but never fail on a progress bar
+        return torch.ops.fastad.coreset(x, n, start)
+    counter = torch.zeros(1, dtype=torch.int64)
+    box: dict = {}
+
+    def work():
+        try:
+            box["out"] = torch.ops.fastad.coreset(x, n, start, counter)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["err"] = e
+
+    worker = threading.Thread(target=work, name="fastad-coreset", daemon=True)
+    with tqdm(total=n, desc="coreset", unit="centre", leave=False) as bar:
+        worker.start()
+        while worker.is_alive():
+            worker.join(PROGRESS_POLL_S)
+            bar.update(int(counter[0]) - bar.n)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
