@@ -477,7 +477,8 @@ def cmd_fit(a) -> int:
         device=device, progress=not a.quiet,
     )
     if a.detector == "patchcore":
-        params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed)
+        params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
+                      coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage)
     else:
         params.update(k_images=a.k_images)
     with sw("load backbone"):
@@ -700,6 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
     f.add_argument("--image-size", type=_pos_int, default=224)
     f.add_argument("--coreset-ratio", type=_ratio, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
+    f.add_argument("--coreset-storage", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
     f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
     f.add_argument("--k-images", type=_pos_int, default=50, help="SPADE: nearest training images (default 50)")
     f.add_argument("--max-train", type=_pos_int, default=None, help="use at most this many training images (seeded sample)")

@@ -237,6 +237,8 @@ def test_bad_params(tiny_backbone, images):
         PatchCore(backbone=tiny_backbone, coreset_ratio=0, progress=False).fit(train)
     with pytest.raises(ValueError, match="blur_border"):
         PatchCore(backbone=tiny_backbone, blur_border="wrap", progress=False).fit(train)
+    with pytest.raises(ValueError, match="coreset_storage must be None, 'float32', 'float16' or 'bfloat16', got 'int8'"):
+        PatchCore(backbone=tiny_backbone, coreset_storage="int8", progress=False).fit(train)
     with pytest.raises(ValueError, match="k_images"):
         SPADE(backbone=tiny_backbone, k_images=0, progress=False).fit(train)
     with pytest.raises(ValueError, match="no training"):
@@ -302,3 +304,21 @@ def test_vit_backbone_tokens_become_maps():
     assert d.feature_grid_ == (64 // ps, 64 // ps)
     s, m = d.score(x[:2])
     assert s.shape == (2,) and m.shape == (2, 64, 64)
+
+
+def test_coreset_storage_option_and_roundtrip(tmp_path):
+    """coreset_storage: the selection streams a half-precision copy; the bank keeps float32 rows of the
+    training features, and the option is saved with the model."""
+    gen = torch.Generator().manual_seed(1)
+    feats = {"a": torch.randn(4, 6, 8, 8, generator=gen), "b": torch.randn(4, 10, 4, 4, generator=gen)}
+    full = PatchCore(backbone=None, coreset_ratio=1.0, projection_dim=None, progress=False).fit_features(
+        feats, image_size=(32, 32))
+    for storage in ("float16", "bfloat16"):
+        d = PatchCore(backbone=None, coreset_ratio=0.25, projection_dim=None, coreset_storage=storage, progress=False)
+        d.fit_features(feats, image_size=(32, 32))
+        bank = d.memory_bank_
+        assert bank.shape == (64, 16) and bank.dtype == torch.float32
+        # every bank row is one of the training rows, unrounded
+        assert (bank[:, None, :] == full.memory_bank_[None]).all(-1).any(1).all()
+        e = det_mod.load(d.save(tmp_path / f"{storage}.safetensors"))
+        assert e.coreset_storage == storage

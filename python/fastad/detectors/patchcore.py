@@ -62,6 +62,10 @@ class PatchCore(BaseDetector):
         batch_size: images per backbone batch.
         device: where features are extracted and the bank lives (default: the input's device).
         random_state: seed of the coreset selection.
+        coreset_storage: dtype the (projected) bank is stored in while the coreset is selected:
+            ``None`` (float32, as anomalib), ``"float16"`` or ``"bfloat16"`` (half the bytes streamed per
+            greedy step: ~2x faster selection on CPU, where each step reads the whole bank; the
+            arithmetic stays float32, but rounding can change which of two near-equal rows is chosen).
         progress: show progress bars (``True``: feature extraction and coreset selection;
             ``"coreset"``: only the coreset selection's; ``False``: none).
 
@@ -85,6 +89,7 @@ class PatchCore(BaseDetector):
         device=None,
         random_state: int = 0,
         progress: bool | str = True,
+        coreset_storage: str | None = None,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -99,6 +104,7 @@ class PatchCore(BaseDetector):
         self.device = device
         self.random_state = random_state
         self.progress = progress
+        self.coreset_storage = coreset_storage
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -113,6 +119,10 @@ class PatchCore(BaseDetector):
             raise ValueError(f"{name}: blur_sigma must be >= 0 or None, got {self.blur_sigma!r}")
         if self.target_dim is not None and not (isinstance(self.target_dim, int) and self.target_dim >= 1):
             raise ValueError(f"{name}: target_dim must be None or an int >= 1, got {self.target_dim!r}")
+        if self.coreset_storage not in (None, "float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"{name}: coreset_storage must be None, 'float32', 'float16' or 'bfloat16', got {self.coreset_storage!r}"
+            )
 
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
@@ -170,8 +180,9 @@ class PatchCore(BaseDetector):
                 # anomalib starts from torch.randint(N) on the global generator; here a seeded draw.
                 g = torch.Generator().manual_seed(int(self.random_state))
                 start = int(torch.randint(n, (1,), generator=g))
+                storage = getattr(torch, self.coreset_storage) if self.coreset_storage else None
                 idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
-                                     progress=bool(self.progress))
+                                     storage_dtype=storage, progress=bool(self.progress))
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)
