@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastad.cli import main
@@ -177,6 +178,9 @@ def test_errors_bad_arguments(tree, tmp_path, capsys):
         main(["fit", "--data", str(tree), "--out", str(tmp_path / "m.st"), "--coreset-ratio", "2"])
     assert e.value.code == 2
     assert "--coreset-ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--data", str(tree), "--out", str(tmp_path / "m.st"), "--projection-dim", "0"])
+    assert e.value.code == 2 and "--projection-dim" in capsys.readouterr().err
     line = run_err(["fit", "--data", str(tree / "train" / "good" / "000.png"), "--out", str(tmp_path / "m.st")] + FIT, capsys)
     assert "is not a folder" in line
 
@@ -258,3 +262,14 @@ def test_resize_mode_is_stored_and_reused(tree, model, tmp_path, monkeypatch, ca
     assert main(["predict", "--model", str(path), "--data", str(tree), "--out", str(tmp_path / "p2"), "-q",
                  "--resize", "squash"]) == 0
     assert seen[-1] == "squash" and "fitted with --resize shorter_crop" in capsys.readouterr().err
+
+
+def test_fit_coreset_options_are_stored(tree, tmp_path):
+    from fastad.detectors import load
+
+    path = tmp_path / "opts.safetensors"
+    assert main(["fit", "--data", str(tree), "--out", str(path), "--projection-dim", "none",
+                 "--coreset-storage", "float16"] + FIT) == 0
+    det = load(path)
+    assert det.projection_dim is None and det.coreset_storage == "float16"
+    assert det.memory_bank_.dtype == torch.float32

@@ -478,7 +478,8 @@ def cmd_fit(a) -> int:
     )
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
-                      coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage)
+                      coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
+                      projection_dim=a.projection_dim)
     else:
         params.update(k_images=a.k_images)
     with sw("load backbone"):
@@ -649,6 +650,18 @@ def _ratio(s: str) -> float:
     return v
 
 
+def _projection(s: str):
+    if s in ("auto", "none"):
+        return None if s == "none" else "auto"
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'none' or an int >= 1, got {s}")
+    return v
+
+
 def _fraction(s: str) -> float:
     v = float(s)
     if not 0 <= v < 1:
@@ -701,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
     f.add_argument("--image-size", type=_pos_int, default=224)
     f.add_argument("--coreset-ratio", type=_ratio, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
+    f.add_argument("--projection-dim", type=_projection, default="auto",
+                   help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size), "
+                        "'none' (select in the feature dimension) or an int")
     f.add_argument("--coreset-storage", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
     f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
