@@ -273,3 +273,34 @@ def test_fit_coreset_options_are_stored(tree, tmp_path):
     det = load(path)
     assert det.projection_dim is None and det.coreset_storage == "float16"
     assert det.memory_bank_.dtype == torch.float32
+
+
+def test_zeroshot_musc_report(tree, tmp_path, capsys):
+    """`fastad zeroshot`: MuSc over the test split (8 images score each other), report + metrics, and
+    the report's scores are MuSc's own on the same images."""
+    from fastad.cli import open_dataset
+    from fastad.detectors import MuSc
+    from fastad.features import get_backbone
+
+    out = tmp_path / "zs"
+    argv = ["zeroshot", "--data", str(tree), "--out", str(out), "--backbone", "random_vit", "--num-workers", "0",
+            "--batch-size", "3", "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "MuSc (random_vit) on 8 images" in printed and "image AUROC" in printed
+    html, rows, doc = check_report(out, 8)
+    assert "image_auroc" in doc["metrics"] and "pixel_auroc" in doc["metrics"]
+    ds = open_dataset(tree, "test", image_size=64, normalize=False)
+    X = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    want, _ = MuSc(backbone=get_backbone("random_vit"), progress=False).score(X)
+    got = {Path(r["path"]).resolve(): float(r["score"]) for r in rows}
+    assert len(got) == len(ds)
+    for i in range(len(ds)):
+        assert abs(got[Path(ds.paths[i]).resolve()] - float(want[i])) <= 1e-5 * max(1.0, abs(float(want[i])))
+    # too few images to average int(0.3 * (n - 1)) others: the op's one-line error; a CNN is refused
+    line = run_err(["zeroshot", "--data", str(tree), "--out", str(tmp_path / "z1"), "--backbone", "random_vit",
+                    "--max-images", "2", "-q"], capsys)
+    assert "score at least 5 images together" in line
+    line = run_err(["zeroshot", "--data", str(tree), "--out", str(tmp_path / "z2"), "--backbone", "random_cnn", "-q"],
+                   capsys)
+    assert "needs a ViT backbone" in line

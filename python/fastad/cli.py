@@ -5,6 +5,7 @@ Sub-commands::
     fastad fit      --data DIR --out MODEL [--detector patchcore|spade] [--backbone efficientnet_lite0] ...
     fastad predict  --model MODEL --data DIR --out REPORT_DIR     scores, heatmaps, report
     fastad evaluate --model MODEL --data DIR --out REPORT_DIR     the same plus metrics (needs ground truth)
+    fastad zeroshot --data DIR --out REPORT_DIR                   MuSc: the images score each other, no training
     fastad demo     [--data DIR] [--out DIR]                      PatchCore end to end (ELPV by default)
     fastad bench    [NAME ...]                                    runs benchmarks/bench_*.py of a checkout
     fastad info                                                   build information
@@ -137,12 +138,13 @@ def subsample(ds, n: int | None, seed: int = 0, *, stratify: bool = False):
     return _Subset(ds, sorted(rng.sample(range(len(ds)), n)))
 
 
-def open_dataset(path, split: str, *, image_size=224, resize: str = "squash"):
+def open_dataset(path, split: str, *, image_size=224, resize: str = "squash", normalize: bool = True):
     """The images of ``path`` for ``split`` (``"train"`` or ``"test"``).
 
     An MVTec-layout folder gives ``MVTecDataset(path, split)``; a folder without ``train/`` and
-    ``test/`` sub-folders is a plain folder of images (``ImageFolder``). Raises :class:`CLIError`
-    for a missing path, a file given as folder, or a folder without readable images.
+    ``test/`` sub-folders is a plain folder of images (``ImageFolder``). ``normalize=False`` gives
+    images in [0, 1] (else ImageNet-normalised). Raises :class:`CLIError` for a missing path, a file
+    given as folder, or a folder without readable images.
     """
     from fastad.data import ImageFolder, MVTecDataset
 
@@ -159,8 +161,10 @@ def open_dataset(path, split: str, *, image_size=224, resize: str = "squash"):
                     f"{str(p)!r} looks like an MVTec AD folder but has no {split}/ sub-folder "
                     f"(expected {split}/good/{' and test/<defect_type>/' if split == 'test' else ''})"
                 )
-            return MVTecDataset(p, split, image_size=image_size, resize=resize)
-        return ImageFolder(p, image_size=image_size, resize=resize)
+            norm = {} if normalize else {"mean": None, "std": None}
+            return MVTecDataset(p, split, image_size=image_size, resize=resize, **norm)
+        norm = {} if normalize else {"mean": None, "std": None}
+        return ImageFolder(p, image_size=image_size, resize=resize, **norm)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
 
@@ -563,6 +567,109 @@ def cmd_evaluate(a) -> int:
     return _cmd_score(a, evaluate=True)
 
 
+class _PrecomputedScores:
+    """What :func:`score_to_report` needs of a detector, for images already scored as one batch
+    (MuSc): hands out the scores and maps in dataset order; images are in [0, 1] (no un-normalising)."""
+
+    def __init__(self, scores, maps, threshold=None):
+        import types
+
+        self._scores, self._maps, self._i = scores.detach().cpu(), maps.detach().cpu(), 0
+        self.threshold_ = threshold
+        self._backbone_obj = types.SimpleNamespace(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+    def score(self, images):
+        i, n = self._i, images.shape[0]
+        if i + n > self._scores.numel():
+            raise RuntimeError("zeroshot: more images than were scored")
+        self._i += n
+        return self._scores[i : i + n], self._maps[i : i + n]
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        v = [int(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        v = []
+    if not v or min(v) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated non-negative ints, got {s!r}")
+    return v
+
+
+def cmd_zeroshot(a) -> int:
+    """MuSc zero-shot: every image of DIR (its test/ split, or a plain folder) is scored by the others."""
+    import torch
+
+    from fastad.detectors import MuSc
+    from fastad.features import get_backbone
+
+    sw = Stopwatch()
+    device = resolve_device(a.device)
+    progress = not a.quiet
+    with sw("load backbone"):
+        try:
+            bb = get_backbone(a.backbone, weights=_weights_arg(a.weights), device=device)
+        except (KeyError, ValueError) as e:
+            raise CLIError(str(e).strip("'\"")) from None
+        if getattr(bb, "kind", None) != "vit":
+            raise CLIError(f"zeroshot (MuSc) needs a ViT backbone (patch tokens + CLS), got {a.backbone!r}")
+    size = a.image_size or int(getattr(bb, "image_size", 224))
+    layers = [int(t) if t.strip().lstrip("-").isdigit() else t.strip() for t in a.layers.split(",")] if a.layers else None
+    k_list = None if a.k_list == [0] else a.k_list
+    det = MuSc(backbone=bb, layers=layers, image_size=size, r_list=tuple(a.r_list), fraction=a.fraction,
+               k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
+               random_state=a.seed, progress=False, device=device)
+    resize = a.resize or "squash"
+    with sw("load data"):
+        ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
+        ds = subsample(ds, a.max_images, a.seed, stratify=True)
+    labelled = _has_labels(ds)
+    print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({size} px, device {device}, "
+          f"divide_num {a.divide_num})")
+    tokens: list[list] = []
+    cls, groups, n = [], [], 0
+    it = iter(_batches(ds, a.batch_size, a.num_workers, "zeroshot: features" if progress else False))
+    while True:
+        with sw("read images"):
+            b = next(it, None)
+        if b is None:
+            break
+        with sw("features"):
+            t, c = det.extract(b["image"].to(device))
+        tokens.append(t)
+        cls.append(c)
+        n += b["image"].shape[0]
+        if labelled:
+            groups += list(b["defect_type"])
+    if n < 2:
+        raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
+    layer_tokens = [torch.cat([t[li] for t in tokens]) for li in range(len(tokens[0]))]
+    del tokens
+    with sw("mutual scoring"):
+        det.progress = progress
+        scores, maps = det.score_tokens(layer_tokens, torch.cat(cls), groups=groups or None)
+        det.progress = False
+    del layer_tokens
+    thr = float(torch.quantile(scores.double().cpu(), 1.0 - a.contamination)) if a.contamination > 0 else None
+    info = {
+        "command": "zeroshot", "detector": "MuSc", "backbone": a.backbone, "data": str(a.data), "images": n,
+        "image size": f"{size}x{size}", "device": device, "divide_num": a.divide_num,
+        "threshold": f"the top {a.contamination:g} of the scores" if thr is not None else "none",
+    }
+    doc = score_to_report(
+        _PrecomputedScores(scores, maps.float(), thr), ds, a.out, sw=sw, evaluate=labelled,
+        batch_size=a.batch_size, num_workers=a.num_workers, progress=progress, top_k=a.top_k, heatmaps=a.heatmaps,
+        title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
+    )
+    _print_metrics(doc["metrics"], doc["per_type"])
+    s = doc["summary"]
+    if s.get("threshold") is not None:
+        print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
+    print(sw.table())
+    print(f"report: {doc['index']}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from fastad import demo
 
@@ -746,6 +853,33 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
         common(e)
         e.set_defaults(func=fn)
+
+    z = sub.add_parser("zeroshot", help="MuSc zero-shot: the images score each other (no training) + report",
+                       description="MuSc (Li et al., ICLR 2024) zero-shot: every image of DIR (the test/ split of an "
+                                   "MVTec-layout folder, or a plain folder of images) is scored by mutual scoring "
+                                   "against the others, then a report is written (with metrics when DIR has ground "
+                                   "truth). Defaults follow the official code, except --image-size (the backbone's "
+                                   "224; the official 518 is more accurate and ~20x the work).")
+    z.add_argument("--data", required=True, metavar="DIR")
+    z.add_argument("--out", required=True, metavar="REPORT_DIR")
+    z.add_argument("--backbone", default="dinov2_vits14", help="a ViT: dinov2_vits14 (default), random_vit, timm:<vit>")
+    z.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
+    z.add_argument("--layers", default=None, help="comma-separated ViT blocks (default: the backbone's, e.g. 2,5,8,11)")
+    z.add_argument("--image-size", type=_pos_int, default=None, help="square input side (default: the backbone's)")
+    z.add_argument("--r-list", type=_int_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
+    z.add_argument("--fraction", type=_ratio, default=0.3, help="share of the other images averaged (default 0.3)")
+    z.add_argument("--k-list", type=_int_list, default=[1, 2, 3],
+                   help="RsCIN k list (default 1,2,3 as for MVTec AD; 1,8,9 for VisA; 0 = no RsCIN)")
+    z.add_argument("--divide-num", type=_pos_int, default=1, help="score in this many stratified subsets (default 1)")
+    z.add_argument("--same-position", type=int, default=None, help="odd window: compare only aligned patches")
+    z.add_argument("--contamination", type=_fraction, default=0.1,
+                   help="report the top share of the scores as anomalous (default 0.1; 0 = no threshold)")
+    z.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
+    z.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+    z.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
+    z.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
+    common(z)
+    z.set_defaults(func=cmd_zeroshot, batch_size=8)
 
     from fastad import demo
 
