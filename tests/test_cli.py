@@ -304,3 +304,16 @@ def test_zeroshot_musc_report(tree, tmp_path, capsys):
     line = run_err(["zeroshot", "--data", str(tree), "--out", str(tmp_path / "z2"), "--backbone", "random_cnn", "-q"],
                    capsys)
     assert "needs a ViT backbone" in line
+
+
+def test_padim_fit_and_evaluate(tree, tmp_path, capsys):
+    from fastad.detectors import PaDiM, load
+
+    path = tmp_path / "padim.safetensors"
+    assert main(["fit", "--detector", "padim", "--n-features", "20", "--data", str(tree), "--out", str(path)] + FIT) == 0
+    det = load(path)
+    assert isinstance(det, PaDiM) and det.channel_idx_.numel() == 20 and det.threshold_ is not None
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(path), "--data", str(tree), "--out", str(out), "-q", "--num-workers", "0"]) == 0
+    html, rows, doc = check_report(out, 8)
+    assert "image_auroc" in doc["metrics"] and "PaDiM" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 Sub-commands::
 
-    fastad fit      --data DIR --out MODEL [--detector patchcore|spade] [--backbone efficientnet_lite0] ...
+    fastad fit      --data DIR --out MODEL [--detector patchcore|padim|spade] [--backbone efficientnet_lite0] ...
     fastad predict  --model MODEL --data DIR --out REPORT_DIR     scores, heatmaps, report
     fastad evaluate --model MODEL --data DIR --out REPORT_DIR     the same plus metrics (needs ground truth)
     fastad zeroshot --data DIR --out REPORT_DIR                   MuSc: the images score each other, no training
@@ -36,7 +36,7 @@ from pathlib import Path
 
 __all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
 
-DETECTORS = ("patchcore", "spade")
+DETECTORS = ("patchcore", "padim", "spade")
 
 
 class CLIError(Exception):
@@ -191,7 +191,7 @@ def make_detector(name: str, **params):
     when None; a given value the detector does not take is an error)."""
     from fastad import detectors
 
-    classes = {"patchcore": detectors.PatchCore, "spade": detectors.SPADE}
+    classes = {"patchcore": detectors.PatchCore, "padim": detectors.PaDiM, "spade": detectors.SPADE}
     if name not in classes:
         raise CLIError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     cls = classes[name]
@@ -484,6 +484,8 @@ def cmd_fit(a) -> int:
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
                       projection_dim=a.projection_dim)
+    elif a.detector == "padim":
+        params.update(n_features=a.n_features, random_state=a.seed)
     else:
         params.update(k_images=a.k_images)
     with sw("load backbone"):
@@ -828,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
     f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
     f.add_argument("--k-images", type=_pos_int, default=50, help="SPADE: nearest training images (default 50)")
+    f.add_argument("--n-features", type=_pos_int, default=None,
+                   help="PaDiM: random subset of channels kept (default: all; the paper: 100 for ResNet-18, 550 for WRN-50)")
     f.add_argument("--max-train", type=_pos_int, default=None, help="use at most this many training images (seeded sample)")
     f.add_argument("--calibration", type=_fraction, default=0.1,
                    help="fraction of the training images held out to set the decision threshold (default 0.1; 0 = none)")

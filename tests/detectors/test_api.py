@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import fastad.detectors as det_mod
-from fastad.detectors import SPADE, ModelFileError, NotFittedError, PatchCore
+from fastad.detectors import SPADE, ModelFileError, NotFittedError, PaDiM, PatchCore
 
 DETECTORS = {
     "patchcore": lambda bb, **kw: PatchCore(backbone=bb, coreset_ratio=0.1, projection_dim=None, batch_size=5, progress=False, **kw),
     "spade": lambda bb, **kw: SPADE(backbone=bb, k_images=4, batch_size=5, progress=False, **kw),
+    "padim": lambda bb, **kw: PaDiM(backbone=bb, n_features=24, batch_size=5, progress=False, **kw),
 }
 
 

@@ -1,5 +1,5 @@
 """Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
-PatchCore, SPADE, and the zero-shot MuSc (:mod:`fastad.detectors.musc`).
+PatchCore, PaDiM, SPADE, and the zero-shot MuSc (:mod:`fastad.detectors.musc`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
@@ -10,12 +10,13 @@ from __future__ import annotations
 from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
 from .musc import MuSc
+from .padim import PaDiM
 from .patchcore import PatchCore
 from .spade import SPADE
 
 
 def _registry() -> dict[str, type]:
-    return {"PatchCore": PatchCore, "SPADE": SPADE}
+    return {"PatchCore": PatchCore, "PaDiM": PaDiM, "SPADE": SPADE}
 
 
 def load(path, *, backbone=None, device=None) -> BaseDetector:
@@ -42,6 +43,7 @@ def load(path, *, backbone=None, device=None) -> BaseDetector:
 __all__ = [
     "BaseDetector",
     "MuSc",
+    "PaDiM",
     "PatchCore",
     "SPADE",
     "NotFittedError",

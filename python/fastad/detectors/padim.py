@@ -1,0 +1,222 @@
+"""PaDiM (Defard et al., ICPR 2021) as anomalib 2.7 computes it: one Gaussian per patch position.
+
+Every step below was checked against anomalib 2.7.0's source (PyPI wheel ``anomalib==2.7.0``:
+``anomalib/models/image/padim/torch_model.py``, ``.../padim/anomaly_map.py``,
+``anomalib/models/components/stats/multi_variate_gaussian.py``; the paper's official code is not
+public, anomalib's is the common reference, see ``SPEC-gaussian.md`` (f)):
+
+1. Embedding (``generate_embedding``): the first layer's map, then every later layer resized to the
+   first layer's grid with ``F.interpolate(mode="nearest")``, concatenated along channels; then a
+   random subset of ``n_features`` channels (anomalib: ``torch.randperm(C)[:n_features]`` on the global
+   generator; here a seeded ``torch.Generator`` so a seed gives the same subset everywhere;
+   ``n_features=None`` keeps every channel, as anomalib requires a number only for the backbones it has
+   defaults for: resnet18 100, wide_resnet50_2 550).
+2. Fit (``MultiVariateGaussian.forward``): per position ``p``, the mean over the training images and
+   the covariance with ``ddof = 1`` (``np.cov``) plus ``0.01 I``, plus ``1e-5 I`` (anomalib's
+   "stabilised" covariance), inverted. anomalib computes the covariance position by position in a
+   Python loop and inverts in float32; fastad accumulates all positions at once in float64 (streaming
+   over batches: sums and outer-product sums), factorises with a batched Cholesky in float64 (a clear
+   error names the position when a covariance is not positive definite) and stores the precision
+   matrices in float32.
+3. Score (``AnomalyMapGenerator.compute_distance``): ``d_p = sqrt(max((x_p - mu_p)^T P_p (x_p - mu_p), 0))``
+   for every position (fastad: one batched matmul over positions), the ``[B, 1, h, w]`` grid resized to
+   the image with ``F.interpolate(mode="bilinear", align_corners=False)``, then ``GaussianBlur2d`` with
+   sigma 4 (33 taps, torch ``"reflect"`` padding; fastad blurs separably, same result); image score =
+   the map's maximum (``torch.amax``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import BaseDetector, ModelFileError, _Timer
+from ._maps import BORDER_MODES, gaussian_blur
+
+#: anomalib's regularisation of every position's covariance (``+ 0.01 I``, then ``+ 1e-5 I``).
+PADIM_EPS = 0.01
+PADIM_STABILISER = 1e-5
+
+
+class PaDiM(BaseDetector):
+    """PaDiM: a multivariate Gaussian per patch position, scored by Mahalanobis distance.
+
+    Args:
+        backbone: a ``fastad.features`` backbone name (default ``"efficientnet_lite0"``) or a
+            ``Backbone`` object; ``None`` when only ``fit_features`` / ``score_features`` are used.
+        layers: backbone taps, listed fine to coarse (the first one's grid is the model's grid);
+            default: the backbone's ``default_layers``.
+        weights: passed to ``fastad.features.get_backbone``.
+        n_features: channels kept by the random subset (``None``: all). PaDiM's papers keep 100 of 448
+            (ResNet-18) and 550 of 1792 (WideResNet-50); memory and fit time grow with its square.
+        eps: added to every covariance's diagonal (anomalib / the paper: 0.01).
+        blur_sigma: Gaussian sigma of the anomaly map (pixels); ``0``/``None`` = no blur.
+        blur_border: border mode of the blur (``"reflect"`` is anomalib's).
+        batch_size: images per backbone batch. device: where features and the model live (default: the
+            input's device). random_state: seed of the channel subset. progress: show progress bars.
+
+    Fitted attributes: ``mean_`` (``Tensor[P, C]``), ``precision_`` (``Tensor[P, C, C]`` float32, the
+    inverse regularised covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
+    concatenated embedding), ``layers_``, ``layer_dims_``, ``feature_grid_`` ``(h, w)`` with
+    ``P = h * w``, ``image_size_``, ``n_fit_images_``, ``fit_timings_``, ``threshold_``.
+    """
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        layers=None,
+        weights="default",
+        n_features: int | None = None,
+        eps: float = PADIM_EPS,
+        blur_sigma: float | None = 4.0,
+        blur_border: str = "reflect",
+        batch_size: int = 16,
+        device=None,
+        random_state: int = 0,
+        progress: bool = True,
+    ):
+        self.backbone = backbone
+        self.layers = layers
+        self.weights = weights
+        self.n_features = n_features
+        self.eps = eps
+        self.blur_sigma = blur_sigma
+        self.blur_border = blur_border
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if self.n_features is not None and not (isinstance(self.n_features, int) and self.n_features >= 1):
+            raise ValueError(f"PaDiM: n_features must be None or an int >= 1, got {self.n_features!r}")
+        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+            raise ValueError(f"PaDiM: eps must be a number >= 0, got {self.eps!r}")
+        if self.blur_border not in BORDER_MODES:
+            raise ValueError(f"PaDiM: blur_border must be one of {BORDER_MODES}, got {self.blur_border!r}")
+        if self.blur_sigma is not None and not self.blur_sigma >= 0:
+            raise ValueError(f"PaDiM: blur_sigma must be >= 0 or None, got {self.blur_sigma!r}")
+
+    # ------------------------------------------------------------------ embedding
+    def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
+        """The concatenated multi-layer embedding ``Tensor[B, C_total, h, w]`` (float32, before the
+        channel subset): later layers nearest-resized to the first layer's grid, as anomalib."""
+        layers = list(self.layers_ if layers is None else layers)
+        emb = features[layers[0]].float()
+        parts = [emb]
+        for layer in layers[1:]:
+            parts.append(F.interpolate(features[layer].float(), size=emb.shape[-2:], mode="nearest"))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else emb
+
+    def _positions(self, feats, dev) -> torch.Tensor:
+        """``Tensor[P, B, C]``: the kept channels of every position of a batch."""
+        emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
+        emb = emb.index_select(1, self.channel_idx_.to(dev))
+        B, C, h, w = emb.shape
+        if (h, w) != tuple(self.feature_grid_):
+            raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
+        return emb.reshape(B, C, h * w).permute(2, 0, 1)
+
+    # ------------------------------------------------------------------ fit
+    def _fit_stream(self, batches, timings) -> None:
+        self._check_params()
+        timer = _Timer(timings)
+        n, s1, s2, dev = 0, None, None, None
+        for feats in batches:
+            if self.layers_ is None:
+                self.layers_ = self._pending_layers or list(feats)
+                self._check_features(feats, self.layers_, "fit")
+                self.layer_dims_ = {layer: int(feats[layer].shape[1]) for layer in self.layers_}
+                dev = self._run_device(feats[self.layers_[0]])
+                self.device_ = dev
+                total = sum(self.layer_dims_.values())
+                keep = total if self.n_features is None else int(self.n_features)
+                if keep > total:
+                    raise ValueError(f"PaDiM: n_features={keep} but the layers {self.layers_} have {total} channels")
+                g = torch.Generator().manual_seed(int(self.random_state))
+                idx = torch.randperm(total, generator=g)[:keep] if keep < total else torch.arange(total)
+                self.channel_idx_ = idx.to(dev)
+                self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
+            self._check_features(feats, self.layers_, "fit")
+            with timer("aggregation"):
+                x = self._positions(feats, dev).double()  # [P, B, C]
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
+                bs = x.sum(1)
+                bo = torch.bmm(x.transpose(1, 2), x)  # [P, C, C]
+                s1 = bs if s1 is None else s1 + bs
+                s2 = bo if s2 is None else s2 + bo
+                n += x.shape[1]
+        if n == 0:
+            raise ValueError("PaDiM.fit: no training images / features given")
+        if n < 2:
+            raise ValueError("PaDiM.fit: the covariance (ddof = 1) needs at least 2 training images, got 1")
+        with timer("gaussian"):
+            mean = s1 / n  # [P, C] float64
+            # sum (x - m)(x - m)^T = S2 - n m m^T; ddof = 1 as np.cov
+            cov = (s2 - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
+            C = cov.shape[-1]
+            eye = torch.eye(C, dtype=cov.dtype, device=cov.device)
+            cov = cov + (float(self.eps) + PADIM_STABILISER) * eye
+            L, info = torch.linalg.cholesky_ex(cov)
+            bad = torch.nonzero(info).flatten()
+            if bad.numel():
+                p = int(bad[0])
+                raise ValueError(
+                    f"PaDiM.fit: the covariance of position {p} (of {cov.shape[0]}) is not positive definite "
+                    f"with eps={self.eps}; raise eps or use more training images ({n} given for {C} channels)"
+                )
+            self.mean_ = mean.float().contiguous()
+            self.precision_ = torch.cholesky_inverse(L).float().contiguous()
+        self.n_train_images_ = n
+
+    # ------------------------------------------------------------------ scoring
+    def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
+        timer = _Timer(timings)
+        dev = self.mean_.device
+        with timer("scoring"):
+            x = self._positions(feats, dev)  # [P, B, C]
+            P, B, _ = x.shape
+            delta = x - self.mean_[:, None, :]
+            d2 = (torch.bmm(delta, self.precision_) * delta).sum(2)  # [P, B]
+            h, w = self.feature_grid_
+            grid = d2.clamp_min(0).sqrt().t().reshape(B, 1, h, w)
+        with timer("maps"):
+            up = F.interpolate(grid, size=tuple(image_size), mode="bilinear", align_corners=False)
+            maps = gaussian_blur(up, self.blur_sigma, self.blur_border)[:, 0]
+        scores = maps.amax(dim=(1, 2)) if want_scores else None
+        return scores, (maps if want_maps else None)
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self):
+        return {"mean": self.mean_, "precision": self.precision_, "channel_idx": self.channel_idx_}
+
+    def _extra_meta(self):
+        return {"feature_grid": list(self.feature_grid_), "n_train_images": getattr(self, "n_train_images_", None),
+                "embedding_channels": sum(self.layer_dims_.values())}
+
+    def _set_state_tensors(self, tensors, meta, path):
+        if set(tensors) != {"mean", "precision", "channel_idx"}:
+            raise ModelFileError(path, f"a PaDiM file holds 'mean', 'precision', 'channel_idx', found {sorted(tensors)}")
+        self.feature_grid_ = tuple(int(x) for x in (meta.get("feature_grid") or ()))
+        mean, prec, idx = tensors["mean"], tensors["precision"], tensors["channel_idx"]
+        total = sum(self.layer_dims_.values())
+        if meta.get("embedding_channels") != total:
+            raise ModelFileError(
+                path, f"the layers' channels {self.layer_dims_} sum to {total}, but the model was fitted on an "
+                f"embedding of {meta.get('embedding_channels')!r} channels"
+            )
+        if len(self.feature_grid_) != 2:
+            raise ModelFileError(path, f"feature_grid must be [h, w], got {meta.get('feature_grid')!r}")
+        P = self.feature_grid_[0] * self.feature_grid_[1]
+        C = idx.numel()
+        if idx.dim() != 1 or idx.dtype != torch.int64 or not (1 <= C <= total) or int(idx.min()) < 0 or int(idx.max()) >= total:
+            raise ModelFileError(path, f"channel_idx must be int64 indices into {total} channels, got {tuple(idx.shape)} {idx.dtype}")
+        if tuple(mean.shape) != (P, C) or tuple(prec.shape) != (P, C, C) or mean.dtype != torch.float32 or prec.dtype != torch.float32:
+            raise ModelFileError(
+                path, f"mean {tuple(mean.shape)} / precision {tuple(prec.shape)} do not fit {P} positions x {C} channels (float32)"
+            )
+        dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        self.device_ = dev
+        self.mean_, self.precision_, self.channel_idx_ = mean.to(dev), prec.to(dev), idx.to(dev)
+        self.n_train_images_ = meta.get("n_train_images")

@@ -1,0 +1,183 @@
+"""fastad's PaDiM against a pure-torch port of anomalib 2.7.0's PaDiM computation (and anomalib's own
+``MultiVariateGaussian`` + ``AnomalyMapGenerator`` where anomalib is installed), plus the detector API.
+
+The port was written for this test from reading anomalib 2.7.0 (PyPI wheel ``anomalib==2.7.0``):
+``anomalib/models/image/padim/torch_model.py`` (``generate_embedding``: nearest resize to the first
+layer's grid, concatenation, ``index_select`` of the channel subset), ``anomalib/models/components/
+stats/multi_variate_gaussian.py`` (``forward``: per-position ``_cov`` with ddof = 1 + 0.01 I, then
++ 1e-5 I, ``torch.linalg.inv``) and ``anomalib/models/image/padim/anomaly_map.py``
+(``compute_distance``: ``(delta @ inv * delta).sum``, clamp, sqrt; bilinear ``align_corners=False``
+upsampling; ``GaussianBlur2d`` sigma 4).
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastad.detectors import PaDiM, load
+
+from .test_patchcore_parity import _port_blur
+
+
+def _port_embedding(features, layers, idx):
+    emb = features[layers[0]]
+    for layer in layers[1:]:
+        emb = torch.cat((emb, F.interpolate(features[layer], size=emb.shape[-2:], mode="nearest")), 1)
+    return torch.index_select(emb, 1, idx)
+
+
+def _port_fit(emb, dtype):
+    B, C, H, W = emb.shape
+    v = emb.to(dtype).view(B, C, H * W)
+    mean = v.mean(0)
+    cov = torch.zeros(C, C, H * W, dtype=dtype)
+    eye = torch.eye(C, dtype=dtype)
+    for i in range(H * W):
+        x = v[:, :, i]
+        xm = x - x.mean(0)
+        cov[:, :, i] = xm.t() @ xm / (B - 1) + 0.01 * eye
+    inv = torch.linalg.inv(cov.permute(2, 0, 1) + 1e-5 * eye)
+    return mean, inv
+
+
+def _port_score(emb, mean, inv, image_size):
+    B, C, H, W = emb.shape
+    e = emb.to(mean.dtype).reshape(B, C, H * W)
+    delta = (e - mean).permute(2, 0, 1)
+    d = (torch.matmul(delta, inv) * delta).sum(2).permute(1, 0).reshape(B, 1, H, W).clamp(0).sqrt()
+    up = F.interpolate(d.float(), size=image_size, mode="bilinear", align_corners=False)
+    m = _port_blur(up)
+    return m.amax(dim=(-2, -1))[:, 0], m[:, 0]
+
+
+def _features(gen, B, grid=(10, 12), dims=(6, 10)):
+    h, w = grid
+    return {
+        "a": torch.randn(B, dims[0], h, w, generator=gen) + 1.0,
+        "b": torch.randn(B, dims[1], (h + 1) // 2, (w + 1) // 2, generator=gen) * 2 + 0.5,
+    }
+
+
+@pytest.mark.parametrize("n_features", [None, 9])
+def test_parity_with_anomalib_port(n_features):
+    gen = torch.Generator().manual_seed(3)
+    train, test = _features(gen, 30), _features(gen, 5)
+    det = PaDiM(backbone=None, layers=["a", "b"], n_features=n_features, random_state=5, progress=False)
+    det.fit_features(train, image_size=(40, 48))
+    idx = det.channel_idx_
+    assert idx.numel() == (16 if n_features is None else 9)
+    scores, maps = det.score_features(test)
+    e_train, e_test = _port_embedding(train, ["a", "b"], idx), _port_embedding(test, ["a", "b"], idx)
+    # float64 port: fastad's float64 fit is this accurate
+    mean, inv = _port_fit(e_train, torch.float64)
+    torch.testing.assert_close(det.mean_, mean.t().float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(det.precision_.double(), inv, rtol=1e-5, atol=1e-6)
+    ps, pm = _port_score(e_test, mean, inv, (40, 48))
+    torch.testing.assert_close(maps, pm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores, ps, rtol=1e-5, atol=1e-5)
+    # anomalib's own float32 numerics: within float32 rounding of the inverse
+    mean32, inv32 = _port_fit(e_train, torch.float32)
+    ps32, pm32 = _port_score(e_test, mean32, inv32, (40, 48))
+    torch.testing.assert_close(maps, pm32, rtol=1e-3, atol=1e-3)
+
+
+def test_parity_with_installed_anomalib_code():
+    """anomalib's own MultiVariateGaussian and AnomalyMapGenerator (loaded without torchvision) on the
+    embedding of fastad's channel subset."""
+    pytest.importorskip("anomalib")
+    pytest.importorskip("kornia")
+    import importlib
+
+    root = Path(__file__).resolve().parents[2]
+    saved = {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import _anomalib_patchcore as A
+
+        *_, version = A.load()
+        assert version == "2.7.0", version
+        anom_root = Path(sys.modules["anomalib"].__path__[0])
+        A._pkg("anomalib.models.components.stats", anom_root / "models/components/stats")
+        A._pkg("anomalib.models.image.padim", anom_root / "models/image/padim")
+        mvg = importlib.import_module("anomalib.models.components.stats.multi_variate_gaussian").MultiVariateGaussian
+        amg = importlib.import_module("anomalib.models.image.padim.anomaly_map").AnomalyMapGenerator
+        gen = torch.Generator().manual_seed(4)
+        train, test = _features(gen, 25), _features(gen, 4)
+        det = PaDiM(backbone=None, layers=["a", "b"], n_features=12, progress=False).fit_features(train, image_size=(40, 48))
+        scores, maps = det.score_features(test)
+        g = mvg()
+        g.fit(_port_embedding(train, ["a", "b"], det.channel_idx_))
+        out = amg()(embedding=_port_embedding(test, ["a", "b"], det.channel_idx_), mean=g.mean,
+                    inv_covariance=g.inv_covariance, image_size=(40, 48))
+        torch.testing.assert_close(maps, out[:, 0], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(scores, out.amax(dim=(-2, -1))[:, 0], rtol=1e-3, atol=1e-3)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_streaming_fit_equals_one_batch():
+    gen = torch.Generator().manual_seed(5)
+    train = _features(gen, 24)
+    one = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
+    parts = [{k: v[i : i + 5] for k, v in train.items()} for i in range(0, 24, 5)]
+    many = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(parts, image_size=(20, 24))
+    torch.testing.assert_close(one.precision_, many.precision_, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one.mean_, many.mean_)
+
+
+def test_images_api_localises_and_roundtrips(tiny_backbone, images, tmp_path):
+    train, test = images
+    det = PaDiM(backbone=tiny_backbone, n_features=20, batch_size=5, progress=False).fit(train)
+    assert det.mean_.shape == (16 * 16, 20) and det.precision_.shape == (256, 20, 20)
+    scores, maps = det.score(test)
+    assert scores.shape == (8,) and maps.shape == (8, 64, 64)
+    assert scores[6:].min() > scores[:6].max()  # the blob images
+    assert maps[6, 20:36, 24:40].mean() > maps[6, :8, :8].mean()
+    torch.testing.assert_close(scores, maps.amax(dim=(1, 2)))
+    e = load(det.save(tmp_path / "padim.safetensors"), backbone=tiny_backbone)
+    s2, m2 = e.score(test)
+    assert torch.equal(scores, s2) and torch.equal(maps, m2)
+    assert torch.equal(e.channel_idx_, det.channel_idx_)
+
+
+def test_seeded_channel_subset():
+    gen = torch.Generator().manual_seed(6)
+    train = _features(gen, 12)
+    a = PaDiM(backbone=None, layers=["a", "b"], n_features=7, random_state=1, progress=False).fit_features(train)
+    b = PaDiM(backbone=None, layers=["a", "b"], n_features=7, random_state=1, progress=False).fit_features(train)
+    c = PaDiM(backbone=None, layers=["a", "b"], n_features=7, random_state=2, progress=False).fit_features(train)
+    assert torch.equal(a.channel_idx_, b.channel_idx_) and not torch.equal(a.channel_idx_, c.channel_idx_)
+
+
+def test_errors(monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    train = _features(gen, 4)
+    with pytest.raises(ValueError, match="n_features=99 but the layers"):
+        PaDiM(backbone=None, layers=["a", "b"], n_features=99, progress=False).fit_features(train)
+    with pytest.raises(ValueError, match="n_features must be None or an int >= 1"):
+        PaDiM(backbone=None, layers=["a", "b"], n_features=0, progress=False).fit_features(train)
+    with pytest.raises(ValueError, match="eps must be a number >= 0"):
+        PaDiM(backbone=None, layers=["a", "b"], eps=-1, progress=False).fit_features(train)
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features({k: v[:1] for k, v in train.items()})
+    # without any regularisation (eps = 0 and anomalib's 1e-5 stabiliser patched out) a constant
+    # channel makes every covariance singular: a clear error naming the first position
+    import fastad.detectors.padim as padim_mod
+
+    monkeypatch.setattr(padim_mod, "PADIM_STABILISER", 0.0)
+    with pytest.raises(ValueError, match=r"covariance of position 0 \(of 120\) is not positive definite"):
+        PaDiM(backbone=None, layers=["a", "b"], eps=0.0, progress=False).fit_features(
+            dict(train, a=torch.zeros(4, 6, 10, 12)))
+    monkeypatch.undo()
+    bad = {k: v.clone() for k, v in train.items()}
+    bad["a"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(bad)
+    det = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
+    with pytest.raises(ValueError, match="8x8 grid but the model was fitted on"):
+        det.score_features(_features(gen, 2, grid=(8, 8)))
