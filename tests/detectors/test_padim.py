@@ -120,14 +120,20 @@ def test_parity_with_installed_anomalib_code():
         sys.modules.update(saved)
 
 
-def test_streaming_fit_equals_one_batch():
+def test_streaming_fit_equals_one_batch(monkeypatch):
+    import fastad.detectors.padim as padim_mod
+
     gen = torch.Generator().manual_seed(5)
     train = _features(gen, 24)
     one = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
     parts = [{k: v[i : i + 5] for k, v in train.items()} for i in range(0, 24, 5)]
+    monkeypatch.setattr(padim_mod, "PADIM_FIT_CHUNK", 7)  # chunks of 10, 10, 4 images (batches of 5)
     many = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(parts, image_size=(20, 24))
-    torch.testing.assert_close(one.precision_, many.precision_, rtol=1e-5, atol=1e-6)
+    # float32 products of differently shifted chunks: rounding-level changes, amplified by the inverse
+    torch.testing.assert_close(one.precision_, many.precision_, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(one.mean_, many.mean_)
+    test = _features(gen, 3)
+    torch.testing.assert_close(one.score_features(test)[1], many.score_features(test)[1], rtol=1e-4, atol=1e-4)
 
 
 def test_images_api_localises_and_roundtrips(tiny_backbone, images, tmp_path):

@@ -14,8 +14,9 @@ public, anomalib's is the common reference, see ``SPEC-gaussian.md`` (f)):
 2. Fit (``MultiVariateGaussian.forward``): per position ``p``, the mean over the training images and
    the covariance with ``ddof = 1`` (``np.cov``) plus ``0.01 I``, plus ``1e-5 I`` (anomalib's
    "stabilised" covariance), inverted. anomalib computes the covariance position by position in a
-   Python loop and inverts in float32; fastad accumulates all positions at once in float64 (streaming
-   over batches: sums and outer-product sums), factorises with a batched Cholesky in float64 (a clear
+   Python loop and inverts in float32; fastad accumulates all positions at once (streaming over chunks
+   of ``PADIM_FIT_CHUNK`` images: float32 products of the data minus the first chunk's mean, summed in
+   float64), factorises with a batched Cholesky in float64 (a clear
    error names the position when a covariance is not positive definite) and stores the precision
    matrices in float32.
 3. Score (``AnomalyMapGenerator.compute_distance``): ``d_p = sqrt(max((x_p - mu_p)^T P_p (x_p - mu_p), 0))``
@@ -35,6 +36,10 @@ from ._maps import BORDER_MODES, gaussian_blur
 #: anomalib's regularisation of every position's covariance (``+ 0.01 I``, then ``+ 1e-5 I``).
 PADIM_EPS = 0.01
 PADIM_STABILISER = 1e-5
+
+#: Training images gathered before one covariance update (one bmm with this inner dimension; bounds
+#: the fit's buffer to ``PADIM_FIT_CHUNK * P * C`` floats, e.g. 120 MB at 784 positions x 152 channels).
+PADIM_FIT_CHUNK = 256
 
 
 class PaDiM(BaseDetector):
@@ -109,19 +114,21 @@ class PaDiM(BaseDetector):
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
     def _positions(self, feats, dev) -> torch.Tensor:
-        """``Tensor[P, B, C]``: the kept channels of every position of a batch."""
+        """``Tensor[P, B, C]`` (contiguous float32): the kept channels of every position of a batch."""
         emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
-        emb = emb.index_select(1, self.channel_idx_.to(dev))
+        if self.channel_idx_.numel() != emb.shape[1] or not getattr(self, "_all_channels", False):
+            emb = emb.index_select(1, self.channel_idx_.to(dev))
         B, C, h, w = emb.shape
         if (h, w) != tuple(self.feature_grid_):
             raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
-        return emb.reshape(B, C, h * w).permute(2, 0, 1)
+        return emb.reshape(B, C, h * w).permute(2, 0, 1).contiguous()
 
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings) -> None:
         self._check_params()
         timer = _Timer(timings)
-        n, s1, s2, dev = 0, None, None, None
+        n, s1, s2, dev, shift = 0, None, None, None, None
+        pending, n_pending = [], 0
         for feats in batches:
             if self.layers_ is None:
                 self.layers_ = self._pending_layers or list(feats)
@@ -136,25 +143,31 @@ class PaDiM(BaseDetector):
                 g = torch.Generator().manual_seed(int(self.random_state))
                 idx = torch.randperm(total, generator=g)[:keep] if keep < total else torch.arange(total)
                 self.channel_idx_ = idx.to(dev)
+                self._all_channels = keep == total
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
-                x = self._positions(feats, dev).double()  # [P, B, C]
+                x = self._positions(feats, dev)  # [P, B, C] float32
                 if not bool(torch.isfinite(x).all()):
                     raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
-                bs = x.sum(1)
-                bo = torch.bmm(x.transpose(1, 2), x)  # [P, C, C]
-                s1 = bs if s1 is None else s1 + bs
-                s2 = bo if s2 is None else s2 + bo
+                pending.append(x)
+                n_pending += x.shape[1]
                 n += x.shape[1]
+                if n_pending >= PADIM_FIT_CHUNK:
+                    shift, s1, s2 = self._accumulate(pending, shift, s1, s2)
+                    pending, n_pending = [], 0
+        if pending:
+            with timer("aggregation"):
+                shift, s1, s2 = self._accumulate(pending, shift, s1, s2)
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
         if n < 2:
             raise ValueError("PaDiM.fit: the covariance (ddof = 1) needs at least 2 training images, got 1")
         with timer("gaussian"):
-            mean = s1 / n  # [P, C] float64
-            # sum (x - m)(x - m)^T = S2 - n m m^T; ddof = 1 as np.cov
-            cov = (s2 - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
+            ms = s1 / n  # mean of x - shift, [P, C] float64
+            mean = shift[:, 0, :].double() + ms
+            # sum (x - m)(x - m)^T = S2 - n ms ms^T (S2, ms of the shifted data); ddof = 1 as np.cov
+            cov = (s2 - n * ms[:, :, None] * ms[:, None, :]) / (n - 1)
             C = cov.shape[-1]
             eye = torch.eye(C, dtype=cov.dtype, device=cov.device)
             cov = cov + (float(self.eps) + PADIM_STABILISER) * eye
@@ -169,6 +182,24 @@ class PaDiM(BaseDetector):
             self.mean_ = mean.float().contiguous()
             self.precision_ = torch.cholesky_inverse(L).float().contiguous()
         self.n_train_images_ = n
+
+    @staticmethod
+    def _accumulate(chunk, shift, s1, s2):
+        """Folds a chunk of batches (list of ``Tensor[P, B_i, C]``) into the float64 sums of ``x - shift``
+        and of its outer products. ``shift`` (the first chunk's mean) keeps the float32 products free of
+        a large common offset; one bmm per chunk has the whole chunk as its inner dimension."""
+        x = torch.cat(chunk, dim=1) if len(chunk) > 1 else chunk[0]
+        if shift is None:
+            shift = x.mean(1, keepdim=True)
+        xs = x - shift
+        bs = xs.sum(1, dtype=torch.float64)
+        bo = torch.bmm(xs.transpose(1, 2), xs)  # [P, C, C] float32
+        if s1 is None:
+            s1, s2 = bs, bo.double()
+        else:
+            s1 += bs
+            s2.add_(bo)
+        return shift, s1, s2
 
     # ------------------------------------------------------------------ scoring
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
@@ -219,4 +250,5 @@ class PaDiM(BaseDetector):
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
         self.device_ = dev
         self.mean_, self.precision_, self.channel_idx_ = mean.to(dev), prec.to(dev), idx.to(dev)
+        self._all_channels = C == total and torch.equal(idx.cpu(), torch.arange(total))
         self.n_train_images_ = meta.get("n_train_images")

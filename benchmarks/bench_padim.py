@@ -1,0 +1,158 @@
+"""PaDiM on MTD: fastad vs anomalib 2.7.0's own PaDiM code (MultiVariateGaussian, AnomalyMapGenerator)
+on the same backbone features.
+
+    .venv/bin/python benchmarks/bench_padim.py [--train-images 630] [--threads 1]
+
+Data: ``$FASTAD_MTD`` or ``../shared/data/mtd``. Images are squash-resized to 224 px and run once
+through EfficientNet-Lite0 (ImageNet weights, fastad's fused extractor), taps ``_blocks.4`` (40 ch,
+28 x 28) + ``_blocks.10`` (112 ch, 14 x 14): these features are shared by both sides (their
+extraction is timed separately and counted on neither side), so the comparison is PaDiM itself:
+- fit: the embedding (nearest resize + concatenation + channel subset) and the per-position Gaussians
+  (anomalib: ``torch.vstack`` of the training embeddings, then ``MultiVariateGaussian.fit``: a Python
+  loop over the 784 positions, float32 ``torch.linalg.inv``; fastad: ``PaDiM.fit_features``,
+  float64 streaming sums, one batched Cholesky);
+- predict: Mahalanobis maps, bilinear upsampling, sigma-4 blur, max (anomalib:
+  ``AnomalyMapGenerator`` per batch of 32; fastad: ``PaDiM.score_features``).
+Both use the same channel subset (fastad's ``channel_idx_``; all 152 channels by default). Stages
+run interleaved in one process, ``torch.set_num_threads(--threads)``; wall and CPU seconds per stage.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("FASTAD_MTD", str(ROOT.parent / "shared/data/mtd")))
+    ap.add_argument("--train-images", type=int, default=630)
+    ap.add_argument("--n-features", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="JSON with the figures")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from fastad import metrics
+    from fastad.data import MVTecDataset, batches
+    from fastad.detectors import PaDiM
+    from fastad.features import FeatureExtractor, get_backbone
+
+    import _anomalib_patchcore as A
+
+    *_, version = A.load()
+    anom_root = Path(sys.modules["anomalib"].__path__[0])
+    A._pkg("anomalib.models.components.stats", anom_root / "models/components/stats")
+    A._pkg("anomalib.models.image.padim", anom_root / "models/image/padim")
+    MVG = importlib.import_module("anomalib.models.components.stats.multi_variate_gaussian").MultiVariateGaussian
+    AMG = importlib.import_module("anomalib.models.image.padim.anomaly_map").AnomalyMapGenerator
+
+    layers = ["_blocks.4", "_blocks.10"]
+    bb = get_backbone("efficientnet_lite0")
+    fx = FeatureExtractor(bb.model, layers, batch_size=32, progress=False)
+    train_ds, test_ds = MVTecDataset(a.data, "train"), MVTecDataset(a.data, "test")
+    g = torch.Generator().manual_seed(0)
+    keep = sorted(torch.randperm(len(train_ds), generator=g)[: a.train_images].tolist())
+
+    def feats_of(ds, idx=None):
+        from fastad.data import collate
+
+        items = range(len(ds)) if idx is None else idx
+        out, extra = [], []
+        items = list(items)
+        for s in range(0, len(items), 32):
+            b = collate([ds[i] for i in items[s : s + 32]])
+            out.append({k: v.contiguous() for k, v in fx(b["image"]).items()})
+            extra.append(b)
+        return out, extra
+
+    (train_f, _), w_tr, _ = timed(lambda: feats_of(train_ds, keep))
+    (test_f, test_b), w_te, _ = timed(lambda: feats_of(test_ds))
+    print(f"anomalib {version}; MTD: {len(keep)} train / {len(test_ds)} test images; features extracted in "
+          f"{w_tr + w_te:.1f} s (shared); threads={a.threads}", flush=True)
+    masks = torch.cat([b["mask"] for b in test_b]).bool()
+    labels = torch.cat([torch.as_tensor(b["label"]) for b in test_b])
+
+    rows = {}
+    # ---- fit, interleaved
+    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False)
+    _, w, c = timed(lambda: det.fit_features(train_f, image_size=(224, 224)))
+    rows["fastad fit"] = (w, c)
+    idx = det.channel_idx_
+
+    def anomalib_embedding(feats):  # PadimModel.generate_embedding, same subset
+        emb = feats[layers[0]]
+        for layer in layers[1:]:
+            emb = torch.cat((emb, F.interpolate(feats[layer], size=emb.shape[-2:], mode="nearest")), 1)
+        return torch.index_select(emb, 1, idx)
+
+    gauss = MVG()
+
+    def anomalib_fit():
+        bank = torch.vstack([anomalib_embedding(f) for f in train_f])  # the training "memory bank"
+        gauss.fit(bank)
+
+    _, w, c = timed(anomalib_fit)
+    rows["anomalib fit"] = (w, c)
+    # ---- predict, interleaved
+    (out_f), w, c = timed(lambda: det.score_features(test_f))
+    rows["fastad predict"] = (w, c)
+    s_f, m_f = out_f
+    amg = AMG()
+
+    def anomalib_predict():
+        maps = [amg(embedding=anomalib_embedding(f), mean=gauss.mean, inv_covariance=gauss.inv_covariance,
+                    image_size=(224, 224)) for f in test_f]
+        m = torch.cat(maps)[:, 0]
+        return m.amax(dim=(-2, -1)), m
+
+    (s_a, m_a), w, c = timed(anomalib_predict)
+    rows["anomalib predict"] = (w, c)
+
+    res = {"anomalib_version": version, "train_images": len(keep), "test_images": len(test_ds),
+           "channels": int(idx.numel()), "threads": a.threads, "stages": {}}
+    print(f"{'stage':18s} {'wall s':>8s} {'CPU s':>8s}")
+    for k, (w, c) in rows.items():
+        print(f"{k:18s} {w:8.2f} {c:8.2f}")
+        res["stages"][k] = {"wall_s": w, "cpu_s": c}
+    for what in ("fit", "predict"):
+        wf, cf = rows[f"fastad {what}"]
+        wa, ca = rows[f"anomalib {what}"]
+        res[f"{what}_speedup_wall"], res[f"{what}_speedup_cpu"] = wa / wf, ca / cf
+        print(f"{what}: fastad {wa / wf:.2f}x anomalib (wall), {ca / cf:.2f}x (CPU)")
+    tot_f = rows["fastad fit"][0] + rows["fastad predict"][0]
+    tot_a = rows["anomalib fit"][0] + rows["anomalib predict"][0]
+    res["total_speedup_wall"] = tot_a / tot_f
+    print(f"fit + predict: fastad {tot_a / tot_f:.2f}x anomalib (wall)")
+    for name, s, m in (("fastad", s_f, m_f), ("anomalib", s_a, m_a)):
+        ia = float(metrics.auroc(s.double(), labels))
+        pa = float(metrics.auroc(m.float().flatten(), masks.flatten()))
+        res[f"{name}_image_auroc"], res[f"{name}_pixel_auroc"] = ia, pa
+        print(f"{name:9s} image AUROC {ia:.4f}  pixel AUROC {pa:.4f}")
+    d = (m_f - m_a).abs().max().item()
+    rel = ((m_f - m_a).abs() / m_a.abs().clamp_min(1e-6)).max().item()
+    res["max_abs_map_diff"], res["max_rel_map_diff"] = d, rel
+    print(f"maps: max |fastad - anomalib| = {d:.3g} (max relative {rel:.3g})")
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
