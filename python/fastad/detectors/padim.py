@@ -113,22 +113,24 @@ class PaDiM(BaseDetector):
             parts.append(F.interpolate(features[layer].float(), size=emb.shape[-2:], mode="nearest"))
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
-    def _positions(self, feats, dev) -> torch.Tensor:
-        """``Tensor[P, B, C]`` (contiguous float32): the kept channels of every position of a batch."""
+    def _positions(self, feats, dev, contiguous: bool = True) -> torch.Tensor:
+        """``Tensor[P, B, C]`` float32 (a permuted view unless ``contiguous``): the kept channels of every
+        position of a batch."""
         emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
         if self.channel_idx_.numel() != emb.shape[1] or not getattr(self, "_all_channels", False):
             emb = emb.index_select(1, self.channel_idx_.to(dev))
         B, C, h, w = emb.shape
         if (h, w) != tuple(self.feature_grid_):
             raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
-        return emb.reshape(B, C, h * w).permute(2, 0, 1).contiguous()
+        x = emb.reshape(B, C, h * w).permute(2, 0, 1)
+        return x.contiguous() if contiguous else x
 
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings) -> None:
         self._check_params()
         timer = _Timer(timings)
         n, s1, s2, dev, shift = 0, None, None, None, None
-        pending, n_pending = [], 0
+        buf, n_pending = None, 0  # [P, PADIM_FIT_CHUNK, C] float32 chunk of training positions
         for feats in batches:
             if self.layers_ is None:
                 self.layers_ = self._pending_layers or list(feats)
@@ -147,18 +149,21 @@ class PaDiM(BaseDetector):
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
-                x = self._positions(feats, dev)  # [P, B, C] float32
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
-                pending.append(x)
-                n_pending += x.shape[1]
-                n += x.shape[1]
-                if n_pending >= PADIM_FIT_CHUNK:
-                    shift, s1, s2 = self._accumulate(pending, shift, s1, s2)
-                    pending, n_pending = [], 0
-        if pending:
+                x = self._positions(feats, dev, contiguous=False)  # [P, B, C] float32 view
+                B = x.shape[1]
+                if buf is None or n_pending + B > buf.shape[1]:
+                    if n_pending:
+                        shift, s1, s2 = self._accumulate(buf[:, :n_pending], shift, s1, s2)
+                        n_pending = 0
+                    if buf is None or B > buf.shape[1]:
+                        buf = torch.empty(x.shape[0], max(PADIM_FIT_CHUNK, B), x.shape[2], device=x.device)
+                buf[:, n_pending : n_pending + B].copy_(x)
+                n_pending += B
+                n += B
+        if n_pending:
             with timer("aggregation"):
-                shift, s1, s2 = self._accumulate(pending, shift, s1, s2)
+                shift, s1, s2 = self._accumulate(buf[:, :n_pending], shift, s1, s2)
+        del buf
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
         if n < 2:
@@ -167,16 +172,17 @@ class PaDiM(BaseDetector):
             ms = s1 / n  # mean of x - shift, [P, C] float64
             mean = shift[:, 0, :].double() + ms
             # sum (x - m)(x - m)^T = S2 - n ms ms^T (S2, ms of the shifted data); ddof = 1 as np.cov
-            cov = (s2 - n * ms[:, :, None] * ms[:, None, :]) / (n - 1)
+            cov = torch.baddbmm(s2, ms[:, :, None], ms[:, None, :], alpha=-float(n)).div_(n - 1)
+            del s2
             C = cov.shape[-1]
-            eye = torch.eye(C, dtype=cov.dtype, device=cov.device)
-            cov = cov + (float(self.eps) + PADIM_STABILISER) * eye
+            cov.diagonal(dim1=-2, dim2=-1).add_(float(self.eps) + PADIM_STABILISER)
             L, info = torch.linalg.cholesky_ex(cov)
+            del cov
             bad = torch.nonzero(info).flatten()
             if bad.numel():
                 p = int(bad[0])
                 raise ValueError(
-                    f"PaDiM.fit: the covariance of position {p} (of {cov.shape[0]}) is not positive definite "
+                    f"PaDiM.fit: the covariance of position {p} (of {L.shape[0]}) is not positive definite "
                     f"with eps={self.eps}; raise eps or use more training images ({n} given for {C} channels)"
                 )
             self.mean_ = mean.float().contiguous()
@@ -184,14 +190,15 @@ class PaDiM(BaseDetector):
         self.n_train_images_ = n
 
     @staticmethod
-    def _accumulate(chunk, shift, s1, s2):
-        """Folds a chunk of batches (list of ``Tensor[P, B_i, C]``) into the float64 sums of ``x - shift``
-        and of its outer products. ``shift`` (the first chunk's mean) keeps the float32 products free of
-        a large common offset; one bmm per chunk has the whole chunk as its inner dimension."""
-        x = torch.cat(chunk, dim=1) if len(chunk) > 1 else chunk[0]
+    def _accumulate(x, shift, s1, s2):
+        """Folds a chunk ``x: Tensor[P, n, C]`` (overwritten) into the float64 sums of ``x - shift`` and
+        of its outer products. ``shift`` (the first chunk's mean) keeps the float32 products free of a
+        large common offset; one bmm per chunk has the whole chunk as its inner dimension."""
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
         if shift is None:
             shift = x.mean(1, keepdim=True)
-        xs = x - shift
+        xs = x.sub_(shift)
         bs = xs.sum(1, dtype=torch.float64)
         bo = torch.bmm(xs.transpose(1, 2), xs)  # [P, C, C] float32
         if s1 is None:
