@@ -1,0 +1,94 @@
+"""KNN and LOF on embeddings against scikit-learn (NearestNeighbors, LocalOutlierFactor(novelty=True))
+and PyOD's rules (kth distance, leave-one-out training scores, percentile threshold)."""
+import numpy as np
+import pytest
+import torch
+
+from fastad.detectors import KNN, LOF
+
+sk_neighbors = pytest.importorskip("sklearn.neighbors")
+
+
+def _data(gen, n=300, m=60, d=16):
+    X = torch.randn(n, d, generator=gen) + 2.0
+    Y = torch.cat([torch.randn(m - 5, d, generator=gen) + 2.0, torch.randn(5, d, generator=gen) * 4])
+    return X, Y
+
+
+@pytest.mark.parametrize("method", ["largest", "mean", "median"])
+@pytest.mark.parametrize("k", [3, 4])
+def test_knn_matches_sklearn_and_pyod_rules(device, method, k, gen):
+    X, Y = _data(gen)
+    det = KNN(n_neighbors=k, method=method, contamination=0.1).fit(X.to(device))
+    got = det.decision_function(Y.to(device))
+    assert got.device.type == device.type and got.shape == (60,)
+    nn = sk_neighbors.NearestNeighbors(n_neighbors=k).fit(X.double().numpy())
+    dt, _ = nn.kneighbors()  # training points: themselves left out, as PyOD
+    dq, _ = nn.kneighbors(Y.double().numpy())
+    red = {"largest": lambda d: d[:, -1], "mean": lambda d: d.mean(1), "median": lambda d: np.median(d, 1)}[method]
+    np.testing.assert_allclose(det.decision_scores_.cpu().numpy(), red(dt), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.cpu().numpy(), red(dq), rtol=1e-5, atol=1e-5)
+    thr = np.percentile(red(dt), 90)
+    assert abs(det.threshold_ - thr) <= 1e-5 * max(1.0, thr)
+    assert torch.equal(det.labels_.cpu(), torch.from_numpy((red(dt) > det.threshold_).astype(np.int64)))
+    assert torch.equal(det.predict(Y.to(device)).cpu(), (got > det.threshold_).long().cpu())
+    assert int(det.predict(Y.to(device))[-5:].sum()) == 5  # the far points
+
+
+def test_knn_cosine_matches_sklearn(device, gen):
+    X, Y = _data(gen)
+    det = KNN(n_neighbors=5, metric="cosine").fit(X.to(device))
+    nn = sk_neighbors.NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(X.double().numpy())
+    dq, _ = nn.kneighbors(Y.double().numpy())
+    np.testing.assert_allclose(det.decision_function(Y.to(device)).cpu().numpy(), dq[:, -1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [5, 20])
+def test_lof_matches_sklearn_novelty(device, k, gen):
+    X, Y = _data(gen)
+    det = LOF(n_neighbors=k).fit(X.to(device))
+    sk = sk_neighbors.LocalOutlierFactor(n_neighbors=k, novelty=True).fit(X.double().numpy())
+    np.testing.assert_allclose(det.decision_scores_.cpu().numpy(), -sk.negative_outlier_factor_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(det.decision_function(Y.to(device)).cpu().numpy(), -sk.score_samples(Y.double().numpy()),
+                               rtol=1e-4, atol=1e-5)
+    assert int(det.predict(Y.to(device))[-5:].sum()) == 5
+
+
+def test_duplicates_and_low_precision(gen):
+    X, Y = _data(gen, n=100)
+    Xd = torch.cat([X, X[:10]])  # exact duplicates: each one's own copy is a neighbour at distance 0
+    det = LOF(n_neighbors=3).fit(Xd)
+    sk = sk_neighbors.LocalOutlierFactor(n_neighbors=3, novelty=True).fit(Xd.double().numpy())
+    np.testing.assert_allclose(det.decision_function(Y).numpy(), -sk.score_samples(Y.double().numpy()), rtol=1e-3, atol=1e-4)
+    k16 = KNN(n_neighbors=3).fit(X.half())
+    k32 = KNN(n_neighbors=3).fit(X.half().float())
+    torch.testing.assert_close(k16.decision_function(Y.half()), k32.decision_function(Y.half().float()), rtol=1e-3, atol=1e-3)
+
+
+def test_errors(gen):
+    X, Y = _data(gen, n=10)
+    with pytest.raises(ValueError, match=r"n_neighbors=10 but only 9 other training embeddings"):
+        KNN(n_neighbors=10).fit(X)
+    with pytest.raises(ValueError, match=r"X must be 2-D \[N, D\], got shape \[10\]"):
+        KNN().fit(X[:, 0])
+    bad = X.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        LOF(n_neighbors=3).fit(bad)
+    with pytest.raises(ValueError, match="method must be one of"):
+        KNN(method="max").fit(X)
+    with pytest.raises(ValueError, match="metric must be 'l2' or 'cosine'"):
+        LOF(n_neighbors=3, metric="l1").fit(X)
+    with pytest.raises(ValueError, match=r"contamination must be in \(0, 0.5\]"):
+        KNN(contamination=0.7).fit(X)
+    with pytest.raises(ValueError, match="at least 2 training embeddings"):
+        KNN(n_neighbors=1).fit(X[:1])
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        LOF().decision_function(Y)
+    det = KNN(n_neighbors=3).fit(X)
+    with pytest.raises(ValueError, match="X has 8 features, the model 16"):
+        det.decision_function(Y[:, :8])
+    assert det.get_params() == {"n_neighbors": 3, "method": "largest", "metric": "l2", "contamination": 0.1}
+    assert repr(det.set_params(n_neighbors=4)).startswith("KNN(n_neighbors=4")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        det.set_params(k=3)
