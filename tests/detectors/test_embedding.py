@@ -92,3 +92,26 @@ def test_errors(gen):
     assert repr(det.set_params(n_neighbors=4)).startswith("KNN(n_neighbors=4")
     with pytest.raises(ValueError, match="unknown parameter"):
         det.set_params(k=3)
+
+
+@pytest.mark.parametrize("cls", [KNN, LOF])
+def test_save_load_roundtrip_and_bad_files(cls, tmp_path, gen):
+    from fastad.detectors import ModelFileError, load
+
+    X, Y = _data(gen, n=80)
+    det = cls(n_neighbors=4, metric="cosine", contamination=0.2).fit(X)
+    path = det.save(tmp_path / "e.safetensors")
+    back = load(path)
+    assert type(back) is cls and back.get_params() == det.get_params() and back.threshold_ == det.threshold_
+    assert torch.equal(back.decision_function(Y), det.decision_function(Y))
+    assert torch.equal(back.labels_, det.labels_)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    (tmp_path / "c.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"c\.safetensors.*checksum"):
+        load(tmp_path / "c.safetensors")
+    (tmp_path / "t.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match=r"t\.safetensors"):
+        load(tmp_path / "t.safetensors")
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        cls().save(tmp_path / "x.safetensors")

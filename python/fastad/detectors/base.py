@@ -635,8 +635,10 @@ def _load(path, *, backbone=None, device=None) -> BaseDetector:
             f"it was written by fastad {meta.get('fastad_version')!r}",
         )
     name = meta.get("detector")
-    if name not in _registry():
-        raise ModelFileError(path, f"unknown detector {name!r} (known: {sorted(_registry())})")
+    from .embedding import EMBEDDING_DETECTORS
+
+    if name not in _registry() and name not in EMBEDDING_DETECTORS:
+        raise ModelFileError(path, f"unknown detector {name!r} (known: {sorted(_registry()) + sorted(EMBEDDING_DETECTORS)})")
     try:
         tensors = load_file(str(path))
     except Exception as e:
@@ -647,6 +649,8 @@ def _load(path, *, backbone=None, device=None) -> BaseDetector:
     for k, v in tensors.items():
         if _tensor_digest(v) != digests[k]:
             raise ModelFileError(path, f"tensor {k!r} does not match its checksum (the file is corrupted)")
+    if name in EMBEDDING_DETECTORS:
+        return EMBEDDING_DETECTORS[name]._from_file(path, meta, tensors, device)
     try:
         params = dict(meta["params"])
         layers = [str(x) for x in meta["layers"]]

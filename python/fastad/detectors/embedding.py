@@ -11,7 +11,8 @@ on fastad's exact k-NN kernel (CPU and CUDA).
 Conventions (PyOD): ``fit(X)`` returns ``self`` and sets ``decision_scores_`` (the training
 embeddings' own scores, each point left out of its own neighbourhood), ``threshold_`` (their
 ``1 - contamination`` quantile, PyOD's percentile rule) and ``labels_``; ``decision_function(X)`` is
-higher-is-more-anomalous; ``predict(X)`` is ``decision_function(X) > threshold_`` as int64.
+higher-is-more-anomalous; ``predict(X)`` is ``decision_function(X) > threshold_`` as int64;
+``save(path)`` / :func:`fastad.detectors.load` use the detectors' safetensors + JSON format.
 Tensors in, tensors out, on the input's device. The reference implementations (PyOD's ``KNN`` loops
 over test points with a tree query; scikit-learn's LOF runs float64 on the CPU) are the anchors of
 ``benchmarks/bench_embedding.py``.
@@ -105,6 +106,78 @@ class _EmbeddingDetector:
             X = X.to(device=self.train_.device, dtype=self.train_.dtype)
         return X
 
+    # ---- persistence (the detectors' safetensors + JSON format; no pickle) ------------------------
+    def _state(self) -> dict:
+        return {"train": self.train_, "decision_scores": self.decision_scores_}
+
+    def save(self, path):
+        """Write the fitted detector to ``path`` (one safetensors file with JSON metadata and per-tensor
+        SHA-256; read back with :func:`fastad.detectors.load`)."""
+        import json
+        import os
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        from .. import __version__
+        from .base import _FORMAT_NAME, _META_KEY, FORMAT_VERSION, _tensor_digest
+
+        self._check_fitted("save")
+        path = Path(path)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._state().items()}
+        meta = {
+            "format": _FORMAT_NAME, "format_version": FORMAT_VERSION, "fastad_version": __version__,
+            "detector": type(self).__name__, "params": self.get_params(), "threshold": self.threshold_,
+            "n_features_in": self.n_features_in_, "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def _from_file(cls, path, meta, tensors, device):
+        from .base import ModelFileError
+
+        try:
+            params = {k: v for k, v in dict(meta["params"]).items() if k in cls._params}
+            det = cls(**params)
+            D = int(meta["n_features_in"])
+            thr = float(meta["threshold"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(path, f"the metadata lacks or garbles {e}") from None
+        expect = set(det._state_names())
+        if set(tensors) != expect:
+            raise ModelFileError(path, f"a {cls.__name__} file holds {sorted(expect)}, found {sorted(tensors)}")
+        train = tensors["train"]
+        if train.dim() != 2 or train.shape[1] != D or not train.is_floating_point() or train.shape[0] < 2:
+            raise ModelFileError(path, f"train is {tuple(train.shape)} {train.dtype}, expected [N >= 2, {D}] floating point")
+        N = train.shape[0]
+        for k in expect - {"train"}:
+            t = tensors[k]
+            if tuple(t.shape) != (N,) or t.dtype != torch.float32:
+                raise ModelFileError(path, f"{k} is {tuple(t.shape)} {t.dtype}, expected [{N}] float32")
+        try:
+            det._check_params(N)
+        except ValueError as e:
+            raise ModelFileError(path, f"incompatible contents: {e}") from None
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        det.train_ = train.to(dev)
+        det._norms = det.train_.float().square().sum(1) if det.metric == "cosine" else None
+        det.n_features_in_ = D
+        det.decision_scores_ = tensors["decision_scores"].to(dev)
+        det.threshold_ = thr
+        det.labels_ = (det.decision_scores_ > thr).long()
+        det._set_extra_state(tensors, dev)
+        return det
+
+    def _state_names(self):
+        return ("train", "decision_scores")
+
+    def _set_extra_state(self, tensors, dev):
+        pass
+
     def predict(self, X) -> torch.Tensor:
         """``Tensor[N]`` int64: 1 where ``decision_function(X) > threshold_``."""
         return (self.decision_function(X) > self.threshold_).long()
@@ -181,6 +254,17 @@ class LOF(_EmbeddingDetector):
         self._set_threshold(self._lof(d, i))
         return self
 
+    def _state(self) -> dict:
+        return {"train": self.train_, "decision_scores": self.decision_scores_, "k_distance": self.k_distance_,
+                "lrd": self.lrd_}
+
+    def _state_names(self):
+        return ("train", "decision_scores", "k_distance", "lrd")
+
+    def _set_extra_state(self, tensors, dev):
+        self.k_distance_ = tensors["k_distance"].to(dev)
+        self.lrd_ = tensors["lrd"].to(dev)
+
     def _lrd(self, d: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         reach = torch.maximum(d, self.k_distance_[i])
         return 1.0 / (reach.mean(1) + 1e-10)
@@ -193,3 +277,7 @@ class LOF(_EmbeddingDetector):
         X = self._query(X, "decision_function")
         d, i = self._neighbours(X, int(self.n_neighbors))
         return self._lof(d, i)
+
+
+#: Embedding detectors by the name recorded in their files (read by :func:`fastad.detectors.load`).
+EMBEDDING_DETECTORS = {"KNN": KNN, "LOF": LOF}
