@@ -1,4 +1,5 @@
-"""KNN and LOF on embeddings: fastad vs scikit-learn (the engine under PyOD's KNN and LOF), same data.
+"""KNN, LOF and Mahalanobis on embeddings: fastad vs scikit-learn (the engine under PyOD's KNN and LOF;
+``LedoitWolf`` for the Gaussian), same data.
 
     .venv/bin/python benchmarks/bench_embedding.py [--n-train 20000] [--n-test 5000] [--dim 384] [--threads 1]
 
@@ -52,8 +53,18 @@ def main():
         return out, time.perf_counter() - w, time.process_time() - c
 
     rows, res = [], {"n_train": a.n_train, "n_test": a.n_test, "dim": a.dim, "threads": a.threads, "rows": []}
-    for name, k in (("KNN k=5 largest", 5), ("LOF k=20", 20)):
-        if name.startswith("KNN"):
+    from sklearn.covariance import LedoitWolf
+
+    from fastad.detectors import Mahalanobis
+
+    for name, k in (("KNN k=5 largest", 5), ("LOF k=20", 20), ("Mahalanobis LW", 0)):
+        if name.startswith("Mahalanobis"):
+            ours = lambda: (lambda d: (d.decision_scores_, d.decision_function(Y)))(Mahalanobis().fit(X))
+
+            def theirs(dtype):
+                lw = LedoitWolf().fit(X.numpy().astype(dtype))
+                return np.sqrt(lw.mahalanobis(X.numpy().astype(dtype))), np.sqrt(lw.mahalanobis(Y.numpy().astype(dtype)))
+        elif name.startswith("KNN"):
             ours = lambda: (lambda d: (d.decision_scores_, d.decision_function(Y)))(KNN(n_neighbors=k).fit(X))
 
             def theirs(dtype):

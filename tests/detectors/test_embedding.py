@@ -115,3 +115,50 @@ def test_save_load_roundtrip_and_bad_files(cls, tmp_path, gen):
         load(tmp_path / "t.safetensors")
     with pytest.raises(RuntimeError, match="not fitted yet"):
         cls().save(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize("shrinkage", ["ledoit_wolf", "oas", "none", 0.5])
+def test_mahalanobis_matches_sklearn(device, shrinkage, gen):
+    from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
+
+    from fastad.detectors import Mahalanobis
+
+    X = torch.randn(200, 24, generator=gen) @ torch.randn(24, 24, generator=gen) + 3.0
+    Y = torch.randn(30, 24, generator=gen) * 2 + 3.0
+    det = Mahalanobis(shrinkage=shrinkage).fit(X.to(device))
+    Xn = X.double().numpy()
+    if shrinkage == 0.5:
+        cov = np.cov(Xn, rowvar=False, ddof=0) + 0.5 * np.eye(24)
+        mu = Xn.mean(0)
+        prec = np.linalg.inv(cov)
+        want = np.einsum("ij,jk,ik->i", Y.double().numpy() - mu, prec, Y.double().numpy() - mu)
+        np.testing.assert_allclose(det.covariance_.cpu().numpy(), cov, rtol=1e-10, atol=1e-10)
+    else:
+        est = {"ledoit_wolf": LedoitWolf(), "oas": OAS(), "none": EmpiricalCovariance()}[shrinkage].fit(Xn)
+        assert abs(det.shrinkage_ - getattr(est, "shrinkage_", 0.0)) <= 1e-12
+        np.testing.assert_allclose(det.covariance_.cpu().numpy(), est.covariance_, rtol=1e-10, atol=1e-10)
+        want = est.mahalanobis(Y.double().numpy())  # squared distances
+    got = det.decision_function(Y.to(device))
+    assert got.device.type == device.type
+    np.testing.assert_allclose(got.cpu().double().numpy() ** 2, want, rtol=1e-5)
+    thr = np.percentile(det.decision_scores_.cpu().numpy(), 90)
+    assert abs(det.threshold_ - thr) <= 1e-6 * max(1.0, thr)
+
+
+def test_mahalanobis_few_samples_save_load_and_errors(tmp_path, gen):
+    from fastad.detectors import Mahalanobis, ModelFileError, load
+
+    X = torch.randn(20, 64, generator=gen)  # n < p: only a shrunk covariance is positive definite
+    Y = torch.randn(5, 64, generator=gen)
+    det = Mahalanobis().fit(X)
+    assert 0 < det.shrinkage_ <= 1
+    back = load(det.save(tmp_path / "m.safetensors"))
+    assert isinstance(back, Mahalanobis) and torch.equal(back.decision_function(Y), det.decision_function(Y))
+    with pytest.raises(ValueError, match=r"not positive definite with shrinkage='none'"):
+        Mahalanobis(shrinkage="none").fit(X)
+    with pytest.raises(ValueError, match="shrinkage must be 'ledoit_wolf', 'oas', 'none' or a float >= 0"):
+        Mahalanobis(shrinkage="lw").fit(X)
+    with pytest.raises(ValueError, match="at least 2 training embeddings"):
+        Mahalanobis().fit(X[:1])
+    with pytest.raises(ValueError, match="X has 8 features, the model 64"):
+        det.decision_function(Y[:, :8])

@@ -1,5 +1,5 @@
 """Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
-PatchCore, PaDiM, SPADE, the zero-shot MuSc, and KNN / LOF on any embeddings (:mod:`fastad.detectors.musc`).
+PatchCore, PaDiM, SPADE, the zero-shot MuSc, and KNN / LOF / Mahalanobis on any embeddings (:mod:`fastad.detectors.musc`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
-from .embedding import KNN, LOF
+from .embedding import KNN, LOF, Mahalanobis
 from .musc import MuSc
 from .padim import PaDiM
 from .patchcore import PatchCore
@@ -45,6 +45,7 @@ __all__ = [
     "BaseDetector",
     "KNN",
     "LOF",
+    "Mahalanobis",
     "MuSc",
     "PaDiM",
     "PatchCore",

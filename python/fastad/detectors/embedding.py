@@ -3,6 +3,8 @@ on fastad's exact k-NN kernel (CPU and CUDA).
 
 - :class:`KNN`: the distance to the k-th nearest training embedding (``method="largest"``, PyOD's
   default), or the mean / median of the k distances (Ramaswamy et al. 2000; Angiulli & Pizzuti 2002).
+- :class:`Mahalanobis`: the Mahalanobis distance to one Gaussian with Ledoit-Wolf / OAS / fixed
+  shrinkage (scikit-learn's estimators in closed form, float64): Rippel et al.'s per-level model.
 - :class:`LOF`: the local outlier factor (Breunig et al. 2000) in scikit-learn's novelty mode
   (``LocalOutlierFactor(novelty=True)``): reachability distances to the k nearest training points,
   local reachability densities with scikit-learn's ``1e-10`` guard; the score is the LOF itself
@@ -59,6 +61,12 @@ class _EmbeddingDetector:
 
     def _check_params(self, N: int) -> int:
         name = type(self).__name__
+        if isinstance(self, Mahalanobis):
+            if not (isinstance(self.contamination, (int, float)) and 0 < self.contamination <= 0.5):
+                raise ValueError(f"{name}: contamination must be in (0, 0.5], got {self.contamination!r}")
+            if N < 2:
+                raise ValueError(f"{name}.fit: needs at least 2 training embeddings, got {N}")
+            return 1
         if not (isinstance(self.n_neighbors, int) and self.n_neighbors >= 1):
             raise ValueError(f"{name}: n_neighbors must be an int >= 1, got {self.n_neighbors!r}")
         if self.metric not in ("l2", "cosine"):
@@ -279,5 +287,98 @@ class LOF(_EmbeddingDetector):
         return self._lof(d, i)
 
 
+def shrinkage_coefficient(Xc: torch.Tensor, method: str) -> float:
+    """The shrinkage ``alpha`` of scikit-learn's ``LedoitWolf`` / ``OAS`` (1.9) for centred data
+    ``Xc: Tensor[n, p]`` (float64), in closed form without a ``p x p`` product beyond ``S``
+    (SPEC-gaussian.md, "Shared numerics"): the shrunk covariance is ``(1 - alpha) S + alpha mu I``
+    with ``S = Xc^T Xc / n`` and ``mu = tr(S) / p``."""
+    n, p = Xc.shape
+    S = Xc.T @ Xc / n
+    mu = float(torch.diagonal(S).sum()) / p
+    if method == "ledoit_wolf":
+        delta_ = float(S.square().sum())  # |Xc^T Xc|_F^2 / n^2
+        beta_ = float(Xc.square().sum(1).square().sum())  # sum_i |x_i|^4
+        beta = (beta_ / n - delta_) / (p * n)
+        delta = (delta_ - 2.0 * mu * float(torch.diagonal(S).sum()) + p * mu * mu) / p
+        beta = min(beta, delta)
+        return 0.0 if beta == 0 else beta / delta
+    if method == "oas":
+        a = float(S.square().mean())
+        den = (n + 1) * (a - mu * mu / p)
+        return 1.0 if den == 0 else min((a + mu * mu) / den, 1.0)
+    raise ValueError(f"shrinkage method must be 'ledoit_wolf' or 'oas', got {method!r}")
+
+
+class Mahalanobis(_EmbeddingDetector):
+    """One Gaussian on the embeddings; the score is the Mahalanobis distance (not squared) to it.
+
+    This is the per-level model of Rippel et al.'s Gaussian AD (ICPR 2020; their score is the mean of
+    these distances over backbone levels of globally pooled features) and of Lee et al.'s Mahalanobis
+    score with one class. The covariance is the maximum-likelihood one (divided by N, as
+    scikit-learn), shrunk by ``shrinkage``: ``"ledoit_wolf"`` (scikit-learn's ``LedoitWolf``, Rippel's
+    choice), ``"oas"`` (``OAS``), ``"none"`` (``EmpiricalCovariance``: needs N > D) or a float
+    ``eps`` (``S + eps I``). Everything is fitted and factorised (Cholesky) in float64.
+
+    Args:
+        shrinkage: see above. contamination: share of the training set above ``threshold_``.
+
+    Fitted: ``location_`` (``Tensor[D]``), ``covariance_`` (``Tensor[D, D]`` float64),
+    ``shrinkage_`` (the coefficient used, 0 for ``"none"``), ``decision_scores_``, ``threshold_``,
+    ``labels_``. The training scores are in-sample (the model includes each point), as PyOD's MCD/ECOD.
+    """
+
+    _params = ("shrinkage", "contamination")
+
+    def __init__(self, shrinkage="ledoit_wolf", contamination: float = 0.1):
+        self.shrinkage = shrinkage
+        self.contamination = contamination
+        self.n_neighbors, self.metric = 1, "l2"  # unused (shared checks)
+
+    def _state(self) -> dict:
+        return {"train": self.train_, "decision_scores": self.decision_scores_}
+
+    def fit(self, X, y=None) -> "Mahalanobis":
+        """Mean and shrunk covariance of ``X: Tensor[N, D]``."""
+        sh = self.shrinkage
+        if not (sh in ("ledoit_wolf", "oas", "none") or (isinstance(sh, (int, float)) and not isinstance(sh, bool) and sh >= 0)):
+            raise ValueError(f"Mahalanobis: shrinkage must be 'ledoit_wolf', 'oas', 'none' or a float >= 0, got {sh!r}")
+        X, _ = self._prepare(X)
+        self._fit_gaussian()
+        self._set_threshold(self.decision_function(X))
+        return self
+
+    def _fit_gaussian(self):
+        X = self.train_.double()
+        n, p = X.shape
+        mu = X.mean(0)
+        Xc = X - mu
+        S = Xc.T @ Xc / n
+        if self.shrinkage in ("ledoit_wolf", "oas"):
+            a = shrinkage_coefficient(Xc, self.shrinkage)
+            cov = (1.0 - a) * S
+            cov.diagonal().add_(a * float(torch.diagonal(S).sum()) / p)
+        else:
+            a = 0.0 if self.shrinkage == "none" else float(self.shrinkage)
+            cov = S.clone()
+            cov.diagonal().add_(a)
+        L, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0:
+            raise ValueError(
+                f"Mahalanobis.fit: the covariance of {n} embeddings of {p} dims is not positive definite with "
+                f"shrinkage={self.shrinkage!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0"
+            )
+        self.location_, self.covariance_, self.shrinkage_, self._chol = mu, cov, a, L
+
+    def decision_function(self, X) -> torch.Tensor:
+        """``Tensor[N]`` float32 Mahalanobis distances of ``X: Tensor[N, D]`` (higher = more anomalous)."""
+        X = self._query(X, "decision_function")
+        d = (X.double() - self.location_.to(X.device)).T  # [D, N]
+        z = torch.linalg.solve_triangular(self._chol.to(X.device), d, upper=False)
+        return z.square().sum(0).sqrt().float()
+
+    def _set_extra_state(self, tensors, dev):
+        self._fit_gaussian()
+
+
 #: Embedding detectors by the name recorded in their files (read by :func:`fastad.detectors.load`).
-EMBEDDING_DETECTORS = {"KNN": KNN, "LOF": LOF}
+EMBEDDING_DETECTORS = {"KNN": KNN, "LOF": LOF, "Mahalanobis": Mahalanobis}
