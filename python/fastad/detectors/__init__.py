@@ -1,5 +1,5 @@
 """Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
-PatchCore, PaDiM, SPADE, the zero-shot MuSc, and KNN / LOF / Mahalanobis on any embeddings (:mod:`fastad.detectors.musc`).
+PatchCore, PaDiM, SPADE, GaussianAD (image-level), the zero-shot MuSc, and KNN / LOF / Mahalanobis on any embeddings (:mod:`fastad.detectors.musc`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
@@ -10,6 +10,7 @@ from __future__ import annotations
 from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
 from .embedding import KNN, LOF, Mahalanobis
+from .gaussian import GaussianAD
 from .musc import MuSc
 from .padim import PaDiM
 from .patchcore import PatchCore
@@ -17,7 +18,7 @@ from .spade import SPADE
 
 
 def _registry() -> dict[str, type]:
-    return {"PatchCore": PatchCore, "PaDiM": PaDiM, "SPADE": SPADE}
+    return {"PatchCore": PatchCore, "PaDiM": PaDiM, "SPADE": SPADE, "GaussianAD": GaussianAD}
 
 
 def load(path, *, backbone=None, device=None) -> BaseDetector:
@@ -43,6 +44,7 @@ def load(path, *, backbone=None, device=None) -> BaseDetector:
 
 __all__ = [
     "BaseDetector",
+    "GaussianAD",
     "KNN",
     "LOF",
     "Mahalanobis",
