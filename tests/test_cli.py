@@ -317,3 +317,16 @@ def test_padim_fit_and_evaluate(tree, tmp_path, capsys):
     assert main(["evaluate", "--model", str(path), "--data", str(tree), "--out", str(out), "-q", "--num-workers", "0"]) == 0
     html, rows, doc = check_report(out, 8)
     assert "image_auroc" in doc["metrics"] and "PaDiM" in capsys.readouterr().out
+
+
+def test_gaussian_fit_and_evaluate_image_level(tree, tmp_path, capsys):
+    """An image-level detector through the CLI: a report without heatmaps, image metrics only."""
+    path = tmp_path / "g.safetensors"
+    assert main(["fit", "--detector", "gaussian", "--data", str(tree), "--out", str(path)] + FIT) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(path), "--data", str(tree), "--out", str(out), "-q", "--num-workers", "0"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert "image_auroc" in doc["metrics"] and "pixel_auroc" not in doc["metrics"]
+    assert (out / "index.html").is_file() and not list((out / "heatmaps").glob("*.png"))
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 8 and "GaussianAD" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 Sub-commands::
 
-    fastad fit      --data DIR --out MODEL [--detector patchcore|padim|spade] [--backbone efficientnet_lite0] ...
+    fastad fit      --data DIR --out MODEL [--detector patchcore|padim|spade|gaussian] [--backbone efficientnet_lite0] ...
     fastad predict  --model MODEL --data DIR --out REPORT_DIR     scores, heatmaps, report
     fastad evaluate --model MODEL --data DIR --out REPORT_DIR     the same plus metrics (needs ground truth)
     fastad zeroshot --data DIR --out REPORT_DIR                   MuSc: the images score each other, no training
@@ -36,7 +36,7 @@ from pathlib import Path
 
 __all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
 
-DETECTORS = ("patchcore", "padim", "spade")
+DETECTORS = ("patchcore", "padim", "spade", "gaussian")
 
 
 class CLIError(Exception):
@@ -191,7 +191,8 @@ def make_detector(name: str, **params):
     when None; a given value the detector does not take is an error)."""
     from fastad import detectors
 
-    classes = {"patchcore": detectors.PatchCore, "padim": detectors.PaDiM, "spade": detectors.SPADE}
+    classes = {"patchcore": detectors.PatchCore, "padim": detectors.PaDiM, "spade": detectors.SPADE,
+               "gaussian": detectors.GaussianAD}
     if name not in classes:
         raise CLIError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     cls = classes[name]
@@ -403,8 +404,9 @@ def score_to_report(
             if b is None:
                 break
             with sw("predict"):
-                scores, maps = det.score(b["image"])
-            scores, maps = scores.detach().cpu(), maps.detach().cpu().float()
+                scores, maps = det.score(b["image"])  # maps None: an image-level detector (GaussianAD)
+            scores = scores.detach().cpu()
+            maps = None if maps is None else maps.detach().cpu().float()
             n_scored += scores.numel()
             with sw("report"):
                 writer.add(
@@ -486,7 +488,7 @@ def cmd_fit(a) -> int:
                       projection_dim=a.projection_dim)
     elif a.detector == "padim":
         params.update(n_features=a.n_features, random_state=a.seed)
-    else:
+    elif a.detector == "spade":
         params.update(k_images=a.k_images)
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
