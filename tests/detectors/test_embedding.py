@@ -162,3 +162,35 @@ def test_mahalanobis_few_samples_save_load_and_errors(tmp_path, gen):
         Mahalanobis().fit(X[:1])
     with pytest.raises(ValueError, match="X has 8 features, the model 64"):
         det.decision_function(Y[:, :8])
+
+
+def test_class_conditional_mahalanobis_matches_lee_reference(device, gen, tmp_path):
+    from sklearn.covariance import EmpiricalCovariance
+
+    from fastad.detectors import ClassConditionalMahalanobis, load
+
+    K, d = 4, 12
+    centres = torch.randn(K, d, generator=gen) * 4
+    y = torch.randint(0, K, (300,), generator=gen)
+    X = centres[y] + torch.randn(300, d, generator=gen) @ torch.randn(d, d, generator=gen) * 0.5
+    Y = torch.cat([centres[torch.randint(0, K, (20,), generator=gen)] + torch.randn(20, d, generator=gen) * 0.3,
+                   torch.randn(5, d, generator=gen) * 8])
+    det = ClassConditionalMahalanobis().fit(X.to(device), (y * 10 + 3).to(device))  # arbitrary label values
+    # Lee's sample_estimator: class means; EmpiricalCovariance on the class-centred features
+    Xn, yn = X.double().numpy(), y.numpy()
+    means = np.stack([Xn[yn == c].mean(0) for c in range(K)])
+    prec = EmpiricalCovariance(assume_centered=False).fit(Xn - means[yn]).precision_
+    Yn = Y.double().numpy()
+    d2 = np.stack([np.einsum("ij,jk,ik->i", Yn - m, prec, Yn - m) for m in means], 1)  # [N, K]
+    lee = (-0.5 * d2).max(1)  # Lee's score M(x)
+    got = det.decision_function(Y.to(device))
+    np.testing.assert_allclose(got.cpu().double().numpy(), np.sqrt(-2 * lee), rtol=1e-4, atol=1e-5)
+    assert torch.equal(det.predict_class(Y.to(device)).cpu(), torch.from_numpy(d2.argmin(1) * 10 + 3))
+    assert int(det.predict(Y.to(device))[-5:].sum()) == 5
+    back = load(det.save(tmp_path / "ccm.safetensors"))
+    assert isinstance(back, ClassConditionalMahalanobis)
+    torch.testing.assert_close(back.decision_function(Y), got.cpu())
+    with pytest.raises(ValueError, match="needs class labels y"):
+        ClassConditionalMahalanobis().fit(X)
+    with pytest.raises(ValueError, match=r"y must be Tensor\[N=300\] of integer labels"):
+        ClassConditionalMahalanobis().fit(X, y.float())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
-from .embedding import KNN, LOF, Mahalanobis
+from .embedding import KNN, LOF, ClassConditionalMahalanobis, Mahalanobis
 from .gaussian import GaussianAD
 from .musc import MuSc
 from .padim import PaDiM
@@ -44,6 +44,7 @@ def load(path, *, backbone=None, device=None) -> BaseDetector:
 
 __all__ = [
     "BaseDetector",
+    "ClassConditionalMahalanobis",
     "GaussianAD",
     "KNN",
     "LOF",
