@@ -93,3 +93,16 @@ def load():
         pass
     top.__version__ = version
     return tm.PatchcoreModel, comps.KCenterGreedy, am.AnomalyMapGenerator, comps.GaussianBlur2d, version
+
+
+def load_padim():
+    """After :func:`load`'s set-up, anomalib's PaDiM pieces: ``(MultiVariateGaussian,
+    AnomalyMapGenerator, version)`` (``anomalib/models/components/stats/multi_variate_gaussian.py``,
+    ``anomalib/models/image/padim/anomaly_map.py``)."""
+    *_, version = load()
+    root = Path(sys.modules["anomalib"].__path__[0])
+    _pkg("anomalib.models.components.stats", root / "models/components/stats")
+    _pkg("anomalib.models.image.padim", root / "models/image/padim")
+    mvg = importlib.import_module("anomalib.models.components.stats.multi_variate_gaussian").MultiVariateGaussian
+    amg = importlib.import_module("anomalib.models.image.padim.anomaly_map").AnomalyMapGenerator
+    return mvg, amg, version

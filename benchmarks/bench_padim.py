@@ -19,7 +19,6 @@ run interleaved in one process, ``torch.set_num_threads(--threads)``; wall and C
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -57,12 +56,7 @@ def main():
 
     import _anomalib_patchcore as A
 
-    *_, version = A.load()
-    anom_root = Path(sys.modules["anomalib"].__path__[0])
-    A._pkg("anomalib.models.components.stats", anom_root / "models/components/stats")
-    A._pkg("anomalib.models.image.padim", anom_root / "models/image/padim")
-    MVG = importlib.import_module("anomalib.models.components.stats.multi_variate_gaussian").MultiVariateGaussian
-    AMG = importlib.import_module("anomalib.models.image.padim.anomaly_map").AnomalyMapGenerator
+    MVG, AMG, version = A.load_padim()
 
     layers = ["_blocks.4", "_blocks.10"]
     bb = get_backbone("efficientnet_lite0")

@@ -444,6 +444,17 @@ def score_to_report(
 # --------------------------------------------------------------------------------------- commands
 
 
+def _print_report(doc: dict, sw: Stopwatch) -> None:
+    """What predict / evaluate / zeroshot print after :func:`score_to_report`: metrics, the predicted
+    count, the stage timings and where the report is."""
+    _print_metrics(doc["metrics"], doc["per_type"])
+    s = doc["summary"]
+    if s.get("threshold") is not None:
+        print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
+    print(sw.table())
+    print(f"report: {doc['index']}")
+
+
 def _print_metrics(metrics: dict, per_type: dict) -> None:
     from fastad.report import _METRIC_NAMES
 
@@ -554,12 +565,7 @@ def _cmd_score(a, evaluate: bool) -> int:
         progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
         info=info, cmap=a.cmap, resize=resize,
     )
-    _print_metrics(doc["metrics"], doc["per_type"])
-    s = doc["summary"]
-    if s.get("threshold") is not None:
-        print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
-    print(sw.table())
-    print(f"report: {doc['index']}")
+    _print_report(doc, sw)
     return 0
 
 
@@ -665,12 +671,7 @@ def cmd_zeroshot(a) -> int:
         batch_size=a.batch_size, num_workers=a.num_workers, progress=progress, top_k=a.top_k, heatmaps=a.heatmaps,
         title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
     )
-    _print_metrics(doc["metrics"], doc["per_type"])
-    s = doc["summary"]
-    if s.get("threshold") is not None:
-        print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
-    print(sw.table())
-    print(f"report: {doc['index']}")
+    _print_report(doc, sw)
     return 0
 
 

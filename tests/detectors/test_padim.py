@@ -9,16 +9,13 @@ stats/multi_variate_gaussian.py`` (``forward``: per-position ``_cov`` with ddof 
 (``compute_distance``: ``(delta @ inv * delta).sum``, clamp, sqrt; bilinear ``align_corners=False``
 upsampling; ``GaussianBlur2d`` sigma 4).
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fastad.detectors import PaDiM, load
 
-from .test_patchcore_parity import _port_blur
+from .test_patchcore_parity import _port_blur, installed_anomalib
 
 
 def _port_embedding(features, layers, idx):
@@ -88,21 +85,9 @@ def test_parity_with_installed_anomalib_code():
     embedding of fastad's channel subset."""
     pytest.importorskip("anomalib")
     pytest.importorskip("kornia")
-    import importlib
-
-    root = Path(__file__).resolve().parents[2]
-    saved = {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import _anomalib_patchcore as A
-
-        *_, version = A.load()
+    with installed_anomalib() as A:
+        mvg, amg, version = A.load_padim()
         assert version == "2.7.0", version
-        anom_root = Path(sys.modules["anomalib"].__path__[0])
-        A._pkg("anomalib.models.components.stats", anom_root / "models/components/stats")
-        A._pkg("anomalib.models.image.padim", anom_root / "models/image/padim")
-        mvg = importlib.import_module("anomalib.models.components.stats.multi_variate_gaussian").MultiVariateGaussian
-        amg = importlib.import_module("anomalib.models.image.padim.anomaly_map").AnomalyMapGenerator
         gen = torch.Generator().manual_seed(4)
         train, test = _features(gen, 25), _features(gen, 4)
         det = PaDiM(backbone=None, layers=["a", "b"], n_features=12, progress=False).fit_features(train, image_size=(40, 48))
@@ -113,11 +98,6 @@ def test_parity_with_installed_anomalib_code():
                     inv_covariance=g.inv_covariance, image_size=(40, 48))
         torch.testing.assert_close(maps, out[:, 0], rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(scores, out.amax(dim=(-2, -1))[:, 0], rtol=1e-3, atol=1e-3)
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
-        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 def test_streaming_fit_equals_one_batch(monkeypatch):

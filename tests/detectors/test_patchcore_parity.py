@@ -9,6 +9,10 @@ and ``anomalib/models/components/filters/blur.py`` (kornia Gaussian kernel, norm
 ``mode="reflect"`` by ``kernel // 2``, ``conv2d``). It runs on the SAME features and the SAME memory bank
 as fastad (coreset bypassed with ``coreset_ratio=1.0``, or fastad's selected bank injected).
 """
+import contextlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,6 +193,24 @@ def test_port_blur_matches_fastad_separable_blur():
     torch.testing.assert_close(gaussian_blur(x, 4.0, "reflect"), _port_blur(x), rtol=1e-5, atol=1e-6)
 
 
+@contextlib.contextmanager
+def installed_anomalib():
+    """benchmarks/_anomalib_patchcore.py (the loader of anomalib's source files without torchvision),
+    with ``sys.path`` and the ``anomalib`` modules restored afterwards."""
+    root = Path(__file__).resolve().parents[2]
+    saved = {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import _anomalib_patchcore
+
+        yield _anomalib_patchcore
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
 def test_parity_with_installed_anomalib_code():
     """Where anomalib 2.7.0 (+ kornia, scikit-learn) is installed (the `bench` extra), run anomalib's
     own PatchcoreModel.forward (loaded without torchvision by benchmarks/_anomalib_patchcore.py) on the
@@ -196,15 +218,7 @@ def test_parity_with_installed_anomalib_code():
     pytest.importorskip("anomalib")
     pytest.importorskip("kornia")
     pytest.importorskip("sklearn")
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    saved = {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import _anomalib_patchcore as A
-
+    with installed_anomalib() as A:
         PatchcoreModel, *_, version = A.load()
         assert version == "2.7.0", version
         gen = torch.Generator().manual_seed(11)
@@ -219,8 +233,3 @@ def test_parity_with_installed_anomalib_code():
         out = model(torch.zeros(5, 3, 48, 64))
         torch.testing.assert_close(maps, out.anomaly_map[:, 0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(scores, out.pred_score, rtol=1e-4, atol=1e-4)
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
-        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)

@@ -419,6 +419,25 @@ class BaseDetector:
     def _fit_stream(self, batches, timings):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _start_fit(self, feats: Mapping[str, torch.Tensor]) -> torch.device:
+        """At the first fit batch: ``layers_`` (the pending layers or every given one), checked, their
+        ``layer_dims_`` and ``device_``. Returns the device."""
+        self.layers_ = self._pending_layers or list(feats)
+        self._check_features(feats, self.layers_, "fit")
+        self.layer_dims_ = {layer: int(feats[layer].shape[1]) for layer in self.layers_}
+        self.device_ = self._run_device(feats[self.layers_[0]])
+        return self.device_
+
+    def _check_blur(self) -> None:
+        """``blur_border`` in :data:`BORDER_MODES` and ``blur_sigma`` >= 0 or None."""
+        from ._maps import BORDER_MODES
+
+        name = type(self).__name__
+        if self.blur_border not in BORDER_MODES:
+            raise ValueError(f"{name}: blur_border must be one of {BORDER_MODES}, got {self.blur_border!r}")
+        if self.blur_sigma is not None and not self.blur_sigma >= 0:
+            raise ValueError(f"{name}: blur_sigma must be >= 0 or None, got {self.blur_sigma!r}")
+
     # ------------------------------------------------------------------ scoring
     def _score(self, X, want_scores: bool, want_maps: bool, what: str):
         self._check_fitted(what)
@@ -548,12 +567,6 @@ class BaseDetector:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted detector to ``path`` (one safetensors file with JSON metadata; no pickle)."""
         self._check_fitted("save")
-        from safetensors.torch import save_file
-
-        from .. import __version__
-
-        path = Path(path)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._state_tensors().items()}
         params = {}
         for k, v in self.get_params().items():
             if k == "backbone":
@@ -567,11 +580,7 @@ class BaseDetector:
             except TypeError:
                 v = repr(v)
             params[k] = v
-        meta = {
-            "format": _FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "fastad_version": __version__,
-            "detector": type(self).__name__,
+        fields = {
             "params": params,
             "backbone": self.backbone_name_,
             "custom_backbone": bool(getattr(self, "custom_backbone_", False)),
@@ -581,14 +590,9 @@ class BaseDetector:
             "threshold": getattr(self, "threshold_", None),
             "n_fit_images": getattr(self, "n_fit_images_", None),
             "preprocess": getattr(self, "preprocess_", None),
-            "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
             **self._extra_meta(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-        return path
+        return write_model_file(path, type(self).__name__, self._state_tensors(), fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backbone=None, device=None) -> "BaseDetector":
@@ -597,6 +601,32 @@ class BaseDetector:
         if not isinstance(det, cls):
             raise ModelFileError(path, f"holds a {type(det).__name__}, not a {cls.__name__}")
         return det
+
+
+def write_model_file(path: str | os.PathLike, detector: str, tensors: dict[str, torch.Tensor], fields: dict) -> Path:
+    """Write ``tensors`` (moved to CPU) and the JSON metadata ``fields`` of a ``detector`` to ``path``:
+    one safetensors file, the metadata holding the format name and version, the fastad version and a
+    SHA-256 per tensor (checked by :func:`fastad.detectors.load`); written to a temporary name, then
+    renamed, so a crash never leaves half a model file."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {
+        "format": _FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "fastad_version": __version__,
+        "detector": detector,
+        **fields,
+        "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
 
 
 def _read_meta(path: Path) -> dict:

@@ -59,22 +59,20 @@ class _EmbeddingDetector:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in self._params)})"
 
-    def _check_params(self, N: int) -> int:
+    def _check_common(self, N: int) -> None:
         name = type(self).__name__
-        if isinstance(self, Mahalanobis):
-            if not (isinstance(self.contamination, (int, float)) and 0 < self.contamination <= 0.5):
-                raise ValueError(f"{name}: contamination must be in (0, 0.5], got {self.contamination!r}")
-            if N < 2:
-                raise ValueError(f"{name}.fit: needs at least 2 training embeddings, got {N}")
-            return 1
-        if not (isinstance(self.n_neighbors, int) and self.n_neighbors >= 1):
-            raise ValueError(f"{name}: n_neighbors must be an int >= 1, got {self.n_neighbors!r}")
-        if self.metric not in ("l2", "cosine"):
-            raise ValueError(f"{name}: metric must be 'l2' or 'cosine', got {self.metric!r}")
         if not (isinstance(self.contamination, (int, float)) and 0 < self.contamination <= 0.5):
             raise ValueError(f"{name}: contamination must be in (0, 0.5], got {self.contamination!r}")
         if N < 2:
             raise ValueError(f"{name}.fit: needs at least 2 training embeddings, got {N}")
+
+    def _check_params(self, N: int) -> int:
+        name = type(self).__name__
+        if not (isinstance(self.n_neighbors, int) and self.n_neighbors >= 1):
+            raise ValueError(f"{name}: n_neighbors must be an int >= 1, got {self.n_neighbors!r}")
+        if self.metric not in ("l2", "cosine"):
+            raise ValueError(f"{name}: metric must be 'l2' or 'cosine', got {self.metric!r}")
+        self._check_common(N)
         if self.n_neighbors > N - 1:
             raise ValueError(
                 f"{name}.fit: n_neighbors={self.n_neighbors} but only {N - 1} other training embeddings per point "
@@ -121,28 +119,11 @@ class _EmbeddingDetector:
     def save(self, path):
         """Write the fitted detector to ``path`` (one safetensors file with JSON metadata and per-tensor
         SHA-256; read back with :func:`fastad.detectors.load`)."""
-        import json
-        import os
-        from pathlib import Path
-
-        from safetensors.torch import save_file
-
-        from .. import __version__
-        from .base import _FORMAT_NAME, _META_KEY, FORMAT_VERSION, _tensor_digest
+        from .base import write_model_file
 
         self._check_fitted("save")
-        path = Path(path)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._state().items()}
-        meta = {
-            "format": _FORMAT_NAME, "format_version": FORMAT_VERSION, "fastad_version": __version__,
-            "detector": type(self).__name__, "params": self.get_params(), "threshold": self.threshold_,
-            "n_features_in": self.n_features_in_, "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-        return path
+        fields = {"params": self.get_params(), "threshold": self.threshold_, "n_features_in": self.n_features_in_}
+        return write_model_file(path, type(self).__name__, self._state(), fields)
 
     @classmethod
     def _from_file(cls, path, meta, tensors, device):
@@ -329,14 +310,15 @@ class Mahalanobis(_EmbeddingDetector):
     """
 
     _params = ("shrinkage", "contamination")
+    metric = "l2"  # the stored embeddings need no cosine norms (the distance is in the whitened space)
 
     def __init__(self, shrinkage="ledoit_wolf", contamination: float = 0.1):
         self.shrinkage = shrinkage
         self.contamination = contamination
-        self.n_neighbors, self.metric = 1, "l2"  # unused (shared checks)
 
-    def _state(self) -> dict:
-        return {"train": self.train_, "decision_scores": self.decision_scores_}
+    def _check_params(self, N: int) -> int:
+        self._check_common(N)
+        return 1
 
     def fit(self, X, y=None) -> "Mahalanobis":
         """Mean and shrunk covariance of ``X: Tensor[N, D]``."""
@@ -350,9 +332,14 @@ class Mahalanobis(_EmbeddingDetector):
 
     def _fit_gaussian(self):
         X = self.train_.double()
-        n, p = X.shape
         mu = X.mean(0)
-        Xc = X - mu
+        cov, a, L = self._factorise(X - mu, "covariance")
+        self.location_, self.covariance_, self.shrinkage_, self._chol = mu, cov, a, L
+
+    def _factorise(self, Xc: torch.Tensor, what: str):
+        """``(covariance, shrinkage coefficient, Cholesky factor)`` of centred ``Xc: Tensor[n, p]``
+        (float64): the maximum-likelihood covariance shrunk by ``self.shrinkage``."""
+        n, p = Xc.shape
         S = Xc.T @ Xc / n
         if self.shrinkage in ("ledoit_wolf", "oas"):
             a = shrinkage_coefficient(Xc, self.shrinkage)
@@ -365,10 +352,10 @@ class Mahalanobis(_EmbeddingDetector):
         L, info = torch.linalg.cholesky_ex(cov)
         if int(info) != 0:
             raise ValueError(
-                f"Mahalanobis.fit: the covariance of {n} embeddings of {p} dims is not positive definite with "
+                f"{type(self).__name__}.fit: the {what} of {n} embeddings of {p} dims is not positive definite with "
                 f"shrinkage={self.shrinkage!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0"
             )
-        self.location_, self.covariance_, self.shrinkage_, self._chol = mu, cov, a, L
+        return cov, a, L
 
     def decision_function(self, X) -> torch.Tensor:
         """``Tensor[N]`` float32 Mahalanobis distances of ``X: Tensor[N, D]`` (higher = more anomalous)."""
@@ -426,23 +413,8 @@ class ClassConditionalMahalanobis(Mahalanobis):
         K = classes.numel()
         counts = torch.bincount(inv, minlength=K).double()
         means = torch.zeros(K, X.shape[1], dtype=torch.float64, device=X.device).index_add_(0, inv, X) / counts[:, None]
-        Xc = X - means[inv]  # class-centred: the pooled within-class covariance (divided by N)
-        n, p = Xc.shape
-        S = Xc.T @ Xc / n
-        if self.shrinkage in ("ledoit_wolf", "oas"):
-            a = shrinkage_coefficient(Xc, self.shrinkage)
-            cov = (1.0 - a) * S
-            cov.diagonal().add_(a * float(torch.diagonal(S).sum()) / p)
-        else:
-            a = 0.0 if self.shrinkage == "none" else float(self.shrinkage)
-            cov = S.clone()
-            cov.diagonal().add_(a)
-        L, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0:
-            raise ValueError(
-                f"ClassConditionalMahalanobis.fit: the shared covariance of {n} embeddings of {p} dims is not positive "
-                f"definite with shrinkage={self.shrinkage!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0"
-            )
+        # class-centred: the pooled within-class covariance (divided by N)
+        cov, a, L = self._factorise(X - means[inv], "shared covariance")
         self.classes_, self.means_, self.covariance_, self.shrinkage_, self._chol = classes, means, cov, a, L
         self.location_ = means.mean(0)
         self._white_means = torch.linalg.solve_triangular(L, means.T, upper=False).T.float().contiguous()

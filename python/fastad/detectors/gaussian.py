@@ -60,11 +60,7 @@ class GaussianAD(BaseDetector):
         pooled, dev = None, None
         for feats in batches:
             if self.layers_ is None:
-                self.layers_ = self._pending_layers or list(feats)
-                self._check_features(feats, self.layers_, "fit")
-                self.layer_dims_ = {k: int(feats[k].shape[1]) for k in self.layers_}
-                dev = self._run_device(feats[self.layers_[0]])
-                self.device_ = dev
+                dev = self._start_fit(feats)
                 pooled = {k: [] for k in self.layers_}
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):

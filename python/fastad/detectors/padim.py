@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BaseDetector, ModelFileError, _Timer
-from ._maps import BORDER_MODES, gaussian_blur
+from ._maps import gaussian_blur
 
 #: anomalib's regularisation of every position's covariance (``+ 0.01 I``, then ``+ 1e-5 I``).
 PADIM_EPS = 0.01
@@ -97,10 +97,7 @@ class PaDiM(BaseDetector):
             raise ValueError(f"PaDiM: n_features must be None or an int >= 1, got {self.n_features!r}")
         if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
             raise ValueError(f"PaDiM: eps must be a number >= 0, got {self.eps!r}")
-        if self.blur_border not in BORDER_MODES:
-            raise ValueError(f"PaDiM: blur_border must be one of {BORDER_MODES}, got {self.blur_border!r}")
-        if self.blur_sigma is not None and not self.blur_sigma >= 0:
-            raise ValueError(f"PaDiM: blur_sigma must be >= 0 or None, got {self.blur_sigma!r}")
+        self._check_blur()
 
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
@@ -133,11 +130,7 @@ class PaDiM(BaseDetector):
         buf, n_pending = None, 0  # [P, PADIM_FIT_CHUNK, C] float32 chunk of training positions
         for feats in batches:
             if self.layers_ is None:
-                self.layers_ = self._pending_layers or list(feats)
-                self._check_features(feats, self.layers_, "fit")
-                self.layer_dims_ = {layer: int(feats[layer].shape[1]) for layer in self.layers_}
-                dev = self._run_device(feats[self.layers_[0]])
-                self.device_ = dev
+                dev = self._start_fit(feats)
                 total = sum(self.layer_dims_.values())
                 keep = total if self.n_features is None else int(self.n_features)
                 if keep > total:

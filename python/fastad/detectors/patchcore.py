@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import BaseDetector, ModelFileError, _Timer
-from ._maps import BORDER_MODES, adaptive_patch_pool, gaussian_blur, local_average, to_finest_grid
+from ._maps import adaptive_patch_pool, gaussian_blur, local_average, to_finest_grid
 
 
 class PatchCore(BaseDetector):
@@ -113,10 +113,7 @@ class PatchCore(BaseDetector):
             raise ValueError(f"{name}: coreset_ratio must be in (0, 1], got {self.coreset_ratio!r}")
         if not (isinstance(self.num_neighbors, int) and self.num_neighbors >= 1):
             raise ValueError(f"{name}: num_neighbors must be an int >= 1, got {self.num_neighbors!r}")
-        if self.blur_border not in BORDER_MODES:
-            raise ValueError(f"{name}: blur_border must be one of {BORDER_MODES}, got {self.blur_border!r}")
-        if self.blur_sigma is not None and not self.blur_sigma >= 0:
-            raise ValueError(f"{name}: blur_sigma must be >= 0 or None, got {self.blur_sigma!r}")
+        self._check_blur()
         if self.target_dim is not None and not (isinstance(self.target_dim, int) and self.target_dim >= 1):
             raise ValueError(f"{name}: target_dim must be None or an int >= 1, got {self.target_dim!r}")
         if self.coreset_storage not in (None, "float32", "float16", "bfloat16"):
@@ -150,11 +147,7 @@ class PatchCore(BaseDetector):
         rows, grid, dev = [], None, None
         for feats in batches:
             if self.layers_ is None:
-                self.layers_ = self._pending_layers or list(feats)
-                self._check_features(feats, self.layers_, "fit")
-                self.layer_dims_ = {layer: int(feats[layer].shape[1]) for layer in self.layers_}
-                dev = self._run_device(feats[self.layers_[0]])
-                self.device_ = dev
+                dev = self._start_fit(feats)
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
