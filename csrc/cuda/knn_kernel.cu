@@ -39,13 +39,15 @@ constexpr int64_t kF32ChunkRows = 32768;  // most bank rows per chunk for float3
 
 __device__ __forceinline__ bool better32(float s, int i, float t, int j) { return s < t || (s == t && i < j); }
 
-__device__ __forceinline__ float tile_score(float dot, const float* __restrict__ bn, int64_t c, int metric) {
-  if (metric == kL2 || metric == kSqEuclidean) return bn[c] - 2.f * dot;
-  if (metric == kCosine) {
-    const float n = bn[c];
-    return n > 0.f ? -dot * rsqrtf(n) : 0.f;
-  }
+__device__ __forceinline__ float score_of(float dot, float bnv, int metric) {
+  if (metric == kL2 || metric == kSqEuclidean) return bnv - 2.f * dot;
+  if (metric == kCosine) return bnv > 0.f ? -dot * rsqrtf(bnv) : 0.f;
   return -dot;
+}
+
+// score_of on the norm of tile column c (not read for "ip", whose score ignores it).
+__device__ __forceinline__ float tile_score(float dot, const float* __restrict__ bn, int64_t c, int metric) {
+  return score_of(dot, metric == kIP ? 0.f : bn[c], metric);
 }
 
 template <int K>
@@ -150,12 +152,6 @@ __device__ __forceinline__ void warp_list_insert(float& ls, int& li, float cs, i
     ls = cs;
     li = cj;
   }
-}
-
-__device__ __forceinline__ float score_of(float dot, float bnv, int metric) {
-  if (metric == kL2 || metric == kSqEuclidean) return bnv - 2.f * dot;
-  if (metric == kCosine) return bnv > 0.f ? -dot * rsqrtf(bnv) : 0.f;
-  return -dot;
 }
 
 // Folds S[r, :nc] (bank rows j0 .. j0 + nc) into the running top-k of query q0 + r (k <= 32).
