@@ -30,9 +30,10 @@ __device__ T block_sum(T v, T* sh) {
   return t;
 }
 
-// Sum of y[(h + dh) * H + (w + dw), c] over |dh|, |dw| <= rad inside the H x H grid (zero padding).
-__device__ __forceinline__ float box_at(const float* __restrict__ yb, int64_t H, int64_t C, int64_t h, int64_t w,
-                                        int64_t rad, int64_t c) {
+// Sum of (x[(h + dh) * H + (w + dw)) * s1 + c] - m) * rstd over |dh|, |dw| <= rad inside the H x H grid
+// (zero padding). m = 0, rstd = 1 gives the plain sum exactly.
+__device__ __forceinline__ float box_at(const float* __restrict__ xb, int64_t H, int64_t s1, int64_t h, int64_t w,
+                                        int64_t rad, int64_t c, float m = 0.f, float rstd = 1.f) {
   float acc = 0.f;
   for (int64_t dh = -rad; dh <= rad; ++dh) {
     const int64_t h2 = h + dh;
@@ -40,7 +41,7 @@ __device__ __forceinline__ float box_at(const float* __restrict__ yb, int64_t H,
     for (int64_t dw = -rad; dw <= rad; ++dw) {
       const int64_t w2 = w + dw;
       if (w2 < 0 || w2 >= H) continue;
-      acc += yb[(h2 * H + w2) * C + c];
+      acc += (xb[(h2 * H + w2) * s1 + c] - m) * rstd;
     }
   }
   return acc;
@@ -76,16 +77,7 @@ __global__ void lnamd_pool_kernel(const float* __restrict__ x, int64_t L, int64_
   float* o = out + bp * C;
   double ss = 0.0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc = 0.f;
-    for (int64_t dh = -rad; dh <= rad; ++dh) {
-      const int64_t h2 = h + dh;
-      if (h2 < 0 || h2 >= H) continue;
-      for (int64_t dw = -rad; dw <= rad; ++dw) {
-        const int64_t w2 = w + dw;
-        if (w2 < 0 || w2 >= H) continue;
-        acc += (xb[(h2 * H + w2) * s1 + c] - m) * rstd;
-      }
-    }
+    const float acc = box_at(xb, H, s1, h, w, rad, c, m, rstd);
     const float v = r > 1 ? acc * inv : acc;
     o[c] = v;
     ss += (double)v * v;
