@@ -2,7 +2,7 @@
 // operators (torch.ops.fastad.*, see registration.cpp). This module only carries build facts.
 #include <pybind11/pybind11.h>
 
-#include "ops/build_info.h"
+#include "common/build_info.h"
 
 namespace py = pybind11;
 

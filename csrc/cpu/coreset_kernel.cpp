@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "cpu/coreset.h"
-#include "ops/build_info.h"
-#include "ops/checks.h"
+#include "common/build_info.h"
+#include "common/checks.h"
 
 namespace fastad::cpu {
 

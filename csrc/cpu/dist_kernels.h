@@ -9,7 +9,7 @@
 #pragma once
 #include <cstdint>
 
-#include "ops/checks.h"
+#include "common/metric.h"
 
 namespace fastad::cpu {
 

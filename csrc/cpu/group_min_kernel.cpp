@@ -1,7 +1,6 @@
 // CPU group minimum: for each query, the minimum distance to each of G consecutive groups of bank rows.
 // Fast path: the AVX2 distance GEMM with a per-group-min epilogue (csrc/cpu/dist_gemm_avx2.cpp).
-// Portable path: a blocked dot-product tile (as knn_kernel.cpp) followed by segment minima; the
-// Q x N distance matrix is never materialised (one [kQueryBlock x kBankBlock] tile per thread).
+// Portable path: the shared blocked sweep (cpu/dist_sweep.h) with a per-group-minimum handler.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,18 +12,72 @@
 #include <vector>
 
 #include "cpu/dist_kernels.h"
+#include "cpu/dist_sweep.h"
 #include "cpu/vec_ops.h"
-#include "ops/checks.h"
+#include "common/checks.h"
 
 namespace fastad::cpu {
 
 namespace {
 
-constexpr int64_t kQueryBlock = 64;  // query rows per tile and per parallel task
-constexpr int64_t kBankBlock = 512;  // bank rows per tile (tile = 64 * 512 * 4 B = 128 KiB)
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-/// Portable group minimum over row-major float32 buffers.
+/// group_min's result handler for sweep_scores: the best score and its bank row per (query row, group),
+/// then the winner's exact distance (l2 / sqeuclidean) or the score's conversion.
+class GroupMinHandler {
+ public:
+  GroupMinHandler(const float* q, const float* b, const float* qnorm, int64_t D, int64_t gs, int64_t G, Metric metric,
+                  const int64_t* exclude, float* out)
+      : q_(q), b_(b), qnorm_(qnorm), D_(D), gs_(gs), G_(G), metric_(metric), exclude_(exclude), out_(out),
+        arg_(kSweepQueryBlock * G) {}
+
+  void begin(int64_t i0, int64_t ni) {
+    i0_ = i0;
+    std::fill(out_ + i0 * G_, out_ + (i0 + ni) * G_, kInf);  // best score (smaller is better) per group
+  }
+
+  void add(int64_t r, int64_t j, float s) {
+    const int64_t g = j / gs_;
+    if (exclude_ && g == exclude_[i0_ + r]) return;
+    float& o = out_[(i0_ + r) * G_ + g];
+    if (s < o) o = s, arg_[r * G_ + g] = j;  // equal scores keep the smaller index
+  }
+
+  void end(int64_t i0, int64_t ni) {
+    for (int64_t r = 0; r < ni; ++r) {
+      const int64_t i = i0 + r;
+      const float qinv = qnorm_[i] > 0.f ? 1.f / std::sqrt(qnorm_[i]) : 0.f;
+      float* o = out_ + i * G_;
+      const int64_t* a = arg_.data() + r * G_;
+      for (int64_t g = 0; g < G_; ++g) {
+        const float s = o[g];
+        if (s == kInf) {  // skipped group (scores of finite inputs are finite)
+          o[g] = metric_ == Metric::IP ? -kInf : kInf;
+          continue;
+        }
+        switch (metric_) {
+          // l2/sqeuclidean: the exact distance to the group's winner (the expansion cancels on
+          // non-centred data)
+          case Metric::L2: o[g] = std::sqrt(exact_sq_dist(q_ + i * D_, b_ + a[g] * D_, D_)); break;
+          case Metric::SqEuclidean: o[g] = exact_sq_dist(q_ + i * D_, b_ + a[g] * D_, D_); break;
+          case Metric::Cosine: o[g] = std::max(1.f + s * qinv, 0.f); break;
+          default: o[g] = -s; break;
+        }
+      }
+    }
+  }
+
+ private:
+  const float *q_, *b_, *qnorm_;
+  int64_t D_, gs_, G_;
+  Metric metric_;
+  const int64_t* exclude_;
+  float* out_;
+  std::vector<int64_t> arg_;  // winning bank row per (query row of the block, group)
+  int64_t i0_ = 0;
+};
+
+/// Portable group minimum over row-major float32 buffers (sweep_scores + GroupMinHandler).
 /// @param bnorm   squared bank row norms [N]        @param qnorm  squared query row norms [Q]
 /// @param exclude group id to skip per query [Q] (-1: none), or nullptr
 /// @param out     [Q, G] distances (ip: max inner product); a skipped group holds +inf (ip: -inf)
@@ -36,58 +89,8 @@ void group_min_f32(const float* q, const float* b, const float* bnorm, const flo
     binv.resize(N);
     inverse_norms(bnorm, N, binv.data());
   }
-  const int64_t nqb = (Q + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, nqb, 1, [&](int64_t qb0, int64_t qb1) {
-    std::vector<float> tile(kQueryBlock * kBankBlock);
-    std::vector<int64_t> arg(kQueryBlock * G);  // winning bank row per (query, group)
-    for (int64_t qb = qb0; qb < qb1; ++qb) {
-      const int64_t i0 = qb * kQueryBlock, ni = std::min(kQueryBlock, Q - i0);
-      std::fill(out + i0 * G, out + (i0 + ni) * G, kInf);  // best score (smaller is better) per group
-      for (int64_t j0 = 0; j0 < N; j0 += kBankBlock) {
-        const int64_t nj = std::min(kBankBlock, N - j0);
-        dot_tile(q + i0 * D, ni, b + j0 * D, nj, D, tile.data(), kBankBlock);
-        for (int64_t r = 0; r < ni; ++r) {
-          const int64_t ex = exclude ? exclude[i0 + r] : -1;
-          const float* t = tile.data() + r * kBankBlock;
-          float* o = out + (i0 + r) * G;
-          int64_t* a = arg.data() + r * G;
-          for (int64_t c = 0; c < nj; ++c) {
-            const int64_t j = j0 + c, g = j / gs;
-            if (g == ex) continue;
-            float s;
-            switch (metric) {
-              case Metric::L2:
-              case Metric::SqEuclidean: s = bnorm[j] - 2.f * t[c]; break;
-              case Metric::Cosine: s = -t[c] * binv[j]; break;
-              default: s = -t[c]; break;
-            }
-            if (s < o[g]) o[g] = s, a[g] = j;  // equal scores keep the smaller index
-          }
-        }
-      }
-      for (int64_t r = 0; r < ni; ++r) {
-        const int64_t i = i0 + r;
-        const float qinv = qnorm[i] > 0.f ? 1.f / std::sqrt(qnorm[i]) : 0.f;
-        float* o = out + i * G;
-        const int64_t* a = arg.data() + r * G;
-        for (int64_t g = 0; g < G; ++g) {
-          const float s = o[g];
-          if (s == kInf) {  // skipped group (scores of finite inputs are finite)
-            o[g] = metric == Metric::IP ? -kInf : kInf;
-            continue;
-          }
-          switch (metric) {
-            // l2/sqeuclidean: the exact distance to the group's winner (the expansion cancels on
-            // non-centred data)
-            case Metric::L2: o[g] = std::sqrt(exact_sq_dist(q + i * D, b + a[g] * D, D)); break;
-            case Metric::SqEuclidean: o[g] = exact_sq_dist(q + i * D, b + a[g] * D, D); break;
-            case Metric::Cosine: o[g] = std::max(1.f + s * qinv, 0.f); break;
-            default: o[g] = -s; break;
-          }
-        }
-      }
-    }
-  });
+  sweep_scores(q, b, bnorm, binv.data(), Q, N, D, metric,
+               [&] { return GroupMinHandler(q, b, qnorm, D, gs, G, metric, exclude, out); });
 }
 
 at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,

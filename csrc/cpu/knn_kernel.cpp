@@ -1,9 +1,7 @@
 // CPU exact k-NN entry. On AVX2/FMA CPUs it runs knn_f32_avx2 (csrc/cpu/dist_gemm_avx2.cpp: packed
 // GEMM micro-kernel with the top-k fused into its epilogue); otherwise, or with FASTAD_FORCE_GENERIC=1,
-// the portable knn_f32 below: a blocked dot-product tile followed by a fused selection epilogue.
+// the portable knn_f32 below: the shared blocked sweep (cpu/dist_sweep.h) with a top-k heap handler.
 // Both re-rank l2/sqeuclidean winners with exact distances.
-// The Q x N distance matrix is never materialised: each thread owns one
-// [kQueryBlock x kBankBlock] score tile (kQueryBlock * kBankBlock * 4 bytes = 128 KiB).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,17 +13,85 @@
 #include <vector>
 
 #include "cpu/dist_kernels.h"
+#include "cpu/dist_sweep.h"
 #include "cpu/topk.h"
 #include "cpu/vec_ops.h"
-#include "ops/checks.h"
+#include "common/checks.h"
 
 namespace fastad::cpu {
 
-// Rows of queries per tile (and per parallel task) and bank rows per tile.
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kBankBlock = 512;
+namespace {
 
-/// Exact k-NN over row-major float32 buffers.
+/// knn's result handler for sweep_scores: a bounded top-k heap per query row of the block, then the
+/// exact re-rank (l2 / sqeuclidean) and the conversion of scores to distances.
+class KnnHandler {
+ public:
+  KnnHandler(const float* q, const float* b, const float* qnorm, int64_t D, int64_t k, Metric metric,
+             bool exclude_self, float* out_d, int64_t* out_i)
+      : q_(q), b_(b), qnorm_(qnorm), D_(D), k_(k), metric_(metric), exclude_self_(exclude_self), out_d_(out_d),
+        out_i_(out_i), heaps_(kSweepQueryBlock * k) {}
+
+  void begin(int64_t i0, int64_t ni) {
+    i0_ = i0;
+    tk_.clear();
+    for (int64_t r = 0; r < ni; ++r) tk_.emplace_back(heaps_.data() + r * k_, k_);
+  }
+
+  void add(int64_t r, int64_t j, float s) {
+    TopK& h = tk_[r];
+    if (s <= h.threshold() && !(exclude_self_ && j == i0_ + r)) h.push(s, j);
+  }
+
+  void end(int64_t i0, int64_t ni) {
+    const bool l2 = metric_ == Metric::L2 || metric_ == Metric::SqEuclidean;
+    for (int64_t r = 0; r < ni; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t got = tk_[r].finish();
+      float* od = out_d_ + i * k_;
+      int64_t* oi = out_i_ + i * k_;
+      const float qinv = qnorm_[i] > 0.f ? 1.f / std::sqrt(qnorm_[i]) : 0.f;
+      if (l2) {
+        // re-rank the winners with exact distances (the expansion loses accuracy on non-centred data)
+        for (int64_t c = 0; c < got; ++c) tk_[r].buf[c].s = exact_sq_dist(q_ + i * D_, b_ + tk_[r].buf[c].i * D_, D_);
+        std::sort(tk_[r].buf, tk_[r].buf + got, better);
+      }
+      const float qadd = l2 ? 0.f : qnorm_[i];
+      for (int64_t c = 0; c < got; ++c) {
+        const float s = tk_[r].buf[c].s;
+        float d;
+        switch (metric_) {
+          case Metric::L2: d = std::sqrt(std::max(s + qadd, 0.f)); break;
+          case Metric::SqEuclidean: d = std::max(s + qadd, 0.f); break;
+          case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
+          default: d = -s; break;
+        }
+        od[c] = d;
+        oi[c] = tk_[r].buf[c].i;
+      }
+      const float pad = metric_ == Metric::IP ? -std::numeric_limits<float>::infinity()
+                                              : std::numeric_limits<float>::infinity();
+      for (int64_t c = got; c < k_; ++c) {
+        od[c] = pad;
+        oi[c] = -1;
+      }
+    }
+  }
+
+ private:
+  const float *q_, *b_, *qnorm_;
+  int64_t D_, k_;
+  Metric metric_;
+  bool exclude_self_;
+  float* out_d_;
+  int64_t* out_i_;
+  std::vector<ScoreIdx> heaps_;
+  std::vector<TopK> tk_;
+  int64_t i0_ = 0;
+};
+
+}  // namespace
+
+/// Exact k-NN over row-major float32 buffers (the portable path: sweep_scores + KnnHandler).
 /// @param q        queries, Q * D floats
 /// @param b        bank, N * D floats
 /// @param bnorm    squared L2 norm of every bank row, N floats (used by l2 / sqeuclidean / cosine)
@@ -41,69 +107,8 @@ void knn_f32(const float* q, const float* b, const float* bnorm, const float* qn
     binv.resize(N);
     inverse_norms(bnorm, N, binv.data());
   }
-  const int64_t nqb = (Q + kQueryBlock - 1) / kQueryBlock;
-  at::parallel_for(0, nqb, 1, [&](int64_t qb0, int64_t qb1) {
-    std::vector<float> tile(kQueryBlock * kBankBlock);
-    std::vector<ScoreIdx> heaps(kQueryBlock * k);
-    for (int64_t qb = qb0; qb < qb1; ++qb) {
-      const int64_t i0 = qb * kQueryBlock, ni = std::min(kQueryBlock, Q - i0);
-      std::vector<TopK> tk;
-      tk.reserve(ni);
-      for (int64_t r = 0; r < ni; ++r) tk.emplace_back(heaps.data() + r * k, k);
-      for (int64_t j0 = 0; j0 < N; j0 += kBankBlock) {
-        const int64_t nj = std::min(kBankBlock, N - j0);
-        dot_tile(q + i0 * D, ni, b + j0 * D, nj, D, tile.data(), kBankBlock);
-        for (int64_t r = 0; r < ni; ++r) {
-          const float* t = tile.data() + r * kBankBlock;
-          TopK& h = tk[r];
-          const int64_t self = exclude_self ? i0 + r : -1;
-          for (int64_t c = 0; c < nj; ++c) {
-            const int64_t j = j0 + c;
-            float s;  // smaller is better
-            switch (metric) {
-              case Metric::L2:
-              case Metric::SqEuclidean: s = bnorm[j] - 2.f * t[c]; break;
-              case Metric::Cosine: s = -t[c] * binv[j]; break;
-              default: s = -t[c]; break;
-            }
-            if (s <= h.threshold() && j != self) h.push(s, j);
-          }
-        }
-      }
-      for (int64_t r = 0; r < ni; ++r) {
-        const int64_t i = i0 + r;
-        const int64_t got = tk[r].finish();
-        float* od = out_d + i * k;
-        int64_t* oi = out_i + i * k;
-        const float qinv = qnorm[i] > 0.f ? 1.f / std::sqrt(qnorm[i]) : 0.f;
-        if (metric == Metric::L2 || metric == Metric::SqEuclidean) {
-          // re-rank the winners with exact distances (the expansion loses accuracy on non-centred data)
-          for (int64_t c = 0; c < got; ++c)
-            tk[r].buf[c].s = exact_sq_dist(q + i * D, b + tk[r].buf[c].i * D, D);
-          std::sort(tk[r].buf, tk[r].buf + got, better);
-        }
-        const float qadd = (metric == Metric::L2 || metric == Metric::SqEuclidean) ? 0.f : qnorm[i];
-        for (int64_t c = 0; c < got; ++c) {
-          const float s = tk[r].buf[c].s;
-          float d;
-          switch (metric) {
-            case Metric::L2: d = std::sqrt(std::max(s + qadd, 0.f)); break;
-            case Metric::SqEuclidean: d = std::max(s + qadd, 0.f); break;
-            case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
-            default: d = -s; break;
-          }
-          od[c] = d;
-          oi[c] = tk[r].buf[c].i;
-        }
-        const float pad = metric == Metric::IP ? -std::numeric_limits<float>::infinity()
-                                               : std::numeric_limits<float>::infinity();
-        for (int64_t c = got; c < k; ++c) {
-          od[c] = pad;
-          oi[c] = -1;
-        }
-      }
-    }
-  });
+  sweep_scores(q, b, bnorm, binv.data(), Q, N, D, metric,
+               [&] { return KnnHandler(q, b, qnorm, D, k, metric, exclude_self, out_d, out_i); });
 }
 
 namespace {

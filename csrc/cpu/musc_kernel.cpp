@@ -30,8 +30,8 @@
 #include "cpu/gram.h"
 #include "cpu/musc_tile.h"
 #include "cpu/vec_ops.h"
-#include "ops/checks.h"
-#include "ops/musc_checks.h"
+#include "common/checks.h"
+#include "common/musc_checks.h"
 
 namespace fastad::cpu {
 

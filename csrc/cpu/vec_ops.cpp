@@ -8,7 +8,7 @@
 #include <cstdlib>
 
 #include "cpu/dist_kernels.h"
-#include "ops/build_info.h"
+#include "common/build_info.h"
 
 namespace fastad::cpu {
 

@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "cuda/coreset_kernel.h"
-#include "ops/checks.h"
+#include "common/checks.h"
 
 namespace fastad::cuda {
 

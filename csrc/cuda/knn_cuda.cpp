@@ -9,7 +9,7 @@
 #include <algorithm>
 
 #include "cuda/knn_kernel.h"
-#include "ops/checks.h"
+#include "common/checks.h"
 
 namespace fastad::cuda {
 

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "cuda/musc_kernel.h"
-#include "ops/checks.h"
-#include "ops/musc_checks.h"
+#include "common/checks.h"
+#include "common/musc_checks.h"
 
 namespace fastad::cuda {
 

@@ -71,7 +71,7 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
     return query.new_empty((Q, N // group_size), dtype=torch.float32)
 
 
-# coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/ops/checks.cpp check_coreset_args).
+# coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/common/checks.cpp check_coreset_args).
 @torch.library.register_fake("fastad::coreset")
 def _coreset_fake(bank, n, start=0, progress=None):
     op = "coreset"

@@ -6,9 +6,9 @@
 #include <string>
 #include <string_view>
 
-namespace fastad {
+#include "common/metric.h"
 
-enum class Metric { L2, SqEuclidean, Cosine, IP };
+namespace fastad {
 
 // Parses "l2" | "sqeuclidean" | "cosine" | "ip"; errors name the op and the value given.
 Metric parse_metric(const char* op, std::string_view metric);

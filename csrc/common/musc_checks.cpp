@@ -1,10 +1,10 @@
-#include "ops/musc_checks.h"
+#include "common/musc_checks.h"
 
 #include <c10/util/Exception.h>
 
 #include <cmath>
 
-#include "ops/checks.h"
+#include "common/checks.h"
 
 namespace fastad {
 

@@ -1,4 +1,4 @@
-#include "ops/checks.h"
+#include "common/checks.h"
 
 #include <c10/util/Exception.h>
 

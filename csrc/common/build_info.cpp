@@ -1,4 +1,4 @@
-#include "ops/build_info.h"
+#include "common/build_info.h"
 
 #include <ATen/Parallel.h>
 
