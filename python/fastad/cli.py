@@ -36,7 +36,6 @@ from pathlib import Path
 
 __all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
 
-DETECTORS = ("patchcore", "padim", "spade", "gaussian")
 
 
 class CLIError(Exception):
@@ -186,16 +185,21 @@ def _weights_arg(w: str | None):
     return w
 
 
+def _detector_choices() -> tuple[str, ...]:
+    """The image detectors ``fastad fit --detector`` offers: those registered with a CLI name."""
+    from fastad.detectors import cli_detector_names
+
+    return cli_detector_names()
+
+
 def make_detector(name: str, **params):
     """A detector by CLI name with the parameters its ``__init__`` accepts (others are ignored only
     when None; a given value the detector does not take is an error)."""
-    from fastad import detectors
+    from fastad.detectors import cli_detector_class, cli_detector_names
 
-    classes = {"patchcore": detectors.PatchCore, "padim": detectors.PaDiM, "spade": detectors.SPADE,
-               "gaussian": detectors.GaussianAD}
-    if name not in classes:
-        raise CLIError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
-    cls = classes[name]
+    cls = cli_detector_class(name)
+    if cls is None:
+        raise CLIError(f"unknown detector {name!r}; choose from {', '.join(cli_detector_names())}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     kwargs = {}
     for k, v in params.items():
@@ -817,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a detector on normal images and save it",
                        description="Fit a detector on the normal images of DIR (train/good of an MVTec-layout folder, "
                                    "or every image of a plain folder) and save it to MODEL (.safetensors).")
-    f.add_argument("--detector", choices=DETECTORS, default="patchcore")
+    f.add_argument("--detector", choices=_detector_choices(), default="patchcore")
     f.add_argument("--data", required=True, metavar="DIR")
     f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors)")
     f.add_argument("--backbone", default="efficientnet_lite0",

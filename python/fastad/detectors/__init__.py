@@ -7,7 +7,11 @@ PatchCore, PaDiM, SPADE, GaussianAD (image-level), the zero-shot MuSc, and KNN /
 """
 from __future__ import annotations
 
-from .base import FORMAT_VERSION, BaseDetector, ModelFileError, NotFittedError
+from ._io import FORMAT_VERSION, ModelFileError
+from ._registry import cli_class as cli_detector_class
+from ._registry import cli_names as cli_detector_names
+from ._registry import register
+from .base import BaseDetector, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
 from .embedding import KNN, LOF, ClassConditionalMahalanobis, Mahalanobis
 from .gaussian import GaussianAD
@@ -15,10 +19,6 @@ from .musc import MuSc
 from .padim import PaDiM
 from .patchcore import PatchCore
 from .spade import SPADE
-
-
-def _registry() -> dict[str, type]:
-    return {"PatchCore": PatchCore, "PaDiM": PaDiM, "SPADE": SPADE, "GaussianAD": GaussianAD}
 
 
 def load(path, *, backbone=None, device=None) -> BaseDetector:
@@ -37,9 +37,9 @@ def load(path, *, backbone=None, device=None) -> BaseDetector:
             unknown detector, or tensors that do not fit the recorded layers (the message names the file
             and the problem).
     """
-    from .base import _load
+    from ._io import load as _load_file
 
-    return _load(path, backbone=backbone, device=device)
+    return _load_file(path, backbone=backbone, device=device)
 
 
 __all__ = [
@@ -59,4 +59,7 @@ __all__ = [
     "BORDER_MODES",
     "gaussian_blur",
     "load",
+    "register",
+    "cli_detector_class",
+    "cli_detector_names",
 ]

@@ -22,7 +22,6 @@ threshold, fastad version, format version and a SHA-256 of every tensor). Never 
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import math
@@ -34,32 +33,17 @@ from typing import Any
 
 import torch
 
-#: Version of the model-file layout written by :meth:`BaseDetector.save`. Bump on incompatible change.
-FORMAT_VERSION = 1
-#: Key of the JSON document in the safetensors metadata.
-_META_KEY = "fastad"
-_FORMAT_NAME = "fastad-detector"
+from ._io import FORMAT_VERSION, ModelFileError, write_model_file
+from ._io import load as load_model_file
+
+__all__ = ["BaseDetector", "FORMAT_VERSION", "ModelFileError", "NotFittedError", "StageTimer"]
 
 
 class NotFittedError(ValueError, AttributeError):
     """Raised when a detector is used before ``fit`` (same bases as scikit-learn's)."""
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be used: corrupted, truncated, not a fastad model, or incompatible."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"fastad model file {self.path!r}: {problem}")
-
-
-def _tensor_digest(t: torch.Tensor) -> str:
-    t = t.detach().to("cpu").contiguous()
-    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-class _Timer:
+class StageTimer:
     """Accumulates wall-clock seconds per stage into a dict (``with timer("stage"): ...``)."""
 
     def __init__(self, into: dict[str, float]):
@@ -281,7 +265,7 @@ class BaseDetector:
 
     def _feature_batches(self, X, timings: dict[str, float], desc: str):
         """Yield ``(features dict, (H, W), input device)`` per image batch, timing the extraction."""
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         n = self._n_images(X)
         total = None if n is None else math.ceil(n / max(1, int(self.batch_size)))
         it = self._image_batches(X)
@@ -597,127 +581,50 @@ class BaseDetector:
     @classmethod
     def load(cls, path: str | os.PathLike, *, backbone=None, device=None) -> "BaseDetector":
         """Read a detector written by :meth:`save`. See :func:`fastad.detectors.load`."""
-        det = _load(path, backbone=backbone, device=device)
+        det = load_model_file(path, backbone=backbone, device=device)
         if not isinstance(det, cls):
             raise ModelFileError(path, f"holds a {type(det).__name__}, not a {cls.__name__}")
         return det
 
-
-def write_model_file(path: str | os.PathLike, detector: str, tensors: dict[str, torch.Tensor], fields: dict) -> Path:
-    """Write ``tensors`` (moved to CPU) and the JSON metadata ``fields`` of a ``detector`` to ``path``:
-    one safetensors file, the metadata holding the format name and version, the fastad version and a
-    SHA-256 per tensor (checked by :func:`fastad.detectors.load`); written to a temporary name, then
-    renamed, so a crash never leaves half a model file."""
-    from safetensors.torch import save_file
-
-    from .. import __version__
-
-    path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    meta = {
-        "format": _FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "fastad_version": __version__,
-        "detector": detector,
-        **fields,
-        "sha256": {k: _tensor_digest(v) for k, v in tensors.items()},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
-    return path
-
-
-def _read_meta(path: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ModelFileError(path, f"not a readable safetensors file (corrupted or truncated?): {e}") from None
-    if raw is None:
-        raise ModelFileError(path, "is a safetensors file but not a fastad model (no 'fastad' metadata)")
-    try:
-        meta = json.loads(raw)
-    except ValueError as e:
-        raise ModelFileError(path, f"the model metadata is not valid JSON (corrupted file?): {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
-        raise ModelFileError(path, "the metadata is not a fastad detector description")
-    return meta
-
-
-def _load(path, *, backbone=None, device=None) -> BaseDetector:
-    from safetensors.torch import load_file
-
-    from . import _registry
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"fastad model file {str(path)!r}: no such file")
-    meta = _read_meta(path)
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFileError(
-            path,
-            f"format version {version!r} is not supported by this fastad (reads version {FORMAT_VERSION}); "
-            f"it was written by fastad {meta.get('fastad_version')!r}",
-        )
-    name = meta.get("detector")
-    from .embedding import EMBEDDING_DETECTORS
-
-    if name not in _registry() and name not in EMBEDDING_DETECTORS:
-        raise ModelFileError(path, f"unknown detector {name!r} (known: {sorted(_registry()) + sorted(EMBEDDING_DETECTORS)})")
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:
-        raise ModelFileError(path, f"the tensor data cannot be read (corrupted or truncated?): {e}") from None
-    digests = meta.get("sha256") or {}
-    if set(digests) != set(tensors):
-        raise ModelFileError(path, f"tensors {sorted(tensors)} do not match the recorded ones {sorted(digests)}")
-    for k, v in tensors.items():
-        if _tensor_digest(v) != digests[k]:
-            raise ModelFileError(path, f"tensor {k!r} does not match its checksum (the file is corrupted)")
-    if name in EMBEDDING_DETECTORS:
-        return EMBEDDING_DETECTORS[name]._from_file(path, meta, tensors, device)
-    try:
-        params = dict(meta["params"])
-        layers = [str(x) for x in meta["layers"]]
-        layer_dims = {str(k): int(v) for k, v in meta["layer_dims"].items()}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(path, f"the metadata lacks or garbles {e}") from None
-    if backbone is not None:
-        given = backbone if isinstance(backbone, str) else (getattr(backbone, "name", None))
-        if isinstance(backbone, str) and backbone != meta.get("backbone"):
-            raise ModelFileError(
-                path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
-            )
-        if given is not None and meta.get("backbone") is not None and given != meta.get("backbone"):
-            raise ModelFileError(
-                path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
-            )
-        params["backbone"] = backbone
-    # the device the model was fitted on is not a property of the file: CPU unless asked
-    params["device"] = None if device is None else str(device)
-    cls = _registry()[name]
-    valid = set(cls._param_names())
-    det = cls(**{k: v for k, v in params.items() if k in valid})
-    det._reset()
-    det.backbone_name_ = meta.get("backbone")
-    det.custom_backbone_ = bool(meta.get("custom_backbone")) and backbone is None
-    det.layers_ = layers
-    det.layer_dims_ = layer_dims
-    det.image_size_ = None if meta.get("image_size") is None else tuple(int(s) for s in meta["image_size"])
-    det.threshold_ = meta.get("threshold")
-    det.n_fit_images_ = meta.get("n_fit_images")
-    det.preprocess_ = meta.get("preprocess")  # e.g. {"resize": "squash"} from `fastad fit`; None if unknown
-    det.fit_timings_ = {}
-    try:
-        det._set_state_tensors(tensors, meta, str(path))
-    except ModelFileError:
-        raise
-    except (KeyError, ValueError, RuntimeError) as e:
-        det.layers_ = None
-        raise ModelFileError(path, f"incompatible contents: {e}") from None
-    return det
+    @classmethod
+    def _from_file(cls, path: Path, meta: dict, tensors: dict[str, torch.Tensor], *, device=None, backbone=None):
+        """Build a fitted detector from a verified model file (called by :func:`fastad.detectors._io.load`)."""
+        try:
+            params = dict(meta["params"])
+            layers = [str(x) for x in meta["layers"]]
+            layer_dims = {str(k): int(v) for k, v in meta["layer_dims"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(path, f"the metadata lacks or garbles {e}") from None
+        if backbone is not None:
+            given = backbone if isinstance(backbone, str) else (getattr(backbone, "name", None))
+            if isinstance(backbone, str) and backbone != meta.get("backbone"):
+                raise ModelFileError(
+                    path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
+                )
+            if given is not None and meta.get("backbone") is not None and given != meta.get("backbone"):
+                raise ModelFileError(
+                    path, f"the model was fitted with backbone {meta.get('backbone')!r}, but backbone {given!r} was given"
+                )
+            params["backbone"] = backbone
+        # the device the model was fitted on is not a property of the file: CPU unless asked
+        params["device"] = None if device is None else str(device)
+        valid = set(cls._param_names())
+        det = cls(**{k: v for k, v in params.items() if k in valid})
+        det._reset()
+        det.backbone_name_ = meta.get("backbone")
+        det.custom_backbone_ = bool(meta.get("custom_backbone")) and backbone is None
+        det.layers_ = layers
+        det.layer_dims_ = layer_dims
+        det.image_size_ = None if meta.get("image_size") is None else tuple(int(s) for s in meta["image_size"])
+        det.threshold_ = meta.get("threshold")
+        det.n_fit_images_ = meta.get("n_fit_images")
+        det.preprocess_ = meta.get("preprocess")  # e.g. {"resize": "squash"} from `fastad fit`; None if unknown
+        det.fit_timings_ = {}
+        try:
+            det._set_state_tensors(tensors, meta, str(path))
+        except ModelFileError:
+            raise
+        except (KeyError, ValueError, RuntimeError) as e:
+            det.layers_ = None
+            raise ModelFileError(path, f"incompatible contents: {e}") from None
+        return det

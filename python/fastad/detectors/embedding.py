@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from ._io import ModelFileError, write_model_file
+from ._registry import register
+
 _METHODS = ("largest", "mean", "median")
 
 
@@ -119,16 +122,13 @@ class _EmbeddingDetector:
     def save(self, path):
         """Write the fitted detector to ``path`` (one safetensors file with JSON metadata and per-tensor
         SHA-256; read back with :func:`fastad.detectors.load`)."""
-        from .base import write_model_file
-
         self._check_fitted("save")
         fields = {"params": self.get_params(), "threshold": self.threshold_, "n_features_in": self.n_features_in_}
         return write_model_file(path, type(self).__name__, self._state(), fields)
 
     @classmethod
-    def _from_file(cls, path, meta, tensors, device):
-        from .base import ModelFileError
-
+    def _from_file(cls, path, meta, tensors, *, device=None, backbone=None):
+        """Build a fitted detector from a verified model file (``backbone`` is unused: embeddings in)."""
         try:
             params = {k: v for k, v in dict(meta["params"]).items() if k in cls._params}
             det = cls(**params)
@@ -176,6 +176,7 @@ class _EmbeddingDetector:
         return self.fit(X).labels_
 
 
+@register
 class KNN(_EmbeddingDetector):
     """k-NN outlier score: the distance to the k-th nearest training embedding (``"largest"``), or the
     mean / median of the k nearest distances.
@@ -217,6 +218,7 @@ class KNN(_EmbeddingDetector):
         return self._reduce(d)
 
 
+@register
 class LOF(_EmbeddingDetector):
     """Local outlier factor in novelty mode (scikit-learn's ``LocalOutlierFactor(novelty=True)``).
 
@@ -291,6 +293,7 @@ def shrinkage_coefficient(Xc: torch.Tensor, method: str) -> float:
     raise ValueError(f"shrinkage method must be 'ledoit_wolf' or 'oas', got {method!r}")
 
 
+@register
 class Mahalanobis(_EmbeddingDetector):
     """One Gaussian on the embeddings; the score is the Mahalanobis distance (not squared) to it.
 
@@ -368,6 +371,7 @@ class Mahalanobis(_EmbeddingDetector):
         self._fit_gaussian()
 
 
+@register
 class ClassConditionalMahalanobis(Mahalanobis):
     """Lee et al. (NeurIPS 2018): class means with one shared (tied) covariance; the score of ``x`` is
     its Mahalanobis distance to the closest class mean.
@@ -438,7 +442,3 @@ class ClassConditionalMahalanobis(Mahalanobis):
         self._y = tensors["labels"].to(dev)
         self._fit_gaussian()
 
-
-#: Embedding detectors by the name recorded in their files (read by :func:`fastad.detectors.load`).
-EMBEDDING_DETECTORS = {"KNN": KNN, "LOF": LOF, "Mahalanobis": Mahalanobis,
-                       "ClassConditionalMahalanobis": ClassConditionalMahalanobis}

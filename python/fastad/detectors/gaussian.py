@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import BaseDetector, ModelFileError, _Timer
+from ._registry import register
+from .base import BaseDetector, ModelFileError, StageTimer
 from .embedding import Mahalanobis
 
 #: Rippel's levels on EfficientNet-Lite0: the last block of each stage.
 EFFICIENTNET_LITE0_LEVELS = ["_blocks.0", "_blocks.2", "_blocks.4", "_blocks.7", "_blocks.10", "_blocks.14", "_blocks.15"]
 
 
+@register(cli="gaussian")
 class GaussianAD(BaseDetector):
     """Gaussian AD: a Ledoit-Wolf Gaussian per backbone level of globally pooled features.
 
@@ -56,7 +58,7 @@ class GaussianAD(BaseDetector):
         return super()._default_layers()
 
     def _fit_stream(self, batches, timings) -> None:
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         pooled, dev = None, None
         for feats in batches:
             if self.layers_ is None:
@@ -80,7 +82,7 @@ class GaussianAD(BaseDetector):
                     raise ValueError(f"GaussianAD.fit, level {k!r}: {e}") from None
 
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         with timer("scoring"):
             d = [self.level_models_[k].decision_function(feats[k].float().mean(dim=(2, 3))) for k in self.layers_]
             scores = torch.stack(d).mean(0)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import BaseDetector, ModelFileError, _Timer
+from ._registry import register
+from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import gaussian_blur
 
 #: anomalib's regularisation of every position's covariance (``+ 0.01 I``, then ``+ 1e-5 I``).
@@ -42,6 +43,7 @@ PADIM_STABILISER = 1e-5
 PADIM_FIT_CHUNK = 256
 
 
+@register(cli="padim")
 class PaDiM(BaseDetector):
     """PaDiM: a multivariate Gaussian per patch position, scored by Mahalanobis distance.
 
@@ -125,7 +127,7 @@ class PaDiM(BaseDetector):
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings) -> None:
         self._check_params()
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         n, s1, s2, dev, shift = 0, None, None, None, None
         buf, n_pending = None, 0  # [P, PADIM_FIT_CHUNK, C] float32 chunk of training positions
         for feats in batches:
@@ -203,7 +205,7 @@ class PaDiM(BaseDetector):
 
     # ------------------------------------------------------------------ scoring
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         dev = self.mean_.device
         with timer("scoring"):
             x = self._positions(feats, dev)  # [P, B, C]

@@ -31,15 +31,16 @@ Every step below was checked against anomalib 2.7.0's source (PyPI wheel ``anoma
 """
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
 
-from .base import BaseDetector, ModelFileError, _Timer
+from ._registry import register
+from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import adaptive_patch_pool, gaussian_blur, local_average, to_finest_grid
 
 
+@register(cli="patchcore")
 class PatchCore(BaseDetector):
     """PatchCore: a coreset memory bank of locally aggregated patch features, scored by 1-NN distance.
 
@@ -143,7 +144,7 @@ class PatchCore(BaseDetector):
         import fastad.ops as ops
 
         self._check_params()
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         rows, grid, dev = [], None, None
         for feats in batches:
             if self.layers_ is None:
@@ -218,7 +219,7 @@ class PatchCore(BaseDetector):
         return weights * s_star
 
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         dev = self.memory_bank_.device
         with timer("aggregation"):
             emb = self.embed({k: feats[k].to(dev) for k in self.layers_})

@@ -20,10 +20,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import BaseDetector, ModelFileError, _Timer
+from ._registry import register
+from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import BORDER_MODES, gaussian_blur
 
 
+@register(cli="spade")
 class SPADE(BaseDetector):
     """Semantic Pyramid Anomaly Detection.
 
@@ -89,7 +91,7 @@ class SPADE(BaseDetector):
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings):
         self._check_params()
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         glob, patches, dev = [], None, None
         for feats in batches:
             if self.layers_ is None:
@@ -130,7 +132,7 @@ class SPADE(BaseDetector):
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
         import fastad.ops as ops
 
-        timer = _Timer(timings)
+        timer = StageTimer(timings)
         dev = self.train_global_.device
         with timer("scoring"):
             g = feats[self.global_layer_].to(dev).float().mean(dim=(2, 3))
