@@ -1,6 +1,7 @@
 """benchmarks/RESULTS.md is a living report: it cites every raw output kept in benchmarks/results/
 (and only files that exist), names only scripts that exist, lists every section in its contents table,
 and stays short. No benchmark is run here."""
+
 import re
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def test_every_kept_output_is_cited():
     uncited = sorted(kept - _cited_results(_text()))
     assert not uncited, (
         f"benchmarks/results/ holds files that RESULTS.md does not cite: {uncited}; "
-        "cite the latest output of each benchmark and `git rm` superseded ones")
+        "cite the latest output of each benchmark and `git rm` superseded ones"
+    )
 
 
 def test_every_cited_output_exists():
@@ -49,7 +51,7 @@ def test_every_cited_script_exists():
 
 def test_every_section_is_in_the_contents_table():
     text = _text()
-    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
     assert headings, "RESULTS.md has no `## <topic>` sections"
     missing = [h for h in headings if f"(#{_slug(h)})" not in text]
     assert not missing, f"sections without a line in the contents table: {missing}"
