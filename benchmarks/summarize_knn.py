@@ -1,6 +1,6 @@
 """Markdown summary tables from bench_knn.py --jsonl files (for benchmarks/RESULTS.md).
 
-    python benchmarks/summarize_knn.py benchmarks/results/knn_1t.jsonl benchmarks/results/group_min_1t.jsonl
+    python benchmarks/summarize_knn.py benchmarks/results/cpuknn_knn_quick_1t.jsonl benchmarks/results/cpuknn_group_min_1t.jsonl
 """
 import itertools
 import json

@@ -6,7 +6,7 @@ centred copy must be rounded to half precision again. This script emulates both 
 (float32 matmul of the half values) on non-centred data and compares the chosen top-k sets with
 the float64 answer on the same half inputs:
 
-    .venv/bin/python benchmarks/half_centring_check.py
+    .venv/bin/python benchmarks/checks/half_centring_check.py
     # centred+rerounded: ... rows with identical sets 0.961 ; raw bf16, fp32 acc: ... 1.000
 """
 import torch

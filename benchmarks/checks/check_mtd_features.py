@@ -3,7 +3,7 @@ shared/docs/DATA.md (a quick PatchCore-style run: EfficientNet-Lite0 blocks 4+10
 200 train images, random 5% bank, 1-NN: image AUROC 0.800, pixel AUROC 0.761). Not a detector:
 fastad.detectors.PatchCore is the real thing.
 
-    .venv/bin/python benchmarks/check_mtd_features.py        # needs ../shared/data/mtd or $FASTAD_MTD
+    .venv/bin/python benchmarks/checks/check_mtd_features.py        # needs ../shared/data/mtd or $FASTAD_MTD
 """
 import os
 from pathlib import Path
@@ -16,7 +16,7 @@ from fastad.features import get_backbone
 torch.set_num_threads(2)
 t0 = time.perf_counter(); c0 = time.process_time()
 bb = get_backbone("efficientnet_lite0")
-root = Path(os.environ.get("FASTAD_MTD", Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"))
+root = Path(os.environ.get("FASTAD_MTD", Path(__file__).resolve().parents[3] / "shared" / "data" / "mtd"))
 train = MVTecDataset(root, "train", image_size=224)
 test = MVTecDataset(root, "test", image_size=224)
 g = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """In-process A/B of the knn/group_min distance micro-kernels: AVX-512 24x16 against AVX2 6x16.
 
-    python benchmarks/ab_micro_kernel.py [--repeat 5] [--threads 1]
+    python benchmarks/checks/ab_micro_kernel.py [--repeat 5] [--threads 1]
 
 Both kernels run in the same process on the same data, interleaved call by call (FASTAD_FORCE_AVX2 is
 read at every call), so the ratio is fair on a shared machine; best process CPU time of --repeat calls.
