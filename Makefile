@@ -95,7 +95,7 @@ $(CUDA_VENV)/.deps-stamp: Makefile
 
 cuda-check: $(CUDA_VENV)/.deps-stamp
 	$(CUDA_PY) -m pip install -q $(SKB) -Cbuild-dir=build/cuda -Ccmake.define.FASTAD_WITH_CUDA=ON .
-	cd tests && ../$(CUDA_PY) cuda_check.py
+	cd tests && $(abspath $(CUDA_PY)) cuda_check.py
 
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV)
