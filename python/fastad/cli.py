@@ -246,6 +246,7 @@ def fit_detector(
 ):
     """Fit ``det`` on ``train_ds``; hold out ``calibration`` of the images (at least 2, or none when
     fewer than 10 images) to set ``threshold_`` at their ``quantile`` score. Returns ``det``."""
+    n_scored = 0
     n = len(train_ds)
     n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 else 0
     if n_cal:
@@ -278,12 +279,18 @@ def fit_detector(
                     scores.append(det.decision_function(b["image"]))
                 import torch
 
-                det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+                n_scored = sum(int(s.numel()) for s in scores)
+                if n_scored:  # images that failed to decode are neither scored nor counted
+                    det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+                else:
+                    warnings.warn("no held-out image could be read: the threshold is not set", stacklevel=2)
     finally:
         if was is not None:
             det.progress = was
-    det.n_fit_images_ = len(fit_ds)
-    det.n_calibration_images_ = 0 if cal_ds is None else len(cal_ds)
+    # the detector counted the images it was fitted on (images that failed to decode are not counted)
+    if getattr(det, "n_fit_images_", None) is None:
+        det.n_fit_images_ = len(fit_ds)
+    det.n_calibration_images_ = 0 if cal_ds is None else n_scored
     return det
 
 
@@ -373,8 +380,13 @@ def score_to_report(
     info: dict | None = None,
     cmap: str = "jet",
     resize: str = "squash",
+    overwrite: bool = False,
 ) -> dict:
     """Score ``ds`` with ``det``, write the report folder, return ``{"metrics", "per_type", "summary"}``.
+
+    ``out_dir``: a folder or a :class:`fastad._output.ReportDir` checked before any work (see
+    :func:`fastad._output.check_report_dir`: an earlier fastad report there is replaced, a non-empty
+    folder that is not a fastad report is refused unless ``overwrite``; user files are never touched).
 
     With ``evaluate``, image metrics need both normal and defective images and pixel metrics use the
     images whose mask is known."""
@@ -392,7 +404,7 @@ def score_to_report(
     mean = getattr(bb, "mean", (0.485, 0.456, 0.406))
     std = getattr(bb, "std", (0.229, 0.224, 0.225))
     writer = ReportWriter(
-        out_dir, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
+        out_dir, overwrite=overwrite, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
         resize=resize, mean=mean, std=std, cmap=cmap, progress=progress,
     )
     ev = Evaluator(pixel=evaluate) if labelled else None
@@ -437,10 +449,9 @@ def score_to_report(
     shown = {k: dict(v) for k, v in sw.stages.items() if k != "report"}
     with sw("report"):
         index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type)
-    mpath = Path(out_dir) / "metrics.json"
-    doc = json.loads(mpath.read_text())
+    doc = dict(writer.document)
     doc["timings"] = {k: dict(v) for k, v in sw.stages.items()}
-    mpath.write_text(json.dumps(doc, indent=2))
+    writer.write_metrics(doc)
     doc["index"] = str(index)
     return doc
 
@@ -451,7 +462,7 @@ def score_to_report(
 def _print_report(doc: dict, sw: Stopwatch) -> None:
     """What predict / evaluate / zeroshot print after :func:`score_to_report`: metrics, the predicted
     count, the stage timings and where the report is."""
-    _print_metrics(doc["metrics"], doc["per_type"])
+    print_metrics(doc["metrics"], doc["per_type"])
     s = doc["summary"]
     if s.get("threshold") is not None:
         print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
@@ -459,8 +470,8 @@ def _print_report(doc: dict, sw: Stopwatch) -> None:
     print(f"report: {doc['index']}")
 
 
-def _print_metrics(metrics: dict, per_type: dict) -> None:
-    from fastad.report import _METRIC_NAMES
+def print_metrics(metrics: dict, per_type: dict) -> None:
+    from fastad.report import METRIC_NAMES as _METRIC_NAMES
 
     if metrics:
         print("metrics:")
@@ -483,6 +494,9 @@ def _print_metrics(metrics: dict, per_type: dict) -> None:
 def cmd_fit(a) -> int:
     import torch
 
+    from fastad._output import check_model_path
+
+    check_model_path(a.out, a.overwrite)  # before any work: an existing file needs --overwrite
     torch.manual_seed(a.seed)
     sw = Stopwatch()
     device = resolve_device(a.device)
@@ -508,14 +522,22 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
+    check_fit = getattr(det, "check_fit_size", None)
+    if check_fit is not None:  # degenerate settings (a bank smaller than --num-neighbors, ...) before any work
+        n = len(ds)
+        n_cal = max(2, int(round(n * a.calibration))) if n >= 10 and a.calibration > 0 else 0
+        with cli_names():
+            check_fit(n - n_cal, (a.image_size, a.image_size))
     print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device})")
-    fit_detector(
-        det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
-        calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
-    )
+    with cli_names():
+        fit_detector(
+            det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
+            calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
+        )
     det.preprocess_ = {"resize": resize}  # stored in the model file; predict/evaluate reuse it
+    check_model_path(a.out, a.overwrite)  # again: nothing (or a folder) appeared there during the fit
     with sw("save"):
-        path = det.save(a.out)
+        path = det.save(a.out)  # atomic: a temporary file in the same folder, renamed
     bank = getattr(det, "memory_bank_", None)
     extra = f", memory bank {tuple(bank.shape)}" if bank is not None else ""
     thr = getattr(det, "threshold_", None)
@@ -526,6 +548,28 @@ def cmd_fit(a) -> int:
     print(sw.table())
     print(f"model written to {path}")
     return 0
+
+
+_CLI_NAMES = ("coreset_ratio", "num_neighbors", "image_size", "projection_dim", "coreset_storage", "k_images",
+              "n_features", "threshold_quantile", "batch_size", "max_train", "divide_num", "same_position", "r_list",
+              "k_list")
+
+
+@contextmanager
+def cli_names():
+    """Re-raise a detector's ValueError as a CLIError whose parameter names are the CLI's options
+    (``coreset_ratio=`` -> ``--coreset-ratio ``), so the message names an option that exists."""
+    import re
+
+    try:
+        yield
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        for name in _CLI_NAMES:
+            opt = "--" + name.replace("_", "-")
+            msg = re.sub(rf"\b{name}=", opt + " ", msg)
+            msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
+        raise CLIError(msg) from None
 
 
 def load_model(path, *, backbone=None, device=None):
@@ -542,7 +586,17 @@ def load_model(path, *, backbone=None, device=None):
         raise CLIError(str(e)) from None
 
 
+def _check_outputs(a):
+    """Validate --out (a report folder) before any work; returns its ReportDir."""
+    from fastad._output import check_report_dir, check_not_inside
+
+    if getattr(a, "data", None) is not None:
+        check_not_inside(a.out, a.data)
+    return check_report_dir(a.out, a.overwrite)
+
+
 def _cmd_score(a, evaluate: bool) -> int:
+    out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
     with sw("load model"):
@@ -565,7 +619,7 @@ def _cmd_score(a, evaluate: bool) -> int:
         "device": device,
     }
     doc = score_to_report(
-        det, ds, a.out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
+        det, ds, out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
         progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
         info=info, cmap=a.cmap, resize=resize,
     )
@@ -610,6 +664,24 @@ def _int_list(s: str) -> list[int]:
     return v
 
 
+def _check_zeroshot_size(n: int, a) -> None:
+    """Each image is scored by the mean of its ``int(fraction * (m - 1))`` nearest other images of its
+    subset of ``m ~ n / divide_num`` images: refuse (naming options that exist) when that is 0."""
+    if n < 2:
+        raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
+    m = n // max(1, a.divide_num)
+    if int(a.fraction * (m - 1)) >= 1:
+        return
+    need = math.ceil(1 / a.fraction - 1e-9) + 1
+    where = f"{n} images" if a.divide_num == 1 else f"{n} images in {a.divide_num} subsets (--divide-num) of ~{m}"
+    fix = f"score at least {need} images together"
+    if m >= 2:
+        fix += f", or use --fraction {min(1.0, math.ceil(100 / (m - 1)) / 100):g}"
+    if a.divide_num > 1:
+        fix += ", or a smaller --divide-num"
+    raise CLIError(f"zeroshot: --fraction {a.fraction:g} of the other images of {where} averages 0 images; {fix}")
+
+
 def cmd_zeroshot(a) -> int:
     """MuSc zero-shot: every image of DIR (its test/ split, or a plain folder) is scored by the others."""
     import torch
@@ -617,6 +689,7 @@ def cmd_zeroshot(a) -> int:
     from fastad.detectors import MuSc
     from fastad.features import get_backbone
 
+    out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
     progress = not a.quiet
@@ -633,10 +706,13 @@ def cmd_zeroshot(a) -> int:
     det = MuSc(backbone=bb, layers=layers, image_size=size, r_list=tuple(a.r_list), fraction=a.fraction,
                k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
                random_state=a.seed, progress=False, device=device)
+    with cli_names():
+        det.check_image_size(size)  # a patch grid smaller than the aggregation window: refused before any work
     resize = a.resize or "squash"
     with sw("load data"):
         ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
         ds = subsample(ds, a.max_images, a.seed, stratify=True)
+    _check_zeroshot_size(len(ds), a)  # before the features: images that fail to decode are re-checked below
     labelled = _has_labels(ds)
     print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({size} px, device {device}, "
           f"divide_num {a.divide_num})")
@@ -655,8 +731,7 @@ def cmd_zeroshot(a) -> int:
         n += b["image"].shape[0]
         if labelled:
             groups += list(b["defect_type"])
-    if n < 2:
-        raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
+    _check_zeroshot_size(n, a)
     layer_tokens = [torch.cat([t[li] for t in tokens]) for li in range(len(tokens[0]))]
     del tokens
     with sw("mutual scoring"):
@@ -671,7 +746,7 @@ def cmd_zeroshot(a) -> int:
         "threshold": f"the top {a.contamination:g} of the scores" if thr is not None else "none",
     }
     doc = score_to_report(
-        _PrecomputedScores(scores, maps.float(), thr), ds, a.out, sw=sw, evaluate=labelled,
+        _PrecomputedScores(scores, maps.float(), thr), ds, out, sw=sw, evaluate=labelled,
         batch_size=a.batch_size, num_workers=a.num_workers, progress=progress, top_k=a.top_k, heatmaps=a.heatmaps,
         title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
     )
@@ -752,15 +827,26 @@ def cmd_info(a) -> int:
 # --------------------------------------------------------------------------------------- parser
 
 
-def _pos_int(s: str) -> int:
-    v = int(s)
+def _number(s: str, kind=float):
+    """``kind(s)``, or an ArgumentTypeError (argparse would otherwise print the parser's function name)."""
+    try:
+        v = kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {s!r}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s!r}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    v = _number(s, int)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
-def _ratio(s: str) -> float:
-    v = float(s)
+def ratio_arg(s: str) -> float:
+    v = _number(s)
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
@@ -778,8 +864,8 @@ def _projection(s: str):
     return v
 
 
-def _fraction(s: str) -> float:
-    v = float(s)
+def fraction_arg(s: str) -> float:
+    v = _number(s)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
     return v
@@ -797,10 +883,34 @@ def _heatmaps(s: str):
     return v
 
 
+def quantile_arg(s: str) -> float:
+    v = _number(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def _int(s: str) -> int:
+    return _number(s, int)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), like every other refusal of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
+_OUT_HELP = ("report folder: new, empty, or an earlier fastad report (only its files are replaced); "
+             "a folder holding other files is refused")
+_OVERWRITE_HELP = ("write the report into a non-empty folder that is not a fastad report (next to its files; "
+                   "fastad never overwrites or deletes a file it did not write)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastad import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fastad",
         description="Fast feature-based anomaly detection: fit a detector on normal images, score new ones, get reports.",
     )
@@ -810,12 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
-        sp.add_argument("--batch-size", type=_pos_int, default=16, help="images per batch (default 16)")
-        sp.add_argument("--num-workers", type=int, default=2, help="image-decoding threads (default 2)")
+        sp.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
+        sp.add_argument("--num-workers", type=_int, default=2, help="image-decoding threads (default 2)")
         sp.add_argument("--resize", choices=("squash", "shorter_crop"), default=None,
                         help="squash to the image size or scale the shorter side and centre-crop; fit: default "
                              "squash, stored in the model file; predict/evaluate: default the model's mode")
-        sp.add_argument("--seed", type=int, default=0, help="seed of the subsampling and coreset (default 0)")
+        sp.add_argument("--seed", type=_int, default=0, help="seed of the subsampling and coreset (default 0)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     f = sub.add_parser("fit", help="fit a detector on normal images and save it",
@@ -823,26 +933,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or every image of a plain folder) and save it to MODEL (.safetensors).")
     f.add_argument("--detector", choices=_detector_choices(), default="patchcore")
     f.add_argument("--data", required=True, metavar="DIR")
-    f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors)")
+    f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors); an existing "
+                   "file is refused unless --overwrite")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing model file at --out")
     f.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default), dinov2_vits14, random_cnn, timm:<name>")
     f.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
-    f.add_argument("--image-size", type=_pos_int, default=224)
-    f.add_argument("--coreset-ratio", type=_ratio, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
+    f.add_argument("--image-size", type=positive_int, default=224)
+    f.add_argument("--coreset-ratio", type=ratio_arg, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
     f.add_argument("--projection-dim", type=_projection, default="auto",
                    help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size), "
                         "'none' (select in the feature dimension) or an int")
     f.add_argument("--coreset-storage", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
-    f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
-    f.add_argument("--k-images", type=_pos_int, default=50, help="SPADE: nearest training images (default 50)")
-    f.add_argument("--n-features", type=_pos_int, default=None,
+    f.add_argument("--num-neighbors", type=positive_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
+    f.add_argument("--k-images", type=positive_int, default=50, help="SPADE: nearest training images (default 50)")
+    f.add_argument("--n-features", type=positive_int, default=None,
                    help="PaDiM: random subset of channels kept (default: all; the paper: 100 for ResNet-18, 550 for WRN-50)")
-    f.add_argument("--max-train", type=_pos_int, default=None, help="use at most this many training images (seeded sample)")
-    f.add_argument("--calibration", type=_fraction, default=0.1,
+    f.add_argument("--max-train", type=positive_int, default=None, help="use at most this many training images (seeded sample)")
+    f.add_argument("--calibration", type=fraction_arg, default=0.1,
                    help="fraction of the training images held out to set the decision threshold (default 0.1; 0 = none)")
-    f.add_argument("--threshold-quantile", type=float, default=0.99,
+    f.add_argument("--threshold-quantile", type=quantile_arg, default=0.99,
                    help="threshold = this quantile of the held-out normal scores (default 0.99)")
     common(f)
     f.set_defaults(func=cmd_fit)
@@ -855,11 +967,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "test/ split) or, for predict, a plain folder of images.")
         e.add_argument("--model", required=True, metavar="MODEL")
         e.add_argument("--data", required=True, metavar="DIR")
-        e.add_argument("--out", required=True, metavar="REPORT_DIR")
+        e.add_argument("--out", required=True, metavar="REPORT_DIR", help=_OUT_HELP)
+        e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
         e.add_argument("--backbone", default=None, help="check that the model was fitted with this backbone")
-        e.add_argument("--image-size", type=_pos_int, default=None, help="default: the size the model was fitted at")
-        e.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
-        e.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+        e.add_argument("--image-size", type=positive_int, default=None, help="default: the size the model was fitted at")
+        e.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
+        e.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html (default 24)")
         e.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
         e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
         common(e)
@@ -872,21 +985,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "truth). Defaults follow the official code, except --image-size (the backbone's "
                                    "224; the official 518 is more accurate and ~20x the work).")
     z.add_argument("--data", required=True, metavar="DIR")
-    z.add_argument("--out", required=True, metavar="REPORT_DIR")
+    z.add_argument("--out", required=True, metavar="REPORT_DIR", help=_OUT_HELP)
+    z.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     z.add_argument("--backbone", default="dinov2_vits14", help="a ViT: dinov2_vits14 (default), random_vit, timm:<vit>")
     z.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     z.add_argument("--layers", default=None, help="comma-separated ViT blocks (default: the backbone's, e.g. 2,5,8,11)")
-    z.add_argument("--image-size", type=_pos_int, default=None, help="square input side (default: the backbone's)")
+    z.add_argument("--image-size", type=positive_int, default=None, help="square input side (default: the backbone's)")
     z.add_argument("--r-list", type=_int_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
-    z.add_argument("--fraction", type=_ratio, default=0.3, help="share of the other images averaged (default 0.3)")
+    z.add_argument("--fraction", type=ratio_arg, default=0.3, help="share of the other images averaged (default 0.3)")
     z.add_argument("--k-list", type=_int_list, default=[1, 2, 3],
                    help="RsCIN k list (default 1,2,3 as for MVTec AD; 1,8,9 for VisA; 0 = no RsCIN)")
-    z.add_argument("--divide-num", type=_pos_int, default=1, help="score in this many stratified subsets (default 1)")
-    z.add_argument("--same-position", type=int, default=None, help="odd window: compare only aligned patches")
-    z.add_argument("--contamination", type=_fraction, default=0.1,
+    z.add_argument("--divide-num", type=positive_int, default=1, help="score in this many stratified subsets (default 1)")
+    z.add_argument("--same-position", type=_int, default=None, help="odd window: compare only aligned patches")
+    z.add_argument("--contamination", type=fraction_arg, default=0.1,
                    help="report the top share of the scores as anomalous (default 0.1; 0 = no threshold)")
-    z.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
-    z.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+    z.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
+    z.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html (default 24)")
     z.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
     z.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
     common(z)

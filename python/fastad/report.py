@@ -27,17 +27,16 @@ import csv
 import html
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["COLORMAPS", "colormap", "overlay", "to_uint8_image", "mask_outline", "ReportWriter"]
+from ._output import ReportDir, check_report_dir
+
+__all__ = ["COLORMAPS", "colormap", "overlay", "to_uint8_image", "mask_outline", "ReportWriter", "METRIC_NAMES"]
 
 # --------------------------------------------------------------------------------------- colour maps
 
@@ -229,7 +228,13 @@ class ReportWriter:
     """Streams scored images into a report folder (see the module docstring for its layout).
 
     Args:
-        out_dir: the report folder (created; files of an earlier report there are replaced).
+        out_dir: the report folder, or a :class:`fastad._output.ReportDir` already checked by
+            :func:`fastad._output.check_report_dir` (the CLI checks it before any work). A missing or
+            empty folder, or an earlier fastad report (its ``.fastad-report.json`` manifest), is
+            fine: only the files of the earlier report are replaced or removed. A non-empty folder
+            that is not a fastad report is refused (``UsageError``) unless ``overwrite=True``, which
+            adds the report next to the files there; fastad never overwrites or deletes a file it
+            did not write.
         title: heading of ``index.html``.
         cmap: colour map of the heatmaps (``"jet"`` or ``"inferno"``).
         top_k: how many of the most anomalous images ``index.html`` shows (plus, when labels are
@@ -268,12 +273,14 @@ class ReportWriter:
         sample_pixels: int = 1 << 20,
         seed: int = 0,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         if cmap not in COLORMAPS:
             raise ValueError(f"ReportWriter: unknown colour map {cmap!r}; available: {sorted(COLORMAPS)}")
         if not (heatmaps == "all" or (isinstance(heatmaps, int) and heatmaps >= 0)):
             raise ValueError(f"ReportWriter: heatmaps must be 'all' or an int >= 0, got {heatmaps!r}")
-        self.out_dir = Path(out_dir)
+        self._dir = out_dir if isinstance(out_dir, ReportDir) else check_report_dir(out_dir, overwrite)
+        self.out_dir = self._dir.path
         self.title = title
         self.cmap = cmap
         self.top_k = int(top_k)
@@ -289,15 +296,9 @@ class ReportWriter:
         self._n_sampled = 0
         self._max = -math.inf
         self._rows: list[dict] = []
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("heatmaps", "images"):
-            if (self.out_dir / sub).is_dir():
-                shutil.rmtree(self.out_dir / sub)
-            (self.out_dir / sub).mkdir()
-        fd, name = tempfile.mkstemp(prefix=".maps-", suffix=".f16", dir=self.out_dir)
-        self._spool = os.fdopen(fd, "w+b")
-        self._spool_path = Path(name)
+        self._spool = self._dir.spool()  # an unnamed temporary file: nothing is left behind
         self._finished = False
+        self.document: dict | None = None
 
     # ---------------------------------------------------------------- input
     def add(
@@ -456,7 +457,15 @@ class ReportWriter:
             return self._write(metrics or {}, timings or {}, info or {}, per_type or {})
         finally:
             self._spool.close()
-            self._spool_path.unlink(missing_ok=True)
+
+    def write_metrics(self, doc: dict) -> Path:
+        """Rewrite ``metrics.json`` of a finished report with ``doc`` (e.g. final timings)."""
+        if not self._finished:
+            raise RuntimeError("ReportWriter.write_metrics: call finish() first")
+        with self._dir.open("metrics.json", "w") as f:
+            json.dump(_jsonable(doc), f, indent=2, allow_nan=False)
+        self._dir.finish()
+        return self.out_dir / "metrics.json"
 
     def _write(self, metrics, timings, info, per_type) -> Path:
         from tqdm.auto import tqdm
@@ -482,9 +491,19 @@ class ReportWriter:
         any_map = any(r["map"] is not None for r in rows)
         any_mask = any(r["mask"] is not None and r["label"] != 0 for r in rows)
 
-        for i in tqdm(
-            sorted(want_heat | shown_set), desc="report", unit="img", leave=False, disable=not (self.progress and (want_heat | shown_set))
-        ):
+        todo = sorted(want_heat | shown_set)
+        stems = {i: f"{i:05d}_{_slug(Path(rows[i]['path']).stem)}" for i in todo}
+        planned = ["scores.csv", "metrics.json", "index.html"] + (["colorbar.png"] if any_map else [])
+        for i in todo:
+            if rows[i]["map"] is not None:
+                planned.append(f"heatmaps/{stems[i]}.png")
+            if i in shown_set:
+                planned.append(f"images/{stems[i]}_input.png")
+                if rows[i]["mask"] is not None:
+                    planned.append(f"images/{stems[i]}_mask.png")
+        self._dir.plan(planned)  # checked and recorded in the manifest before the first byte is written
+
+        for i in tqdm(todo, desc="report", unit="img", leave=False, disable=not (self.progress and todo)):
             r = rows[i]
             m = self._read_map(r)
             mask = self._mask_of(r)
@@ -492,25 +511,25 @@ class ReportWriter:
                 continue
             model_hw = m.shape if m is not None else (mask.shape if mask is not None else None)
             img = self._display_image(r, model_hw)
-            stem = f"{i:05d}_{_slug(Path(r['path']).stem)}"
+            stem = stems[i]
             if m is not None:
                 ov = overlay(img, m, vmin=vmin, vmax=vmax, cmap=self.cmap, mask=mask)
                 r["heatmap"] = f"heatmaps/{stem}.png"
-                Image.fromarray(ov).save(self.out_dir / r["heatmap"], optimize=False, compress_level=3)
+                self._save_png(r["heatmap"], ov, optimize=False, compress_level=3)
             if i in shown_set:
                 r["display_wh"] = (int(img.shape[1]), int(img.shape[0]))
                 r["input_png"] = f"images/{stem}_input.png"
-                Image.fromarray(img).save(self.out_dir / r["input_png"], compress_level=3)
+                self._save_png(r["input_png"], img, compress_level=3)
                 if mask is not None:
                     mimg = _resize_mask(mask, (img.shape[1], img.shape[0]))
                     r["mask_png"] = f"images/{stem}_mask.png"
-                    Image.fromarray(mimg.astype(np.uint8) * 255).save(self.out_dir / r["mask_png"])
+                    self._save_png(r["mask_png"], mimg.astype(np.uint8) * 255)
 
         if any_map:
-            Image.fromarray(_colorbar(self.cmap)).save(self.out_dir / "colorbar.png")
+            self._save_png("colorbar.png", _colorbar(self.cmap))
 
         # scores.csv
-        with open(self.out_dir / "scores.csv", "w", newline="") as f:
+        with self._dir.open("scores.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "defect_type", "label", "score", "predicted", "heatmap"])
             for r in rows:
@@ -544,12 +563,19 @@ class ReportWriter:
             "summary": summary,
             "info": info,
         }
-        with open(self.out_dir / "metrics.json", "w") as f:
-            json.dump(_jsonable(doc), f, indent=2, allow_nan=False)
+        self.document = _jsonable(doc)
+        with self._dir.open("metrics.json", "w") as f:
+            json.dump(self.document, f, indent=2, allow_nan=False)
 
         page = self._html(metrics, timings, info, per_type, summary, shown, any_map, any_mask, (vmin, vmax))
-        (self.out_dir / "index.html").write_text(page, encoding="utf-8")
+        with self._dir.open("index.html", "w") as f:
+            f.write(page)
+        self._dir.finish()  # the earlier report's files not rewritten now are removed; final manifest
         return self.out_dir / "index.html"
+
+    def _save_png(self, rel: str, arr: np.ndarray, **kw) -> None:
+        with self._dir.path_for(rel) as tmp:
+            Image.fromarray(arr).save(tmp, format="PNG", **kw)
 
     # ---------------------------------------------------------------- HTML
     def _html(self, metrics, timings, info, per_type, summary, shown, any_map, any_mask, vrange) -> str:
@@ -678,7 +704,7 @@ def _fig(src: str, caption: str, wh=None) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-_METRIC_NAMES = {
+METRIC_NAMES = _METRIC_NAMES = {
     "image_auroc": "image AUROC",
     "image_ap": "image AP",
     "image_f1_max": "image F1-max",

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -503,7 +504,9 @@ class BaseDetector:
         """Set ``threshold_`` used by :meth:`predict` (``score > threshold_`` is anomalous).
 
         Give exactly one of: ``threshold`` (a number); ``normal_scores`` (``Tensor[N]`` image scores of
-        held-out normal images: ``threshold_`` is their ``quantile``); ``normal`` (held-out normal images,
+        held-out normal images: ``threshold_`` is their ``quantile``; with fewer than
+        ``1 / (1 - quantile)`` scores, e.g. 100 for 0.99, a warning says that the threshold is close to
+        their maximum and which quantile the scores support); ``normal`` (held-out normal images,
         any accepted X: they are scored, then as ``normal_scores``). Returns ``self``.
         """
         self._check_fitted("set_threshold")
@@ -522,6 +525,16 @@ class BaseDetector:
             s = s.detach().reshape(-1).double().cpu()
             if s.numel() == 0:
                 raise ValueError(f"{type(self).__name__}.set_threshold: no normal scores given")
+            n = s.numel()
+            need = math.ceil(1.0 / min(quantile, 1.0 - quantile) - 1e-9) if 0.0 < quantile < 1.0 else 1
+            if n < need:  # documented: a warning, not an error (the threshold is still the exact sample quantile)
+                ok = max(0.5, math.floor((1.0 - 1.0 / n) * 100) / 100) if quantile > 0.5 else min(0.5, math.ceil(100 / n) / 100)
+                warnings.warn(
+                    f"{type(self).__name__}.set_threshold: the {quantile:g} quantile of {n} normal scores is close to "
+                    f"their {'maximum' if quantile > 0.5 else 'minimum'} (at least {need} are needed to estimate it); "
+                    f"give more normal images or use quantile={ok:g}",
+                    stacklevel=2,
+                )
             t = float(torch.quantile(s, quantile))
         if not math.isfinite(t):
             raise ValueError(f"{type(self).__name__}.set_threshold: threshold must be finite, got {t}")

@@ -122,6 +122,77 @@ class PatchCore(BaseDetector):
                 f"{name}: coreset_storage must be None, 'float32', 'float16' or 'bfloat16', got {self.coreset_storage!r}"
             )
 
+    # ------------------------------------------------------------------ degenerate settings
+    #: side of the local aggregation window (anomalib's ``AvgPool2d(3, 1, 1)``)
+    AGGREGATION_WINDOW = 3
+
+    def _min_image_size(self, layers) -> int | None:
+        """Smallest square image side whose feature maps are at least the aggregation window at every layer."""
+        bb = getattr(self, "_backbone_obj", None)
+        if bb is None or not hasattr(bb, "grid_size"):
+            return None
+        try:
+            for side in range(1, 4097):
+                if all(min(bb.grid_size(side, side, layer)) >= self.AGGREGATION_WINDOW for layer in layers):
+                    return side
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+        return None
+
+    def _check_grid(self, grids: dict, image_size) -> None:
+        win = self.AGGREGATION_WINDOW
+        small = {layer: g for layer, g in grids.items() if min(g) < win}
+        if not small:
+            return
+        layer, g = next(iter(small.items()))
+        side = self._min_image_size(list(grids))
+        size = "the images" if image_size is None else "image_size " + "x".join(str(int(v)) for v in image_size)
+        fix = f"; use image_size={side} or larger" if side else "; use larger images"
+        raise ValueError(
+            f"PatchCore: {size} gives a {g[0]}x{g[1]} feature map at layer {layer!r}, smaller than the "
+            f"{win}x{win} aggregation window (the patches would be mostly padding and the scores meaningless){fix}"
+        )
+
+    def _check_bank(self, n_patches: int) -> None:
+        """A memory bank smaller than ``num_neighbors`` gives degenerate scores (one row: every score 0)."""
+        nn_ = int(self.num_neighbors)
+        ratio = float(self.coreset_ratio)
+        m = n_patches if ratio >= 1 else max(1, int(n_patches * ratio))
+        if m >= nn_:
+            return
+        if n_patches < nn_:
+            raise ValueError(
+                f"PatchCore: only {n_patches} training patches, fewer than num_neighbors={nn_}; fit on more (or "
+                f"larger) images, or use num_neighbors={max(1, n_patches)}"
+            )
+        need = nn_ / n_patches
+        works = min(1.0, float(f"{need * 1.05:.2g}"))
+        while works < 1.0 and int(n_patches * works) < nn_:
+            works = min(1.0, float(f"{works * 1.2:.2g}"))
+        raise ValueError(
+            f"PatchCore: coreset_ratio={self.coreset_ratio:g} keeps {m} of {n_patches} training patches, fewer than "
+            f"num_neighbors={nn_} (the image scores would be degenerate); use coreset_ratio={works:g} or larger"
+        )
+
+    def check_fit_size(self, n_images: int, image_size) -> None:
+        """Refuse, before any work, a fit that would give degenerate scores: feature maps of ``image_size``
+        ``(H, W)`` smaller than the 3x3 aggregation window, or a memory bank of ``n_images`` images
+        smaller than ``num_neighbors``. Raises ``ValueError`` naming the parameter and a value that works.
+        (``fit`` checks the same on the real features.)"""
+        self._check_params()
+        bb = self._resolve_backbone()
+        if bb is None or not hasattr(bb, "grid_size"):
+            return
+        H, W = (int(image_size), int(image_size)) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+        layers = [str(x) for x in self._layers_to_extract()]
+        try:
+            grids = {layer: bb.grid_size(H, W, layer) for layer in layers}
+        except (KeyError, TypeError, ZeroDivisionError):
+            return
+        self._check_grid(grids, (H, W))
+        h, w = grids[layers[0]]  # the finest (first) layer's grid is the patch grid
+        self._check_bank(int(n_images) * h * w)
+
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
         """Locally aggregated multi-layer embedding ``Tensor[B, D, h, w]`` (float32) of feature maps.
@@ -149,6 +220,7 @@ class PatchCore(BaseDetector):
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
+                self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, None)
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
@@ -167,6 +239,7 @@ class PatchCore(BaseDetector):
         self.feature_grid_ = grid
         self.n_train_patches_ = int(bank.shape[0])
         n = bank.shape[0]
+        self._check_bank(n)
         with timer("coreset"):
             if self.coreset_ratio < 1:
                 # anomalib: coreset_size = int(N * ratio) (an error when 0); here at least one row.
