@@ -86,7 +86,8 @@ def test_fuzz_group_min(data, Q, G, gs, D, metric, dtype, exclude):
         _clear_error(e, "group_min", ("query", "bank", "group_size", "exclude_group", "metric", "dtype", "N"))
         return
     assert gs >= 1 and N % gs == 0 and dtype != torch.float64
-    assert bool(torch.isfinite(q).all()) and bool(torch.isfinite(b).all())
+    if out.numel():  # an empty result (no groups or no queries) does not depend on the values
+        assert bool(torch.isfinite(q).all()) and bool(torch.isfinite(b).all())
     want = ref.group_min(q.float(), b.float(), gs, metric, ex)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert out.shape == (Q, N // gs)
@@ -121,6 +122,9 @@ def test_fuzz_mutual_scores(data, N, H, C, k, pool):
         out = fastad.ops.mutual_scores(z, k=k, pool=p)
     except Exception as e:  # noqa: BLE001
         _clear_error(e, "mutual_scores", ("z", "k", "pool", "N", "L", "C"))
+        return
+    assert out.shape == (N, H * H)
+    if N == 0:  # nothing to score
         return
     n_ref = pool if p is not None else N - 1
     assert 1 <= k <= n_ref and bool(torch.isfinite(z).all()) and (p is None or bool(torch.isfinite(p).all()))

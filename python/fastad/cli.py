@@ -555,21 +555,27 @@ _CLI_NAMES = ("coreset_ratio", "num_neighbors", "image_size", "projection_dim", 
               "k_list")
 
 
-@contextmanager
-def cli_names():
-    """Re-raise a detector's ValueError as a CLIError whose parameter names are the CLI's options
-    (``coreset_ratio=`` -> ``--coreset-ratio ``), so the message names an option that exists."""
+def to_cli_names(msg: str) -> str:
+    """A detector's message with its parameter names as the CLI's options (``coreset_ratio=0.1`` ->
+    ``--coreset-ratio 0.1``), so that it names options that exist."""
     import re
 
+    msg = " ".join(str(msg).split())
+    msg = re.sub(r"\bquantile=", "--threshold-quantile ", msg)
+    for name in _CLI_NAMES:
+        opt = "--" + name.replace("_", "-")
+        msg = re.sub(rf"\b{name}=", opt + " ", msg)
+        msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
+    return msg
+
+
+@contextmanager
+def cli_names():
+    """Re-raise a detector's ValueError as a CLIError in the CLI's option names (:func:`to_cli_names`)."""
     try:
         yield
     except ValueError as e:
-        msg = " ".join(str(e).split())
-        for name in _CLI_NAMES:
-            opt = "--" + name.replace("_", "-")
-            msg = re.sub(rf"\b{name}=", opt + " ", msg)
-            msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
-        raise CLIError(msg) from None
+        raise CLIError(to_cli_names(str(e))) from None
 
 
 def load_model(path, *, backbone=None, device=None):
@@ -1025,7 +1031,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
-    text = str(message).splitlines()[0] if str(message) else category.__name__
+    text = to_cli_names(str(message).splitlines()[0]) if str(message) else category.__name__
     print(f"fastad: warning: {text}", file=file or sys.stderr, flush=True)
 
 

@@ -31,6 +31,7 @@ Every step below was checked against anomalib 2.7.0's source (PyPI wheel ``anoma
 """
 from __future__ import annotations
 
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,12 @@ class PatchCore(BaseDetector):
         coreset_ratio: fraction of training patches kept by greedy k-center selection; ``1.0`` keeps
             every patch (no selection).
         num_neighbors: the paper's image-score re-weighting uses this many bank neighbours of the
-            nearest bank row (anomalib default 9); ``1`` = max patch score.
+            nearest bank row (anomalib default 9); ``1`` = max patch score. A one-row bank with
+            ``num_neighbors > 1`` (every score would be 0) is a ``ValueError`` naming a
+            ``coreset_ratio`` that works; a bank of 2 to ``num_neighbors - 1`` rows warns and uses them
+            all (as anomalib). Feature maps of the images smaller than the 3x3 aggregation window are
+            a ``ValueError`` naming the smallest image size that works (a warning for
+            ``fit_features``). :meth:`check_fit_size` checks both before any work.
         projection_dim: random projection before the coreset (``"auto"`` = the Johnson-Lindenstrauss
             size anomalib uses, ``None`` = none, or an int); see :func:`fastad.ops.coreset`.
         blur_sigma: Gaussian sigma of the anomaly map (pixels); ``0``/``None`` = no blur.
@@ -139,26 +145,43 @@ class PatchCore(BaseDetector):
             return None
         return None
 
-    def _check_grid(self, grids: dict, image_size) -> None:
+    def _check_grid(self, grids: dict, image_size, strict: bool = True) -> None:
+        """Feature maps smaller than the aggregation window: a ``ValueError`` naming the smallest image
+        size that works (``strict``), else a warning (precomputed features, whose maps the caller chose)."""
         win = self.AGGREGATION_WINDOW
         small = {layer: g for layer, g in grids.items() if min(g) < win}
         if not small:
             return
         layer, g = next(iter(small.items()))
         side = self._min_image_size(list(grids))
-        size = "the images" if image_size is None else "image_size " + "x".join(str(int(v)) for v in image_size)
+        if image_size is None:
+            size = "the images"
+        elif int(image_size[0]) == int(image_size[1]):
+            size = f"image_size={int(image_size[0])}"
+        else:
+            size = f"images of {int(image_size[0])}x{int(image_size[1])} px"
         fix = f"; use image_size={side} or larger" if side else "; use larger images"
-        raise ValueError(
-            f"PatchCore: {size} gives a {g[0]}x{g[1]} feature map at layer {layer!r}, smaller than the "
-            f"{win}x{win} aggregation window (the patches would be mostly padding and the scores meaningless){fix}"
-        )
+        msg = (f"PatchCore: with {size} the feature map at layer {layer!r} is {g[0]}x{g[1]}, smaller than the "
+               f"{win}x{win} aggregation window (the patches would be mostly padding and the scores meaningless){fix}")
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=4)
 
-    def _check_bank(self, n_patches: int) -> None:
-        """A memory bank smaller than ``num_neighbors`` gives degenerate scores (one row: every score 0)."""
+    def _check_bank(self, n_patches: int, strict: bool = True) -> None:
+        """A memory bank smaller than ``num_neighbors``: a ``ValueError`` naming a value that works when
+        ``strict`` or when the bank has one row (every image score would be 0); otherwise a warning
+        (anomalib clamps the neighbours to the bank size, and so does fastad)."""
         nn_ = int(self.num_neighbors)
         ratio = float(self.coreset_ratio)
         m = n_patches if ratio >= 1 else max(1, int(n_patches * ratio))
         if m >= nn_:
+            return
+        if not strict and m > 1:
+            warnings.warn(
+                f"PatchCore: the memory bank has {m} rows, fewer than num_neighbors={nn_}: the image scores use "
+                f"{m} neighbours (as anomalib); use a larger coreset_ratio or more images",
+                stacklevel=4,
+            )
             return
         if n_patches < nn_:
             raise ValueError(
@@ -220,7 +243,8 @@ class PatchCore(BaseDetector):
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
-                self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, None)
+                self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, None,
+                                 strict=getattr(self, "_backbone_obj", None) is not None)
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
@@ -239,7 +263,7 @@ class PatchCore(BaseDetector):
         self.feature_grid_ = grid
         self.n_train_patches_ = int(bank.shape[0])
         n = bank.shape[0]
-        self._check_bank(n)
+        self._check_bank(n, strict=False)
         with timer("coreset"):
             if self.coreset_ratio < 1:
                 # anomalib: coreset_size = int(N * ratio) (an error when 0); here at least one row.
