@@ -59,26 +59,27 @@ def test_import_under_another_torch_names_both_versions(monkeypatch):
 
 
 def test_import_in_a_fresh_process_with_a_faked_sidecar(tmp_path):
-    """The real import path: a copy of the package whose sidecar names another torch refuses to import."""
+    """The real import path: a copy of the installed package (Python files + extension) whose sidecar
+    names another torch refuses to import, naming both versions."""
+    import json
     import shutil
     import subprocess
 
     import fastad
 
-    src = Path(fastad.__file__).resolve().parent
-    sidecar = next(iter(src.glob("_build_config.json")), None)
-    so = next(iter(src.glob("_C*.so")), None)
-    if sidecar is None or so is None:
-        pytest.skip("the extension and its sidecar are not next to the package (editable build elsewhere)")
+    spec = importlib.util.find_spec("fastad._C")
+    so = Path(spec.origin)
+    sidecar = so.parent / "_build_config.json"
+    if not sidecar.is_file():
+        pytest.skip("no _build_config.json next to the extension")
     dst = tmp_path / "fastad"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-    cfg = (dst / "_build_config.json").read_text()
-    import json
-
-    doc = json.loads(cfg)
+    shutil.copytree(Path(fastad.__file__).resolve().parent, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(so, dst / so.name)
+    doc = json.loads(sidecar.read_text())
     doc["torch"] = "2.99.0"
     (dst / "_build_config.json").write_text(json.dumps(doc))
-    r = subprocess.run([sys.executable, "-c", "import fastad"], cwd=tmp_path, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'ScikitBuild' not in type(f).__name__]; "
+            f"sys.path.insert(0, {str(tmp_path)!r}); import fastad")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0
-    assert "fastad was compiled against torch 2.99.0 but torch" in r.stderr and torch.__version__ in r.stderr
+    assert "fastad was compiled against torch 2.99.0 but torch" in r.stderr and torch.__version__ in r.stderr, r.stderr

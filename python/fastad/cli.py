@@ -670,16 +670,20 @@ def _int_list(s: str) -> list[int]:
     return v
 
 
-def _check_zeroshot_size(n: int, a) -> None:
+def _check_zeroshot_size(n: int, a, groups=None) -> None:
     """Each image is scored by the mean of its ``int(fraction * (m - 1))`` nearest other images of its
-    subset of ``m ~ n / divide_num`` images: refuse (naming options that exist) when that is 0."""
+    subset of ``m`` images (MuSc's ``divide_num`` partition): refuse, naming options that exist, when
+    that is 0 for some subset."""
+    from fastad.detectors.musc import stratified_subsets
+
     if n < 2:
         raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
-    m = n // max(1, a.divide_num)
+    sizes = [len(s) for s in stratified_subsets(n, a.divide_num, groups or None, a.seed) if s]
+    m = min(sizes)
     if int(a.fraction * (m - 1)) >= 1:
         return
     need = math.ceil(1 / a.fraction - 1e-9) + 1
-    where = f"{n} images" if a.divide_num == 1 else f"{n} images in {a.divide_num} subsets (--divide-num) of ~{m}"
+    where = f"{n} images" if len(sizes) == 1 else f"{n} images in {len(sizes)} subsets (--divide-num), the smallest of {m}"
     fix = f"score at least {need} images together"
     if m >= 2:
         fix += f", or use --fraction {min(1.0, math.ceil(100 / (m - 1)) / 100):g}"
@@ -718,7 +722,8 @@ def cmd_zeroshot(a) -> int:
     with sw("load data"):
         ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
         ds = subsample(ds, a.max_images, a.seed, stratify=True)
-    _check_zeroshot_size(len(ds), a)  # before the features: images that fail to decode are re-checked below
+    # before the features (images that fail to decode are re-checked below)
+    _check_zeroshot_size(len(ds), a, list(ds.defect_types) if _has_labels(ds) else None)
     labelled = _has_labels(ds)
     print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({size} px, device {device}, "
           f"divide_num {a.divide_num})")
@@ -737,7 +742,7 @@ def cmd_zeroshot(a) -> int:
         n += b["image"].shape[0]
         if labelled:
             groups += list(b["defect_type"])
-    _check_zeroshot_size(n, a)
+    _check_zeroshot_size(n, a, groups)
     layer_tokens = [torch.cat([t[li] for t in tokens]) for li in range(len(tokens[0]))]
     del tokens
     with sw("mutual scoring"):
@@ -900,6 +905,13 @@ def _int(s: str) -> int:
     return _number(s, int)
 
 
+def _nonneg_int(s: str) -> int:
+    v = _number(s, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2), like every other refusal of the CLI."""
 
@@ -927,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
         sp.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
-        sp.add_argument("--num-workers", type=_int, default=2, help="image-decoding threads (default 2)")
+        sp.add_argument("--num-workers", type=_nonneg_int, default=2, help="image-decoding threads (default 2)")
         sp.add_argument("--resize", choices=("squash", "shorter_crop"), default=None,
                         help="squash to the image size or scale the shorter side and centre-crop; fit: default "
                              "squash, stored in the model file; predict/evaluate: default the model's mode")
@@ -978,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--backbone", default=None, help="check that the model was fitted with this backbone")
         e.add_argument("--image-size", type=positive_int, default=None, help="default: the size the model was fitted at")
         e.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
-        e.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html (default 24)")
+        e.add_argument("--top-k", type=_nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
         e.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
         e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
         common(e)
@@ -1006,7 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--contamination", type=fraction_arg, default=0.1,
                    help="report the top share of the scores as anomalous (default 0.1; 0 = no threshold)")
     z.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
-    z.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html (default 24)")
+    z.add_argument("--top-k", type=_nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
     z.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
     z.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
     common(z)
