@@ -299,6 +299,8 @@ def check_report_dir(path, overwrite: bool = False, *, option: str = "--out") ->
         raise UsageError(f"{option}: give a folder for the report")
     if p.exists() and not p.is_dir():
         raise UsageError(f"{option} {str(p)!r} is a file, not a folder; give a (new or empty) folder for the report")
+    if p.is_symlink() and not p.exists():
+        raise UsageError(f"{option} {str(p)!r} is a broken symbolic link; give a (new or empty) folder for the report")
     if not p.exists():
         _check_writable_parent(p, "report folder", option)
         return ReportDir(p, set(), existed=False, overwrite=overwrite)

@@ -27,13 +27,13 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._checks import warn_if_few_scores
 from ._io import FORMAT_VERSION, ModelFileError, write_model_file
 from ._io import load as load_model_file
 
@@ -525,16 +525,7 @@ class BaseDetector:
             s = s.detach().reshape(-1).double().cpu()
             if s.numel() == 0:
                 raise ValueError(f"{type(self).__name__}.set_threshold: no normal scores given")
-            n = s.numel()
-            need = math.ceil(1.0 / min(quantile, 1.0 - quantile) - 1e-9) if 0.0 < quantile < 1.0 else 1
-            if n < need:  # documented: a warning, not an error (the threshold is still the exact sample quantile)
-                ok = max(0.5, math.floor((1.0 - 1.0 / n) * 100) / 100) if quantile > 0.5 else min(0.5, math.ceil(100 / n) / 100)
-                warnings.warn(
-                    f"{type(self).__name__}.set_threshold: the {quantile:g} quantile of {n} normal scores is close to "
-                    f"their {'maximum' if quantile > 0.5 else 'minimum'} (at least {need} are needed to estimate it); "
-                    f"give more normal images or use quantile={ok:g}",
-                    stacklevel=2,
-                )
+            warn_if_few_scores(f"{type(self).__name__}.set_threshold", s.numel(), quantile)
             t = float(torch.quantile(s, quantile))
         if not math.isfinite(t):
             raise ValueError(f"{type(self).__name__}.set_threshold: threshold must be finite, got {t}")
