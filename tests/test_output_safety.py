@@ -318,3 +318,21 @@ def test_a_report_of_an_older_fastad_without_manifest_is_recognised(tree, model,
     line = run_err(argv, capsys)
     assert "not empty" in line
     assert (out / "images" / "holiday.jpg").read_bytes() == b"jpeg"
+
+
+def test_stale_files_are_never_removed_through_a_symlink(tmp_path):
+    rd = check_report_dir(tmp_path / "rep")
+    with rd.open("heatmaps/00000_a.png") as f:
+        f.write(b"ours")
+    rd.finish()
+    # the user replaces heatmaps/ by a link to their own photos, which has a file of the same name
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "00000_a.png").write_bytes(b"holiday")
+    import shutil
+
+    shutil.rmtree(tmp_path / "rep" / "heatmaps")
+    (tmp_path / "rep" / "heatmaps").symlink_to(photos)
+    rd = check_report_dir(tmp_path / "rep")
+    rd.finish()  # the old manifest lists heatmaps/00000_a.png: not followed through the link
+    assert (photos / "00000_a.png").read_bytes() == b"holiday"

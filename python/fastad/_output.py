@@ -171,7 +171,8 @@ class ReportDir:
         self._write_manifest(complete=False)
 
     def spool(self):
-        """A temporary binary file in the report folder (``.fastad-spool-*``), removed when closed."""
+        """A temporary binary file in the report folder, removed when closed (on Linux it never has a
+        name: ``O_TMPFILE``; elsewhere ``.fastad-spool-*``, unlinked at once)."""
         self.prepare()
         return tempfile.TemporaryFile(dir=self.path, prefix=_SPOOL_PREFIX)
 
@@ -235,7 +236,9 @@ class ReportDir:
         removed = []
         for rel in sorted(self._old - self._written):
             p = self.path / rel
-            if _safe_rel(rel) and p.is_file() and not p.is_symlink():
+            # never through a symbolic link (a sub-folder replaced by a link to the user's files)
+            inside = _safe_rel(rel) and p.resolve() == self.path.resolve() / rel
+            if inside and p.is_file() and not p.is_symlink():
                 p.unlink()
                 removed.append(rel)
         for sub in sorted({str(Path(r).parent) for r in removed if str(Path(r).parent) != "."}, key=len, reverse=True):

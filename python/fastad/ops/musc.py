@@ -1,7 +1,9 @@
 """MuSc (zero-shot mutual scoring) kernels: LNAMD / SNAMD aggregation, mutual scoring, RsCIN.
 
 Shapes: ``N`` images, ``L = H * H`` patch tokens per image (CLS removed), ``C`` channels,
-``R = len(r_list)``. Parity targets are the official code, xrli-U/MuSc @ b76b93d (see
+``R = len(r_list)``. The compiled ops (``lnamd``, ``snamd``, ``mutual_scores``,
+``lnamd_mutual_scores``) are not differentiable: a backward through them raises ``RuntimeError``
+naming the argument (:mod:`fastad.ops._autograd`); ``rscin`` and ``bilinear_max`` are plain torch. Parity targets are the official code, xrli-U/MuSc @ b76b93d (see
 ``tests/musc_oracle.py``).
 """
 from __future__ import annotations
