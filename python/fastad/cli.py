@@ -447,11 +447,20 @@ def score_to_report(
             per_type = {t: {"n": d["n"], "mean_score": d["mean_score"]} for t, d in per_type.items()}
     # the HTML shows the stages finished so far; metrics.json gets the final timings afterwards
     shown = {k: dict(v) for k, v in sw.stages.items() if k != "report"}
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+
+    def final_timings():  # every stage, the report's own writing included
+        stages = {k: dict(v) for k, v in sw.stages.items()}
+        rep = stages.setdefault("report", {"wall_s": 0.0, "cpu_s": 0.0})
+        rep["wall_s"] += time.perf_counter() - t0
+        rep["cpu_s"] = (rep.get("cpu_s") or 0.0) + time.process_time() - c0
+        return stages
+
     with sw("report"):
-        index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type)
+        index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type,
+                              final_timings=final_timings)
     doc = dict(writer.document)
-    doc["timings"] = {k: dict(v) for k, v in sw.stages.items()}
-    writer.write_metrics(doc)
     doc["index"] = str(index)
     return doc
 
@@ -471,24 +480,11 @@ def _print_report(doc: dict, sw: Stopwatch) -> None:
 
 
 def print_metrics(metrics: dict, per_type: dict) -> None:
-    from fastad.report import METRIC_NAMES as _METRIC_NAMES
+    from fastad.report import format_metrics
 
-    if metrics:
-        print("metrics:")
-        for k, v in metrics.items():
-            print(f"  {_METRIC_NAMES.get(k, k):<28} {v:.4f}")
-    if per_type:
-        cols = []
-        for d in per_type.values():
-            cols += [c for c in d if c not in cols]
-        tw = max(8, max(len(t) for t in per_type))
-        print(f"by type:{'':<{tw - 6}}" + "  ".join(f"{c:>10}" for c in cols))
-        for t, d in per_type.items():
-            cells = []
-            for c in cols:
-                v = d.get(c)
-                cells.append(f"{'':>10}" if v is None else (f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}"))
-            print(f"  {t:<{tw}}" + "  ".join(cells))
+    text = format_metrics(metrics, per_type)
+    if text:
+        print(text)
 
 
 def cmd_fit(a) -> int:
