@@ -191,3 +191,38 @@ def test_fuzz_cli_fit(ratio, size, nn, tree, tmp_path_factory, capsys):
     if "would be" in line or "smaller than" in line or "fewer than" in line:
         assert re.search(r"(--coreset-ratio|--image-size|--num-neighbors)[ =]\d", line.split(";")[-1]), line
     assert not out.exists()
+
+
+BAD_VALUES = {
+    "--batch-size": ["0", "-3", "x", "1.5"], "--num-workers": ["-1", "two"], "--seed": ["s"], "--image-size": ["0", "-7", "big"],
+    "--top-k": ["-1", "k"], "--heatmaps": ["-2", "some"], "--max-images": ["0"], "--coreset-ratio": ["0", "1.5", "nan", "r"],
+    "--calibration": ["1", "-0.1"], "--threshold-quantile": ["1.01", "q"], "--projection-dim": ["0", "-1", "p"],
+    "--fraction": ["0", "2"], "--k-list": ["a,b", "-1"], "--r-list": ["", "2", "1,4"], "--same-position": ["2", "0"], "--divide-num": ["0"], "--contamination": ["1"],
+}
+COMMAND_OPTIONS = {
+    "fit": ["--batch-size", "--num-workers", "--seed", "--image-size", "--coreset-ratio", "--calibration",
+            "--threshold-quantile", "--projection-dim"],
+    "predict": ["--batch-size", "--num-workers", "--image-size", "--top-k", "--heatmaps", "--max-images"],
+    "zeroshot": ["--batch-size", "--image-size", "--top-k", "--heatmaps", "--fraction", "--k-list", "--r-list",
+                 "--divide-num", "--contamination", "--same-position"],
+    "demo": ["--batch-size", "--image-size", "--coreset-ratio", "--calibration", "--top-k"],
+}
+REQUIRED = {"fit": ["--data", "d", "--out", "m.safetensors"], "predict": ["--model", "m", "--data", "d", "--out", "r"],
+            "zeroshot": ["--data", "d", "--out", "r"], "demo": []}
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), command=st.sampled_from(sorted(COMMAND_OPTIONS)))
+def test_fuzz_cli_bad_option_values_are_one_line_errors(data, command, capsys):
+    """A bad option value: exit 2, one line naming the option, no internal function names, before any work."""
+    from fastad.cli import main
+
+    option = data.draw(st.sampled_from(COMMAND_OPTIONS[command]))
+    value = data.draw(st.sampled_from(BAD_VALUES[option]))
+    with pytest.raises(SystemExit) as e:
+        main([command] + REQUIRED[command] + [option, value])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert e.value.code == 2 and len(lines) == 1, err
+    assert option in lines[0] and "Traceback" not in err, err
+    assert not re.search(r"invalid \w+ value|_ratio|_pos_int|positive_int|_fraction|_int_list|_odd", lines[0]), lines[0]

@@ -666,6 +666,20 @@ def _int_list(s: str) -> list[int]:
     return v
 
 
+def _odd_list(s: str) -> list[int]:
+    v = _int_list(s)
+    if any(r < 1 or r % 2 == 0 for r in v):
+        raise argparse.ArgumentTypeError(f"must be comma-separated odd window sizes >= 1 (e.g. 1,3,5), got {s!r}")
+    return v
+
+
+def _odd(s: str) -> int:
+    v = _number(s, int)
+    if v < 1 or v % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd window size >= 1 (e.g. 3), got {s}")
+    return v
+
+
 def _check_zeroshot_size(n: int, a, groups=None) -> None:
     """Each image is scored by the mean of its ``int(fraction * (m - 1))`` nearest other images of its
     subset of ``m`` images (MuSc's ``divide_num`` partition): refuse, naming options that exist, when
@@ -1005,12 +1019,12 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     z.add_argument("--layers", default=None, help="comma-separated ViT blocks (default: the backbone's, e.g. 2,5,8,11)")
     z.add_argument("--image-size", type=positive_int, default=None, help="square input side (default: the backbone's)")
-    z.add_argument("--r-list", type=_int_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
+    z.add_argument("--r-list", type=_odd_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
     z.add_argument("--fraction", type=ratio_arg, default=0.3, help="share of the other images averaged (default 0.3)")
     z.add_argument("--k-list", type=_int_list, default=[1, 2, 3],
                    help="RsCIN k list (default 1,2,3 as for MVTec AD; 1,8,9 for VisA; 0 = no RsCIN)")
     z.add_argument("--divide-num", type=positive_int, default=1, help="score in this many stratified subsets (default 1)")
-    z.add_argument("--same-position", type=_int, default=None, help="odd window: compare only aligned patches")
+    z.add_argument("--same-position", type=_odd, default=None, help="odd window: compare only aligned patches")
     z.add_argument("--contamination", type=fraction_arg, default=0.1,
                    help="report the top share of the scores as anomalous (default 0.1; 0 = no threshold)")
     z.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
