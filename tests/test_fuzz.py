@@ -226,3 +226,59 @@ def test_fuzz_cli_bad_option_values_are_one_line_errors(data, command, capsys):
     assert e.value.code == 2 and len(lines) == 1, err
     assert option in lines[0] and "Traceback" not in err, err
     assert not re.search(r"invalid \w+ value|_ratio|_pos_int|positive_int|_fraction|_int_list|_odd", lines[0]), lines[0]
+
+
+@settings(**dict(SETTINGS, max_examples=40))
+@given(data=st.data(), B=st.integers(0, 3), H=st.integers(1, 4), C=st.integers(1, 4),
+       r_list=st.lists(st.integers(-1, 6), min_size=0, max_size=3), k=st.integers(0, 4))
+def test_fuzz_snamd_and_lnamd_mutual_scores(data, B, H, C, r_list, k):
+    t = data.draw(tensor(B * H * H, C, torch.float32, "cpu")).reshape(B, H * H, C)
+    try:
+        out = fastad.ops.snamd(t, r_list)
+    except Exception as e:  # noqa: BLE001
+        _clear_error(e, "snamd", ("tokens", "r_list", "r", "L", "C"))
+    else:
+        assert r_list and all(r >= 1 and r % 2 for r in r_list) and bool(torch.isfinite(t).all())
+        if out.numel():
+            torch.testing.assert_close(out.double(), ref.snamd(t, r_list), rtol=1e-3, atol=1e-4)
+    try:
+        out = fastad.ops.lnamd_mutual_scores(t, r_list, k=k)
+    except Exception as e:  # noqa: BLE001
+        _clear_error(e, "lnamd_mutual_scores", ("tokens", "r_list", "r", "k", "pool", "L", "C"))
+        return
+    assert r_list and all(r >= 1 and r % 2 for r in r_list) and bool(torch.isfinite(t).all())
+    assert out.shape == (len(r_list), B, H * H)
+    if B:
+        assert 1 <= k <= B - 1
+        want = torch.stack([ref.mutual_scores(ref.lnamd(t, r).float(), k) for r in r_list])
+        torch.testing.assert_close(out.double(), want, rtol=1e-3, atol=1e-3)
+
+
+@settings(**dict(SETTINGS, max_examples=40))
+@given(data=st.data(), N=st.integers(0, 6), D=st.integers(0, 3), constant=st.booleans(), zero_row=st.booleans())
+def test_fuzz_rscin(data, N, D, constant, zero_row):
+    k_list = data.draw(st.lists(st.integers(-1, N + 1), min_size=1, max_size=3))
+    s = torch.full((N,), 0.5) if constant else data.draw(tensor(1, N, torch.float32, "cpu")).reshape(N)
+    f = data.draw(tensor(N, D, torch.float32, "cpu")).abs()
+    if zero_row and N:
+        f[0] = 0
+    try:
+        out = fastad.ops.rscin(s, f, k_list)
+    except Exception as e:  # noqa: BLE001
+        _clear_error(e, "rscin", ("scores", "image_features", "k_list", "k", "N"))
+        return
+    if 0 in k_list:
+        assert out is s
+        return
+    assert bool(torch.isfinite(out).all()), (s, f, k_list, out)  # never a silent NaN
+    assert all(1 <= k <= N for k in k_list)
+
+
+@settings(**dict(SETTINGS, max_examples=30))
+@given(N=st.integers(0, 3), h=st.integers(1, 5), w=st.integers(1, 5), S=st.integers(1, 40))
+def test_fuzz_bilinear_max(N, h, w, S):
+    g = torch.randn(N, h, w, generator=torch.Generator().manual_seed(N * 100 + h * 10 + w))
+    out = fastad.ops.bilinear_max(g, S, rows_per_chunk=7)
+    want = torch.nn.functional.interpolate(g[:, None], size=(S, S), mode="bilinear", align_corners=True).amax(dim=(1, 2, 3)) \
+        if N else torch.empty(0)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)

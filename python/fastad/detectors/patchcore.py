@@ -155,13 +155,13 @@ class PatchCore(BaseDetector):
         layer, g = next(iter(small.items()))
         side = self._min_image_size(list(grids))
         if image_size is None:
-            size = "the images"
+            size = ""
         elif int(image_size[0]) == int(image_size[1]):
-            size = f"image_size={int(image_size[0])}"
+            size = f"with image_size={int(image_size[0])} "
         else:
-            size = f"images of {int(image_size[0])}x{int(image_size[1])} px"
+            size = f"with images of {int(image_size[0])}x{int(image_size[1])} px "
         fix = f"; use image_size={side} or larger" if side else "; use larger images"
-        msg = (f"PatchCore: with {size} the feature map at layer {layer!r} is {g[0]}x{g[1]}, smaller than the "
+        msg = (f"PatchCore: {size}the feature map at layer {layer!r} is {g[0]}x{g[1]}, smaller than the "
                f"{win}x{win} aggregation window (the patches would be mostly padding and the scores meaningless){fix}")
         if strict:
             raise ValueError(msg)
