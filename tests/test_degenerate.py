@@ -123,3 +123,17 @@ def test_images_that_fail_to_decode_are_not_counted(tmp_path, capsys):
     from fastad.detectors import load
 
     assert load(out).n_fit_images_ == 6
+
+
+def test_zeroshot_refuses_unknown_blocks_and_a_k_list_beyond_the_images(tree, tmp_path, capsys):
+    from fastad.detectors import MuSc
+
+    with pytest.raises(ValueError, match=r"layers=\[99\] are not blocks of this backbone \(4 blocks"):
+        MuSc(backbone="random_vit", layers=[1, 99], progress=False).check_settings()
+    MuSc(backbone="random_vit", layers=[1, -1], progress=False).check_settings()
+    base = ["zeroshot", "--data", str(tree), "--out", str(tmp_path / "z"), "--backbone", "random_vit", "-q"]
+    line = run_err(base + ["--layers", "99"], capsys)
+    assert "--layers [99]" in line and "0..3" in line
+    line = run_err(base + ["--k-list", "9"], capsys)
+    assert "--k-list 9" in line and "(8)" in line
+    assert not (tmp_path / "z").exists()

@@ -34,12 +34,13 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastad._output import UsageError
+
 __all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
 
-
-
-class CLIError(Exception):
-    """An error caused by the user's input: printed as one line, exit status 2."""
+#: An error caused by the user's input: printed as one line, exit status 2 (the same class as
+#: :class:`fastad._output.UsageError`, which the output checks raise).
+CLIError = UsageError
 
 
 # --------------------------------------------------------------------------------------- timing
@@ -558,6 +559,7 @@ def to_cli_names(msg: str) -> str:
 
     msg = " ".join(str(msg).split())
     msg = re.sub(r"\bquantile=", "--threshold-quantile ", msg)
+    msg = re.sub(r"\blayers=", "--layers ", msg)
     for name in _CLI_NAMES:
         opt = "--" + name.replace("_", "-")
         msg = re.sub(rf"\b{name}=", opt + " ", msg)
@@ -691,6 +693,10 @@ def _check_zeroshot_size(n: int, a, groups=None) -> None:
     sizes = [len(s) for s in stratified_subsets(n, a.divide_num, groups or None, a.seed) if s]
     m = min(sizes)
     if int(a.fraction * (m - 1)) >= 1:
+        if a.k_list != [0] and max(a.k_list) > n:
+            ok = ",".join(str(k) for k in a.k_list if k <= n) or "1"
+            raise CLIError(f"zeroshot: --k-list {','.join(map(str, a.k_list))}: RsCIN's k must be at most the number "
+                           f"of images ({n}); use --k-list {ok}, or 0 for no RsCIN")
         return
     need = math.ceil(1 / a.fraction - 1e-9) + 1
     where = f"{n} images" if len(sizes) == 1 else f"{n} images in {len(sizes)} subsets (--divide-num), the smallest of {m}"
@@ -727,7 +733,7 @@ def cmd_zeroshot(a) -> int:
                k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
                random_state=a.seed, progress=False, device=device)
     with cli_names():
-        det.check_image_size(size)  # a patch grid smaller than the aggregation window: refused before any work
+        det.check_settings(size)  # a patch grid below the aggregation window, unknown blocks: before any work
     resize = a.resize or "squash"
     with sw("load data"):
         ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
@@ -1071,10 +1077,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except CLIError as e:
+    except UsageError as e:
         if show_tb:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, ImportError, TypeError) as e:
         if show_tb:

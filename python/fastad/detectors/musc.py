@@ -172,11 +172,26 @@ class MuSc:
         layers = list(self.layers) if self.layers is not None else list(bb.default_layers)
         depth = len(bb.model.blocks)
         last = f"blocks.{depth - 1}"
+        self._check_layers(layers, depth)
         names = [f"blocks.{int(l) % depth}" if isinstance(l, int) else str(l) for l in layers]
         toks = bb.vit_tokens(x, names + [last], norm=True, batch_size=self.batch_size, progress=self.progress,
                              device=self.device if self.device is not None else x.device)
         cls = toks[-1][:, 0].float()
         return [t.to(X.device) for t in toks[:-1]], cls.to(X.device)
+
+    @staticmethod
+    def _check_layers(layers, depth: int) -> None:
+        bad = [l for l in layers if isinstance(l, int) and not -depth <= l < depth]
+        if bad:  # l % depth would silently pick another block
+            raise ValueError(f"MuSc: layers={bad} are not blocks of this backbone ({depth} blocks: use indices "
+                             f"0..{depth - 1}, or negative from the end)")
+
+    def check_settings(self, image_size: int | None = None) -> None:
+        """Before any work: :meth:`check_image_size` and the ``layers`` (block indices of the backbone)."""
+        self.check_image_size(image_size)
+        bb = self._backbone()
+        if self.layers is not None and hasattr(getattr(bb, "model", None), "blocks"):
+            self._check_layers(list(self.layers), len(bb.model.blocks))
 
     def check_image_size(self, image_size: int | None = None) -> None:
         """Refuse (``ValueError`` naming a size that works) an ``image_size`` (default: the detector's)
