@@ -137,3 +137,16 @@ def test_zeroshot_refuses_unknown_blocks_and_a_k_list_beyond_the_images(tree, tm
     line = run_err(base + ["--k-list", "9"], capsys)
     assert "--k-list 9" in line and "(8)" in line
     assert not (tmp_path / "z").exists()
+
+
+def test_predict_refuses_an_image_size_below_the_window(tree, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", "--data", str(tree), "--out", str(model)] + FIT) == 0
+    capsys.readouterr()
+    out = tmp_path / "r"
+    line = run_err(["predict", "--model", str(model), "--data", str(tree), "--out", str(out), "--image-size", "7", "-q"],
+                   capsys)
+    assert "--image-size 7" in line and "--image-size 17 or larger" in line and not out.exists()
+    assert main(["predict", "--model", str(model), "--data", str(tree), "--out", str(out), "--image-size", "17", "-q",
+                 "--num-workers", "0"]) == 0
+    assert "fitted at --image-size 64" in capsys.readouterr().err

@@ -607,6 +607,14 @@ def _cmd_score(a, evaluate: bool) -> int:
         det = load_model(a.model, backbone=a.backbone, device=device)
         det._resolve_backbone()
     size = a.image_size or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
+    check_size = getattr(det, "check_image_size", None)
+    if check_size is not None:  # feature maps smaller than the aggregation window: refused before any work
+        with cli_names():
+            check_size(size if isinstance(size, tuple) else (size, size))
+    fitted = tuple(det.image_size_) if getattr(det, "image_size_", None) else None
+    if a.image_size and fitted and (a.image_size, a.image_size) != fitted:
+        warnings.warn(f"the model was fitted at image_size={fitted[0]}; scoring at image_size={a.image_size} "
+                      "(its threshold was set at the fitted size)", stacklevel=2)
     fitted_resize = (getattr(det, "preprocess_", None) or {}).get("resize")
     resize = a.resize or fitted_resize or "squash"
     if a.resize and fitted_resize and a.resize != fitted_resize:

@@ -203,18 +203,26 @@ class PatchCore(BaseDetector):
         smaller than ``num_neighbors``. Raises ``ValueError`` naming the parameter and a value that works.
         (``fit`` checks the same on the real features.)"""
         self._check_params()
+        grids = self.check_image_size(image_size)
+        if grids:
+            h, w = next(iter(grids.values()))  # the finest (first) layer's grid is the patch grid
+            self._check_bank(int(n_images) * h * w)
+
+    def check_image_size(self, image_size) -> dict:
+        """Refuse (``ValueError`` naming the smallest size that works) images of ``image_size``
+        (``int`` or ``(H, W)``) whose feature maps are smaller than the 3x3 aggregation window, before
+        any work (fit or scoring). Returns the feature grid per layer (empty when unknown)."""
         bb = self._resolve_backbone()
         if bb is None or not hasattr(bb, "grid_size"):
-            return
+            return {}
         H, W = (int(image_size), int(image_size)) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
         layers = [str(x) for x in self._layers_to_extract()]
         try:
             grids = {layer: bb.grid_size(H, W, layer) for layer in layers}
         except (KeyError, TypeError, ZeroDivisionError):
-            return
+            return {}
         self._check_grid(grids, (H, W))
-        h, w = grids[layers[0]]  # the finest (first) layer's grid is the patch grid
-        self._check_bank(int(n_images) * h * w)
+        return grids
 
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
@@ -318,6 +326,8 @@ class PatchCore(BaseDetector):
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
         timer = StageTimer(timings)
         dev = self.memory_bank_.device
+        self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, tuple(image_size),
+                         strict=getattr(self, "_backbone_obj", None) is not None)
         with timer("aggregation"):
             emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
             B, _, h, w = emb.shape
