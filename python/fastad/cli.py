@@ -552,18 +552,25 @@ _CLI_NAMES = ("coreset_ratio", "num_neighbors", "image_size", "projection_dim", 
               "k_list")
 
 
+#: options of the running command (set by :func:`main`); None: every option name is used
+_ACTIVE_OPTIONS: set[str] | None = None
+
+
 def to_cli_names(msg: str) -> str:
     """A detector's message with its parameter names as the CLI's options (``coreset_ratio=0.1`` ->
-    ``--coreset-ratio 0.1``), so that it names options that exist."""
+    ``--coreset-ratio 0.1``), so that it names options that exist: only options of the running
+    command are used (a parameter it has no option for keeps its library name)."""
     import re
 
     msg = " ".join(str(msg).split())
-    msg = re.sub(r"\bquantile=", "--threshold-quantile ", msg)
-    msg = re.sub(r"\blayers=", "--layers ", msg)
-    for name in _CLI_NAMES:
-        opt = "--" + name.replace("_", "-")
+    pairs = [("quantile", "--threshold-quantile", True), ("layers", "--layers", True)]
+    pairs += [(name, "--" + name.replace("_", "-"), False) for name in _CLI_NAMES]
+    for name, opt, eq_only in pairs:
+        if _ACTIVE_OPTIONS is not None and opt not in _ACTIVE_OPTIONS:
+            continue
         msg = re.sub(rf"\b{name}=", opt + " ", msg)
-        msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
+        if not eq_only:
+            msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
     return msg
 
 
@@ -959,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fastad {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    p.command_parsers = sub.choices  # name -> sub-parser (main() reads the running command's options)
 
     def common(sp):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
@@ -1075,6 +1083,9 @@ def main(argv=None) -> int:
     """Entry point of the ``fastad`` command. Returns the exit status."""
     parser = build_parser()
     a = parser.parse_args(argv)
+    global _ACTIVE_OPTIONS
+    sub = getattr(parser, "command_parsers", {}).get(a.command)
+    _ACTIVE_OPTIONS = None if sub is None else {o for act in sub._actions for o in act.option_strings}
     show_tb = os.environ.get("FASTAD_TRACEBACK", "") not in ("", "0")
     old = warnings.showwarning
     if not show_tb:
