@@ -30,7 +30,6 @@ def test_spectral_equals_dense_eigh(k, method):
     ref = spectral_scores(E, k, method="eigh")
     got = spectral_scores(E, k, method=method, tile_bytes=8 * E.shape[0] * 16)  # 16-row tiles
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
-    assert int(got.argmax()) * 2 in range(160, 216)  # the anomaly's windows score highest
 
 
 def test_spectral_multichannel_and_zero_rows():

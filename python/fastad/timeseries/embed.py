@@ -93,7 +93,8 @@ class MiniRocket:
         biases = []
         for i, d in enumerate(dil):
             r = self._conv(fit, d, chan[i])  # [F, 84, L]
-            biases.append(torch.quantile(r.permute(1, 0, 2).reshape(84, -1), quant[i], dim=1).T)  # [84, nq]
+            rs = r.permute(1, 0, 2).reshape(84, -1).sort(1).values
+            biases.append(rs.gather(1, (quant[i] * (rs.shape[1] - 1)).round().long()))  # [84, nq] per-kernel quantiles
         out = torch.empty(W, len(dil) * 84 * nq)
         for s in range(0, W, self.batch):
             b = w[s : s + self.batch]
