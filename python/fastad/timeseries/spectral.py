@@ -3,8 +3,11 @@
 For window embeddings ``E: Tensor[W, D]`` with unit rows ``X``, the self-similarity matrix is
 ``S = |X X^T|`` (absolute cosine similarity, ``[W, W]``). Its rank-k approximation from the k
 eigenpairs of largest magnitude is ``A = U diag(lam) U^T`` (the best rank-k approximation of the
-symmetric S in Frobenius norm); the spectral score of window i is the norm of its residual row,
-``r_i = ||S_i - A_i||_2``: windows that the dominant (recurring) patterns do not explain score high.
+symmetric S in Frobenius norm); the spectral score of window i is the relative norm of its residual
+row, ``r_i = ||S_i - A_i||_2 / ||S_i||_2`` (``relative=False``: the plain norm): the share of its
+similarity profile that the dominant (recurring) patterns do not explain. The relative form matters:
+a window unlike all others has a row that is nearly ``e_i`` (tiny plain residual, relative ~1), while
+a common window's long row of large similarities leaves a large plain residual.
 
 S is never held whole unless it is small (``max_dense_bytes``): the eigenvectors come from subspace
 iteration with Rayleigh-Ritz (a block power method with oversampling, converged on the Ritz
@@ -81,7 +84,7 @@ def top_eigenpairs(X: torch.Tensor, k: int, *, oversample: int = 10, max_iter: i
 
 
 def spectral_scores(E, k: int = 10, *, method: str = "auto", max_dense_bytes: int = 256 << 20,
-                    tile_bytes: int = 64 << 20, tol: float = 1e-10, seed: int = 0) -> torch.Tensor:
+                    tile_bytes: int = 64 << 20, tol: float = 1e-10, seed: int = 0, relative: bool = True) -> torch.Tensor:
     """Spectral residual score ``Tensor[W]`` (float64, higher = more anomalous) of the window
     embeddings ``E: Tensor[W, D]`` (see the module docstring).
 
@@ -91,6 +94,7 @@ def spectral_scores(E, k: int = 10, *, method: str = "auto", max_dense_bytes: in
             ``"implicit"`` (never more than one tile of S), ``"dense"`` (S held, same iteration),
             ``"eigh"`` (S held, full ``torch.linalg.eigh``: the oracle).
         tile_bytes: the largest row tile of S computed at once on the implicit path.
+        relative: divide each residual norm by its row's norm (default; see the module docstring).
     """
     E = torch.as_tensor(E)
     if E.dim() != 2 or E.shape[0] < 2:
@@ -114,9 +118,14 @@ def spectral_scores(E, k: int = 10, *, method: str = "auto", max_dense_bytes: in
         lam, U = top_eigenpairs(X, k, tile_bytes=tile_bytes, S=S, tol=tol, seed=seed)
     UL = U * lam
     if S is not None:
-        return (S - UL @ U.T).norm(dim=1)
-    out = torch.empty(W, dtype=torch.float64, device=X.device)
-    for i0, i1, St in _tiles(X, tile_bytes):
-        out[i0:i1] = (St - UL[i0:i1] @ U.T).norm(dim=1)
-    return out
+        out, rn = (S - UL @ U.T).norm(dim=1), S.norm(dim=1)
+    else:
+        out = torch.empty(W, dtype=torch.float64, device=X.device)
+        rn = torch.empty(W, dtype=torch.float64, device=X.device)
+        for i0, i1, St in _tiles(X, tile_bytes):
+            out[i0:i1] = (St - UL[i0:i1] @ U.T).norm(dim=1)
+            rn[i0:i1] = St.norm(dim=1)
+    if not relative:
+        return out
+    return torch.where(rn > 0, out / rn.clamp_min(1e-300), torch.zeros_like(out))  # a zero row (flat window) scores 0
 

@@ -30,18 +30,79 @@ __all__ = ["lof_window_scores", "knn_window_scores", "minmax", "combine", "score
 METHODS = ("lof", "knn", "spectral", "themis")
 
 
-def lof_window_scores(E: torch.Tensor, n_neighbors: int = 20) -> torch.Tensor:
-    """LOF of every row of ``E: Tensor[W, D]`` among the other rows (``Tensor[W]`` float32)."""
-    from fastad.detectors import LOF
+def exact_neighbours(E: torch.Tensor, k: int, margin: int = 8, chunk: int = 1024):
+    """The ``k`` nearest other rows of ``E: Tensor[W, D]`` with float64 Euclidean distances:
+    ``(d Tensor[W, k] float64, i Tensor[W, k] int64)``, nearest first.
 
-    return LOF(n_neighbors=n_neighbors).fit(E.float()).decision_scores_
+    Candidates come from ``fastad.ops.knn`` (float32, ``k + margin`` per row, each row left out of
+    its own list); their distances are recomputed in float64 and re-sorted (ties by index). A row
+    whose float64 k-th distance is not below its last candidate's distance by more than the float32
+    selection error bound is redone with a 4x margin, so the result is the float64 k-NN (what scikit-learn computes on
+    float64 input) even when float32 rounding reorders near-ties. Memory O(chunk * (k + margin) * D).
+    """
+    import fastad.ops as ops
+
+    W = E.shape[0]
+    if not (isinstance(k, int) and 1 <= k <= W - 1):
+        raise ValueError(f"exact_neighbours: k must be an int in [1, W - 1] = [1, {W - 1}], got {k!r}")
+    X64, X32 = E.double(), E.float().contiguous()
+    D = E.shape[1]
+    nrm = (X64 - X64.mean(0)).square().sum(1)  # squared norms about the mean (the kernel centres its data)
+    d_out = torch.empty(W, k, dtype=torch.float64, device=E.device)
+    i_out = torch.empty(W, k, dtype=torch.long, device=E.device)
+    rows, m = torch.arange(W, device=E.device), margin
+    while rows.numel():
+        kk = min(W - 1, k + m)
+        redo = []
+        for c0 in range(0, rows.numel(), chunk):
+            r = rows[c0 : c0 + chunk]
+            if kk == W - 1:  # every other row is a candidate: exact by construction
+                cand = torch.stack([torch.cat([torch.arange(0, int(j)), torch.arange(int(j) + 1, W)]) for j in r.tolist()])
+                d32 = None
+            else:
+                d32, cand = _knn_rows(ops, X32, r, kk)
+            d = (X64[r][:, None, :] - X64[cand]).square().sum(-1).sqrt()
+            o = torch.sort(cand, dim=1, stable=True).indices  # ties: the smaller index first
+            d, cand = d.gather(1, o), cand.gather(1, o)
+            o = torch.sort(d, dim=1, stable=True).indices
+            d, cand = d.gather(1, o)[:, :k], cand.gather(1, o)[:, :k]
+            d_out[r], i_out[r] = d, cand
+            if d32 is not None:
+                # the kernel selects on |q|^2 + |b|^2 - 2 q.b in float32 (error <= delta); a row is exact
+                # when its float64 k-th distance is below every non-candidate's: d_k^2 + 2 delta <= d_last^2
+                delta = 4 * D * 2.0**-24 * (nrm[r] + nrm.max())
+                bad = d[:, -1].square() + 2 * delta > d32[:, -1].double().square()
+                if bool(bad.any()):
+                    redo.append(r[bad])
+        rows = torch.cat(redo) if redo else rows[:0]
+        m *= 4
+    return d_out, i_out
+
+
+def _knn_rows(ops, X32: torch.Tensor, r: torch.Tensor, kk: int):
+    """float32 k-NN of rows ``r`` of ``X32`` among all rows, the row itself left out."""
+    d, i = ops.knn(X32[r].contiguous(), X32, kk + 1, "l2")
+    keep = i != r[:, None]
+    # drop the row itself (or, if it is not among the kk + 1, the last one)
+    drop_last = keep.all(1)
+    keep[drop_last, -1] = False
+    return d[keep].view(-1, kk), i[keep].view(-1, kk)
+
+
+def lof_window_scores(E: torch.Tensor, n_neighbors: int = 20) -> torch.Tensor:
+    """LOF of every row of ``E: Tensor[W, D]`` among the other rows (``Tensor[W]`` float64): PyOD's
+    ``LOF(n_neighbors).fit(E).decision_scores_`` (scikit-learn's LOF, its ``1e-10`` guard), on the
+    float64 neighbours of :func:`exact_neighbours`."""
+    d, i = exact_neighbours(E, n_neighbors)
+    kdist = d[:, -1]
+    lrd = 1.0 / (torch.maximum(d, kdist[i]).mean(1) + 1e-10)
+    return lrd[i].mean(1) / lrd
 
 
 def knn_window_scores(E: torch.Tensor, n_neighbors: int = 5) -> torch.Tensor:
-    """Distance of every row of ``E`` to its k-th nearest other row (``Tensor[W]`` float32)."""
-    from fastad.detectors import KNN
-
-    return KNN(n_neighbors=n_neighbors, method="largest").fit(E.float()).decision_scores_
+    """Distance of every row of ``E`` to its k-th nearest other row (``Tensor[W]`` float64): PyOD's
+    ``KNN(n_neighbors, method="largest").fit(E).decision_scores_``."""
+    return exact_neighbours(E, n_neighbors)[0][:, -1]
 
 
 def minmax(s: torch.Tensor) -> torch.Tensor:
