@@ -89,3 +89,22 @@ def test_score_series_bad_input():
         score_series(torch.randn(50), 5, methods=("iforest",))
     with pytest.raises(ValueError, match="need >= 3"):
         score_series(torch.randn(10), 9)
+
+
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_exact_neighbours_equal_float64_bruteforce(k):
+    """Near-ties that float32 cannot order (non-centred, large-norm rows 1e-4 apart) come out in
+    float64 order, as scikit-learn's brute force on float64 input."""
+    from fastad.timeseries import exact_neighbours
+
+    g = torch.Generator().manual_seed(k)
+    base = torch.randn(40, 16, generator=g, dtype=torch.float64) * 0.01 + 50.0
+    E = torch.cat([base + 1e-4 * torch.randn(40, 16, generator=g, dtype=torch.float64) for _ in range(5)])
+    d, i = exact_neighbours(E, k)
+    full = (E[:, None] - E[None]).square().sum(-1).sqrt()  # direct differences (cdist may use the expansion)
+    full.fill_diagonal_(float("inf"))
+    want = full.sort(dim=1, stable=True)
+    torch.testing.assert_close(d, want.values[:, :k], rtol=1e-12, atol=1e-15)
+    assert bool((full.gather(1, i) == d).all())
+    with pytest.raises(ValueError, match=r"k must be an int in \[1, W - 1\]"):
+        exact_neighbours(E, E.shape[0])

@@ -17,9 +17,9 @@ from .data import SERIES, load_series
 from .embed import Chronos, MiniRocket, RawWindows, get_embedder
 from .metrics import range_pr_auc, vus_pr
 from .spectral import spectral_scores, top_eigenpairs
-from .themis import METHODS, combine, knn_window_scores, lof_window_scores, score_series
+from .themis import METHODS, combine, exact_neighbours, knn_window_scores, lof_window_scores, score_series
 from .windows import interpolate_gaps, window_starts, window_to_point, windows
 
 __all__ = ["windows", "window_starts", "window_to_point", "interpolate_gaps", "RawWindows", "MiniRocket", "Chronos",
-           "get_embedder", "spectral_scores", "top_eigenpairs", "lof_window_scores", "knn_window_scores", "combine",
+           "get_embedder", "spectral_scores", "top_eigenpairs", "exact_neighbours", "lof_window_scores", "knn_window_scores", "combine",
            "score_series", "METHODS", "load_series", "SERIES", "range_pr_auc", "vus_pr"]

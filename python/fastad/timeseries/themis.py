@@ -25,7 +25,7 @@ from .embed import get_embedder
 from .spectral import spectral_scores
 from .windows import as_series, window_to_point, windows
 
-__all__ = ["lof_window_scores", "knn_window_scores", "minmax", "combine", "score_series", "METHODS"]
+__all__ = ["exact_neighbours", "lof_window_scores", "knn_window_scores", "minmax", "combine", "score_series", "METHODS"]
 
 METHODS = ("lof", "knn", "spectral", "themis")
 
