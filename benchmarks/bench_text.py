@@ -47,7 +47,7 @@ def main():
     from fastad.text import embed, make_detector, rotten_tomatoes_task
 
     torch.set_num_threads(a.threads)
-    print(f"CPU: {cpu_model()}; fastad kernel: {fastad.build_info().get('simd')}; torch {torch.__version__}; "
+    print(f"CPU: {cpu_model()}; fastad kernel: {fastad.build_info().get('simd')} (micro-kernel {fastad.build_info().get('dist_micro_kernel')}); torch {torch.__version__}; "
           f"threads {a.threads}; load {os.getloadavg()[0]:.1f}", flush=True)
     res = {"cpu": cpu_model(), "kernel": fastad.build_info().get("simd"), "threads": a.threads,
            "date": time.strftime("%Y-%m-%d"), "tasks": {}}

@@ -60,7 +60,7 @@ def main():
         from aeon.benchmarking.metrics.anomaly_detection import range_pr_vus_score
     except ImportError:
         range_pr_vus_score = None
-    print(f"CPU: {cpu_model()}; fastad kernel: {fastad.build_info().get('simd')}; torch {torch.__version__}; "
+    print(f"CPU: {cpu_model()}; fastad kernel: {fastad.build_info().get('simd')} (micro-kernel {fastad.build_info().get('dist_micro_kernel')}); torch {torch.__version__}; "
           f"threads {a.threads}; load {os.getloadavg()[0]:.1f}", flush=True)
 
     def cpu(fn):
