@@ -24,13 +24,16 @@ from pathlib import Path
 
 
 def cpu_model() -> str:
+    """``model name (family F model M, avx512|avx2)`` from /proc/cpuinfo."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    isa = "avx512" if "avx512f" in info.get("flags", "").split() else ("avx2" if "avx2" in info.get("flags", "") else "no avx2")
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, {isa})"
 
 
 def main():

@@ -108,3 +108,18 @@ def test_exact_neighbours_equal_float64_bruteforce(k):
     assert bool((full.gather(1, i) == d).all())
     with pytest.raises(ValueError, match=r"k must be an int in \[1, W - 1\]"):
         exact_neighbours(E, E.shape[0])
+
+
+def test_chronos_local_weights():
+    """Runs only with chronos-forecasting installed and FASTAD_CHRONOS_PATH naming a local model folder."""
+    import os
+
+    path = os.environ.get("FASTAD_CHRONOS_PATH")
+    if not path:
+        pytest.skip("FASTAD_CHRONOS_PATH not set (no Chronos weights ship offline)")
+    pytest.importorskip("chronos", reason="chronos-forecasting not installed")
+    from fastad.timeseries import Chronos
+
+    x = _series(200, 7)
+    out = score_series(x, 32, 8, embedder=Chronos(path), methods=("lof", "spectral"))
+    assert out["lof"].shape == (200,) and bool(torch.isfinite(out["spectral"]).all())

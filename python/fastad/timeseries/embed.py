@@ -119,10 +119,13 @@ class Chronos:
             raise FileNotFoundError(f"Chronos: path={str(path)!r} must be a local Chronos model folder with config.json "
                                     "(no download is attempted)")
         try:
-            from chronos import ChronosPipeline
+            import chronos
         except ImportError:
             raise ImportError("Chronos: needs the chronos-forecasting package (pip install chronos-forecasting)") from None
-        self.pipe = ChronosPipeline.from_pretrained(str(p), device_map=device, local_files_only=True)
+        cls = getattr(chronos, "BaseChronosPipeline", None) or chronos.ChronosPipeline  # picks Chronos / Bolt from config
+        self.pipe = cls.from_pretrained(str(p), device_map=device, local_files_only=True)
+        if not hasattr(self.pipe, "embed"):
+            raise ValueError(f"Chronos: the pipeline for {p} ({type(self.pipe).__name__}) has no embed(); use a Chronos (T5) model")
         self.batch = batch
 
     @torch.no_grad()
