@@ -30,7 +30,7 @@ __all__ = ["exact_neighbours", "lof_window_scores", "knn_window_scores", "minmax
 METHODS = ("lof", "knn", "spectral", "themis")
 
 
-def exact_neighbours(E: torch.Tensor, k: int, margin: int = 8, chunk: int = 1024):
+def exact_neighbours(E: torch.Tensor, k: int, margin: int | None = None, chunk_bytes: int = 32 << 20):
     """The ``k`` nearest other rows of ``E: Tensor[W, D]`` with float64 Euclidean distances:
     ``(d Tensor[W, k] float64, i Tensor[W, k] int64)``, nearest first.
 
@@ -38,7 +38,8 @@ def exact_neighbours(E: torch.Tensor, k: int, margin: int = 8, chunk: int = 1024
     its own list); their distances are recomputed in float64 and re-sorted (ties by index). A row
     whose float64 k-th distance is not below its last candidate's distance by more than the float32
     selection error bound is redone with a 4x margin, so the result is the float64 k-NN (what scikit-learn computes on
-    float64 input) even when float32 rounding reorders near-ties. Memory O(chunk * (k + margin) * D).
+    float64 input) even when float32 rounding reorders near-ties. ``margin`` defaults to 8;
+    memory per step is about ``chunk_bytes``.
     """
     import fastad.ops as ops
 
@@ -50,17 +51,19 @@ def exact_neighbours(E: torch.Tensor, k: int, margin: int = 8, chunk: int = 1024
     nrm = (X64 - X64.mean(0)).square().sum(1)  # squared norms about the mean (the kernel centres its data)
     d_out = torch.empty(W, k, dtype=torch.float64, device=E.device)
     i_out = torch.empty(W, k, dtype=torch.long, device=E.device)
-    rows, m = torch.arange(W, device=E.device), margin
+    rows, m = torch.arange(W, device=E.device), (8 if margin is None else int(margin))
     while rows.numel():
         kk = min(W - 1, k + m)
+        chunk = max(1, int(chunk_bytes) // (8 * kk * D))
         redo = []
+        allc = _knn_rows(ops, X32, rows, kk) if kk < W - 1 else None  # one kernel call for all rows
         for c0 in range(0, rows.numel(), chunk):
             r = rows[c0 : c0 + chunk]
-            if kk == W - 1:  # every other row is a candidate: exact by construction
+            if allc is None:  # every other row is a candidate: exact by construction
                 cand = torch.stack([torch.cat([torch.arange(0, int(j)), torch.arange(int(j) + 1, W)]) for j in r.tolist()])
                 d32 = None
             else:
-                d32, cand = _knn_rows(ops, X32, r, kk)
+                d32, cand = allc[0][c0 : c0 + chunk], allc[1][c0 : c0 + chunk]
             d = (X64[r][:, None, :] - X64[cand]).square().sum(-1).sqrt()
             o = torch.sort(cand, dim=1, stable=True).indices  # ties: the smaller index first
             d, cand = d.gather(1, o), cand.gather(1, o)
@@ -70,7 +73,8 @@ def exact_neighbours(E: torch.Tensor, k: int, margin: int = 8, chunk: int = 1024
             if d32 is not None:
                 # the kernel selects on |q|^2 + |b|^2 - 2 q.b in float32 (error <= delta); a row is exact
                 # when its float64 k-th distance is below every non-candidate's: d_k^2 + 2 delta <= d_last^2
-                delta = 4 * D * 2.0**-24 * (nrm[r] + nrm.max())
+                # (rounding of a blocked FMA dot product over 8 lanes: about (D / 8 + 8) ulps of |q|^2 + |b|^2)
+                delta = 2 * (D / 8 + 8) * 2.0**-24 * (nrm[r] + nrm.max())
                 bad = d[:, -1].square() + 2 * delta > d32[:, -1].double().square()
                 if bool(bad.any()):
                     redo.append(r[bad])
