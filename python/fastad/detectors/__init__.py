@@ -13,8 +13,10 @@ from ._registry import cli_names as cli_detector_names
 from ._registry import register
 from .base import BaseDetector, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
-from .embedding import KNN, LOF, ClassConditionalMahalanobis, Mahalanobis
+from .embedding import KNN, LOF, Mahalanobis
 from .gaussian import GaussianAD
+from .lee import ClassConditionalMahalanobis, LeeMahalanobis
+from .msvdd import MSVDD
 from .musc import MuSc
 from .padim import PaDiM
 from .patchcore import PatchCore
@@ -47,6 +49,8 @@ __all__ = [
     "ClassConditionalMahalanobis",
     "GaussianAD",
     "KNN",
+    "LeeMahalanobis",
+    "MSVDD",
     "LOF",
     "Mahalanobis",
     "MuSc",
