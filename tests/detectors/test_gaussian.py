@@ -111,9 +111,12 @@ def test_chi2_threshold_check_values(sigma, want):
 
     from fastad.detectors.gaussian import chi2_threshold
 
-    for rule in ("bonferroni", "independent", "comonotone"):  # one level: the rules agree
-        t = chi2_threshold([448], 1 - erf(sigma / sqrt(2)), rule)
-        assert abs(t - want) < (0.006 if rule != "independent" else 0.0015)
+    p = erf(sigma / sqrt(2))
+    exact = float(np.sqrt(stats.chi2.ppf(p, 448)))
+    assert abs(exact - want) <= 0.005  # the spec's values are rounded to 2 decimals
+    for rule in ("bonferroni", "comonotone"):  # one level: the rules agree
+        assert chi2_threshold([448], 1 - p, rule) == pytest.approx(exact, rel=1e-12)
+    assert abs(chi2_threshold([448], 1 - p, "independent") - exact) < 1e-3  # the convolution grid
 
 
 def test_chi2_rules_on_several_levels():

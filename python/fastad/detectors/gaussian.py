@@ -230,8 +230,15 @@ class GaussianAD(BaseDetector):
                 m = Mahalanobis(shrinkage=self.shrinkage).fit(X.float())
             except ValueError as e:
                 raise ValueError(f"GaussianAD.fit, level {k!r}: {e}") from None
+            try:
+                factor = precision_factor(m.covariance_)
+            except ValueError:
+                raise ValueError(
+                    f"GaussianAD.fit, level {k!r}: the covariance of {X.shape[0]} vectors of {X.shape[1]} dims is not "
+                    f"positive definite with shrinkage={self.shrinkage!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0"
+                ) from None
             self.level_models_[k] = m
-            self._factors[k] = (m.location_.double(), precision_factor(m.covariance_))
+            self._factors[k] = (m.location_.double(), factor)
         self.level_dims_ = {k: int(self._factors[k][0].numel()) for k in self.layers_}
         from scipy import stats
 
