@@ -83,20 +83,20 @@ def _manual_preprocessed(det, bb, x, eps):
 def test_input_preprocessing_and_calibration(tiny_backbone, images):
     train, test = images
     labels = torch.tensor([0, 1] * 6)
-    det = LeeMahalanobis(backbone=tiny_backbone, shrinkage="ledoit_wolf", noise_magnitudes=(0.0, 0.01, 0.1),
+    det = LeeMahalanobis(backbone=tiny_backbone, shrinkage="ledoit_wolf", noise_magnitudes=(0.0, 0.001, 0.01),
                          progress=False).fit(train, labels)
     assert det.eps_ == 0.0
     plain = det.decision_function(test)
-    for eps in (0.01, 0.1):
+    for eps in (0.001,):
         got = det.layer_scores(test, eps)
         want = _manual_preprocessed(det, tiny_backbone, test, eps)
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(got.mean(1), plain)  # the perturbation changes the scores
-    # the perturbation lowers each normal image's distance (a step against the gradient)
-    assert bool((det.layer_scores(train, 0.01) <= det.layer_scores(train, 0.0) + 1e-4).float().mean() > 0.9)
+    # a small step against the gradient lowers each training image's distance (0.01 overshoots here)
+    assert bool((det.layer_scores(train, 0.001) < det.layer_scores(train, 0.0)).all())
     y_val = torch.tensor([0] * 6 + [1] * 2)
     det.calibrate(test, y_val)
-    aucs = {e: _auc(det.layer_scores(test, e).mean(1), y_val) for e in (0.0, 0.01, 0.1)}
+    aucs = {e: _auc(det.layer_scores(test, e).mean(1), y_val) for e in (0.0, 0.001, 0.01)}
     assert det.calibration_auroc_ == pytest.approx(aucs)
     assert det.eps_ == min(e for e in aucs if aucs[e] == max(aucs.values()))
     with pytest.raises(ValueError, match="needs the images"):

@@ -245,7 +245,13 @@ class LeeMahalanobis(BaseDetector):
                 raise ValueError(f"LeeMahalanobis.fit: the training features of {k!r} hold NaN or Inf")
             classes, means, _, _, C = tied_gaussian(X[k], y, self.shrinkage, f"LeeMahalanobis.fit, layer {k!r}")
             self._means[k] = means
-            self._factors[k] = torch.linalg.cholesky(torch.cholesky_inverse(C))  # precision = L L^T
+            L, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(C))  # precision = L L^T
+            if int(info) != 0:
+                raise ValueError(
+                    f"LeeMahalanobis.fit, layer {k!r}: the shared covariance of {X[k].shape[0]} samples of {X[k].shape[1]} "
+                    f"dims is not positive definite with shrinkage={self.shrinkage!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0"
+                )
+            self._factors[k] = L
         self.classes_ = classes
 
     # ---- scoring
