@@ -12,10 +12,17 @@ fastad's version on embeddings ``Tensor[N, D]`` (standardised per feature with t
 - at each epoch start, the Gaussian of *all* training latents (mean; maximum-likelihood covariance
   plus ``reg * tr(S) / latent_dim * I``; no gradient through it). The reference refits scikit-learn's
   ``MinCovDet`` on each batch of 32 latents in 32 dims plus ``1e-4 I`` (SPEC-gaussian.md (c));
-- loss = soft-boundary SVDD in that metric, ``R^2 + (1 / nu) mean(relu(d^2 - R^2))`` with ``R^2`` the
+- loss = soft-boundary SVDD in that metric, ``R^2 + (1 / nu) mean(relu(d^2 - R^2))`` (divided by
+  ``latent_dim``, the expected ``d^2``, to put it on the reconstruction's scale), where each batch's
+  ``d^2`` are rescaled to mean ``latent_dim`` (with gradient): the loss then depends on the *shape* of
+  the latent distribution (the tail against the bulk), not its scale. Without this, shrinking every
+  latent lowers the loss within an epoch, the next epoch's covariance rescales, and the latents
+  collapse in scale until the decoder cannot use them (measured: reconstruction stuck at the input
+  variance); the reference fights the same collapse with inverse-variance and condition-number
+  penalties. ``R^2`` is the
   ``1 - nu`` quantile of the training ``d^2`` (Ruff et al.'s line search for ``R``; the reference
   trains ``R`` without the ``1 / nu`` factor, so ``R`` only shrinks), plus
-  ``recon_weight * mean((decoder(z) - x)^2)``. (``nu = 1`` gives the one-class objective ``mean d^2``.)
+  ``recon_weight * mean((decoder(z) - x)^2)``.
   The reference's covariance penalties (inverse diagonal, condition number) are left out: the
   reconstruction branch alone keeps the latent covariance well conditioned here.
 - after training, the final Gaussian of the training latents; ``decision_function`` = ``d(z)``.
@@ -77,7 +84,7 @@ class MSVDD:
         latent_dim: size of ``z`` (the reference: 128 on fused audio-IMU features).
         hidden_dim: width of the encoder's and decoder's hidden layer.
         epochs, batch_size, lr, weight_decay: Adam training on the normal embeddings.
-        nu: soft-boundary fraction in (0, 1] (share of training latents outside the sphere).
+        nu: soft-boundary fraction in (0, 1) (share of training latents outside the sphere).
         recon_weight: weight of the reconstruction loss (0 turns the branch off).
         reg: ridge of the latent covariance, relative to its mean variance.
         contamination: share of the training set above ``threshold_``.
@@ -91,7 +98,7 @@ class MSVDD:
 
     _params = _PARAMS
 
-    def __init__(self, latent_dim: int = 16, hidden_dim: int = 64, epochs: int = 60, batch_size: int = 64,
+    def __init__(self, latent_dim: int = 16, hidden_dim: int = 64, epochs: int = 100, batch_size: int = 32,
                  lr: float = 1e-3, weight_decay: float = 1e-5, nu: float = 0.1, recon_weight: float = 1.0,
                  reg: float = 1e-3, contamination: float = 0.1, random_state: int = 0, progress: bool = False):
         self.latent_dim = latent_dim
@@ -129,10 +136,12 @@ class MSVDD:
 
         for name in ("latent_dim", "hidden_dim", "epochs", "batch_size"):
             pos_int(name)
-        for name, lo_open, hi in (("lr", True, math.inf), ("nu", True, 1.0), ("contamination", True, 0.5)):
+        for name, hi in (("lr", math.inf), ("contamination", 0.5)):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v <= hi):
                 raise ValueError(f"MSVDD: {name} must be in (0, {hi}], got {v!r}")
+        if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):  # nu = 1: the rescaled loss is constant
+            raise ValueError(f"MSVDD: nu must be in (0, 1), got {self.nu!r}")
         for name in ("weight_decay", "recon_weight", "reg"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
@@ -176,7 +185,7 @@ class MSVDD:
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc="MSVDD fit", leave=False)
-        nu, bs = float(self.nu), int(self.batch_size)
+        nu, bs, k = float(self.nu), int(self.batch_size), int(self.latent_dim)
         self.loss_history_ = []
         for _ in epochs:
             mu, L, r2 = self._sphere(Xs)
@@ -187,14 +196,15 @@ class MSVDD:
                 xb = Xs[order[s : s + bs]]
                 z = self._net.encoder(xb)
                 d2 = _mahalanobis_sq(z, mu, L)
-                svdd = r2 + torch.relu(d2 - r2).mean() / nu
+                d2 = d2 * (k / d2.mean().clamp_min(1e-12))  # scale-free: shrinking every z lowers nothing
+                svdd = (r2 + torch.relu(d2 - r2).mean() / nu) / k  # E d2 = k under the model: one scale with rec
                 rec = (self._net.decoder(z) - xb).square().mean() if self.recon_weight > 0 else torch.zeros((), device=dev)
                 loss = svdd + self.recon_weight * rec
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 w = xb.shape[0] / N
-                tot = [tot[0] + w * float(loss), tot[1] + w * float(svdd), tot[2] + w * float(rec)]
+                tot = [tot[0] + w * float(loss.detach()), tot[1] + w * float(svdd.detach()), tot[2] + w * float(rec.detach())]
             self.loss_history_.append(tuple(tot))
             if not math.isfinite(tot[0]):
                 raise FloatingPointError(f"MSVDD.fit: the loss diverged (epoch {len(self.loss_history_)}); lower lr (got {self.lr})")
