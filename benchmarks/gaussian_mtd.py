@@ -58,7 +58,7 @@ def main():
     def pooled(ds):
         out = {k: [] for k in EFFICIENTNET_LITE0_LEVELS}
         for b in batches(ds, 16):
-            for k, f in fx(b).items():
+            for k, f in fx(b["image"] if isinstance(b, dict) else b).items():
                 out[k].append(f.float().mean(dim=(2, 3), keepdim=True))
         return {k: torch.cat(v) for k, v in out.items()}
 
