@@ -92,6 +92,19 @@ def test_reduction_matches_sklearn_pca_then_ledoit_wolf(gen, reduction, vt):
     assert levels.shape == (9, 2) and torch.allclose(levels.mean(1), got, rtol=1e-6)
 
 
+def test_reduction_with_fewer_images_than_channels(gen):
+    from fastad.detectors.gaussian import pca_components
+
+    X = torch.randn(8, 20, generator=gen, dtype=torch.float64)
+    mean, V = pca_components(X, "npca", 0.5)
+    assert V.shape[0] <= 7  # the zero-variance null-space direction sklearn would keep is dropped
+    assert torch.allclose(V @ V.T, torch.eye(V.shape[0], dtype=torch.float64), atol=1e-10)
+    ev = ((X - mean) @ V.T).var(0)
+    assert float(ev.min()) > 1e-6
+    det = GaussianAD(backbone=None, layers=["b"], reduction="npca", progress=False).fit_features(_features(gen, 6))
+    assert det.level_dims_["b"] <= 5 and torch.isfinite(det.score_features(_features(gen, 3))[0]).all()
+
+
 def test_npca_keeps_least_variance_components(gen):
     from fastad.detectors.gaussian import pca_components
 

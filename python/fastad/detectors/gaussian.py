@@ -17,7 +17,8 @@ ordered by decreasing variance); ``i`` = the first index whose cumulative explai
 exceeds ``t``; ``"pca"`` keeps components ``[0, i]`` (most variance), ``"npca"`` keeps ``[i - 1, end)``
 (least variance; both deliberately share components ``i - 1`` and ``i``, as the reference code). The
 reference's ``components_[i - 1:]`` with ``i = 0`` would keep only the last component; here it keeps
-all (``max(i - 1, 0)``). Features are projected as ``(x - mean) V^T`` before the level's Gaussian.
+all (``max(i - 1, 0)``). With ``N <= C`` scikit-learn's last component is an arbitrary direction of zero
+training variance (any null-space vector); fastad drops such components (keeps the rank, ``<= N - 1``). Features are projected as ``(x - mean) V^T`` before the level's Gaussian.
 
 **Chi-square threshold** (the paper's section 3 and ``compute_mahalanobis_threshold``): under the
 Gaussian model the squared distance of a normal sample at a level of ``d_l`` dimensions follows
@@ -85,7 +86,10 @@ def pca_components(X: torch.Tensor, reduction: str, variance_threshold: float) -
     mean = X.mean(0)
     Xc = X - mean
     ev, V = torch.linalg.eigh(Xc.T @ Xc / max(N - 1, 1))  # ascending
-    ev, V = ev.flip(0)[: min(N, C)], V.flip(1)[:, : min(N, C)].T  # [k, C], decreasing variance
+    # scikit-learn keeps min(N, C) components; with N <= C the last is a zero-variance direction of the null
+    # space, arbitrary (solver-dependent) yet decisive for NPCA's scores: keep only the rank <= N - 1 ones
+    rank = int((ev > ev.max().clamp_min(0) * 1e-10 * C).sum()) if N <= C else C
+    ev, V = ev.flip(0)[:rank], V.flip(1)[:, :rank].T  # [k, C], decreasing variance
     ratio = ev.clamp_min(0) / ev.clamp_min(0).sum()
     above = (torch.cumsum(ratio, 0) > variance_threshold).nonzero()
     i = int(above[0]) if above.numel() else ev.numel() - 1
