@@ -1,5 +1,7 @@
 """Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
-PatchCore, PaDiM, SPADE, GaussianAD (image-level), the zero-shot MuSc, and KNN / LOF / Mahalanobis on any embeddings (:mod:`fastad.detectors.musc`).
+PatchCore, PaDiM, SPADE, GaussianAD and LeeMahalanobis (image-level), the zero-shot MuSc (:mod:`fastad.detectors.musc`),
+and KNN / LOF / Mahalanobis / ClassConditionalMahalanobis / MSVDD on any embeddings (:mod:`fastad.detectors.lee`,
+:mod:`fastad.detectors.msvdd`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
