@@ -69,7 +69,7 @@ def _pooled(f):
 
 
 @pytest.mark.parametrize("reduction", ["pca", "npca"])
-@pytest.mark.parametrize("vt", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("vt", [0.5, 0.99])
 def test_reduction_matches_sklearn_pca_then_ledoit_wolf(gen, reduction, vt):
     # N > C: sklearn's PCA keeps all C components; the reference cut: i = first cumulative ratio > vt
     train, test = _features(gen, 60), _features(gen, 9)
