@@ -15,6 +15,7 @@ rank raise :class:`DistributedError` naming it, within :func:`get_timeout` secon
 ``ValueError`` on every rank before any work.
 """
 from ._comm import DistributedError, get_timeout, set_timeout
+from .coreset import coreset
 from .knn import knn
 
-__all__ = ["knn", "DistributedError", "get_timeout", "set_timeout"]
+__all__ = ["knn", "coreset", "DistributedError", "get_timeout", "set_timeout"]
