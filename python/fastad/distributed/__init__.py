@@ -17,5 +17,6 @@ rank raise :class:`DistributedError` naming it, within :func:`get_timeout` secon
 from ._comm import DistributedError, get_timeout, set_timeout
 from .coreset import coreset
 from .knn import knn
+from .musc import lnamd_mutual_scores, mutual_scores
 
-__all__ = ["knn", "coreset", "DistributedError", "get_timeout", "set_timeout"]
+__all__ = ["knn", "coreset", "mutual_scores", "lnamd_mutual_scores", "DistributedError", "get_timeout", "set_timeout"]

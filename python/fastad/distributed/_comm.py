@@ -230,7 +230,7 @@ def disagreement(ctx: Ctx, table: torch.Tensor, field: int, name: str, render=st
 def offsets_of(sizes: torch.Tensor) -> list[int]:
     """Global row offset of every rank's shard (shards numbered in rank order)."""
     out, acc = [], 0
-    for s in sizes.tolist():
+    for s in (sizes.tolist() if isinstance(sizes, torch.Tensor) else sizes):
         out.append(acc)
         acc += int(s)
     return out
