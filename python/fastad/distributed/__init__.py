@@ -14,10 +14,10 @@ rank raise :class:`DistributedError` naming it, within :func:`get_timeout` secon
 :func:`set_timeout` or ``FASTAD_DISTRIBUTED_TIMEOUT``); arguments that differ between ranks raise a
 ``ValueError`` on every rank before any work.
 """
-from ._comm import DistributedError, get_timeout, set_timeout
+from ._comm import DistributedError, comm_stats, get_timeout, set_timeout
 from .coreset import coreset
 from .knn import knn
 from .musc import lnamd_mutual_scores, mutual_scores
 from .rows import all_rows, is_main_process, rows_by_index, shard, shard_range
 
-__all__ = ["knn", "coreset", "mutual_scores", "lnamd_mutual_scores", "all_rows", "rows_by_index", "shard", "shard_range", "is_main_process", "DistributedError", "get_timeout", "set_timeout"]
+__all__ = ["knn", "coreset", "mutual_scores", "lnamd_mutual_scores", "all_rows", "rows_by_index", "shard", "shard_range", "is_main_process", "DistributedError", "comm_stats", "get_timeout", "set_timeout"]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 DEFAULT_TIMEOUT_S = float(os.environ.get("FASTAD_DISTRIBUTED_TIMEOUT", "1800"))
 
 _state = {"timeout": DEFAULT_TIMEOUT_S}
+_stats = {"bytes_sent": 0, "round_trips": 0, "calls": 0}
 _control_groups: dict = {}
 _lock = threading.Lock()
 
@@ -49,6 +50,16 @@ def set_timeout(seconds: float) -> None:
     _state["timeout"] = float(seconds)
 
 
+def comm_stats(reset: bool = False) -> dict:
+    """Payload bytes this rank sent and collective round trips it took part in (data plane only) since the
+    last reset, by :mod:`fastad.distributed`'s own count (the benchmark also measures the socket bytes)."""
+    out = dict(_stats)
+    if reset:
+        for k in _stats:
+            _stats[k] = 0
+    return out
+
+
 def get_timeout() -> float:
     """Seconds every :mod:`fastad.distributed` exchange waits for the other ranks."""
     return _state["timeout"]
@@ -74,8 +85,7 @@ class Ctx:
         self.world = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group)).lower()
         self.timeout = float(timeout) if timeout is not None else get_timeout()
-        self.bytes_sent = 0  # payload bytes this rank sent in data exchanges (for the cost model)
-        self.round_trips = 0
+        _stats["calls"] += 1
 
     # ---- control plane -------------------------------------------------------------------------
     def control_group(self):
@@ -147,9 +157,13 @@ class Ctx:
             if error is not None:
                 raise err from error
             raise err
-        return table[:, : META_FIELDS * 8].contiguous().view(torch.int64).view(self.world, META_FIELDS)
+        return table[:, : META_FIELDS * 8].reshape(-1).clone().view(torch.int64).view(self.world, META_FIELDS)
 
     # ---- data plane (bounded waits) --------------------------------------------------------------
+    def count(self, nbytes: int) -> None:
+        _stats["bytes_sent"] += int(nbytes)
+        _stats["round_trips"] += 1
+
     def wait(self, work, what: str):
         try:
             work.wait(timeout=_ms(self.timeout))
@@ -167,8 +181,8 @@ class Ctx:
         if self.world == 1:
             out[0] = t
             return out
-        self.bytes_sent += t.numel() * t.element_size() * (self.world - 1)
-        self.round_trips += 1
+        _stats["bytes_sent"] += t.numel() * t.element_size() * (self.world - 1)
+        _stats["round_trips"] += 1
         flat = out.view(-1)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self.wait(gather(flat, t.view(-1), group=self.group, async_op=True), what)
@@ -176,16 +190,16 @@ class Ctx:
 
     def all_reduce(self, t: torch.Tensor, op, what: str) -> torch.Tensor:
         if self.world > 1:
-            self.bytes_sent += 2 * t.numel() * t.element_size()
-            self.round_trips += 1
+            _stats["bytes_sent"] += 2 * t.numel() * t.element_size()
+            _stats["round_trips"] += 1
             self.wait(dist.all_reduce(t, op=op, group=self.group, async_op=True), what)
         return t
 
     def broadcast(self, t: torch.Tensor, src: int, what: str) -> torch.Tensor:
         if self.world > 1:
             if self.rank == src:
-                self.bytes_sent += t.numel() * t.element_size()
-            self.round_trips += 1
+                _stats["bytes_sent"] += t.numel() * t.element_size()
+            _stats["round_trips"] += 1
             self.wait(dist.broadcast(t, src=self.global_rank(src), group=self.group, async_op=True), what)
         return t
 
@@ -198,8 +212,8 @@ class Ctx:
         dst, src = (self.rank + step) % self.world, (self.rank - step) % self.world
         ops = [dist.P2POp(dist.isend, send.contiguous(), self.global_rank(dst), self.group),
                dist.P2POp(dist.irecv, recv, self.global_rank(src), self.group)]
-        self.bytes_sent += send.numel() * send.element_size()
-        self.round_trips += 1
+        _stats["bytes_sent"] += send.numel() * send.element_size()
+        _stats["round_trips"] += 1
         for w in dist.batch_isend_irecv(ops):
             self.wait(w, what)
         return recv

@@ -51,8 +51,7 @@ def _ring_scores(ctx: Ctx, z: torch.Tensor, sizes, R: int, pair_fn, k: int) -> t
                 back[q, j, :, :, i] = dji
     if P > 1:
         got = torch.empty_like(back)
-        ctx.bytes_sent += back.numel() * back.element_size() * (P - 1) // P
-        ctx.round_trips += 1
+        ctx.count(back.numel() * back.element_size() * (P - 1) // P)
         ctx.wait(dist.all_to_all_single(got, back, group=ctx.group, async_op=True), "all_to_all of the returned minima")
         for q in range(P):
             if q != me:
