@@ -50,3 +50,23 @@ def _disagree_c(rank, world):
 def test_mutual_scores_ranks_that_disagree_fail_on_every_rank():
     for o in run(_disagree_c, 2, deadline=40):
         assert o.get("type") == "ValueError" and "same channels C" in o["err"], o
+
+
+def _detector(rank, world):
+    import fastad.distributed as fd
+    from fastad.detectors import MuSc
+
+    g = torch.Generator().manual_seed(3)
+    toks = [torch.randn(7, 1 + 25, 12, generator=g) for _ in range(2)]
+    cls = torch.randn(7, 12, generator=g)
+    kw = dict(backbone=None, r_list=(1, 3), image_size=40, progress=False)
+    s1, m1 = MuSc(**kw).score_tokens(toks, cls)
+    lo, hi = fd.shard_range(7)
+    s2, m2 = MuSc(**kw, distributed=True).score_tokens([t[lo:hi] for t in toks], cls[lo:hi])
+    return float((s1[lo:hi] - s2).abs().max()), float((m1[lo:hi] - m2).abs().max())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_musc_detector_distributed_scores_equal_single_process(world):
+    for ds, dm in results(run(_detector, world, deadline=60)):
+        assert ds <= 1e-5 and dm <= 1e-5, (ds, dm)
