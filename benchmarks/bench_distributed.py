@@ -103,6 +103,9 @@ def _worker(rank, world, port, cfg, outdir):
         work = lambda: fd.coreset(shard, n, projection_dim=proj)  # noqa: E731
         anchor = (lambda: fastad.ops.coreset(shard, n, projection_dim=proj)) if world == 1 else None
         steps = n - 1
+        c0 = time.process_time()
+        res["composable"] = fd.coreset(shard, n, projection_dim=proj, method="composable")[0]
+        res["composable_cpu_s"] = time.process_time() - c0
     else:  # musc
         N, L, C = cfg["N"], cfg["L"], cfg["C"]
         lo, hi = N * rank // world, N * (rank + 1) // world
@@ -140,6 +143,33 @@ def run(cfg, world):
         mp.start_processes(_worker, args=(world, port, cfg, d), nprocs=world, start_method="spawn")
         got = [torch.load(os.path.join(d, f"{cfg['op']}-{world}-{r}.pt"), weights_only=False) for r in range(world)]
     return [g["res"] for g in got], [g["out"] for g in got]
+
+
+def radius(bank: torch.Tensor, idx: torch.Tensor) -> float:
+    """Covering radius of the centres ``bank[idx]``: max over rows of the distance to the nearest centre."""
+    import fastad
+
+    return float(fastad.ops.knn(bank, bank[idx], 1)[0].max())
+
+
+def composable_sim(bank: torch.Tensor, n: int, P: int, proj) -> torch.Tensor:
+    """fastad.distributed.coreset(method="composable")'s steps for P equal shards, in one process."""
+    import fastad
+    from fastad.distributed.coreset import projected_shard
+    from fastad.ops.coreset import jl_min_dim
+
+    N = bank.shape[0]
+    k = jl_min_dim(N) if proj == "auto" else proj
+    x = projected_shard(bank, 0, N, k, 0) if proj else bank
+    union, gidx = [], []
+    for r in range(P):
+        lo, hi = N * r // P, N * (r + 1) // P
+        sel, _ = fastad.ops.coreset(x[lo:hi], min(n, hi - lo), start=0)
+        union.append(x[lo:hi][sel])
+        gidx.append(sel + lo)
+    u, g = torch.cat(union), torch.cat(gidx)
+    sel, _ = fastad.ops.coreset(u, n, start=0)
+    return g[sel]
 
 
 def model(cfg, P):
@@ -188,6 +218,16 @@ def main():
         c1, c2 = max(r["cpu_s"] for r in r1), max(r["cpu_s"] for r in r2)
         row = dict(cfg=cfg, P1=r1, P2=r2, speedup_wall=w1 / w2, speedup_cpu=c1 / c2, equal_1_vs_2=bool(equal),
                    model={P: model(cfg, P) for P in (2, 8, 64)})
+        if cfg["op"] == "coreset":  # covering radius (raw feature space) of exact vs composable
+            torch.set_num_threads(1)
+            bank = rows(0, cfg["N"], cfg["D"], 3)
+            rad = {"exact": radius(bank, o1[0][0]), "composable_P2": radius(bank, r2[0]["composable"])}
+            for P in (8, 64):
+                rad[f"composable_P{P}_sim"] = radius(bank, composable_sim(bank, cfg["n"], P, cfg["proj"]))
+            row["radius"] = rad
+            for r in r1 + r2:
+                r.pop("composable")
+            print(f"\n  covering radius: {rad}")
         report["results"].append(row)
         steps = max(r2[0]["steps"], 1)
         print(f"\n{cfg}")
