@@ -131,3 +131,26 @@ def test_knn_without_process_group_says_so():
 
     with pytest.raises(RuntimeError, match="init_process_group"):
         fd.knn(torch.zeros(1, 2), torch.zeros(3, 2), 1)
+
+
+def _subgroup(rank, world):
+    import torch.distributed as dist
+
+    import fastad.distributed as fd
+
+    g = dist.new_group([0, 2])  # every rank creates it; ranks 0 and 2 use it
+    if rank == 1:
+        return None
+    bank = _bank(50, 6, 9)
+    sizes = {0: bank[:20], 2: bank[20:]}
+    q = bank[:5] + 0.01
+    d, i = fd.knn(q, sizes[rank], 3, group=g)
+    ci, cd = fd.coreset(sizes[rank], 10, group=g)
+    rd, ri = fastad.ops.knn(q, bank, 3)
+    rci, rcd = fastad.ops.coreset(bank, 10)
+    return torch.equal(d, rd) and torch.equal(i, ri) and torch.equal(ci, rci) and torch.equal(cd, rcd)
+
+
+def test_a_subgroup_is_honoured():
+    out = results(run(_subgroup, 3, deadline=40))
+    assert out == [True, None, True]
