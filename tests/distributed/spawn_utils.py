@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env):
+def _worker(rank, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env, backend="gloo"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     os.environ.update(env or {})
     torch.set_num_threads(1)
@@ -32,7 +32,7 @@ def _worker(rank, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env
 
     out = {}
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world,
+        dist.init_process_group(backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=pg_timeout))
         fd.set_timeout(fastad_timeout)
         out["ok"] = fn(rank, world, *args)
@@ -50,14 +50,14 @@ def _worker(rank, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env
 
 
 def run(fn, world: int, *args, deadline: float = 60.0, pg_timeout: float = 30.0, fastad_timeout: float = 15.0,
-        env: dict | None = None) -> list[dict]:
+        env: dict | None = None, backend: str = "gloo") -> list[dict]:
     """Run ``fn(rank, world, *args)`` in ``world`` processes. Returns, per rank, ``{"ok": result}`` or
     ``{"err": "Type: message", "type": ..., "tb": ...}``, or ``{"missing": True}`` for a rank that wrote
     nothing (it died). Raises ``TimeoutError`` if the processes outlive ``deadline`` seconds."""
     with tempfile.TemporaryDirectory() as outdir:
         mpc = mp.get_context("spawn")
         port = free_port()
-        procs = [mpc.Process(target=_worker, args=(r, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env),
+        procs = [mpc.Process(target=_worker, args=(r, world, port, outdir, fn, args, pg_timeout, fastad_timeout, env, backend),
                              daemon=True) for r in range(world)]
         for p in procs:
             p.start()
