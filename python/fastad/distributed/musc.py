@@ -30,6 +30,7 @@ def _ring_scores(ctx: Ctx, z: torch.Tensor, sizes, R: int, pair_fn, k: int) -> t
     dmat = torch.full((n_me, R, L, N), float("inf"), dtype=torch.float32, device=z.device)
     # back[q]: distances of rank q's images to ours, computed here, returned to q at the end
     back = torch.zeros((P, n_max, R, L, n_max), dtype=torch.float32, device=z.device)
+    mine = torch.zeros(n_me, N, dtype=torch.bool)  # dmat columns this rank filled itself
     for i in range(n_me):  # own pairs (i < j)
         for j in range(i + 1, n_me):
             dij, dji = _pair_minima(pair_fn, z[i], z[j], True)
@@ -42,24 +43,28 @@ def _ring_scores(ctx: Ctx, z: torch.Tensor, sizes, R: int, pair_fn, k: int) -> t
         ctx.shift(cur, nxt, 1, f"ring step {step}: image block exchange")
         cur, nxt = nxt, cur
         q = (me - step) % P
-        if 2 * step == P and me >= P // 2:
-            continue  # the pair of blocks {me, me - P/2} is scored by the lower of the two ranks
+        # with P even, blocks P/2 apart meet at both ranks: each scores the pairs of one parity of i + j
+        half = 2 * step == P
+        parity = 0 if me < q else 1
         for i in range(n_me):
             for j in range(int(sizes[q])):
+                if half and (i + j) % 2 != parity:
+                    continue
                 dij, dji = _pair_minima(pair_fn, z[i], cur[j], offs[me] < offs[q])
                 dmat[i, :, :, offs[q] + j] = dij
                 back[q, j, :, :, i] = dji
+                mine[i, offs[q] + j] = True
     if P > 1:
         got = torch.empty_like(back)
         ctx.count(back.numel() * back.element_size() * (P - 1) // P)
         ctx.wait(dist.all_to_all_single(got, back, group=ctx.group, async_op=True), "all_to_all of the returned minima")
         for q in range(P):
-            if q != me:
+            if q != me and sizes[q]:
                 n_q = int(sizes[q])
                 sl = got[q, :n_me, :, :, :n_q]  # [n_me, R, L, n_q]; zeros where q did not score the pair
-                scored = (me - q) % P <= P // 2 and not (2 * ((me - q) % P) == P and me >= P // 2)
-                if not scored:
-                    dmat[:, :, :, offs[q] : offs[q] + n_q] = sl
+                take = ~mine[:, offs[q] : offs[q] + n_q].to(z.device)  # [n_me, n_q]: pairs q scored
+                cols = dmat[:, :, :, offs[q] : offs[q] + n_q]
+                cols.copy_(torch.where(take[:, None, None, :], sl, cols))
     # drop self, mean of the k smallest (the op's interval mean: float sqrt distances summed in double)
     own = torch.arange(n_me, device=z.device) + offs[me]
     keep = torch.ones(n_me, N, dtype=torch.bool, device=z.device)
@@ -124,9 +129,9 @@ def mutual_scores(
     pair is the op's Gram tile, scored once for both directions; ``k = int(fraction * (N - 1))``).
 
     Ring: the blocks of images travel one rank per step for ``floor(P / 2)`` steps; at step ``s`` rank
-    ``r`` scores its images against rank ``r - s``'s block in both directions (with ``P`` even, the
-    blocks ``P/2`` apart are scored once, by the lower rank); the other direction's minima go back to
-    their owner in one ``all_to_all`` at the end. Per rank: ``floor(P/2)`` sends of ``n_max * L * C``
+    ``r`` scores its images against rank ``r - s``'s block in both directions (with ``P`` even, blocks
+    ``P/2`` apart meet at both ranks, which split their pairs by the parity of ``i + j``); the other
+    direction's minima go back to their owner in one ``all_to_all`` at the end. Per rank: ``floor(P/2)`` sends of ``n_max * L * C``
     values and one all_to_all of ``n_max^2 * L`` floats per peer; work ``~N^2 / (2P)`` pairs.
 
     Returns:
