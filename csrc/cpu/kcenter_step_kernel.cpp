@@ -4,8 +4,9 @@
 // centre exchanged between processes. So that it chooses the same rows as the single-process op, this
 // step calls the very same row update as csrc/cpu/coreset_kernel.cpp (coreset_update_avx2 / _generic:
 // d2 = sum((x - c)^2) in fp32, running min, argmax with ties -> the smallest row), with the same ISA
-// choice (FASTAD_SIMD=generic forces the portable path in both) and no pruning (which only skips rows
-// that cannot change).
+// choice (FASTAD_SIMD=generic forces the portable path in both). Optional triangle-inequality pruning
+// (the kernel's test, with `assign` and the new centre's squared distances to the earlier centres) only
+// skips rows that cannot change, so the result is the same with or without it.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,8 +28,10 @@ namespace {
 
 constexpr int64_t kStepMinRowsPerTask = 2048;
 
-std::tuple<at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, const at::Tensor& centre,
-                                                    at::Tensor& min_sq) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, const at::Tensor& centre,
+                                                                at::Tensor& min_sq, const std::optional<at::Tensor>& assign,
+                                                                const std::optional<at::Tensor>& centre_dists,
+                                                                int64_t centre_id) {
   const char* op = "coreset_step";
   TORCH_CHECK(bank.dim() == 2, op, ": bank must be 2-D [N, D], got shape ", shape_str(bank));
   TORCH_CHECK(bank.scalar_type() == at::kFloat || bank.scalar_type() == at::kHalf ||
@@ -45,9 +48,29 @@ std::tuple<at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, cons
               " of shape ", shape_str(min_sq));
   TORCH_CHECK(centre.device().is_cpu() && min_sq.device().is_cpu(), op, ": centre and min_sq must be on the CPU");
   TORCH_CHECK(N < (int64_t(1) << 31), op, ": bank must have fewer than 2^31 rows, got ", N);
+  if (assign) {
+    TORCH_CHECK(assign->dim() == 1 && assign->size(0) == N && assign->scalar_type() == at::kInt &&
+                    assign->is_contiguous() && assign->device().is_cpu(),
+                op, ": assign must be a contiguous int32 CPU [N] tensor with N = ", N, ", got ", assign->scalar_type(),
+                " of shape ", shape_str(*assign));
+  }
+  const bool prune = assign.has_value() && centre_dists.has_value();
+  if (prune) {
+    const at::Tensor& cd = *centre_dists;
+    TORCH_CHECK(cd.dim() == 1 && cd.scalar_type() == at::kFloat && cd.is_contiguous() && cd.device().is_cpu() &&
+                    centre_id >= 0 && centre_id < cd.size(0),
+                op, ": centre_dists must be a contiguous float32 CPU [s] tensor with 0 <= centre_id < s, got ",
+                cd.scalar_type(), " of shape ", shape_str(cd), " and centre_id ", centre_id);
+    if (N > 0) {  // every assign entry must name a centre position covered by centre_dists
+      const auto mx = assign->max().item<int32_t>(), mn = assign->min().item<int32_t>();
+      TORCH_CHECK(mn >= 0 && mx < cd.size(0), op, ": assign holds centre positions in [", mn, ", ", mx,
+                  "], outside centre_dists' [0, ", cd.size(0), ")");
+    }
+  }
   auto best_v = at::scalar_tensor(-2.0, bank.options().dtype(at::kFloat));
   auto best_i = at::scalar_tensor(-1, bank.options().dtype(at::kLong));
-  if (N == 0) return {best_v, best_i};
+  auto skipped_t = at::scalar_tensor(0, bank.options().dtype(at::kLong));
+  if (N == 0) return {best_v, best_i, skipped_t};
 
   const at::Tensor b = bank.contiguous(), c = centre.contiguous();
   const int dtype = b.scalar_type() == at::kHalf ? kCoresetF16 : b.scalar_type() == at::kBFloat16 ? kCoresetBF16
@@ -57,18 +80,20 @@ std::tuple<at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, cons
   const bool avx2 = FASTAD_HAVE_AVX2 && cpu_has_avx2_fma() && !force_generic;
   auto step_fn = avx2 ? &coreset_update_avx2 : &coreset_update_generic;
 
-  auto assign = at::empty({N}, b.options().dtype(at::kInt));  // written by the shared update, unused here
+  at::Tensor scratch;
+  if (!assign) scratch = at::empty({N}, b.options().dtype(at::kInt));  // written by the shared update, unused
   CoresetStep st;
   st.c = c.data_ptr<float>();
-  st.cid = 0;
+  st.cid = static_cast<int32_t>(centre_id);
   st.mind = min_sq.data_ptr<float>();
-  st.assign = assign.data_ptr<int32_t>();
-  st.cc2 = nullptr;  // no pruning
+  st.assign = assign ? assign->data_ptr<int32_t>() : scratch.data_ptr<int32_t>();
+  st.cc2 = prune ? centre_dists->data_ptr<float>() : nullptr;
 
   const int64_t tasks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (N + kStepMinRowsPerTask - 1) / kStepMinRowsPerTask));
   std::vector<CoresetBest> partial(tasks);
   std::vector<char> bad(tasks, 0);
+  std::vector<int64_t> skipped(tasks, 0);
   at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = N * t / tasks, r1 = N * (t + 1) / tasks;
@@ -76,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, cons
       int64_t sk = 0;
       partial[t] = step_fn(b.data_ptr(), dtype, D, r0, r1, st, &sk, &bd);
       bad[t] = bd;
+      skipped[t] = sk;
     }
   });
   TORCH_CHECK(std::find(bad.begin(), bad.end(), 1) == bad.end(), op,
@@ -86,7 +112,10 @@ std::tuple<at::Tensor, at::Tensor> coreset_step_cpu(const at::Tensor& bank, cons
     if (partial[t].value > best.value) best = partial[t];  // strict: earlier task = smaller row wins ties
   best_v.fill_(static_cast<double>(best.value));
   best_i.fill_(best.index);
-  return {best_v, best_i};
+  int64_t sk = 0;
+  for (int64_t t = 0; t < tasks; ++t) sk += skipped[t];
+  skipped_t.fill_(sk);
+  return {best_v, best_i, skipped_t};
 }
 
 }  // namespace

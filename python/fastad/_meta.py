@@ -161,7 +161,7 @@ def _lnamd_mutual_scores_fake(tokens, r_list, k, pool=None, window=0):
 
 # coreset_step: one greedy k-center step on a bank shard (csrc/cpu/kcenter_step_kernel.cpp; fastad.distributed).
 @torch.library.register_fake("fastad::coreset_step")
-def _coreset_step_fake(bank, centre, min_sq):
+def _coreset_step_fake(bank, centre, min_sq, assign=None, centre_dists=None, centre_id=0):
     op = "coreset_step"
     _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got shape {list(bank.shape)}")
     _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
@@ -172,4 +172,5 @@ def _coreset_step_fake(bank, centre, min_sq):
     _check(min_sq.dim() == 1 and min_sq.shape[0] == N and min_sq.dtype == torch.float32,
            f"{op}: min_sq must be a contiguous float32 [N] tensor with N = {N}, got {min_sq.dtype} of shape "
            f"{list(min_sq.shape)}")
-    return bank.new_empty((), dtype=torch.float32), bank.new_empty((), dtype=torch.int64)
+    return (bank.new_empty((), dtype=torch.float32), bank.new_empty((), dtype=torch.int64),
+            bank.new_empty((), dtype=torch.int64))

@@ -19,7 +19,7 @@ def _greedy_with_steps(x, n, start=0):
     for _ in range(1, n):
         c = idx[-1]
         min_sq[c] = -1.0
-        v, i = torch.ops.fastad.coreset_step(x, x[c].float(), min_sq)
+        v, i, _ = torch.ops.fastad.coreset_step(x, x[c].float(), min_sq)
         idx.append(int(i))
         d.append(math.sqrt(max(float(v), 0.0)))
     return torch.tensor(idx), torch.tensor(d, dtype=torch.float32)
@@ -47,11 +47,11 @@ def test_coreset_step_values_and_errors(gen):
     c = torch.randn(7, generator=gen)
     m = torch.full((50,), math.inf)
     m[4] = -1.0
-    v, i = torch.ops.fastad.coreset_step(x, c, m)
+    v, i, _ = torch.ops.fastad.coreset_step(x, c, m)
     d2 = ((x.double() - c.double()) ** 2).sum(1)
     assert torch.allclose(m[torch.arange(50) != 4].double(), d2[torch.arange(50) != 4], rtol=1e-5)
     assert m[4] == -1 and int(i) == int(torch.argmax(torch.where(torch.arange(50) == 4, -1.0, d2)))
-    v, i = torch.ops.fastad.coreset_step(x[:0], c, torch.empty(0))
+    v, i, _ = torch.ops.fastad.coreset_step(x[:0], c, torch.empty(0))
     assert float(v) == -2 and int(i) == -1
     with pytest.raises(RuntimeError, match="centre must be a float32"):
         torch.ops.fastad.coreset_step(x, c[:3], m)
@@ -149,3 +149,26 @@ def test_coreset_ranks_that_disagree_on_n_fail_on_every_rank():
 def test_coreset_n_above_the_global_rows_fails_on_every_rank():
     for o in run(_too_many, 2, deadline=40):
         assert o.get("type") == "ValueError" and "[1, 4]" in o["err"], o
+
+
+@pytest.mark.parametrize("simd", ["avx2", "generic"])
+def test_pruned_steps_equal_ops_coreset_on_clustered_data(monkeypatch, simd, gen):
+    """The distributed loop's per-rank stepper prunes rows by the triangle inequality (as the op does);
+    on clustered data it skips most rows and still chooses the op's rows."""
+    from fastad.distributed.coreset import _Stepper
+
+    if simd == "generic":
+        monkeypatch.setenv("FASTAD_SIMD", "generic")
+    x = (torch.randn(40, 16, generator=gen) * 4).repeat_interleave(100, 0) + 0.3 * torch.randn(4000, 16, generator=gen)
+    n = 300
+    st = _Stepper(x, n)
+    min_sq = torch.full((4000,), math.inf)
+    idx, skipped = [7], 0
+    for step in range(1, n):
+        c = idx[-1]
+        min_sq[c] = -1.0
+        v, i = st(step, x[c].float(), min_sq, True)
+        idx.append(i)
+    ref, _ = fastad.ops.coreset(x, n, start=7)
+    assert idx == ref.tolist()
+    assert st.rows_skipped > 0.5 * (n - 1) * 4000, st.rows_skipped  # most rows were not read

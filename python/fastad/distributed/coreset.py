@@ -69,11 +69,40 @@ def _step_torch(x: torch.Tensor, centre: torch.Tensor, min_sq: torch.Tensor):
     return float(min_sq[i]), i
 
 
-def _step(x, centre, min_sq):
-    if x.device.type == "cpu":
-        v, i = torch.ops.fastad.coreset_step(x, centre, min_sq)
+#: Pruning policy of the single-process op (csrc/cpu/coreset_kernel.cpp): keep pruning while a step
+#: skips more than PRUNE_GAIN * (centres so far) rows, else retry after a doubling back-off (<= 256).
+PRUNE_GAIN, PRUNE_MAX_BACKOFF = 2, 256
+
+
+class _Stepper:
+    """The per-rank side of the greedy loop: the op's row update with its adaptive, exact pruning."""
+
+    def __init__(self, x: torch.Tensor, n: int):
+        self.x = x
+        self.cpu = x.device.type == "cpu"
+        self.assign = torch.zeros(x.shape[0], dtype=torch.int32) if self.cpu else None
+        self.centres = torch.empty(n, x.shape[1], dtype=torch.float32, device=x.device)
+        self.next_try, self.backoff, self.chosen_here = 2, 1, 0
+        self.rows_skipped = 0  # rows the pruning did not read, all steps
+
+    def __call__(self, step: int, centre: torch.Tensor, min_sq: torch.Tensor, chosen_here: bool):
+        self.chosen_here += int(chosen_here)
+        self.centres[step - 1] = centre
+        if not self.cpu:
+            return _step_torch(self.x, centre, min_sq)
+        cc2 = None
+        if step >= self.next_try:  # squared distances from the new centre to every centre so far
+            cc2 = ((self.centres[:step] - centre) ** 2).sum(1)
+            cc2[step - 1] = 0.0
+        v, i, skipped = torch.ops.fastad.coreset_step(self.x, centre, min_sq, self.assign, cc2, step - 1)
+        self.rows_skipped += int(skipped)
+        if cc2 is not None:
+            if int(skipped) - self.chosen_here > PRUNE_GAIN * step:
+                self.backoff, self.next_try = 1, step + 1
+            else:
+                self.backoff = min(self.backoff * 2, PRUNE_MAX_BACKOFF)
+                self.next_try = step + self.backoff
         return float(v), int(i)
-    return _step_torch(x, centre, min_sq)
 
 
 def _key(value: float, gidx: int) -> int:
@@ -209,6 +238,7 @@ def _exact(ctx: Ctx, x, n, start, offsets, sizes):
     idx[0], dists[0] = start, math.inf
     centre = torch.empty(x.shape[1], dtype=torch.float32, device=dev)
     key_t = torch.zeros(1, dtype=torch.int64, device=dev)
+    stepper = _Stepper(x, n)
     cur = start
     for step in range(1, n):
         owner = _owner(offsets, sizes, cur)
@@ -217,7 +247,7 @@ def _exact(ctx: Ctx, x, n, start, offsets, sizes):
             min_sq[cur - off] = -1.0  # chosen (the op's kCoresetChosen)
         ctx.broadcast(centre, owner, f"step {step}: broadcast of the chosen row")
         try:
-            v, i = _step(x, centre, min_sq)
+            v, i = stepper(step, centre, min_sq, owner == me)
             key = _key(v, i + off if i >= 0 else -1)
         except Exception:  # noqa: BLE001 - the other ranks learn it through the reduction
             key = _KEY_ERROR - me
