@@ -80,14 +80,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def rows(lo: int, hi: int, D: int, seed: int) -> torch.Tensor:
+def rows(lo: int, hi: int, D: int, seed: int, clustered: bool = True) -> torch.Tensor:
     """Rows [lo, hi) of a synthetic bank that is the same whatever the sharding (per-chunk seeds)."""
     out = torch.empty(hi - lo, D)
     for c in range(lo // CHUNK, (hi + CHUNK - 1) // CHUNK):
         a, b = max(lo, c * CHUNK), min(hi, (c + 1) * CHUNK)
         g = torch.Generator().manual_seed(seed * 1_000_003 + c)
         blk = torch.randn(CHUNK, D, generator=g)
-        blk += torch.randn(1, D, generator=g) * 2  # chunk-level clusters (real features are clustered)
+        off = torch.randn(1, D, generator=g) * 2
+        if clustered:
+            blk += off  # chunk-level clusters (real features are clustered); else plain N(0, 1) noise
         out[a - lo : b - lo] = blk[a - c * CHUNK : b - c * CHUNK]
     return out
 
@@ -116,7 +118,7 @@ def _worker(rank, world, port, cfg, outdir):
     elif op == "coreset":
         N, D, n, proj = cfg["N"], cfg["D"], cfg["n"], cfg["proj"]
         lo, hi = N * rank // world, N * (rank + 1) // world
-        shard = rows(lo, hi, D, 3)
+        shard = rows(lo, hi, D, 3, cfg.get("clustered", True))
         res["bank_bytes"] = shard.numel() * 4
         fd.coreset(shard, 3, projection_dim=proj)
         work = lambda: fd.coreset(shard, n, projection_dim=proj)  # noqa: E731
@@ -212,6 +214,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed.json"))
+    ap.add_argument("--ops", default="knn,coreset,coreset-noise,musc", help="comma-separated subset to run")
     args = ap.parse_args()
     import fastad
 
@@ -220,7 +223,10 @@ def main():
                 dict(op="musc", N=8, L=64, C=64)]
     else:
         cfgs = [dict(op="knn", N=65536, D=1536, Q=784, k=1), dict(op="coreset", N=65536, D=1536, n=500, proj="auto"),
+                dict(op="coreset", N=65536, D=1536, n=500, proj="auto", clustered=False),
                 dict(op="musc", N=32, L=576, C=256)]
+    want = set(args.ops.split(","))
+    cfgs = [c for c in cfgs if (c["op"] + ("-noise" if c.get("clustered") is False else "")) in want]
     info = fastad.build_info()
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; fastad simd={info['simd']} "
           f"knn micro-kernel={info['dist_micro_kernel']}; gloo over loopback; 1 thread per rank")
@@ -240,7 +246,7 @@ def main():
                    model={P: model(cfg, P) for P in (2, 8, 64)})
         if cfg["op"] == "coreset":  # covering radius (raw feature space) of exact vs composable
             torch.set_num_threads(1)
-            bank = rows(0, cfg["N"], cfg["D"], 3)
+            bank = rows(0, cfg["N"], cfg["D"], 3, cfg.get("clustered", True))
             rad = {"exact": radius(bank, o1[0][0]), "composable_P2": radius(bank, r2[0]["composable"])}
             for P in (8, 64):
                 rad[f"composable_P{P}_sim"] = radius(bank, composable_sim(bank, cfg["n"], P, cfg["proj"]))
