@@ -4,7 +4,7 @@ the windows, then score each window with
 
 - ``"lof"``: the local outlier factor of its embedding among all the series' windows (unsupervised,
   each window left out of its own neighbourhood: PyOD's ``LOF().fit(X).decision_scores_``), on
-  fastad's exact k-NN kernel (:class:`fastad.detectors.LOF`);
+  float64-exact neighbours (:func:`exact_neighbours`: ``fastad.ops.knn`` candidates re-ranked);
 - ``"knn"``: the distance to the k-th nearest other window (PyOD's ``KNN`` training scores);
 - ``"spectral"``: the residual of its row of the absolute self-similarity matrix after the rank-k
   eigen-reconstruction (:func:`fastad.timeseries.spectral.spectral_scores`);
