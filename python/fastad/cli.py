@@ -259,6 +259,11 @@ def fit_detector(
         cal_ds = _Subset(train_ds, cal_idx)
     else:
         fit_ds, cal_ds = train_ds, None
+    n_fit = len(fit_ds)
+    if getattr(det, "distributed", False):  # each rank fits on its contiguous share (rank order)
+        import fastad.distributed as fd
+
+        fit_ds = _Subset(fit_ds, range(*fd.shard_range(n_fit)))
     was = getattr(det, "progress", None)
     if was is not None:  # our bars (over images) replace the detector's (over batches); PatchCore keeps
         det.progress = "coreset" if progress and hasattr(det, "coreset_ratio") else False  # its coreset bar
@@ -288,9 +293,10 @@ def fit_detector(
     finally:
         if was is not None:
             det.progress = was
-    # the detector counted the images it was fitted on (images that failed to decode are not counted)
-    if getattr(det, "n_fit_images_", None) is None:
-        det.n_fit_images_ = len(fit_ds)
+    # the detector counted the images it was fitted on (images that failed to decode are not counted);
+    # a distributed detector saw only its rank's share: record the whole fit set
+    if getattr(det, "distributed", False) or getattr(det, "n_fit_images_", None) is None:
+        det.n_fit_images_ = n_fit
     det.n_calibration_images_ = 0 if cal_ds is None else n_scored
     return det
 
@@ -488,6 +494,29 @@ def print_metrics(metrics: dict, per_type: dict) -> None:
         print(text)
 
 
+def _start_distributed(a, device: str) -> str:
+    """``--distributed``: join the ``torchrun`` process group (gloo on CPU, NCCL on CUDA; one GPU per
+    local rank); only rank 0 prints. Returns this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    if a.detector != "patchcore":
+        raise CLIError(f"--distributed: fit supports --detector patchcore, got {a.detector}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise CLIError("--distributed: launch with torchrun (e.g. `torchrun --nproc_per_node=2 -m fastad fit "
+                       "--distributed ...`), which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.get_rank() != 0:
+        a.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 reports
+    return device
+
+
 def cmd_fit(a) -> int:
     import torch
 
@@ -508,6 +537,8 @@ def cmd_fit(a) -> int:
         backbone=a.backbone, layers=layers, weights=_weights_arg(a.weights), batch_size=a.batch_size,
         device=device, progress=not a.quiet,
     )
+    if getattr(a, "distributed", False):
+        params["device"] = device = _start_distributed(a, device)
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
@@ -1006,6 +1037,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the training images held out to set the decision threshold (default 0.1; 0 = none)")
     f.add_argument("--threshold-quantile", type=quantile_arg, default=0.99,
                    help="threshold = this quantile of the held-out normal scores (default 0.99)")
+    f.add_argument("--distributed", action="store_true",
+                   help="PatchCore across processes under torchrun (each rank extracts its share of the images, "
+                        "coreset across ranks, rank 0 writes the model); see README 'Scale out'")
     common(f)
     f.set_defaults(func=cmd_fit)
 

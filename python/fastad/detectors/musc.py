@@ -80,6 +80,12 @@ class MuSc:
             ``MVTecDataset`` returns by default) are refused with a ``ValueError``, since normalising
             twice silently lowers the accuracy. ``True``: images are already normalised with the
             backbone's mean/std and are used as given.
+        distributed: under ``torch.distributed`` (a process group initialised, e.g. by ``torchrun``):
+            every rank passes its share of the batch to :meth:`score` / :meth:`score_tokens` (e.g.
+            ``fastad.distributed.shard(X)``) and gets its images' scores and maps, equal to the
+            single-process scoring of the whole batch: mutual scoring on a ring of image blocks
+            (:func:`fastad.distributed.lnamd_mutual_scores`), RsCIN over every rank's scores. Needs
+            ``divide_num=1``, no reference pool and at least one image per rank.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class MuSc:
         progress: bool = True,
         device=None,
         normalized: bool = False,
+        distributed: bool = False,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -117,6 +124,7 @@ class MuSc:
         self.progress = progress
         self.device = device
         self.normalized = normalized
+        self.distributed = distributed
 
     # ---- backbone ------------------------------------------------------------------------------
     def _backbone(self):
@@ -212,6 +220,14 @@ class MuSc:
     def _layer_scores(self, tok: torch.Tensor, pool: torch.Tensor | None) -> torch.Tensor:
         if pool is not None and tok.dtype != pool.dtype:
             tok = tok.to(pool.dtype)
+        if self.distributed:
+            if pool is not None or self.divide_num != 1:
+                raise ValueError("MuSc(distributed=True) scores one batch split across ranks: it needs divide_num=1 "
+                                 f"and no reference pool, got divide_num={self.divide_num}, pool={pool is not None}")
+            import fastad.distributed as fd
+
+            return fd.lnamd_mutual_scores(tok, self.r_list, self.fraction, same_position=self.same_position,
+                                          ceil_small=self.ceil_small)
         return _ops.lnamd_mutual_scores(
             tok, self.r_list, self.fraction, pool=pool, same_position=self.same_position, ceil_small=self.ceil_small
         )
@@ -281,7 +297,15 @@ class MuSc:
         g = grid.view(N, H, H)
         scores = _ops.bilinear_max(g, S)
         use_rscin = image_features is not None and pool is None and self.k_list is not None and 0 not in self.k_list
-        if use_rscin:
+        if use_rscin and self.distributed:  # RsCIN over every rank's images, then this rank's slice
+            import fastad.distributed as fd
+
+            sizes = fd.all_rows(torch.tensor([N]))
+            lo = int(sizes[: torch.distributed.get_rank()].sum())
+            all_s = fd.all_rows(scores)
+            all_f = fd.all_rows(image_features.to(scores.device, torch.float32))
+            scores = _ops.rscin(all_s, all_f, self.k_list)[lo : lo + N]
+        elif use_rscin:
             scores = _ops.rscin(scores, image_features.to(scores.device), self.k_list)
         maps = F.interpolate(g[:, None], size=(S, S), mode="bilinear", align_corners=True)[:, 0] if return_maps else None
         return scores, maps

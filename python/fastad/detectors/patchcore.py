@@ -75,6 +75,13 @@ class PatchCore(BaseDetector):
             arithmetic stays float32, but rounding can change which of two near-equal rows is chosen).
         progress: show progress bars (``True``: feature extraction and coreset selection;
             ``"coreset"``: only the coreset selection's; ``False``: none).
+        distributed: run under ``torch.distributed`` (e.g. ``torchrun``; a process group must be
+            initialised): ``fit`` on every rank with that rank's share of the training images
+            (``fastad.distributed.shard(images)``); the coreset is selected across ranks
+            (:func:`fastad.distributed.coreset`, the indices of the single-process fit) and each rank
+            keeps its part of the bank; ``score`` / ``predict`` with the same images on every rank
+            (the sharded k-NN, :func:`fastad.distributed.knn`; every rank gets all results);
+            ``save`` on every rank writes one single-process model file from rank 0.
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
     ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
@@ -97,6 +104,7 @@ class PatchCore(BaseDetector):
         random_state: int = 0,
         progress: bool | str = True,
         coreset_storage: str | None = None,
+        distributed: bool = False,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -112,6 +120,7 @@ class PatchCore(BaseDetector):
         self.random_state = random_state
         self.progress = progress
         self.coreset_storage = coreset_storage
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -271,6 +280,10 @@ class PatchCore(BaseDetector):
         self.feature_grid_ = grid
         self.n_train_patches_ = int(bank.shape[0])
         n = bank.shape[0]
+        if self.distributed:
+            with timer("coreset"):
+                self._fit_sharded_bank(bank)
+            return
         self._check_bank(n, strict=False)
         with timer("coreset"):
             if self.coreset_ratio < 1:
@@ -286,6 +299,37 @@ class PatchCore(BaseDetector):
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)
 
+    def _fit_sharded_bank(self, bank: torch.Tensor) -> None:
+        """distributed=True: the coreset over every rank's rows (global row order = rank order, the rows
+        of the single-process fit on the concatenated images); this rank keeps its selected rows."""
+        import torch.distributed as dist
+
+        import fastad.distributed as fd
+
+        sizes = fd.all_rows(torch.tensor([[bank.shape[0]]], device=bank.device))[:, 0].tolist()
+        n, off = sum(sizes), sum(sizes[: dist.get_rank()])
+        self.n_train_patches_ = int(n)
+        self.n_bank_rows_ = int(n)
+        if self.coreset_ratio < 1:
+            m = max(1, int(n * float(self.coreset_ratio)))
+            g = torch.Generator().manual_seed(int(self.random_state))
+            start = int(torch.randint(n, (1,), generator=g))  # the single-process fit's start
+            storage = getattr(torch, self.coreset_storage) if self.coreset_storage else None
+            idx, _ = fd.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
+                                storage_dtype=storage)
+            local = idx[(idx >= off) & (idx < off + bank.shape[0])] - off
+            bank = bank.index_select(0, local.to(bank.device))
+            self.n_bank_rows_ = int(m)
+        self.memory_bank_ = bank.contiguous()
+        self._bank_norms = self.memory_bank_.square().sum(1)
+
+    def _bank_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            import fastad.distributed as fd
+
+            return fd.rows_by_index(self.memory_bank_, idx)
+        return self.memory_bank_[idx]
+
     # ------------------------------------------------------------------ scoring
     def _layers_to_extract(self) -> list[str]:
         return list(self.layers_) if self._is_fitted() else self._default_layers()
@@ -293,6 +337,10 @@ class PatchCore(BaseDetector):
     def _nearest(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         import fastad.ops as ops
 
+        if self.distributed:
+            import fastad.distributed as fd
+
+            return fd.knn(rows, self.memory_bank_, k, "l2")
         norms = getattr(self, "_bank_norms", None)
         if norms is None or norms.device != self.memory_bank_.device:
             norms = self._bank_norms = self.memory_bank_.square().sum(1)
@@ -316,9 +364,9 @@ class PatchCore(BaseDetector):
         # anomalib clamps k to the bank size too. With a one-row bank its min() branch returns [B] indices
         # and the [B, 1, D] x [B, D] broadcast then softmaxes over the batch (a batch-size-dependent
         # weight); here k = 1 gives the plain softmax of one distance (weight 0). Only a 1-row bank differs.
-        k = min(int(self.num_neighbors), self.memory_bank_.shape[0])
-        _, support = self._nearest(self.memory_bank_.index_select(0, m_star), k)  # [B, k], m* first
-        sup = self.memory_bank_[support]  # [B, k, D]
+        k = min(int(self.num_neighbors), getattr(self, "n_bank_rows_", None) or self.memory_bank_.shape[0])
+        _, support = self._nearest(self._bank_rows(m_star), k)  # [B, k], m* first
+        sup = self._bank_rows(support)  # [B, k, D]
         dist = (sup - feat[:, None, :]).square().sum(2).sqrt()  # [B, k]
         weights = 1.0 - torch.softmax(dist, dim=1)[:, 0]
         return weights * s_star
@@ -349,6 +397,25 @@ class PatchCore(BaseDetector):
         return scores, maps
 
     # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the model file (see :meth:`BaseDetector.save`). ``distributed=True``: call on every rank;
+        the shards are gathered and rank 0 writes one single-process file (``distributed=False`` in it);
+        returns the path on every rank."""
+        if not self.distributed:
+            return super().save(path)
+        import copy
+        from pathlib import Path
+
+        import fastad.distributed as fd
+
+        self._check_fitted("save")
+        full = fd.all_rows(self.memory_bank_)
+        if not fd.is_main_process():
+            return Path(path)
+        one = copy.copy(self)
+        one.distributed, one.memory_bank_, one._bank_norms = False, full, None
+        return super(PatchCore, one).save(path)
+
     def _state_tensors(self):
         return {"memory_bank": self.memory_bank_}
 
