@@ -508,6 +508,12 @@ def _start_distributed(a, device: str) -> str:
     return device
 
 
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
 def cmd_fit(a) -> int:
     import torch
 
@@ -527,6 +533,7 @@ def cmd_fit(a) -> int:
     )
     if getattr(a, "distributed", False):
         params["device"] = device = _start_distributed(a, device)
+        params["distributed"] = True
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
@@ -538,7 +545,8 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device})")
+    procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device}{procs})")
     fit_detector(
         det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
         calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
@@ -555,6 +563,11 @@ def cmd_fit(a) -> int:
     )
     print(sw.table())
     print(f"model written to {path}")
+    if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
