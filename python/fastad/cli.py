@@ -517,6 +517,12 @@ def _start_distributed(a, device: str) -> str:
     return device
 
 
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
 def cmd_fit(a) -> int:
     import torch
 
@@ -539,6 +545,7 @@ def cmd_fit(a) -> int:
     )
     if getattr(a, "distributed", False):
         params["device"] = device = _start_distributed(a, device)
+        params["distributed"] = True
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
@@ -551,12 +558,13 @@ def cmd_fit(a) -> int:
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
     check_fit = getattr(det, "check_fit_size", None)
-    if check_fit is not None:  # degenerate settings (a bank smaller than --num-neighbors, ...) before any work
-        n = len(ds)
+    if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
+        n = len(ds)                                                      # than --num-neighbors, ...) before any work
         n_cal = max(2, int(round(n * a.calibration))) if n >= 10 and a.calibration > 0 else 0
         with cli_names():
             check_fit(n - n_cal, (a.image_size, a.image_size))
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device})")
+    procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device}{procs})")
     with cli_names():
         fit_detector(
             det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
@@ -575,6 +583,11 @@ def cmd_fit(a) -> int:
     )
     print(sw.table())
     print(f"model written to {path}")
+    if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
