@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +49,7 @@ def main():
     torch.set_num_threads(a.threads)
 
     from fastad import metrics
-    from fastad.data import MVTecDataset, batches
+    from fastad.data import MVTecDataset
     from fastad.detectors import PaDiM
     from fastad.features import FeatureExtractor, get_backbone
 

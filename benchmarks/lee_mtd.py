@@ -31,7 +31,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from fastad import metrics
-    from fastad.data import MVTecDataset, batches
+    from fastad.data import MVTecDataset
     from fastad.detectors import LeeMahalanobis
 
     root = os.environ.get("FASTAD_MTD", str(Path(__file__).resolve().parents[1].parent / "shared/data/mtd"))

@@ -397,7 +397,6 @@ def score_to_report(
 
     With ``evaluate``, image metrics need both normal and defective images and pixel metrics use the
     images whose mask is known."""
-    import torch
 
     from fastad.report import ReportWriter
 

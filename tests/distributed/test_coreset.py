@@ -163,7 +163,7 @@ def test_pruned_steps_equal_ops_coreset_on_clustered_data(monkeypatch, simd, gen
     n = 300
     st = _Stepper(x, n)
     min_sq = torch.full((4000,), math.inf)
-    idx, skipped = [7], 0
+    idx = [7]
     for step in range(1, n):
         c = idx[-1]
         min_sq[c] = -1.0

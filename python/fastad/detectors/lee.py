@@ -322,7 +322,7 @@ class LeeMahalanobis(BaseDetector):
     def _images_layer_scores(self, X, eps: float, what: str) -> torch.Tensor:
         self._check_fitted(what)
         if eps == 0:
-            out, dev = [], None
+            out = []
             for feats, size, out_dev in self._feature_batches(X, {}, desc=f"LeeMahalanobis: {what}"):
                 self._check_features(feats, self.layers_, what)
                 out.append(self._feature_layer_scores(feats).float().to(out_dev))

@@ -268,7 +268,7 @@ def _exact(ctx: Ctx, x, n, start, offsets, sizes):
 
 
 def _composable(ctx: Ctx, x, n, start, offsets, sizes):
-    me, off, nr = ctx.rank, offsets[ctx.rank], x.shape[0]
+    off, nr = offsets[ctx.rank], x.shape[0]
     m = min(n, nr)
     err, local = None, torch.zeros(0, dtype=torch.int64)
     try:
