@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -107,11 +108,20 @@ void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int
 /// so data where nothing prunes (high-dimensional noise) pays almost nothing for it.
 constexpr int64_t kCoresetPruneGain = 2;
 constexpr int64_t kCoresetPruneMaxBackoff = 256;
+constexpr double kTreeMaxRead = 0.7;
+constexpr int64_t kTreeBadSteps = 3, kTreeMinBackoff = 16, kTreeMaxBackoff = 1024;
 
 bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
-                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune, int64_t* progress) {
-  auto report = [progress](int64_t chosen) {
-    if (progress) __atomic_store_n(progress, chosen, __ATOMIC_RELAXED);
+                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune, bool use_tree, int64_t* progress,
+                    int64_t progress_len) {
+  int64_t rows_read = 0, rows_all = 0;
+  auto report = [&](int64_t chosen) {
+    if (!progress) return;
+    __atomic_store_n(progress, chosen, __ATOMIC_RELAXED);
+    if (progress_len >= 3) {
+      __atomic_store_n(progress + 1, rows_read, __ATOMIC_RELAXED);
+      __atomic_store_n(progress + 2, rows_all, __ATOMIC_RELAXED);
+    }
   };
   const size_t esize = dtype == kCoresetF32 ? 4 : 2;
   const char* base = static_cast<const char*>(bank);
@@ -139,6 +149,15 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   out_d[0] = std::numeric_limits<float>::infinity();
   report(1);
   int64_t next_try = 2, backoff = 1;  // pruning needs >= 2 centres
+  // method="pruned": the ball tree (built at the first step that uses it, step 2; step 1 reads every row
+  // anyway) is used while it reads fewer than kTreeMaxRead of the rows one exhaustive step would (per
+  // thread: the tree walk is serial); after kTreeBadSteps steps above that, exhaustive steps run for
+  // tree_backoff steps (doubling up to kTreeMaxBackoff) before the tree is tried again.
+  std::unique_ptr<CoresetTree> tree;
+  bool tree_stale = true;
+  int64_t tree_next = 2, tree_backoff = kTreeMinBackoff, tree_bad = 0;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const float prune_slack = kCoresetPruneSlack + 4.f * coreset_margin(D);
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
     const char* crow = base + static_cast<size_t>(cur) * D * esize;
@@ -155,6 +174,34 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.cid = static_cast<int32_t>(step - 1);
     st.mind = mind;
     st.assign = assign;
+    if (use_tree && step >= tree_next) {
+      if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
+      if (tree_stale) tree->refresh(mind);
+      tree_stale = false;
+      int64_t rd = 0;
+      bool b = false;
+      const CoresetBest best = tree->step(centre.data(), static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
+      if (b) return false;
+      rows_read += rd;
+      rows_all += N;
+      if (static_cast<double>(rd) * threads > kTreeMaxRead * static_cast<double>(N)) {
+        if (++tree_bad >= kTreeBadSteps) {
+          tree_bad = 0;
+          tree_next = step + 1 + tree_backoff;
+          tree_backoff = std::min(2 * tree_backoff, kTreeMaxBackoff);
+        }
+      } else {
+        tree_bad = 0;
+        tree_backoff = kTreeMinBackoff;
+      }
+      cur = best.index;
+      out_idx[step] = cur;
+      out_d[step] = std::sqrt(std::max(best.value, 0.f));
+      report(step + 1);
+      continue;
+    }
+    tree_stale = true;
+    st.slack = prune_slack;
     const bool try_prune = prune && step >= next_try;
     if (try_prune) {
       // squared distances from the new centre to the step - 1 earlier centres (and 0 to itself)
@@ -179,6 +226,12 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     for (int64_t t = 1; t < tasks; ++t)
       if (partial[t].value > best.value) best = partial[t];  // strict: earlier task = smaller index wins ties
     if (std::find(bad.begin(), bad.end(), 1) != bad.end()) return false;
+    if (step == 1 && best.value > std::numeric_limits<float>::max() / 16.f)
+      use_tree = false;  // distances between other rows might overflow: the bounds would not hold
+    int64_t sk_all = 0;
+    for (int64_t t = 0; t < tasks; ++t) sk_all += skipped[t];
+    rows_read += N - sk_all;
+    rows_all += N;
     if (try_prune) {
       int64_t sk = 0;
       for (int64_t t = 0; t < tasks; ++t) sk += skipped[t];
@@ -202,8 +255,9 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n, int64_t start,
-                                               const std::optional<at::Tensor>& progress) {
+                                               const std::optional<at::Tensor>& progress, c10::string_view method) {
   check_coreset_args("coreset", bank, n, start);
+  const bool use_tree = coreset_method_is_pruned("coreset", method);
   int64_t* prog = coreset_progress_ptr("coreset", progress);
   const int64_t N = bank.size(0), D = bank.size(1);
   const at::Tensor b = bank.contiguous();
@@ -218,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n
   const bool prune = prune_env == nullptr || std::string_view(prune_env) != "0";
   const bool ok = coreset_select(b.data_ptr(), dtype, N, D, n, start, mind.data_ptr<float>(),
                                  assign.data_ptr<int32_t>(), out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>(),
-                                 prune, prog);
+                                 prune, use_tree, prog, progress ? progress->numel() : 0);
   TORCH_CHECK(ok, "coreset: bank must hold finite values, but a squared distance was NaN or Inf "
                   "(the bank contains NaN/Inf, or values whose squared differences overflow float32)");
   return {out_idx, out_d};
