@@ -107,7 +107,8 @@ inline float coreset_margin(int64_t D) { return static_cast<float>(D + 16) * 0x1
 /// both with the rounding margin coreset_margin(D) (so a skipped row is one whose computed distance
 /// would not have been below its running min). Rows that are read get exactly the exhaustive step's
 /// distance (the same dists function, same centre) and the same update, so the indices are identical.
-/// Memory: N int64 (order) + N floats (t) + about 2N/kLeaf nodes of D + 4 floats.
+/// Memory: a tree-ordered copy of the bank (leaves are contiguous blocks: the rows a step reads stream
+/// instead of being gathered), 2 N int64 + 2 N floats, and about 2N/kLeaf nodes of D + 4 floats.
 class CoresetTree {
  public:
   static constexpr int64_t kLeaf = 32;
@@ -115,8 +116,9 @@ class CoresetTree {
   /// One greedy step with centre c (D floats, fp32, cid its position): updates mind/assign of the rows
   /// that can improve, returns the new argmax (largest mind, smallest index on ties); `read` gets the
   /// number of rows whose distance was computed, `bad` is set when a computed distance is NaN/Inf.
-  CoresetBest step(const float* c, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
-  /// Recompute every node's largest running min from mind (after steps taken without the tree).
+  /// `cur` is the row of c; the caller has set mind[cur] = kCoresetChosen.
+  CoresetBest step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
+  /// Copy mind and recompute every node's largest running min (after steps taken without the tree).
   void refresh(const float* mind);
 
  private:
@@ -126,14 +128,17 @@ class CoresetTree {
   };
   void build();
   void visit(int32_t node, const float* c, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
-  void leaf_max(int32_t node, const float* mind);
+  void leaf_max(int32_t node);
   void combine(int32_t node);
   const void* bank_;
   int dtype_;
   int64_t N_, D_;
   CoresetDistsFn dists_;
   float e2_, tiny_;
-  std::vector<int64_t> perm_;
+  std::vector<int64_t> perm_;   // tree position -> row
+  std::vector<int64_t> ipos_;   // row -> tree position
+  std::vector<char> data_;      // the rows in tree order (same stored values)
+  std::vector<float> mind_t_;   // running squared min distance in tree order (mirrors mind)
   std::vector<float> t_;
   std::vector<Node> nodes_;
   std::vector<float> centre_, radius_, maxv_;

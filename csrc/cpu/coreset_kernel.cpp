@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <chrono>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -108,8 +109,8 @@ void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int
 /// so data where nothing prunes (high-dimensional noise) pays almost nothing for it.
 constexpr int64_t kCoresetPruneGain = 2;
 constexpr int64_t kCoresetPruneMaxBackoff = 256;
-constexpr double kTreeMaxRead = 0.7;
-constexpr int64_t kTreeBadSteps = 3, kTreeMinBackoff = 16, kTreeMaxBackoff = 1024;
+constexpr double kTreeBuildSkip = 0.05;
+constexpr int64_t kTreeMinBackoff = 16, kTreeMaxBackoff = 1024, kExhProbeEvery = 2048;
 
 bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
                     int32_t* assign, int64_t* out_idx, float* out_d, bool prune, bool use_tree, int64_t* progress,
@@ -149,14 +150,21 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   out_d[0] = std::numeric_limits<float>::infinity();
   report(1);
   int64_t next_try = 2, backoff = 1;  // pruning needs >= 2 centres
-  // method="pruned": the ball tree (built at the first step that uses it, step 2; step 1 reads every row
-  // anyway) is used while it reads fewer than kTreeMaxRead of the rows one exhaustive step would (per
-  // thread: the tree walk is serial); after kTreeBadSteps steps above that, exhaustive steps run for
-  // tree_backoff steps (doubling up to kTreeMaxBackoff) before the tree is tried again.
+  // method="pruned": the ball tree is built once an exhaustive step's own (per-row) pruning skips at
+  // least kTreeBuildSkip of the rows (the data has structure the triangle inequality can use; on
+  // high-dimensional noise it skips nothing and the tree is never built). Afterwards each step takes
+  // the kind of step (tree / exhaustive) with the lower measured time per step (exponential moving
+  // averages): after a tree step slower than the exhaustive average, exhaustive steps run for
+  // tree_backoff steps (doubling up to kTreeMaxBackoff) before the tree is tried again; while the tree
+  // wins, one exhaustive step every kExhProbeEvery steps keeps the exhaustive average current. The
+  // choice changes only the time: both kinds of step give identical results.
+  using Clock = std::chrono::steady_clock;
   std::unique_ptr<CoresetTree> tree;
   bool tree_stale = true;
-  int64_t tree_next = 2, tree_backoff = kTreeMinBackoff, tree_bad = 0;
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
+  int64_t tree_backoff = kTreeMinBackoff, tree_run = 0;
+  double ema_tree = -1.0, ema_exh = -1.0;
+  auto ema = [](double& e, double v) { e = e < 0 ? v : 0.75 * e + 0.25 * v; };
   const float prune_slack = kCoresetPruneSlack + 4.f * coreset_margin(D);
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
@@ -174,24 +182,27 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.cid = static_cast<int32_t>(step - 1);
     st.mind = mind;
     st.assign = assign;
+    const auto t_start = Clock::now();
     if (use_tree && step >= tree_next) {
       if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
+      const auto t_built = Clock::now();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
       int64_t rd = 0;
       bool b = false;
-      const CoresetBest best = tree->step(centre.data(), static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
+      const CoresetBest best = tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
       if (b) return false;
       rows_read += rd;
       rows_all += N;
-      if (static_cast<double>(rd) * threads > kTreeMaxRead * static_cast<double>(N)) {
-        if (++tree_bad >= kTreeBadSteps) {
-          tree_bad = 0;
-          tree_next = step + 1 + tree_backoff;
-          tree_backoff = std::min(2 * tree_backoff, kTreeMaxBackoff);
-        }
-      } else {
-        tree_bad = 0;
+      ema(ema_tree, std::chrono::duration<double>(Clock::now() - t_built).count());
+      ++tree_run;
+      if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
+        tree_next = step + 1 + tree_backoff;
+        tree_backoff = std::min(2 * tree_backoff, kTreeMaxBackoff);
+        tree_run = 0;
+        ema_tree = -1.0;
+      } else if (tree_run % kExhProbeEvery == 0) {
+        tree_next = step + 2;  // one exhaustive step next (keeps its average current)
         tree_backoff = kTreeMinBackoff;
       }
       cur = best.index;
@@ -232,6 +243,10 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     for (int64_t t = 0; t < tasks; ++t) sk_all += skipped[t];
     rows_read += N - sk_all;
     rows_all += N;
+    ema(ema_exh, std::chrono::duration<double>(Clock::now() - t_start).count());
+    if (use_tree && !tree && try_prune && static_cast<double>(sk_all - step) >= kTreeBuildSkip * static_cast<double>(N))
+      tree_next = step + 1;
+    if (tree) tree_run = 0;
     if (try_prune) {
       int64_t sk = 0;
       for (int64_t t = 0; t < tasks; ++t) sk += skipped[t];

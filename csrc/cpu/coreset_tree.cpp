@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -137,16 +138,26 @@ void CoresetTree::build() {
       radius_[k] = rad;
     }
   }
+  // The rows in tree order (a copy of the same stored values: every distance is the one the exhaustive
+  // step computes from the original bank), so that a leaf is one contiguous block.
+  const size_t esize = dtype_ == kCoresetF32 ? 4 : 2, rowb = static_cast<size_t>(D) * esize;
+  data_.resize(static_cast<size_t>(N) * rowb);
+  ipos_.resize(N);
+  for (int64_t i = 0; i < N; ++i) {
+    std::memcpy(data_.data() + i * rowb, static_cast<const char*>(bank_) + perm_[i] * rowb, rowb);
+    ipos_[perm_[i]] = i;
+  }
+  mind_t_.assign(N, 0.f);
   cand_.resize(kLeaf);
   cand_d2_.resize(kLeaf);
 }
 
-void CoresetTree::leaf_max(int32_t node, const float* mind) {
+void CoresetTree::leaf_max(int32_t node) {
   float bv = -2.f;
   int64_t bi = -1;
   for (int64_t i = nodes_[node].lo; i < nodes_[node].hi; ++i) {
     const int64_t r = perm_[i];
-    const float m = mind[r];
+    const float m = mind_t_[i];
     if (m > bv || (m == bv && r < bi)) {
       bv = m;
       bi = r;
@@ -164,8 +175,9 @@ void CoresetTree::combine(int32_t node) {
 }
 
 void CoresetTree::refresh(const float* mind) {
+  for (int64_t i = 0; i < N_; ++i) mind_t_[i] = mind[perm_[i]];
   for (size_t k = nodes_.size(); k-- > 0;) {
-    if (nodes_[k].left < 0) leaf_max(static_cast<int32_t>(k), mind);
+    if (nodes_[k].left < 0) leaf_max(static_cast<int32_t>(k));
     else combine(static_cast<int32_t>(k));
   }
 }
@@ -191,33 +203,35 @@ void CoresetTree::visit(int32_t node, const float* c, int32_t cid, float* mind, 
   const float dl = d * lo_f, dh = d * hi_f;
   int64_t k = 0;
   for (int64_t i = nd.lo; i < nd.hi; ++i) {
-    const int64_t r = perm_[i];
-    const float m = mind[r];
+    const float m = mind_t_[i];
     if (m < 0.f) continue;  // chosen
     const float t = t_[i];
     const float lbr = std::max(dl - t * hi_f, t * lo_f - dh);  // <= ||x - c||
     if (lbr > 0.f && lbr * lbr * lo_f - tiny_ >= m) continue;
-    cand_[k++] = r;
+    cand_[k++] = i;  // a position in tree order
   }
   if (k > 0) {
-    dists_(bank_, dtype_, D_, cand_.data(), k, c, cand_d2_.data());
+    dists_(data_.data(), dtype_, D_, cand_.data(), k, c, cand_d2_.data());
     *read += k;
     bool nonfinite = false;
     for (int64_t j = 0; j < k; ++j) {
       const float d2 = cand_d2_[j];
       nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
-      const int64_t r = cand_[j];
-      if (d2 < mind[r]) {  // the exhaustive step's update, on the exhaustive step's value
-        mind[r] = d2;
-        assign[r] = cid;
+      const int64_t i = cand_[j];
+      if (d2 < mind_t_[i]) {  // the exhaustive step's update, on the exhaustive step's value
+        mind_t_[i] = d2;
+        mind[perm_[i]] = d2;
+        assign[perm_[i]] = cid;
       }
     }
     if (nonfinite) *bad = true;
   }
-  leaf_max(node, mind);
+  leaf_max(node);
 }
 
-CoresetBest CoresetTree::step(const float* c, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad) {
+CoresetBest CoresetTree::step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read,
+                              bool* bad) {
+  mind_t_[ipos_[cur]] = kCoresetChosen;  // the caller has marked mind[cur]
   visit(0, c, cid, mind, assign, read, bad);
   CoresetBest best;
   best.value = maxv_[0];

@@ -49,7 +49,7 @@ def auto_projection_dim(n_rows: int, n_features: int) -> int | None:
     """The projection of ``projection_dim="auto"``: ``min(jl_min_dim(n_rows), n_features)``, and ``None``
     (no projection) when that is ``n_features``: a random projection never expands the data (anomalib
     projects 152-dim features of 493,920 rows to 323 dims; here they are selected on as they are)."""
-    k = jl_min_dim(max(int(n_rows), 1))
+    k = max(1, jl_min_dim(max(int(n_rows), 1)))  # the bound is 0 for a single row
     return None if k >= n_features else k
 
 
