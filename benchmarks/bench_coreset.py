@@ -166,7 +166,8 @@ def main() -> None:
     ap.add_argument("--features", choices=("synthetic", "mtd"), default="synthetic")
     ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "mtd"), help="MTD folder (--features mtd)")
     ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "fastad"), help="where MTD features are cached")
-    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--rows", type=int, default=50_000, help="synthetic rows; with --features mtd: keep the first "
+                    "--rows rows (the training images in order, 784 rows each at 224 px) when given below the total")
     ap.add_argument("--dim", type=int, default=1536)
     ap.add_argument("--centres", type=float, nargs="+", default=[5000, 500],
                     help="centres to choose; a value below 1 is a fraction of the rows (0.1 = PatchCore's default)")
@@ -191,7 +192,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     if args.features == "mtd":
         bank = mtd_features(Path(args.data).resolve(), Path(args.cache_dir))
-        what = f"MTD PatchCore training rows ({Path(args.data).resolve()})"
+        what = f"MTD PatchCore training rows of all {bank.shape[0] // 784} train images ({Path(args.data).resolve()})"
+        if "--rows" in sys.argv and args.rows < bank.shape[0]:
+            bank = bank[: args.rows].contiguous()
+            what += f", first {args.rows} rows ({args.rows / 784:.0f} images)"
     elif args.clusters:
         cent = torch.randn(args.clusters, args.dim, generator=g) * 4 + 3
         bank = cent[torch.randint(0, args.clusters, (args.rows,), generator=g)] + 0.5 * torch.randn(args.rows, args.dim, generator=g)
