@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <time.h>
+
 #include <chrono>
 #include <memory>
 #include <string_view>
@@ -158,7 +160,17 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   // tree_backoff steps (doubling up to kTreeMaxBackoff) before the tree is tried again; while the tree
   // wins, one exhaustive step every kExhProbeEvery steps keeps the exhaustive average current. The
   // choice changes only the time: both kinds of step give identical results.
-  using Clock = std::chrono::steady_clock;
+  // Step times: this thread's CPU time when the op runs on one thread (not inflated by other processes
+  // on a shared machine), wall time otherwise (the exhaustive step then runs on several threads).
+  const bool one_thread = at::get_num_threads() == 1;
+  auto now_s = [one_thread]() {
+    if (one_thread) {
+      timespec ts;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  };
   std::unique_ptr<CoresetTree> tree;
   bool tree_stale = true;
   int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
@@ -182,10 +194,10 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.cid = static_cast<int32_t>(step - 1);
     st.mind = mind;
     st.assign = assign;
-    const auto t_start = Clock::now();
+    const double t_start = now_s();
     if (use_tree && step >= tree_next) {
       if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
-      const auto t_built = Clock::now();
+      const double t_built = now_s();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
       int64_t rd = 0;
@@ -194,7 +206,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
       if (b) return false;
       rows_read += rd;
       rows_all += N;
-      ema(ema_tree, std::chrono::duration<double>(Clock::now() - t_built).count());
+      ema(ema_tree, now_s() - t_built);
       ++tree_run;
       if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
         tree_next = step + 1 + tree_backoff;
@@ -243,7 +255,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     for (int64_t t = 0; t < tasks; ++t) sk_all += skipped[t];
     rows_read += N - sk_all;
     rows_all += N;
-    ema(ema_exh, std::chrono::duration<double>(Clock::now() - t_start).count());
+    ema(ema_exh, now_s() - t_start);
     if (use_tree && !tree && try_prune && static_cast<double>(sk_all - step) >= kTreeBuildSkip * static_cast<double>(N))
       tree_next = step + 1;
     if (tree) tree_run = 0;

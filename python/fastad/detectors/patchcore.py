@@ -99,9 +99,9 @@ class PatchCore(BaseDetector):
             ``"coreset"``: only the coreset selection's; ``False``: none). With a bar, fit also prints the
             bank size and number of centres, and (when selection takes over a few seconds) an estimate of
             the coreset time with advice when it exceeds :data:`SLOW_CORESET_S`.
-        coreset_method: ``"pruned"`` (default: ball-tree pruning, reads a fraction of the bank per step
-            on real features) or ``"exhaustive"``; both select identical rows
-            (see :func:`fastad.ops.coreset`).
+        coreset_method: ``"exhaustive"`` (default) or ``"pruned"`` (ball-tree pruning: reads a fraction
+            of the bank per step; faster on clustered data, not on MTD features); both select identical
+            rows (see :func:`fastad.ops.coreset`).
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
     ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
@@ -124,7 +124,7 @@ class PatchCore(BaseDetector):
         random_state: int = 0,
         progress: bool | str = True,
         coreset_storage: str | None = None,
-        coreset_method: str = "pruned",
+        coreset_method: str = "exhaustive",
     ):
         self.backbone = backbone
         self.layers = layers

@@ -60,7 +60,7 @@ def group_min(query, bank, group_size, metric="l2", exclude_group=None):
     return out
 
 
-def coreset(bank, n, start=0, progress=None, method="pruned"):
+def coreset(bank, n, start=0, progress=None, method="exhaustive"):
     """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
 
     Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
