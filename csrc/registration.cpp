@@ -23,7 +23,10 @@ TORCH_LIBRARY(fastad, m) {
   // progress: optional CPU int64 tensor; progress[0] = centres chosen so far (CPU: updated after every
   // step while the op runs, for a progress bar polled from another thread; CUDA: n once the device loop
   // is enqueued).
-  m.def("coreset(Tensor bank, int n, int start=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+  // method: "exhaustive" (default) or "pruned" (CPU: ball-tree triangle-inequality pruning, same
+  // indices; CUDA: runs the exhaustive loop). progress with >= 3 elements (CPU): [1] rows read so far, [2] rows a full
+  // scan per step would have read so far.
+  m.def("coreset(Tensor bank, int n, int start=0, Tensor(a!)? progress=None, str method=\"exhaustive\") -> (Tensor, Tensor)");
   // ---- MuSc (issue 5): zero-shot mutual scoring ---------------------------------------------
   // LNAMD: per-image LayerNorm over (C, H, W) jointly (no affine, eps 1e-5) -> r x r mean with zero
   // padding counted -> per-token L2 normalisation. tokens [B, L, C] (CLS removed, L = H*H) -> [B, L, C].

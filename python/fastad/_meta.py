@@ -73,8 +73,9 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
 
 # coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/common/checks.cpp check_coreset_args).
 @torch.library.register_fake("fastad::coreset")
-def _coreset_fake(bank, n, start=0, progress=None):
+def _coreset_fake(bank, n, start=0, progress=None, method="exhaustive"):
     op = "coreset"
+    _check(method in ("pruned", "exhaustive"), f"{op}: method must be 'pruned' or 'exhaustive', got '{method}'")
     if progress is not None:
         _check(progress.device.type == "cpu",
                f"{op}: progress must be a CPU tensor (it is polled from the host), got device {progress.device}")

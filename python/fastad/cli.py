@@ -1036,7 +1036,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--image-size", type=positive_int, default=224)
     f.add_argument("--coreset-ratio", type=ratio_arg, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
     f.add_argument("--projection-dim", type=_projection, default="auto",
-                   help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size), "
+                   help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size, "
+                        "but never more dims than the features have: then no projection), "
                         "'none' (select in the feature dimension) or an int")
     f.add_argument("--coreset-storage", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
