@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from .. import ops
-from ..ops.coreset import PROJECTION_BLOCK_ROWS, PROJECTION_PAD, jl_min_dim, project, sparse_random_matrix
+from ..ops.coreset import PROJECTION_BLOCK_ROWS, PROJECTION_PAD, auto_projection_dim, project, sparse_random_matrix
 from ._comm import Ctx, DistributedError, disagreement, dtype_code, dtype_name, offsets_of
 
 METHODS = ("exact", "composable")
@@ -207,8 +207,10 @@ def coreset(
     try:
         x = local_bank
         if projection_dim is not None and local_bank.shape[1] >= 1:
-            k = jl_min_dim(N) if projection_dim == "auto" else projection_dim
-            x = projected_shard(local_bank, offsets[ctx.rank], N, k, seed)
+            # "auto" is the single-process rule on the global N (never expands: None when it would)
+            k = auto_projection_dim(N, local_bank.shape[1]) if projection_dim == "auto" else projection_dim
+            if k is not None:
+                x = projected_shard(local_bank, offsets[ctx.rank], N, k, seed)
         if storage_dtype is not None and x.dtype != storage_dtype:
             x = x.to(storage_dtype)
         x = x.contiguous()
