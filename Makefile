@@ -102,14 +102,15 @@ cuda-check: $(CUDA_VENV)/.deps-stamp
 	$(CUDA_PY) -m pip install -q $(SKB) -Cbuild-dir=build/cuda -Ccmake.define.FASTAD_WITH_CUDA=ON .
 	cd tests && $(abspath $(CUDA_PY)) cuda_check.py
 
-# The wheel as a user gets it: `pip wheel` (no build isolation: against this venv's torch), installed
+# The wheel as a user gets it: `pip wheel` (no build isolation: against this venv's torch; it reuses
+# make build's CMake folder, so after `make test` it compiles nothing), installed
 # into a fresh venv (torch and the runtime dependencies from the same pip config and cache; --no-deps
 # for fastad, then `pip check`), where `fastad info` and the README's first python example run from a
 # folder outside the checkout.
 WHEEL_DIR := build/wheel-check
 wheel-check: venv
 	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv && mkdir -p $(WHEEL_DIR)/dist
-	$(PIP) wheel -q $(SKB) -Cbuild-dir=build/wheel -Ccmake.define.FASTAD_WITH_CUDA=OFF -w $(WHEEL_DIR)/dist .
+	$(PIP) wheel -q $(SKB) -Cbuild-dir=build/cpu -Ccmake.define.FASTAD_WITH_CUDA=OFF -w $(WHEEL_DIR)/dist .
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(TORCH_CPU)
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(RUNTIME)
