@@ -130,7 +130,7 @@ ANOMALIB_CONSTRAINTS := .ci/anomalib-constraints.txt
 $(ANOMALIB_VENV)/.deps-stamp: Makefile $(ANOMALIB_CONSTRAINTS)
 	test -x $(ANOMALIB_PY) || $(PYTHON) -m venv $(ANOMALIB_VENV)
 	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TORCH_CUDA) torchvision
-	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TOOLS) $(RUNTIME) anomalib pyod pytest scikit-learn
+	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TOOLS) $(RUNTIME) anomalib $(PYOD_DEPS) pytest scikit-learn
 	touch $@
 
 integration: $(ANOMALIB_VENV)/.deps-stamp

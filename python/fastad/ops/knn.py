@@ -1,16 +1,29 @@
 """Exact k nearest neighbours."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 METRICS = ("l2", "sqeuclidean", "cosine", "ip")
 
 
-def check_finite(name: str, op: str, *tensors: torch.Tensor) -> None:
-    """Raise a ValueError naming ``op`` and ``name`` if any tensor holds NaN or Inf (one pass, one sync)."""
-    for t in tensors:
-        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{op}: {name} must hold finite values, got NaN or Inf")
+def check_finite(
+    name: str, op: str, a: Optional[torch.Tensor], b: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None
+) -> None:
+    """Raise a ValueError naming ``op`` and ``name`` if ``a``, ``b`` or ``c`` holds NaN or Inf (one pass and
+    one sync per tensor; ``None`` and meta tensors are skipped). Scriptable (``torch.jit.script``); under
+    ``torch.compile`` / ``torch.export`` the check is an in-graph assertion (a RuntimeError at run time)."""
+    compiling = False
+    if not torch.jit.is_scripting():
+        compiling = torch.compiler.is_compiling()
+    for t in [a, b, c]:
+        if t is not None and t.device.type != "meta" and t.numel() > 0:
+            msg = f"{op}: {name} must hold finite values, got NaN or Inf"
+            if compiling:
+                torch._assert_async(torch.isfinite(t).all(), msg)
+            elif not bool(torch.isfinite(t).all()):
+                raise ValueError(msg)
 
 
 def knn(
@@ -18,7 +31,6 @@ def knn(
     bank: torch.Tensor,
     k: int,
     metric: str = "l2",
-    *,
     bank_norms: torch.Tensor | None = None,
     exclude_self: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +53,9 @@ def knn(
         ``(distances Tensor[Q, k] float32, indices Tensor[Q, k] int64)``, best first; ties in distance
         are ordered by the smaller bank index.
 
+    Scriptable (``torch.jit.script``), traceable by ``torch.compile`` / ``torch.export``, and meta
+    tensors give the output shapes (the op's fake kernel).
+
     NaN or Inf in ``query`` or ``bank`` raise an error (a ``ValueError`` here; the bare CPU op raises a
     ``RuntimeError``). Computation is blocked: no ``[Q, N]`` matrix is ever held in memory.
 
@@ -57,8 +72,8 @@ def knn(
         >>> i.tolist(), [round(x, 3) for x in d[0].tolist()]
         ([[1, 0]], [1.0, 4.243])
     """
-    if metric not in METRICS:
-        raise ValueError(f"knn: metric must be one of {METRICS}, got {metric!r}")
+    if metric not in ["l2", "sqeuclidean", "cosine", "ip"]:  # METRICS (a literal: scriptable)
+        raise ValueError(f"knn: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself, for free
         check_finite("query and bank", "knn", query, bank)
     return torch.ops.fastad.knn(query, bank, int(k), metric, bank_norms, bool(exclude_self))
