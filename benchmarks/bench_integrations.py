@@ -1,7 +1,7 @@
 """fastad inside other frameworks, against the frameworks' own code, interleaved in one process.
 
     .venv/bin/python benchmarks/bench_integrations.py --part pyod [--n-train 10000 --dim 64]
-    .venv-anomalib/bin/python benchmarks/bench_integrations.py --part anomalib [--n-train 32 --n-test 16]
+    .venv-anomalib/bin/python benchmarks/bench_integrations.py --part anomalib [--n-train 8 --n-test 8]
 
 ``pyod``: PyOD's ``KNN`` / ``LOF`` (their defaults: scikit-learn trees, float64) against
 ``fastad.integrations.pyod.KNN`` / ``LOF`` (the same PyOD API on fastad's k-NN kernel): fit (training
@@ -9,11 +9,13 @@ scores, leave-one-out) + ``decision_function`` of the test set, wall seconds, th
 relative score difference. Data: seeded Gaussian clusters + 5% off-cluster test outliers.
 
 ``anomalib``: anomalib 2.7's ``Engine.fit`` + ``Engine.predict`` of ``Patchcore`` (resnet18
-layer2+layer3, coreset 10%, 9 neighbours) and ``Padim`` (resnet18, 100 features) on an MTD slice
+layer2+layer3, coreset ``--coreset-ratio`` 0.1, 9 neighbours) and ``Padim`` (resnet18, 100 features) on an MTD slice
 (``--n-train`` train/good images; ``--n-test`` good + ``--n-test`` defective test images), without and
 with ``fastad.integrations.anomalib.use_fastad``; the scores and maps must agree (relative 1e-4). The
 backbone has random weights (``pre_trained=False``: nothing is downloaded; both runs see the same
-features). Needs the real anomalib (``make integration`` builds ``.venv-anomalib``).
+features). Needs the real anomalib (``make integration`` builds ``.venv-anomalib``). Keep the slice
+small: anomalib's own coreset inside ``Engine.fit`` grows by one ``[N, d]`` temporary per step
+(tests/integrations/anomalib_engine.py).
 
 Single thread by default (``--threads``); prints the CPU model and the kernel in use; writes
 ``benchmarks/results/integrations_<part>.json``.
@@ -101,7 +103,8 @@ def bench_anomalib(a) -> dict:
         for kind in ("patchcore", "padim"):
             res = {}
             for routed in (False, True):  # anomalib first, then fastad (same seed, same data)
-                res[routed] = ae.run(kind, routed, data, Path(tmp) / f"{kind}_{routed}", batch_size=a.batch_size)
+                res[routed] = ae.run(kind, routed, data, Path(tmp) / f"{kind}_{routed}", batch_size=a.batch_size,
+                                     coreset_ratio=a.coreset_ratio)
             ref, got = res[False], res[True]
             rel = float((got["scores"] - ref["scores"]).abs().max() / ref["scores"].abs().max())
             rel_map = float((got["maps"] - ref["maps"]).abs().max() / ref["maps"].abs().max())
@@ -116,7 +119,8 @@ def bench_anomalib(a) -> dict:
             print(f"  {kind:9s} fit: anomalib {row['anomalib_fit_s']:7.2f} s, with fastad {row['fastad_fit_s']:7.2f} s "
                   f"(x{row['fit_speedup']:.2f}) | predict: {row['anomalib_predict_s']:6.2f} s vs {row['fastad_predict_s']:6.2f} s "
                   f"(x{row['predict_speedup']:.2f}) | max rel diff scores {rel:.1e} maps {rel_map:.1e}", flush=True)
-    return {"anomalib": anomalib.__version__, "n_train": a.n_train, "n_test": a.n_test, "rows": rows}
+    return {"anomalib": anomalib.__version__, "n_train": a.n_train, "n_test": a.n_test, "coreset_ratio": a.coreset_ratio,
+            "rows": rows}
 
 
 def main():
@@ -127,6 +131,7 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--coreset-ratio", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -139,7 +144,7 @@ def main():
     if a.part == "pyod":
         a.n_train, a.n_test = a.n_train or 10000, a.n_test or 2000
     else:
-        a.n_train, a.n_test = a.n_train or 32, a.n_test or 16
+        a.n_train, a.n_test = a.n_train or 8, a.n_test or 8
     info = fastad.build_info()
     print(f"CPU: {cpu_model()} | threads {a.threads} | torch {torch.__version__} | fastad kernel "
           f"{info['dist_micro_kernel']} (simd {info['simd']})", flush=True)

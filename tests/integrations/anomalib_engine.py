@@ -3,7 +3,12 @@ with and without fastad's routing. Shared by tests/integrations/test_anomalib.py
 benchmarks/bench_integrations.py. Needs the real anomalib 2.7 with its dependencies (`make integration`).
 
 The backbone is timm's resnet18 with ``pre_trained=False`` (random weights seeded by
-``seed_everything``: nothing is downloaded, and both runs see identical features)."""
+``seed_everything``: nothing is downloaded, and both runs see identical features).
+
+Memory: anomalib 2.7's own ``KCenterGreedy`` inside ``Engine.fit`` keeps every greedy step's ``[N, d]``
+temporary alive (its resident size grows by about ``N * d * 4`` bytes per step: 19 GB by the end at 16
+MTD images, ratio 0.1, N = 16,384 patches; the routed run stays at 1.1 GB), so the reference runs use
+few images or a small ratio."""
 from __future__ import annotations
 
 import os
@@ -46,18 +51,18 @@ def _link(src: Path, dst: Path) -> None:
         dst.symlink_to(src.resolve())
 
 
-def make_model(kind: str):
+def make_model(kind: str, coreset_ratio: float = 0.1):
     from anomalib.models import Padim, Patchcore
 
     common = dict(backbone="resnet18", pre_trained=False, post_processor=False, evaluator=False, visualizer=False)
     if kind == "patchcore":
-        return Patchcore(layers=["layer2", "layer3"], coreset_sampling_ratio=0.1, num_neighbors=9, **common)
+        return Patchcore(layers=["layer2", "layer3"], coreset_sampling_ratio=coreset_ratio, num_neighbors=9, **common)
     if kind == "padim":
         return Padim(layers=["layer1", "layer2", "layer3"], n_features=100, **common)
     raise ValueError(f"kind must be 'patchcore' or 'padim', got {kind!r}")
 
 
-def run(kind: str, routed: bool, data: Path, workdir: Path, batch_size: int = 8) -> dict:
+def run(kind: str, routed: bool, data: Path, workdir: Path, batch_size: int = 8, coreset_ratio: float = 0.1) -> dict:
     """Engine.fit then Engine.predict; returns scores [N], maps [N, H, W], the test image paths and the
     fit / predict wall times (seconds)."""
     from anomalib.data import Folder
@@ -67,7 +72,7 @@ def run(kind: str, routed: bool, data: Path, workdir: Path, batch_size: int = 8)
     from fastad.integrations.anomalib import use_fastad
 
     seed_everything(0, verbose=False)
-    model = make_model(kind)
+    model = make_model(kind, coreset_ratio)
     if routed:
         use_fastad(model)
     dm = Folder(name="mtd", root=data, normal_dir="train/good", abnormal_dir="test/bad", normal_test_dir="test/good",

@@ -202,10 +202,11 @@ def test_engine_same_scores_with_and_without_fastad(kind, tmp_path):
 
     if not ae.mtd_available():
         pytest.skip(f"MTD not found at {ae.MTD}")
-    data = ae.mtd_slice(tmp_path / "mtd", n_train=16, n_test=8)
-    ref = ae.run(kind, False, data, tmp_path / "ref")
-    got = ae.run(kind, True, data, tmp_path / "fastad")
-    assert got["paths"] == ref["paths"] and len(ref["paths"]) == 16
+    data = ae.mtd_slice(tmp_path / "mtd", n_train=8, n_test=8)
+    # ratio 0.02: anomalib's own coreset (the reference) grows by one [N, d] temporary per step
+    ref = ae.run(kind, False, data, tmp_path / "ref", coreset_ratio=0.02)
+    got = ae.run(kind, True, data, tmp_path / "fastad", coreset_ratio=0.02)
+    assert got["paths"] == ref["paths"] and len(ref["paths"]) >= 8  # the test half (the other half validates)
     rel = float((got["scores"] - ref["scores"]).abs().max() / ref["scores"].abs().max())
     rel_map = float((got["maps"] - ref["maps"]).abs().max() / ref["maps"].abs().max())
     print(f"\n{kind}: anomalib fit {ref['fit_s']:.2f} s predict {ref['predict_s']:.2f} s | with fastad fit "
