@@ -64,6 +64,11 @@ class _FastadPyOD(BaseDetector):
         c = self.contamination
         return float(c) if isinstance(c, numbers.Real) and 0 < c <= 0.5 else 0.1
 
+    def _fastad_metric(self) -> str:
+        if self.metric not in _METRICS:
+            raise ValueError(f"{type(self).__name__}: metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
+        return _METRICS[self.metric]
+
     def _to_tensor(self, X, what: str) -> torch.Tensor:
         X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         try:
@@ -108,9 +113,7 @@ class KNN(_FastadPyOD):
         self.device = device
 
     def _inner(self):
-        if self.metric not in _METRICS:
-            raise ValueError(f"KNN: metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
-        return _det.KNN(n_neighbors=_as_int(self.n_neighbors), method=self.method, metric=_METRICS[self.metric],
+        return _det.KNN(n_neighbors=_as_int(self.n_neighbors), method=self.method, metric=self._fastad_metric(),
                         contamination=self._contamination_for_inner())
 
 
@@ -130,9 +133,7 @@ class LOF(_FastadPyOD):
         self.device = device
 
     def _inner(self):
-        if self.metric not in _METRICS:
-            raise ValueError(f"LOF: metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
-        return _det.LOF(n_neighbors=_as_int(self.n_neighbors), metric=_METRICS[self.metric],
+        return _det.LOF(n_neighbors=_as_int(self.n_neighbors), metric=self._fastad_metric(),
                         contamination=self._contamination_for_inner())
 
 
