@@ -214,3 +214,16 @@ def test_engine_same_scores_with_and_without_fastad(kind, tmp_path):
     assert rel <= 1e-4 and rel_map <= 1e-4
     if kind == "patchcore":
         assert torch.equal(got["model"].model.memory_bank, ref["model"].model.memory_bank)
+
+
+def test_routed_fit_accepts_embeddings_that_require_grad():
+    """Inside Lightning's training loop grad mode is on; the routed coreset / Gaussian fit must work."""
+    g = torch.Generator().manual_seed(9)
+    emb = torch.randn(600, 16, generator=g).requires_grad_()
+    m = fa.use_fastad(_bare_patchcore(torch.empty(0)))
+    m.embedding_store = [emb * 1.0]
+    m.subsample_embedding(0.05)
+    assert m.memory_bank.shape == (30, 16)
+    G = fa.use_fastad(MultiVariateGaussian())
+    mu, inv = G(torch.randn(12, 4, 3, 3, generator=g).requires_grad_() * 1.0)
+    assert mu.shape == (4, 9) and inv.shape == (9, 4, 4)

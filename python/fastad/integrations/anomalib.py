@@ -134,7 +134,9 @@ def fast_subsample_embedding(model, sampling_ratio: float) -> None:
     sampler.model.fit(bank)
     features = sampler.model.transform(bank)
     start = torch.randint(high=sampler.n_observations, size=(1,), device=features.device).squeeze()
-    idx, _ = ops.coreset(features.float().contiguous(), sampler.coreset_size, start=int(start))
+    # the selection needs no gradient (fastad.ops.coreset refuses inputs that require one; anomalib's
+    # loop would keep every step's graph alive): select on detached features, gather from the bank
+    idx, _ = ops.coreset(features.detach().float().contiguous(), sampler.coreset_size, start=int(start))
     model.memory_bank = bank[idx.to(bank.device)]
 
 
@@ -160,7 +162,7 @@ def fast_gaussian_fit(gaussian, embedding: torch.Tensor) -> list[torch.Tensor]:
         raise ValueError(f"MultiVariateGaussian: embedding must be [B, C, H, W], got {list(embedding.shape)}")
     det = detectors.PaDiM(backbone=None, layers=["embedding"], n_features=None, progress=False,
                           device=embedding.device)
-    det.fit_features({"embedding": embedding}, image_size=tuple(embedding.shape[-2:]))
+    det.fit_features({"embedding": embedding.detach()}, image_size=tuple(embedding.shape[-2:]))
     gaussian.mean = det.mean_.t().contiguous().to(embedding.dtype)
     gaussian.inv_covariance = det.precision_.to(embedding.dtype)
     return [gaussian.mean, gaussian.inv_covariance]

@@ -79,7 +79,8 @@ def knn(
     if metric not in ["l2", "sqeuclidean", "cosine", "ip"]:  # METRICS (a literal: scriptable)
         raise ValueError(f"knn: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     k = int(k)
-    if query.dim() == 2 and bank.dim() == 2 and k > bank.shape[0] and query.shape[0] * k > _MAX_PADDED_SLOTS:
+    # 134217728 = _MAX_PADDED_SLOTS, written as a literal (TorchScript cannot read a global)
+    if query.dim() == 2 and bank.dim() == 2 and k > bank.shape[0] and query.shape[0] * k > 134217728:
         Q, N = query.shape[0], bank.shape[0]
         raise ValueError(
             f"knn: k={k} is larger than the bank (N={N} rows): the [Q={Q}, k] output would be "
