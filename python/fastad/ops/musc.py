@@ -9,14 +9,14 @@ naming the argument (:mod:`fastad.ops._autograd`); ``rscin`` and ``bilinear_max`
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import List, Optional, Union
 
 import torch
 
 from .knn import check_finite
 
 
-def interval_k(n_ref: int, fraction: float = 0.3, *, ceil_small: bool = False) -> int:
+def interval_k(n_ref: int, fraction: float = 0.3, ceil_small: bool = False) -> int:
     """The official ``k = int(fraction * n_ref)`` (``n_ref`` = number of reference images, ``N - 1``
     when a batch scores itself).
 
@@ -29,9 +29,10 @@ def interval_k(n_ref: int, fraction: float = 0.3, *, ceil_small: bool = False) -
     k = int(n_ref * fraction)
     if k < 1:
         if not ceil_small:
+            at_least = str(math.ceil(1 / fraction) + 1) if fraction > 0 else "more"
             raise ValueError(
                 f"mutual_scores: k = int({fraction} * {n_ref}) = 0 reference images to average (the official "
-                f"code returns NaN here); score at least {math.ceil(1 / fraction) + 1 if fraction > 0 else 'more'} "
+                f"code returns NaN here); score at least {at_least} "
                 "images together, add a reference pool, or pass ceil_small=True for k = max(1, k)"
             )
         k = 1
@@ -63,7 +64,7 @@ def lnamd(tokens: torch.Tensor, r: int) -> torch.Tensor:
     return torch.ops.fastad.lnamd(tokens, int(r))
 
 
-def snamd(tokens: torch.Tensor, r_list: Sequence[int] = (1, 3, 5)) -> torch.Tensor:
+def snamd(tokens: torch.Tensor, r_list: Optional[List[int]] = None) -> torch.Tensor:
     """MuSc-V2's SNAMD aggregation of one layer (2-D path), in float32.
 
     For each patch c and each r: ``f_r = sum_n w_n x_n / sum_n w_n`` over the r x r window, with
@@ -73,23 +74,23 @@ def snamd(tokens: torch.Tensor, r_list: Sequence[int] = (1, 3, 5)) -> torch.Tens
 
     Args:
         tokens: ``Tensor[B, L, C]`` (CLS removed, ``L = H * H``).
-        r_list: odd window sizes.
+        r_list: odd window sizes (``None``: ``[1, 3, 5]``).
 
     Returns:
         ``Tensor[B, L, C]`` float32.
     """
     if tokens.device.type != "cpu":
         check_finite("tokens", "snamd", tokens)
-    return torch.ops.fastad.snamd(tokens, [int(r) for r in r_list])
+    rl = [1, 3, 5] if r_list is None else r_list
+    return torch.ops.fastad.snamd(tokens, [int(r) for r in rl])
 
 
 def mutual_scores(
     z: torch.Tensor,
     fraction: float = 0.3,
-    *,
-    k: int | None = None,
-    pool: torch.Tensor | None = None,
-    same_position: int | None = None,
+    k: Optional[int] = None,
+    pool: Optional[torch.Tensor] = None,
+    same_position: Optional[int] = None,
     ceil_small: bool = False,
 ) -> torch.Tensor:
     """MuSc's mutual scoring (MSM) of one feature set.
@@ -123,21 +124,20 @@ def mutual_scores(
         torch.Size([6, 9])
     """
     n_ref = pool.shape[0] if pool is not None else z.shape[0] - 1
-    if k is None:
-        k = interval_k(n_ref, fraction, ceil_small=ceil_small)
+    kk = interval_k(n_ref, fraction, ceil_small) if k is None else int(k)
     if z.device.type != "cpu":
         check_finite("z and pool", "mutual_scores", z, pool)
-    return torch.ops.fastad.mutual_scores(z, int(k), pool, int(same_position or 0))
+    window = 0 if same_position is None else int(same_position)
+    return torch.ops.fastad.mutual_scores(z, kk, pool, window)
 
 
 def lnamd_mutual_scores(
     tokens: torch.Tensor,
-    r_list: Sequence[int] = (1, 3, 5),
+    r_list: Optional[List[int]] = None,
     fraction: float = 0.3,
-    *,
-    k: int | None = None,
-    pool: torch.Tensor | None = None,
-    same_position: int | None = None,
+    k: Optional[int] = None,
+    pool: Optional[torch.Tensor] = None,
+    same_position: Optional[int] = None,
     ceil_small: bool = False,
 ) -> torch.Tensor:
     """``mutual_scores(lnamd(tokens, r))`` for every r in ``r_list``, fused.
@@ -157,21 +157,24 @@ def lnamd_mutual_scores(
         ``Tensor[R, N, L]`` float32.
     """
     n_ref = pool.shape[0] if pool is not None else tokens.shape[0] - 1
-    if k is None:
-        k = interval_k(n_ref, fraction, ceil_small=ceil_small)
+    kk = interval_k(n_ref, fraction, ceil_small) if k is None else int(k)
     if tokens.device.type != "cpu":
         check_finite("tokens and pool", "lnamd_mutual_scores", tokens, pool)
-    return torch.ops.fastad.lnamd_mutual_scores(tokens, [int(r) for r in r_list], int(k), pool, int(same_position or 0))
+    window = 0 if same_position is None else int(same_position)
+    rl = [1, 3, 5] if r_list is None else r_list
+    return torch.ops.fastad.lnamd_mutual_scores(tokens, [int(r) for r in rl], kk, pool, window)
 
 
-def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[int] = (1, 2, 3)) -> torch.Tensor:
+def rscin(
+    scores: torch.Tensor, image_features: torch.Tensor, k_list: Optional[List[int]] = None
+) -> torch.Tensor:
     """MuSc's RsCIN image-score re-scoring (the official ``MMO``).
 
     ``s = (scores - min) / (max - min)`` (over all given images); ``W = F F^T`` (diagonal kept); for
     each k, every row of W keeps its k largest entries (the others, picked by ``topk`` of the N-k
     smallest like the official code, are set to 0) and is normalised to sum 1; the result is the mean
-    over ``k_list`` of ``P_k s``. A 0 in ``k_list`` returns ``scores`` unchanged. Official k lists:
-    [1, 2, 3] (MVTec AD, BTAD), [1, 8, 9] (VisA). Equal scores normalise to 0 (the official code
+    over ``k_list`` (``None``: ``[1, 2, 3]``) of ``P_k s``. A 0 in ``k_list`` returns ``scores`` unchanged.
+    Official k lists: [1, 2, 3] (MVTec AD, BTAD), [1, 8, 9] (VisA). Equal scores normalise to 0 (the official code
     returns NaN); similarities summing to 0 over a row's k kept entries raise a ``ValueError``.
 
     Pure torch (float32 like the official code): it is an N x N problem over images (N ~ 100s), a
@@ -183,7 +186,8 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
     Returns:
         ``Tensor[N]`` float32 on the input's device.
     """
-    if 0 in k_list:
+    kl = [1, 2, 3] if k_list is None else [int(k) for k in k_list]
+    if 0 in kl:
         return scores
     if scores.dim() != 1 or image_features.dim() != 2 or image_features.shape[0] != scores.shape[0]:
         raise ValueError(
@@ -191,8 +195,9 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
             f"{list(image_features.shape)}"
         )
     N = scores.shape[0]
-    if any(k < 1 or k > N for k in k_list):
-        raise ValueError(f"rscin: every k in k_list must be in [1, N={N}], got {list(k_list)}")
+    for k in kl:
+        if k < 1 or k > N:
+            raise ValueError(f"rscin: every k in k_list must be in [1, N={N}], got {kl}")
     check_finite("scores and image_features", "rscin", scores, image_features)
     s64 = scores.double()
     span = s64.max() - s64.min()
@@ -200,12 +205,17 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
     s = ((s64 - s64.min()) / torch.where(span > 0, span, torch.ones_like(span))).float()
     F_ = image_features.float()
     W = F_ @ F_.T
-    outs = []
-    for k in k_list:
+    compiling = False
+    if not torch.jit.is_scripting():
+        compiling = torch.compiler.is_compiling()
+    outs: List[torch.Tensor] = []
+    for k in kl:
         small = torch.topk(W, N - k, dim=1, largest=False, sorted=True).indices
         Wm = W.scatter(1, small, 0.0)
         rs = Wm.sum(1, keepdim=True)
-        if not bool((rs != 0).all()):
+        if compiling:  # torch.compile / export: an in-graph assertion instead of a data-dependent branch
+            torch._assert_async((rs != 0).all(), "rscin: the k most similar images of an image have similarities summing to 0")
+        elif rs.device.type != "meta" and not bool((rs != 0).all()):
             bad = int((rs == 0).flatten().nonzero()[0])
             raise ValueError(
                 f"rscin: the {k} most similar images of image {bad} have similarities summing to 0 (an all-zero "
@@ -216,7 +226,7 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
     return torch.cat(outs, -1).mean(-1)
 
 
-def _align_corners_taps(n_in: int, n_out: int, dtype, device):
+def _align_corners_taps(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device):
     # torch's upsample_bilinear2d with align_corners=True: src = i * (in - 1) / (out - 1).
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = torch.arange(n_out, dtype=dtype, device=device) * scale
@@ -226,11 +236,14 @@ def _align_corners_taps(n_in: int, n_out: int, dtype, device):
     return i0, i1, 1.0 - l1, l1
 
 
-def bilinear_max(grid: torch.Tensor, size: int | tuple[int, int], *, rows_per_chunk: int = 64) -> torch.Tensor:
+def bilinear_max(grid: torch.Tensor, size: Union[int, List[int]], rows_per_chunk: int = 64) -> torch.Tensor:
     """Max of ``F.interpolate(grid[:, None], size, mode="bilinear", align_corners=True)`` per image,
     without materialising the upsampled maps (separable: columns first into ``[N, h, W]``, then rows
     in chunks of ``rows_per_chunk``). ``grid``: ``Tensor[N, h, w]`` -> ``Tensor[N]`` (same dtype)."""
-    Ho, Wo = (size, size) if isinstance(size, int) else size
+    if isinstance(size, int):
+        Ho, Wo = size, size
+    else:
+        Ho, Wo = size[0], size[1]
     N, h, w = grid.shape
     dt, dev = grid.dtype, grid.device
     x0, x1, wx0, wx1 = _align_corners_taps(w, Wo, dt, dev)
@@ -239,9 +252,9 @@ def bilinear_max(grid: torch.Tensor, size: int | tuple[int, int], *, rows_per_ch
     a1 = grid[:, :, x1] * wx1
     out = torch.full((N,), -math.inf, dtype=dt, device=dev)
     for r0 in range(0, Ho, rows_per_chunk):
-        sl = slice(r0, min(Ho, r0 + rows_per_chunk))
-        top = a0[:, y0[sl]] + a1[:, y0[sl]]  # [N, rows, Wo]
-        bot = a0[:, y1[sl]] + a1[:, y1[sl]]
-        v = wy0[sl, None] * top + wy1[sl, None] * bot
+        r1 = min(Ho, r0 + rows_per_chunk)
+        top = a0[:, y0[r0:r1]] + a1[:, y0[r0:r1]]  # [N, rows, Wo]
+        bot = a0[:, y1[r0:r1]] + a1[:, y1[r0:r1]]
+        v = wy0[r0:r1].unsqueeze(1) * top + wy1[r0:r1].unsqueeze(1) * bot
         out = torch.maximum(out, v.amax(dim=(1, 2)))
     return out

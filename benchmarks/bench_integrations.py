@@ -1,0 +1,161 @@
+"""fastad inside other frameworks, against the frameworks' own code, interleaved in one process.
+
+    .venv/bin/python benchmarks/bench_integrations.py --part pyod [--n-train 10000 --dim 64]
+    .venv-anomalib/bin/python benchmarks/bench_integrations.py --part anomalib [--n-train 8 --n-test 8]
+
+``pyod``: PyOD's ``KNN`` / ``LOF`` (their defaults: scikit-learn trees, float64) against
+``fastad.integrations.pyod.KNN`` / ``LOF`` (the same PyOD API on fastad's k-NN kernel): fit (training
+scores, leave-one-out) + ``decision_function`` of the test set, wall seconds, the ratio, the largest
+relative score difference. Data: seeded Gaussian clusters + 5% off-cluster test outliers.
+
+``anomalib``: anomalib 2.7's ``Engine.fit`` + ``Engine.predict`` of ``Patchcore`` (resnet18
+layer2+layer3, coreset ``--coreset-ratio`` 0.1, 9 neighbours) and ``Padim`` (resnet18, 100 features) on an MTD slice
+(``--n-train`` train/good images; ``--n-test`` good + ``--n-test`` defective test images), without and
+with ``fastad.integrations.anomalib.use_fastad``; the scores and maps must agree (relative 1e-4). The
+backbone has random weights (``pre_trained=False``: nothing is downloaded; both runs see the same
+features). Needs the real anomalib (``make integration`` builds ``.venv-anomalib``). Keep the slice
+small: anomalib's own coreset inside ``Engine.fit`` grows by one ``[N, d]`` temporary per step
+(tests/integrations/anomalib_engine.py).
+
+Single thread by default (``--threads``); prints the CPU model and the kernel in use; writes
+``benchmarks/results/integrations_<part>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_pyod(a) -> dict:
+    import numpy as np
+    import torch
+    from pyod.models.knn import KNN as PKNN
+    from pyod.models.lof import LOF as PLOF
+    from sklearn.metrics import roc_auc_score
+
+    from fastad.integrations.pyod import KNN, LOF
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, a.dim, generator=g) * 3
+    X = (centres[torch.randint(0, 20, (a.n_train,), generator=g)] + torch.randn(a.n_train, a.dim, generator=g)).double().numpy()
+    n_out = a.n_test // 20
+    Yin = centres[torch.randint(0, 20, (a.n_test - n_out,), generator=g)] + torch.randn(a.n_test - n_out, a.dim, generator=g)
+    Y = torch.cat([Yin, torch.randn(n_out, a.dim, generator=g) * 3]).double().numpy()
+    y = np.r_[np.zeros(a.n_test - n_out), np.ones(n_out)]
+    print(f"pyod: train {a.n_train} x {a.dim}, test {a.n_test} ({n_out} outliers)", flush=True)
+    rows = []
+    for name, theirs, ours in (
+        ("KNN k=5", lambda: PKNN(n_neighbors=5), lambda: KNN(n_neighbors=5)),
+        ("LOF k=20", lambda: PLOF(n_neighbors=20), lambda: LOF(n_neighbors=20)),
+    ):
+        times = {"pyod": [], "fastad": []}
+        out = {}
+        for _ in range(a.repeats):  # interleaved
+            for side, make in (("pyod", theirs), ("fastad", ours)):
+                t = time.perf_counter()
+                det = make().fit(X)
+                s = det.decision_function(Y)
+                times[side].append(time.perf_counter() - t)
+                out[side] = (det.decision_scores_, s)
+        rel = max(float(np.max(np.abs(out["fastad"][i] - out["pyod"][i]) / np.maximum(np.abs(out["pyod"][i]), 1e-12)))
+                  for i in (0, 1))
+        row = {"detector": name, "pyod_s": min(times["pyod"]), "fastad_s": min(times["fastad"]),
+               "speedup": min(times["pyod"]) / min(times["fastad"]), "max_rel_diff": rel,
+               "auroc_pyod": float(roc_auc_score(y, out["pyod"][1])), "auroc_fastad": float(roc_auc_score(y, out["fastad"][1]))}
+        rows.append(row)
+        print(f"  {name:9s} PyOD {row['pyod_s']:8.3f} s | fastad {row['fastad_s']:7.3f} s | x{row['speedup']:6.1f} | "
+              f"max rel diff {rel:.1e} | AUROC {row['auroc_pyod']:.4f} / {row['auroc_fastad']:.4f}", flush=True)
+    return {"n_train": a.n_train, "n_test": a.n_test, "dim": a.dim, "rows": rows}
+
+
+def bench_anomalib(a) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests" / "integrations"))
+    import anomalib
+    import anomalib_engine as ae
+
+    if not ae.mtd_available():
+        raise SystemExit(f"MTD not found at {ae.MTD} (set FASTAD_MTD)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = ae.mtd_slice(Path(tmp) / "mtd", a.n_train, a.n_test)
+        print(f"anomalib {anomalib.__version__}: MTD slice {a.n_train} train, {a.n_test} good + {a.n_test} defective test",
+              flush=True)
+        for kind in ("patchcore", "padim"):
+            res = {}
+            for routed in (False, True):  # anomalib first, then fastad (same seed, same data)
+                res[routed] = ae.run(kind, routed, data, Path(tmp) / f"{kind}_{routed}", batch_size=a.batch_size,
+                                     coreset_ratio=a.coreset_ratio)
+            ref, got = res[False], res[True]
+            rel = float((got["scores"] - ref["scores"]).abs().max() / ref["scores"].abs().max())
+            rel_map = float((got["maps"] - ref["maps"]).abs().max() / ref["maps"].abs().max())
+            row = {"model": kind, "anomalib_fit_s": ref["fit_s"], "anomalib_predict_s": ref["predict_s"],
+                   "fastad_fit_s": got["fit_s"], "fastad_predict_s": got["predict_s"],
+                   "fit_speedup": ref["fit_s"] / got["fit_s"], "predict_speedup": ref["predict_s"] / got["predict_s"],
+                   "max_rel_diff_scores": rel, "max_rel_diff_maps": rel_map, "same_scores": rel <= 1e-4 and rel_map <= 1e-4}
+            if kind == "patchcore":
+                row["memory_bank"] = list(ref["model"].model.memory_bank.shape)
+                row["same_memory_bank"] = bool(torch.equal(ref["model"].model.memory_bank, got["model"].model.memory_bank))
+            rows.append(row)
+            print(f"  {kind:9s} fit: anomalib {row['anomalib_fit_s']:7.2f} s, with fastad {row['fastad_fit_s']:7.2f} s "
+                  f"(x{row['fit_speedup']:.2f}) | predict: {row['anomalib_predict_s']:6.2f} s vs {row['fastad_predict_s']:6.2f} s "
+                  f"(x{row['predict_speedup']:.2f}) | max rel diff scores {rel:.1e} maps {rel_map:.1e}", flush=True)
+    return {"anomalib": anomalib.__version__, "n_train": a.n_train, "n_test": a.n_test, "coreset_ratio": a.coreset_ratio,
+            "rows": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=["pyod", "anomalib"], required=True)
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--coreset-ratio", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    import torch
+
+    import fastad
+
+    torch.set_num_threads(a.threads)
+    if a.part == "pyod":
+        a.n_train, a.n_test = a.n_train or 10000, a.n_test or 2000
+    else:
+        a.n_train, a.n_test = a.n_train or 8, a.n_test or 8
+    info = fastad.build_info()
+    print(f"CPU: {cpu_model()} | threads {a.threads} | torch {torch.__version__} | fastad kernel "
+          f"{info['dist_micro_kernel']} (simd {info['simd']})", flush=True)
+    res = bench_pyod(a) if a.part == "pyod" else bench_anomalib(a)
+    res.update({"cpu": cpu_model(), "threads": a.threads, "torch": torch.__version__, "kernel": info["dist_micro_kernel"],
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "command": " ".join(["benchmarks/bench_integrations.py"] + sys.argv[1:])})
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"integrations_{a.part}.json"
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
