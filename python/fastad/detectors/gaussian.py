@@ -105,6 +105,20 @@ class GaussianAD(BaseDetector):
             scores.append(self._score_batch(feats, None, True, False, {})[0])
         return torch.cat(scores), None
 
+    def _chi2_threshold(self, q: float) -> float:
+        """The image score is the mean over levels of Mahalanobis distances, each chi(C_l) under the
+        fitted model: its ``q`` quantile by Monte Carlo (200,000 seeded draws, levels independent)."""
+        dfs = [int(self.layer_dims_[k]) for k in self.layers_]
+        g = torch.Generator().manual_seed(0)
+        n = 200_000
+        total = torch.zeros(n, dtype=torch.float64)
+        for d in dfs:  # chi2(d) = sum of d squared normals, drawn in chunks of dimensions
+            acc = torch.zeros(n, dtype=torch.float64)
+            for s in range(0, d, 64):
+                acc += torch.randn(n, min(64, d - s), generator=g, dtype=torch.float64).square().sum(1)
+            total += acc.sqrt()
+        return float(torch.quantile(total / len(dfs), float(q)))
+
     # ---- persistence: the pooled training features of each level (the Gaussians are refitted on load,
     # deterministically, in float64)
     def _state_tensors(self):
