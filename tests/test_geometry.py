@@ -216,7 +216,7 @@ def test_cli_tiled_native_resolution_and_thresholds(tmp_path, capsys):
                  "--threshold", "chi2"] + FIT) == 0
     assert "chi2" in capsys.readouterr().out
     assert main(["fit", "--data", str(root), "--out", str(model), "--threshold", "chi2"] + FIT) == 2
-    assert "Gaussian detector" in capsys.readouterr().err
+    assert "Gaussian detector" in capsys.readouterr().err  # refused before fitting
     assert main(["fit", "--data", str(root), "--out", str(model), "--threshold", "f1"] + FIT) == 2
     assert "--val" in capsys.readouterr().err
 

@@ -250,6 +250,10 @@ def fit_detector(
     fewer than 10 images) to set ``threshold_`` at their ``quantile`` score (``threshold``:
     ``"quantile"`` or ``"quantile-corrected"``); ``"chi2"`` needs no held-out images, ``"f1"`` uses the
     labelled ``val_ds`` (see :mod:`fastad.thresholds`). Returns ``det``."""
+    if not det.supports_threshold(threshold):  # before the fit, not after it
+        raise CLIError(f"--threshold {threshold}: not available for {type(det).__name__} (chi2 needs a Gaussian detector: padim, gaussian)")
+    if threshold == "f1" and (val_ds is None or not _has_labels(val_ds)):
+        raise CLIError("--threshold f1 needs labelled validation images: --val DIR (an MVTec-layout folder)")
     n = len(train_ds)
     n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 and threshold.startswith("quantile") else 0
     if n_cal:
@@ -286,8 +290,6 @@ def fit_detector(
         elif threshold == "chi2":
             det.set_threshold(method="chi2", quantile=quantile)
         if threshold == "f1":
-            if val_ds is None or not _has_labels(val_ds):
-                raise CLIError("--threshold f1 needs labelled validation images: --val DIR (an MVTec-layout folder)")
             import torch
 
             with sw("threshold"):
@@ -531,7 +533,8 @@ def cmd_fit(a) -> int:
         det._resolve_backbone()
         det.set_tiling(a.tile, a.tile_overlap)
     tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g}" if a.tile else ""
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {_size_text(a.image_size)} px {resize}{tiled}, device {device})")
+    geom = "native size" if resize == "none" else f"{_size_text(a.image_size)} px {resize}"
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device})")
     fit_detector(
         det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
         calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed, threshold=a.threshold, val_ds=val_ds,

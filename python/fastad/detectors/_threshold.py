@@ -84,6 +84,14 @@ class ThresholdMixin:
         self.threshold_info_ = info
         return self
 
+    def supports_threshold(self, method: str) -> bool:
+        """Whether :meth:`set_threshold` can use ``method`` with this detector (``"chi2"``: Gaussian ones)."""
+        if method == "chi2":
+            return type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold
+        from fastad import thresholds
+
+        return method in thresholds.METHODS
+
     def _chi2_threshold(self, q: float) -> float:
         """The ``q`` quantile of the image score under the fitted Gaussian model (Gaussian detectors)."""
         raise ValueError(f"{type(self).__name__}: the 'chi2' threshold needs a Gaussian detector (PaDiM, GaussianAD)")
