@@ -8,10 +8,11 @@ Every configuration runs in its own child process (so that each peak RSS is its 
 (``torch.set_num_threads(1)``), the same seeded training images (EfficientNet-Lite0, taps
 ``_blocks.4`` + ``_blocks.10``), all 644 test images. Maps of every configuration are scored at each
 image's native resolution (the 224-squash maps are resized back bilinearly, as a user would overlay
-them), so pixel AUROC / AUPRO / pixel AP compare like with like. PatchCore keeps the same number of
-bank rows on both sides (``--bank-rows``, a fixed coreset size: the tiled fit has ~6x more patches).
+them), so pixel AUROC / AUPRO / pixel AP compare like with like. PatchCore keeps the same share of its
+patches on both sides (``--coreset-ratio``, 0.1 as the CLI; fp16 coreset storage, no projection): the
+tiled bank grows with the number of tiles.
 
-Thresholds (``--thresholds``): the held-out normal images (10% of the training images, as the CLI)
+Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
 stratified half of the test set is the labelled validation set of ``f1``; recall / precision /
 false-positive rate are measured on the other half.
@@ -68,34 +69,23 @@ def run_config(a) -> dict:
     train = MVTecDataset(ROOT, "train", **kw)
     test = MVTecDataset(ROOT, "test", **kw)
     native = MVTecDataset(ROOT, "test", resize="none")  # masks at native resolution
+    if a.test_images:  # a quick run: a seeded subset of the test set
+        keep = sorted(random.Random(2).sample(range(len(test)), a.test_images))
+        test, native = _subset(test, keep), _subset(native, keep)
     rng = random.Random(0)
     idx = sorted(rng.sample(range(len(train)), a.train_images + a.held_out))
     rng.shuffle(idx)
     fit_idx, cal_idx = sorted(idx[: a.train_images]), sorted(idx[a.train_images :])
     if detector == "patchcore":
-        det = PatchCore(progress=False, batch_size=16, projection_dim=None, coreset_ratio=1.0)
+        det = PatchCore(progress=False, batch_size=16, projection_dim=None, coreset_ratio=a.coreset_ratio,
+                        coreset_storage="float16")
     else:
         det = PaDiM(progress=False, batch_size=16)
     if tiled:
-        det.set_tiling(a.tile, a.overlap)
+        det.set_tiling(a.tile, a.overlap, scale=a.scale)
     t0 = time.perf_counter()
-    if detector == "patchcore":
-        # a fixed bank size on both sides: fit with every patch, then the coreset keeps --bank-rows
-        import fastad.ops as ops
-
-        det.fit(_subset(train, fit_idx))
-        bank = det.memory_bank_
-        n_patches = int(bank.shape[0])
-        g = torch.Generator().manual_seed(0)
-        start = int(torch.randint(n_patches, (1,), generator=g))
-        m = min(a.bank_rows, n_patches)
-        sel, _ = ops.coreset(bank, m, projection_dim=None, seed=0, start=start, storage_dtype=torch.float16)
-        det.memory_bank_ = bank.index_select(0, sel).contiguous()
-        det._bank_norms = det.memory_bank_.square().sum(1)
-        del bank
-    else:
-        det.fit(_subset(train, fit_idx))
-        n_patches = None
+    det.fit(_subset(train, fit_idx))
+    n_patches = getattr(det, "n_train_patches_", None)
     fit_s = time.perf_counter() - t0
     cal = det.decision_function(_subset(train, cal_idx))
     t1 = time.perf_counter()
@@ -121,6 +111,7 @@ def run_config(a) -> dict:
     pix = pm.compute()
     out = {
         "config": a.config, "tile": a.tile if tiled else None, "overlap": a.overlap if tiled else None,
+        "scale": a.scale if tiled else None,
         "train_images": len(fit_idx), "held_out": len(cal_idx), "test_images": int(s.numel()),
         "n_patches": n_patches, "bank_rows": None if detector != "patchcore" else int(det.memory_bank_.shape[0]),
         "fit_s": fit_s, "score_s": score_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -155,9 +146,11 @@ def main() -> None:
     p.add_argument("--config", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-images", type=int, default=100)
     p.add_argument("--held-out", type=int, default=70)
-    p.add_argument("--bank-rows", type=int, default=16000)
+    p.add_argument("--coreset-ratio", type=float, default=0.1)
+    p.add_argument("--test-images", type=int, default=0, help="0 = all 644")
     p.add_argument("--tile", type=int, default=224)
     p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--scale", type=float, default=1.0, help="tiles resized by this before the backbone")
     p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,padim-squash224,padim-tiled")
     p.add_argument("--out", default=str(HERE / "results" / "tiling_mtd.json"))
     a = p.parse_args()
@@ -167,7 +160,7 @@ def main() -> None:
     rows = []
     for c in a.configs.split(","):
         cmd = [sys.executable, __file__, "--config", c, "--train-images", str(a.train_images), "--held-out", str(a.held_out),
-               "--bank-rows", str(a.bank_rows), "--tile", str(a.tile), "--overlap", str(a.overlap)]
+               "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)

@@ -131,7 +131,7 @@ def test_set_threshold_methods(tmp_path):
     assert det.threshold_info_["method"] == "f1" and det.threshold_info_["n_images"] == 20
     det.save(tmp_path / "p.safetensors")
     assert load(tmp_path / "p.safetensors", backbone=bb).threshold_info_["method"] == "f1"
-    with pytest.raises(ValueError, match="method 'chi2' takes no data"):
+    with pytest.raises(ValueError, match="method 'chi2' takes exactly one of no data"):
         det.set_threshold(method="chi2", normal=held)
     with pytest.raises(ValueError, match="needs labels"):
         det.set_threshold(method="f1", validation=val)

@@ -166,3 +166,29 @@ def test_tiled_dataset_with_mixed_sizes(tiny_backbone, tmp_path):
     det.set_tiling(None)
     with pytest.raises(ValueError, match="different shapes|one size|grids differ"):
         PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False).fit(ds)
+
+
+def test_tile_scale(tiny_backbone):
+    """scale=2: each 16 px tile is seen at 32 px; maps come back at the image's size, and equal the
+    untiled detector on the 2x-resized tiles, resized back and stitched."""
+    import torch.nn.functional as F
+
+    from fastad.detectors import PatchCore
+
+    det = PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False, blur_sigma=0).set_tiling(16, 0.5, scale=2)
+    det.fit(_images(4, 24, 40, 0))
+    assert det.image_size_ == (32, 32) and det.tiling_["scale"] == 2.0
+    x = _images(2, 24, 40, 5)
+    s, m = det.score(x)
+    assert m.shape == (2, 24, 40)
+    t = Tiler(16, 0.5)
+    tiles = F.interpolate(t.cut(x), size=(32, 32), mode="bilinear", align_corners=False)
+    plain = PatchCore.__new__(PatchCore)
+    plain.__dict__.update(det.__dict__)
+    plain.tiling_ = plain._tiling_cfg = None
+    ts, tm = plain.score(tiles)
+    back = F.interpolate(tm[:, None], size=(16, 16), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    assert torch.allclose(m, t.stitch(back, (24, 40)), atol=1e-5)
+    assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
+    with pytest.raises(ValueError, match="scale"):
+        det.set_tiling(16, 0.5, scale=0)

@@ -531,8 +531,8 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
-        det.set_tiling(a.tile, a.tile_overlap)
-    tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g}" if a.tile else ""
+        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale)
+    tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g} scale {a.tile_scale:g}" if a.tile else ""
     geom = "native size" if resize == "none" else f"{_size_text(a.image_size)} px {resize}"
     print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device})")
     fit_detector(
@@ -620,7 +620,8 @@ def _geometry_info(det) -> dict:
         out["threshold"] = _threshold_text(det)
     t = getattr(det, "tiling_", None)
     if t:
-        out["tiling"] = f"{_size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g} (maps stitched, overlaps averaged)"
+        out["tiling"] = (f"{_size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g}, scale {t.get('scale', 1.0):g} "
+                         "(maps stitched, overlaps averaged)")
     return out
 
 
@@ -903,6 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit and score on overlapping S x S tiles of the (resized or native) image, maps stitched; "
                         "recommended for small defects on large parts (e.g. --resize none --tile 224)")
     f.add_argument("--tile-overlap", type=_fraction, default=0.25, metavar="F", help="share of a tile overlapping its neighbour (default 0.25)")
+    f.add_argument("--tile-scale", type=float, default=1.0, metavar="K",
+                   help="resize each tile by K before the backbone (e.g. --tile 112 --tile-scale 2: 2x native detail; default 1)")
     f.add_argument("--threshold", choices=("quantile", "quantile-corrected", "chi2", "f1"), default="quantile",
                    help="how threshold_ is set: quantile of held-out normal scores (default), quantile-corrected "
                         "(finite-sample, warns when too few), chi2 (PaDiM / gaussian, no data), f1 (needs --val)")

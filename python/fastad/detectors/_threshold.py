@@ -53,12 +53,12 @@ class ThresholdMixin:
         used = [k for k, g in given.items() if g]
         if threshold is not None:
             if len(used) != 1:
-                raise ValueError(f"{name}: give a threshold or data, not both (got {used})")
+                raise ValueError(f"{name}: give exactly one of threshold or data (got {used})")
             t, info = float(threshold), {"method": "given", "n_images": None}
         else:
             if len(used) != (0 if method == "chi2" else 1) or any(k not in allowed for k in used):
-                want = " or ".join(allowed) if allowed else "no data"
-                raise ValueError(f"{name}: method {method!r} takes {want}, got {used or 'nothing'}")
+                want = ", ".join(allowed) if allowed else "no data (nothing)"
+                raise ValueError(f"{name}: method {method!r} takes exactly one of {want}, got {used or 'nothing'}")
             if not 0.0 <= quantile <= 1.0:
                 raise ValueError(f"{name}: quantile must be in [0, 1], got {quantile}")
             info = {"method": method, "quantile": float(quantile)}

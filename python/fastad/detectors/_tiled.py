@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["TilingMixin"]
 
@@ -28,13 +29,17 @@ __all__ = ["TilingMixin"]
 class TilingMixin:
     """``set_tiling`` and the tiled fit / score paths used by ``BaseDetector``."""
 
-    def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None):
+    def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None,
+                   scale: float = 1.0):
         """Fit and score on overlapping ``tile_size x tile_size`` tiles (None: whole images, the default).
 
         Args:
             tile_size: tile side in pixels of the input images (e.g. 224), or None to switch tiling off.
             overlap: share of a tile overlapping its neighbour, in ``[0, 1)`` (default 0.25).
             tile_batch_size: tiles per backbone batch (default: ``batch_size``).
+            scale: each tile is resized by this factor before the backbone (bilinear), and its map
+                back: ``tile_size=112, scale=2`` equals 224-px tiles of the image upscaled 2x (finer
+                maps for small defects) without holding the upscaled image.
 
         Takes effect at the next ``fit`` (a fitted model scores with the tiling it was fitted with).
         Returns ``self``.
@@ -47,7 +52,10 @@ class TilingMixin:
         if tile_batch_size is not None and not (isinstance(tile_batch_size, int) and tile_batch_size >= 1):
             raise ValueError(f"{type(self).__name__}.set_tiling: tile_batch_size must be an int >= 1 or None, got {tile_batch_size!r}")
         t = Tiler(tile_size, overlap)  # checks tile_size and overlap
-        self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size}
+        if not (isinstance(scale, (int, float)) and 0 < scale <= 16):
+            raise ValueError(f"{type(self).__name__}.set_tiling: scale must be a number in (0, 16], got {scale!r}")
+        self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size,
+                            "scale": float(scale)}
         return self
 
     def _tiler(self):
@@ -58,6 +66,12 @@ class TilingMixin:
         from fastad.features.tiling import Tiler
 
         return Tiler(tuple(cfg["tile_size"]), cfg["overlap"])
+
+    def _tile_input_size(self, tiler) -> tuple[int, int]:
+        """The size the backbone sees a tile at (``tile_size * scale``)."""
+        cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
+        f = float(cfg.get("scale", 1.0))
+        return tuple(max(1, round(v * f)) for v in tiler.tile_size)
 
     def _tile_batch_size(self) -> int:
         cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
@@ -70,11 +84,15 @@ class TilingMixin:
 
         timer = StageTimer(timings)
         tb = self._tile_batch_size()
+        in_hw = self._tile_input_size(tiler)
         self._n_tiled_images = 0
         for bi, batch in enumerate(self._image_batches(X, ragged=True)):
             device = self._run_device(batch)
             self._n_tiled_images += int(batch.shape[0])
             for start, tiles in tiler.iter_cut(batch, tb):
+                if tuple(tiles.shape[-2:]) != in_hw:
+                    tiles = F.interpolate(tiles, size=in_hw, mode="bilinear", align_corners=False,
+                                          antialias=in_hw[0] < tiles.shape[-2])
                 with timer("extraction"), torch.no_grad():
                     feats = self._as_maps(self._get_extractor(device)(tiles.to(device)), tuple(tiles.shape[-2:]))
                 yield feats, tuple(tiles.shape[-2:]), batch.device, bi, start, batch
@@ -106,6 +124,9 @@ class TilingMixin:
             if cur[3] is not None:
                 if m is None:
                     raise ValueError(f"{type(self).__name__}.{what}: this detector gives no maps to stitch")
+                if tuple(m.shape[-2:]) != tuple(tiler.tile_size):  # scale != 1: the map back at tile size
+                    m = F.interpolate(m[:, None].float(), size=tiler.tile_size, mode="bilinear", align_corners=False,
+                                      antialias=m.shape[-2] > tiler.tile_size[0])[:, 0]
                 cur[3].add(start, m.to(out_dev))
         flush(cur)
         timings["total"] = time.perf_counter() - t0
