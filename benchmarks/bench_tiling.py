@@ -1,8 +1,9 @@
 """Tiled native-resolution PatchCore and PaDiM vs the 224-px squash defaults on MTD, and the
 thresholds' recall / precision per method.
 
-    nice -n 5 .venv/bin/python benchmarks/bench_tiling.py [--train-images 100] [--tile 224 --overlap 0.25]
+    nice -n 5 .venv/bin/python benchmarks/bench_tiling.py [--train-images 50 --test-images 240] [--tile 224 --overlap 0.25]
     (data: $FASTAD_MTD or ../shared/data/mtd; writes benchmarks/results/tiling_mtd.json)
+    nice -n 5 .venv/bin/python benchmarks/bench_tiling.py --rss-check     (results/tiling_rss.json)
 
 Every configuration runs in its own child process (so that each peak RSS is its own), one thread
 (``torch.set_num_threads(1)``), the same seeded training images (EfficientNet-Lite0, taps
@@ -141,6 +142,29 @@ def run_config(a) -> dict:
     return out
 
 
+def run_rss(a) -> dict:
+    """Peak RSS of scoring one image of ``--rss-scale`` x (512 x 1280) px, tiled (224-px tiles, 8 per
+    batch) or whole, in a child process of its own: PatchCore (EfficientNet-Lite0, every patch of 8
+    random 224-px training images in the bank; the same bank both ways)."""
+    import torch
+
+    from fastad.detectors import PatchCore
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    det = PatchCore(progress=False, batch_size=8, coreset_ratio=1.0)
+    det.fit(torch.randn(8, 3, 224, 224, generator=g))
+    if a.config == "rss-tiled":
+        det.tiling_ = det._tiling_cfg = {"tile_size": [224, 224], "overlap": 0.25, "tile_batch_size": 8, "scale": 1.0}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    x = torch.randn(1, 3, 512 * a.rss_scale, 1280 * a.rss_scale, generator=g)
+    t0 = time.perf_counter()
+    s, m = det.score(x)
+    return {"config": a.config, "scale": a.rss_scale, "image_hw": list(x.shape[-2:]), "score_s": time.perf_counter() - t0,
+            "input_and_map_mb": (x.numel() + m.numel()) * 4 / 2**20, "rss_before_score_mb": base,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help=argparse.SUPPRESS)
@@ -152,10 +176,30 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--scale", type=float, default=1.0, help="tiles resized by this before the backbone")
     p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,padim-squash224,padim-tiled")
-    p.add_argument("--out", default=str(HERE / "results" / "tiling_mtd.json"))
+    p.add_argument("--rss-check", action="store_true", help="peak RSS of tiled vs whole-image scoring, 1x/2x/4x images")
+    p.add_argument("--rss-scale", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help="JSON (default results/tiling_mtd.json, --rss-check: results/tiling_rss.json)")
     a = p.parse_args()
+    a.out = a.out or str(HERE / "results" / ("tiling_rss.json" if a.rss_check else "tiling_mtd.json"))
     if a.config:
-        print(json.dumps(run_config(a)))
+        print(json.dumps(run_rss(a) if a.config.startswith("rss") else run_config(a)))
+        return
+    if a.rss_check:  # peak RSS of tiled vs whole-image scoring as the image grows
+        rows = []
+        for c in ("rss-tiled", "rss-whole"):
+            for k in (1, 2, 4):
+                r = subprocess.run([sys.executable, __file__, "--config", c, "--rss-scale", str(k)], capture_output=True, text=True)
+                if r.returncode:
+                    print(r.stderr[-2000:], file=sys.stderr)
+                    raise SystemExit(f"{c} x{k} failed")
+                x = json.loads(r.stdout.strip().splitlines()[-1])
+                rows.append(x)
+                print(f"{c:10s} {x['image_hw'][0]:5d} x {x['image_hw'][1]:5d}  peak RSS {x['peak_rss_mb']:7.0f} MB "
+                      f"(before scoring {x['rss_before_score_mb']:6.0f}; input + map {x['input_and_map_mb']:6.0f} MB)  "
+                      f"score {x['score_s']:6.1f} s", flush=True)
+        Path(a.out).write_text(json.dumps({"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "threads": 1,
+                                           "rows": rows}, indent=1))
+        print("cpu:", cpu_model(), "| written", a.out)
         return
     rows = []
     for c in a.configs.split(","):
