@@ -36,4 +36,13 @@ TORCH_LIBRARY(fastad, m) {
   m.def("mutual_scores(Tensor z, int k, Tensor? pool=None, int window=0) -> Tensor");
   // lnamd (for each r in r_list) followed by mutual_scores, fused: raw tokens [N, L, C] -> [R, N, L].
   m.def("lnamd_mutual_scores(Tensor tokens, int[] r_list, int k, Tensor? pool=None, int window=0) -> Tensor");
+  // ---- fastad.distributed (issue 17) ----------------------------------------------------------
+  // coreset_step: one greedy k-center step on a bank shard [N, D] (N may be 0) with the arithmetic of
+  // coreset: min_sq[r] = min(min_sq[r], sum((bank[r] - centre)^2)) (fp32; rows holding -1 = chosen stay);
+  // returns (max of min_sq [] float32, its smallest row [] int64, rows skipped [] int64), (-2, -1, 0) when
+  // N == 0. Optional exact triangle-inequality pruning: assign [N] int32 (position of the centre that gave
+  // min_sq[r], updated), centre_dists [s] float32 (squared distances from this centre, at position
+  // centre_id, to the centres by position). CPU only.
+  m.def("coreset_step(Tensor bank, Tensor centre, Tensor(a!) min_sq, Tensor(b!)? assign=None, "
+        "Tensor? centre_dists=None, int centre_id=0) -> (Tensor, Tensor, Tensor)");
 }

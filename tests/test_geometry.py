@@ -174,7 +174,7 @@ def test_padim_recipes():
 
 
 # ---------------------------------------------------------------------------------- CLI end to end
-FIT = ["--backbone", "random_cnn", "--num-workers", "0", "-q"]
+FIT = ["--backbone", "random_cnn", "--num-workers", "0", "-q", "--overwrite"]
 
 
 @pytest.mark.parametrize("resize,size", [("squash", ["32", "80"]), ("keep-aspect", ["80"]), ("pad", ["64", "64"])])

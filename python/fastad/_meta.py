@@ -157,3 +157,20 @@ def _lnamd_mutual_scores_fake(tokens, r_list, k, pool=None, window=0):
     for r in r_list:
         _check_r("lnamd_mutual_scores", r)
     return tokens.new_empty((len(r_list), tokens.shape[0], tokens.shape[1]), dtype=torch.float32)
+
+
+# coreset_step: one greedy k-center step on a bank shard (csrc/cpu/kcenter_step_kernel.cpp; fastad.distributed).
+@torch.library.register_fake("fastad::coreset_step")
+def _coreset_step_fake(bank, centre, min_sq, assign=None, centre_dists=None, centre_id=0):
+    op = "coreset_step"
+    _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got shape {list(bank.shape)}")
+    _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
+    N, D = bank.shape
+    _check(D >= 1, f"{op}: feature dimension D must be >= 1, got shape {list(bank.shape)}")
+    _check(centre.dim() == 1 and centre.shape[0] == D and centre.dtype == torch.float32,
+           f"{op}: centre must be a float32 [D] tensor with D = {D}, got {centre.dtype} of shape {list(centre.shape)}")
+    _check(min_sq.dim() == 1 and min_sq.shape[0] == N and min_sq.dtype == torch.float32,
+           f"{op}: min_sq must be a contiguous float32 [N] tensor with N = {N}, got {min_sq.dtype} of shape "
+           f"{list(min_sq.shape)}")
+    return (bank.new_empty((), dtype=torch.float32), bank.new_empty((), dtype=torch.int64),
+            bank.new_empty((), dtype=torch.int64))

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ._checks import warn_if_few_scores
+
 __all__ = ["ThresholdMixin"]
 
 
@@ -76,7 +78,11 @@ class ThresholdMixin:
                 s = s.detach().reshape(-1).double().cpu()
                 if s.numel() == 0:
                     raise ValueError(f"{name}: no normal scores given")
-                t = T.quantile(s, quantile) if method == "quantile" else T.quantile_corrected(s, quantile)
+                if method == "quantile":
+                    warn_if_few_scores(name, s.numel(), quantile)
+                    t = T.quantile(s, quantile)
+                else:
+                    t = T.quantile_corrected(s, quantile)
                 info["n_images"] = int(s.numel())
         if not math.isfinite(t):
             raise ValueError(f"{name}: threshold must be finite, got {t}")
