@@ -539,6 +539,12 @@ def _start_distributed(a, device: str) -> str:
     return device
 
 
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()
+
+
 def cmd_fit(a) -> int:
     import torch
 
@@ -562,6 +568,7 @@ def cmd_fit(a) -> int:
     )
     if getattr(a, "distributed", False):
         params["device"] = device = _start_distributed(a, device)
+        params["distributed"] = True
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
@@ -575,15 +582,16 @@ def cmd_fit(a) -> int:
         det._resolve_backbone()
         det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale)
     check_fit = getattr(det, "check_fit_size", None)
-    if check_fit is not None:  # degenerate settings (a bank smaller than --num-neighbors, ...) before any work
-        n = len(ds)
+    if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
+        n = len(ds)                                                      # than --num-neighbors, ...) before any work
         n_cal = max(2, int(round(n * a.calibration))) if n >= 10 and a.calibration > 0 else 0
         seen = (round(a.tile * a.tile_scale),) * 2 if a.tile else tuple(a.image_size)  # what the backbone sees
         with cli_names():
             check_fit(n - n_cal, seen)
     tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g} scale {a.tile_scale:g}" if a.tile else ""
     geom = "native size" if resize == "none" else f"{_size_text(a.image_size)} px {resize}"
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device})")
+    procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device}{procs})")
     with cli_names():
         fit_detector(
             det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
@@ -599,6 +607,11 @@ def cmd_fit(a) -> int:
     print(f"fitted on {det.n_fit_images_} images{extra}; threshold " + (_threshold_text(det) if thr is not None else "not set"))
     print(sw.table())
     print(f"model written to {path}")
+    if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

@@ -26,7 +26,7 @@ def test_torchrun_fit_distributed_equals_single_process(tmp_path):
                         f"--master_port={free_port()}", "-m", "fastad", *ARGS, "--distributed", "--out", str(two)],
                        env=env, timeout=150, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("model written to") == 1  # rank 0 reports
+    assert r.stdout.count("model written to") == 1 and ", 2 processes)" in r.stdout  # rank 0 reports
     import fastad.detectors
     from fastad.data import MVTecDataset
 

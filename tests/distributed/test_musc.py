@@ -68,5 +68,5 @@ def _detector(rank, world):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_musc_detector_distributed_scores_equal_single_process(world):
-    for ds, dm in results(run(_detector, world, deadline=60)):
+    for ds, dm in results(run(_detector, world, deadline=150)):
         assert ds <= 1e-5 and dm <= 1e-5, (ds, dm)

@@ -36,7 +36,7 @@ def _fit_score(rank, world, path):
     s3, m3 = fastad.detectors.load(path).score(xte)
     return {"scores": float((s1 - s2).abs().max()), "maps": float((m1 - m2).abs().max()),
             "loaded_scores": float((s1 - s3).abs().max()), "loaded_maps": float((m1 - m3).abs().max()),
-            "local_bank": det.memory_bank_.shape[0], "bank": det.n_bank_rows_}
+            "local_bank": det.memory_bank_.shape[0], "bank": det.n_bank_rows_, "n_fit": det.n_fit_images_}
 
 
 @pytest.mark.skipif(not (MTD / "train" / "good").is_dir(), reason="MTD dataset not found (FASTAD_MTD)")
@@ -47,6 +47,7 @@ def test_patchcore_distributed_fit_score_save_equal_single_process(tmp_path):
         assert o["scores"] <= 1e-5 and o["maps"] <= 1e-5, o
         assert o["loaded_scores"] <= 1e-5 and o["loaded_maps"] <= 1e-5, o
     assert outs[0]["local_bank"] + outs[1]["local_bank"] == outs[0]["bank"]  # the bank is split, not copied
+    assert outs[0]["n_fit"] == outs[1]["n_fit"] == 5
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -21,7 +21,9 @@ Reference code ``pokaxpoka/deep_Mahalanobis_detector`` (``lib_generation.py``: `
 :class:`ClassConditionalMahalanobis` is the embedding-level model (``Tensor[N, D]`` in, one layer);
 :class:`LeeMahalanobis` the image detector on a backbone, with both options off by default (the plain
 detector: the mean over layers of the per-layer distances). Without class labels every training image
-is one class (Rippel's single Gaussian with Lee's unshrunk tied covariance).
+is one class (Rippel's single Gaussian with Lee's unshrunk tied covariance). Measured on MTD
+(``benchmarks/lee_mtd.py``): calibrating eps and the ensemble on 40 labelled validation images
+overfits (test AUROC 0.667 against 0.801 plain): give :meth:`LeeMahalanobis.calibrate` hundreds of images.
 """
 from __future__ import annotations
 

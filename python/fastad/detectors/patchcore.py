@@ -306,8 +306,10 @@ class PatchCore(BaseDetector):
 
         import fastad.distributed as fd
 
-        sizes = fd.all_rows(torch.tensor([[bank.shape[0]]], device=bank.device))[:, 0].tolist()
+        counts = fd.all_rows(torch.tensor([[bank.shape[0], int(getattr(self, "n_fit_images_", 0) or 0)]]))
+        sizes = counts[:, 0].tolist()
         n, off = sum(sizes), sum(sizes[: dist.get_rank()])
+        self.n_fit_images_ = int(counts[:, 1].sum())  # every rank's images
         self.n_train_patches_ = int(n)
         self.n_bank_rows_ = int(n)
         if self.coreset_ratio < 1:

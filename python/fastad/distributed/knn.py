@@ -124,8 +124,8 @@ def knn(
     disagreement(ctx, table, 4, "metric", lambda v: {c: m for m, c in METRIC_CODES.items()}[v])
     if not scatter_queries:
         disagreement(ctx, table, 6, "number of queries Q (scatter_queries=False: the queries must be the same)")
-        disagreement(ctx, table, 7, "queries (scatter_queries=False: every rank passes the same query tensor; "
-                     "checksums", lambda v: f"{v:#x}")
+        disagreement(ctx, table, 7, "queries (scatter_queries=False; shown: the bits of their float64 sum)",
+                     lambda v: f"{v:#x}")
     sizes = table[:, 0]
     offsets = offsets_of(sizes)
     largest = metric == "ip"

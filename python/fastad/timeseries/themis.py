@@ -4,14 +4,15 @@ the windows, then score each window with
 
 - ``"lof"``: the local outlier factor of its embedding among all the series' windows (unsupervised,
   each window left out of its own neighbourhood: PyOD's ``LOF().fit(X).decision_scores_``), on
-  fastad's exact k-NN kernel (:class:`fastad.detectors.LOF`);
+  float64-exact neighbours (:func:`exact_neighbours`: ``fastad.ops.knn`` candidates re-ranked);
 - ``"knn"``: the distance to the k-th nearest other window (PyOD's ``KNN`` training scores);
 - ``"spectral"``: the residual of its row of the absolute self-similarity matrix after the rank-k
   eigen-reconstruction (:func:`fastad.timeseries.spectral.spectral_scores`);
-- ``"themis"``: the combination of LOF and spectral. The paper ensembles its detector "adapters";
-  here each score is min-max normalised over the series and the two are averaged (our reading of
-  that combination, stated here because the exact weighting is the paper's, not verified against
-  code: THEMIS published none).
+- ``"themis"``: LOF and spectral combined: each min-max normalised over the series, then averaged.
+  This combination is ours, stated plainly: the paper (as far as its abstract and summaries go;
+  its method text was not available offline here) describes modular "adapters" on the windowed
+  absolute similarity matrix - spectral residual, LOF, mean similarity, trimmed top-k - reported
+  one by one, and publishes no code. LOF here runs on the window embeddings, as issue 19 asks.
 
 Window scores become per-point scores with :func:`fastad.timeseries.windows.window_to_point`.
 """
