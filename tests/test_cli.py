@@ -249,10 +249,10 @@ def test_resize_mode_is_stored_and_reused(tree, model, tmp_path, monkeypatch, ca
     import fastad.cli as cli
     from fastad.detectors import load
 
-    assert load(model).preprocess_ == {"resize": "squash"}
+    assert load(model).preprocess_ == {"resize": "squash", "image_size": [64, 64]}
     path = tmp_path / "crop.safetensors"
     assert main(["fit", "--data", str(tree), "--out", str(path), "--resize", "shorter_crop"] + FIT) == 0
-    assert load(path).preprocess_ == {"resize": "shorter_crop"}
+    assert load(path).preprocess_["resize"] == "shorter_crop"
     seen = []
     real = cli.open_dataset
     monkeypatch.setattr(cli, "open_dataset", lambda *a, **kw: (seen.append(kw["resize"]), real(*a, **kw))[1])

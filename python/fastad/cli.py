@@ -224,7 +224,7 @@ def resolve_device(device: str | None) -> str:
 def _batches(ds, batch_size: int, num_workers: int, progress):
     from fastad.data import batches
 
-    return batches(ds, batch_size, num_workers=num_workers, progress=progress)
+    return batches(ds, batch_size, num_workers=num_workers, progress=progress, ragged=True)  # one size per batch
 
 
 def _then(iterable, message: str):
@@ -244,12 +244,20 @@ def fit_detector(
     calibration: float = 0.1,
     quantile: float = 0.99,
     seed: int = 0,
+    threshold: str = "quantile",
+    val_ds=None,
 ):
     """Fit ``det`` on ``train_ds``; hold out ``calibration`` of the images (at least 2, or none when
-    fewer than 10 images) to set ``threshold_`` at their ``quantile`` score. Returns ``det``."""
+    fewer than 10 images) to set ``threshold_`` at their ``quantile`` score (``threshold``:
+    ``"quantile"`` or ``"quantile-corrected"``); ``"chi2"`` needs no held-out images, ``"f1"`` uses the
+    labelled ``val_ds`` (see :mod:`fastad.thresholds`). Returns ``det``."""
+    if not det.supports_threshold(threshold):  # before the fit, not after it
+        raise CLIError(f"--threshold {threshold}: not available for {type(det).__name__} (chi2 needs a Gaussian detector: padim, gaussian)")
+    if threshold == "f1" and (val_ds is None or not _has_labels(val_ds)):
+        raise CLIError("--threshold f1 needs labelled validation images: --val DIR (an MVTec-layout folder)")
     n_scored = 0
     n = len(train_ds)
-    n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 else 0
+    n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 and threshold.startswith("quantile") else 0
     if n_cal:
         n_cal = max(2, n_cal)
         rng = random.Random(seed + 1)
@@ -287,9 +295,20 @@ def fit_detector(
 
                 n_scored = sum(int(s.numel()) for s in scores)
                 if n_scored:  # images that failed to decode are neither scored nor counted
-                    det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+                    det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile, method=threshold)
                 else:
                     warnings.warn("no held-out image could be read: the threshold is not set", stacklevel=2)
+        elif threshold == "chi2":
+            det.set_threshold(method="chi2", quantile=quantile)
+        if threshold == "f1":
+            import torch
+
+            with sw("threshold"):
+                vs, vl = [], []
+                for b in _batches(val_ds, batch_size, num_workers, "threshold: images" if progress else False):
+                    vs.append(det.decision_function(b["image"]))
+                    vl.append(b["label"])
+                det.set_threshold(method="f1", validation_scores=torch.cat(vs), labels=torch.cat(vl))
     finally:
         if was is not None:
             det.progress = was
@@ -430,15 +449,18 @@ def score_to_report(
             scores = scores.detach().cpu()
             maps = None if maps is None else maps.detach().cpu().float()
             n_scored += scores.numel()
-            with sw("report"):
-                writer.add(
-                    paths=b["path"], scores=scores, maps=maps, labels=b.get("label"),
-                    defect_types=b.get("defect_type"), masks=b.get("mask"), has_mask=b.get("has_mask"),
-                    images=b["image"],
-                )
-            if ev is not None:
-                with sw("metrics"):
-                    ev.update(scores, b["label"], b["defect_type"], maps, b.get("mask"), b.get("has_mask"))
+            from fastad.data import unpad_batch
+
+            for b, scores, maps in unpad_batch(b, scores, maps):  # --resize pad: one image at a time, unpadded
+                with sw("report"):
+                    writer.add(
+                        paths=b["path"], scores=scores, maps=maps, labels=b.get("label"),
+                        defect_types=b.get("defect_type"), masks=b.get("mask"), has_mask=b.get("has_mask"),
+                        images=b["image"],
+                    )
+                if ev is not None:
+                    with sw("metrics"):
+                        ev.update(scores, b["label"], b["defect_type"], maps, b.get("mask"), b.get("has_mask"))
     finally:
         if was is not None:
             det.progress = was
@@ -535,6 +557,7 @@ def cmd_fit(a) -> int:
     with sw("load data"):
         resize = a.resize or "squash"
         ds = open_dataset(a.data, "train", image_size=a.image_size, resize=resize)
+        val_ds = open_dataset(a.val, "test", image_size=a.image_size, resize=resize) if a.val else None
         if _has_labels(ds) and int(ds.labels.sum()):
             raise CLIError(f"{a.data}/train holds defective images: fit needs normal images only (train/good/)")
         ds = subsample(ds, a.max_train, a.seed)
@@ -556,30 +579,31 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
+        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale)
     check_fit = getattr(det, "check_fit_size", None)
     if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
         n = len(ds)                                                      # than --num-neighbors, ...) before any work
         n_cal = max(2, int(round(n * a.calibration))) if n >= 10 and a.calibration > 0 else 0
+        seen = (round(a.tile * a.tile_scale),) * 2 if a.tile else tuple(a.image_size)  # what the backbone sees
         with cli_names():
-            check_fit(n - n_cal, (a.image_size, a.image_size))
+            check_fit(n - n_cal, seen)
+    tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g} scale {a.tile_scale:g}" if a.tile else ""
+    geom = "native size" if resize == "none" else f"{_size_text(a.image_size)} px {resize}"
     procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device}{procs})")
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device}{procs})")
     with cli_names():
         fit_detector(
             det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
-            calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
+            calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed, threshold=a.threshold, val_ds=val_ds,
         )
-    det.preprocess_ = {"resize": resize}  # stored in the model file; predict/evaluate reuse it
+    det.preprocess_ = {"resize": resize, "image_size": list(a.image_size)}  # stored in the model file; predict/evaluate reuse it
     check_model_path(a.out, a.overwrite)  # again: nothing (or a folder) appeared there during the fit
     with sw("save"):
         path = det.save(a.out)  # atomic: a temporary file in the same folder, renamed
     bank = getattr(det, "memory_bank_", None)
     extra = f", memory bank {tuple(bank.shape)}" if bank is not None else ""
     thr = getattr(det, "threshold_", None)
-    print(
-        f"fitted on {det.n_fit_images_} images{extra}; threshold "
-        + (f"{thr:.4f} ({a.threshold_quantile:.0%} of {det.n_calibration_images_} held-out images)" if thr is not None else "not set")
-    )
+    print(f"fitted on {det.n_fit_images_} images{extra}; threshold " + (_threshold_text(det) if thr is not None else "not set"))
     print(sw.table())
     print(f"model written to {path}")
     if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
@@ -656,14 +680,17 @@ def _cmd_score(a, evaluate: bool) -> int:
     with sw("load model"):
         det = load_model(a.model, backbone=a.backbone, device=device)
         det._resolve_backbone()
-    size = a.image_size or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
+    fitted_size = (getattr(det, "preprocess_", None) or {}).get("image_size")  # tiled: image_size_ is the tile's
+    size = a.image_size or (tuple(fitted_size) if fitted_size else None) or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
     check_size = getattr(det, "check_image_size", None)
     if check_size is not None:  # feature maps smaller than the aggregation window: refused before any work
+        tiler = det._tiler()
+        seen = det._tile_input_size(tiler) if tiler is not None else (size if isinstance(size, tuple) else (size, size))
         with cli_names():
-            check_size(size if isinstance(size, tuple) else (size, size))
-    fitted = tuple(det.image_size_) if getattr(det, "image_size_", None) else None
-    if a.image_size and fitted and (a.image_size, a.image_size) != fitted:
-        warnings.warn(f"the model was fitted at image_size={fitted[0]}; scoring at image_size={a.image_size} "
+            check_size(tuple(seen))
+    fitted = tuple(fitted_size) if fitted_size else (tuple(det.image_size_) if getattr(det, "image_size_", None) else None)
+    if a.image_size and fitted and tuple(a.image_size) != fitted:
+        warnings.warn(f"the model was fitted at image_size={_size_text(fitted)}; scoring at image_size={_size_text(a.image_size)} "
                       "(its threshold was set at the fitted size)", stacklevel=2)
     fitted_resize = (getattr(det, "preprocess_", None) or {}).get("resize")
     resize = a.resize or fitted_resize or "squash"
@@ -678,7 +705,7 @@ def _cmd_score(a, evaluate: bool) -> int:
     info = {
         "command": what, "detector": type(det).__name__, "backbone": det.backbone_name_, "model": str(a.model),
         "data": str(a.data), "images": len(ds), "image size": "x".join(map(str, size if isinstance(size, tuple) else (size, size))),
-        "device": device,
+        "device": device, "resize": resize, **_geometry_info(det),
     }
     doc = score_to_report(
         det, ds, out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
@@ -687,6 +714,34 @@ def _cmd_score(a, evaluate: bool) -> int:
     )
     _print_report(doc, sw)
     return 0
+
+
+def _size_text(size) -> str:
+    return "x".join(str(int(v)) for v in (size if isinstance(size, (tuple, list)) else (size, size)))
+
+
+def _threshold_text(det) -> str:
+    i = getattr(det, "threshold_info_", None) or {}
+    m, n = i.get("method", "given"), i.get("n_images")
+    if m == "chi2":
+        return f"{det.threshold_:.4f} (chi2: the {i['quantile']:g} quantile under the fitted Gaussian model)"
+    if m == "f1":
+        return f"{det.threshold_:.4f} (f1: best F1 {i.get('f1', float('nan')):.3f} on {n} labelled validation images)"
+    if m.startswith("quantile"):
+        return f"{det.threshold_:.4f} ({m}: the {i['quantile']:g} quantile of {n} held-out normal images)"
+    return f"{det.threshold_:.4f}"
+
+
+def _geometry_info(det) -> dict:
+    """Report lines: the threshold method and the tiling of a fitted model."""
+    out = {}
+    if getattr(det, "threshold_", None) is not None:
+        out["threshold"] = _threshold_text(det)
+    t = getattr(det, "tiling_", None)
+    if t:
+        out["tiling"] = (f"{_size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g}, scale {t.get('scale', 1.0):g} "
+                         "(maps stitched, overlaps averaged)")
+    return out
 
 
 def cmd_predict(a) -> int:
@@ -713,7 +768,12 @@ class _PrecomputedScores:
         if i + n > self._scores.numel():
             raise RuntimeError("zeroshot: more images than were scored")
         self._i += n
-        return self._scores[i : i + n], self._maps[i : i + n]
+        maps = self._maps[i : i + n]
+        if tuple(maps.shape[-2:]) != tuple(images.shape[-2:]):  # non-square input: MuSc scored a square
+            import torch.nn.functional as F
+
+            maps = F.interpolate(maps[:, None], size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+        return self._scores[i : i + n], maps
 
 
 def _int_list(s: str) -> list[int]:
@@ -784,14 +844,16 @@ def cmd_zeroshot(a) -> int:
             raise CLIError(str(e).strip("'\"")) from None
         if getattr(bb, "kind", None) != "vit":
             raise CLIError(f"zeroshot (MuSc) needs a ViT backbone (patch tokens + CLS), got {a.backbone!r}")
-    size = a.image_size or int(getattr(bb, "image_size", 224))
+    # MuSc's ViT sees a square (one side); the images are read at --image-size H W (maps resized back)
+    square = int(a.image_size[0]) if a.image_size and a.image_size[0] == a.image_size[1] else int(getattr(bb, "image_size", 224))
+    size = tuple(a.image_size) if a.image_size else square
     layers = [int(t) if t.strip().lstrip("-").isdigit() else t.strip() for t in a.layers.split(",")] if a.layers else None
     k_list = None if a.k_list == [0] else a.k_list
-    det = MuSc(backbone=bb, layers=layers, image_size=size, r_list=tuple(a.r_list), fraction=a.fraction,
+    det = MuSc(backbone=bb, layers=layers, image_size=square, r_list=tuple(a.r_list), fraction=a.fraction,
                k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
                random_state=a.seed, progress=False, device=device)
     with cli_names():
-        det.check_settings(size)  # a patch grid below the aggregation window, unknown blocks: before any work
+        det.check_settings(square)  # a patch grid below the aggregation window, unknown blocks: before any work
     resize = a.resize or "squash"
     with sw("load data"):
         ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
@@ -799,7 +861,7 @@ def cmd_zeroshot(a) -> int:
     # before the features (images that fail to decode are re-checked below)
     _check_zeroshot_size(len(ds), a, list(ds.defect_types) if _has_labels(ds) else None)
     labelled = _has_labels(ds)
-    print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({size} px, device {device}, "
+    print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({_size_text(size)} px {resize}, device {device}, "
           f"divide_num {a.divide_num})")
     tokens: list[list] = []
     cls, groups, n = [], [], 0
@@ -827,7 +889,7 @@ def cmd_zeroshot(a) -> int:
     thr = float(torch.quantile(scores.double().cpu(), 1.0 - a.contamination)) if a.contamination > 0 else None
     info = {
         "command": "zeroshot", "detector": "MuSc", "backbone": a.backbone, "data": str(a.data), "images": n,
-        "image size": f"{size}x{size}", "device": device, "divide_num": a.divide_num,
+        "image size": _size_text(size), "resize": resize, "device": device, "divide_num": a.divide_num,
         "threshold": f"the top {a.contamination:g} of the scores" if thr is not None else "none",
     }
     doc = score_to_report(
@@ -956,6 +1018,15 @@ def fraction_arg(s: str) -> float:
     return v
 
 
+class _ImageSize(argparse.Action):
+    """``--image-size S`` or ``--image-size H W`` -> ``(H, W)``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"{option_string}: give one int or H W, got {len(values)} values")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
 def _heatmaps(s: str):
     if s == "all":
         return "all"
@@ -1015,8 +1086,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
         sp.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
         sp.add_argument("--num-workers", type=_nonneg_int, default=2, help="image-decoding threads (default 2)")
-        sp.add_argument("--resize", choices=("squash", "shorter_crop"), default=None,
-                        help="squash to the image size or scale the shorter side and centre-crop; fit: default "
+        sp.add_argument("--resize", choices=("squash", "keep-aspect", "pad", "shorter_crop", "none"), default=None,
+                        help="squash to H x W; keep-aspect: fit inside H x W keeping the aspect ratio; pad: that, "
+                             "letterboxed to H x W (the padding is left out of maps and metrics); shorter_crop: "
+                             "cover H x W and centre-crop; none: native size (use with --tile). fit: default "
                              "squash, stored in the model file; predict/evaluate: default the model's mode")
         sp.add_argument("--seed", type=_int, default=0, help="seed of the subsampling and coreset (default 0)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -1033,7 +1106,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="efficientnet_lite0 (default), dinov2_vits14, random_cnn, timm:<name>")
     f.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
-    f.add_argument("--image-size", type=positive_int, default=224)
+    f.add_argument("--image-size", type=positive_int, nargs="+", action=_ImageSize, default=(224, 224), metavar=("H", "W"),
+                   help="input size: one int (square) or H W (default 224)")
+    f.add_argument("--tile", type=positive_int, default=None, metavar="S",
+                   help="fit and score on overlapping S x S tiles of the (resized or native) image, maps stitched; "
+                        "recommended for small defects on large parts (e.g. --resize none --tile 224)")
+    f.add_argument("--tile-overlap", type=fraction_arg, default=0.25, metavar="F", help="share of a tile overlapping its neighbour (default 0.25)")
+    f.add_argument("--tile-scale", type=float, default=1.0, metavar="K",
+                   help="resize each tile by K before the backbone (e.g. --tile 112 --tile-scale 2: 2x native detail; default 1)")
+    f.add_argument("--threshold", choices=("quantile", "quantile-corrected", "chi2", "f1"), default="quantile",
+                   help="how threshold_ is set: quantile of held-out normal scores (default), quantile-corrected "
+                        "(finite-sample, warns when too few), chi2 (PaDiM / gaussian, no data), f1 (needs --val)")
+    f.add_argument("--val", default=None, metavar="DIR",
+                   help="labelled validation images (MVTec layout, its test/ split) for --threshold f1")
     f.add_argument("--coreset-ratio", type=ratio_arg, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
     f.add_argument("--projection-dim", type=_projection, default="auto",
                    help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size, "
@@ -1067,7 +1152,8 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--out", required=True, metavar="REPORT_DIR", help=_OUT_HELP)
         e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
         e.add_argument("--backbone", default=None, help="check that the model was fitted with this backbone")
-        e.add_argument("--image-size", type=positive_int, default=None, help="default: the size the model was fitted at")
+        e.add_argument("--image-size", type=positive_int, nargs="+", action=_ImageSize, default=None, metavar=("H", "W"),
+                       help="one int or H W; default: the size the model was fitted at")
         e.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
         e.add_argument("--top-k", type=_nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
         e.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
@@ -1087,7 +1173,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--backbone", default="dinov2_vits14", help="a ViT: dinov2_vits14 (default), random_vit, timm:<vit>")
     z.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     z.add_argument("--layers", default=None, help="comma-separated ViT blocks (default: the backbone's, e.g. 2,5,8,11)")
-    z.add_argument("--image-size", type=positive_int, default=None, help="square input side (default: the backbone's)")
+    z.add_argument("--image-size", type=positive_int, nargs="+", action=_ImageSize, default=None, metavar=("H", "W"),
+                   help="one int (the ViT's square side; default the backbone's) or H W (images read at H x W, "
+                        "the ViT sees them squashed to its square, maps resized back)")
     z.add_argument("--r-list", type=_odd_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
     z.add_argument("--fraction", type=ratio_arg, default=0.3, help="share of the other images averaged (default 0.3)")
     z.add_argument("--k-list", type=_int_list, default=[1, 2, 3],

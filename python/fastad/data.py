@@ -38,17 +38,19 @@ Policies (decided here, relied on by the detectors and the CLI):
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from .batching import UnreadableImageError, batches, collate, unpad, unpad_batch  # noqa: F401  (public here too)
+from .geometry import RESIZE_MODES, check_resize, plan
+from .geometry import size_hw as parse_size
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -61,12 +63,13 @@ __all__ = [
     "ImageFolder",
     "batches",
     "collate",
+    "unpad",
+    "unpad_batch",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-RESIZE_MODES = ("squash", "shorter_crop", "none")
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -76,26 +79,12 @@ _RESAMPLE = {
 }
 
 
-class UnreadableImageError(OSError):
-    """An image file that exists but cannot be decoded (corrupt, truncated, not an image)."""
-
-
 def _size_hw(size) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"image size must be positive, got {size}")
-        return (size, size)
-    h, w = (int(s) for s in size)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got {tuple(size)}")
-    return (h, w)
+    return parse_size(size)
 
 
 def _check_resize(resize: str) -> None:
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    check_resize(resize)
 
 
 def _open(path) -> Image.Image:
@@ -118,28 +107,28 @@ def _open(path) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {os.fspath(path)!r}: {e}") from e
 
 
-def _geometry(src_wh: tuple[int, int], size_hw, resize: str):
-    """(resized (w, h), crop box or None) for a source image of size src_wh."""
-    if resize == "none" or size_hw is None:
-        return None, None
-    th, tw = size_hw
-    if resize == "squash":
-        return (tw, th), None
-    # shorter_crop: scale so that the image covers the target, then centre-crop
-    sw, sh = src_wh
-    s = max(th / sh, tw / sw)
-    rw, rh = max(tw, round(sw * s)), max(th, round(sh * s))
-    left, top = (rw - tw) // 2, (rh - th) // 2
-    return (rw, rh), (left, top, left + tw, top + th)
-
-
 def _apply_geometry(im: Image.Image, size_hw, resize: str, resample) -> Image.Image:
-    new_wh, box = _geometry(im.size, size_hw, resize)
-    if new_wh is not None and new_wh != im.size:
-        im = im.resize(new_wh, resample=resample)
-    if box is not None:
-        im = im.crop(box)
+    """Resize / crop ``im`` by :func:`fastad.geometry.plan` (padding is added later, on the array)."""
+    p = plan(im.size, size_hw, resize)
+    if p.resize_wh is not None and p.resize_wh != im.size:
+        im = im.resize(p.resize_wh, resample=resample)
+    if p.crop is not None:
+        im = im.crop(p.crop)
     return im
+
+
+def _pad_array(a: np.ndarray, src_wh, size_hw, resize: str, value) -> np.ndarray:
+    """Letterbox ``a`` (``[h, w]`` or ``[h, w, C]``) onto the target canvas of ``resize="pad"``."""
+    if resize != "pad":
+        return a
+    p = plan(src_wh, size_hw, resize)
+    if p.pad is None:
+        return a
+    left, top, right, bottom = p.pad
+    out = np.empty((p.out_hw[0], p.out_hw[1]) + a.shape[2:], dtype=a.dtype)
+    out[...] = value
+    out[top : top + a.shape[0], left : left + a.shape[1]] = a
+    return out
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -169,8 +158,11 @@ def load_image(
         path: image file (any format Pillow reads; grey, palette, 16-bit and RGBA become RGB).
         size: int or (H, W) target size; ignored when ``resize="none"``.
         resize: ``"squash"`` resizes to (H, W) without keeping the aspect ratio (anomalib's and
-            MuSc's default); ``"shorter_crop"`` scales so the image covers (H, W) keeping its aspect
-            ratio, then centre-crops; ``"none"`` keeps the original size.
+            MuSc's default); ``"keep-aspect"`` scales to fit inside (H, W) keeping the aspect ratio
+            (output smaller than (H, W) along one side); ``"pad"`` does that and letterboxes onto
+            (H, W) with the mean colour (0 after normalisation; ImageNet's mean when ``mean`` is None);
+            ``"shorter_crop"`` scales so the image covers (H, W) keeping its aspect ratio, then
+            centre-crops; ``"none"`` keeps the original size. See :mod:`fastad.geometry`.
         mean, std: per-channel normalisation ``(x - mean) / std`` of values in [0, 1]; None skips it.
         interpolation: Pillow resampling, ``"bilinear"`` (default), ``"bicubic"``, ``"nearest"``,
             ``"lanczos"``. Pillow antialiases when downscaling (like torchvision's default).
@@ -191,6 +183,7 @@ def load_image(
         raise ValueError(f"interpolation must be one of {tuple(_RESAMPLE)}, got {interpolation!r}")
     size_hw = _size_hw(size) if resize != "none" else None
     im = _open(path)
+    src_wh = im.size
     if im.mode not in ("RGB", "L") and not im.mode.startswith("I") and im.mode != "F":
         im = im.convert("RGB")
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -209,6 +202,9 @@ def load_image(
         m = np.asarray(mean if mean is not None else (0.0, 0.0, 0.0), dtype=np.float32)
         s = np.asarray(std if std is not None else (1.0, 1.0, 1.0), dtype=np.float32)
         arr = (arr - m) / s
+        arr = _pad_array(arr, src_wh, size_hw, resize, 0.0)  # the mean colour
+    else:
+        arr = _pad_array(arr, src_wh, size_hw, resize, np.asarray(IMAGENET_MEAN, dtype=np.float32))
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
 
 
@@ -246,8 +242,9 @@ def load_mask(
         a = np.clip(a * (255.0 / (65535.0 if top > 255 else 255.0 if top > 1 else 1.0)), 0, 255)
         a = a.astype(np.uint8)
     im = Image.fromarray(np.ascontiguousarray(a), mode="L")
+    src_wh = im.size
     im = _apply_geometry(im, size_hw, resize, _RESAMPLE[interpolation])
-    return torch.from_numpy(np.asarray(im) > threshold)
+    return torch.from_numpy(_pad_array(np.asarray(im) > threshold, src_wh, size_hw, resize, False))
 
 
 def _list_images(folder: Path, extensions: tuple[str, ...], recursive: bool = True) -> list[Path]:
@@ -326,6 +323,20 @@ class _ImageDatasetBase:
 
     def _load_image(self, path: Path) -> torch.Tensor:
         return load_image(path, self.image_size, self.resize, self.mean, self.std, interpolation=self.interpolation)
+
+    def _with_valid(self, item: dict, path: Path) -> dict:
+        """``resize="pad"``: add ``valid`` (``Tensor[H, W]`` bool, True on the image, False on the
+        letterbox), from the file's header size."""
+        if self.resize != "pad":
+            return item
+        with Image.open(path) as im:
+            wh = im.size
+        p = plan(wh, self.image_size, self.resize)
+        v = np.zeros(p.out_hw, dtype=np.bool_)
+        t, left, b, r = p.valid
+        v[t:b, left:r] = True
+        item["valid"] = torch.from_numpy(v)
+        return item
 
 
 class MVTecDataset(_ImageDatasetBase):
@@ -481,14 +492,14 @@ class MVTecDataset(_ImageDatasetBase):
                 )
         else:
             mask = torch.from_numpy(np.zeros(self._mask_hw(image), dtype=np.bool_))  # no intra-op threads
-        return {
+        return self._with_valid({
             "image": image,
             "mask": mask,
             "label": s.label,
             "defect_type": s.defect_type,
             "path": str(s.path),
             "has_mask": s.has_mask,
-        }
+        }, s.path)
 
     def __repr__(self) -> str:
         n_def = sum(s.label for s in self._samples)
@@ -538,115 +549,7 @@ class ImageFolder(_ImageDatasetBase):
         if not -len(self) <= i < len(self):
             raise IndexError(f"ImageFolder: index {i} out of range for {len(self)} items")
         p = self._paths[i]
-        return {"image": self._load_image(p), "path": str(p)}
+        return self._with_valid({"image": self._load_image(p), "path": str(p)}, p)
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, n={len(self)}, image_size={self.image_size}, resize={self.resize!r})"
-
-
-def _stack(ts: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack, through numpy for CPU tensors: a single-threaded copy. torch's intra-op
-    threads wake up for each such copy between decodes and, on a busy machine, wait far longer
-    for a core than the copy itself takes (measured 10x the CPU time with 2 threads under load)."""
-    if all(t.device.type == "cpu" and not t.requires_grad for t in ts):
-        return torch.from_numpy(np.stack([t.numpy() for t in ts]))
-    return torch.stack(ts)
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack a list of item dicts: tensors are stacked, ints/bools become int64/bool tensors,
-    everything else (paths, defect types) becomes a list."""
-    if not items:
-        raise ValueError("collate: empty list of items")
-    out = {}
-    for k in items[0]:
-        vals = [it[k] for it in items]
-        v0 = vals[0]
-        if isinstance(v0, torch.Tensor):
-            shapes = {tuple(v.shape) for v in vals}
-            if len(shapes) > 1:
-                where = [it.get("path", i) for i, it in enumerate(items)]
-                raise ValueError(
-                    f"collate: {k!r} tensors of different shapes {sorted(shapes)} cannot be stacked "
-                    f"(items {where}); resize images to one size, or use batch_size=1 with resize='none'"
-                )
-            out[k] = _stack(vals)
-        elif isinstance(v0, bool):
-            out[k] = torch.tensor(vals, dtype=torch.bool)
-        elif isinstance(v0, int):
-            out[k] = torch.tensor(vals, dtype=torch.int64)
-        else:
-            out[k] = list(vals)
-    return out
-
-
-class _Batches:
-    """Iterable of collated batches with a length (see :func:`batches`)."""
-
-    def __init__(self, dataset, batch_size: int, num_workers: int, progress):
-        if batch_size <= 0:
-            raise ValueError(f"batches: batch_size must be positive, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"batches: num_workers must be >= 0, got {num_workers}")
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.progress = progress
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    def _load(self, i: int):
-        try:
-            return self.dataset[i]
-        except OSError as e:  # UnreadableImageError, or a file removed since the listing
-            return e if isinstance(e, UnreadableImageError) else UnreadableImageError(str(e))
-
-    def __iter__(self) -> Iterator[dict]:
-        n, bs = len(self.dataset), self.batch_size
-        chunks = [range(s, min(s + bs, n)) for s in range(0, n, bs)]
-        pool = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, desc=self.progress if isinstance(self.progress, str) else "images", unit="img")
-        try:
-            # Pillow releases the GIL while decoding/resizing: threads overlap with the model.
-            pending = pool.map(self._load, chunks[0]) if (pool and chunks) else None
-            for ci, chunk in enumerate(chunks):
-                if pool:
-                    results = list(pending)
-                    if ci + 1 < len(chunks):
-                        pending = pool.map(self._load, chunks[ci + 1])
-                else:
-                    results = [self._load(i) for i in chunk]
-                items = []
-                for r in results:
-                    if isinstance(r, UnreadableImageError):
-                        warnings.warn(f"fastad.data: skipping unreadable image: {r}", stacklevel=2)
-                        getattr(self.dataset, "skipped", []).append((str(r), "decode failed"))
-                    else:
-                        items.append(r)
-                if bar is not None:
-                    bar.update(len(results))
-                if items:
-                    yield collate(items)
-        finally:
-            if bar is not None:
-                bar.close()
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-def batches(dataset, batch_size: int = 16, *, num_workers: int = 0, progress=False) -> _Batches:
-    """Iterate over ``dataset`` in collated batches (in order, last batch smaller).
-
-    Each batch is :func:`collate` of the items: ``image`` Tensor[B, 3, H, W], ``mask`` Tensor[B, H, W]
-    bool, ``label`` Tensor[B] int64, ``has_mask`` Tensor[B] bool, ``path`` / ``defect_type`` lists.
-    ``len()`` is the number of batches. Images that fail to decode are dropped from their batch with a
-    warning naming the file (use each batch's ``path`` list to keep scores aligned).
-    ``num_workers > 0`` decodes with that many threads, prefetching the next batch.
-    ``progress`` shows a tqdm bar (a string sets its label).
-    """
-    return _Batches(dataset, batch_size, num_workers, progress)

@@ -33,9 +33,10 @@ from typing import Any
 
 import torch
 
-from ._checks import warn_if_few_scores
 from ._io import FORMAT_VERSION, ModelFileError, write_model_file
 from ._io import load as load_model_file
+from ._threshold import ThresholdMixin
+from ._tiled import TilingMixin
 
 __all__ = ["BaseDetector", "FORMAT_VERSION", "ModelFileError", "NotFittedError", "StageTimer"]
 
@@ -73,7 +74,7 @@ def _progress(iterable, *, enabled: bool, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
-class BaseDetector:
+class BaseDetector(TilingMixin, ThresholdMixin):
     """Base of fastad's image anomaly detectors (see the module docstring for the conventions).
 
     Subclasses implement ``_layers_to_extract()``, ``_fit_stream(batches)`` and
@@ -201,8 +202,9 @@ class BaseDetector:
         return ext
 
     # ------------------------------------------------------------------ input handling
-    def _image_batches(self, X) -> Iterator[torch.Tensor]:
-        """Yield ``Tensor[b, 3, H, W]`` batches of at most ``batch_size`` images from any accepted ``X``."""
+    def _image_batches(self, X, ragged: bool = False) -> Iterator[torch.Tensor]:
+        """Yield ``Tensor[b, 3, H, W]`` batches of at most ``batch_size`` images from any accepted ``X``
+        (``ragged``: a fastad dataset's images may differ in size, batches are split where it changes)."""
         bs = max(1, int(self.batch_size))
 
         def as_image(t, where):
@@ -237,7 +239,7 @@ class BaseDetector:
             if batches is not None and hasattr(X, "paths"):
                 # fastad.data datasets: fastad.data.batches skips unreadable images with a warning
                 # naming them (scores then follow the readable images, in order)
-                for j, b in enumerate(batches(X, bs)):
+                for j, b in enumerate(batches(X, bs, ragged=ragged)):
                     yield as_image(b, f"batch {j}")
                 return
             n = len(X)
@@ -266,6 +268,11 @@ class BaseDetector:
 
     def _feature_batches(self, X, timings: dict[str, float], desc: str):
         """Yield ``(features dict, (H, W), input device)`` per image batch, timing the extraction."""
+        tiler = self._tiler()
+        if tiler is not None:  # tiled: chunks of tiles (see _tiled.py)
+            for feats, size, dev, *_ in self._tile_feature_batches(X, timings, tiler):
+                yield feats, size, dev
+            return
         timer = StageTimer(timings)
         n = self._n_images(X)
         total = None if n is None else math.ceil(n / max(1, int(self.batch_size)))
@@ -343,6 +350,7 @@ class BaseDetector:
         self.backbone_name_ = self._backbone_name()
         self.custom_backbone_ = not isinstance(self.backbone, str)
         self.layers_ = None
+        self.tiling_ = getattr(self, "_tiling_cfg", None)
         self._pending_layers = self._layers_to_extract()
         timings: dict[str, float] = {}
         sizes = []
@@ -359,6 +367,8 @@ class BaseDetector:
         if len(set(sizes)) != 1:
             raise ValueError(f"{type(self).__name__}.fit: images must all have one size, got {sorted(set(sizes))}")
         self.image_size_ = tuple(int(s) for s in sizes[0])
+        if self.tiling_ is not None:  # image_size_ is the tile's; count images and tiles apart
+            self.n_fit_tiles_, self.n_fit_images_ = self.n_fit_images_, self._n_tiled_images
         return self
 
     def fit_features(self, features, *, image_size: tuple[int, int] | None = None) -> "BaseDetector":
@@ -426,6 +436,8 @@ class BaseDetector:
     # ------------------------------------------------------------------ scoring
     def _score(self, X, want_scores: bool, want_maps: bool, what: str):
         self._check_fitted(what)
+        if self._tiler() is not None:
+            return self._score_tiled(X, want_scores, want_maps, what, self._tiler())
         timings: dict[str, float] = {}
         scores, maps = [], []
         t0 = time.perf_counter()
@@ -493,45 +505,6 @@ class BaseDetector:
         return torch.cat(scores), torch.cat(maps)
 
     # ------------------------------------------------------------------ thresholds
-    def set_threshold(
-        self,
-        threshold: float | None = None,
-        *,
-        normal=None,
-        normal_scores: torch.Tensor | None = None,
-        quantile: float = 0.99,
-    ) -> "BaseDetector":
-        """Set ``threshold_`` used by :meth:`predict` (``score > threshold_`` is anomalous).
-
-        Give exactly one of: ``threshold`` (a number); ``normal_scores`` (``Tensor[N]`` image scores of
-        held-out normal images: ``threshold_`` is their ``quantile``; with fewer than
-        ``1 / (1 - quantile)`` scores, e.g. 100 for 0.99, a warning says that the threshold is close to
-        their maximum and which quantile the scores support); ``normal`` (held-out normal images,
-        any accepted X: they are scored, then as ``normal_scores``). Returns ``self``.
-        """
-        self._check_fitted("set_threshold")
-        given = [x is not None for x in (threshold, normal, normal_scores)]
-        if sum(given) != 1:
-            raise ValueError(
-                f"{type(self).__name__}.set_threshold: give exactly one of threshold, normal, normal_scores "
-                f"(got {sum(given)})"
-            )
-        if threshold is not None:
-            t = float(threshold)
-        else:
-            if not 0.0 <= quantile <= 1.0:
-                raise ValueError(f"{type(self).__name__}.set_threshold: quantile must be in [0, 1], got {quantile}")
-            s = self.decision_function(normal) if normal is not None else torch.as_tensor(normal_scores)
-            s = s.detach().reshape(-1).double().cpu()
-            if s.numel() == 0:
-                raise ValueError(f"{type(self).__name__}.set_threshold: no normal scores given")
-            warn_if_few_scores(f"{type(self).__name__}.set_threshold", s.numel(), quantile)
-            t = float(torch.quantile(s, quantile))
-        if not math.isfinite(t):
-            raise ValueError(f"{type(self).__name__}.set_threshold: threshold must be finite, got {t}")
-        self.threshold_ = t
-        return self
-
     def predict(self, X) -> torch.Tensor:
         """``bool Tensor[B]``: True where the image score exceeds ``threshold_``."""
         self._check_fitted("predict")
@@ -578,6 +551,8 @@ class BaseDetector:
             "threshold": getattr(self, "threshold_", None),
             "n_fit_images": getattr(self, "n_fit_images_", None),
             "preprocess": getattr(self, "preprocess_", None),
+            "tiling": getattr(self, "tiling_", None),
+            "threshold_info": getattr(self, "threshold_info_", None),
             **self._extra_meta(),
         }
         return write_model_file(path, type(self).__name__, self._state_tensors(), fields)
@@ -623,6 +598,8 @@ class BaseDetector:
         det.threshold_ = meta.get("threshold")
         det.n_fit_images_ = meta.get("n_fit_images")
         det.preprocess_ = meta.get("preprocess")  # e.g. {"resize": "squash"} from `fastad fit`; None if unknown
+        det.tiling_ = det._tiling_cfg = meta.get("tiling")  # {"tile_size", "overlap", ...} or None
+        det.threshold_info_ = meta.get("threshold_info")  # {"method", "quantile", "n_images"} or None
         det.fit_timings_ = {}
         try:
             det._set_state_tensors(tensors, meta, str(path))

@@ -315,6 +315,11 @@ class GaussianAD(BaseDetector):
             scores.append(self._score_batch(feats, None, True, False, {})[0])
         return torch.cat(scores), None
 
+    def _chi2_threshold(self, q: float) -> float:
+        """``set_threshold(method="chi2", quantile=q)``: the chi-square threshold for FPR ``1 - q`` with
+        this detector's ``chi2_rule`` (see the module docstring)."""
+        return chi2_threshold(list(self.level_dims_.values()), 1.0 - float(q), self.chi2_rule)
+
     def level_scores(self, features) -> torch.Tensor:
         """``Tensor[N, L]`` float32 per-level Mahalanobis distances of precomputed feature maps
         (``dict[layer, Tensor[B, C, h, w]]`` or an iterable of them); compare column ``l`` with

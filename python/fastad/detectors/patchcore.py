@@ -440,6 +440,70 @@ class PatchCore(BaseDetector):
                 maps = gaussian_blur(up, self.blur_sigma, self.blur_border)[:, 0]
         return scores, maps
 
+    # ------------------------------------------------------------------ embedding-level API
+    @classmethod
+    def from_bank(cls, bank: torch.Tensor, *, num_neighbors: int = 9, blur_sigma: float | None = 4.0,
+                  blur_border: str = "reflect", image_size=None, device=None) -> "PatchCore":
+        """A fitted PatchCore around a memory bank of your own patch embeddings (no backbone, no 3 x 3
+        averaging, no coreset): score with :meth:`score_embeddings`; ``save`` / ``load`` work.
+
+        Args:
+            bank: ``Tensor[M, D]`` float (the rows a coreset or any other selection kept), finite.
+            num_neighbors, blur_sigma, blur_border: as in :class:`PatchCore`.
+            image_size: ``(H, W)`` of the maps :meth:`score_embeddings` returns by default (None: the
+                embedding grid's size).
+            device: where the bank lives (default: the bank's device).
+        """
+        if not isinstance(bank, torch.Tensor) or bank.dim() != 2 or bank.shape[0] < 1 or bank.shape[1] < 1:
+            got = tuple(bank.shape) if isinstance(bank, torch.Tensor) else type(bank).__name__
+            raise ValueError(f"PatchCore.from_bank: bank must be a non-empty Tensor[M, D], got {got}")
+        if not torch.is_floating_point(bank) or not bool(torch.isfinite(bank).all()):
+            raise ValueError(f"PatchCore.from_bank: bank must be finite floating point, got {bank.dtype} (NaN/Inf?)")
+        det = cls(backbone=None, coreset_ratio=1.0, num_neighbors=num_neighbors, blur_sigma=blur_sigma,
+                  blur_border=blur_border, device=None if device is None else str(device), progress=False)
+        det._check_params()
+        det._reset()
+        dev = torch.device(device) if device is not None else bank.device
+        det.backbone_name_, det.custom_backbone_ = None, False
+        det.layers_, det.layer_dims_ = ["embedding"], {"embedding": int(bank.shape[1])}
+        det.device_ = dev
+        det.memory_bank_ = bank.detach().to(dev, torch.float32).contiguous()
+        det._bank_norms = det.memory_bank_.square().sum(1)
+        det.feature_grid_, det.n_train_patches_ = (), int(bank.shape[0])
+        det.image_size_ = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        det.threshold_, det.n_fit_images_, det.fit_timings_ = None, None, {}
+        return det
+
+    def score_embeddings(self, patch_embeddings: torch.Tensor, *, image_size=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores Tensor[N], maps Tensor[N, H, W])`` of final patch embeddings, used as given (no
+        3 x 3 averaging, no layer resizing: bring them as you built the bank; :meth:`embed` gives
+        PatchCore's own, as ``embed(feats).permute(0, 2, 3, 1)``).
+
+        Args:
+            patch_embeddings: ``Tensor[N, h, w, D]`` (D = the bank's width).
+            image_size: ``(H, W)`` of the maps (nearest upsampling then the blur, as :meth:`score`);
+                default ``image_size_``, else the grid ``(h, w)``.
+        """
+        self._check_fitted("score_embeddings")
+        e = patch_embeddings
+        if not isinstance(e, torch.Tensor) or e.dim() != 4:
+            got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"PatchCore.score_embeddings: patch_embeddings must be Tensor[N, h, w, D], got {got}")
+        if e.shape[3] != self.memory_bank_.shape[1]:
+            raise ValueError(f"PatchCore.score_embeddings: patch_embeddings have D={e.shape[3]} but the memory bank "
+                             f"has {self.memory_bank_.shape[1]} dims")
+        if e.shape[0] == 0:
+            raise ValueError("PatchCore.score_embeddings: no embeddings given (N = 0)")
+        N, h, w, D = e.shape
+        size = image_size if image_size is not None else getattr(self, "image_size_", None) or (h, w)
+        rows = e.detach().to(self.memory_bank_.device, torch.float32).reshape(N * h * w, D).contiguous()
+        d, i = self._nearest(rows, 1)
+        patch = d[:, 0].view(N, h * w)
+        scores = self._image_scores(patch, i[:, 0].view(N, h * w), rows)
+        up = F.interpolate(patch.view(N, 1, h, w), size=(int(size[0]), int(size[1])))  # nearest, as anomalib
+        maps = gaussian_blur(up, self.blur_sigma, self.blur_border)[:, 0]
+        return scores.to(e.device), maps.to(e.device)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path):
         """Write the model file (see :meth:`BaseDetector.save`). ``distributed=True``: call on every rank;

@@ -7,6 +7,8 @@
 """
 from .backbones import Backbone, get_backbone, list_backbones, load_state_dict_file
 from .extractor import FeatureExtractor
+from .tiling import Stitcher, Tiler
 from .vit import VisionTransformer
 
-__all__ = ["Backbone", "FeatureExtractor", "VisionTransformer", "get_backbone", "list_backbones", "load_state_dict_file"]
+__all__ = ["Backbone", "FeatureExtractor", "VisionTransformer", "get_backbone", "list_backbones", "load_state_dict_file",
+           "Stitcher", "Tiler"]

@@ -1,0 +1,136 @@
+"""Tiled fit and scoring for every image detector (a mixin of :class:`~fastad.detectors.base.BaseDetector`).
+
+``det.set_tiling(S, overlap=F)`` before ``fit``: each image (at whatever size it is given: its
+native resolution, or a multiple) is cut into overlapping ``S x S`` tiles
+(:class:`fastad.features.Tiler`); the backbone and the detector see tiles only, ``tile_batch_size``
+tiles at a time (default: the detector's ``batch_size``), so memory is bounded by one batch of tiles
+plus the image's own map.
+
+- fit: the tiles of the normal images are the training set (PatchCore's bank holds their patches, so
+  it grows with the number of tiles; PaDiM fits one Gaussian per position *within* a tile, over all
+  tiles). ``image_size_`` is the tile size; ``n_fit_tiles_`` counts the tiles.
+- score: per tile, the detector's map and image score; maps are stitched (overlaps averaged) into a
+  map of the input's size; the image score is the maximum of its tiles' scores.
+- Images of one batch share a size; different batches may differ (``fastad.data.batches(...,
+  ragged=True)`` groups them), so native-resolution data with mixed sizes works.
+
+The tiling is part of the fitted model (``tiling_``, saved in the model file and used when scoring).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TilingMixin"]
+
+
+class TilingMixin:
+    """``set_tiling`` and the tiled fit / score paths used by ``BaseDetector``."""
+
+    def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None,
+                   scale: float = 1.0):
+        """Fit and score on overlapping ``tile_size x tile_size`` tiles (None: whole images, the default).
+
+        Args:
+            tile_size: tile side in pixels of the input images (e.g. 224), or None to switch tiling off.
+            overlap: share of a tile overlapping its neighbour, in ``[0, 1)`` (default 0.25).
+            tile_batch_size: tiles per backbone batch (default: ``batch_size``).
+            scale: each tile is resized by this factor before the backbone (bilinear), and its map
+                back: ``tile_size=112, scale=2`` equals 224-px tiles of the image upscaled 2x (finer
+                maps for small defects) without holding the upscaled image.
+
+        Takes effect at the next ``fit`` (a fitted model scores with the tiling it was fitted with).
+        Returns ``self``.
+        """
+        from fastad.features.tiling import Tiler
+
+        if tile_size is None:
+            self._tiling_cfg = None
+            return self
+        if tile_batch_size is not None and not (isinstance(tile_batch_size, int) and tile_batch_size >= 1):
+            raise ValueError(f"{type(self).__name__}.set_tiling: tile_batch_size must be an int >= 1 or None, got {tile_batch_size!r}")
+        t = Tiler(tile_size, overlap)  # checks tile_size and overlap
+        if not (isinstance(scale, (int, float)) and 0 < scale <= 16):
+            raise ValueError(f"{type(self).__name__}.set_tiling: scale must be a number in (0, 16], got {scale!r}")
+        self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size,
+                            "scale": float(scale)}
+        return self
+
+    def _tiler(self):
+        """The :class:`Tiler` of the current fit or of the fitted model; None without tiling."""
+        cfg = getattr(self, "tiling_", None) if self._is_fitted() else getattr(self, "_tiling_cfg", None)
+        if cfg is None:
+            return None
+        from fastad.features.tiling import Tiler
+
+        return Tiler(tuple(cfg["tile_size"]), cfg["overlap"])
+
+    def _tile_input_size(self, tiler) -> tuple[int, int]:
+        """The size the backbone sees a tile at (``tile_size * scale``)."""
+        cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
+        f = float(cfg.get("scale", 1.0))
+        return tuple(max(1, round(v * f)) for v in tiler.tile_size)
+
+    def _tile_batch_size(self) -> int:
+        cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
+        return int(cfg.get("tile_batch_size") or max(1, int(self.batch_size)))
+
+    def _tile_feature_batches(self, X, timings: dict, tiler):
+        """Like ``_feature_batches`` but per chunk of tiles: ``(features, (th, tw), device, image
+        batch index, first tile index, image batch)``."""
+        from .base import StageTimer
+
+        timer = StageTimer(timings)
+        tb = self._tile_batch_size()
+        in_hw = self._tile_input_size(tiler)
+        self._n_tiled_images = 0
+        for bi, batch in enumerate(self._image_batches(X, ragged=True)):
+            device = self._run_device(batch)
+            self._n_tiled_images += int(batch.shape[0])
+            for start, tiles in tiler.iter_cut(batch, tb):
+                if tuple(tiles.shape[-2:]) != in_hw:
+                    tiles = F.interpolate(tiles, size=in_hw, mode="bilinear", align_corners=False,
+                                          antialias=in_hw[0] < tiles.shape[-2])
+                with timer("extraction"), torch.no_grad():
+                    feats = self._as_maps(self._get_extractor(device)(tiles.to(device)), tuple(tiles.shape[-2:]))
+                yield feats, tuple(tiles.shape[-2:]), batch.device, bi, start, batch
+
+    def _score_tiled(self, X, want_scores: bool, want_maps: bool, what: str, tiler):
+        from fastad.features.tiling import Stitcher
+
+        timings: dict[str, float] = {}
+        scores, maps = [], []
+        t0 = time.perf_counter()
+        cur = None  # (batch index, tile scores Tensor[B * n], tiles per image n, Stitcher or None)
+
+        def flush(cur):
+            if cur is not None:
+                _, ts, n, st = cur
+                scores.append(ts.view(-1, n).amax(1))
+                if st is not None:
+                    maps.append(st.result())
+
+        for feats, size, out_dev, bi, start, batch in self._tile_feature_batches(X, timings, tiler):
+            if cur is None or cur[0] != bi:
+                flush(cur)
+                B, H, W = batch.shape[0], batch.shape[-2], batch.shape[-1]
+                n = tiler.n_tiles(H, W)
+                st = Stitcher(tiler, B, (H, W), device=out_dev) if want_maps else None
+                cur = (bi, torch.empty(B * n, dtype=torch.float32, device=out_dev), n, st)
+            s, m = self._score_checked(feats, size, True, want_maps, timings, what)
+            cur[1][start : start + s.shape[0]] = s.to(out_dev, torch.float32)
+            if cur[3] is not None:
+                if m is None:
+                    raise ValueError(f"{type(self).__name__}.{what}: this detector gives no maps to stitch")
+                if tuple(m.shape[-2:]) != tuple(tiler.tile_size):  # scale != 1: the map back at tile size
+                    m = F.interpolate(m[:, None].float(), size=tiler.tile_size, mode="bilinear", align_corners=False,
+                                      antialias=m.shape[-2] > tiler.tile_size[0])[:, 0]
+                cur[3].add(start, m.to(out_dev))
+        flush(cur)
+        timings["total"] = time.perf_counter() - t0
+        self.score_timings_ = timings
+        if not scores:
+            raise ValueError(f"{type(self).__name__}.{what}: X holds no images")
+        return (torch.cat(scores) if want_scores else None), (torch.cat(maps) if want_maps else None)

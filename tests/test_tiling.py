@@ -1,0 +1,194 @@
+"""Tiler / Stitcher against a naive loop reference; tiled fit and scoring of the detectors."""
+import pytest
+import torch
+
+from fastad.features.tiling import Stitcher, Tiler
+
+
+def _naive_stitch(tile_maps, boxes, B, H, W, th, tw):
+    """Reference: loop over every tile and pixel of the padded canvas, average, crop."""
+    Hp, Wp = max(H, th), max(W, tw)
+    s = torch.zeros(B, Hp, Wp, dtype=torch.float64)
+    c = torch.zeros(Hp, Wp, dtype=torch.float64)
+    n = len(boxes)
+    for j in range(B * n):
+        t, l = boxes[j % n]
+        for y in range(th):
+            for x in range(tw):
+                s[j // n, t + y, l + x] += float(tile_maps[j, y, x])
+                if j < n:
+                    c[t + y, l + x] += 1
+    return (s / c)[:, :H, :W]
+
+
+@pytest.mark.parametrize("H,W,S,ov", [(20, 33, 8, 0.25), (16, 16, 8, 0.0), (17, 9, 8, 0.5), (5, 12, 8, 0.25), (8, 8, 8, 0.9)])
+def test_boxes_cover_every_pixel_and_stay_inside(H, W, S, ov):
+    t = Tiler(S, ov)
+    boxes = t.boxes(H, W)
+    cover = torch.zeros(max(H, S), max(W, S), dtype=torch.int32)
+    for top, left in boxes:
+        assert 0 <= top and 0 <= left
+        assert top + S <= max(H, S) and left + S <= max(W, S)
+        cover[top : top + S, left : left + S] += 1
+    assert bool((cover[:H, :W] >= 1).all())
+    assert len(set(boxes)) == len(boxes)
+
+
+def test_stride_from_overlap():
+    assert Tiler(224, 0.25).stride == (168, 168)
+    assert Tiler(224, 0.0).stride == (224, 224)
+    assert Tiler((10, 20), 0.5).stride == (5, 10)
+    assert Tiler(4, 0.99).stride == (1, 1)
+    assert Tiler(224, 0.25).boxes(400, 600)[:3] == [(0, 0), (0, 168), (0, 336)]
+    # the last tile is flush with the border
+    assert Tiler(224, 0.25).boxes(400, 600)[-1] == (176, 376)
+
+
+@pytest.mark.parametrize("H,W,S,ov", [(20, 33, 8, 0.25), (17, 9, 8, 0.5), (5, 12, 8, 0.25), (16, 16, 8, 0.0)])
+def test_cut_then_stitch_matches_reference(H, W, S, ov):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, H, W, generator=g)
+    t = Tiler(S, ov)
+    tiles = t.cut(x)
+    n = t.n_tiles(H, W)
+    assert tiles.shape == (2 * n, 3, S, S)
+    # each tile is the image's crop (zero padded where the image is smaller than a tile)
+    xp = torch.nn.functional.pad(x, (0, max(0, S - W), 0, max(0, S - H)))
+    for j, (top, left) in enumerate(t.boxes(H, W) * 2):
+        assert torch.equal(tiles[j], xp[j // n, :, top : top + S, left : left + S])
+    # stitching tiles of the image itself gives the image back (every covering tile agrees)
+    back = t.stitch(tiles[:, 0], (H, W))
+    assert torch.allclose(back, x[:, 0], atol=1e-6)
+    # random tile maps (tiles disagree): the mean over covering tiles, as the naive loop
+    maps = torch.randn(2 * n, S, S, generator=g)
+    ref = _naive_stitch(maps, t.boxes(H, W), 2, H, W, S, S)
+    assert torch.allclose(t.stitch(maps, (H, W)).double(), ref, atol=1e-6)
+    # chunked (bounded memory) gives the same as all at once
+    st = Stitcher(t, 2, (H, W))
+    for start, chunk in t.iter_cut(x, 3):
+        assert chunk.shape[0] <= 3
+        st.add(start, maps[start : start + chunk.shape[0]])
+    assert torch.allclose(st.result().double(), ref, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="tile_size"):
+        Tiler(0)
+    with pytest.raises(ValueError, match="overlap"):
+        Tiler(8, 1.0)
+    with pytest.raises(ValueError, match="overlap"):
+        Tiler(8, -0.1)
+    t = Tiler(8)
+    with pytest.raises(ValueError, match="Tensor\\[B, C, H, W\\]"):
+        next(t.iter_cut(torch.zeros(3, 8, 8), 4))
+    with pytest.raises(ValueError, match="tile_maps"):
+        t.stitch(torch.zeros(3, 8, 8), (20, 20))  # 9 tiles per image expected
+    st = Stitcher(t, 1, (8, 8))
+    with pytest.raises(ValueError, match="1 tiles were added|0 of 1"):
+        st.result()
+
+
+# ---------------------------------------------------------------------------------- detectors
+@pytest.fixture
+def tiny_backbone():
+    from fastad.features import get_backbone
+
+    return get_backbone("random_cnn")
+
+
+def _images(n, H, W, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(1, 3, 32, 32, generator=g) * 0.5
+    x = base.repeat(1, 1, (H + 31) // 32, (W + 31) // 32)[:, :, :H, :W]  # a periodic texture
+    return x + 0.1 * torch.randn(n, 3, H, W, generator=g)
+
+
+@pytest.mark.parametrize("name", ["PatchCore", "PaDiM"])
+def test_tiled_fit_and_score(name, tiny_backbone, tmp_path):
+    import fastad.detectors as D
+
+    cls = getattr(D, name)
+    kw = dict(coreset_ratio=1.0) if name == "PatchCore" else {}
+    det = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, overlap=0.5)
+    train = _images(6, 48, 80, 0)
+    det.fit(train)
+    assert det.image_size_ == (32, 32) and det.n_fit_images_ == 6
+    n = Tiler(32, 0.5).n_tiles(48, 80)
+    assert det.n_fit_tiles_ == 6 * n
+    if name == "PatchCore":
+        assert det.memory_bank_.shape[0] == 6 * n * 8 * 8  # layer1 grid of a 32 px tile: 8x8
+    test = _images(3, 48, 80, 1)
+    test[2, :, 10:20, 50:60] += 4.0  # a defect near the right end
+    s, m = det.score(test)
+    assert s.shape == (3,) and m.shape == (3, 48, 80)
+    assert int(s.argmax()) == 2
+    peak = torch.nonzero(m[2] == m[2].max())[0]
+    assert 5 <= int(peak[0]) <= 25 and 45 <= int(peak[1]) <= 65
+    # scores = max over tiles of the untiled detector's tile scores; maps = the stitched tile maps
+    tiles = Tiler(32, 0.5).cut(test)
+    det2 = cls.__new__(cls)
+    det2.__dict__.update(det.__dict__)
+    det2.tiling_ = det2._tiling_cfg = None
+    ts, tm = det2.score(tiles)
+    assert torch.allclose(s, ts.view(3, n).amax(1), atol=1e-5)
+    assert torch.allclose(m, Tiler(32, 0.5).stitch(tm, (48, 80)), atol=1e-5)
+    # other image sizes (native resolution varies) in later batches; one batch one size
+    s2, m2 = det.score(_images(2, 40, 40, 3))
+    assert m2.shape == (2, 40, 40)
+    # the tiling is saved with the model and used when scoring the loaded model
+    det.save(tmp_path / "m.safetensors")
+    back = D.load(tmp_path / "m.safetensors", backbone=tiny_backbone)
+    assert back.tiling_["tile_size"] == [32, 32] and back.tiling_["overlap"] == 0.5
+    s3, m3 = back.score(test)
+    assert torch.allclose(s3, s, atol=1e-5) and torch.allclose(m3, m, atol=1e-5)
+
+
+def test_tiled_dataset_with_mixed_sizes(tiny_backbone, tmp_path):
+    """A folder of images of different sizes at native resolution: ragged batches, tiled."""
+    import numpy as np
+    from PIL import Image
+
+    from fastad.data import ImageFolder
+    from fastad.detectors import PatchCore
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 72), (40, 72), (56, 36), (30, 30)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    ds = ImageFolder(tmp_path, resize="none")
+    det = PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False, batch_size=8).set_tiling(32, 0.25)
+    det.fit(ds)
+    assert det.n_fit_images_ == 4
+    s = det.decision_function(ds)
+    assert s.shape == (4,)
+    with pytest.raises(ValueError, match="tile_batch_size"):
+        det.set_tiling(32, 0.25, tile_batch_size=0)
+    # without tiling, mixed sizes are refused clearly
+    det.set_tiling(None)
+    with pytest.raises(ValueError, match="different shapes|one size|grids differ"):
+        PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False).fit(ds)
+
+
+def test_tile_scale(tiny_backbone):
+    """scale=2: each 16 px tile is seen at 32 px; maps come back at the image's size, and equal the
+    untiled detector on the 2x-resized tiles, resized back and stitched."""
+    import torch.nn.functional as F
+
+    from fastad.detectors import PatchCore
+
+    det = PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False, blur_sigma=0).set_tiling(16, 0.5, scale=2)
+    det.fit(_images(4, 24, 40, 0))
+    assert det.image_size_ == (32, 32) and det.tiling_["scale"] == 2.0
+    x = _images(2, 24, 40, 5)
+    s, m = det.score(x)
+    assert m.shape == (2, 24, 40)
+    t = Tiler(16, 0.5)
+    tiles = F.interpolate(t.cut(x), size=(32, 32), mode="bilinear", align_corners=False)
+    plain = PatchCore.__new__(PatchCore)
+    plain.__dict__.update(det.__dict__)
+    plain.tiling_ = plain._tiling_cfg = None
+    ts, tm = plain.score(tiles)
+    back = F.interpolate(tm[:, None], size=(16, 16), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    assert torch.allclose(m, t.stitch(back, (24, 40)), atol=1e-5)
+    assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
+    with pytest.raises(ValueError, match="scale"):
+        det.set_tiling(16, 0.5, scale=0)
