@@ -49,7 +49,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .batching import UnreadableImageError, batches, collate, unpad, unpad_batch  # noqa: F401  (public here too)
-from .geometry import RESIZE_MODES, check_resize, plan
+from .geometry import RESIZE_MODES, check_resize, plan  # noqa: F401  (RESIZE_MODES: public here too)
 from .geometry import size_hw as parse_size
 
 __all__ = [

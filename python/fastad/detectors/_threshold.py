@@ -3,10 +3,14 @@ a given number, or one of :data:`fastad.thresholds.METHODS` (see :mod:`fastad.th
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._checks import warn_if_few_scores
+
+if TYPE_CHECKING:
+    from .base import BaseDetector
 
 __all__ = ["ThresholdMixin"]
 
