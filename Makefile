@@ -14,7 +14,7 @@ TORCH_CPU := torch==2.13.0
 TORCH_CUDA := torch==2.14.1
 TOOLS := scikit-build-core==1.1.2 pybind11==3.1.0 ninja==1.13.2 cmake==4.4.5
 RUNTIME := numpy scipy tqdm safetensors pillow
-TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn
+TEST_DEPS := pytest pytest-benchmark hypothesis scipy scikit-learn ruff==0.17.6 mypy==2.4.1
 BENCH_DEPS := faiss-cpu==1.15.1 psutil threadpoolctl opencv-python-headless matplotlib
 # Anchors that depend on torch: installed with --no-deps so pip never pulls another torch
 # (bench_coreset.py loads only anomalib's k_center_greedy.py and random_projection.py module files;
@@ -40,7 +40,7 @@ export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak bench-textts
+.PHONY: all venv build test lint demo bench cuda-check clean bench-patchcore bench-peak bench-textts
 .PHONY: wheel-check integration
 
 all: test
@@ -63,6 +63,11 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# ruff (errors only) and mypy (lenient; strict on fastad.ops), configured in pyproject.toml
+lint: venv
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m mypy python/fastad
 
 # The demo's default data: ELPV solar cells (91 MB wheel, CC BY-NC-SA 4.0; needs only numpy and
 # pillow, so --no-deps). Not needed with DATA=<MVTec-layout folder>. DEMO_ARGS passes more options

@@ -17,6 +17,8 @@ Imported by :mod:`fastad.ops`; registers nothing else.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 __all__ = ["NOT_DIFFERENTIABLE"]
@@ -33,11 +35,11 @@ NOT_DIFFERENTIABLE = {
 _CHUNK_ELEMS = 1 << 24  # bound on the [rows, k, D] temporaries of the knn backward
 
 
-def _not_differentiable(op: str, arg_names):
-    def setup_context(ctx, inputs, output):
+def _not_differentiable(op: str, arg_names: tuple[str | None, ...]) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         pass
 
-    def backward(ctx, *grads):
+    def backward(ctx: Any, *grads: Any) -> Any:
         names = [n for n, need in zip(arg_names, tuple(ctx.needs_input_grad)) if n and need] or ["its inputs"]
         raise RuntimeError(
             f"fastad.ops.{op} is not differentiable w.r.t. {', '.join(names)}: it has no backward. Detach the "
@@ -48,7 +50,7 @@ def _not_differentiable(op: str, arg_names):
     torch.library.register_autograd(f"fastad::{op}", backward, setup_context=setup_context)
 
 
-def _knn_setup(ctx, inputs, output):
+def _knn_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     query, bank, k, metric, bank_norms, exclude_self = inputs
     dist, idx = output
     ctx.metric = metric
@@ -56,7 +58,9 @@ def _knn_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(idx)
 
 
-def _knn_pair_grads(metric: str, q: torch.Tensor, b: torch.Tensor, d: torch.Tensor):
+def _knn_pair_grads(
+    metric: str, q: torch.Tensor, b: torch.Tensor, d: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """d(dist)/dq and d(dist)/db for rows ``q [R, 1, D]`` and their neighbours ``b [R, k, D]`` (float32)."""
     if metric == "sqeuclidean":
         gq = 2.0 * (q - b)
@@ -80,7 +84,7 @@ def _knn_pair_grads(metric: str, q: torch.Tensor, b: torch.Tensor, d: torch.Tens
     return torch.where(ok, gq, zero), torch.where(ok, gb, zero)
 
 
-def _knn_backward(ctx, grad_dist, grad_idx):
+def _knn_backward(ctx: Any, grad_dist: torch.Tensor | None, grad_idx: Any) -> tuple[Any, ...]:
     query, bank, idx, dist = ctx.saved_tensors
     # needs_input_grad follows the schema's arguments but may stop after the last tensor argument given
     need_q, need_b, _, _, need_norms, _ = (tuple(ctx.needs_input_grad) + (False,) * 6)[:6]
@@ -119,14 +123,16 @@ def _knn_backward(ctx, grad_dist, grad_idx):
     )
 
 
-def _coreset_autograd(bank, n, start=0, progress=None):
+def _coreset_autograd(
+    bank: torch.Tensor, n: int, start: int = 0, progress: torch.Tensor | None = None, method: str = "exhaustive"
+) -> tuple[torch.Tensor, torch.Tensor]:
     if torch.is_grad_enabled() and bank.requires_grad:
         raise RuntimeError(
             "fastad.ops.coreset is not differentiable w.r.t. bank (it selects rows): pass bank.detach() or "
             "call it under torch.no_grad()"
         )
     with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.fastad.coreset.default(bank, n, start, progress)
+        return torch.ops.fastad.coreset.default(bank, n, start, progress, method)
 
 
 def _register() -> None:

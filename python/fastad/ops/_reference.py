@@ -5,6 +5,8 @@ the full distance matrix, so use them on small inputs only.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 
 
@@ -24,7 +26,10 @@ def pairwise_scores(query: torch.Tensor, bank: torch.Tensor, metric: str) -> tor
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def knn(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
+def knn(
+    query: torch.Tensor, bank: torch.Tensor, k: int, metric: str = "l2", bank_norms: Optional[torch.Tensor] = None,
+    exclude_self: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`fastad.ops.knn` (float64 distances; ties broken by the smaller index)."""
     Q, N = query.shape[0], bank.shape[0]
     s = pairwise_scores(query, bank, metric)
@@ -45,7 +50,10 @@ def knn(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     return out_d, out_i
 
 
-def group_min(query, bank, group_size, metric="l2", exclude_group=None):
+def group_min(
+    query: torch.Tensor, bank: torch.Tensor, group_size: int, metric: str = "l2",
+    exclude_group: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Reference of :func:`fastad.ops.group_min` (float64): ``Tensor[Q, G]`` of per-group minima
     (``"ip"``: maxima); a query's excluded group holds ``inf`` (``"ip"``: ``-inf``)."""
     Q, N = query.shape[0], bank.shape[0]
@@ -60,7 +68,9 @@ def group_min(query, bank, group_size, metric="l2", exclude_group=None):
     return out
 
 
-def coreset(bank, n, start=0, progress=None, method="exhaustive"):
+def coreset(
+    bank: torch.Tensor, n: int, start: int = 0, progress: Optional[torch.Tensor] = None, method: str = "exhaustive"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
 
     Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
@@ -104,7 +114,7 @@ def lnamd(tokens: torch.Tensor, r: int) -> torch.Tensor:
     return u / u.norm(dim=-1, keepdim=True)
 
 
-def snamd(tokens: torch.Tensor, r_list) -> torch.Tensor:
+def snamd(tokens: torch.Tensor, r_list: Sequence[int]) -> torch.Tensor:
     """Reference of :func:`fastad.ops.snamd` (float64; the official MuSc-V2 code rounds to fp16)."""
     B, L, C = tokens.shape
     H = int(round(L ** 0.5))
@@ -156,7 +166,7 @@ def mutual_scores(z: torch.Tensor, k: int, pool: torch.Tensor | None = None, win
     return out
 
 
-def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list) -> torch.Tensor:
+def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[int]) -> torch.Tensor:
     """Reference of :func:`fastad.ops.rscin` in float64: min-max normalised scores averaged over the
     k most similar images (self included) with similarity weights, mean over k_list."""
     s = scores.double()

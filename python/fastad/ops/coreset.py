@@ -234,7 +234,7 @@ def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: b
     counter = torch.zeros(3, dtype=torch.int64)  # centres chosen, rows read, rows of full scans
     box: dict = {}
 
-    def work():
+    def work() -> None:
         try:
             box["out"] = torch.ops.fastad.coreset(x, n, start, counter, method)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread

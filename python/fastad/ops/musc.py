@@ -226,7 +226,9 @@ def rscin(
     return torch.cat(outs, -1).mean(-1)
 
 
-def _align_corners_taps(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device):
+def _align_corners_taps(
+    n_in: int, n_out: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # torch's upsample_bilinear2d with align_corners=True: src = i * (in - 1) / (out - 1).
     scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
     src = torch.arange(n_out, dtype=dtype, device=device) * scale
