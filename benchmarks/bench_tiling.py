@@ -46,9 +46,9 @@ def cpu_model() -> str:
 
 
 def _subset(ds, idx):
-    from fastad.cli import _Subset
+    from fastad.pipeline import Subset
 
-    return _Subset(ds, idx)
+    return Subset(ds, idx)
 
 
 def run_config(a) -> dict:

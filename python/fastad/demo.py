@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import CLIError, Stopwatch, cli_names, fit_detector, fraction_arg, make_detector, open_dataset
-from .cli import positive_int, print_metrics, ratio_arg, resolve_device, score_to_report, subsample
+from .arguments import cli_names, fraction_arg, positive_int, ratio_arg
+from .pipeline import CLIError, Stopwatch, fit_detector, make_detector, open_dataset, print_metrics, resolve_device
+from .pipeline import score_to_report, subsample
 
 ELPV_REF = "ELPV: Buerhop-Lutz et al. 2018, Deitsch et al. 2019 (CC BY-NC-SA 4.0)"
 
