@@ -80,7 +80,7 @@ class TilingMixin:
     def _tile_feature_batches(self, X, timings: dict, tiler):
         """Like ``_feature_batches`` but per chunk of tiles: ``(features, (th, tw), device, image
         batch index, first tile index, image batch)``."""
-        from .base import StageTimer
+        from ._util import StageTimer
 
         timer = StageTimer(timings)
         tb = self._tile_batch_size()

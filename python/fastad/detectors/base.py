@@ -38,40 +38,9 @@ from ._io import load as load_model_file
 from ._threshold import ThresholdMixin
 from ._tiled import TilingMixin
 
+from ._util import NotFittedError, StageTimer, progress_bar
+
 __all__ = ["BaseDetector", "FORMAT_VERSION", "ModelFileError", "NotFittedError", "StageTimer"]
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a detector is used before ``fit`` (same bases as scikit-learn's)."""
-
-
-class StageTimer:
-    """Accumulates wall-clock seconds per stage into a dict (``with timer("stage"): ...``)."""
-
-    def __init__(self, into: dict[str, float]):
-        self.into = into
-
-    def __call__(self, stage: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.into[stage] = timer.into.get(stage, 0.0) + time.perf_counter() - self.t0
-
-        return _Ctx()
-
-
-def _progress(iterable, *, enabled: bool, desc: str, total: int | None = None):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a runtime dependency, but never fail on a progress bar
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False)
 
 
 class BaseDetector(TilingMixin, ThresholdMixin):
@@ -278,7 +247,7 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         total = None if n is None else math.ceil(n / max(1, int(self.batch_size)))
         it = self._image_batches(X)
         p = getattr(self, "progress", False)  # "coreset" (PatchCore): only the coreset's bar
-        for batch in _progress(it, enabled=bool(p) and p != "coreset", desc=desc, total=total):
+        for batch in progress_bar(it, enabled=bool(p) and p != "coreset", desc=desc, total=total):
             device = self._run_device(batch)
             with timer("extraction"), torch.no_grad():
                 feats = self._as_maps(self._get_extractor(device)(batch.to(device)), tuple(batch.shape[-2:]))
