@@ -19,7 +19,7 @@ the run goes on):
   step written in torch (norm of bank - centre, minimum, argmax) and the one-read floor (bank.sum()).
 - musc: lnamd_mutual_scores on N images of 37 x 37 tokens, C = 1024, r = 1, 3, 5 (one layer per
   call; the official scoring stage runs 4 layers), vs the port of the official per-image cdist loop
-  (tests/musc_oracle.py) on one (layer, r); parity of the CUDA result with the CPU kernel on a small
+  (tests/helpers/musc_oracle.py) on one (layer, r); parity of the CUDA result with the CPU kernel on a small
   problem.
 Timing: CUDA events around each call, after a warm-up call; the median of --repeats calls.
 """
@@ -37,7 +37,7 @@ import torch
 import fastad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "helpers"))
 
 ROWS: list[dict] = []
 

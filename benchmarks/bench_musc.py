@@ -1,4 +1,4 @@
-"""MuSc scoring on CPU: fastad vs the port of the official code (tests/musc_oracle.py), 1 thread.
+"""MuSc scoring on CPU: fastad vs the port of the official code (tests/helpers/musc_oracle.py), 1 thread.
 
 Config B (measured end to end): N=32 images, 24x24 patches, C=768, 4 layers x r in {1,3,5}, maps at
 336 px, RsCIN k=[1,2,3]. Each side runs in its own subprocess (ours, oracle, ours again, so that a
@@ -91,7 +91,7 @@ def child(side: str, out: str):
     toks, cls = make_tokens(cfg)
     import fastad  # noqa: F401  (import cost outside the measurement)
     from fastad.detectors import MuSc
-    from tests import musc_oracle as O
+    from tests.helpers import musc_oracle as O
 
     with PeakRSS() as mem:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -179,7 +179,7 @@ def ours_subsets(g, n_sub):
 def config_c(n_sub=10, full_layers=0):
     torch.set_num_threads(1)
     import fastad  # noqa: F401
-    from tests import musc_oracle as O
+    from tests.helpers import musc_oracle as O
 
     N, H, C, layers, R = C_N, C_H, C_C, C_LAYERS, C_R
     L = H * H

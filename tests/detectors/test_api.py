@@ -214,7 +214,7 @@ def test_load_refuses_bad_files(make, images, tmp_path):
 def test_other_backbone_features_refused(make, images):
     from fastad.features import FeatureExtractor
 
-    from .standins import OtherNet
+    from tests.helpers.standins import OtherNet
 
     train, test = images
     d = make().fit(train)

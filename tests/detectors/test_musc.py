@@ -7,7 +7,7 @@ import torch
 
 from fastad.detectors import MuSc
 from fastad.detectors.musc import stratified_subsets
-from tests import musc_oracle as O
+from tests.helpers import musc_oracle as O
 
 
 def _layers(N, H, C, n_layers, gen, clustered=True):

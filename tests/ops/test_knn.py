@@ -5,7 +5,7 @@ import torch
 
 import fastad
 from fastad.ops import _reference as ref
-from tests.knn_utils import assert_knn_equal
+from tests.helpers.knn_utils import assert_knn_equal
 
 METRICS = ["l2", "sqeuclidean", "cosine", "ip"]
 

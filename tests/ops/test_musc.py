@@ -1,11 +1,11 @@
-"""MuSc ops: parity with the port of the official code (tests/musc_oracle.py) and with the float64
+"""MuSc ops: parity with the port of the official code (tests/helpers/musc_oracle.py) and with the float64
 references, opcheck, error paths."""
 import pytest
 import torch
 
 import fastad
 from fastad.ops import _reference as ref
-from tests import musc_oracle as O
+from tests.helpers import musc_oracle as O
 
 
 def _tokens(N, H, C, gen, cls=True, clustered=False):
