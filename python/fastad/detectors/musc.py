@@ -2,7 +2,7 @@
 
 Li et al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring
 of the Unlabeled Images", ICLR 2024. Defaults follow the official code (xrli-U/MuSc @ b76b93d);
-``tests/musc_oracle.py`` is a port of that code and the parity oracle (maps and image scores within
+``tests/helpers/musc_oracle.py`` is a port of that code and the parity oracle (maps and image scores within
 1e-5 on seeded tokens).
 """
 from __future__ import annotations

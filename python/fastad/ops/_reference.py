@@ -99,7 +99,7 @@ def coreset(
         progress.view(-1)[0] = len(idx)
     return torch.tensor(idx, dtype=torch.int64), torch.tensor(dist, dtype=torch.float64)
 # ---- MuSc (issue 5) ------------------------------------------------------------------------------
-# Direct (float64) formulations; tests/musc_oracle.py holds the port of the official code.
+# Direct (float64) formulations; tests/helpers/musc_oracle.py holds the port of the official code.
 
 def lnamd(tokens: torch.Tensor, r: int) -> torch.Tensor:
     """Reference of :func:`fastad.ops.lnamd`: ``layer_norm`` over (L, C) per image + ``avg_pool2d``

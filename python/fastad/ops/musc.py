@@ -4,7 +4,7 @@ Shapes: ``N`` images, ``L = H * H`` patch tokens per image (CLS removed), ``C`` 
 ``R = len(r_list)``. The compiled ops (``lnamd``, ``snamd``, ``mutual_scores``,
 ``lnamd_mutual_scores``) are not differentiable: a backward through them raises ``RuntimeError``
 naming the argument (:mod:`fastad.ops._autograd`); ``rscin`` and ``bilinear_max`` are plain torch. Parity targets are the official code, xrli-U/MuSc @ b76b93d (see
-``tests/musc_oracle.py``).
+``tests/helpers/musc_oracle.py``).
 """
 from __future__ import annotations
 
