@@ -1,11 +1,11 @@
 // CPU entry of fastad::mahalanobis: squared Mahalanobis distances d2 = || (x - mean) @ tril(factor) ||^2
 // (precision = L L^T), float32 accumulation, for x [N, d] (one Gaussian) or [N, P, d] (one per position).
 //
-// Per Gaussian the factor is packed once into column panels of its lower triangle (cpu/mahalanobis.h:
-// half the bytes and FLOPs of a dense product), then blocks of kMahaBlock rows are centred into a
-// float32 scratch buffer and run through a 6 x 32 micro-kernel whose epilogue squares and sums the
-// whitened tile in registers: no [N, d] whitened tensor exists, not even per position. Parallel over
-// positions (P > 1) or over row blocks (P = 1, the factor packed once and shared).
+// Blocks of kMahaBlock rows are centred into a float32 scratch buffer and run through a 6 x 32
+// micro-kernel over the lower triangle of the factor, read in place panel by panel (cpu/mahalanobis.h:
+// half the FLOPs and bytes of a dense product); its epilogue squares and sums the whitened tile in
+// registers: no [N, d] whitened tensor exists, not even per position. Parallel over positions (P > 1)
+// or over row blocks (P = 1).
 // Paths: AVX-512 (use_avx512_micro()), AVX-512 BF16 vdpbf16ps for a bfloat16 factor (cpuid avx512_bf16;
 // FASTAD_FORCE_NO_BF16=1 falls back to converting the factor to float32), portable C++ otherwise.
 //
@@ -47,28 +47,28 @@ inline float to_float(T v) {
   return static_cast<float>(v);
 }
 
-template <typename T>
-void pack_factor_f32(const T* L, int64_t d, float* out) {
-  float* o = out;
-  for (int64_t j0 = 0; j0 < d; j0 += kMahaNR)
-    for (int64_t k = j0; k < d; ++k, o += kMahaNR)
-      for (int64_t c = 0; c < kMahaNR; ++c) {
-        const int64_t j = j0 + c;
-        o[c] = (j < d && j <= k) ? to_float(L[k * d + j]) : 0.f;
+/// Portable rows: z[r] = xc[r] @ tril(L) for 6 rows at a time (row k of L read once per 6 rows, its
+/// first k + 1 entries only), then the sums of squares.
+template <typename F>
+void rows_generic(const F* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out, std::vector<float>& z) {
+  z.assign(static_cast<size_t>(kMahaMR * d), 0.f);
+  for (int64_t r0 = 0; r0 < nrows; r0 += kMahaMR) {
+    std::fill(z.begin(), z.end(), 0.f);
+    for (int64_t k = 0; k < d; ++k) {
+      const F* lk = L + k * d;
+      for (int64_t r = 0; r < kMahaMR; ++r) {
+        const float a = xc[(r0 + r) * ld + k];
+        float* zr = z.data() + r * d;
+        for (int64_t j = 0; j <= k; ++j) zr[j] += a * static_cast<float>(lk[j]);
       }
-}
-
-void pack_factor_bf16(const c10::BFloat16* L, int64_t d, uint16_t* out) {
-  uint16_t* o = out;
-  for (int64_t j0 = 0; j0 < d; j0 += kMahaNR)
-    for (int64_t k = j0; k < d; k += 2, o += 2 * kMahaNR)
-      for (int64_t c = 0; c < kMahaNR; ++c) {
-        const int64_t j = j0 + c;
-        for (int64_t h = 0; h < 2; ++h) {
-          const int64_t kk = k + h;
-          o[2 * c + h] = (j < d && kk < d && j <= kk) ? L[kk * d + j].x : uint16_t(0);
-        }
-      }
+    }
+    for (int64_t r = 0; r < kMahaMR; ++r) {
+      float ss = 0.f;
+      const float* zr = z.data() + r * d;
+      for (int64_t j = 0; j < d; ++j) ss += zr[j] * zr[j];
+      out[r0 + r] = ss;
+    }
+  }
 }
 
 inline uint16_t f32_to_bf16_rne(float f) {
@@ -97,48 +97,38 @@ struct U16Buf {
 
 enum class Path { Generic, Avx512, Bf16 };
 
-/// Everything one thread needs to score rows of one Gaussian.
+/// Row buffers of one thread.
 struct Scorer {
   Path path;
   int64_t d, ld;
-  AlignedFloats packed, xc;
-  U16Buf packed16, xcb;
-  std::vector<float> tmp;
-  const float* pf = nullptr;     // the packed factor in use (own, or shared by the P = 1 path)
-  const uint16_t* pb = nullptr;
+  AlignedFloats xc;
+  U16Buf xcb;
+  std::vector<float> tmp, z;
 
   Scorer(Path p, int64_t d_) : path(p), d(d_), ld((d_ + 15) / 16 * 16) {}
 
-  template <typename F>
-  void pack(const F* L) {
-    if constexpr (std::is_same_v<F, c10::BFloat16>) {
-      if (path == Path::Bf16) {
-        uint16_t* q = packed16.get(static_cast<size_t>(maha_packed_bf16(d)));
-        pack_factor_bf16(L, d, q);
-        pb = q;
-        return;
-      }
-    }
-    float* q = packed.get(static_cast<size_t>(maha_packed_floats(d)));
-    pack_factor_f32(L, d, q);
-    pf = q;
-  }
-
-  /// rows [n0, n0 + nr) of x (row n at x + n * row_stride), centred by mean; out[(n0 + r) * out_stride]
-  template <typename T, typename M>
-  void score(const T* x, int64_t row_stride, const M* mean, int64_t n0, int64_t nr, float* out, int64_t out_stride) {
+  /// rows [n0, n0 + nr) of x (row n at x + n * row_stride), centred by mean, scored against the factor L
+  /// (d x d row-major); out[(n0 + r) * out_stride]
+  template <typename T, typename M, typename F>
+  void score(const T* x, int64_t row_stride, const M* mean, const F* L, int64_t n0, int64_t nr, float* out,
+             int64_t out_stride) {
     const int64_t nrp = (nr + kMahaMR - 1) / kMahaMR * kMahaMR;
     tmp.resize(static_cast<size_t>(nrp));
     if (path == Path::Bf16) {
-      const int64_t ldb = (d + 1) / 2 * 2 + 2;  // even; entry d (odd d) is the zero pad of the last pair
-      uint16_t* b = xcb.get(static_cast<size_t>(nrp * ldb));
-      std::memset(b, 0, static_cast<size_t>(nrp * ldb) * 2);
+      // bf16 rows padded with zeros to a multiple of 32 (even; for odd d, entry d pads the last pair)
+      const int64_t ldp = (d + 31) / 32 * 32;
+      float* f = xc.get(static_cast<size_t>(nrp * ld));
       for (int64_t r = 0; r < nr; ++r) {
         const T* xr = x + (n0 + r) * row_stride;
-        for (int64_t k = 0; k < d; ++k) b[r * ldb + k] = f32_to_bf16_rne(to_float(xr[k]) - to_float(mean[k]));
+        float* o = f + r * ld;
+        for (int64_t k = 0; k < d; ++k) o[k] = to_float(xr[k]) - to_float(mean[k]);
       }
+      uint16_t* b = xcb.get(static_cast<size_t>(nrp * ldp));
+      std::memset(b + nr * ldp, 0, static_cast<size_t>((nrp - nr) * ldp) * 2);
 #if FASTAD_HAVE_AVX512
-      maha_rows_bf16_avx512(pb, b, ldb, nrp, d, tmp.data());
+      maha_rows_to_bf16(f, ld, nr, d, b, ldp);  // pads every row with zeros up to a multiple of 32
+      if constexpr (std::is_same_v<F, c10::BFloat16>)
+        maha_rows_bf16_avx512(reinterpret_cast<const uint16_t*>(L), d, b, ldp, nrp, tmp.data());
 #endif
     } else {
       float* b = xc.get(static_cast<size_t>(nrp * ld));
@@ -149,11 +139,16 @@ struct Scorer {
       }
       std::memset(b + nr * ld, 0, static_cast<size_t>((nrp - nr) * ld) * 4);
 #if FASTAD_HAVE_AVX512
-      if (path == Path::Avx512)
-        maha_rows_avx512(pf, b, ld, nrp, d, tmp.data());
-      else
+      if (path == Path::Avx512) {
+        if constexpr (std::is_same_v<F, float>)
+          maha_rows_avx512(L, d, b, ld, nrp, tmp.data());
+        else if constexpr (std::is_same_v<F, c10::Half>)
+          maha_rows_avx512_f16(reinterpret_cast<const uint16_t*>(L), d, b, ld, nrp, tmp.data());
+        else
+          maha_rows_avx512_bf16(reinterpret_cast<const uint16_t*>(L), d, b, ld, nrp, tmp.data());
+      } else
 #endif
-        maha_rows_generic(pf, b, ld, nrp, d, tmp.data());
+        rows_generic(L, d, b, ld, nrp, tmp.data(), z);
     }
     for (int64_t r = 0; r < nr; ++r) out[(n0 + r) * out_stride] = tmp[static_cast<size_t>(r)];
   }
@@ -163,27 +158,21 @@ template <typename T, typename M, typename F>
 void run(const T* x, const M* mean, const F* L, const MahaShape& s, Path path, float* out) {
   const int64_t N = s.N, P = s.P, d = s.d;
   if (P == 1) {
-    Scorer shared(path, d);
-    shared.pack(L);
     const int64_t nblocks = (N + kMahaBlock - 1) / kMahaBlock;
     at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      Scorer sc(path, d);  // shares the packed factor, owns its row buffers
+      Scorer sc(path, d);
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n0 = b * kMahaBlock, nr = std::min(kMahaBlock, N - n0);
-        sc.pf = shared.pf;
-        sc.pb = shared.pb;
-        sc.score(x, d, mean, n0, nr, out, 1);
+        const int64_t n0 = b * kMahaBlock;
+        sc.score(x, d, mean, L, n0, std::min(kMahaBlock, N - n0), out, 1);
       }
     });
     return;
   }
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
     Scorer sc(path, d);
-    for (int64_t p = p0; p < p1; ++p) {
-      sc.pack(L + p * d * d);
+    for (int64_t p = p0; p < p1; ++p)
       for (int64_t n0 = 0; n0 < N; n0 += kMahaBlock)
-        sc.score(x + p * d, P * d, mean + p * d, n0, std::min(kMahaBlock, N - n0), out + p, P);
-    }
+        sc.score(x + p * d, P * d, mean + p * d, L + p * d * d, n0, std::min(kMahaBlock, N - n0), out + p, P);
   });
 }
 
@@ -224,39 +213,9 @@ at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const 
 
 }  // namespace
 
-int64_t maha_packed_floats(int64_t d) {
-  int64_t n = 0;
-  for (int64_t j0 = 0; j0 < d; j0 += kMahaNR) n += (d - j0) * kMahaNR;
-  return n;
-}
-
-int64_t maha_packed_bf16(int64_t d) {
-  int64_t n = 0;
-  for (int64_t j0 = 0; j0 < d; j0 += kMahaNR) n += (d - j0 + 1) / 2 * 2 * kMahaNR;
-  return n;
-}
-
-void maha_rows_generic(const float* packed, const float* xc, int64_t ld, int64_t nrows, int64_t d, float* out) {
-  for (int64_t r0 = 0; r0 < nrows; r0 += kMahaMR) {
-    float ss[kMahaMR] = {0, 0, 0, 0, 0, 0};
-    const float* pk = packed;
-    for (int64_t j0 = 0; j0 < d; j0 += kMahaNR) {
-      float acc[kMahaMR][kMahaNR] = {};
-      for (int64_t k = j0; k < d; ++k, pk += kMahaNR)
-        for (int64_t r = 0; r < kMahaMR; ++r) {
-          const float a = xc[(r0 + r) * ld + k];
-          for (int64_t c = 0; c < kMahaNR; ++c) acc[r][c] += a * pk[c];
-        }
-      for (int64_t r = 0; r < kMahaMR; ++r)
-        for (int64_t c = 0; c < kMahaNR; ++c) ss[r] += acc[r][c] * acc[r][c];
-    }
-    for (int64_t r = 0; r < kMahaMR; ++r) out[r0 + r] = ss[r];
-  }
-}
-
 bool maha_use_bf16_dot() {
 #if FASTAD_HAVE_AVX512 && (defined(__x86_64__) || defined(__i386__))
-  static const bool cpu_ok = __builtin_cpu_supports("avx512bf16");
+  static const bool cpu_ok = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
   const char* force = std::getenv("FASTAD_FORCE_NO_BF16");
   if (force && force[0] && force[0] != '0') return false;
   return cpu_ok && use_avx512_micro();

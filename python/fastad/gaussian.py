@@ -76,23 +76,79 @@ def _tri_inv_lower(C: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0):
-    """``(L, logdet)`` of a float64 covariance block ``[..., d, d]``: L lower with ``L L^T = cov^{-1}``.
+def _not_pd(what, first, total, pos, is_batch):
+    where = f" of position {first + pos} (of {total})" if is_batch and total else ""
+    return ValueError(
+        f"{what}: the covariance{where} is not positive definite (singular: e.g. fewer samples than "
+        f"features, or constant features); use shrinkage ('ledoit_wolf', 'oas') or reg > 0"
+    )
 
-    ``J cov J = C C^T`` (``J`` reverses the order, C lower) gives ``cov^{-1} = (J C^{-T} J)(J C^{-T} J)^T``
-    and ``J C^{-T} J`` is lower triangular."""
-    C, info = torch.linalg.cholesky_ex(cov.flip(-1, -2))
+
+def _lapack():
+    try:
+        from scipy.linalg import lapack
+    except ImportError:  # pragma: no cover - scipy is a runtime dependency
+        return None
+    return lapack
+
+
+def _blas_threads():
+    """A context limiting scipy's BLAS threads to torch's thread count (threadpoolctl, when installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(torch.get_num_threads(), user_api="blas")
+
+
+def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0, out=None):
+    """``(L, logdet)`` of a float64 covariance block ``[..., d, d]`` whose lower triangle is read (the
+    strict upper one may hold anything): L lower with ``L L^T = cov^{-1}``, written to ``out`` when given.
+
+    With ``F = J cov J`` (``J`` reverses the order) and ``F = U^T U`` (U upper),
+    ``cov^{-1} = (J U^{-1} J)(J U^{-1} J)^T`` and ``J U^{-1} J`` is lower triangular: one Cholesky and
+    one triangular inverse (2/3 d^3 flops). On the CPU both run as LAPACK ``dpotrf`` + ``dtrtri`` per
+    matrix (scipy; measured ~2x faster than ``torch.linalg.cholesky`` + ``solve_triangular(C, I)`` at
+    d = 550, and ``trtri`` does half the flops of a solve against the identity); elsewhere batched torch."""
+    lapack = _lapack() if cov.device.type == "cpu" else None
+    batch = cov.dim() == 3
+    c3 = cov if batch else cov[None]
+    n, d = c3.shape[0], c3.shape[-1]
+    if out is None:
+        out = torch.empty(cov.shape, dtype=torch.float64, device=cov.device)
+    o3 = out if batch else out[None]
+    if lapack is not None:
+        import numpy as np
+
+        logdet = torch.empty(n, dtype=torch.float64)
+        src = c3.numpy()
+        direct = o3.dtype in (torch.float32, torch.float64)
+        dst = o3.numpy() if direct else None
+        with _blas_threads():
+            for p in range(n):
+                a = np.array(src[p, ::-1, ::-1], order="F")  # upper triangle = cov's lower triangle, flipped
+                U, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
+                if info != 0:
+                    raise _not_pd(what, first, total, p, batch)
+                logdet[p] = 2.0 * float(np.log(np.diagonal(U)).sum())
+                Ui, info = lapack.dtrtri(U, lower=0, overwrite_c=1)
+                if info != 0:
+                    raise _not_pd(what, first, total, p, batch)
+                if direct:
+                    dst[p] = Ui[::-1, ::-1]
+                else:
+                    o3[p] = torch.from_numpy(np.ascontiguousarray(Ui[::-1, ::-1])).to(o3.dtype)
+        return out, (logdet if batch else logdet[0])
+    full = cov.tril() + cov.tril(-1).transpose(-1, -2)
+    C, info = torch.linalg.cholesky_ex(full.flip(-1, -2))
     if bool((info != 0).any()):
         bad = torch.nonzero(info.reshape(-1)).flatten()
-        pos = int(bad[0])
-        where = f" of position {first + pos} (of {total})" if cov.dim() == 3 and total else ""
-        raise ValueError(
-            f"{what}: the covariance{where} is not positive definite (singular: e.g. fewer samples than "
-            f"features, or constant features); use shrinkage ('ledoit_wolf', 'oas') or reg > 0"
-        )
+        raise _not_pd(what, first, total, int(bad[0]), batch)
     logdet = 2.0 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1)
-    L = _tri_inv_lower(C).transpose(-1, -2).flip(-1, -2)
-    return L, logdet
+    out.copy_(_tri_inv_lower(C).transpose(-1, -2).flip(-1, -2))
+    return out, logdet
 
 
 def precision_factor(cov: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -114,7 +170,7 @@ def precision_factor(cov: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
         raise ValueError(f"precision_factor: dtype must be one of {_FACTOR_DTYPES}, got {dtype}")
     if not bool(torch.isfinite(cov).all()):
         raise ValueError("precision_factor: cov holds NaN or Inf")
-    L, _ = _factor_logdet(cov.double(), "precision_factor: cov", total=cov.shape[0] if cov.dim() == 3 else 0)
+    L, _ = _factor_logdet(cov.double().contiguous(), "precision_factor: cov", total=cov.shape[0] if cov.dim() == 3 else 0)
     return L.to(dtype)
 
 
@@ -239,11 +295,10 @@ class GaussianAccumulator:
         if self.shape is None:
             if batch.shape[0] == 0:
                 return self
-            if not bool(torch.isfinite(batch).all()):
-                raise ValueError("GaussianAccumulator.update: batch holds NaN or Inf")
+            # (NaN / Inf: gaussian_accumulate raises when the batch is folded)
             self.shape, self.dtype, self.device = shape, batch.dtype, batch.device
             sdt = torch.float64 if batch.dtype == torch.float64 else torch.float32
-            self.shift = batch.double().mean(0).to(sdt)
+            self.shift = batch.mean(0, dtype=torch.float64).to(sdt)
             self.s1 = torch.zeros(shape, dtype=torch.float64, device=batch.device)
             if self.fourth_moments:
                 self.q3 = torch.zeros(shape, dtype=torch.float64, device=batch.device)
@@ -336,34 +391,38 @@ class GaussianAccumulator:
             else:
                 b1, b2 = s1[p0:p1], s2[p0:p1]
             ms = b1 / n  # mean of the shifted data
-            S2 = b2.tril() + b2.tril(-1).transpose(-1, -2)  # the full shifted second moment
-            scatter = S2 - n * ms[:, :, None] * ms[:, None, :]
-            del S2
-            S = scatter / n  # maximum likelihood
-            trS = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)
+            # lower triangles only (the op fills those): scatter = S2 - n ms ms^T, one pass, no transposes
+            if s2 is None:  # b2 is this block's own buffer: in place
+                scatter = b2.baddbmm_(ms[:, :, None], ms[:, None, :], alpha=-float(n))
+            else:
+                scatter = torch.baddbmm(b2, ms[:, :, None], ms[:, None, :], alpha=-float(n))
+            del b2
+            trS = torch.diagonal(scatter, dim1=-2, dim2=-1).sum(-1) / n  # trace of the ML covariance
             mu = trS / d
             a = None
-            if shrinkage == "ledoit_wolf":
-                a = self._ledoit_wolf(S, trS, mu, ms, b1, b2, q3[p0:p1], q4[p0:p1], n, d)
-            elif shrinkage == "oas":
-                a = self._oas(S, mu, n, d)
+            if shrinkage in SHRINKAGE_METHODS:
+                S = scatter.tril() / n
+                S = S + S.tril(-1).transpose(-1, -2)  # full symmetric ML covariance
+                if shrinkage == "ledoit_wolf":
+                    a = self._ledoit_wolf(S, trS, mu, ms, scatter, q3[p0:p1], q4[p0:p1], n, d)
+                else:
+                    a = self._oas(S, mu, n, d)
+                del S
             elif shrinkage is not None:
                 a = torch.full_like(mu, float(shrinkage))
-            cov = scatter / (n - ddof) if ddof else S
-            del scatter
+            cov = scatter.mul_(1.0 / (n - ddof))
             if a is not None:
-                cov = cov * (1.0 - a)[:, None, None]
+                cov.mul_((1.0 - a)[:, None, None])
                 cov.diagonal(dim1=-2, dim2=-1).add_((a * (trS * n / (n - ddof)) / d)[:, None])
                 alphas[p0:p1] = a.cpu()
             if reg:
                 cov.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-            L, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0)
+            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1])
             mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
-            factor[p0:p1] = L.to(factor_dtype)
             logdet[p0:p1] = ld
             if cov_out is not None:
-                cov_out[p0:p1] = cov
-            del cov, L
+                cov_out[p0:p1] = cov.tril() + cov.tril(-1).transpose(-1, -2)
+            del cov
         if not per_pos:
             mean, factor, logdet = mean[0], factor[0], logdet[0]
             cov_out = None if cov_out is None else cov_out[0]
@@ -381,16 +440,17 @@ class GaussianAccumulator:
         return torch.where(den == 0, torch.ones_like(mu), torch.clamp(num / torch.where(den == 0, torch.ones_like(den), den), max=1.0))
 
     @staticmethod
-    def _ledoit_wolf(S, trS, mu, ms, s1, s2, q3, q4, n, d):
+    def _ledoit_wolf(S, trS, mu, ms, scatter, q3, q4, n, d):
         """scikit-learn ``ledoit_wolf_shrinkage`` from the shifted sums: ``beta_ = sum_i |x_i - mean|^4``
         expanded in the shifted data ``y`` and its mean ``m``: with ``a_i = |y_i|^2``, ``b_i = y_i . m``,
         ``c = |m|^2``: ``sum (a - 2b + c)^2 = q4 + 4 m^T S2 m - 4 m . q3 + 2 c tr(S2) - 3 n c^2``."""
         if d == 1:
             return torch.zeros_like(mu)
-        S2 = s2.tril() + s2.tril(-1).transpose(-1, -2)
         c = ms.square().sum(-1)
-        mS2m = torch.einsum("pi,pij,pj->p", ms, S2, ms)
-        beta_ = q4 + 4 * mS2m - 4 * (ms * q3).sum(-1) + 2 * c * torch.diagonal(S2, dim1=-2, dim2=-1).sum(-1) - 3 * n * c * c
+        # S2 = n S + n m m^T (the shifted second moment): m^T S2 m = n m^T S m + n c^2, tr S2 = n tr S + n c
+        mS2m = n * torch.einsum("pi,pij,pj->p", ms, S, ms) + n * c * c
+        trS2 = n * trS + n * c
+        beta_ = q4 + 4 * mS2m - 4 * (ms * q3).sum(-1) + 2 * c * trS2 - 3 * n * c * c
         delta_ = S.square().sum(dim=(-2, -1))
         beta = (beta_ / n - delta_) / (d * n)
         delta = (delta_ - 2.0 * mu * trS + d * mu * mu) / d
