@@ -10,7 +10,7 @@
 - op: ``fastad.ops.mahalanobis`` (float32 and bfloat16 factor) vs ``((x - m) @ L).square().sum(1)``
   in torch (MKL sgemm on the full factor), GFLOP/s and % of the machine's GEMM roof (``torch.mm``
   2048^3 in the same run).
-Interleaved in one process; best of --repeats.
+Interleaved in one process; best of --repeats, process CPU seconds (robust on a shared machine).
 """
 from __future__ import annotations
 
@@ -18,22 +18,12 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def best_of(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
 
 
 def main():
@@ -53,7 +43,7 @@ def main():
     from fastad import ops
     from fastad.detectors import Mahalanobis
 
-    from bench_padim_synth import cpu_model, gemm_roof
+    from bench_padim_synth import best_of, cpu_model, gemm_roof  # best_of: process CPU seconds
 
     threadpool_limits(a.threads)
     g = torch.Generator().manual_seed(0)

@@ -56,7 +56,7 @@ inline uint32_t low_bits(int64_t n) { return n >= 32 ? 0xffffffffu : ((1u << n) 
 // One 6-row tile x one 32-column panel: acc = xc[6, j0:] @ tril(L)[j0:, j0:j0+32]; returns the panel's
 // squared sums added into ss[6] (zmm partials).
 template <typename Ld, typename T>
-inline void tile_panel(const T* L, int64_t d, int64_t j0, const float* x0, int64_t ld, __m512* ss) {
+inline void tile_panel(const T* L, int64_t d, int64_t j0, const float* x0, int64_t ld, __m512* ss, bool first) {
   const int64_t nc = d - j0 < 32 ? d - j0 : 32;
   const uint32_t cm = low_bits(nc);
   __m512 c0[6], c1[6];
@@ -74,7 +74,15 @@ inline void tile_panel(const T* L, int64_t d, int64_t j0, const float* x0, int64
     }
   }
   if (nc == 32) {
+    // The first tile of a row block brings the panel in from memory: rows d * sizeof(T) apart, two
+    // cache lines each (one for half precision), which the hardware prefetcher follows poorly.
+    constexpr int64_t kAhead = 12;
     for (int64_t k = kd; k < d; ++k) {
+      if (first && k + kAhead < d) {
+        const char* pf = reinterpret_cast<const char*>(L + (k + kAhead) * d + j0);
+        _mm_prefetch(pf, _MM_HINT_T0);
+        if (sizeof(T) == 4) _mm_prefetch(pf + 64, _MM_HINT_T0);
+      }
       __m512 b0, b1;
       Ld::load_full(L + k * d + j0, b0, b1);
 #pragma GCC unroll 6
@@ -101,7 +109,7 @@ void rows_impl(const T* L, int64_t d, const float* xc, int64_t ld, int64_t nrows
     const int64_t nr = nrows - r0 < 48 ? nrows - r0 : 48;
     for (int64_t r = 0; r < nr; ++r) part[r] = _mm512_setzero_ps();
     for (int64_t j0 = 0; j0 < d; j0 += 32)
-      for (int64_t t = 0; t < nr; t += 6) tile_panel<Ld>(L, d, j0, xc + (r0 + t) * ld, ld, part + t);
+      for (int64_t t = 0; t < nr; t += 6) tile_panel<Ld>(L, d, j0, xc + (r0 + t) * ld, ld, part + t, t == 0);
     for (int64_t r = 0; r < nr; ++r) out[r0 + r] = _mm512_reduce_add_ps(part[r]);
   }
 }
