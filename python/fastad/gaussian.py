@@ -122,24 +122,33 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
     if lapack is not None:
         import numpy as np
 
+        # F = J cov J in C order holds cov's lower triangle in its upper one; viewed in Fortran order
+        # (F^T, no copy) that is a lower triangle: factorised and inverted in place, lower = 1.
+        # (J M J is the flat reversal of M's C-order buffer: numpy's reversed copy is ~6x torch.flip's)
+        src = c3.contiguous().numpy().reshape(n, d * d)
+        arr = np.empty((n, d, d))
+        np.copyto(arr.reshape(n, d * d), src[:, ::-1])
         logdet = torch.empty(n, dtype=torch.float64)
-        src = c3.numpy()
-        direct = o3.dtype in (torch.float32, torch.float64)
-        dst = o3.numpy() if direct else None
         with _blas_threads():
             for p in range(n):
-                a = np.array(src[p, ::-1, ::-1], order="F")  # upper triangle = cov's lower triangle, flipped
-                U, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
+                a = arr[p].T  # F-contiguous view
+                C, info = lapack.dpotrf(a, lower=1, clean=1, overwrite_a=1)
                 if info != 0:
                     raise _not_pd(what, first, total, p, batch)
-                logdet[p] = 2.0 * float(np.log(np.diagonal(U)).sum())
-                Ui, info = lapack.dtrtri(U, lower=0, overwrite_c=1)
+                if not np.shares_memory(C, a):
+                    a[...] = C
+                logdet[p] = 2.0 * float(np.log(np.diagonal(a)).sum())
+                Ci, info = lapack.dtrtri(a, lower=1, overwrite_c=1)
                 if info != 0:
                     raise _not_pd(what, first, total, p, batch)
-                if direct:
-                    dst[p] = Ui[::-1, ::-1]
-                else:
-                    o3[p] = torch.from_numpy(np.ascontiguousarray(Ui[::-1, ::-1])).to(o3.dtype)
+                if not np.shares_memory(Ci, a):
+                    a[...] = Ci
+        # L = J C^{-T} J: in C order exactly the reversed Fortran-order buffer of C^{-1}
+        rev = arr.reshape(n, d * d)[:, ::-1]
+        if o3.dtype in (torch.float32, torch.float64) and o3.is_contiguous():
+            np.copyto(o3.numpy().reshape(n, d * d), rev)
+        else:
+            o3.copy_(torch.from_numpy(np.ascontiguousarray(rev)).reshape(n, d, d))
         return out, (logdet if batch else logdet[0])
     full = cov.tril() + cov.tril(-1).transpose(-1, -2)
     C, info = torch.linalg.cholesky_ex(full.flip(-1, -2))
@@ -392,25 +401,27 @@ class GaussianAccumulator:
                 b1, b2 = s1[p0:p1], s2[p0:p1]
             ms = b1 / n  # mean of the shifted data
             # lower triangles only (the op fills those): scatter = S2 - n ms ms^T, one pass, no transposes
-            if s2 is None:  # b2 is this block's own buffer: in place
-                scatter = b2.baddbmm_(ms[:, :, None], ms[:, None, :], alpha=-float(n))
+            # cov = (S2 - n ms ms^T) / (n - ddof) in one pass (in place when b2 is this block's own buffer)
+            f = 1.0 / (n - ddof)
+            if s2 is None:
+                cov = b2.baddbmm_(ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
             else:
-                scatter = torch.baddbmm(b2, ms[:, :, None], ms[:, None, :], alpha=-float(n))
+                cov = torch.baddbmm(b2, ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
             del b2
-            trS = torch.diagonal(scatter, dim1=-2, dim2=-1).sum(-1) / n  # trace of the ML covariance
+            scatter_scale = float(n - ddof)  # scatter = cov * (n - ddof)
+            trS = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) * (scatter_scale / n)  # trace of the ML covariance
             mu = trS / d
             a = None
             if shrinkage in SHRINKAGE_METHODS:
-                S = scatter.tril() / n
+                S = cov.tril() * (scatter_scale / n)
                 S = S + S.tril(-1).transpose(-1, -2)  # full symmetric ML covariance
                 if shrinkage == "ledoit_wolf":
-                    a = self._ledoit_wolf(S, trS, mu, ms, scatter, q3[p0:p1], q4[p0:p1], n, d)
+                    a = self._ledoit_wolf(S, trS, mu, ms, None, q3[p0:p1], q4[p0:p1], n, d)
                 else:
                     a = self._oas(S, mu, n, d)
                 del S
             elif shrinkage is not None:
                 a = torch.full_like(mu, float(shrinkage))
-            cov = scatter.mul_(1.0 / (n - ddof))
             if a is not None:
                 cov.mul_((1.0 - a)[:, None, None])
                 cov.diagonal(dim1=-2, dim2=-1).add_((a * (trS * n / (n - ddof)) / d)[:, None])
