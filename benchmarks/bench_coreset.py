@@ -3,6 +3,16 @@ one-bank-read-per-step memory floor, measured in ONE run, interleaved, on the sa
 
     .venv/bin/python benchmarks/bench_coreset.py                 # 50,000 x 1536, 5000 and 500 centres
     .venv/bin/python benchmarks/bench_coreset.py --quick         # small smoke run
+    .venv/bin/python benchmarks/bench_coreset.py --features mtd --centres 0.1 --exhaustive-steps 2000
+        # real PatchCore features (efficientnet_lite0, 224 px, default taps) of every MTD training image,
+        # extracted once and cached in ~/.cache/fastad (--cache-dir); --centres below 1 = a fraction of N
+
+Both methods of ``fastad.ops.coreset`` run on the same selection space: ``exhaustive`` (one fused pass
+per step) and ``pruned`` (ball tree, the default); their indices and distances must be identical (checked;
+the exhaustive run may be cut to its first ``--exhaustive-steps`` steps, whose per-step time is then
+extrapolated: its steps all cost one read of the bank), and the first steps must equal anomalib's
+``KCenterGreedy`` run on the same selection space. The share of rows the pruned method read (not
+skipped) is printed.
 
 anomalib (2.7.0, installed with ``pip install --no-deps anomalib==2.7.0``) cannot be imported as a
 package without its heavy dependencies (lightning, jsonargparse, ...), so this script loads its two
@@ -20,6 +30,7 @@ Times are process CPU time (the machine is shared; wall time is printed too) wit
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.util
 import statistics
 import sys
@@ -30,7 +41,9 @@ from pathlib import Path
 import torch
 
 import fastad
-from fastad.ops.coreset import jl_min_dim, projected_bank
+from fastad.ops.coreset import auto_projection_dim, projected_bank
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_anomalib():
@@ -66,6 +79,34 @@ def load_anomalib():
     except Exception:
         pass
     return kcg.KCenterGreedy, ver
+
+
+def mtd_features(root: Path, cache_dir: Path) -> torch.Tensor:
+    """PatchCore's training rows (every ``train`` image of the MVTec-layout folder ``root``, fastad's default
+    PatchCore: efficientnet_lite0, 224 px, default taps, 3x3 aggregation), cached as a .pt file."""
+    cache = cache_dir / f"patchcore_rows_{root.name}_train_efficientnet_lite0_224.pt"
+    if cache.exists():
+        return torch.load(cache)
+    from fastad.data import MVTecDataset, batches
+    from fastad.detectors import PatchCore
+
+    ds = MVTecDataset(root, "train", image_size=224)
+    with Timer() as t:
+        det = PatchCore(coreset_ratio=1.0, progress=False).fit(batches(ds, 16, num_workers=2))
+    bank = det.memory_bank_.contiguous()
+    print(f"extracted {bank.shape[0]} x {bank.shape[1]} rows of {len(ds)} images in {t.wall:.1f} s; cached in {cache}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(bank, cache)
+    return bank
+
+
+def run_ours(x: torch.Tensor, n: int, start: int, method: str):
+    """One coreset call; -> (indices, distances, cpu s, wall s, rows read / rows of full scans)."""
+    counter = torch.zeros(3, dtype=torch.int64)
+    with Timer() as t:
+        idx, dist = torch.ops.fastad.coreset(x, n, start, counter, method)
+    read = int(counter[1]) / max(1, int(counter[2]))
+    return idx, dist, t.cpu, t.wall, read
 
 
 class Timer:
@@ -122,12 +163,20 @@ def anomalib_steps(KCG, bank: torch.Tensor, features: torch.Tensor, steps: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--features", choices=("synthetic", "mtd"), default="synthetic")
+    ap.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "mtd"), help="MTD folder (--features mtd)")
+    ap.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "fastad"), help="where MTD features are cached")
+    ap.add_argument("--rows", type=int, default=50_000, help="synthetic rows; with --features mtd: keep the first "
+                    "--rows rows (the training images in order, 784 rows each at 224 px) when given below the total")
     ap.add_argument("--dim", type=int, default=1536)
-    ap.add_argument("--centres", type=int, nargs="+", default=[5000, 500])
+    ap.add_argument("--centres", type=float, nargs="+", default=[5000, 500],
+                    help="centres to choose; a value below 1 is a fraction of the rows (0.1 = PatchCore's default)")
     ap.add_argument("--projections", nargs="+", default=["none", "128", "auto"])
     ap.add_argument("--storage", nargs="+", default=["float32", "float16"],
                     help="storage dtypes of OUR selection bank (fp32 arithmetic either way)")
+    ap.add_argument("--exhaustive-steps", type=int, default=0,
+                    help="run the exhaustive method only for its first this many steps (0: all), compare that prefix and "
+                         "extrapolate its time")
     ap.add_argument("--anomalib-steps", type=int, default=50)
     ap.add_argument("--floor-reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
@@ -135,92 +184,133 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=0,
                     help="0: |N(0,1)| noise (default). K > 0: K Gaussian clusters (centres N(3, 4^2), spread 0.5), "
                          "where the triangle-inequality pruning can skip rows")
-    ap.add_argument("--out", type=str, default=None, help="also write the summary table to this file")
+    ap.add_argument("--json", type=str, default=None, help="also write every row of the summary to this JSON file")
     args = ap.parse_args()
     if args.quick:
         args.rows, args.dim, args.centres, args.anomalib_steps = 10_000, 384, [300, 50], 20
     torch.set_num_threads(args.threads)
-    N, D = args.rows, args.dim
     g = torch.Generator().manual_seed(0)
-    if args.clusters:
-        cent = torch.randn(args.clusters, D, generator=g) * 4 + 3
-        bank = cent[torch.randint(0, args.clusters, (N,), generator=g)] + 0.5 * torch.randn(N, D, generator=g)
+    if args.features == "mtd":
+        bank = mtd_features(Path(args.data).resolve(), Path(args.cache_dir))
+        what = f"MTD PatchCore training rows of all {bank.shape[0] // 784} train images ({Path(args.data).resolve()})"
+        if "--rows" in sys.argv and args.rows < bank.shape[0]:
+            bank = bank[: args.rows].contiguous()
+            what += f", first {args.rows} rows ({args.rows / 784:.0f} images)"
+    elif args.clusters:
+        cent = torch.randn(args.clusters, args.dim, generator=g) * 4 + 3
+        bank = cent[torch.randint(0, args.clusters, (args.rows,), generator=g)] + 0.5 * torch.randn(args.rows, args.dim, generator=g)
+        what = f"{args.clusters} Gaussian clusters"
     else:
-        bank = torch.randn(N, D, generator=g).abs_()  # non-negative, non-centred like post-ReLU features
+        bank = torch.randn(args.rows, args.dim, generator=g).abs_()  # non-negative, non-centred like post-ReLU features
+        what = "|N(0,1)| noise"
+    N, D = bank.shape
+    centres = [int(c * N) if c < 1 else int(c) for c in args.centres]
     start = 0
     an = load_anomalib()
+    cpu = _cpu_model()
     print(f"fastad {fastad.build_info()}")
-    print(f"data: {f'{args.clusters} Gaussian clusters' if args.clusters else '|N(0,1)| noise'}")
-    print(f"bank {N} x {D} fp32 ({bank.numel() * 4 / 2**20:.0f} MiB), threads={args.threads}, "
+    print(f"cpu: {cpu}; data: {what}")
+    print(f"bank {N} x {D} fp32 ({bank.numel() * 4 / 2**20:.0f} MiB), threads={args.threads}, centres {centres}, "
           f"anomalib: {'KCenterGreedy ' + an[1] + ' (module files loaded unchanged)' if an else 'NOT importable'}")
     rows = []
     for proj in args.projections:
         # --- the selection space, ours and anomalib's ---
         if proj == "none":
-            k, ours_x, proj_cpu = D, bank, 0.0
-            an_x, an_proj_cpu = bank, 0.0
+            k = None
+        elif proj == "auto":
+            k = auto_projection_dim(N, D)  # never expands: None when the JL bound is >= D
         else:
-            k = jl_min_dim(N) if proj == "auto" else int(proj)
+            k = int(proj)
+        if k is None:
+            ours_x, proj_cpu = bank, 0.0
+        else:
             with Timer() as tp:
                 ours_x = projected_bank(bank, k, seed=0)  # exactly what the wrapper selects on
             proj_cpu = tp.cpu
-            an_x = None
-            if an and proj == "auto":  # anomalib's own projection (JL dim for eps=0.9)
-                torch.manual_seed(0)
-                sampler = an[0](embedding=bank, sampling_ratio=0.5)
-                with Timer() as ta:
-                    sampler.model.fit(bank)
-                    an_x = sampler.model.transform(bank)
-                an_proj_cpu = ta.cpu
-                assert an_x.shape[1] == k, (an_x.shape, k)
-            elif an:  # anomalib has no fixed-dim option: same loop on our projected bank
-                an_x, an_proj_cpu = ours_x, proj_cpu
+        dims = D if k is None else k
+        an_x, an_proj_cpu = ours_x, proj_cpu
+        if an and proj == "auto":  # anomalib's own default: its JL projection (it expands when JL dim > D)
+            torch.manual_seed(0)
+            sampler = an[0](embedding=bank, sampling_ratio=0.5)
+            with Timer() as ta:
+                sampler.model.fit(bank)
+                an_x = sampler.model.transform(bank)
+            an_proj_cpu = ta.cpu
         floor_s, floor_how = floor_per_step(ours_x, args.floor_reps)
-        # --- anomalib subset (interleaved before ours, same data) ---
-        an_step = None
+        # --- anomalib (interleaved before ours, same data): timed on its default space; indices on ours ---
+        an_step = an_idx = None
         if an:
-            steps = min(args.anomalib_steps, max(args.centres) - 1)
-            an_idx, an_cpu, an_wall = anomalib_steps(an[0], bank, an_x, steps, start)
+            steps = min(args.anomalib_steps, max(centres) - 1)
+            an_t_idx, an_cpu, _ = anomalib_steps(an[0], bank, an_x, steps, start)
             an_step = an_cpu / steps
+            an_idx = an_t_idx if an_x is ours_x else anomalib_steps(an[0], bank, ours_x, steps, start)[0]
         for sname in args.storage:
             sx = ours_x if sname == "float32" else ours_x.to(getattr(torch, sname))
             fs, fhow = (floor_s, floor_how) if sname == "float32" else floor_per_step(sx, args.floor_reps)
-            for n in args.centres:
-                with Timer() as t:
-                    idx, dist = fastad.ops.coreset(sx, n, start=start)
-                step = t.cpu / (n - 1)
-                agree = ""
-                if an and proj == "none" and sname == "float32":
+            for n in centres:
+                ne = n if args.exhaustive_steps <= 0 else min(n, args.exhaustive_steps + 1)
+                ie, de, e_cpu, e_wall, e_read = run_ours(sx, ne, start, "exhaustive")
+                ip, dp, p_cpu, p_wall, p_read = run_ours(sx, n, start, "pruned")
+                same = torch.equal(ip[:ne], ie) and torch.equal(dp[:ne], de)
+                e_step = e_cpu / max(1, ne - 1)
+                row = dict(proj=proj, dims=dims, padded=int(sx.shape[1]), storage=sname, n=n, N=N,
+                           exhaustive_step=e_step, exhaustive_total=e_step * (n - 1) + proj_cpu,
+                           exhaustive_steps_run=ne - 1, pruned_step=p_cpu / max(1, n - 1), pruned_total=p_cpu + proj_cpu,
+                           pruned_wall=p_wall, proj_cpu=proj_cpu, read=p_read, floor=fs, floor_how=fhow,
+                           identical_vs_exhaustive=same, cpu=cpu, threads=args.threads)
+                if an_idx is not None and sname == "float32":
                     m = min(len(an_idx), n)
-                    agree = f"first {m} idx == anomalib: {torch.equal(idx[:m], an_idx[:m])}"
-                row = dict(proj=proj, storage=sname, k=k if sx.shape[1] == k else f"{k} (+{sx.shape[1] - k} zero)", n=n, ours_step=step, ours_total=t.cpu + proj_cpu,
-                           ours_wall=t.wall, proj_cpu=proj_cpu, floor=fs, floor_how=fhow, agree=agree)
+                    row["anomalib_first_identical"] = [m, bool(torch.equal(ip[:m], an_idx[:m]))]
                 if an_step is not None:
-                    row.update(an_step=an_step, an_total=an_step * (n - 1) + an_proj_cpu, an_proj=an_proj_cpu)
+                    row.update(an_step=an_step, an_total=an_step * (n - 1) + an_proj_cpu, an_proj=an_proj_cpu,
+                               an_dims=int(an_x.shape[1]))
                 rows.append(row)
                 print_row(row)
-    print("\nsummary (CPU seconds, 1 process; anomalib extrapolated from its timed steps):")
-    print("| projection | dims | our storage | centres | ours ms/step | floor ms/step | ours/floor | anomalib ms/step | "
-          "ours total s | anomalib total s (extrap.) | speed-up vs anomalib (total) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\nsummary (CPU seconds, 1 process; anomalib extrapolated from its timed steps"
+          + ("; exhaustive extrapolated from its first steps" if args.exhaustive_steps > 0 else "") + "):")
+    print("| projection | dims | storage | centres | exhaustive ms/step | pruned ms/step | rows read | pruned / exhaustive "
+          "| floor ms/read | anomalib ms/step (dims) | pruned total s | anomalib total s | speed-up vs anomalib | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        an_s = f"{r['an_step'] * 1e3:.1f}" if "an_step" in r else "-"
+        an_s = f"{r['an_step'] * 1e3:.1f} ({r['an_dims']})" if "an_step" in r else "-"
         an_t = f"{r['an_total']:.1f}" if "an_total" in r else "-"
-        sp = f"{r['an_total'] / r['ours_total']:.1f}x" if "an_total" in r else "-"
-        print(f"| {r['proj']} | {r['k']} | {r['storage']} | {r['n']} | {r['ours_step'] * 1e3:.2f} | {r['floor'] * 1e3:.2f} | "
-              f"{r['ours_step'] / r['floor']:.2f} | {an_s} | {r['ours_total']:.1f} | {an_t} | {sp} |")
+        sp = f"{r['an_total'] / r['pruned_total']:.1f}x" if "an_total" in r else "-"
+        ident = "exh. " + ("yes" if r["identical_vs_exhaustive"] else "NO")
+        if "anomalib_first_identical" in r:
+            m, ok = r["anomalib_first_identical"]
+            ident += f", anomalib first {m}: " + ("yes" if ok else "NO")
+        print(f"| {r['proj']} | {r['dims']} | {r['storage']} | {r['n']} | {r['exhaustive_step'] * 1e3:.2f} | "
+              f"{r['pruned_step'] * 1e3:.2f} | {100 * r['read']:.1f}% | {r['pruned_step'] / r['exhaustive_step']:.3f} | "
+              f"{r['floor'] * 1e3:.2f} | {an_s} | {r['pruned_total']:.1f} | {an_t} | {sp} | {ident} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(argv=sys.argv[1:], build=str(fastad.build_info()), rows=rows), indent=1))
+    if not all(r["identical_vs_exhaustive"] and r.get("anomalib_first_identical", [0, True])[1] for r in rows):
+        sys.exit("MISMATCH: the pruned indices differ (see the table)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 def print_row(r):
-    s = (f"[{r['proj']:>4} -> {r['k']} dims, {r['storage']}, n={r['n']:5d}] ours {r['ours_step'] * 1e3:7.2f} ms/step "
-         f"(total {r['ours_total']:.2f} s CPU incl. projection {r['proj_cpu']:.2f} s; wall {r['ours_wall']:.1f} s) | "
-         f"floor {r['floor'] * 1e3:.2f} ms/read [{r['floor_how']}] -> ours/floor {r['ours_step'] / r['floor']:.2f}")
+    s = (f"[{r['proj']:>4} -> {r['dims']} dims, {r['storage']}, n={r['n']}] pruned {r['pruned_step'] * 1e3:.3f} ms/step "
+         f"(total {r['pruned_total']:.2f} s CPU incl. projection {r['proj_cpu']:.2f} s; wall {r['pruned_wall']:.1f} s; "
+         f"rows read {100 * r['read']:.2f}%) | exhaustive {r['exhaustive_step'] * 1e3:.3f} ms/step over "
+         f"{r['exhaustive_steps_run']} steps -> pruned/exhaustive {r['pruned_step'] / r['exhaustive_step']:.3f} | "
+         f"floor {r['floor'] * 1e3:.2f} ms/read [{r['floor_how']}] | identical to exhaustive: {r['identical_vs_exhaustive']}")
     if "an_step" in r:
-        s += (f" | anomalib {r['an_step'] * 1e3:.1f} ms/step (timed subset), total {r['an_total']:.1f} s "
-              f"(extrapolated, incl. projection {r['an_proj']:.2f} s) -> speed-up {r['an_total'] / r['ours_total']:.1f}x "
-              f"(per step {r['an_step'] / r['ours_step']:.1f}x)")
-    if r["agree"]:
-        s += " | " + r["agree"]
+        s += (f" | anomalib ({r['an_dims']} dims) {r['an_step'] * 1e3:.1f} ms/step (timed subset), total {r['an_total']:.1f} s "
+              f"(extrapolated, incl. projection {r['an_proj']:.2f} s) -> speed-up {r['an_total'] / r['pruned_total']:.1f}x")
+    if "anomalib_first_identical" in r:
+        s += f" | first {r['anomalib_first_identical'][0]} idx == anomalib on our space: {r['anomalib_first_identical'][1]}"
     print(s, flush=True)
 
 

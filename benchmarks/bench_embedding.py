@@ -52,7 +52,7 @@ def main():
         out = fn()
         return out, time.perf_counter() - w, time.process_time() - c
 
-    rows, res = [], {"n_train": a.n_train, "n_test": a.n_test, "dim": a.dim, "threads": a.threads, "rows": []}
+    res = {"n_train": a.n_train, "n_test": a.n_test, "dim": a.dim, "threads": a.threads, "rows": []}
     from sklearn.covariance import LedoitWolf
 
     from fastad.detectors import Mahalanobis

@@ -245,7 +245,7 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
           f"top-1/min accuracy vs float64 {acc:.4f}, load avg {load0:.1f}->{load1:.1f})")
-    print(f"| method | CPU s | wall s | GF/core-s | GF/s wall | % sgemm | extra MB | anchor/ours (CPU) | (wall) |")
+    print("| method | CPU s | wall s | GF/core-s | GF/s wall | % sgemm | extra MB | anchor/ours (CPU) | (wall) |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name, r in res.items():

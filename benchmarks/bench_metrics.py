@@ -138,7 +138,7 @@ def main() -> None:
     print(f"\n{args.n} maps {args.size}x{args.size}, {masks.sum()} anomalous px in "
           f"{int((masks.reshape(args.n, -1).any(1)).sum())} images, torch threads {args.threads}, "
           f"medians of {args.repeats}; anchor: {anchor}\n")
-    print(f"| metric | anchor value | fastad value | abs diff | anchor CPU s | fastad CPU s | CPU ratio | anchor wall s | fastad wall s | wall ratio |")
+    print("| metric | anchor value | fastad value | abs diff | anchor CPU s | fastad CPU s | CPU ratio | anchor wall s | fastad wall s | wall ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k, r in rows.items():
         if k in vals:

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,7 +60,7 @@ def main():
         return
 
     from fastad import metrics
-    from fastad.data import MVTecDataset, batches
+    from fastad.data import MVTecDataset
     from fastad.detectors import PaDiM
     from fastad.features import FeatureExtractor, get_backbone
 

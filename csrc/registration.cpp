@@ -23,7 +23,10 @@ TORCH_LIBRARY(fastad, m) {
   // progress: optional CPU int64 tensor; progress[0] = centres chosen so far (CPU: updated after every
   // step while the op runs, for a progress bar polled from another thread; CUDA: n once the device loop
   // is enqueued).
-  m.def("coreset(Tensor bank, int n, int start=0, Tensor(a!)? progress=None) -> (Tensor, Tensor)");
+  // method: "exhaustive" (default) or "pruned" (CPU: ball-tree triangle-inequality pruning, same
+  // indices; CUDA: runs the exhaustive loop). progress with >= 3 elements (CPU): [1] rows read so far, [2] rows a full
+  // scan per step would have read so far.
+  m.def("coreset(Tensor bank, int n, int start=0, Tensor(a!)? progress=None, str method=\"exhaustive\") -> (Tensor, Tensor)");
   // ---- MuSc (issue 5): zero-shot mutual scoring ---------------------------------------------
   // LNAMD: per-image LayerNorm over (C, H, W) jointly (no affine, eps 1e-5) -> r x r mean with zero
   // padding counted -> per-token L2 normalisation. tokens [B, L, C] (CLS removed, L = H*H) -> [B, L, C].
@@ -43,4 +46,13 @@ TORCH_LIBRARY(fastad, m) {
   // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
   // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
   m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");
+  // ---- fastad.distributed (issue 17) ----------------------------------------------------------
+  // coreset_step: one greedy k-center step on a bank shard [N, D] (N may be 0) with the arithmetic of
+  // coreset: min_sq[r] = min(min_sq[r], sum((bank[r] - centre)^2)) (fp32; rows holding -1 = chosen stay);
+  // returns (max of min_sq [] float32, its smallest row [] int64, rows skipped [] int64), (-2, -1, 0) when
+  // N == 0. Optional exact triangle-inequality pruning: assign [N] int32 (position of the centre that gave
+  // min_sq[r], updated), centre_dists [s] float32 (squared distances from this centre, at position
+  // centre_id, to the centres by position). CPU only.
+  m.def("coreset_step(Tensor bank, Tensor centre, Tensor(a!) min_sq, Tensor(b!)? assign=None, "
+        "Tensor? centre_dists=None, int centre_id=0) -> (Tensor, Tensor, Tensor)");
 }

@@ -91,4 +91,10 @@ int64_t* coreset_progress_ptr(const char* op, const std::optional<at::Tensor>& p
   return p.data_ptr<int64_t>();
 }
 
+bool coreset_method_is_pruned(const char* op, std::string_view method) {
+  TORCH_CHECK(method == "pruned" || method == "exhaustive", op,
+              ": method must be 'pruned' or 'exhaustive', got '", method, "'");
+  return method == "pruned";
+}
+
 }  // namespace fastad

@@ -29,5 +29,7 @@ void check_group_min_args(const at::Tensor& query, const at::Tensor& bank, int64
 void check_coreset_args(const char* op, const at::Tensor& bank, int64_t n, int64_t start);
 /// The progress counter of coreset (nullptr when absent), checked: CPU, int64, contiguous, >= 1 element.
 int64_t* coreset_progress_ptr(const char* op, const std::optional<at::Tensor>& progress);
+/// coreset's method argument: true for "pruned", false for "exhaustive", an error naming both otherwise.
+bool coreset_method_is_pruned(const char* op, std::string_view method);
 
 }  // namespace fastad

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace fastad::cpu {
 
@@ -32,6 +33,7 @@ struct CoresetStep {
   int32_t* assign = nullptr;     // position of the centre that gave mind[r], N ints
   const float* cc2 = nullptr;    // squared distance from c to every chosen centre (by position), or
                                  // nullptr: no pruning this step
+  float slack = kCoresetPruneSlack;  // >= kCoresetPruneSlack + 4 * coreset_margin(D) (rounding of long rows)
 };
 
 /// One fused streaming pass over rows [r0, r1) of the bank: for every row x (not pruned),
@@ -61,7 +63,7 @@ inline CoresetBest coreset_update_rows(int64_t r0, int64_t r1, const CoresetStep
   float* mind = st.mind;
   for (int64_t r = r0; r < r1; ++r) {
     float m = mind[r];
-    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > kCoresetPruneSlack * 4.f * m) {
+    if (st.cc2 != nullptr && st.cc2[st.assign[r]] > st.slack * 4.f * m) {
       ++skip;  // cannot improve (chosen rows, m = -1, always land here)
     } else {
       const float d2 = dist(r);
@@ -87,5 +89,62 @@ void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int
                                const float* c, float* out);
 void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_t* rows, int64_t count,
                             const float* c, float* out);
+using CoresetDistsFn = void (*)(const void*, int, int64_t, const int64_t*, int64_t, const float*, float*);
+
+/// Relative rounding margin of the pruning bounds for rows of D elements: a computed squared distance
+/// (any summation order, fp32) is within a factor (1 +- e) of the exact one for e = (D + 16) * 2^-23
+/// (twice the worst-case bound), so a bound that holds with this margin holds for the computed values.
+inline float coreset_margin(int64_t D) { return static_cast<float>(D + 16) * 0x1p-23f; }
+
+/// Ball tree over the bank rows for method="pruned" (csrc/cpu/coreset_tree.cpp).
+///
+/// Rows are ordered (perm) by recursive median splits along the direction between two far-apart rows;
+/// leaves hold <= kLeaf rows. Every node keeps its centroid z (fp32), a radius rho >= max ||x - z|| over
+/// its rows, and the largest running min-distance of its rows (value, smallest row index on ties: a
+/// tournament tree). Every row keeps t = ||x - z_leaf||. A step with new centre c skips
+///   a node  when (||c - z|| - rho)^2 >= its largest running min (no row can get closer), and
+///   a row   when (||c - z_leaf|| - t)^2 >= its running min (reverse triangle inequality),
+/// both with the rounding margin coreset_margin(D) (so a skipped row is one whose computed distance
+/// would not have been below its running min). Rows that are read get exactly the exhaustive step's
+/// distance (the same dists function, same centre) and the same update, so the indices are identical.
+/// Memory: a tree-ordered copy of the bank (leaves are contiguous blocks: the rows a step reads stream
+/// instead of being gathered), 2 N int64 + 2 N floats, and about 2N/kLeaf nodes of D + 4 floats.
+class CoresetTree {
+ public:
+  static constexpr int64_t kLeaf = 32;
+  CoresetTree(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists);
+  /// One greedy step with centre c (D floats, fp32, cid its position): updates mind/assign of the rows
+  /// that can improve, returns the new argmax (largest mind, smallest index on ties); `read` gets the
+  /// number of rows whose distance was computed, `bad` is set when a computed distance is NaN/Inf.
+  /// `cur` is the row of c; the caller has set mind[cur] = kCoresetChosen.
+  CoresetBest step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
+  /// Copy mind and recompute every node's largest running min (after steps taken without the tree).
+  void refresh(const float* mind);
+
+ private:
+  struct Node {
+    int64_t lo, hi;       // rows perm[lo..hi)
+    int32_t left, right;  // children (-1: leaf)
+  };
+  void build();
+  void visit(int32_t node, const float* c, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
+  void leaf_max(int32_t node);
+  void combine(int32_t node);
+  const void* bank_;
+  int dtype_;
+  int64_t N_, D_;
+  CoresetDistsFn dists_;
+  float e2_, tiny_;
+  std::vector<int64_t> perm_;   // tree position -> row
+  std::vector<int64_t> ipos_;   // row -> tree position
+  std::vector<char> data_;      // the rows in tree order (same stored values)
+  std::vector<float> mind_t_;   // running squared min distance in tree order (mirrors mind)
+  std::vector<float> t_;
+  std::vector<Node> nodes_;
+  std::vector<float> centre_, radius_, maxv_;
+  std::vector<int64_t> maxi_;
+  std::vector<int64_t> cand_;
+  std::vector<float> cand_d2_;
+};
 
 }  // namespace fastad::cpu

@@ -19,6 +19,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <time.h>
+
+#include <chrono>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -107,11 +111,20 @@ void coreset_row_dists_generic(const void* bank, int dtype, int64_t D, const int
 /// so data where nothing prunes (high-dimensional noise) pays almost nothing for it.
 constexpr int64_t kCoresetPruneGain = 2;
 constexpr int64_t kCoresetPruneMaxBackoff = 256;
+constexpr double kTreeBuildSkip = 0.05;
+constexpr int64_t kTreeMinBackoff = 16, kTreeMaxBackoff = 1024, kExhProbeEvery = 2048;
 
 bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n, int64_t start, float* mind,
-                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune, int64_t* progress) {
-  auto report = [progress](int64_t chosen) {
-    if (progress) __atomic_store_n(progress, chosen, __ATOMIC_RELAXED);
+                    int32_t* assign, int64_t* out_idx, float* out_d, bool prune, bool use_tree, int64_t* progress,
+                    int64_t progress_len) {
+  int64_t rows_read = 0, rows_all = 0;
+  auto report = [&](int64_t chosen) {
+    if (!progress) return;
+    __atomic_store_n(progress, chosen, __ATOMIC_RELAXED);
+    if (progress_len >= 3) {
+      __atomic_store_n(progress + 1, rows_read, __ATOMIC_RELAXED);
+      __atomic_store_n(progress + 2, rows_all, __ATOMIC_RELAXED);
+    }
   };
   const size_t esize = dtype == kCoresetF32 ? 4 : 2;
   const char* base = static_cast<const char*>(bank);
@@ -139,6 +152,32 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   out_d[0] = std::numeric_limits<float>::infinity();
   report(1);
   int64_t next_try = 2, backoff = 1;  // pruning needs >= 2 centres
+  // method="pruned": the ball tree is built once an exhaustive step's own (per-row) pruning skips at
+  // least kTreeBuildSkip of the rows (the data has structure the triangle inequality can use; on
+  // high-dimensional noise it skips nothing and the tree is never built). Afterwards each step takes
+  // the kind of step (tree / exhaustive) with the lower measured time per step (exponential moving
+  // averages): after a tree step slower than the exhaustive average, exhaustive steps run for
+  // tree_backoff steps (doubling up to kTreeMaxBackoff) before the tree is tried again; while the tree
+  // wins, one exhaustive step every kExhProbeEvery steps keeps the exhaustive average current. The
+  // choice changes only the time: both kinds of step give identical results.
+  // Step times: this thread's CPU time when the op runs on one thread (not inflated by other processes
+  // on a shared machine), wall time otherwise (the exhaustive step then runs on several threads).
+  const bool one_thread = at::get_num_threads() == 1;
+  auto now_s = [one_thread]() {
+    if (one_thread) {
+      timespec ts;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+      return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  };
+  std::unique_ptr<CoresetTree> tree;
+  bool tree_stale = true;
+  int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
+  int64_t tree_backoff = kTreeMinBackoff, tree_run = 0;
+  double ema_tree = -1.0, ema_exh = -1.0;
+  auto ema = [](double& e, double v) { e = e < 0 ? v : 0.75 * e + 0.25 * v; };
+  const float prune_slack = kCoresetPruneSlack + 4.f * coreset_margin(D);
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
     const char* crow = base + static_cast<size_t>(cur) * D * esize;
@@ -155,6 +194,37 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.cid = static_cast<int32_t>(step - 1);
     st.mind = mind;
     st.assign = assign;
+    const double t_start = now_s();
+    if (use_tree && step >= tree_next) {
+      if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
+      const double t_built = now_s();
+      if (tree_stale) tree->refresh(mind);
+      tree_stale = false;
+      int64_t rd = 0;
+      bool b = false;
+      const CoresetBest best = tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
+      if (b) return false;
+      rows_read += rd;
+      rows_all += N;
+      ema(ema_tree, now_s() - t_built);
+      ++tree_run;
+      if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
+        tree_next = step + 1 + tree_backoff;
+        tree_backoff = std::min(2 * tree_backoff, kTreeMaxBackoff);
+        tree_run = 0;
+        ema_tree = -1.0;
+      } else if (tree_run % kExhProbeEvery == 0) {
+        tree_next = step + 2;  // one exhaustive step next (keeps its average current)
+        tree_backoff = kTreeMinBackoff;
+      }
+      cur = best.index;
+      out_idx[step] = cur;
+      out_d[step] = std::sqrt(std::max(best.value, 0.f));
+      report(step + 1);
+      continue;
+    }
+    tree_stale = true;
+    st.slack = prune_slack;
     const bool try_prune = prune && step >= next_try;
     if (try_prune) {
       // squared distances from the new centre to the step - 1 earlier centres (and 0 to itself)
@@ -179,6 +249,16 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     for (int64_t t = 1; t < tasks; ++t)
       if (partial[t].value > best.value) best = partial[t];  // strict: earlier task = smaller index wins ties
     if (std::find(bad.begin(), bad.end(), 1) != bad.end()) return false;
+    if (step == 1 && best.value > std::numeric_limits<float>::max() / 16.f)
+      use_tree = false;  // distances between other rows might overflow: the bounds would not hold
+    int64_t sk_all = 0;
+    for (int64_t t = 0; t < tasks; ++t) sk_all += skipped[t];
+    rows_read += N - sk_all;
+    rows_all += N;
+    ema(ema_exh, now_s() - t_start);
+    if (use_tree && !tree && try_prune && static_cast<double>(sk_all - step) >= kTreeBuildSkip * static_cast<double>(N))
+      tree_next = step + 1;
+    if (tree) tree_run = 0;
     if (try_prune) {
       int64_t sk = 0;
       for (int64_t t = 0; t < tasks; ++t) sk += skipped[t];
@@ -202,8 +282,9 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n, int64_t start,
-                                               const std::optional<at::Tensor>& progress) {
+                                               const std::optional<at::Tensor>& progress, c10::string_view method) {
   check_coreset_args("coreset", bank, n, start);
+  const bool use_tree = coreset_method_is_pruned("coreset", method);
   int64_t* prog = coreset_progress_ptr("coreset", progress);
   const int64_t N = bank.size(0), D = bank.size(1);
   const at::Tensor b = bank.contiguous();
@@ -218,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor> coreset_cpu(const at::Tensor& bank, int64_t n
   const bool prune = prune_env == nullptr || std::string_view(prune_env) != "0";
   const bool ok = coreset_select(b.data_ptr(), dtype, N, D, n, start, mind.data_ptr<float>(),
                                  assign.data_ptr<int32_t>(), out_idx.data_ptr<int64_t>(), out_d.data_ptr<float>(),
-                                 prune, prog);
+                                 prune, use_tree, prog, progress ? progress->numel() : 0);
   TORCH_CHECK(ok, "coreset: bank must hold finite values, but a squared distance was NaN or Inf "
                   "(the bank contains NaN/Inf, or values whose squared differences overflow float32)");
   return {out_idx, out_d};

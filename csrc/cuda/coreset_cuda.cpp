@@ -16,8 +16,11 @@ int dtype_code(const at::Tensor& t);  // knn_cuda.cpp: 0 f32, 1 f16, 2 bf16
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> coreset_cuda(const at::Tensor& bank, int64_t n, int64_t start,
-                                                const std::optional<at::Tensor>& progress) {
+                                                const std::optional<at::Tensor>& progress, c10::string_view method) {
   check_coreset_args("coreset", bank, n, start);
+  // method="pruned" is accepted and runs this exhaustive device loop (same indices by definition): one
+  // step is a single coalesced pass at the memory floor of the GPU, with no host synchronisation.
+  coreset_method_is_pruned("coreset", method);
   int64_t* prog = coreset_progress_ptr("coreset", progress);  // CPU counter: set once the loop is enqueued
   c10::cuda::CUDAGuard guard(bank.device());
   const int64_t N = bank.size(0), D = bank.size(1);

@@ -73,8 +73,9 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
 
 # coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/common/checks.cpp check_coreset_args).
 @torch.library.register_fake("fastad::coreset")
-def _coreset_fake(bank, n, start=0, progress=None):
+def _coreset_fake(bank, n, start=0, progress=None, method="exhaustive"):
     op = "coreset"
+    _check(method in ("pruned", "exhaustive"), f"{op}: method must be 'pruned' or 'exhaustive', got '{method}'")
     if progress is not None:
         _check(progress.device.type == "cpu",
                f"{op}: progress must be a CPU tensor (it is polled from the host), got device {progress.device}")
@@ -206,3 +207,18 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
     return None
+# coreset_step: one greedy k-center step on a bank shard (csrc/cpu/kcenter_step_kernel.cpp; fastad.distributed).
+@torch.library.register_fake("fastad::coreset_step")
+def _coreset_step_fake(bank, centre, min_sq, assign=None, centre_dists=None, centre_id=0):
+    op = "coreset_step"
+    _check(bank.dim() == 2, f"{op}: bank must be 2-D [N, D], got shape {list(bank.shape)}")
+    _check(bank.dtype in _FLOATS, f"{op}: bank dtype must be float32, float16 or bfloat16, got {bank.dtype}")
+    N, D = bank.shape
+    _check(D >= 1, f"{op}: feature dimension D must be >= 1, got shape {list(bank.shape)}")
+    _check(centre.dim() == 1 and centre.shape[0] == D and centre.dtype == torch.float32,
+           f"{op}: centre must be a float32 [D] tensor with D = {D}, got {centre.dtype} of shape {list(centre.shape)}")
+    _check(min_sq.dim() == 1 and min_sq.shape[0] == N and min_sq.dtype == torch.float32,
+           f"{op}: min_sq must be a contiguous float32 [N] tensor with N = {N}, got {min_sq.dtype} of shape "
+           f"{list(min_sq.shape)}")
+    return (bank.new_empty((), dtype=torch.float32), bank.new_empty((), dtype=torch.int64),
+            bank.new_empty((), dtype=torch.int64))

@@ -34,12 +34,13 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastad._output import UsageError
+
 __all__ = ["main", "Stopwatch", "CLIError", "Evaluator", "open_dataset", "fit_detector", "score_to_report"]
 
-
-
-class CLIError(Exception):
-    """An error caused by the user's input: printed as one line, exit status 2."""
+#: An error caused by the user's input: printed as one line, exit status 2 (the same class as
+#: :class:`fastad._output.UsageError`, which the output checks raise).
+CLIError = UsageError
 
 
 # --------------------------------------------------------------------------------------- timing
@@ -246,6 +247,7 @@ def fit_detector(
 ):
     """Fit ``det`` on ``train_ds``; hold out ``calibration`` of the images (at least 2, or none when
     fewer than 10 images) to set ``threshold_`` at their ``quantile`` score. Returns ``det``."""
+    n_scored = 0
     n = len(train_ds)
     n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 else 0
     if n_cal:
@@ -257,6 +259,11 @@ def fit_detector(
         cal_ds = _Subset(train_ds, cal_idx)
     else:
         fit_ds, cal_ds = train_ds, None
+    n_fit = len(fit_ds)
+    if getattr(det, "distributed", False):  # each rank fits on its contiguous share (rank order)
+        import fastad.distributed as fd
+
+        fit_ds = _Subset(fit_ds, range(*fd.shard_range(n_fit)))
     was = getattr(det, "progress", None)
     if was is not None:  # our bars (over images) replace the detector's (over batches); PatchCore keeps
         det.progress = "coreset" if progress and hasattr(det, "coreset_ratio") else False  # its coreset bar
@@ -278,12 +285,19 @@ def fit_detector(
                     scores.append(det.decision_function(b["image"]))
                 import torch
 
-                det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+                n_scored = sum(int(s.numel()) for s in scores)
+                if n_scored:  # images that failed to decode are neither scored nor counted
+                    det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile)
+                else:
+                    warnings.warn("no held-out image could be read: the threshold is not set", stacklevel=2)
     finally:
         if was is not None:
             det.progress = was
-    det.n_fit_images_ = len(fit_ds)
-    det.n_calibration_images_ = 0 if cal_ds is None else len(cal_ds)
+    # the detector counted the images it was fitted on (images that failed to decode are not counted);
+    # a distributed detector saw only its rank's share: record the whole fit set
+    if getattr(det, "distributed", False) or getattr(det, "n_fit_images_", None) is None:
+        det.n_fit_images_ = n_fit
+    det.n_calibration_images_ = 0 if cal_ds is None else n_scored
     return det
 
 
@@ -373,12 +387,16 @@ def score_to_report(
     info: dict | None = None,
     cmap: str = "jet",
     resize: str = "squash",
+    overwrite: bool = False,
 ) -> dict:
     """Score ``ds`` with ``det``, write the report folder, return ``{"metrics", "per_type", "summary"}``.
 
+    ``out_dir``: a folder or a :class:`fastad._output.ReportDir` checked before any work (see
+    :func:`fastad._output.check_report_dir`: an earlier fastad report there is replaced, a non-empty
+    folder that is not a fastad report is refused unless ``overwrite``; user files are never touched).
+
     With ``evaluate``, image metrics need both normal and defective images and pixel metrics use the
     images whose mask is known."""
-    import torch
 
     from fastad.report import ReportWriter
 
@@ -392,7 +410,7 @@ def score_to_report(
     mean = getattr(bb, "mean", (0.485, 0.456, 0.406))
     std = getattr(bb, "std", (0.229, 0.224, 0.225))
     writer = ReportWriter(
-        out_dir, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
+        out_dir, overwrite=overwrite, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
         resize=resize, mean=mean, std=std, cmap=cmap, progress=progress,
     )
     ev = Evaluator(pixel=evaluate) if labelled else None
@@ -435,12 +453,20 @@ def score_to_report(
             per_type = {t: {"n": d["n"], "mean_score": d["mean_score"]} for t, d in per_type.items()}
     # the HTML shows the stages finished so far; metrics.json gets the final timings afterwards
     shown = {k: dict(v) for k, v in sw.stages.items() if k != "report"}
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+
+    def final_timings():  # every stage, the report's own writing included
+        stages = {k: dict(v) for k, v in sw.stages.items()}
+        rep = stages.setdefault("report", {"wall_s": 0.0, "cpu_s": 0.0})
+        rep["wall_s"] += time.perf_counter() - t0
+        rep["cpu_s"] = (rep.get("cpu_s") or 0.0) + time.process_time() - c0
+        return stages
+
     with sw("report"):
-        index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type)
-    mpath = Path(out_dir) / "metrics.json"
-    doc = json.loads(mpath.read_text())
-    doc["timings"] = {k: dict(v) for k, v in sw.stages.items()}
-    mpath.write_text(json.dumps(doc, indent=2))
+        index = writer.finish(metrics=metrics, timings=shown, info=info or {}, per_type=per_type,
+                              final_timings=final_timings)
+    doc = dict(writer.document)
     doc["index"] = str(index)
     return doc
 
@@ -451,7 +477,7 @@ def score_to_report(
 def _print_report(doc: dict, sw: Stopwatch) -> None:
     """What predict / evaluate / zeroshot print after :func:`score_to_report`: metrics, the predicted
     count, the stage timings and where the report is."""
-    _print_metrics(doc["metrics"], doc["per_type"])
+    print_metrics(doc["metrics"], doc["per_type"])
     s = doc["summary"]
     if s.get("threshold") is not None:
         print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} (threshold {s['threshold']:.4f})")
@@ -459,30 +485,49 @@ def _print_report(doc: dict, sw: Stopwatch) -> None:
     print(f"report: {doc['index']}")
 
 
-def _print_metrics(metrics: dict, per_type: dict) -> None:
-    from fastad.report import _METRIC_NAMES
+def print_metrics(metrics: dict, per_type: dict) -> None:
+    from fastad.report import format_metrics
 
-    if metrics:
-        print("metrics:")
-        for k, v in metrics.items():
-            print(f"  {_METRIC_NAMES.get(k, k):<28} {v:.4f}")
-    if per_type:
-        cols = []
-        for d in per_type.values():
-            cols += [c for c in d if c not in cols]
-        tw = max(8, max(len(t) for t in per_type))
-        print(f"by type:{'':<{tw - 6}}" + "  ".join(f"{c:>10}" for c in cols))
-        for t, d in per_type.items():
-            cells = []
-            for c in cols:
-                v = d.get(c)
-                cells.append(f"{'':>10}" if v is None else (f"{v:>10d}" if isinstance(v, int) else f"{v:>10.4f}"))
-            print(f"  {t:<{tw}}" + "  ".join(cells))
+    text = format_metrics(metrics, per_type)
+    if text:
+        print(text)
+
+
+def _start_distributed(a, device: str) -> str:
+    """``--distributed``: join the ``torchrun`` process group (gloo on CPU, NCCL on CUDA; one GPU per
+    local rank); only rank 0 prints. Returns this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    if a.detector != "patchcore":
+        raise CLIError(f"--distributed: fit supports --detector patchcore, got {a.detector}")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise CLIError("--distributed: launch with torchrun (e.g. `torchrun --nproc_per_node=2 -m fastad fit "
+                       "--distributed ...`), which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.get_rank() != 0:
+        a.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 reports
+    return device
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size()
 
 
 def cmd_fit(a) -> int:
     import torch
 
+    from fastad._output import check_model_path
+
+    check_model_path(a.out, a.overwrite)  # before any work: an existing file needs --overwrite
     torch.manual_seed(a.seed)
     sw = Stopwatch()
     device = resolve_device(a.device)
@@ -497,6 +542,9 @@ def cmd_fit(a) -> int:
         backbone=a.backbone, layers=layers, weights=_weights_arg(a.weights), batch_size=a.batch_size,
         device=device, progress=not a.quiet,
     )
+    if getattr(a, "distributed", False):
+        params["device"] = device = _start_distributed(a, device)
+        params["distributed"] = True
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
                       coreset_storage=None if a.coreset_storage == "float32" else a.coreset_storage,
@@ -508,14 +556,23 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
-    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device})")
-    fit_detector(
-        det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
-        calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
-    )
+    check_fit = getattr(det, "check_fit_size", None)
+    if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
+        n = len(ds)                                                      # than --num-neighbors, ...) before any work
+        n_cal = max(2, int(round(n * a.calibration))) if n >= 10 and a.calibration > 0 else 0
+        with cli_names():
+            check_fit(n - n_cal, (a.image_size, a.image_size))
+    procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
+    print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {a.image_size} px, device {device}{procs})")
+    with cli_names():
+        fit_detector(
+            det, ds, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
+            calibration=a.calibration, quantile=a.threshold_quantile, seed=a.seed,
+        )
     det.preprocess_ = {"resize": resize}  # stored in the model file; predict/evaluate reuse it
+    check_model_path(a.out, a.overwrite)  # again: nothing (or a folder) appeared there during the fit
     with sw("save"):
-        path = det.save(a.out)
+        path = det.save(a.out)  # atomic: a temporary file in the same folder, renamed
     bank = getattr(det, "memory_bank_", None)
     extra = f", memory bank {tuple(bank.shape)}" if bank is not None else ""
     thr = getattr(det, "threshold_", None)
@@ -525,7 +582,48 @@ def cmd_fit(a) -> int:
     )
     print(sw.table())
     print(f"model written to {path}")
+    if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
+
+
+_CLI_NAMES = ("coreset_ratio", "num_neighbors", "image_size", "projection_dim", "coreset_storage", "k_images",
+              "n_features", "threshold_quantile", "batch_size", "max_train", "divide_num", "same_position", "r_list",
+              "k_list")
+
+
+#: options of the running command (set by :func:`main`); None: every option name is used
+_ACTIVE_OPTIONS: set[str] | None = None
+
+
+def to_cli_names(msg: str) -> str:
+    """A detector's message with its parameter names as the CLI's options (``coreset_ratio=0.1`` ->
+    ``--coreset-ratio 0.1``), so that it names options that exist: only options of the running
+    command are used (a parameter it has no option for keeps its library name)."""
+    import re
+
+    msg = " ".join(str(msg).split())
+    pairs = [("quantile", "--threshold-quantile", True), ("layers", "--layers", True)]
+    pairs += [(name, "--" + name.replace("_", "-"), False) for name in _CLI_NAMES]
+    for name, opt, eq_only in pairs:
+        if _ACTIVE_OPTIONS is not None and opt not in _ACTIVE_OPTIONS:
+            continue
+        msg = re.sub(rf"\b{name}=", opt + " ", msg)
+        if not eq_only:
+            msg = re.sub(rf"\b{name}\b(?!_)", opt, msg)
+    return msg
+
+
+@contextmanager
+def cli_names():
+    """Re-raise a detector's ValueError as a CLIError in the CLI's option names (:func:`to_cli_names`)."""
+    try:
+        yield
+    except ValueError as e:
+        raise CLIError(to_cli_names(str(e))) from None
 
 
 def load_model(path, *, backbone=None, device=None):
@@ -542,13 +640,31 @@ def load_model(path, *, backbone=None, device=None):
         raise CLIError(str(e)) from None
 
 
+def _check_outputs(a):
+    """Validate --out (a report folder) before any work; returns its ReportDir."""
+    from fastad._output import check_report_dir, check_not_inside
+
+    if getattr(a, "data", None) is not None:
+        check_not_inside(a.out, a.data)
+    return check_report_dir(a.out, a.overwrite)
+
+
 def _cmd_score(a, evaluate: bool) -> int:
+    out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
     with sw("load model"):
         det = load_model(a.model, backbone=a.backbone, device=device)
         det._resolve_backbone()
     size = a.image_size or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
+    check_size = getattr(det, "check_image_size", None)
+    if check_size is not None:  # feature maps smaller than the aggregation window: refused before any work
+        with cli_names():
+            check_size(size if isinstance(size, tuple) else (size, size))
+    fitted = tuple(det.image_size_) if getattr(det, "image_size_", None) else None
+    if a.image_size and fitted and (a.image_size, a.image_size) != fitted:
+        warnings.warn(f"the model was fitted at image_size={fitted[0]}; scoring at image_size={a.image_size} "
+                      "(its threshold was set at the fitted size)", stacklevel=2)
     fitted_resize = (getattr(det, "preprocess_", None) or {}).get("resize")
     resize = a.resize or fitted_resize or "squash"
     if a.resize and fitted_resize and a.resize != fitted_resize:
@@ -565,7 +681,7 @@ def _cmd_score(a, evaluate: bool) -> int:
         "device": device,
     }
     doc = score_to_report(
-        det, ds, a.out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
+        det, ds, out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
         progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
         info=info, cmap=a.cmap, resize=resize,
     )
@@ -610,6 +726,46 @@ def _int_list(s: str) -> list[int]:
     return v
 
 
+def _odd_list(s: str) -> list[int]:
+    v = _int_list(s)
+    if any(r < 1 or r % 2 == 0 for r in v):
+        raise argparse.ArgumentTypeError(f"must be comma-separated odd window sizes >= 1 (e.g. 1,3,5), got {s!r}")
+    return v
+
+
+def _odd(s: str) -> int:
+    v = _number(s, int)
+    if v < 1 or v % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd window size >= 1 (e.g. 3), got {s}")
+    return v
+
+
+def _check_zeroshot_size(n: int, a, groups=None) -> None:
+    """Each image is scored by the mean of its ``int(fraction * (m - 1))`` nearest other images of its
+    subset of ``m`` images (MuSc's ``divide_num`` partition): refuse, naming options that exist, when
+    that is 0 for some subset."""
+    from fastad.detectors.musc import stratified_subsets
+
+    if n < 2:
+        raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
+    sizes = [len(s) for s in stratified_subsets(n, a.divide_num, groups or None, a.seed) if s]
+    m = min(sizes)
+    if int(a.fraction * (m - 1)) >= 1:
+        if a.k_list != [0] and max(a.k_list) > n:
+            ok = ",".join(str(k) for k in a.k_list if k <= n) or "1"
+            raise CLIError(f"zeroshot: --k-list {','.join(map(str, a.k_list))}: RsCIN's k must be at most the number "
+                           f"of images ({n}); use --k-list {ok}, or 0 for no RsCIN")
+        return
+    need = math.ceil(1 / a.fraction - 1e-9) + 1
+    where = f"{n} images" if len(sizes) == 1 else f"{n} images in {len(sizes)} subsets (--divide-num), the smallest of {m}"
+    fix = f"score at least {need} images together"
+    if m >= 2:
+        fix += f", or use --fraction {min(1.0, math.ceil(100 / (m - 1)) / 100):g}"
+    if a.divide_num > 1:
+        fix += ", or a smaller --divide-num"
+    raise CLIError(f"zeroshot: --fraction {a.fraction:g} of the other images of {where} averages 0 images; {fix}")
+
+
 def cmd_zeroshot(a) -> int:
     """MuSc zero-shot: every image of DIR (its test/ split, or a plain folder) is scored by the others."""
     import torch
@@ -617,6 +773,7 @@ def cmd_zeroshot(a) -> int:
     from fastad.detectors import MuSc
     from fastad.features import get_backbone
 
+    out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
     progress = not a.quiet
@@ -633,10 +790,14 @@ def cmd_zeroshot(a) -> int:
     det = MuSc(backbone=bb, layers=layers, image_size=size, r_list=tuple(a.r_list), fraction=a.fraction,
                k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
                random_state=a.seed, progress=False, device=device)
+    with cli_names():
+        det.check_settings(size)  # a patch grid below the aggregation window, unknown blocks: before any work
     resize = a.resize or "squash"
     with sw("load data"):
         ds = open_dataset(a.data, "test", image_size=size, resize=resize, normalize=False)
         ds = subsample(ds, a.max_images, a.seed, stratify=True)
+    # before the features (images that fail to decode are re-checked below)
+    _check_zeroshot_size(len(ds), a, list(ds.defect_types) if _has_labels(ds) else None)
     labelled = _has_labels(ds)
     print(f"zeroshot: MuSc ({a.backbone}) on {len(ds)} images of {a.data} ({size} px, device {device}, "
           f"divide_num {a.divide_num})")
@@ -655,8 +816,7 @@ def cmd_zeroshot(a) -> int:
         n += b["image"].shape[0]
         if labelled:
             groups += list(b["defect_type"])
-    if n < 2:
-        raise CLIError(f"zeroshot needs at least 2 readable images (they score each other), got {n}")
+    _check_zeroshot_size(n, a, groups)
     layer_tokens = [torch.cat([t[li] for t in tokens]) for li in range(len(tokens[0]))]
     del tokens
     with sw("mutual scoring"):
@@ -671,7 +831,7 @@ def cmd_zeroshot(a) -> int:
         "threshold": f"the top {a.contamination:g} of the scores" if thr is not None else "none",
     }
     doc = score_to_report(
-        _PrecomputedScores(scores, maps.float(), thr), ds, a.out, sw=sw, evaluate=labelled,
+        _PrecomputedScores(scores, maps.float(), thr), ds, out, sw=sw, evaluate=labelled,
         batch_size=a.batch_size, num_workers=a.num_workers, progress=progress, top_k=a.top_k, heatmaps=a.heatmaps,
         title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
     )
@@ -752,15 +912,26 @@ def cmd_info(a) -> int:
 # --------------------------------------------------------------------------------------- parser
 
 
-def _pos_int(s: str) -> int:
-    v = int(s)
+def _number(s: str, kind=float):
+    """``kind(s)``, or an ArgumentTypeError (argparse would otherwise print the parser's function name)."""
+    try:
+        v = kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {s!r}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s!r}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    v = _number(s, int)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
 
 
-def _ratio(s: str) -> float:
-    v = float(s)
+def ratio_arg(s: str) -> float:
+    v = _number(s)
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
     return v
@@ -778,8 +949,8 @@ def _projection(s: str):
     return v
 
 
-def _fraction(s: str) -> float:
-    v = float(s)
+def fraction_arg(s: str) -> float:
+    v = _number(s)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
     return v
@@ -797,25 +968,57 @@ def _heatmaps(s: str):
     return v
 
 
+def quantile_arg(s: str) -> float:
+    v = _number(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def _int(s: str) -> int:
+    return _number(s, int)
+
+
+def _nonneg_int(s: str) -> int:
+    v = _number(s, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {s}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), like every other refusal of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
+_OUT_HELP = ("report folder: new, empty, or an earlier fastad report (only its files are replaced); "
+             "a folder holding other files is refused")
+_OVERWRITE_HELP = ("write the report into a non-empty folder that is not a fastad report (next to its files; "
+                   "fastad never overwrites or deletes a file it did not write)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastad import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="fastad",
         description="Fast feature-based anomaly detection: fit a detector on normal images, score new ones, get reports.",
     )
     p.add_argument("--version", action="version", version=f"fastad {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    p.command_parsers = sub.choices  # name -> sub-parser (main() reads the running command's options)
 
     def common(sp):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
-        sp.add_argument("--batch-size", type=_pos_int, default=16, help="images per batch (default 16)")
-        sp.add_argument("--num-workers", type=int, default=2, help="image-decoding threads (default 2)")
+        sp.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
+        sp.add_argument("--num-workers", type=_nonneg_int, default=2, help="image-decoding threads (default 2)")
         sp.add_argument("--resize", choices=("squash", "shorter_crop"), default=None,
                         help="squash to the image size or scale the shorter side and centre-crop; fit: default "
                              "squash, stored in the model file; predict/evaluate: default the model's mode")
-        sp.add_argument("--seed", type=int, default=0, help="seed of the subsampling and coreset (default 0)")
+        sp.add_argument("--seed", type=_int, default=0, help="seed of the subsampling and coreset (default 0)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     f = sub.add_parser("fit", help="fit a detector on normal images and save it",
@@ -823,27 +1026,33 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or every image of a plain folder) and save it to MODEL (.safetensors).")
     f.add_argument("--detector", choices=_detector_choices(), default="patchcore")
     f.add_argument("--data", required=True, metavar="DIR")
-    f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors)")
+    f.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.safetensors); an existing "
+                   "file is refused unless --overwrite")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing model file at --out")
     f.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default), dinov2_vits14, random_cnn, timm:<name>")
     f.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     f.add_argument("--layers", default=None, help="comma-separated backbone taps (default: the backbone's)")
-    f.add_argument("--image-size", type=_pos_int, default=224)
-    f.add_argument("--coreset-ratio", type=_ratio, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
+    f.add_argument("--image-size", type=positive_int, default=224)
+    f.add_argument("--coreset-ratio", type=ratio_arg, default=0.1, help="PatchCore: fraction of patches kept (default 0.1)")
     f.add_argument("--projection-dim", type=_projection, default="auto",
-                   help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size), "
+                   help="PatchCore: random projection before the coreset: 'auto' (default, anomalib's JL size, "
+                        "but never more dims than the features have: then no projection), "
                         "'none' (select in the feature dimension) or an int")
     f.add_argument("--coreset-storage", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="PatchCore: bank storage during coreset selection (float16: ~2x faster on CPU; default float32)")
-    f.add_argument("--num-neighbors", type=_pos_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
-    f.add_argument("--k-images", type=_pos_int, default=50, help="SPADE: nearest training images (default 50)")
-    f.add_argument("--n-features", type=_pos_int, default=None,
+    f.add_argument("--num-neighbors", type=positive_int, default=9, help="PatchCore: image-score re-weighting neighbours (default 9)")
+    f.add_argument("--k-images", type=positive_int, default=50, help="SPADE: nearest training images (default 50)")
+    f.add_argument("--n-features", type=positive_int, default=None,
                    help="PaDiM: random subset of channels kept (default: all; the paper: 100 for ResNet-18, 550 for WRN-50)")
-    f.add_argument("--max-train", type=_pos_int, default=None, help="use at most this many training images (seeded sample)")
-    f.add_argument("--calibration", type=_fraction, default=0.1,
+    f.add_argument("--max-train", type=positive_int, default=None, help="use at most this many training images (seeded sample)")
+    f.add_argument("--calibration", type=fraction_arg, default=0.1,
                    help="fraction of the training images held out to set the decision threshold (default 0.1; 0 = none)")
-    f.add_argument("--threshold-quantile", type=float, default=0.99,
+    f.add_argument("--threshold-quantile", type=quantile_arg, default=0.99,
                    help="threshold = this quantile of the held-out normal scores (default 0.99)")
+    f.add_argument("--distributed", action="store_true",
+                   help="PatchCore across processes under torchrun (each rank extracts its share of the images, "
+                        "coreset across ranks, rank 0 writes the model); see README 'Scale out'")
     common(f)
     f.set_defaults(func=cmd_fit)
 
@@ -855,11 +1064,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "test/ split) or, for predict, a plain folder of images.")
         e.add_argument("--model", required=True, metavar="MODEL")
         e.add_argument("--data", required=True, metavar="DIR")
-        e.add_argument("--out", required=True, metavar="REPORT_DIR")
+        e.add_argument("--out", required=True, metavar="REPORT_DIR", help=_OUT_HELP)
+        e.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
         e.add_argument("--backbone", default=None, help="check that the model was fitted with this backbone")
-        e.add_argument("--image-size", type=_pos_int, default=None, help="default: the size the model was fitted at")
-        e.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
-        e.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+        e.add_argument("--image-size", type=positive_int, default=None, help="default: the size the model was fitted at")
+        e.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
+        e.add_argument("--top-k", type=_nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
         e.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
         e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
         common(e)
@@ -872,21 +1082,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "truth). Defaults follow the official code, except --image-size (the backbone's "
                                    "224; the official 518 is more accurate and ~20x the work).")
     z.add_argument("--data", required=True, metavar="DIR")
-    z.add_argument("--out", required=True, metavar="REPORT_DIR")
+    z.add_argument("--out", required=True, metavar="REPORT_DIR", help=_OUT_HELP)
+    z.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     z.add_argument("--backbone", default="dinov2_vits14", help="a ViT: dinov2_vits14 (default), random_vit, timm:<vit>")
     z.add_argument("--weights", default="default", help="'default' (pretrained, offline), 'random', or a weights file")
     z.add_argument("--layers", default=None, help="comma-separated ViT blocks (default: the backbone's, e.g. 2,5,8,11)")
-    z.add_argument("--image-size", type=_pos_int, default=None, help="square input side (default: the backbone's)")
-    z.add_argument("--r-list", type=_int_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
-    z.add_argument("--fraction", type=_ratio, default=0.3, help="share of the other images averaged (default 0.3)")
+    z.add_argument("--image-size", type=positive_int, default=None, help="square input side (default: the backbone's)")
+    z.add_argument("--r-list", type=_odd_list, default=[1, 3, 5], help="LNAMD aggregation degrees (default 1,3,5)")
+    z.add_argument("--fraction", type=ratio_arg, default=0.3, help="share of the other images averaged (default 0.3)")
     z.add_argument("--k-list", type=_int_list, default=[1, 2, 3],
                    help="RsCIN k list (default 1,2,3 as for MVTec AD; 1,8,9 for VisA; 0 = no RsCIN)")
-    z.add_argument("--divide-num", type=_pos_int, default=1, help="score in this many stratified subsets (default 1)")
-    z.add_argument("--same-position", type=int, default=None, help="odd window: compare only aligned patches")
-    z.add_argument("--contamination", type=_fraction, default=0.1,
+    z.add_argument("--divide-num", type=positive_int, default=1, help="score in this many stratified subsets (default 1)")
+    z.add_argument("--same-position", type=_odd, default=None, help="odd window: compare only aligned patches")
+    z.add_argument("--contamination", type=fraction_arg, default=0.1,
                    help="report the top share of the scores as anomalous (default 0.1; 0 = no threshold)")
-    z.add_argument("--max-images", type=_pos_int, default=None, help="score at most this many images (seeded, per type)")
-    z.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html (default 24)")
+    z.add_argument("--max-images", type=positive_int, default=None, help="score at most this many images (seeded, per type)")
+    z.add_argument("--top-k", type=_nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
     z.add_argument("--heatmaps", type=_heatmaps, default="all", help="'all' (default) or how many heatmap PNGs to write")
     z.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
     common(z)
@@ -911,7 +1122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
-    text = str(message).splitlines()[0] if str(message) else category.__name__
+    text = to_cli_names(str(message).splitlines()[0]) if str(message) else category.__name__
     print(f"fastad: warning: {text}", file=file or sys.stderr, flush=True)
 
 
@@ -919,6 +1130,9 @@ def main(argv=None) -> int:
     """Entry point of the ``fastad`` command. Returns the exit status."""
     parser = build_parser()
     a = parser.parse_args(argv)
+    global _ACTIVE_OPTIONS
+    sub = getattr(parser, "command_parsers", {}).get(a.command)
+    _ACTIVE_OPTIONS = None if sub is None else {o for act in sub._actions for o in act.option_strings}
     show_tb = os.environ.get("FASTAD_TRACEBACK", "") not in ("", "0")
     old = warnings.showwarning
     if not show_tb:
@@ -929,10 +1143,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except CLIError as e:
+    except UsageError as e:
         if show_tb:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, ImportError, TypeError) as e:
         if show_tb:

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import CLIError, Stopwatch, _print_metrics, fit_detector, make_detector, open_dataset, resolve_device
-from .cli import score_to_report, subsample
+from .cli import CLIError, Stopwatch, cli_names, fit_detector, fraction_arg, make_detector, open_dataset
+from .cli import positive_int, print_metrics, ratio_arg, resolve_device, score_to_report, subsample
 
 ELPV_REF = "ELPV: Buerhop-Lutz et al. 2018, Deitsch et al. 2019 (CC BY-NC-SA 4.0)"
 
@@ -30,23 +30,28 @@ ELPV_REF = "ELPV: Buerhop-Lutz et al. 2018, Deitsch et al. 2019 (CC BY-NC-SA 4.0
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (shared by ``python -m fastad.demo`` and ``fastad demo``)."""
     p.add_argument("--data", default=None, metavar="DIR", help="an MVTec-layout folder (default: ELPV from its PyPI wheel)")
-    p.add_argument("--out", default="reports/demo", metavar="DIR", help="report folder (default reports/demo)")
+    p.add_argument("--out", default="reports/demo", metavar="DIR",
+                   help="report folder (default reports/demo): new, empty, or an earlier fastad report (only its "
+                        "files are replaced); a folder holding other files is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write the report into a non-empty folder that is not a fastad report (next to its files; "
+                        "fastad never overwrites or deletes a file it did not write)")
     p.add_argument("--cell-type", choices=("mono", "poly"), default="mono", help="ELPV cell type (default mono)")
-    p.add_argument("--n-train", type=int, default=120, help="ELPV: functional cells to train on (default 120)")
-    p.add_argument("--n-test-good", type=int, default=100, help="ELPV: held-out functional test cells (default 100)")
-    p.add_argument("--n-test-defect", type=int, default=100, help="ELPV: defective (p = 1) test cells (default 100)")
-    p.add_argument("--max-train", type=int, default=120, help="--data: at most this many training images (default 120)")
-    p.add_argument("--max-test", type=int, default=None, help="--data: at most this many test images (default all)")
+    p.add_argument("--n-train", type=positive_int, default=120, help="ELPV: functional cells to train on (default 120)")
+    p.add_argument("--n-test-good", type=positive_int, default=100, help="ELPV: held-out functional test cells (default 100)")
+    p.add_argument("--n-test-defect", type=positive_int, default=100, help="ELPV: defective (p = 1) test cells (default 100)")
+    p.add_argument("--max-train", type=positive_int, default=120, help="--data: at most this many training images (default 120)")
+    p.add_argument("--max-test", type=positive_int, default=None, help="--data: at most this many test images (default all)")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--coreset-ratio", type=float, default=0.1)
-    p.add_argument("--num-neighbors", type=int, default=9)
-    p.add_argument("--calibration", type=float, default=0.1,
+    p.add_argument("--image-size", type=positive_int, default=224)
+    p.add_argument("--coreset-ratio", type=ratio_arg, default=0.1)
+    p.add_argument("--num-neighbors", type=positive_int, default=9)
+    p.add_argument("--calibration", type=fraction_arg, default=0.1,
                    help="fraction of the training images held out to set the threshold (default 0.1)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--top-k", type=int, default=24, help="most anomalous images shown in index.html")
+    p.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
@@ -61,6 +66,9 @@ def run(a) -> dict:
 
     import fastad
 
+    from ._output import check_report_dir
+
+    out = check_report_dir(a.out, getattr(a, "overwrite", False))  # before any work
     t_start = time.perf_counter()
     c_start = time.process_time()
     torch.manual_seed(a.seed)
@@ -101,12 +109,15 @@ def run(a) -> dict:
             device=device, batch_size=a.batch_size, random_state=a.seed, progress=not a.quiet,
         )
         bb = det._resolve_backbone()
+    with cli_names():  # degenerate settings (a bank smaller than --num-neighbors, a tiny --image-size) up front
+        det.check_fit_size(len(train), (a.image_size, a.image_size))
     print(f"model: PatchCore, {getattr(bb, 'label', a.backbone)}, layers {det._default_layers()}, "
           f"coreset ratio {a.coreset_ratio}, {a.num_neighbors} neighbours", flush=True)
-    fit_detector(
-        det, train, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
-        calibration=a.calibration, seed=a.seed,
-    )
+    with cli_names():
+        fit_detector(
+            det, train, sw=sw, batch_size=a.batch_size, num_workers=a.num_workers, progress=not a.quiet,
+            calibration=a.calibration, seed=a.seed,
+        )
     bank = getattr(det, "memory_bank_", None)
     print(
         f"fit: {det.n_fit_images_} images -> memory bank {tuple(bank.shape) if bank is not None else '?'}; "
@@ -120,11 +131,11 @@ def run(a) -> dict:
         "coreset ratio": a.coreset_ratio, "device": device,
     }
     doc = score_to_report(
-        det, test, a.out, sw=sw, evaluate=True, batch_size=a.batch_size, num_workers=a.num_workers,
+        det, test, out, sw=sw, evaluate=True, batch_size=a.batch_size, num_workers=a.num_workers,
         progress=not a.quiet, top_k=a.top_k, title=f"fastad demo: PatchCore on {data_name}", info=info,
     )
     print()
-    _print_metrics(doc["metrics"], doc["per_type"])
+    print_metrics(doc["metrics"], doc["per_type"])
     s = doc["summary"]
     if s.get("threshold") is not None:
         print(f"predicted anomalous: {s['n_predicted_anomalous']} of {s['n_images']} at threshold {s['threshold']:.4f} "

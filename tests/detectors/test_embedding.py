@@ -146,7 +146,7 @@ def test_mahalanobis_matches_sklearn(device, shrinkage, gen):
 
 
 def test_mahalanobis_few_samples_save_load_and_errors(tmp_path, gen):
-    from fastad.detectors import Mahalanobis, ModelFileError, load
+    from fastad.detectors import Mahalanobis, load
 
     X = torch.randn(20, 64, generator=gen)  # n < p: only a shrunk covariance is positive definite
     Y = torch.randn(5, 64, generator=gen)

@@ -2,11 +2,9 @@
 import random
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-import fastad
 from fastad.detectors import MuSc
 from fastad.detectors.musc import stratified_subsets
 from tests import musc_oracle as O
@@ -103,7 +101,6 @@ def test_small_batches(gen):
 
 
 def test_predict_and_errors(gen):
-    toks = _layers(8, 3, 8, 1, gen)
     det = MuSc(backbone=None, image_size=9, progress=False)
     with pytest.raises(RuntimeError, match="no threshold_"):
         det.predict(torch.rand(2, 3, 9, 9))

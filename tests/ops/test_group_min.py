@@ -122,7 +122,6 @@ def test_group_min_non_finite_raise(device, where, bad):
 
 
 def test_group_min_thread_count_invariant(cpu_path, gen):
-    res = []
     old = torch.get_num_threads()
     for Q, G in [(150, 7), (2100, 3), (50, 1)]:
         q, b = _data(Q, G, 41, 17, gen)

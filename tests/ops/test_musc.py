@@ -1,6 +1,5 @@
 """MuSc ops: parity with the port of the official code (tests/musc_oracle.py) and with the float64
 references, opcheck, error paths."""
-import numpy as np
 import pytest
 import torch
 

@@ -1,5 +1,7 @@
 """Image anomaly detectors with scikit-learn / PyOD conventions (see :mod:`fastad.detectors.base`):
-PatchCore, PaDiM, SPADE, GaussianAD (image-level), the zero-shot MuSc, and KNN / LOF / Mahalanobis on any embeddings (:mod:`fastad.detectors.musc`).
+PatchCore, PaDiM, SPADE, GaussianAD and LeeMahalanobis (image-level), the zero-shot MuSc (:mod:`fastad.detectors.musc`),
+and KNN / LOF / Mahalanobis / ClassConditionalMahalanobis / MSVDD on any embeddings (:mod:`fastad.detectors.lee`,
+:mod:`fastad.detectors.msvdd`).
 
 >>> det = PatchCore(coreset_ratio=0.1).fit(train_images)          # doctest: +SKIP
 >>> scores, maps = det.score(test_images)                          # doctest: +SKIP
@@ -13,8 +15,10 @@ from ._registry import cli_names as cli_detector_names
 from ._registry import register
 from .base import BaseDetector, NotFittedError
 from ._maps import BORDER_MODES, gaussian_blur
-from .embedding import KNN, LOF, ClassConditionalMahalanobis, Mahalanobis
+from .embedding import KNN, LOF, Mahalanobis
 from .gaussian import GaussianAD
+from .lee import ClassConditionalMahalanobis, LeeMahalanobis
+from .msvdd import MSVDD
 from .musc import MuSc
 from .padim import PaDiM
 from .patchcore import PatchCore
@@ -47,6 +51,8 @@ __all__ = [
     "ClassConditionalMahalanobis",
     "GaussianAD",
     "KNN",
+    "LeeMahalanobis",
+    "MSVDD",
     "LOF",
     "Mahalanobis",
     "MuSc",

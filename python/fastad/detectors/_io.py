@@ -47,6 +47,7 @@ def write_model_file(path: str | os.PathLike, detector: str, tensors: dict[str, 
     from safetensors.torch import save_file
 
     from .. import __version__
+    from .._output import atomic_path
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -59,9 +60,8 @@ def write_model_file(path: str | os.PathLike, detector: str, tensors: dict[str, 
         "sha256": {k: tensor_digest(v) for k, v in tensors.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a unique temporary file, removed on any failure; the user's normal mode
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return path
 
 

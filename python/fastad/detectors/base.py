@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ._checks import warn_if_few_scores
 from ._io import FORMAT_VERSION, ModelFileError, write_model_file
 from ._io import load as load_model_file
 
@@ -503,7 +504,9 @@ class BaseDetector:
         """Set ``threshold_`` used by :meth:`predict` (``score > threshold_`` is anomalous).
 
         Give exactly one of: ``threshold`` (a number); ``normal_scores`` (``Tensor[N]`` image scores of
-        held-out normal images: ``threshold_`` is their ``quantile``); ``normal`` (held-out normal images,
+        held-out normal images: ``threshold_`` is their ``quantile``; with fewer than
+        ``1 / (1 - quantile)`` scores, e.g. 100 for 0.99, a warning says that the threshold is close to
+        their maximum and which quantile the scores support); ``normal`` (held-out normal images,
         any accepted X: they are scored, then as ``normal_scores``). Returns ``self``.
         """
         self._check_fitted("set_threshold")
@@ -522,6 +525,7 @@ class BaseDetector:
             s = s.detach().reshape(-1).double().cpu()
             if s.numel() == 0:
                 raise ValueError(f"{type(self).__name__}.set_threshold: no normal scores given")
+            warn_if_few_scores(f"{type(self).__name__}.set_threshold", s.numel(), quantile)
             t = float(torch.quantile(s, quantile))
         if not math.isfinite(t):
             raise ValueError(f"{type(self).__name__}.set_threshold: threshold must be finite, got {t}")

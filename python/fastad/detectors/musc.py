@@ -75,6 +75,17 @@ class MuSc:
         threshold: explicit ``threshold_`` (overrides the one from :meth:`fit`).
         batch_size: images per backbone forward. random_state: seed of the subset partition.
         progress: tqdm progress bars. device: where the backbone runs (default: the input's device).
+        normalized: ``False`` (default): images are in [0, 1] and MuSc normalises them with the
+            backbone's mean/std; values outside [0, 1] (e.g. ImageNet-normalised tensors, what
+            ``MVTecDataset`` returns by default) are refused with a ``ValueError``, since normalising
+            twice silently lowers the accuracy. ``True``: images are already normalised with the
+            backbone's mean/std and are used as given.
+        distributed: under ``torch.distributed`` (a process group initialised, e.g. by ``torchrun``):
+            every rank passes its share of the batch to :meth:`score` / :meth:`score_tokens` (e.g.
+            ``fastad.distributed.shard(X)``) and gets its images' scores and maps, equal to the
+            single-process scoring of the whole batch: mutual scoring on a ring of image blocks
+            (:func:`fastad.distributed.lnamd_mutual_scores`), RsCIN over every rank's scores. Needs
+            ``divide_num=1``, no reference pool and at least one image per rank.
     """
 
     def __init__(
@@ -94,6 +105,8 @@ class MuSc:
         random_state: int = 42,
         progress: bool = True,
         device=None,
+        normalized: bool = False,
+        distributed: bool = False,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -110,6 +123,8 @@ class MuSc:
         self.random_state = random_state
         self.progress = progress
         self.device = device
+        self.normalized = normalized
+        self.distributed = distributed
 
     # ---- backbone ------------------------------------------------------------------------------
     def _backbone(self):
@@ -146,25 +161,73 @@ class MuSc:
         S = self._image_size()
         if X.dim() != 4 or X.shape[1] != 3:
             raise ValueError(f"MuSc: X must be Tensor[N, 3, H, W] in [0, 1], got shape {list(X.shape)}")
+        self.check_image_size(S)
         x = X.float()
+        if not self.normalized and x.numel():
+            lo, hi = float(x.amin()), float(x.amax())
+            if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # also catches NaN
+                raise ValueError(
+                    f"MuSc: images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}] (already normalised?); "
+                    "pass images in [0, 1] (e.g. MVTecDataset(..., mean=None, std=None)), or "
+                    "MuSc(..., normalized=True) for images normalised with the backbone's mean/std"
+                )
         if x.shape[-2:] != (S, S):
             x = F.interpolate(x, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(bb.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(bb.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        if not self.normalized:
+            mean = torch.tensor(bb.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(bb.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
         layers = list(self.layers) if self.layers is not None else list(bb.default_layers)
         depth = len(bb.model.blocks)
         last = f"blocks.{depth - 1}"
+        self._check_layers(layers, depth)
         names = [f"blocks.{int(l) % depth}" if isinstance(l, int) else str(l) for l in layers]
         toks = bb.vit_tokens(x, names + [last], norm=True, batch_size=self.batch_size, progress=self.progress,
                              device=self.device if self.device is not None else x.device)
         cls = toks[-1][:, 0].float()
         return [t.to(X.device) for t in toks[:-1]], cls.to(X.device)
 
+    @staticmethod
+    def _check_layers(layers, depth: int) -> None:
+        bad = [l for l in layers if isinstance(l, int) and not -depth <= l < depth]
+        if bad:  # l % depth would silently pick another block
+            raise ValueError(f"MuSc: layers={bad} are not blocks of this backbone ({depth} blocks: use indices "
+                             f"0..{depth - 1}, or negative from the end)")
+
+    def check_settings(self, image_size: int | None = None) -> None:
+        """Before any work: :meth:`check_image_size` and the ``layers`` (block indices of the backbone)."""
+        self.check_image_size(image_size)
+        bb = self._backbone()
+        if self.layers is not None and hasattr(getattr(bb, "model", None), "blocks"):
+            self._check_layers(list(self.layers), len(bb.model.blocks))
+
+    def check_image_size(self, image_size: int | None = None) -> None:
+        """Refuse (``ValueError`` naming a size that works) an ``image_size`` (default: the detector's)
+        whose patch grid is smaller than the largest LNAMD window ``max(r_list)`` on a side."""
+        bb = self._backbone()
+        S = int(image_size) if image_size is not None else self._image_size()
+        p = getattr(bb, "patch_size", None)
+        if not p:
+            return
+        r = max([int(v) for v in self.r_list] + [1])
+        if S // p < r:
+            raise ValueError(
+                f"MuSc: image_size={S} gives a {S // p}x{S // p} patch grid ({p}-pixel patches), smaller than the "
+                f"{r}x{r} aggregation window of r_list={list(self.r_list)}; use image_size={r * p} or larger"
+            )
+
     # ---- scoring -------------------------------------------------------------------------------
     def _layer_scores(self, tok: torch.Tensor, pool: torch.Tensor | None) -> torch.Tensor:
         if pool is not None and tok.dtype != pool.dtype:
             tok = tok.to(pool.dtype)
+        if self.distributed:
+            if pool is not None or self.divide_num != 1:
+                raise ValueError("MuSc(distributed=True) scores one batch split across ranks: it needs divide_num=1 "
+                                 f"and no reference pool, got divide_num={self.divide_num}, pool={pool is not None}")
+            import fastad.distributed as fd
+
+            return fd.lnamd_mutual_scores(tok, self.r_list, self.fraction, same_position=self.same_position,
+                                          ceil_small=self.ceil_small)
         return _ops.lnamd_mutual_scores(
             tok, self.r_list, self.fraction, pool=pool, same_position=self.same_position, ceil_small=self.ceil_small
         )
@@ -234,7 +297,15 @@ class MuSc:
         g = grid.view(N, H, H)
         scores = _ops.bilinear_max(g, S)
         use_rscin = image_features is not None and pool is None and self.k_list is not None and 0 not in self.k_list
-        if use_rscin:
+        if use_rscin and self.distributed:  # RsCIN over every rank's images, then this rank's slice
+            import fastad.distributed as fd
+
+            sizes = fd.all_rows(torch.tensor([N]))
+            lo = int(sizes[: torch.distributed.get_rank()].sum())
+            all_s = fd.all_rows(scores)
+            all_f = fd.all_rows(image_features.to(scores.device, torch.float32))
+            scores = _ops.rscin(all_s, all_f, self.k_list)[lo : lo + N]
+        elif use_rscin:
             scores = _ops.rscin(scores, image_features.to(scores.device), self.k_list)
         maps = F.interpolate(g[:, None], size=(S, S), mode="bilinear", align_corners=True)[:, 0] if return_maps else None
         return scores, maps

@@ -31,6 +31,8 @@ Every step below was checked against anomalib 2.7.0's source (PyPI wheel ``anoma
 """
 from __future__ import annotations
 
+import warnings
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,33 @@ import torch.nn.functional as F
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import adaptive_patch_pool, gaussian_blur, local_average, to_finest_grid
+
+
+#: Estimated coreset seconds above which fit's estimate line suggests a cheaper setting.
+SLOW_CORESET_S = 180.0
+
+
+def coreset_estimate_message(info: dict) -> str:
+    """The line fit prints from :func:`fastad.ops.coreset`'s ``on_estimate`` ``info`` dict: the
+    estimated coreset time, and above :data:`SLOW_CORESET_S` what makes it cheaper (names given both as
+    PatchCore parameters and as ``fastad fit`` options)."""
+    msg = (f"coreset: {info['done']:,} of {info['centres']:,} centres in {info['elapsed_s']:.0f} s, "
+           f"estimated total <= {info['estimate_s']:.0f} s (rate of the recent steps; "
+           f"{100.0 * info['read_fraction']:.0f}% of the rows read so far)")
+    if info["estimate_s"] > SLOW_CORESET_S:
+        msg += ("; to make it faster use coreset_storage='float16' (--coreset-storage float16) or a smaller "
+                "coreset_ratio (--coreset-ratio)")
+    return msg
+
+
+def _say(msg: str) -> None:
+    """Print a line on stderr without breaking a tqdm bar."""
+    try:
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
+    except ImportError:
+        print(msg, file=sys.stderr, flush=True)
 
 
 @register(cli="patchcore")
@@ -52,7 +81,12 @@ class PatchCore(BaseDetector):
         coreset_ratio: fraction of training patches kept by greedy k-center selection; ``1.0`` keeps
             every patch (no selection).
         num_neighbors: the paper's image-score re-weighting uses this many bank neighbours of the
-            nearest bank row (anomalib default 9); ``1`` = max patch score.
+            nearest bank row (anomalib default 9); ``1`` = max patch score. A one-row bank with
+            ``num_neighbors > 1`` (every score would be 0) is a ``ValueError`` naming a
+            ``coreset_ratio`` that works; a bank of 2 to ``num_neighbors - 1`` rows warns and uses them
+            all (as anomalib). Feature maps of the images smaller than the 3x3 aggregation window are
+            a ``ValueError`` naming the smallest image size that works (a warning for
+            ``fit_features``). :meth:`check_fit_size` checks both before any work.
         projection_dim: random projection before the coreset (``"auto"`` = the Johnson-Lindenstrauss
             size anomalib uses, ``None`` = none, or an int); see :func:`fastad.ops.coreset`.
         blur_sigma: Gaussian sigma of the anomaly map (pixels); ``0``/``None`` = no blur.
@@ -68,7 +102,19 @@ class PatchCore(BaseDetector):
             greedy step: ~2x faster selection on CPU, where each step reads the whole bank; the
             arithmetic stays float32, but rounding can change which of two near-equal rows is chosen).
         progress: show progress bars (``True``: feature extraction and coreset selection;
-            ``"coreset"``: only the coreset selection's; ``False``: none).
+            ``"coreset"``: only the coreset selection's; ``False``: none). With a bar, fit also prints the
+            bank size and number of centres, and (when selection takes over a few seconds) an estimate of
+            the coreset time with advice when it exceeds :data:`SLOW_CORESET_S`.
+        coreset_method: ``"exhaustive"`` (default) or ``"pruned"`` (ball-tree pruning: reads a fraction
+            of the bank per step; faster on clustered data, not on MTD features); both select identical
+            rows (see :func:`fastad.ops.coreset`).
+        distributed: run under ``torch.distributed`` (e.g. ``torchrun``; a process group must be
+            initialised): ``fit`` on every rank with that rank's share of the training images
+            (``fastad.distributed.shard(images)``); the coreset is selected across ranks
+            (:func:`fastad.distributed.coreset`, the indices of the single-process fit) and each rank
+            keeps its part of the bank; ``score`` / ``predict`` with the same images on every rank
+            (the sharded k-NN, :func:`fastad.distributed.knn`; every rank gets all results);
+            ``save`` on every rank writes one single-process model file from rank 0.
 
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
     ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
@@ -91,6 +137,8 @@ class PatchCore(BaseDetector):
         random_state: int = 0,
         progress: bool | str = True,
         coreset_storage: str | None = None,
+        distributed: bool = False,
+        coreset_method: str = "exhaustive",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -106,6 +154,8 @@ class PatchCore(BaseDetector):
         self.random_state = random_state
         self.progress = progress
         self.coreset_storage = coreset_storage
+        self.distributed = distributed
+        self.coreset_method = coreset_method
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -121,6 +171,105 @@ class PatchCore(BaseDetector):
             raise ValueError(
                 f"{name}: coreset_storage must be None, 'float32', 'float16' or 'bfloat16', got {self.coreset_storage!r}"
             )
+
+        if self.coreset_method not in ("pruned", "exhaustive"):
+            raise ValueError(f"{name}: coreset_method must be 'pruned' or 'exhaustive', got {self.coreset_method!r}")
+
+    # ------------------------------------------------------------------ degenerate settings
+    #: side of the local aggregation window (anomalib's ``AvgPool2d(3, 1, 1)``)
+    AGGREGATION_WINDOW = 3
+
+    def _min_image_size(self, layers) -> int | None:
+        """Smallest square image side whose feature maps are at least the aggregation window at every layer."""
+        bb = getattr(self, "_backbone_obj", None)
+        if bb is None or not hasattr(bb, "grid_size"):
+            return None
+        try:
+            for side in range(1, 4097):
+                if all(min(bb.grid_size(side, side, layer)) >= self.AGGREGATION_WINDOW for layer in layers):
+                    return side
+        except (KeyError, TypeError, ZeroDivisionError):
+            return None
+        return None
+
+    def _check_grid(self, grids: dict, image_size, strict: bool = True) -> None:
+        """Feature maps smaller than the aggregation window: a ``ValueError`` naming the smallest image
+        size that works (``strict``), else a warning (precomputed features, whose maps the caller chose)."""
+        win = self.AGGREGATION_WINDOW
+        small = {layer: g for layer, g in grids.items() if min(g) < win}
+        if not small:
+            return
+        layer, g = next(iter(small.items()))
+        side = self._min_image_size(list(grids))
+        if image_size is None:
+            size = ""
+        elif int(image_size[0]) == int(image_size[1]):
+            size = f"with image_size={int(image_size[0])} "
+        else:
+            size = f"with images of {int(image_size[0])}x{int(image_size[1])} px "
+        fix = f"; use image_size={side} or larger" if side else "; use larger images"
+        msg = (f"PatchCore: {size}the feature map at layer {layer!r} is {g[0]}x{g[1]}, smaller than the "
+               f"{win}x{win} aggregation window (the patches would be mostly padding and the scores meaningless){fix}")
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=4)
+
+    def _check_bank(self, n_patches: int, strict: bool = True) -> None:
+        """A memory bank smaller than ``num_neighbors``: a ``ValueError`` naming a value that works when
+        ``strict`` or when the bank has one row (every image score would be 0); otherwise a warning
+        (anomalib clamps the neighbours to the bank size, and so does fastad)."""
+        nn_ = int(self.num_neighbors)
+        ratio = float(self.coreset_ratio)
+        m = n_patches if ratio >= 1 else max(1, int(n_patches * ratio))
+        if m >= nn_:
+            return
+        if not strict and m > 1:
+            warnings.warn(
+                f"PatchCore: the memory bank has {m} rows, fewer than num_neighbors={nn_}: the image scores use "
+                f"{m} neighbours (as anomalib); use a larger coreset_ratio or more images",
+                stacklevel=4,
+            )
+            return
+        if n_patches < nn_:
+            raise ValueError(
+                f"PatchCore: only {n_patches} training patches, fewer than num_neighbors={nn_}; fit on more (or "
+                f"larger) images, or use num_neighbors={max(1, n_patches)}"
+            )
+        need = nn_ / n_patches
+        works = min(1.0, float(f"{need * 1.05:.2g}"))
+        while works < 1.0 and int(n_patches * works) < nn_:
+            works = min(1.0, float(f"{works * 1.2:.2g}"))
+        raise ValueError(
+            f"PatchCore: coreset_ratio={self.coreset_ratio:g} keeps {m} of {n_patches} training patches, fewer than "
+            f"num_neighbors={nn_} (the image scores would be degenerate); use coreset_ratio={works:g} or larger"
+        )
+
+    def check_fit_size(self, n_images: int, image_size) -> None:
+        """Refuse, before any work, a fit that would give degenerate scores: feature maps of ``image_size``
+        ``(H, W)`` smaller than the 3x3 aggregation window, or a memory bank of ``n_images`` images
+        smaller than ``num_neighbors``. Raises ``ValueError`` naming the parameter and a value that works.
+        (``fit`` checks the same on the real features.)"""
+        self._check_params()
+        grids = self.check_image_size(image_size)
+        if grids:
+            h, w = next(iter(grids.values()))  # the finest (first) layer's grid is the patch grid
+            self._check_bank(int(n_images) * h * w)
+
+    def check_image_size(self, image_size) -> dict:
+        """Refuse (``ValueError`` naming the smallest size that works) images of ``image_size``
+        (``int`` or ``(H, W)``) whose feature maps are smaller than the 3x3 aggregation window, before
+        any work (fit or scoring). Returns the feature grid per layer (empty when unknown)."""
+        bb = self._resolve_backbone()
+        if bb is None or not hasattr(bb, "grid_size"):
+            return {}
+        H, W = (int(image_size), int(image_size)) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+        layers = [str(x) for x in self._layers_to_extract()]
+        try:
+            grids = {layer: bb.grid_size(H, W, layer) for layer in layers}
+        except (KeyError, TypeError, ZeroDivisionError):
+            return {}
+        self._check_grid(grids, (H, W))
+        return grids
 
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
@@ -149,6 +298,8 @@ class PatchCore(BaseDetector):
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
+                self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, None,
+                                 strict=getattr(self, "_backbone_obj", None) is not None)
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
@@ -167,6 +318,11 @@ class PatchCore(BaseDetector):
         self.feature_grid_ = grid
         self.n_train_patches_ = int(bank.shape[0])
         n = bank.shape[0]
+        if self.distributed:
+            with timer("coreset"):
+                self._fit_sharded_bank(bank)
+            return
+        self._check_bank(n, strict=False)
         with timer("coreset"):
             if self.coreset_ratio < 1:
                 # anomalib: coreset_size = int(N * ratio) (an error when 0); here at least one row.
@@ -175,11 +331,48 @@ class PatchCore(BaseDetector):
                 g = torch.Generator().manual_seed(int(self.random_state))
                 start = int(torch.randint(n, (1,), generator=g))
                 storage = getattr(torch, self.coreset_storage) if self.coreset_storage else None
+                if self.progress:
+                    _say(f"coreset: memory bank of {n:,} patches x {bank.shape[1]} dims -> {m:,} centres "
+                         f"(greedy k-center, method {self.coreset_method})")
                 idx, _ = ops.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
-                                     storage_dtype=storage, progress=bool(self.progress))
+                                     storage_dtype=storage, progress=bool(self.progress), method=self.coreset_method,
+                                     on_estimate=(lambda info: _say(coreset_estimate_message(info))) if self.progress else None)
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)
+
+    def _fit_sharded_bank(self, bank: torch.Tensor) -> None:
+        """distributed=True: the coreset over every rank's rows (global row order = rank order, the rows
+        of the single-process fit on the concatenated images); this rank keeps its selected rows."""
+        import torch.distributed as dist
+
+        import fastad.distributed as fd
+
+        counts = fd.all_rows(torch.tensor([[bank.shape[0], int(getattr(self, "n_fit_images_", 0) or 0)]]))
+        sizes = counts[:, 0].tolist()
+        n, off = sum(sizes), sum(sizes[: dist.get_rank()])
+        self.n_fit_images_ = int(counts[:, 1].sum())  # every rank's images
+        self.n_train_patches_ = int(n)
+        self.n_bank_rows_ = int(n)
+        if self.coreset_ratio < 1:
+            m = max(1, int(n * float(self.coreset_ratio)))
+            g = torch.Generator().manual_seed(int(self.random_state))
+            start = int(torch.randint(n, (1,), generator=g))  # the single-process fit's start
+            storage = getattr(torch, self.coreset_storage) if self.coreset_storage else None
+            idx, _ = fd.coreset(bank, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
+                                storage_dtype=storage)
+            local = idx[(idx >= off) & (idx < off + bank.shape[0])] - off
+            bank = bank.index_select(0, local.to(bank.device))
+            self.n_bank_rows_ = int(m)
+        self.memory_bank_ = bank.contiguous()
+        self._bank_norms = self.memory_bank_.square().sum(1)
+
+    def _bank_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            import fastad.distributed as fd
+
+            return fd.rows_by_index(self.memory_bank_, idx)
+        return self.memory_bank_[idx]
 
     # ------------------------------------------------------------------ scoring
     def _layers_to_extract(self) -> list[str]:
@@ -188,6 +381,10 @@ class PatchCore(BaseDetector):
     def _nearest(self, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         import fastad.ops as ops
 
+        if self.distributed:
+            import fastad.distributed as fd
+
+            return fd.knn(rows, self.memory_bank_, k, "l2")
         norms = getattr(self, "_bank_norms", None)
         if norms is None or norms.device != self.memory_bank_.device:
             norms = self._bank_norms = self.memory_bank_.square().sum(1)
@@ -211,9 +408,9 @@ class PatchCore(BaseDetector):
         # anomalib clamps k to the bank size too. With a one-row bank its min() branch returns [B] indices
         # and the [B, 1, D] x [B, D] broadcast then softmaxes over the batch (a batch-size-dependent
         # weight); here k = 1 gives the plain softmax of one distance (weight 0). Only a 1-row bank differs.
-        k = min(int(self.num_neighbors), self.memory_bank_.shape[0])
-        _, support = self._nearest(self.memory_bank_.index_select(0, m_star), k)  # [B, k], m* first
-        sup = self.memory_bank_[support]  # [B, k, D]
+        k = min(int(self.num_neighbors), getattr(self, "n_bank_rows_", None) or self.memory_bank_.shape[0])
+        _, support = self._nearest(self._bank_rows(m_star), k)  # [B, k], m* first
+        sup = self._bank_rows(support)  # [B, k, D]
         dist = (sup - feat[:, None, :]).square().sum(2).sqrt()  # [B, k]
         weights = 1.0 - torch.softmax(dist, dim=1)[:, 0]
         return weights * s_star
@@ -221,6 +418,8 @@ class PatchCore(BaseDetector):
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
         timer = StageTimer(timings)
         dev = self.memory_bank_.device
+        self._check_grid({k: tuple(feats[k].shape[-2:]) for k in self.layers_}, tuple(image_size),
+                         strict=getattr(self, "_backbone_obj", None) is not None)
         with timer("aggregation"):
             emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
             B, _, h, w = emb.shape
@@ -242,6 +441,25 @@ class PatchCore(BaseDetector):
         return scores, maps
 
     # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the model file (see :meth:`BaseDetector.save`). ``distributed=True``: call on every rank;
+        the shards are gathered and rank 0 writes one single-process file (``distributed=False`` in it);
+        returns the path on every rank."""
+        if not self.distributed:
+            return super().save(path)
+        import copy
+        from pathlib import Path
+
+        import fastad.distributed as fd
+
+        self._check_fitted("save")
+        full = fd.all_rows(self.memory_bank_)
+        if not fd.is_main_process():
+            return Path(path)
+        one = copy.copy(self)
+        one.distributed, one.memory_bank_, one._bank_norms = False, full, None
+        return super(PatchCore, one).save(path)
+
     def _state_tensors(self):
         return {"memory_bank": self.memory_bank_}
 

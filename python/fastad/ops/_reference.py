@@ -60,13 +60,14 @@ def group_min(query, bank, group_size, metric="l2", exclude_group=None):
     return out
 
 
-def coreset(bank, n, start=0, progress=None):
+def coreset(bank, n, start=0, progress=None, method="exhaustive"):
     """Reference of ``torch.ops.fastad.coreset`` (greedy k-center, float64).
 
     Returns ``(indices Tensor[n] int64, min_distances Tensor[n] float64)``: ``indices[0] = start``,
     ``min_distances[0] = inf``; each next index maximises the distance to the chosen set among the rows
     not chosen yet (ties: smaller index). ``progress`` (``Tensor[>= 1]`` int64), when given, holds the
-    number of centres chosen so far in ``progress[0]``.
+    number of centres chosen so far in ``progress[0]``. ``method`` ("pruned" / "exhaustive") changes no
+    result (the op's methods return identical indices), so the reference ignores it.
     """
     x = bank.double()
     N = x.shape[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from typing import Callable
 
 import torch
 
@@ -27,13 +29,28 @@ JL_EPS = 0.9
 _STORAGE = (torch.float32, torch.float16, torch.bfloat16)
 
 
+#: Seconds of selection after which ``on_estimate`` receives the estimated total time.
+ESTIMATE_AFTER_S = 3.0
+
+_METHODS = ("pruned", "exhaustive")
+
+
 def jl_min_dim(n_samples: int, eps: float = JL_EPS) -> int:
     """Johnson-Lindenstrauss dimension ``int(4 ln(n) / (eps^2/2 - eps^3/3))``, as anomalib computes it
     (e.g. 267 for 50,000 rows at ``eps=0.9``). Note that it does not depend on ``D``: for small ``D`` it
-    *expands* the data (anomalib does the same)."""
+    exceeds ``D`` (anomalib then *expands* the data; :func:`coreset` with ``projection_dim="auto"`` never
+    does, see :func:`auto_projection_dim`)."""
     if n_samples < 1:
         raise ValueError(f"jl_min_dim: n_samples must be >= 1, got {n_samples}")
     return int(4.0 * math.log(n_samples) / (eps**2 / 2.0 - eps**3 / 3.0))
+
+
+def auto_projection_dim(n_rows: int, n_features: int) -> int | None:
+    """The projection of ``projection_dim="auto"``: ``min(jl_min_dim(n_rows), n_features)``, and ``None``
+    (no projection) when that is ``n_features``: a random projection never expands the data (anomalib
+    projects 152-dim features of 493,920 rows to 323 dims; here they are selected on as they are)."""
+    k = max(1, jl_min_dim(max(int(n_rows), 1)))  # the bound is 0 for a single row
+    return None if k >= n_features else k
 
 
 def sparse_random_matrix(n_features: int, n_components: int, seed: int = 0) -> torch.Tensor:
@@ -104,16 +121,21 @@ def coreset(
     start: int = 0,
     storage_dtype: torch.dtype | None = None,
     progress: bool = False,
+    method: str = "exhaustive",
+    on_estimate: Callable[[dict], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-center (farthest point sampling) selection of ``n`` bank rows.
 
     Starting from row ``start``, each step adds the row whose Euclidean distance to its nearest
     already-chosen row is largest (ties: the smallest row index). Chosen rows are never chosen again,
-    so the indices are distinct even when the bank has duplicated rows. Every step is one fused
-    streaming pass over the bank (distance, running min, argmax); on CPU, rows that the triangle
-    inequality proves cannot improve are skipped (exact; it pays off on clustered features and backs
-    off by itself on data where it does not); on CUDA the whole loop stays on the device (no host
-    synchronisation per step).
+    so the indices are distinct even when the bank has duplicated rows. An exhaustive step is one fused
+    streaming pass over the bank (distance, running min, argmax). ``method="pruned"`` (CPU) walks a ball
+    tree of the rows instead and reads only the rows that the triangle inequality cannot rule out;
+    the rows it reads get exactly the exhaustive step's distance (same code, same float32 arithmetic)
+    and the bounds carry a rounding margin, so both methods return **identical indices and
+    distances**; it backs off to exhaustive steps by itself while the tree does not pay (e.g. on
+    high-dimensional noise). On CUDA the whole loop stays on the device (no host synchronisation per
+    step) and ``"pruned"`` runs that exhaustive loop.
 
     Args:
         bank: ``Tensor[N, D]``, float32 / float16 / bfloat16 (arithmetic is float32), CPU or CUDA.
@@ -124,7 +146,9 @@ def coreset(
             result is zero-padded to a multiple of :data:`PROJECTION_PAD` columns, which changes no
             distance);
             ``"auto"`` uses the Johnson-Lindenstrauss dimension :func:`jl_min_dim` ``(N, eps=0.9)``,
-            as anomalib's PatchCore does (e.g. 267 for N = 50,000).
+            as anomalib's PatchCore does (e.g. 267 for N = 50,000), but never more than ``D``: when
+            the bound is ``>= D`` the bank is not projected (:func:`auto_projection_dim`; anomalib
+            would expand 152-dim features to 323 dims for 493,920 rows).
         seed: seed of the projection matrix (ignored without projection). Same seed, same result.
         start: index of the first chosen row, ``0 <= start < N`` (anomalib draws it at random; pass
             ``torch.randint(N, (1,), generator=g).item()`` for that behaviour).
@@ -135,7 +159,18 @@ def coreset(
             at 50,000 x 267 (benchmarks/RESULTS.md, "## coreset").
         progress: show a tqdm bar of the centres chosen (CPU banks: the op runs in a worker thread,
             which it allows by releasing the GIL, and reports every step through a counter; the result
-            is the same). On CUDA the loop runs on the device without host synchronisation, so no bar.
+            is the same); its postfix shows the share of rows read (not skipped) in recent steps. On CUDA
+            the loop runs on the device without host synchronisation, so no bar.
+        method: ``"exhaustive"`` (default) or ``"pruned"``; same result (see above). ``"pruned"`` is not
+            the default: on real PatchCore features (MTD, 152 dims) it read ~1/3 of the rows per step
+            but was not faster than the streaming exhaustive step (benchmarks/RESULTS.md, "coreset
+            pruning"); it pays on strongly clustered / low-dimensional data.
+        on_estimate: CPU banks: called once, from this thread, after :data:`ESTIMATE_AFTER_S` seconds of
+            selection (not at all when it finishes sooner) with a dict: ``rows``, ``dims`` (of the
+            selection space), ``centres``, ``done`` (centres chosen), ``elapsed_s``, ``estimate_s``
+            (estimated total: elapsed + remaining steps at the rate of the recent steps; later steps of
+            the pruned method are usually faster, so an upper estimate) and ``read_fraction`` (rows read
+            / rows of full scans so far).
 
     Returns:
         ``(indices Tensor[n] int64, min_distances Tensor[n] float32)`` on the bank's device:
@@ -148,7 +183,8 @@ def coreset(
     Raises:
         RuntimeError (from the op) for bad shapes/dtypes, ``n`` or ``start`` out of range, an empty
         bank, or NaN/Inf in the bank (detected during the first step, so not when ``n == 1``);
-        ValueError for a bad ``projection_dim`` / ``storage_dtype``, or NaN/Inf in a CUDA bank.
+        ValueError for a bad ``projection_dim`` / ``storage_dtype`` / ``method``, or NaN/Inf in a CUDA
+        bank.
 
     Example:
         >>> import torch, fastad
@@ -157,6 +193,8 @@ def coreset(
         >>> idx.tolist(), dist.tolist()
         ([0, 2, 3], [inf, 10.0, 5.0])
     """
+    if method not in _METHODS:
+        raise ValueError(f"coreset: method must be 'pruned' or 'exhaustive', got {method!r}")
     if storage_dtype is not None and storage_dtype not in _STORAGE:
         raise ValueError(f"coreset: storage_dtype must be None, float32, float16 or bfloat16, got {storage_dtype}")
     x = bank
@@ -166,44 +204,70 @@ def coreset(
         if isinstance(projection_dim, str):
             if projection_dim != "auto":
                 raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
-            k = jl_min_dim(max(bank.shape[0], 1))
+            k = auto_projection_dim(bank.shape[0], bank.shape[1])
         elif isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
             raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
         else:
             k = projection_dim
-        if bank.shape[0] >= 1 and bank.shape[1] >= 1 and bank.dtype in _STORAGE:
+        if k is not None and bank.shape[0] >= 1 and bank.shape[1] >= 1 and bank.dtype in _STORAGE:
             x = projected_bank(bank, k, seed)
     if storage_dtype is not None and x.dtype != storage_dtype and x.dtype in _STORAGE:
         x = x.to(storage_dtype)
     if x.device.type != "cpu" and x.dim() == 2:  # the CPU kernel detects NaN/Inf itself, for free
         check_finite("bank", "coreset", x)
-    if progress and x.device.type == "cpu" and int(n) > 1:
-        return _coreset_with_progress(x, int(n), int(start))
-    return torch.ops.fastad.coreset(x, int(n), int(start))
+    if (progress or on_estimate is not None) and x.device.type == "cpu" and int(n) > 1 and x.dim() == 2:
+        return _coreset_watched(x, int(n), int(start), method, bool(progress), on_estimate)
+    return torch.ops.fastad.coreset(x, int(n), int(start), None, method)
 
 
-def _coreset_with_progress(x: torch.Tensor, n: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.ops.fastad.coreset(x, n, start)`` in a worker thread while this thread draws a tqdm bar
-    from the op's progress counter (errors are re-raised here)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a runtime dependency, but never fail on a progress bar
-        return torch.ops.fastad.coreset(x, n, start)
-    counter = torch.zeros(1, dtype=torch.int64)
+def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: bool,
+                     on_estimate: Callable[[dict], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.fastad.coreset`` in a worker thread while this thread polls the op's progress
+    counters: a tqdm bar (centres; postfix: rows read in recent steps) and/or one ``on_estimate`` call
+    (errors are re-raised here)."""
+    tqdm = None
+    if bar_on:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is a runtime dependency, but never fail on a progress bar
+            tqdm = None
+    counter = torch.zeros(3, dtype=torch.int64)  # centres chosen, rows read, rows of full scans
     box: dict = {}
 
     def work():
         try:
-            box["out"] = torch.ops.fastad.coreset(x, n, start, counter)
+            box["out"] = torch.ops.fastad.coreset(x, n, start, counter, method)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             box["err"] = e
 
     worker = threading.Thread(target=work, name="fastad-coreset", daemon=True)
-    with tqdm(total=n, desc="coreset", unit="centre", leave=False) as bar:
+    bar = tqdm(total=n, desc="coreset", unit="centre", leave=False) if tqdm is not None else None
+    t0 = time.perf_counter()
+    hist = [(t0, 1, 0, 0)]  # (time, centres, rows read, rows of full scans)
+    estimated = on_estimate is None
+    try:
         worker.start()
         while worker.is_alive():
             worker.join(PROGRESS_POLL_S)
-            bar.update(int(counter[0]) - bar.n)
+            now = time.perf_counter()
+            done, read, full = (int(v) for v in counter.tolist())
+            hist.append((now, done, read, full))
+            while len(hist) > 2 and now - hist[1][0] > 2.0:  # a window of the last ~2 s
+                hist.pop(0)
+            old = hist[0]
+            if bar is not None:
+                bar.update(done - bar.n)
+                if full > old[3]:
+                    bar.set_postfix_str(f"rows read {100.0 * (read - old[2]) / (full - old[3]):.1f}%", refresh=False)
+            if not estimated and now - t0 >= ESTIMATE_AFTER_S and done > old[1] and worker.is_alive():
+                estimated = True
+                rate = (now - old[0]) / (done - old[1])  # seconds per centre, recent window
+                on_estimate(dict(rows=int(x.shape[0]), dims=int(x.shape[1]), centres=n, done=done,
+                                 elapsed_s=now - t0, estimate_s=(now - t0) + rate * (n - done),
+                                 read_fraction=read / full if full else 1.0))
+    finally:
+        if bar is not None:
+            bar.close()
     if "err" in box:
         raise box["err"]
     return box["out"]

@@ -34,6 +34,8 @@ def group_min(
         ``Tensor[Q, G]`` float32.
 
     NaN or Inf in ``query`` or ``bank`` raise an error. No ``[Q, N]`` matrix is ever held in memory.
+    Not differentiable: a backward through it raises ``RuntimeError`` naming the argument
+    (:mod:`fastad.ops._autograd`).
 
     Example:
         >>> import torch, fastad

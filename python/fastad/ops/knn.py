@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 METRICS = ("l2", "sqeuclidean", "cosine", "ip")
+_MAX_PADDED_SLOTS = 1 << 27  # k > N pads the output; refuse padding beyond ~1.5 GiB instead of failing to allocate
 
 
 def check_finite(name: str, op: str, *tensors: torch.Tensor) -> None:
@@ -28,7 +29,7 @@ def knn(
         query: ``Tensor[Q, D]``, float32 / float16 / bfloat16, CPU or CUDA.
         bank: ``Tensor[N, D]``, same dtype and device as ``query``.
         k: neighbours per query (>= 1). When ``k > N`` the extra slots hold ``inf`` (``-inf`` for
-            ``"ip"``) and index ``-1``.
+            ``"ip"``) and index ``-1`` (a ``ValueError`` when that padding alone would exceed 2^27 slots).
         metric: ``"l2"`` (Euclidean), ``"sqeuclidean"``, ``"cosine"`` (``1 - cos``; a zero row has
             cosine 0 with everything) or ``"ip"`` (inner product, largest first).
         bank_norms: optional ``Tensor[N]`` float32 of squared L2 norms of the bank rows (cache them
@@ -43,6 +44,9 @@ def knn(
 
     NaN or Inf in ``query`` or ``bank`` raise an error (a ``ValueError`` here; the bare CPU op raises a
     ``RuntimeError``). Computation is blocked: no ``[Q, N]`` matrix is ever held in memory.
+
+    Autograd: the distances are differentiable w.r.t. ``query`` and ``bank`` (at the returned
+    neighbours; see :mod:`fastad.ops._autograd`); ``bank_norms`` is not.
 
     CPU: on AVX2/FMA machines a packed GEMM with the top-k selection fused into its epilogue; the
     expansion ``|q|^2 + |b|^2 - 2 q.b`` is evaluated on data centred by an estimate of the bank mean,
@@ -59,6 +63,13 @@ def knn(
     """
     if metric not in METRICS:
         raise ValueError(f"knn: metric must be one of {METRICS}, got {metric!r}")
+    k = int(k)
+    if query.dim() == 2 and bank.dim() == 2 and k > bank.shape[0] and query.shape[0] * k > _MAX_PADDED_SLOTS:
+        Q, N = query.shape[0], bank.shape[0]
+        raise ValueError(
+            f"knn: k={k} is larger than the bank (N={N} rows): the [Q={Q}, k] output would be "
+            f"{Q * k * 12 / 2**30:.3g} GiB of which all but N columns are padding (inf, index -1); use k <= {max(N, 1)}"
+        )
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself, for free
         check_finite("query and bank", "knn", query, bank)
     return torch.ops.fastad.knn(query, bank, int(k), metric, bank_norms, bool(exclude_self))

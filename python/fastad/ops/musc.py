@@ -1,7 +1,9 @@
 """MuSc (zero-shot mutual scoring) kernels: LNAMD / SNAMD aggregation, mutual scoring, RsCIN.
 
 Shapes: ``N`` images, ``L = H * H`` patch tokens per image (CLS removed), ``C`` channels,
-``R = len(r_list)``. Parity targets are the official code, xrli-U/MuSc @ b76b93d (see
+``R = len(r_list)``. The compiled ops (``lnamd``, ``snamd``, ``mutual_scores``,
+``lnamd_mutual_scores``) are not differentiable: a backward through them raises ``RuntimeError``
+naming the argument (:mod:`fastad.ops._autograd`); ``rscin`` and ``bilinear_max`` are plain torch. Parity targets are the official code, xrli-U/MuSc @ b76b93d (see
 ``tests/musc_oracle.py``).
 """
 from __future__ import annotations
@@ -169,7 +171,8 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
     each k, every row of W keeps its k largest entries (the others, picked by ``topk`` of the N-k
     smallest like the official code, are set to 0) and is normalised to sum 1; the result is the mean
     over ``k_list`` of ``P_k s``. A 0 in ``k_list`` returns ``scores`` unchanged. Official k lists:
-    [1, 2, 3] (MVTec AD, BTAD), [1, 8, 9] (VisA).
+    [1, 2, 3] (MVTec AD, BTAD), [1, 8, 9] (VisA). Equal scores normalise to 0 (the official code
+    returns NaN); similarities summing to 0 over a row's k kept entries raise a ``ValueError``.
 
     Pure torch (float32 like the official code): it is an N x N problem over images (N ~ 100s), a
     few milliseconds, not a hot path, so it is not a compiled op.
@@ -192,14 +195,23 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
         raise ValueError(f"rscin: every k in k_list must be in [1, N={N}], got {list(k_list)}")
     check_finite("scores and image_features", "rscin", scores, image_features)
     s64 = scores.double()
-    s = ((s64 - s64.min()) / (s64.max() - s64.min())).float()
+    span = s64.max() - s64.min()
+    # equal scores: min-max normalisation gives 0 everywhere (the official code divides by 0: NaN)
+    s = ((s64 - s64.min()) / torch.where(span > 0, span, torch.ones_like(span))).float()
     F_ = image_features.float()
     W = F_ @ F_.T
     outs = []
     for k in k_list:
         small = torch.topk(W, N - k, dim=1, largest=False, sorted=True).indices
         Wm = W.scatter(1, small, 0.0)
-        P = Wm * (1.0 / Wm.sum(1, keepdim=True))
+        rs = Wm.sum(1, keepdim=True)
+        if not bool((rs != 0).all()):
+            bad = int((rs == 0).flatten().nonzero()[0])
+            raise ValueError(
+                f"rscin: the {k} most similar images of image {bad} have similarities summing to 0 (an all-zero "
+                "row of image_features?); give image features with non-zero similarities, or k_list=(0,) to skip RsCIN"
+            )
+        P = Wm * (1.0 / rs)
         outs.append(P @ s.unsqueeze(-1))
     return torch.cat(outs, -1).mean(-1)
 

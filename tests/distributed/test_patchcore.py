@@ -1,0 +1,104 @@
+"""PatchCore(distributed=True) on 2 gloo CPU processes, on an MTD slice: the same scores and maps as the
+single-process fit (<= 1e-5), and the model saved from rank 0 loads in one process with equal scores."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.distributed.spawn_utils import results, run
+
+REPO = Path(__file__).resolve().parents[2]
+MTD = Path(os.environ.get("FASTAD_MTD", REPO.parent / "shared" / "data" / "mtd"))
+
+
+def _images(split, idx, size=96):
+    from fastad.data import MVTecDataset
+
+    ds = MVTecDataset(MTD, split, image_size=size)
+    return torch.stack([ds[i]["image"] for i in idx])
+
+
+def _fit_score(rank, world, path):
+    import torch.distributed as dist
+
+    import fastad
+    import fastad.distributed as fd
+    from fastad.detectors import PatchCore
+
+    xtr, xte = _images("train", range(5)), _images("test", [0, 150, 300, 640])
+    kw = dict(coreset_ratio=0.2, progress=False, random_state=3, batch_size=4)
+    s1, m1 = PatchCore(**kw).fit(xtr).score(xte)
+    det = PatchCore(**kw, distributed=True).fit(fd.shard(xtr))
+    s2, m2 = det.score(xte)
+    det.save(path)
+    dist.barrier()
+    s3, m3 = fastad.detectors.load(path).score(xte)
+    return {"scores": float((s1 - s2).abs().max()), "maps": float((m1 - m2).abs().max()),
+            "loaded_scores": float((s1 - s3).abs().max()), "loaded_maps": float((m1 - m3).abs().max()),
+            "local_bank": det.memory_bank_.shape[0], "bank": det.n_bank_rows_, "n_fit": det.n_fit_images_}
+
+
+@pytest.mark.skipif(not (MTD / "train" / "good").is_dir(), reason="MTD dataset not found (FASTAD_MTD)")
+def test_patchcore_distributed_fit_score_save_equal_single_process(tmp_path):
+    path = str(tmp_path / "pc.safetensors")
+    outs = results(run(_fit_score, 2, path, deadline=180, fastad_timeout=60))
+    for o in outs:
+        assert o["scores"] <= 1e-5 and o["maps"] <= 1e-5, o
+        assert o["loaded_scores"] <= 1e-5 and o["loaded_maps"] <= 1e-5, o
+    assert outs[0]["local_bank"] + outs[1]["local_bank"] == outs[0]["bank"]  # the bank is split, not copied
+    assert outs[0]["n_fit"] == outs[1]["n_fit"] == 5
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _interrupted(rank, world, path):
+    from fastad.detectors import PatchCore
+
+    g = torch.Generator().manual_seed(rank)
+    feats = {"a": torch.randn(3, 4, 5, 5, generator=g)}
+    if rank == 1:
+        feats["a"][0, 0, 0, 0] = float("nan")  # this rank's fit fails before the coreset
+    det = PatchCore(backbone=None, coreset_ratio=0.5, progress=False, distributed=True)
+    det.fit_features(feats, image_size=(20, 20))
+    det.save(path)
+    return True
+
+
+def test_an_interrupted_distributed_fit_writes_no_model_file(tmp_path):
+    path = tmp_path / "pc.safetensors"
+    out = run(_interrupted, 2, str(path), deadline=60, fastad_timeout=3)
+    assert out[1].get("type") == "ValueError" and "NaN" in out[1]["err"], out[1]
+    assert out[0].get("type") == "DistributedError" and "[1]" in out[0]["err"], out[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _nccl(rank, world):
+    import torch.distributed as dist
+
+    import fastad
+    import fastad.distributed as fd
+
+    dev = torch.device("cuda", rank)
+    torch.cuda.set_device(dev)
+    bank = torch.randn(300, 32, generator=torch.Generator().manual_seed(0))
+    q = bank[:7] + 0.1
+    mine = bank[:120] if rank == 0 else bank[120:]
+    d, i = fd.knn(q.to(dev), mine.to(dev), 4)
+    rd, ri = fastad.ops.knn(q.to(dev), bank.to(dev), 4)
+    ci, _ = fd.coreset(mine.to(dev), 20)
+    rci, _ = fastad.ops.coreset(bank.to(dev), 20)
+    z = torch.nn.functional.normalize(torch.randn(6, 16, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    s = fd.mutual_scores(z[:3].to(dev) if rank == 0 else z[3:].to(dev), ceil_small=True)
+    rs = fastad.ops.mutual_scores(z.to(dev), ceil_small=True)[:3] if rank == 0 else \
+        fastad.ops.mutual_scores(z.to(dev), ceil_small=True)[3:]
+    dist.barrier()
+    return bool(torch.equal(d, rd) and torch.equal(i, ri)), int((ci == rci).sum()), float((s - rs).abs().max())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL test: needs 2 GPUs")
+def test_nccl_paths_on_two_gpus():
+    import tests.distributed.spawn_utils as su
+
+    outs = results(su.run(_nccl, 2, deadline=120, backend="nccl"))
+    for knn_equal, n_same, musc_err in outs:
+        assert knn_equal and n_same == 20 and musc_err <= 1e-5  # CUDA coreset step: torch arithmetic (no near-ties here)
