@@ -2,6 +2,7 @@
 on the same backbone features.
 
     .venv/bin/python benchmarks/bench_padim.py [--train-images 630] [--threads 1]
+    .venv/bin/python benchmarks/bench_padim.py --synthetic [--out JSON]   # d=550, 28x28, 200/32 images
 
 Data: ``$FASTAD_MTD`` or ``../shared/data/mtd``. Images are squash-resized to 224 px and run once
 through EfficientNet-Lite0 (ImageNet weights, fastad's fused extractor), taps ``_blocks.4`` (40 ch,
@@ -45,8 +46,18 @@ def main():
     ap.add_argument("--n-features", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSON with the figures")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
+    ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.synthetic:
+        from bench_padim_synth import run_synthetic
+
+        res = run_synthetic(a.threads, a.repeats)
+        if a.out:
+            Path(a.out).write_text(json.dumps(res, indent=1))
+        return
 
     from fastad import metrics
     from fastad.data import MVTecDataset

@@ -39,6 +39,13 @@ TORCH_LIBRARY(fastad, m) {
   m.def("mutual_scores(Tensor z, int k, Tensor? pool=None, int window=0) -> Tensor");
   // lnamd (for each r in r_list) followed by mutual_scores, fused: raw tokens [N, L, C] -> [R, N, L].
   m.def("lnamd_mutual_scores(Tensor tokens, int[] r_list, int k, Tensor? pool=None, int window=0) -> Tensor");
+  // ---- Gaussian models (issue 13) ---------------------------------------------------------------
+  // Squared Mahalanobis distances ||(x - mean) @ tril(factor)||^2 (precision = L L^T), float32:
+  // x [N, d] / mean [d] / factor [d, d] -> [N]; or x [N, P, d] / mean [P, d] / factor [P, d, d] -> [N, P].
+  m.def("mahalanobis(Tensor x, Tensor mean, Tensor factor) -> Tensor");
+  // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
+  // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
+  m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");
   // ---- fastad.distributed (issue 17) ----------------------------------------------------------
   // coreset_step: one greedy k-center step on a bank shard [N, D] (N may be 0) with the arithmetic of
   // coreset: min_sq[r] = min(min_sq[r], sum((bank[r] - centre)^2)) (fp32; rows holding -1 = chosen stay);

@@ -160,6 +160,53 @@ def _lnamd_mutual_scores_fake(tokens, r_list, k, pool=None, window=0):
     return tokens.new_empty((len(r_list), tokens.shape[0], tokens.shape[1]), dtype=torch.float32)
 
 
+# ---- Gaussian models (issue 13): csrc/common/mahalanobis_checks.cpp -------------------------------
+_GAUSS_X = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_maha_x(op, x, dtypes):
+    _check(x.dim() in (2, 3), f"{op}: x must be 2-D [N, d] or 3-D [N, P, d], got {x.dim()}-D tensor of shape {list(x.shape)}")
+    _check(x.shape[-1] >= 1, f"{op}: x must have d >= 1 features, got shape {list(x.shape)}")
+    _check(x.dtype in dtypes, f"{op}: x dtype must be {', '.join(str(t).split('.')[-1] for t in dtypes)}, got {x.dtype}")
+
+
+@torch.library.register_fake("fastad::mahalanobis")
+def _mahalanobis_fake(x, mean, factor):
+    op = "mahalanobis"
+    _check_maha_x(op, x, _FLOATS)
+    for name, t in (("mean", mean), ("factor", factor)):
+        _check(t.dtype in _FLOATS, f"{op}: {name} dtype must be float32, float16 or bfloat16, got {t.dtype}")
+    d = x.shape[-1]
+    if x.dim() == 3:
+        P = x.shape[1]
+        _check(tuple(mean.shape) == (P, d), f"{op}: mean must be [P, d] = [{P}, {d}] for x of shape {list(x.shape)}, got {list(mean.shape)}")
+        _check(factor.dim() == 3 and factor.shape[0] == P,
+               f"{op}: factor must be [P, d, d] = [{P}, {d}, {d}] (one lower-triangular factor per position) for x of shape {list(x.shape)}, got {list(factor.shape)}")
+    else:
+        _check(tuple(mean.shape) == (d,), f"{op}: mean must be [d] = [{d}] for x of shape {list(x.shape)}, got {list(mean.shape)}")
+        _check(factor.dim() == 2, f"{op}: factor must be [d, d] = [{d}, {d}] (a lower-triangular factor) for x of shape {list(x.shape)}, got {list(factor.shape)}")
+    _check(factor.shape[-1] == factor.shape[-2], f"{op}: factor must be square (triangular-shaped [.., d, d]), got {list(factor.shape)}")
+    _check(factor.shape[-1] == d, f"{op}: factor must be [.., d, d] with d = {d} (x's features), got {list(factor.shape)}")
+    _check(mean.device == x.device, f"{op}: mean must be on x's device ({x.device}), got {mean.device}")
+    _check(factor.device == x.device, f"{op}: factor must be on x's device ({x.device}), got {factor.device}")
+    return x.new_empty(tuple(x.shape[:-1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("fastad::gaussian_accumulate")
+def _gaussian_accumulate_fake(x, shift, sum, sumsq):
+    op = "gaussian_accumulate"
+    _check_maha_x(op, x, _GAUSS_X)
+    d = x.shape[-1]
+    vec = (x.shape[1], d) if x.dim() == 3 else (d,)
+    _check(shift.dtype in (torch.float32, torch.float64), f"{op}: shift dtype must be float32 or float64, got {shift.dtype}")
+    _check(sum.dtype == torch.float64, f"{op}: sum must be float64, got {sum.dtype}")
+    _check(sumsq.dtype == torch.float64, f"{op}: sumsq must be float64, got {sumsq.dtype}")
+    _check(tuple(shift.shape) == vec, f"{op}: shift must be {list(vec)} for x of shape {list(x.shape)}, got {list(shift.shape)}")
+    _check(tuple(sum.shape) == vec, f"{op}: sum must be {list(vec)} for x of shape {list(x.shape)}, got {list(sum.shape)}")
+    _check(tuple(sumsq.shape) == vec + (d,), f"{op}: sumsq must be {list(vec + (d,))} for x of shape {list(x.shape)}, got {list(sumsq.shape)}")
+    for t in (shift, sum, sumsq):
+        _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
+    return None
 # coreset_step: one greedy k-center step on a bank shard (csrc/cpu/kcenter_step_kernel.cpp; fastad.distributed).
 @torch.library.register_fake("fastad::coreset_step")
 def _coreset_step_fake(bank, centre, min_sq, assign=None, centre_dists=None, centre_id=0):

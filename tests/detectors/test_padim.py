@@ -101,13 +101,15 @@ def test_parity_with_installed_anomalib_code():
 
 
 def test_streaming_fit_equals_one_batch(monkeypatch):
-    import fastad.detectors.padim as padim_mod
+    import fastad.gaussian as gaussian_mod
 
     gen = torch.Generator().manual_seed(5)
     train = _features(gen, 24)
     one = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
     parts = [{k: v[i : i + 5] for k, v in train.items()} for i in range(0, 24, 5)]
-    monkeypatch.setattr(padim_mod, "PADIM_FIT_CHUNK", 7)  # chunks of 10, 10, 4 images (batches of 5)
+    # batches of 5 folded into the float64 sums one by one (no raw rows kept), 3 positions per block
+    monkeypatch.setattr(gaussian_mod, "BUFFER_BYTES_PER_FEATURE", 0)
+    monkeypatch.setattr(gaussian_mod, "_BLOCK_BYTES", 3 * 3 * 8 * 16 * 16)
     many = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(parts, image_size=(20, 24))
     # float32 products of differently shifted chunks: rounding-level changes, amplified by the inverse
     torch.testing.assert_close(one.precision_, many.precision_, rtol=1e-3, atol=1e-4)
@@ -156,9 +158,12 @@ def test_errors(monkeypatch):
     import fastad.detectors.padim as padim_mod
 
     monkeypatch.setattr(padim_mod, "PADIM_STABILISER", 0.0)
+    with pytest.raises(ValueError, match=r"x has 4 samples of d=16 features: the covariance is singular"):
+        PaDiM(backbone=None, layers=["a", "b"], eps=0.0, progress=False).fit_features(train)
+    more = _features(gen, 30)
     with pytest.raises(ValueError, match=r"covariance of position 0 \(of 120\) is not positive definite"):
         PaDiM(backbone=None, layers=["a", "b"], eps=0.0, progress=False).fit_features(
-            dict(train, a=torch.zeros(4, 6, 10, 12)))
+            dict(more, a=torch.zeros(30, 6, 10, 12)))
     monkeypatch.undo()
     bad = {k: v.clone() for k, v in train.items()}
     bad["a"][0, 0, 0, 0] = float("nan")

@@ -310,6 +310,8 @@ class Mahalanobis(_EmbeddingDetector):
     Fitted: ``location_`` (``Tensor[D]``), ``covariance_`` (``Tensor[D, D]`` float64),
     ``shrinkage_`` (the coefficient used, 0 for ``"none"``), ``decision_scores_``, ``threshold_``,
     ``labels_``. The training scores are in-sample (the model includes each point), as PyOD's MCD/ECOD.
+    Fitted through :func:`fastad.gaussian.gaussian_fit` (float64 sums, Cholesky and precision factor);
+    scored by :func:`fastad.ops.mahalanobis` with the float32 factor (fused, triangular kernel).
     """
 
     _params = ("shrinkage", "contamination")
@@ -334,10 +336,23 @@ class Mahalanobis(_EmbeddingDetector):
         return self
 
     def _fit_gaussian(self):
-        X = self.train_.double()
-        mu = X.mean(0)
-        cov, a, L = self._factorise(X - mu, "covariance")
-        self.location_, self.covariance_, self.shrinkage_, self._chol = mu, cov, a, L
+        from ..gaussian import gaussian_fit
+
+        X = self.train_.double()  # float64 sums: covariance_ equals scikit-learn's to ~1e-12
+        sh = self.shrinkage
+        n, p = X.shape
+        try:
+            g = gaussian_fit(X, shrinkage=sh if sh in ("ledoit_wolf", "oas") else None,
+                             reg=0.0 if isinstance(sh, str) else float(sh), factor_dtype=torch.float64)
+        except ValueError as e:
+            raise ValueError(
+                f"{type(self).__name__}.fit: the covariance of {n} embeddings of {p} dims is not positive definite with "
+                f"shrinkage={sh!r}; use 'ledoit_wolf' / 'oas' or a float eps > 0 ({e})"
+            ) from None
+        self.location_, self.covariance_, self.shrinkage_ = g.mean, g.covariance, float(g.shrinkage_)
+        self._gaussian = g
+        # scoring: fastad.ops.mahalanobis with the float32 precision factor (fused, triangular)
+        self._factor32, self._mean32 = g.factor.float().contiguous(), g.mean.float().contiguous()
 
     def _factorise(self, Xc: torch.Tensor, what: str):
         """``(covariance, shrinkage coefficient, Cholesky factor)`` of centred ``Xc: Tensor[n, p]``
@@ -362,10 +377,10 @@ class Mahalanobis(_EmbeddingDetector):
 
     def decision_function(self, X) -> torch.Tensor:
         """``Tensor[N]`` float32 Mahalanobis distances of ``X: Tensor[N, D]`` (higher = more anomalous)."""
+        import fastad.ops as ops
+
         X = self._query(X, "decision_function")
-        d = (X.double() - self.location_.to(X.device)).T  # [D, N]
-        z = torch.linalg.solve_triangular(self._chol.to(X.device), d, upper=False)
-        return z.square().sum(0).sqrt().float()
+        return ops.mahalanobis(X, self._mean32.to(X.device), self._factor32.to(X.device)).clamp_min(0).sqrt()
 
     def _set_extra_state(self, tensors, dev):
         self._fit_gaussian()

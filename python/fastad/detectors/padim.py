@@ -14,13 +14,14 @@ public, anomalib's is the common reference, see ``SPEC-gaussian.md`` (f)):
 2. Fit (``MultiVariateGaussian.forward``): per position ``p``, the mean over the training images and
    the covariance with ``ddof = 1`` (``np.cov``) plus ``0.01 I``, plus ``1e-5 I`` (anomalib's
    "stabilised" covariance), inverted. anomalib computes the covariance position by position in a
-   Python loop and inverts in float32; fastad accumulates all positions at once (streaming over chunks
-   of ``PADIM_FIT_CHUNK`` images: float32 products of the data minus the first chunk's mean, summed in
-   float64), factorises with a batched Cholesky in float64 (a clear
-   error names the position when a covariance is not positive definite) and stores the precision
-   matrices in float32.
+   Python loop and inverts in float32; fastad streams the batches through
+   :class:`fastad.gaussian.GaussianAccumulator` (``fastad.ops.gaussian_accumulate``: shifted sums,
+   lower-SYRK products in float32 chunks summed in float64, position block by position block), then per
+   block a float64 Cholesky (a clear error names the position when a covariance is not positive
+   definite) and the lower-triangular precision factor ``L`` (``precision = L L^T``), stored in
+   ``factor_dtype`` (float32, or float16 / bfloat16 for half the model).
 3. Score (``AnomalyMapGenerator.compute_distance``): ``d_p = sqrt(max((x_p - mu_p)^T P_p (x_p - mu_p), 0))``
-   for every position (fastad: one batched matmul over positions), the ``[B, 1, h, w]`` grid resized to
+   for every position (fastad: ``fastad.ops.mahalanobis``, the fused triangular kernel), the ``[B, 1, h, w]`` grid resized to
    the image with ``F.interpolate(mode="bilinear", align_corners=False)``, then ``GaussianBlur2d`` with
    sigma 4 (33 taps, torch ``"reflect"`` padding; fastad blurs separably, same result); image score =
    the map's maximum (``torch.amax``).
@@ -30,9 +31,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import ops
+from ..gaussian import GaussianAccumulator, GaussianModel, precision_factor
+from ._maps import gaussian_blur
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
-from ._maps import gaussian_blur
+
+# GaussianModel files (fastad.gaussian) use the detectors' model-file format: registered here, where the
+# detectors package (the format's owner) is known to be imported.
+register(GaussianModel)
 
 #: anomalib's regularisation of every position's covariance (``+ 0.01 I``, then ``+ 1e-5 I``).
 PADIM_EPS = 0.01
@@ -42,10 +49,6 @@ PADIM_STABILISER = 1e-5
 #: 2.7's ``MultiVariateGaussian``); ``"paper"`` adds only ``eps`` I, as the PaDiM authors' reference code
 #: (``np.cov(...) + 0.01 * I``). The difference is tiny next to 0.01 but changes scores in the 5th digit.
 PADIM_RECIPES = ("anomalib", "paper")
-
-#: Training images gathered before one covariance update (one bmm with this inner dimension; bounds
-#: the fit's buffer to ``PADIM_FIT_CHUNK * P * C`` floats, e.g. 120 MB at 784 positions x 152 channels).
-PADIM_FIT_CHUNK = 256
 
 
 @register(cli="padim")
@@ -65,11 +68,14 @@ class PaDiM(BaseDetector):
         blur_border: border mode of the blur (``"reflect"`` is anomalib's).
         recipe: ``"anomalib"`` (default: ``eps`` I + 1e-5 I, anomalib 2.7) or ``"paper"`` (``eps`` I only, the
             PaDiM reference code); see :data:`PADIM_RECIPES`.
+        factor_dtype: storage of the precision factors: ``"float32"``, ``"float16"`` or ``"bfloat16"``
+            (half the model; bfloat16 scores with AVX-512 BF16 dot products where the CPU has them).
         batch_size: images per backbone batch. device: where features and the model live (default: the
             input's device). random_state: seed of the channel subset. progress: show progress bars.
 
-    Fitted attributes: ``mean_`` (``Tensor[P, C]``), ``precision_`` (``Tensor[P, C, C]`` float32, the
-    inverse regularised covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
+    Fitted attributes: ``mean_`` (``Tensor[P, C]``), ``factor_`` (``Tensor[P, C, C]``, lower triangular,
+    ``factor_dtype``: the precision of each regularised covariance is ``L L^T``; ``precision_`` forms it
+    on demand), ``logdet_`` (``Tensor[P]`` float64 log-determinants of the covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
     concatenated embedding), ``layers_``, ``layer_dims_``, ``feature_grid_`` ``(h, w)`` with
     ``P = h * w``, ``image_size_``, ``n_fit_images_``, ``fit_timings_``, ``threshold_``.
     """
@@ -84,6 +90,7 @@ class PaDiM(BaseDetector):
         blur_sigma: float | None = 4.0,
         blur_border: str = "reflect",
         batch_size: int = 16,
+        factor_dtype: str = "float32",
         device=None,
         random_state: int = 0,
         progress: bool = True,
@@ -97,6 +104,7 @@ class PaDiM(BaseDetector):
         self.blur_sigma = blur_sigma
         self.blur_border = blur_border
         self.batch_size = batch_size
+        self.factor_dtype = factor_dtype
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -111,6 +119,7 @@ class PaDiM(BaseDetector):
         self._check_blur()
         if self.recipe not in PADIM_RECIPES:
             raise ValueError(f"PaDiM: recipe must be one of {PADIM_RECIPES}, got {self.recipe!r}")
+        self._factor_dtype()
 
     # ------------------------------------------------------------------ embedding
     def embed(self, features: dict[str, torch.Tensor], layers: list[str] | None = None) -> torch.Tensor:
@@ -123,24 +132,22 @@ class PaDiM(BaseDetector):
             parts.append(F.interpolate(features[layer].float(), size=emb.shape[-2:], mode="nearest"))
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
-    def _positions(self, feats, dev, contiguous: bool = True) -> torch.Tensor:
-        """``Tensor[P, B, C]`` float32 (a permuted view unless ``contiguous``): the kept channels of every
-        position of a batch."""
+    def _positions(self, feats, dev) -> torch.Tensor:
+        """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch."""
         emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
         if self.channel_idx_.numel() != emb.shape[1] or not getattr(self, "_all_channels", False):
             emb = emb.index_select(1, self.channel_idx_.to(dev))
         B, C, h, w = emb.shape
         if (h, w) != tuple(self.feature_grid_):
             raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
-        x = emb.reshape(B, C, h * w).permute(2, 0, 1)
-        return x.contiguous() if contiguous else x
+        return emb.reshape(B, C, h * w).transpose(1, 2).contiguous()
 
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings) -> None:
         self._check_params()
         timer = StageTimer(timings)
-        n, s1, s2, dev, shift = 0, None, None, None, None
-        buf, n_pending = None, 0  # [P, PADIM_FIT_CHUNK, C] float32 chunk of training positions
+        dev = None
+        acc = GaussianAccumulator()
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
@@ -155,45 +162,36 @@ class PaDiM(BaseDetector):
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
-                x = self._positions(feats, dev, contiguous=False)  # [P, B, C] float32 view
-                B = x.shape[1]
-                if buf is None or n_pending + B > buf.shape[1]:
-                    if n_pending:
-                        shift, s1, s2 = self._accumulate(buf[:, :n_pending], shift, s1, s2)
-                        n_pending = 0
-                    if buf is None or B > buf.shape[1]:
-                        buf = torch.empty(x.shape[0], max(PADIM_FIT_CHUNK, B), x.shape[2], device=x.device)
-                buf[:, n_pending : n_pending + B].copy_(x)
-                n_pending += B
-                n += B
-        if n_pending:
-            with timer("aggregation"):
-                shift, s1, s2 = self._accumulate(buf[:, :n_pending], shift, s1, s2)
-        del buf
+                x = self._positions(feats, dev)  # [B, P, C] float32, a fresh tensor: no copy needed
+                if not bool(torch.isfinite(x).all()):
+                    raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
+                acc.update(x, copy=False)
+        n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
         if n < 2:
             raise ValueError("PaDiM.fit: the covariance (ddof = 1) needs at least 2 training images, got 1")
         with timer("gaussian"):
-            ms = s1 / n  # mean of x - shift, [P, C] float64
-            mean = shift[:, 0, :].double() + ms
-            # sum (x - m)(x - m)^T = S2 - n ms ms^T (S2, ms of the shifted data); ddof = 1 as np.cov
-            cov = torch.baddbmm(s2, ms[:, :, None], ms[:, None, :], alpha=-float(n)).div_(n - 1)
-            del s2
-            C = cov.shape[-1]
-            cov.diagonal(dim1=-2, dim2=-1).add_(float(self.eps) + self._stabiliser())
-            L, info = torch.linalg.cholesky_ex(cov)
-            del cov
-            bad = torch.nonzero(info).flatten()
-            if bad.numel():
-                p = int(bad[0])
-                raise ValueError(
-                    f"PaDiM.fit: the covariance of position {p} (of {L.shape[0]}) is not positive definite "
-                    f"with eps={self.eps}; raise eps or use more training images ({n} given for {C} channels)"
-                )
-            self.mean_ = mean.float().contiguous()
-            self.precision_ = torch.cholesky_inverse(L).float().contiguous()
+            model = acc.finalize(ddof=1, reg=float(self.eps) + self._stabiliser(), factor_dtype=self._factor_dtype(),
+                                 keep_covariance=False, what="PaDiM.fit")
+            del acc
+            self.mean_ = model.mean.float().contiguous()
+            self.factor_ = model.factor.contiguous()
+            self.logdet_ = model.logdet
         self.n_train_images_ = n
+
+    def _factor_dtype(self) -> torch.dtype:
+        fd = self.factor_dtype
+        dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(fd, fd)
+        if dt not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"PaDiM: factor_dtype must be 'float32', 'float16' or 'bfloat16', got {fd!r}")
+        return dt
+
+    @property
+    def precision_(self) -> torch.Tensor:
+        """``Tensor[P, C, C]`` float32: the precision matrices ``L L^T`` (formed on demand from ``factor_``)."""
+        L = self.factor_.float().tril()
+        return L @ L.transpose(1, 2)
 
     def _stabiliser(self) -> float:
         return PADIM_STABILISER if getattr(self, "recipe", "anomalib") == "anomalib" else 0.0
@@ -208,36 +206,16 @@ class PaDiM(BaseDetector):
         P, C = self.mean_.shape
         return thresholds.chi2(q, int(C), n_positions=int(P))
 
-    @staticmethod
-    def _accumulate(x, shift, s1, s2):
-        """Folds a chunk ``x: Tensor[P, n, C]`` (overwritten) into the float64 sums of ``x - shift`` and
-        of its outer products. ``shift`` (the first chunk's mean) keeps the float32 products free of a
-        large common offset; one bmm per chunk has the whole chunk as its inner dimension."""
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
-        if shift is None:
-            shift = x.mean(1, keepdim=True)
-        xs = x.sub_(shift)
-        bs = xs.sum(1, dtype=torch.float64)
-        bo = torch.bmm(xs.transpose(1, 2), xs)  # [P, C, C] float32
-        if s1 is None:
-            s1, s2 = bs, bo.double()
-        else:
-            s1 += bs
-            s2.add_(bo)
-        return shift, s1, s2
-
     # ------------------------------------------------------------------ scoring
     def _score_batch(self, feats, image_size, want_scores, want_maps, timings):
         timer = StageTimer(timings)
         dev = self.mean_.device
         with timer("scoring"):
-            x = self._positions(feats, dev)  # [P, B, C]
-            P, B, _ = x.shape
-            delta = x - self.mean_[:, None, :]
-            d2 = (torch.bmm(delta, self.precision_) * delta).sum(2)  # [P, B]
+            x = self._positions(feats, dev)  # [B, P, C]
+            B = x.shape[0]
+            d2 = ops.mahalanobis(x, self.mean_, self.factor_)  # [B, P]: fused, triangular, float32 sums
             h, w = self.feature_grid_
-            grid = d2.clamp_min(0).sqrt().t().reshape(B, 1, h, w)
+            grid = d2.clamp_min(0).sqrt().reshape(B, 1, h, w)
         with timer("maps"):
             up = F.interpolate(grid, size=tuple(image_size), mode="bilinear", align_corners=False)
             maps = gaussian_blur(up, self.blur_sigma, self.blur_border)[:, 0]
@@ -246,17 +224,23 @@ class PaDiM(BaseDetector):
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self):
-        return {"mean": self.mean_, "precision": self.precision_, "channel_idx": self.channel_idx_}
+        return {"mean": self.mean_, "factor": self.factor_, "channel_idx": self.channel_idx_}
 
     def _extra_meta(self):
         return {"feature_grid": list(self.feature_grid_), "n_train_images": getattr(self, "n_train_images_", None),
                 "embedding_channels": sum(self.layer_dims_.values())}
 
     def _set_state_tensors(self, tensors, meta, path):
-        if set(tensors) != {"mean", "precision", "channel_idx"}:
-            raise ModelFileError(path, f"a PaDiM file holds 'mean', 'precision', 'channel_idx', found {sorted(tensors)}")
+        if set(tensors) == {"mean", "precision", "channel_idx"}:  # files written before the factor (issue 13)
+            tensors = dict(tensors)
+            try:
+                tensors["factor"] = precision_factor(torch.linalg.inv(tensors.pop("precision").double())).float()
+            except (ValueError, RuntimeError) as e:
+                raise ModelFileError(path, f"the stored precision matrices cannot be factorised: {e}") from None
+        if set(tensors) != {"mean", "factor", "channel_idx"}:
+            raise ModelFileError(path, f"a PaDiM file holds 'mean', 'factor', 'channel_idx', found {sorted(tensors)}")
         self.feature_grid_ = tuple(int(x) for x in (meta.get("feature_grid") or ()))
-        mean, prec, idx = tensors["mean"], tensors["precision"], tensors["channel_idx"]
+        mean, prec, idx = tensors["mean"], tensors["factor"], tensors["channel_idx"]
         total = sum(self.layer_dims_.values())
         if meta.get("embedding_channels") != total:
             raise ModelFileError(
@@ -269,12 +253,15 @@ class PaDiM(BaseDetector):
         C = idx.numel()
         if idx.dim() != 1 or idx.dtype != torch.int64 or not (1 <= C <= total) or int(idx.min()) < 0 or int(idx.max()) >= total:
             raise ModelFileError(path, f"channel_idx must be int64 indices into {total} channels, got {tuple(idx.shape)} {idx.dtype}")
-        if tuple(mean.shape) != (P, C) or tuple(prec.shape) != (P, C, C) or mean.dtype != torch.float32 or prec.dtype != torch.float32:
+        if (tuple(mean.shape) != (P, C) or tuple(prec.shape) != (P, C, C) or mean.dtype != torch.float32
+                or prec.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
             raise ModelFileError(
-                path, f"mean {tuple(mean.shape)} / precision {tuple(prec.shape)} do not fit {P} positions x {C} channels (float32)"
+                path, f"mean {tuple(mean.shape)} (float32) / factor {tuple(prec.shape)} {prec.dtype} (float32, float16 or "
+                f"bfloat16) do not fit {P} positions x {C} channels"
             )
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
         self.device_ = dev
-        self.mean_, self.precision_, self.channel_idx_ = mean.to(dev), prec.to(dev), idx.to(dev)
+        self.mean_, self.factor_, self.channel_idx_ = mean.to(dev), prec.to(dev), idx.to(dev)
+        self.factor_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[prec.dtype]
         self._all_channels = C == total and torch.equal(idx.cpu(), torch.arange(total))
         self.n_train_images_ = meta.get("n_train_images")

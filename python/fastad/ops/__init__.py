@@ -10,3 +10,9 @@ from .musc import bilinear_max, interval_k, lnamd, lnamd_mutual_scores, mutual_s
 
 __all__ = ["coreset", "group_min", "knn", "lnamd", "snamd", "mutual_scores", "lnamd_mutual_scores", "rscin",
            "interval_k", "bilinear_max"]
+
+# Gaussian models (issue 13)
+from .gaussian import gaussian_accumulate  # noqa: E402
+from .mahalanobis import mahalanobis  # noqa: E402
+
+__all__ += ["mahalanobis", "gaussian_accumulate"]

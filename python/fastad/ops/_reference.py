@@ -177,3 +177,26 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
         vals, idx = W.topk(k, dim=1)
         outs.append((vals * s[idx]).sum(1) / vals.sum(1))
     return torch.stack(outs, 1).mean(1)
+
+
+# ---- Gaussian models (issue 13) ------------------------------------------------------------------
+def mahalanobis(x, mean, factor):
+    """Reference of :func:`fastad.ops.mahalanobis`: float64 ``||(x - mean) @ tril(factor)||^2``."""
+    L = factor.double().tril()
+    delta = x.double() - mean.double()
+    if x.dim() == 2:
+        return (delta @ L).square().sum(-1)
+    return torch.einsum("npk,pkj->npj", delta, L).square().sum(-1)
+
+
+def gaussian_accumulate(x, shift, sum, sumsq):
+    """Reference of :func:`fastad.ops.gaussian_accumulate`, functional: returns the updated
+    ``(sum, sumsq)`` (float64; the strict upper triangle of ``sumsq`` unchanged)."""
+    y = x.double() - shift.double()
+    s1 = sum + y.sum(0)
+    if x.dim() == 2:
+        prod = y.T @ y
+    else:
+        prod = torch.einsum("npi,npj->pij", y, y)
+    s2 = sumsq + prod.tril()
+    return s1, s2

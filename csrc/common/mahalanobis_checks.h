@@ -1,0 +1,23 @@
+// Argument checks of the Gaussian ops (mahalanobis, gaussian_accumulate), shared by the CPU and
+// CUDA entry functions. Messages name the op, the argument, what was expected and what was given.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace fastad {
+
+/// Shapes of a mahalanobis call: N rows, P Gaussians (1 when x is [N, d]), d features.
+struct MahaShape {
+  int64_t N = 0, P = 1, d = 0;
+  bool per_position = false;  // x is [N, P, d]
+};
+
+/// x [N, d] or [N, P, d] (fp32/fp16/bf16); mean [d] / [P, d] (fp32/fp16/bf16); factor [d, d] / [P, d, d]
+/// (fp32/fp16/bf16, square); all on one device; d >= 1.
+MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& factor);
+
+/// x [N, d] / [N, P, d] (fp32/fp16/bf16/fp64); shift [d] / [P, d] (fp32 or fp64); sum [d] / [P, d] and
+/// sumsq [d, d] / [P, d, d] float64, contiguous; all on one device.
+MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
+                                         const at::Tensor& sumsq);
+
+}  // namespace fastad

@@ -1,0 +1,183 @@
+// CPU entry of fastad::gaussian_accumulate: streaming per-position Gaussian statistics.
+//
+// For every position p and a batch x [N, P, d] (or [N, d], P = 1): y = x[:, p] - shift[p];
+//   sum[p]   += sum_n y_n                      (float64)
+//   sumsq[p] += tril(sum_n y_n y_n^T)          (float64; only the lower triangle incl. the diagonal)
+// The shift (the caller passes the first batch's mean) keeps the products free of a large common
+// offset. Low-precision x: rows are centred in chunks of kAccChunk into a float32 buffer, the SYRK
+// product of a chunk is formed in float32 by a 6 x 32 AVX-512 micro-kernel (or portable C++) over the
+// lower triangle only (half the FLOPs of a GEMM), and added into the float64 sums: float32 error over
+// at most kAccChunk shifted products, float64 across chunks. float64 x: float64 throughout. One pass
+// over x; memory: one chunk buffer and one d x d float32 tile per thread (no [N, P, d, d] anything).
+// Parallel over positions (P > 1), or over row chunks with per-thread float64 partial sums (P = 1).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "common/mahalanobis_checks.h"
+#include "cpu/dist_kernels.h"
+#include "cpu/gram.h"
+#include "cpu/mahalanobis.h"
+
+namespace fastad::cpu {
+
+namespace {
+constexpr int64_t kAccChunk = 256;
+
+/// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64).
+/// Returns false (and adds nothing) when a chunk holds a non-finite value.
+template <typename T, typename S>
+bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t nr, int64_t d, double* s1,
+                     double* s2, bool avx512, AlignedFloats& ybuf, AlignedFloats& tbuf, std::vector<double>& cs) {
+  const int64_t ld = (d + 31) / 32 * 32;
+  cs.assign(static_cast<size_t>(d), 0.0);
+  if constexpr (std::is_same_v<T, double>) {
+    // float64: rows in groups of 8, so each accumulator row is read and written once per 8 samples
+    // (the j loop is contiguous and vectorises; the accumulator is d^2 doubles, beyond L2 at d ~ 400).
+    constexpr int64_t kG = 8;
+    std::vector<double> y(static_cast<size_t>(kG * d));
+    std::vector<double> acc(static_cast<size_t>(d * d), 0.0);
+    for (int64_t r0 = 0; r0 < nr; r0 += kG) {
+      const int64_t g = std::min(kG, nr - r0);
+      std::fill(y.begin(), y.end(), 0.0);
+      for (int64_t r = 0; r < g; ++r) {
+        const double* xr = x + (n0 + r0 + r) * rs;
+        for (int64_t j = 0; j < d; ++j) {
+          y[r * d + j] = xr[j] - static_cast<double>(shift[j]);
+          cs[j] += y[r * d + j];
+        }
+      }
+      const double* y0 = y.data();
+      for (int64_t i = 0; i < d; ++i) {
+        double a[kG];
+        for (int64_t r = 0; r < kG; ++r) a[r] = y0[r * d + i];
+        double* o = acc.data() + i * d;
+        for (int64_t j = 0; j <= i; ++j) {
+          double t = 0.0;
+          for (int64_t r = 0; r < kG; ++r) t += a[r] * y0[r * d + j];
+          o[j] += t;
+        }
+      }
+    }
+    for (int64_t j = 0; j < d; ++j)
+      if (!std::isfinite(cs[j])) return false;
+    for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j <= i; ++j) s2[i * d + j] += acc[i * d + j];
+    return true;
+  } else {
+    float* y = ybuf.get(static_cast<size_t>(nr * ld + 64));
+    for (int64_t r = 0; r < nr; ++r) {
+      const T* xr = x + (n0 + r) * rs;
+      float* yr = y + r * ld;
+      for (int64_t j = 0; j < d; ++j) {
+        yr[j] = static_cast<float>(xr[j]) - static_cast<float>(shift[j]);
+        cs[j] += yr[j];
+      }
+      std::memset(yr + d, 0, static_cast<size_t>(ld - d) * 4);
+    }
+    std::memset(y + nr * ld, 0, 64 * 4);
+    for (int64_t j = 0; j < d; ++j)
+      if (!std::isfinite(cs[j])) return false;
+    float* tile = tbuf.get(static_cast<size_t>(d * ld));
+#if FASTAD_HAVE_AVX512
+    if (avx512)
+      syrk_lower_avx512(y, ld, nr, d, tile, ld);
+    else
+#endif
+      syrk_lower_generic(y, ld, nr, d, tile, ld);
+    for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
+    for (int64_t i = 0; i < d; ++i) {
+      const float* t = tile + i * ld;
+      double* o = s2 + i * d;
+      for (int64_t j = 0; j <= i; ++j) o[j] += static_cast<double>(t[j]);
+    }
+    return true;
+  }
+}
+
+template <typename T, typename S>
+void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape& s) {
+  const int64_t N = s.N, P = s.P, d = s.d;
+  const bool avx512 = use_avx512_micro();
+  std::atomic<int64_t> bad{-1};
+  if (P > 1 || N <= kAccChunk) {
+    at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+      AlignedFloats ybuf, tbuf;
+      std::vector<double> cs;
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
+          if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
+                               sumsq + p * d * d, avx512, ybuf, tbuf, cs))
+            bad = p;
+    });
+  } else {
+    std::mutex mu;
+    const int64_t nchunks = (N + kAccChunk - 1) / kAccChunk;
+    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+      AlignedFloats ybuf, tbuf;
+      std::vector<double> cs, s1(static_cast<size_t>(d), 0.0), s2(static_cast<size_t>(d * d), 0.0);
+      for (int64_t c = c0; c < c1; ++c) {
+        const int64_t n0 = c * kAccChunk;
+        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), avx512, ybuf,
+                             tbuf, cs))
+          bad = 0;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t j = 0; j < d; ++j) sum[j] += s1[j];
+      for (int64_t i = 0; i < d; ++i)
+        for (int64_t j = 0; j <= i; ++j) sumsq[i * d + j] += s2[i * d + j];
+    });
+  }
+  TORCH_CHECK(bad.load() < 0, "gaussian_accumulate: x (or shift) holds NaN or Inf",
+              s.per_position ? " at position " + std::to_string(bad.load()) : std::string(),
+              "; the sums are left partially updated");
+}
+
+void gaussian_accumulate_cpu(const at::Tensor& x_, const at::Tensor& shift_, const at::Tensor& sum,
+                             const at::Tensor& sumsq) {
+  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq);
+  if (s.N == 0 || s.P == 0) return;
+  const at::Tensor x = x_.contiguous();
+  double* s1 = sum.data_ptr<double>();
+  double* s2 = sumsq.data_ptr<double>();
+  if (x.scalar_type() == at::kDouble) {
+    const at::Tensor sh = shift_.to(at::kDouble).contiguous();
+    run(x.data_ptr<double>(), sh.data_ptr<double>(), s1, s2, s);
+    return;
+  }
+  const at::Tensor sh = shift_.to(at::kFloat).contiguous();
+  const float* shp = sh.data_ptr<float>();
+  switch (x.scalar_type()) {
+    case at::kFloat: run(x.data_ptr<float>(), shp, s1, s2, s); break;
+    case at::kHalf: run(x.data_ptr<at::Half>(), shp, s1, s2, s); break;
+    default: run(x.data_ptr<at::BFloat16>(), shp, s1, s2, s); break;
+  }
+}
+
+}  // namespace
+
+void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
+  for (int64_t i = 0; i < d; ++i) std::memset(tile + i * ldt, 0, static_cast<size_t>(i + 1) * 4);
+  for (int64_t k = 0; k < n; ++k) {
+    const float* yk = y + k * ld;
+    for (int64_t i = 0; i < d; ++i) {
+      const float yi = yk[i];
+      float* t = tile + i * ldt;
+      for (int64_t j = 0; j <= i; ++j) t[j] += yi * yk[j];
+    }
+  }
+}
+
+TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("gaussian_accumulate", &gaussian_accumulate_cpu); }
+
+}  // namespace fastad::cpu

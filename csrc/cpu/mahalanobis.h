@@ -1,0 +1,43 @@
+// CPU kernels of the Gaussian ops: fastad::mahalanobis (squared distances through a triangular
+// precision factor) and fastad::gaussian_accumulate (per-position shifted sums and SYRK products).
+//
+// Kernel bodies take raw pointers and sizes; the entry functions (mahalanobis_kernel.cpp,
+// gaussian_kernel.cpp) check arguments, centre rows into scratch buffers and parallelise.
+#pragma once
+#include <cstdint>
+
+namespace fastad::cpu {
+
+// ---- mahalanobis: d2 = || xc @ tril(L) ||^2 ------------------------------------------------------
+// The factor is read in place (row-major d x d, one Gaussian): column panels of 32 columns, rows k >= j0
+// of panel j0 only (the rows above are zero in a lower factor), the diagonal block masked to k >= j;
+// half the FLOPs and bytes of a dense product, and no per-call packing (PaDiM scores ~32 images per
+// position, too few to amortise a copy of the factor).
+constexpr int64_t kMahaNR = 32;  // columns per panel (two zmm)
+constexpr int64_t kMahaMR = 6;   // rows (images) per micro tile
+
+#if FASTAD_HAVE_AVX512
+/// out[r] = sum_j (sum_{k >= j} xc[r * ld + k] * L[k * d + j])^2 for r < nrows (a multiple of kMahaMR),
+/// 6 x 32 AVX-512 micro-kernel; the factor as float32 / float16 / bfloat16 (widened in registers).
+/// Call only when use_avx512_micro(). (mahalanobis_avx512.cpp)
+void maha_rows_avx512(const float* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+void maha_rows_avx512_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+void maha_rows_avx512_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+/// bf16 factor and bf16 centred rows (xcb: ld even, zero-padded to an even length), float32 accumulation
+/// with vdpbf16ps (mahalanobis_avx512bf16.cpp); call only when maha_use_bf16_dot().
+void maha_rows_bf16_avx512(const uint16_t* L, int64_t d, const uint16_t* xcb, int64_t ld, int64_t nrows, float* out);
+/// float32 rows -> bfloat16 rows (round to nearest even), zero-padded to ldb >= round_up(d, 32).
+void maha_rows_to_bf16(const float* xc, int64_t ld, int64_t nr, int64_t d, uint16_t* out, int64_t ldb);
+#endif
+/// AVX-512 BF16 dot products usable (cpuid avx512_bf16 + avx512f path, FASTAD_FORCE_NO_BF16 unset).
+bool maha_use_bf16_dot();
+
+// ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
+/// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d
+/// (entries j > i of a tile row may hold anything); y rows are zero-padded to ld (a multiple of 32).
+void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+#if FASTAD_HAVE_AVX512
+void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+#endif
+
+}  // namespace fastad::cpu

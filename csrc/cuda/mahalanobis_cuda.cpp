@@ -1,0 +1,52 @@
+// CUDA entries of fastad::mahalanobis and fastad::gaussian_accumulate: checks, layouts, launch.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/mahalanobis_checks.h"
+#include "cuda/mahalanobis_kernel.h"
+
+namespace fastad::cuda {
+
+int dtype_code(const at::Tensor& t);  // knn_cuda.cpp: 0 f32, 1 f16, 2 bf16
+
+namespace {
+
+at::Tensor mahalanobis_cuda(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_) {
+  const MahaShape s = check_mahalanobis_args(x_, mean_, factor_);
+  c10::cuda::CUDAGuard guard(x_.device());
+  auto out = s.per_position ? at::empty({s.N, s.P}, x_.options().dtype(at::kFloat))
+                            : at::empty({s.N}, x_.options().dtype(at::kFloat));
+  if (s.N == 0 || s.P == 0) return out;
+  const at::Tensor x = x_.contiguous(), L = factor_.contiguous(), m = mean_.to(at::kFloat).contiguous();
+  cudaError_t err = mahalanobis_launch(x.data_ptr(), dtype_code(x), m.data_ptr<float>(), L.data_ptr(), dtype_code(L),
+                                       s.N, s.P, s.d, out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "mahalanobis: CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+void gaussian_accumulate_cuda(const at::Tensor& x_, const at::Tensor& shift_, const at::Tensor& sum,
+                              const at::Tensor& sumsq) {
+  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq);
+  if (s.N == 0 || s.P == 0) return;
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous(), sh = shift_.to(at::kDouble).contiguous();
+  const int xdt = x.scalar_type() == at::kDouble ? 3 : dtype_code(x);
+  cudaError_t err = gaussian_accumulate_launch(x.data_ptr(), xdt, sh.data_ptr<double>(), s.N, s.P, s.d,
+                                               sum.data_ptr<double>(), sumsq.data_ptr<double>(),
+                                               c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "gaussian_accumulate: CUDA kernel failed: ", cudaGetErrorString(err));
+  // (NaN/Inf: the Python accumulator checks batches; the CUDA op propagates them into the sums.)
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastad, CUDA, m) {
+  m.impl("mahalanobis", &mahalanobis_cuda);
+  m.impl("gaussian_accumulate", &gaussian_accumulate_cuda);
+}
+
+}  // namespace fastad::cuda

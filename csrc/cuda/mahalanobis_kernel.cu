@@ -1,0 +1,173 @@
+// CUDA kernels of the Gaussian ops (fastad::mahalanobis, fastad::gaussian_accumulate).
+//
+// mahalanobis: one block per (position, tile of kRows images): the centred rows go to shared memory,
+// each thread owns output columns j (strided by the block size) and walks k = j .. d-1 of the lower
+// factor, reusing every factor element for the kRows images (coalesced reads along j); the squared
+// column values are reduced in the block. No whitened tensor is written.
+// gaussian_accumulate: one block per (position, 32 x 32 tile of the lower triangle), the centred
+// rows staged in shared memory 32 samples at a time, float64 products and sums.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/cuda_utils.cuh"
+#include "cuda/mahalanobis_kernel.h"
+
+namespace fastad::cuda {
+
+namespace {
+
+constexpr int kRows = 8;
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ double to_d(float v) { return v; }
+__device__ __forceinline__ double to_d(double v) { return v; }
+__device__ __forceinline__ double to_d(__half v) { return __half2float(v); }
+__device__ __forceinline__ double to_d(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f(double v) { return static_cast<float>(v); }
+
+template <typename T, typename F>
+__global__ void maha_kernel(const T* __restrict__ x, const float* __restrict__ mean, const F* __restrict__ L,
+                            int64_t N, int64_t P, int64_t d, float* __restrict__ out) {
+  extern __shared__ float sm[];  // kRows * d centred rows, then kThreads * kRows partial sums
+  float* xc = sm;
+  float* red = sm + kRows * d;
+  const int64_t p = blockIdx.x;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int rows = static_cast<int>(N - n0 < kRows ? N - n0 : kRows);
+  for (int64_t i = threadIdx.x; i < kRows * d; i += blockDim.x) {
+    const int r = static_cast<int>(i / d);
+    const int64_t k = i % d;
+    xc[i] = r < rows ? to_f(x[((n0 + r) * P + p) * d + k]) - mean[p * d + k] : 0.f;
+  }
+  __syncthreads();
+  const F* Lp = L + p * d * d;
+  float ss[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) ss[r] = 0.f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float z[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) z[r] = 0.f;
+    for (int64_t k = j; k < d; ++k) {
+      const float l = to_f(Lp[k * d + j]);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) z[r] = fmaf(xc[r * d + k], l, z[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) ss[r] = fmaf(z[r], z[r], ss[r]);
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) red[r * blockDim.x + threadIdx.x] = ss[r];
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) red[r * blockDim.x + threadIdx.x] += red[r * blockDim.x + threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x < rows) out[(n0 + threadIdx.x) * P + p] = red[threadIdx.x * blockDim.x];
+}
+
+template <typename T, typename F>
+cudaError_t maha_typed(const T* x, const float* mean, const F* L, int64_t N, int64_t P, int64_t d, float* out,
+                       cudaStream_t stream) {
+  const size_t smem = (static_cast<size_t>(kRows) * d + static_cast<size_t>(kThreads) * kRows) * sizeof(float);
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(maha_kernel<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>((N + kRows - 1) / kRows));
+  maha_kernel<T, F><<<grid, kThreads, smem, stream>>>(x, mean, L, N, P, d, out);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t maha_x(const T* x, const float* mean, const void* L, int ldt, int64_t N, int64_t P, int64_t d, float* out,
+                   cudaStream_t s) {
+  switch (ldt) {
+    case kF32: return maha_typed(x, mean, static_cast<const float*>(L), N, P, d, out, s);
+    case kF16: return maha_typed(x, mean, static_cast<const __half*>(L), N, P, d, out, s);
+    default: return maha_typed(x, mean, static_cast<const __nv_bfloat16*>(L), N, P, d, out, s);
+  }
+}
+
+constexpr int kTile = 32;
+
+template <typename T>
+__global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ shift, int64_t N, int64_t P,
+                            int64_t d, double* __restrict__ sumsq) {
+  // blockIdx.x: lower-triangle tile index t -> (ti, tj) with tj <= ti; blockIdx.y: position
+  int64_t t = blockIdx.x, ti = 0;
+  while (t > ti) t -= ++ti;
+  const int64_t tj = t;
+  const int64_t p = blockIdx.y;
+  __shared__ double ya[kTile][kTile + 1], yb[kTile][kTile + 1];
+  const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8 threads
+  double acc[4] = {0, 0, 0, 0};
+  for (int64_t n0 = 0; n0 < N; n0 += kTile) {
+    for (int q = ty; q < kTile; q += 8) {
+      const int64_t n = n0 + q;
+      const int64_t ia = ti * kTile + tx, ib = tj * kTile + tx;
+      ya[q][tx] = (n < N && ia < d) ? to_d(x[(n * P + p) * d + ia]) - shift[p * d + ia] : 0.0;
+      yb[q][tx] = (n < N && ib < d) ? to_d(x[(n * P + p) * d + ib]) - shift[p * d + ib] : 0.0;
+    }
+    __syncthreads();
+    for (int q = 0; q < kTile; ++q) {
+      const double b = yb[q][tx];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += ya[q][ty + 8 * u] * b;
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int64_t i = ti * kTile + ty + 8 * u, j = tj * kTile + tx;
+    if (i < d && j < d && j <= i) sumsq[(p * d + i) * d + j] += acc[u];
+  }
+}
+
+template <typename T>
+__global__ void colsum_kernel(const T* __restrict__ x, const double* __restrict__ shift, int64_t N, int64_t P,
+                              int64_t d, double* __restrict__ sum) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= P * d) return;
+  const int64_t p = i / d, k = i % d;
+  double s = 0;
+  for (int64_t n = 0; n < N; ++n) s += to_d(x[(n * P + p) * d + k]) - shift[i];
+  sum[i] += s;
+}
+
+template <typename T>
+cudaError_t acc_typed(const T* x, const double* shift, int64_t N, int64_t P, int64_t d, double* sum, double* sumsq,
+                      cudaStream_t stream) {
+  const int64_t nt = (d + kTile - 1) / kTile;
+  const dim3 grid(static_cast<unsigned>(nt * (nt + 1) / 2), static_cast<unsigned>(P));
+  syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq);
+  const int64_t total = P * d;
+  colsum_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(x, shift, N, P, d, sum);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const void* L, int ldt, int64_t N,
+                               int64_t P, int64_t d, float* out, cudaStream_t s) {
+  switch (xdt) {
+    case kF32: return maha_x(static_cast<const float*>(x), mean, L, ldt, N, P, d, out, s);
+    case kF16: return maha_x(static_cast<const __half*>(x), mean, L, ldt, N, P, d, out, s);
+    default: return maha_x(static_cast<const __nv_bfloat16*>(x), mean, L, ldt, N, P, d, out, s);
+  }
+}
+
+cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
+                                       double* sum, double* sumsq, cudaStream_t s) {
+  switch (xdt) {
+    case kF32: return acc_typed(static_cast<const float*>(x), shift, N, P, d, sum, sumsq, s);
+    case kF16: return acc_typed(static_cast<const __half*>(x), shift, N, P, d, sum, sumsq, s);
+    case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, s);
+    default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, s);
+  }
+}
+
+}  // namespace fastad::cuda

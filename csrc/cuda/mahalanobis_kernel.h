@@ -1,0 +1,20 @@
+// Host-callable launchers of csrc/cuda/mahalanobis_kernel.cu (plain C++ types only).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace fastad::cuda {
+
+/// out[n * P + p] = || (x[n, p] - mean[p]) @ tril(L[p]) ||^2 (float32 accumulation).
+/// x [N, P, d] (dtype code xdt: 0 f32, 1 f16, 2 bf16), mean [P, d] float32, L [P, d, d] (code ldt), all
+/// contiguous device buffers.
+cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const void* L, int ldt, int64_t N,
+                               int64_t P, int64_t d, float* out, cudaStream_t stream);
+
+/// y = x[:, p] - shift[p] (float64); sum[p] += sum_n y; tril(sumsq[p]) += tril(sum_n y y^T) (float64).
+/// x [N, P, d] (code xdt: 0 f32, 1 f16, 2 bf16, 3 f64), shift [P, d] float64, contiguous device buffers.
+cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
+                                       double* sum, double* sumsq, cudaStream_t stream);
+
+}  // namespace fastad::cuda

@@ -1,0 +1,256 @@
+"""fastad.ops.mahalanobis and fastad.ops.gaussian_accumulate against their float64 references."""
+import math
+
+import pytest
+import torch
+
+import fastad
+from fastad.ops import _reference as ref
+
+# Documented tolerances (relative to the float64 reference on the same, already rounded, factor):
+TOL = {torch.float32: 2e-5, torch.float16: 2e-5, torch.bfloat16: 3e-2}
+
+
+def _rand_factor(P, d, gen, dtype=torch.float32):
+    """A well-conditioned lower factor (unit-ish diagonal) per position; the strict upper triangle holds
+    garbage that the op must ignore."""
+    L = torch.randn(P, d, d, generator=gen) / math.sqrt(d)
+    L.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return L.to(dtype)
+
+
+def _check(x, mean, L, dtype, monkeypatch=None):
+    got = fastad.ops.mahalanobis(x, mean, L)
+    want = ref.mahalanobis(x.float(), mean.float(), L.float())
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    rel = ((got.double() - want).abs() / want.abs().clamp_min(1e-3)).max().item() if want.numel() else 0.0
+    assert rel <= TOL[dtype], (rel, tuple(x.shape), dtype)
+
+
+# random shapes: d 1..600, P 1..1024, N 1..300, sampled (not all combinations)
+SHAPES = [(1, 1, 1), (7, 1, 5), (13, 3, 31), (6, 2, 32), (5, 4, 33), (300, 1, 64), (50, 1024, 9), (3, 17, 97),
+          (37, 5, 128), (2, 2, 255), (61, 3, 383), (4, 2, 550), (12, 1, 600), (1, 9, 600)]
+
+
+@pytest.mark.parametrize("N,P,d", SHAPES)
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_mahalanobis_matches_reference(N, P, d, path, monkeypatch):
+    if path == "generic":
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    gen = torch.Generator().manual_seed(N * 1000 + P * 7 + d)
+    x = torch.randn(N, P, d, generator=gen) * 3 + 5
+    mean = torch.randn(P, d, generator=gen) + 5
+    L = _rand_factor(P, d, gen)
+    if P == 1 and N % 2:  # the one-Gaussian form
+        _check(x[:, 0], mean[0], L[0], torch.float32)
+    else:
+        _check(x, mean, L, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("N,P,d", [(9, 3, 33), (40, 2, 200), (7, 1, 550)])
+@pytest.mark.parametrize("no_bf16", [False, True])
+def test_mahalanobis_low_precision_factor(dtype, N, P, d, no_bf16, monkeypatch):
+    if no_bf16:
+        monkeypatch.setenv("FASTAD_FORCE_NO_BF16", "1")
+    gen = torch.Generator().manual_seed(d)
+    x = torch.randn(N, P, d, generator=gen)
+    mean = torch.randn(P, d, generator=gen) * 0.1
+    L = _rand_factor(P, d, gen, dtype)
+    tol = TOL[dtype] if (dtype == torch.bfloat16 and not no_bf16) else 2e-5
+    got = fastad.ops.mahalanobis(x, mean, L)
+    want = ref.mahalanobis(x, mean, L.float())
+    assert ((got.double() - want).abs() / want).max().item() <= tol
+
+
+def test_mahalanobis_low_precision_x():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 4, 40, generator=gen)
+    mean = torch.randn(4, 40, generator=gen)
+    L = _rand_factor(4, 40, gen)
+    for dt in (torch.float16, torch.bfloat16):
+        xs, ms = x.to(dt), mean.to(dt)
+        got = fastad.ops.mahalanobis(xs, ms, L)
+        want = ref.mahalanobis(xs, ms, L)
+        assert torch.allclose(got.double(), want, rtol=2e-5)
+
+
+def test_mahalanobis_identity_and_ties():
+    # identity factor: squared Euclidean distance; equal rows give bit-identical distances
+    x = torch.tensor([[3.0, 4.0], [3.0, 4.0], [0.0, 0.0], [-3.0, -4.0]])
+    got = fastad.ops.mahalanobis(x, torch.zeros(2), torch.eye(2))
+    assert got.tolist() == [25.0, 25.0, 0.0, 25.0]
+    # an upper triangle full of garbage is ignored
+    L = torch.eye(2)
+    L[0, 1] = 1e30
+    assert fastad.ops.mahalanobis(x, torch.zeros(2), L).tolist() == [25.0, 25.0, 0.0, 25.0]
+
+
+def test_mahalanobis_sklearn_equivalence():
+    sk = pytest.importorskip("sklearn.covariance")
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 20, generator=gen, dtype=torch.float64) @ torch.randn(20, 20, generator=gen, dtype=torch.float64)
+    est = sk.EmpiricalCovariance().fit(X.numpy())
+    from fastad.gaussian import precision_factor
+
+    L = precision_factor(torch.from_numpy(est.covariance_), torch.float32)
+    got = fastad.ops.mahalanobis(X.float(), torch.from_numpy(est.location_).float(), L)
+    want = torch.from_numpy(est.mahalanobis(X.numpy()))
+    assert torch.allclose(got.double(), want, rtol=1e-4)
+
+
+def test_mahalanobis_empty():
+    assert fastad.ops.mahalanobis(torch.zeros(0, 3), torch.zeros(3), torch.eye(3)).shape == (0,)
+    assert fastad.ops.mahalanobis(torch.zeros(0, 2, 3), torch.zeros(2, 3), torch.eye(3).expand(2, 3, 3)).shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    "x,mean,factor,match",
+    [
+        (torch.zeros(3, 4), torch.zeros(4), torch.zeros(4, 3), "factor must be square"),
+        (torch.zeros(3, 4), torch.zeros(4), torch.zeros(5, 5), "factor must be .* d = 4"),
+        (torch.zeros(3, 4), torch.zeros(5), torch.eye(4), "mean must be \\[d\\]"),
+        (torch.zeros(3, 2, 4), torch.zeros(4), torch.eye(4), "mean must be \\[P, d\\]"),
+        (torch.zeros(3, 2, 4), torch.zeros(2, 4), torch.eye(4), "factor must be \\[P, d, d\\]"),
+        (torch.zeros(3), torch.zeros(3), torch.eye(3), "x must be 2-D"),
+        (torch.zeros(3, 4, dtype=torch.float64), torch.zeros(4), torch.eye(4), "x dtype"),
+        (torch.zeros(3, 4), torch.zeros(4), torch.eye(4, dtype=torch.int32), "factor dtype"),
+        (torch.tensor([[float("nan"), 0.0]]), torch.zeros(2), torch.eye(2), "NaN"),
+        (torch.zeros(1, 2), torch.zeros(2), torch.tensor([[1.0, 0.0], [float("inf"), 1.0]]), "NaN or Inf"),
+    ],
+)
+def test_mahalanobis_bad_input(x, mean, factor, match):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        fastad.ops.mahalanobis(x, mean, factor)
+
+
+def test_mahalanobis_device_mismatch():
+    # without a GPU: a meta tensor next to CPU ones reaches the fake kernel, which repeats the C++ checks
+    with pytest.raises(RuntimeError, match="mean must be on x's device"):
+        torch.ops.fastad.mahalanobis(torch.zeros(2, 3), torch.zeros(3, device="meta"), torch.eye(3))
+    with pytest.raises(RuntimeError, match="shift, sum and sumsq must be on x's device"):
+        torch.ops.fastad.gaussian_accumulate(torch.zeros(2, 3), torch.zeros(3, device="meta"),
+                                             torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64))
+    if torch.cuda.is_available() and fastad.build_info()["cuda_compiled"]:
+        with pytest.raises(RuntimeError, match="device"):
+            fastad.ops.mahalanobis(torch.zeros(2, 3), torch.zeros(3, device="cuda"), torch.eye(3))
+
+
+def test_mahalanobis_opcheck(device):
+    gen = torch.Generator().manual_seed(5)
+    x, mean, L = torch.randn(5, 3, 7, generator=gen), torch.randn(3, 7, generator=gen), _rand_factor(3, 7, gen)
+    torch.library.opcheck(torch.ops.fastad.mahalanobis.default, (x.to(device), mean.to(device), L.to(device)))
+    torch.library.opcheck(torch.ops.fastad.mahalanobis.default, (x[:, 0].to(device), mean[0].to(device), L[0].to(device)))
+
+
+def test_mahalanobis_gradcheck():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 2, 5, generator=gen, requires_grad=True)
+    mean = torch.randn(2, 5, generator=gen, requires_grad=True)
+    L = _rand_factor(2, 5, gen).tril().requires_grad_(True)
+    out = fastad.ops.mahalanobis(x, mean, L)
+    g = torch.randn_like(out)
+    gx, gm, gL = torch.autograd.grad(out, (x, mean, L), g)
+    xr, mr, Lr = x.detach().double().requires_grad_(), mean.detach().double().requires_grad_(), L.detach().double().requires_grad_()
+    outr = ref.mahalanobis(xr, mr, Lr)
+    rx, rm, rL = torch.autograd.grad(outr, (xr, mr, Lr), g.double())
+    assert torch.allclose(gx.double(), rx, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(gm.double(), rm, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(gL.double(), rL, rtol=1e-4, atol=1e-5)
+    # d d2/dx = 2 (x - mean) L L^T (the closed form, float64)
+    P = Lr.detach().tril() @ Lr.detach().tril().transpose(1, 2)
+    closed = 2 * torch.einsum("npk,pkj->npj", xr.detach() - mr.detach(), P) * g.double()[:, :, None]
+    assert torch.allclose(gx.double(), closed, rtol=1e-4, atol=1e-5)
+
+
+def test_mahalanobis_torch_compile():
+    gen = torch.Generator().manual_seed(7)
+    x, mean, L = torch.randn(5, 7, generator=gen), torch.randn(7, generator=gen), _rand_factor(1, 7, gen)[0]
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def f(x, m, L):
+        return torch.ops.fastad.mahalanobis(x, m, L).sqrt()
+
+    assert torch.allclose(f(x, mean, L), fastad.ops.mahalanobis(x, mean, L).sqrt())
+
+
+# ---- gaussian_accumulate ------------------------------------------------------------------------
+ACC_SHAPES = [(1, 1, 1), (5, 3, 7), (300, 1, 64), (257, 2, 33), (40, 1024, 5), (3, 4, 550), (600, 1, 17), (20, 2, 600)]
+
+
+@pytest.mark.parametrize("N,P,d", ACC_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_gaussian_accumulate_matches_reference(N, P, d, dtype, path, monkeypatch):
+    if path == "generic":
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    gen = torch.Generator().manual_seed(N + P + d)
+    x = (torch.randn(N, P, d, generator=gen, dtype=torch.float64) * 2 + 100).to(dtype)
+    shift = x[: max(1, N // 2)].double().mean(0).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    s1 = torch.randn(P, d, generator=gen, dtype=torch.float64)
+    s2 = torch.randn(P, d, d, generator=gen, dtype=torch.float64)
+    if P == 1 and d % 2:
+        x, shift, s1, s2 = x[:, 0], shift[0], s1[0].contiguous(), s2[0].contiguous()
+    w1, w2 = ref.gaussian_accumulate(x, shift, s1, s2)
+    fastad.ops.gaussian_accumulate(x, shift, s1, s2)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    scale = max(1.0, float(w2.diagonal(dim1=-2, dim2=-1).abs().max()))
+    assert (s1 - w1).abs().max().item() <= tol * max(1.0, float(w1.abs().max()))
+    assert (s2 - w2).abs().max().item() <= tol * scale
+    assert torch.equal(s2.triu(1), w2.triu(1))  # upper triangle untouched
+
+
+def test_gaussian_accumulate_streaming_equals_one_shot():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(50, 3, 9, generator=gen) + 10
+    shift = x[:8].mean(0)
+    a1, a2 = torch.zeros(3, 9, dtype=torch.float64), torch.zeros(3, 9, 9, dtype=torch.float64)
+    b1, b2 = a1.clone(), a2.clone()
+    fastad.ops.gaussian_accumulate(x, shift, a1, a2)
+    for s in range(0, 50, 8):
+        fastad.ops.gaussian_accumulate(x[s : s + 8], shift, b1, b2)
+    # float32 products per chunk, float64 across chunks: agreement to float32 rounding of the scale
+    scale = float(a2.diagonal(dim1=-2, dim2=-1).max())
+    assert torch.allclose(a1, b1, rtol=1e-6, atol=1e-6 * scale) and torch.allclose(a2, b2, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((torch.zeros(3, 4), torch.zeros(4), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4)), "sumsq must be float64"),
+        ((torch.zeros(3, 4), torch.zeros(4), torch.zeros(4), torch.zeros(4, 4, dtype=torch.float64)), "sum must be float64"),
+        ((torch.zeros(3, 4), torch.zeros(3), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "shift must be"),
+        ((torch.zeros(3, 2, 4), torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64)), "sumsq must be"),
+        ((torch.zeros(3, 4, dtype=torch.int64), torch.zeros(4), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "x dtype"),
+        ((torch.full((3, 4), float("nan")), torch.zeros(4), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "NaN"),
+    ],
+)
+def test_gaussian_accumulate_bad_input(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        fastad.ops.gaussian_accumulate(*args)
+
+
+def test_gaussian_accumulate_opcheck(device):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 3, 5, generator=gen).to(device)
+    args = (x, x.mean(0), torch.zeros(3, 5, dtype=torch.float64, device=device),
+            torch.zeros(3, 5, 5, dtype=torch.float64, device=device))
+    torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, args)
+
+
+@pytest.mark.parametrize("N,P,d", [(33, 5, 70), (8, 2, 550)])
+def test_cuda_matches_cpu(N, P, d):
+    if not (fastad.build_info()["cuda_compiled"] and torch.cuda.is_available()):
+        pytest.skip("no CUDA device (or fastad built without CUDA)")
+    gen = torch.Generator().manual_seed(9)
+    x, mean, L = torch.randn(N, P, d, generator=gen), torch.randn(P, d, generator=gen), _rand_factor(P, d, gen)
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        want = ref.mahalanobis(x, mean, L.to(dt).float())
+        got = fastad.ops.mahalanobis(x.cuda(), mean.cuda(), L.to(dt).cuda()).cpu()
+        assert ((got.double() - want).abs() / want).max().item() <= 2e-4
+    shift = x.mean(0)
+    s1, s2 = torch.zeros(P, d, dtype=torch.float64), torch.zeros(P, d, d, dtype=torch.float64)
+    c1, c2 = s1.cuda(), s2.cuda()
+    fastad.ops.gaussian_accumulate(x, shift, s1, s2)
+    fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), c1, c2)
+    assert torch.allclose(c1.cpu(), s1, rtol=1e-5, atol=1e-6) and torch.allclose(c2.cpu().tril(), s2.tril(), rtol=1e-5, atol=1e-5)

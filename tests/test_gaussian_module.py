@@ -1,0 +1,147 @@
+"""fastad.gaussian: streaming fit, Ledoit-Wolf / OAS against scikit-learn, precision factor, save/load."""
+import numpy as np
+import pytest
+import torch
+
+from fastad import gaussian as G
+
+sk = pytest.importorskip("sklearn.covariance")
+
+
+def _data(n, p, seed, dtype=torch.float64, mix=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    A = mix * torch.randn(p, p, generator=gen, dtype=torch.float64) / p**0.5 + torch.eye(p, dtype=torch.float64)
+    return (torch.randn(n, p, generator=gen, dtype=torch.float64) @ A + 5.0).to(dtype)
+
+
+@pytest.mark.parametrize("n,p", [(200, 30), (40, 64), (500, 1), (1000, 8), (167, 120)])
+@pytest.mark.parametrize("method", ["ledoit_wolf", "oas", None, 0.3])
+def test_matches_sklearn_float64(n, p, method):
+    if method is None and p > n:
+        pytest.skip("singular")
+    X = _data(n, p, n + p)
+    est = {"ledoit_wolf": sk.LedoitWolf(), "oas": sk.OAS(), None: sk.EmpiricalCovariance(),
+           0.3: sk.ShrunkCovariance(shrinkage=0.3)}[method].fit(X.numpy())
+    # streamed in uneven batches: the same result as one batch
+    g = G.gaussian_fit([X[:7], X[7:60], X[60:]] if n > 60 else X, shrinkage=method)
+    np.testing.assert_allclose(g.mean.numpy(), est.location_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.covariance.numpy(), est.covariance_, rtol=1e-10, atol=1e-10 * np.abs(est.covariance_).max())
+    assert abs(float(g.shrinkage_) - float(getattr(est, "shrinkage_", 0.0 if method is None else method))) <= 1e-10
+    np.testing.assert_allclose(g.precision().numpy(), est.precision_, rtol=1e-8, atol=1e-10 * np.abs(est.precision_).max())
+    Y = _data(50, p, 99) * 1.5
+    np.testing.assert_allclose(g.mahalanobis(Y).numpy(), est.mahalanobis(Y.numpy()), rtol=1e-10)
+    assert abs(float(g.logdet) - np.linalg.slogdet(est.covariance_)[1]) <= 1e-9 * max(1.0, abs(np.linalg.slogdet(est.covariance_)[1]))
+
+
+@pytest.mark.parametrize("method", ["ledoit_wolf", "oas", None])
+def test_matches_sklearn_float32(method):
+    """float32 data: products in float32 (256-row chunks), sums in float64: the covariance is within
+    ~3e-7 relative of float64, so distances are within ~eps32 x cond(cov); at cond ~30 <= 1e-5, against
+    scikit-learn in float64 and in its own float32 path."""
+    X = _data(300, 40, 3, torch.float32, mix=0.3)
+    Y = _data(20, 40, 4, torch.float32, mix=0.3)
+    g = G.gaussian_fit(X, shrinkage=method)  # float32 data: float32 factor, scored by the op
+    assert g.factor.dtype == torch.float32
+    for Xs in (X.double().numpy(), X.numpy()):
+        est = {"ledoit_wolf": sk.LedoitWolf(), "oas": sk.OAS(), None: sk.EmpiricalCovariance()}[method].fit(Xs)
+        assert np.linalg.cond(est.covariance_.astype(np.float64)) < 100
+        np.testing.assert_allclose(g.covariance.numpy(), est.covariance_, rtol=1e-5, atol=1e-5 * np.abs(est.covariance_).max())
+        assert abs(float(g.shrinkage_) - float(getattr(est, "shrinkage_", 0.0))) <= 1e-5
+        np.testing.assert_allclose(g.mahalanobis(Y).double().numpy(), est.mahalanobis(Y.numpy().astype(Xs.dtype)), rtol=1e-5)
+
+
+def test_per_position_equals_independent_fits():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 5, 7, generator=gen, dtype=torch.float64) * torch.arange(1, 6, dtype=torch.float64)[:, None] + 3
+    for method in ("ledoit_wolf", "oas", None):
+        g = G.gaussian_fit(x, shrinkage=method, ddof=1 if method is None else 0, reg=0.01)
+        for p in range(5):
+            gp = G.gaussian_fit(x[:, p], shrinkage=method, ddof=1 if method is None else 0, reg=0.01)
+            torch.testing.assert_close(g.covariance[p], gp.covariance, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(g.factor[p], gp.factor, rtol=1e-10, atol=1e-12)
+            if method is not None:
+                assert abs(float(g.shrinkage_[p]) - gp.shrinkage_) <= 1e-12
+        if method is None:  # ddof = 1 as np.cov
+            np.testing.assert_allclose(g.covariance[2].numpy(), np.cov(x[:, 2].numpy(), rowvar=False) + 0.01 * np.eye(7), rtol=1e-10)
+
+
+def test_streaming_buffered_and_folded_paths_agree():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 6, 4, generator=gen) + 100.0  # float32, large offset: the shift keeps it exact
+    few = G.gaussian_fit(x[:5], reg=1e-3)  # 5 rows < 2 d: stays buffered, folded per position block
+    acc = G.GaussianAccumulator()
+    for s in range(0, 300, 32):
+        acc.update(x[s : s + 32])
+    assert acc.s2 is not None  # folded into the float64 sums
+    many = acc.finalize(reg=1e-3)
+    ref = G.gaussian_fit(x.double(), reg=1e-3)
+    torch.testing.assert_close(many.covariance, ref.covariance, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(many.mean.double(), ref.mean, rtol=1e-7, atol=1e-6)
+    ref5 = G.gaussian_fit(x[:5].double(), reg=1e-3)
+    torch.testing.assert_close(few.covariance, ref5.covariance, rtol=1e-5, atol=1e-6)
+
+
+def test_precision_factor_and_low_precision_models():
+    X = _data(500, 20, 5)
+    cov = torch.from_numpy(np.cov(X.numpy(), rowvar=False))
+    L = G.precision_factor(cov, torch.float64)
+    assert torch.equal(L, L.tril())
+    torch.testing.assert_close(L @ L.T, torch.linalg.inv(cov), rtol=1e-9, atol=1e-12)
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        assert G.precision_factor(cov, dt).dtype == dt
+    g = G.gaussian_fit(X.float(), factor_dtype=torch.bfloat16)
+    ref = G.gaussian_fit(X)
+    Y = _data(30, 20, 6)
+    rel = ((g.mahalanobis(Y.float()).double() - ref.mahalanobis(Y)).abs() / ref.mahalanobis(Y)).max()
+    assert rel < 5e-2  # bf16 factor (and bf16 rows on AVX512-BF16 CPUs): ~1e-2 relative
+
+
+def test_save_load_roundtrip(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    g = G.gaussian_fit(torch.randn(50, 3, 4, generator=gen), shrinkage="oas")
+    path = g.save(tmp_path / "g.safetensors")
+    back = G.GaussianModel.load(path)
+    for a in ("mean", "factor", "logdet", "covariance"):
+        assert torch.equal(getattr(back, a), getattr(g, a))
+    assert torch.equal(back.shrinkage_, g.shrinkage_) and back.n_samples_ == 50
+    x = torch.randn(5, 3, 4, generator=gen)
+    assert torch.equal(back.mahalanobis(x), g.mahalanobis(x))
+    from fastad.detectors import load
+
+    assert isinstance(load(path), G.GaussianModel)
+    g1 = G.gaussian_fit(torch.randn(50, 4, generator=gen, dtype=torch.float64), shrinkage="ledoit_wolf", keep_covariance=False)
+    b1 = G.GaussianModel.load(g1.save(tmp_path / "g1.safetensors"))
+    assert b1.covariance is None and b1.shrinkage_ == g1.shrinkage_
+
+
+def test_errors():
+    X = _data(10, 20, 7)
+    with pytest.raises(ValueError, match=r"x has 10 samples of d=20 features: the covariance is singular"):
+        G.gaussian_fit(X)
+    G.gaussian_fit(X, shrinkage="ledoit_wolf")  # fine with shrinkage
+    G.gaussian_fit(X, reg=0.1)
+    const = torch.zeros(30, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not positive definite"):
+        G.gaussian_fit(const)
+    bad = _data(30, 3, 8)
+    bad[4, 1] = float("nan")
+    with pytest.raises((ValueError, RuntimeError), match="NaN"):
+        G.gaussian_fit(bad.float())
+    with pytest.raises((ValueError, RuntimeError), match="NaN"):
+        G.gaussian_fit([bad[:2], bad[2:]])
+    with pytest.raises(ValueError, match="shrinkage must be None, 'ledoit_wolf', 'oas' or a float in"):
+        G.gaussian_fit(X, shrinkage="lw")
+    with pytest.raises(ValueError, match="reg must be"):
+        G.gaussian_fit(X, reg=-1.0)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        G.gaussian_fit(X[:1], ddof=1, reg=1.0)
+    with pytest.raises(ValueError, match=r"cov must be a \[d, d\] or \[P, d, d\]"):
+        G.precision_factor(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"precision_factor: cov: the covariance of position 1 \(of 2\) is not positive definite"):
+        G.precision_factor(torch.stack([torch.eye(3), -torch.eye(3)]).double())
+    acc = G.GaussianAccumulator().update(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"batch is \(2, 5\) but earlier batches were \[B, 3\]"):
+        acc.update(torch.zeros(2, 5))
+    g = G.gaussian_fit(_data(40, 3, 9))
+    with pytest.raises(ValueError, match=r"X must be \[N, 3\]"):
+        g.mahalanobis(torch.zeros(2, 4))
