@@ -46,7 +46,7 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> to
     if not isinstance(x, torch.Tensor) or not isinstance(mean, torch.Tensor) or not isinstance(factor, torch.Tensor):
         raise TypeError("mahalanobis: x, mean and factor must be torch.Tensors")
     out = torch.ops.fastad.mahalanobis(x, mean, factor)
-    if out.device.type != "cpu" and out.numel() and not bool(torch.isfinite(out).all()):
+    if out.device.type not in ("cpu", "meta") and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError("mahalanobis: x, mean or factor hold NaN or Inf (non-finite distance)")
     return out
 
