@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import socket
 import sys
@@ -39,19 +38,10 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 4096
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def wchar() -> int:

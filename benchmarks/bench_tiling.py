@@ -23,26 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
 
 HERE = Path(__file__).resolve().parent
 ROOT = os.environ.get("FASTAD_MTD", str(HERE.parents[0].parent / "shared" / "data" / "mtd"))
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _subset(ds, idx):
