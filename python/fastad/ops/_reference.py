@@ -180,7 +180,7 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
 
 
 # ---- Gaussian models (issue 13) ------------------------------------------------------------------
-def mahalanobis(x, mean, factor):
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`fastad.ops.mahalanobis`: float64 ``||(x - mean) @ tril(factor)||^2``."""
     L = factor.double().tril()
     delta = x.double() - mean.double()
@@ -189,7 +189,9 @@ def mahalanobis(x, mean, factor):
     return torch.einsum("npk,pkj->npj", delta, L).square().sum(-1)
 
 
-def gaussian_accumulate(x, shift, sum, sumsq):
+def gaussian_accumulate(
+    x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`fastad.ops.gaussian_accumulate`, functional: returns the updated
     ``(sum, sumsq)`` (float64; the strict upper triangle of ``sumsq`` unchanged)."""
     y = x.double() - shift.double()

@@ -1,6 +1,8 @@
 """Squared Mahalanobis distances through a triangular precision factor (PaDiM, Gaussian AD, Lee, M-SVDD)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -51,12 +53,12 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> to
     return out
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
     x, mean, factor = inputs
     ctx.save_for_backward(x, mean, factor)
 
 
-def _backward(ctx, grad):
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
     x, mean, factor = ctx.saved_tensors
     L = factor.float().tril()
     delta = x.float() - mean.float()
