@@ -19,6 +19,7 @@ from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 import fastad.metrics as M
+import fastad.ranking
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -135,7 +136,7 @@ def random_maps(rng, masks, ties=False, dtype=np.float32):
 def path(request, monkeypatch):
     """Run each test through the plain-sort path and, forced, through the bucket-histogram path."""
     if request.param:
-        monkeypatch.setattr(M, "SMALL_SORT_LIMIT", 0)
+        monkeypatch.setattr(fastad.ranking, "SMALL_SORT_LIMIT", 0)
     return request.param
 
 
@@ -206,7 +207,7 @@ def test_known_values():
 
 def test_extreme_range_bucket_path(monkeypatch):
     """Values near the float32 limits: the bucket index is computed in float64 when hi - lo overflows."""
-    monkeypatch.setattr(M, "SMALL_SORT_LIMIT", 0)
+    monkeypatch.setattr(fastad.ranking, "SMALL_SORT_LIMIT", 0)
     rng = np.random.default_rng(3)
     s = rng.choice(np.array([-3e38, -1.0, 0.0, 1e-30, 2.5, 3e38], dtype=np.float32), 500)
     s[:200] = rng.standard_normal(200).astype(np.float32)
@@ -243,13 +244,13 @@ def test_aupro_fpr_cut_fast_path(lim, monkeypatch):
     assert masks.mean() < 1 / 9
     maps = random_maps(rng, masks, ties=lim < 0.1)
     seen = []
-    real = M._neg_counts
+    real = M.neg_counts
 
     def spy(neg, q, top=None):
         seen.append(neg.size)
         return real(neg, q, top)
 
-    monkeypatch.setattr(M, "_neg_counts", spy)
+    monkeypatch.setattr(M, "neg_counts", spy)
     ours = M.aupro(maps, masks, fpr_limit=lim)
     n = int((masks == 0).sum())
     assert seen and seen[0] < 0.9 * n  # only the candidates above the cut were ranked

@@ -36,7 +36,7 @@ false-positive rate of the normal pixels.
 the Mann-Whitney statistic (ties count 1/2, which is what the trapezoidal ROC area gives); AP and
 F1-max need the curve only at distinct anomalous scores (between them, only false positives grow,
 which adds nothing to AP and only lowers F1); the area under anomalib's PRO polyline up to the FPR cut
-is, per anomalous pixel, the integral of a ramp (closed form below, ``_pro_area``). Those counts are
+is, per anomalous pixel, the integral of a ramp (closed form below, ``pro_area``). Those counts are
 found without sorting the normal pixels: a monotone bucket index (``floor((x - lo) * scale)``, monotone
 in ``x`` under any rounding) gives a histogram in one pass; only the normal pixels that share a bucket
 with some anomalous score are sorted and compared exactly. Counts are int64 and sums float64.
@@ -67,6 +67,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import ranking  # its tuning knobs (SMALL_SORT_LIMIT, ...) are read there, at call time
+from .ranking import (
+    Ranked, as_pair, as_scores, groups,
+    maps_and_masks, neg_counts, pro_area,
+)
+
 __all__ = [
     "UndefinedMetricWarning",
     "auroc",
@@ -86,16 +92,6 @@ class UndefinedMetricWarning(UserWarning):
     """A metric is undefined on this input (e.g. only one class present)."""
 
 
-# Below this many normal values the counts come from a plain sort; above it, from the bucket
-# histogram (see `_neg_counts`). Measured in benchmarks/bench_metrics.py: the histogram path wins
-# from ~10^5 values on.
-SMALL_SORT_LIMIT = 1 << 16
-# Buckets per normal value for the histogram path (fewer buckets = more values to sort exactly,
-# more buckets = a larger, cache-unfriendly histogram), clamped to [2^10, MAX_BUCKETS]. Tuned with
-# benchmarks/bench_metrics.py.
-BUCKETS_PER_VALUE = 0.5
-MAX_BUCKETS = 1 << 20
-
 # 8-connectivity within an image (3x3 ones), as anomalib (cv2.connectedComponents default) and MuSc
 # (skimage.measure.label default for 2-D) label regions; no connection across images.
 _STRUCTURE_2D = np.ones((3, 3), dtype=bool)
@@ -104,68 +100,6 @@ _STRUCTURE_2D = np.ones((3, 3), dtype=bool)
 # ----------------------------------------------------------------------------------------------
 # input handling
 # ----------------------------------------------------------------------------------------------
-def _to_numpy(x: Any, fn: str, arg: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        return x.cpu().numpy()
-    try:
-        return np.asarray(x)
-    except Exception as e:  # pragma: no cover - exotic inputs
-        raise ValueError(f"fastad.metrics.{fn}: {arg} must be a tensor or array-like, got {type(x).__name__}") from e
-
-
-def _scores(x: Any, fn: str, arg: str) -> np.ndarray:
-    """Scores as a float32/float64 array; rejects NaN/inf and non-numeric dtypes."""
-    a = _to_numpy(x, fn, arg)
-    if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float64)  # exact for |ints| < 2^53
-    elif a.dtype == np.float16:
-        a = a.astype(np.float32)  # exact
-    elif a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"fastad.metrics.{fn}: {arg} must be real numbers, got dtype {a.dtype}")
-    if a.size and not np.isfinite(a).all():
-        bad = "NaN" if np.isnan(a).any() else "inf"
-        raise ValueError(f"fastad.metrics.{fn}: {arg} contain {bad}; scores must be finite")
-    return a
-
-
-def _binary(x: Any, fn: str, arg: str) -> np.ndarray:
-    """Labels/masks as a bool array; only 0/1 (or False/True) allowed."""
-    a = _to_numpy(x, fn, arg)
-    if a.dtype == np.bool_:
-        return a
-    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise ValueError(f"fastad.metrics.{fn}: {arg} must be binary (0/1 or bool), got dtype {a.dtype}")
-    b = a != 0
-    bad = b & (a != 1)
-    if bad.any():
-        vals = np.unique(a[bad])[:5]
-        raise ValueError(
-            f"fastad.metrics.{fn}: {arg} must be binary (0/1 or bool); found other values {vals.tolist()}"
-        )
-    return b
-
-
-def _pair(scores: Any, labels: Any, fn: str, sname: str = "scores", lname: str = "labels"):
-    s = _scores(scores, fn, sname)
-    y = _binary(labels, fn, lname)
-    if s.shape != y.shape:
-        raise ValueError(f"fastad.metrics.{fn}: {sname} and {lname} must have the same shape, got "
-                         f"{tuple(s.shape)} and {tuple(y.shape)}")
-    if s.size == 0:
-        raise ValueError(f"fastad.metrics.{fn}: empty input ({sname} has shape {tuple(s.shape)})")
-    return s, y
-
-
-def _maps_masks(maps: Any, masks: Any, fn: str):
-    """Maps [H, W] or [B, H, W] or [B, 1, H, W] (any leading dims) -> float [B, H, W], bool [B, H, W]."""
-    s, y = _pair(maps, masks, fn, "maps", "masks")
-    if s.ndim < 2:
-        raise ValueError(f"fastad.metrics.{fn}: maps must have at least 2 dims [..., H, W], got shape {tuple(s.shape)}")
-    h, w = s.shape[-2:]
-    return s.reshape(-1, h, w), y.reshape(-1, h, w)
 
 
 def _warn(msg: str) -> None:
@@ -175,170 +109,15 @@ def _warn(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # core: exact counts of normal values below / at each query
 # ----------------------------------------------------------------------------------------------
-def _bucket(x: np.ndarray, scale, offset, nb: int) -> np.ndarray:
-    """clip(x * scale + offset, 0, nb + 1) truncated to int32: a monotone non-decreasing function
-    of x (every rounding step is monotone), so bucket(a) < bucket(b) implies a < b. Correctness
-    needs nothing else; scale/offset only decide which values share a bucket."""
-    t = np.multiply(x, scale, dtype=x.dtype)
-    np.add(t, offset, out=t)
-    np.clip(t, 0, nb + 1, out=t)
-    return t.astype(np.int32)
-
-
-def _neg_counts(neg: np.ndarray, q: np.ndarray, top: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """lt[i] = #(neg < q[i]) and le[i] = #(neg <= q[i]), int64, exact. ``q`` has neg's dtype.
-
-    With ``top``, exactness is only promised for queries with fewer than ``top`` normal values
-    above them; for the others lt = le = an upper bound of #(neg <= q) that still leaves at least
-    ``top`` values above (enough for a PRO curve cut at FPR = top / n, where they contribute 0).
-
-    Large inputs: a monotone bucket index (``nb`` buckets spread over the range where normal values
-    and queries overlap, one bucket below and one above it) gives a histogram of the normal values
-    in one pass; only the normal values in buckets that also hold a query are sorted and compared
-    exactly; the others are counted by bucket (a value in a lower bucket is smaller, in a higher
-    one larger)."""
-    n = neg.size
-    q = np.asarray(q, dtype=neg.dtype)
-    if n <= SMALL_SORT_LIMIT or q.size * 8 > n or q.size == 0:
-        return _sorted_counts(np.sort(neg), q, 0)
-    lo, hi = max(neg.min(), q.min()), min(neg.max(), q.max())
-    nb = int(min(max(n * BUCKETS_PER_VALUE, 1 << 10), MAX_BUCKETS))
-    bucketed = None
-    if hi > lo:
-        for work in (neg.dtype, np.dtype(np.float64)):
-            with np.errstate(over="ignore", invalid="ignore"):
-                scale = np.asarray(nb / (float(hi) - float(lo)), dtype=work)
-                offset = np.asarray(1.0 - float(lo) * float(scale), dtype=work)
-                ext = np.asarray(max(abs(float(neg.min())), abs(float(neg.max())), abs(float(q.min())),
-                                     abs(float(q.max()))), dtype=work) * scale
-            if np.isfinite(scale) and np.isfinite(offset) and np.isfinite(ext):
-                bucketed = (work, scale, offset)
-                break
-    if bucketed is None:  # no overlap, a single value, or a range that overflows: sort
-        return _sorted_counts(np.sort(neg), q, 0)
-    work, scale, offset = bucketed
-    bn = _bucket(neg.astype(work, copy=False), scale, offset, nb)
-    bq = _bucket(q.astype(work, copy=False), scale, offset, nb)
-    hist = torch.bincount(torch.from_numpy(bn), minlength=nb + 2).numpy()  # faster than np.bincount
-    mixed = np.zeros(hist.size, dtype=bool)
-    far = None
-    if top is not None:  # queries with >= top normal values in higher buckets: no exact count needed
-        above = np.zeros(hist.size + 1, dtype=np.int64)
-        np.cumsum(hist[::-1], out=above[1:])
-        n_above = above[hist.size - 1 - bq]  # normal values in buckets > bq
-        far = n_above >= top
-        mixed[bq[~far]] = True
-    else:
-        mixed[bq] = True
-    # normal values sharing a bucket with some query: resolved exactly (take(flatnonzero) is ~3x
-    # faster than boolean indexing at this selectivity)
-    nz = neg.take(np.flatnonzero(mixed[bn]))
-    nz.sort()
-    below = np.zeros(hist.size + 1, dtype=np.int64)  # unsorted normal values in lower buckets
-    np.cumsum(np.where(mixed, 0, hist), out=below[1:])
-    if far is None or not far.any():
-        return _sorted_counts(nz, q, below[bq])
-    lt = np.empty(q.size, np.int64)
-    le = np.empty(q.size, np.int64)
-    near = np.flatnonzero(~far)
-    lt[near], le[near] = _sorted_counts(nz, q[near], below[bq[near]])
-    lt[far] = le[far] = n - n_above[far]
-    return lt, le
-
-
-def _sorted_counts(s: np.ndarray, q: np.ndarray, base) -> tuple[np.ndarray, np.ndarray]:
-    """base + (#(s < q), #(s <= q)) for ascending ``s``; the second from the first by walking over
-    ties (few in practice), falling back to a second binary search when ties run long."""
-    lt = np.searchsorted(s, q, "left")
-    le = lt.copy()
-    for _ in range(4):
-        inb = le < s.size
-        idx = np.flatnonzero(inb)
-        eq = s[le[idx]] == q[idx]
-        if not eq.any():
-            break
-        le[idx[eq]] += 1
-    else:
-        le = np.searchsorted(s, q, "right")
-    return (base + lt).astype(np.int64), (base + le).astype(np.int64)
-
-
-def _groups(sorted_vals: np.ndarray) -> np.ndarray:
-    """Start indices of the runs of equal values in an ascending array."""
-    if sorted_vals.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.r_[True, sorted_vals[1:] != sorted_vals[:-1]])
-
-
-class _Ranked:
-    """Positives sorted ascending (with optional weights) and their exact ranks among negatives."""
-
-    def __init__(self, neg: np.ndarray, pos: np.ndarray, w: np.ndarray | None = None,
-                 extra_q: np.ndarray | None = None):
-        """``extra_q``: more query values (e.g. PRO-MuSc thresholds) ranked in the same pass."""
-        self.n = int(neg.size)
-        self.p = int(pos.size)
-        order = np.argsort(pos) if w is not None else None  # order within ties is irrelevant
-        self.pos = pos[order] if order is not None else np.sort(pos)
-        self.w = w[order] if order is not None else None
-        q = self.pos if extra_q is None else np.concatenate([self.pos, extra_q.astype(pos.dtype)])
-        lt, le = _neg_counts(neg, q)
-        self.lt, self.le = lt[: self.p], le[: self.p]
-        self.extra_lt, self.extra_le = lt[self.p:], le[self.p:]
-
-    def auroc(self) -> float:
-        if self.p == 0 or self.n == 0:
-            return float("nan")
-        twice_u = int(self.lt.sum()) + int(self.le.sum())  # exact integer Mann-Whitney * 2
-        return twice_u / (2.0 * self.p * self.n)
-
-    def _curve(self):
-        """At each distinct positive value v (descending order irrelevant): TP(>= v), FP(>= v), ties."""
-        g = _groups(self.pos)
-        tp = (self.p - g).astype(np.float64)
-        fp = (self.n - self.lt[g]).astype(np.float64)
-        cnt = np.diff(np.r_[g, self.p]).astype(np.float64)
-        return tp, fp, cnt, g
-
-    def average_precision(self) -> float:
-        if self.p == 0:
-            return float("nan")
-        tp, fp, cnt, _ = self._curve()
-        return float(np.sum(cnt * (tp / (tp + fp))) / self.p)
-
-    def f1_max(self) -> tuple[float, float]:
-        """(max F1, threshold t: `score >= t` reaches it)."""
-        if self.p == 0:
-            return float("nan"), float("nan")
-        tp, fp, _, g = self._curve()
-        f1 = 2.0 * tp / (tp + fp + self.p)
-        k = int(np.argmax(f1))
-        return float(f1[k]), float(self.pos[g[k]])
-
-    def pro_area(self, fpr_limit: float) -> float:
-        return _pro_area(self.n, self.lt, self.le, self.w, fpr_limit)
-
-
-def _pro_area(n: int, lt: np.ndarray, le: np.ndarray, w: np.ndarray, fpr_limit: float) -> float:
-    """Area (FPR x mean region overlap) under anomalib's PRO polyline up to FPR = fpr_limit, times
-    n * sum(w). Per positive of weight w with a = #(neg > p) and e = #(neg == p), its overlap rises
-    from 0 at F = a to w at F = a + e (a ramp over the tied negatives, a step if e = 0), so its area
-    up to F_lim is w * ramp_integral(F_lim)."""
-    f_lim = min(fpr_limit, 1.0) * n
-    a = (n - le).astype(np.float64)
-    e = (le - lt).astype(np.float64)
-    x = f_lim - a  # distance past the start of the ramp
-    area = np.where(x <= 0, 0.0, np.where(x >= e, x - 0.5 * e, 0.5 * x * x / np.where(e > 0, e, 1.0)))
-    return float(np.dot(w, area))
 
 
 # ----------------------------------------------------------------------------------------------
 # image/pixel scalar metrics
 # ----------------------------------------------------------------------------------------------
 def _ranked_pair(scores, labels, fn):
-    s, y = _pair(scores, labels, fn)
+    s, y = as_pair(scores, labels, fn)
     s, y = s.ravel(), y.ravel()
-    r = _Ranked(s[~y], s[y])
+    r = Ranked(s[~y], s[y])
     if r.p == 0 or r.n == 0:
         _warn(f"fastad.metrics.{fn}: only one class present in labels ({r.p} positive, {r.n} negative); returning nan")
     return r
@@ -381,7 +160,7 @@ def f1_max(scores: Any, labels: Any) -> float:
         >>> f1_max(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.8
     """
-    s, y = _pair(scores, labels, "f1_max")
+    s, y = as_pair(scores, labels, "f1_max")
     flat_s, flat_m = s.reshape(-1), y.reshape(-1)
     pos_idx = np.flatnonzero(flat_m)
     p, n = pos_idx.size, flat_s.size - pos_idx.size
@@ -394,8 +173,8 @@ def f1_max(scores: Any, labels: Any) -> float:
             cand, cut = got
             pos = np.sort(flat_s.take(pos_idx))
             pos = pos[np.searchsorted(pos, cut, "left"):]  # all positives >= cut
-            lt, _ = _neg_counts(cand, pos)
-            g = _groups(pos)
+            lt, _ = neg_counts(cand, pos)
+            g = groups(pos)
             tp = (pos.size - g).astype(np.float64)
             fp = (cand.size - lt[g]).astype(np.float64)  # normal values >= v, all in cand
             if tp.size:
@@ -413,7 +192,7 @@ def _top_candidates(flat_s: np.ndarray, flat_m: np.ndarray, pos_idx: np.ndarray,
     margin) of the ``top``-th largest normal value, when that pays off: -> (cand, cut) with
     ``top <= cand.size < 0.9 n``, or None (small input, no saving, or the estimate fell short).
     Any anomalous value below ``cut`` has all of ``cand``, so at least ``top`` normal values, above it."""
-    if not (n > SMALL_SORT_LIMIT and top < 0.8 * n and pos_idx.size * 8 <= n):
+    if not (n > ranking.SMALL_SORT_LIMIT and top < 0.8 * n and pos_idx.size * 8 <= n):
         return None
     step = max(1, flat_s.size // 65536)
     sample = flat_s[::step][~flat_m[::step]]
@@ -454,12 +233,12 @@ def _split_regions(maps: np.ndarray, masks: np.ndarray):
 
 
 def _aupro_from(r, nreg: int, n: int, fpr_limit: float) -> float:
-    """``r``: a `_Ranked` or (lt, le, w) of the anomalous pixels; n: number of normal pixels."""
+    """``r``: a `Ranked` or (lt, le, w) of the anomalous pixels; n: number of normal pixels."""
     if nreg == 0 or n == 0:
         _warn(f"fastad.metrics.aupro: {'no anomalous region' if nreg == 0 else 'no normal pixel'} in masks; "
               "returning 0.0 as anomalib does")
         return 0.0
-    area = (r.pro_area(fpr_limit) if isinstance(r, _Ranked) else _pro_area(n, *r, fpr_limit)) / (n * nreg)
+    area = (r.pro_area(fpr_limit) if isinstance(r, Ranked) else pro_area(n, *r, fpr_limit)) / (n * nreg)
     return area / min(fpr_limit, 1.0)
 
 
@@ -493,7 +272,7 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
         1.0
     """
     fpr_limit = _check_fpr_limit(fpr_limit, "aupro")
-    s, y = _maps_masks(maps, masks, "aupro")
+    s, y = maps_and_masks(maps, masks, "aupro")
     flat_s, flat_m = s.reshape(-1), y.reshape(-1)
     pos_idx = np.flatnonzero(flat_m)
     pos = flat_s.take(pos_idx)
@@ -513,12 +292,12 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
         near = np.flatnonzero(pos >= cut)
         pos, w = pos.take(near), w.take(near)
         order = np.argsort(pos)  # sorted queries: cache-friendly binary searches
-        lt, le = _neg_counts(cand, pos.take(order), top)
+        lt, le = neg_counts(cand, pos.take(order), top)
         n_low = n - cand.size
         return _aupro_from((lt + n_low, le + n_low, w.take(order)), nreg, n, fpr_limit)
     order = np.argsort(pos)
     pos, w = pos.take(order), w.take(order)
-    lt, le = _neg_counts(flat_s[~flat_m], pos, top)
+    lt, le = neg_counts(flat_s[~flat_m], pos, top)
     return _aupro_from((lt, le, w), nreg, n, fpr_limit)
 
 
@@ -537,7 +316,7 @@ def _round_down_to(th: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return t
 
 
-def _pro_musc_from(neg, pos, w, nreg, lo, hi, num_thresholds, fpr_limit, r: _Ranked | None = None):
+def _pro_musc_from(neg, pos, w, nreg, lo, hi, num_thresholds, fpr_limit, r: Ranked | None = None):
     if nreg == 0 or neg.size == 0 or not hi > lo:
         why = "no anomalous region" if nreg == 0 else ("no normal pixel" if neg.size == 0 else "constant maps")
         _warn(f"fastad.metrics.pro_musc: {why}; MuSc's PRO is undefined, returning nan")
@@ -545,7 +324,7 @@ def _pro_musc_from(neg, pos, w, nreg, lo, hi, num_thresholds, fpr_limit, r: _Ran
     ths = _musc_thresholds(lo, hi, num_thresholds)
     q = _round_down_to(ths, neg.dtype)
     if r is None:
-        r = _Ranked(neg, pos, w, extra_q=q)
+        r = Ranked(neg, pos, w, extra_q=q)
     n = neg.size
     fprs = (n - r.extra_le) / n  # #(normal > th) / #normal
     # mean over regions of the fraction above th = sum of 1/|region| over positives > th, / nreg
@@ -575,7 +354,7 @@ def pro_musc(maps: Any, masks: Any, num_thresholds: int = 200, fpr_limit: float 
         masks: same shape, binary ground truth.
     """
     fpr_limit = _check_fpr_limit(fpr_limit, "pro_musc")
-    s, y = _maps_masks(maps, masks, "pro_musc")
+    s, y = maps_and_masks(maps, masks, "pro_musc")
     neg, pos, w, nreg = _split_regions(s, y)
     return _pro_musc_from(neg, pos, w, nreg, s.min(), s.max(), int(num_thresholds), fpr_limit)
 
@@ -620,7 +399,7 @@ class PixelMetrics:
 
     def update(self, maps: Any, masks: Any) -> None:
         """Add a batch: maps ``Tensor[B, H, W]`` (or ``[H, W]``, ``[B, 1, H, W]``), masks same shape, binary."""
-        s, y = _maps_masks(maps, masks, "PixelMetrics.update")
+        s, y = maps_and_masks(maps, masks, "PixelMetrics.update")
         neg, pos, w, nreg = _split_regions(s, y)
         self._neg.append(neg.copy())
         self._pos.append(pos.copy())
@@ -642,7 +421,7 @@ class PixelMetrics:
             neg, pos = neg.astype(dt), pos.astype(dt)
         lo, hi = np.asarray(self._lo, neg.dtype)[()], np.asarray(self._hi, neg.dtype)[()]
         extra = _round_down_to(_musc_thresholds(lo, hi, self.pro_thresholds), neg.dtype) if hi > lo else None
-        r = _Ranked(neg, pos, w, extra_q=extra)
+        r = Ranked(neg, pos, w, extra_q=extra)
         if r.p == 0 or r.n == 0:
             _warn(f"fastad.metrics.PixelMetrics: only one class present ({r.p} anomalous, {r.n} normal pixels)")
         with warnings.catch_warnings():
@@ -672,7 +451,7 @@ class ImageMetrics:
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add ``Tensor[N]`` scores and ``Tensor[N]`` binary labels."""
-        s, y = _pair(scores, labels, "ImageMetrics.update")
+        s, y = as_pair(scores, labels, "ImageMetrics.update")
         self._s.append(s.ravel().copy())
         self._y.append(y.ravel().copy())
 
@@ -680,7 +459,7 @@ class ImageMetrics:
         if not self._s:
             raise ValueError("fastad.metrics.ImageMetrics.compute: no data; call update() first")
         s, y = np.concatenate(self._s), np.concatenate(self._y)
-        r = _Ranked(s[~y], s[y])
+        r = Ranked(s[~y], s[y])
         if r.p == 0 or r.n == 0:
             _warn(f"fastad.metrics.ImageMetrics: only one class present ({r.p} anomalous, {r.n} normal images)")
         f1, t = r.f1_max()
@@ -713,7 +492,7 @@ def normal_quantile_threshold(normal_scores: Any, q: float = 0.99) -> float:
         >>> normal_quantile_threshold(torch.arange(101.0), 0.99)
         99.0
     """
-    s = _scores(normal_scores, "normal_quantile_threshold", "normal_scores")
+    s = as_scores(normal_scores, "normal_quantile_threshold", "normal_scores")
     if s.size == 0:
         raise ValueError("fastad.metrics.normal_quantile_threshold: normal_scores is empty")
     if not 0.0 <= q <= 1.0:
