@@ -130,8 +130,28 @@ def chi2_threshold(dims: list[int], fpr: float, rule: str) -> float:
     return float((lo + (j + 0.5 * L) * h) / L)  # a sum cell J spans [lo + J h, lo + (J + L) h): its midpoint
 
 
+class PooledFeaturesMixin:
+    """Fit-time gathering of globally average-pooled feature maps per layer, for the image-level
+    Gaussian detectors (GaussianAD, LeeMahalanobis); a mixin of :class:`BaseDetector`."""
+
+    def _pooled_fit_features(self, batches, timer: StageTimer) -> tuple[dict[str, torch.Tensor], torch.device]:
+        """``({layer: Tensor[N, C]} float32, device)`` of the training batches' pooled maps."""
+        pooled, dev = None, None
+        for feats in batches:
+            if self.layers_ is None:
+                dev = self._start_fit(feats)
+                pooled = {k: [] for k in self.layers_}
+            self._check_features(feats, self.layers_, "fit")
+            with timer("aggregation"):
+                for k in self.layers_:
+                    pooled[k].append(feats[k].to(dev).float().mean(dim=(2, 3)))
+        if pooled is None:
+            raise ValueError(f"{type(self).__name__}.fit: no training images / features given")
+        return {k: torch.cat(v) for k, v in pooled.items()}, dev
+
+
 @register(cli="gaussian")
-class GaussianAD(BaseDetector):
+class GaussianAD(PooledFeaturesMixin, BaseDetector):
     """Gaussian AD: a Ledoit-Wolf Gaussian per backbone level of globally pooled features.
 
     Args:
@@ -198,19 +218,9 @@ class GaussianAD(BaseDetector):
     def _fit_stream(self, batches, timings) -> None:
         self._check_params()
         timer = StageTimer(timings)
-        pooled, dev = None, None
-        for feats in batches:
-            if self.layers_ is None:
-                dev = self._start_fit(feats)
-                pooled = {k: [] for k in self.layers_}
-            self._check_features(feats, self.layers_, "fit")
-            with timer("aggregation"):
-                for k in self.layers_:
-                    pooled[k].append(feats[k].to(dev).float().mean(dim=(2, 3)))
-        if pooled is None:
-            raise ValueError("GaussianAD.fit: no training images / features given")
+        X, _ = self._pooled_fit_features(batches, timer)
         with timer("gaussian"):
-            self._fit_levels({k: torch.cat(v) for k, v in pooled.items()})
+            self._fit_levels(X)
         self._train_scores = self._mean_score(self._level_distances({k: self.train_[k] for k in self.layers_}))
 
     def _fit_from(self, batches, timings) -> None:

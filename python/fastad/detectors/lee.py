@@ -33,6 +33,7 @@ from ._io import ModelFileError
 from ._registry import register
 from .base import BaseDetector, StageTimer
 from .embedding import Mahalanobis, shrinkage_coefficient
+from .gaussian import PooledFeaturesMixin
 
 SHRINKAGES = ("ledoit_wolf", "oas", "none")
 
@@ -163,7 +164,7 @@ class _Stop(Exception):
 
 
 @register
-class LeeMahalanobis(BaseDetector):
+class LeeMahalanobis(PooledFeaturesMixin, BaseDetector):
     """Lee et al.'s Mahalanobis detector on a backbone's layers (image-level), with the optional input
     pre-processing and feature ensemble (see the module docstring).
 
@@ -221,18 +222,7 @@ class LeeMahalanobis(BaseDetector):
     def _fit_stream(self, batches, timings) -> None:
         grid = self._check_params()
         timer = StageTimer(timings)
-        pooled, dev = None, None
-        for feats in batches:
-            if self.layers_ is None:
-                dev = self._start_fit(feats)
-                pooled = {k: [] for k in self.layers_}
-            self._check_features(feats, self.layers_, "fit")
-            with timer("aggregation"):
-                for k in self.layers_:
-                    pooled[k].append(feats[k].to(dev).float().mean(dim=(2, 3)))
-        if pooled is None:
-            raise ValueError("LeeMahalanobis.fit: no training images / features given")
-        X = {k: torch.cat(v) for k, v in pooled.items()}
+        X, dev = self._pooled_fit_features(batches, timer)
         N = X[self.layers_[0]].shape[0]
         y = torch.zeros(N, dtype=torch.long) if self._fit_y is None else _as_labels(self._fit_y, N, "LeeMahalanobis.fit")
         with timer("gaussian"):
