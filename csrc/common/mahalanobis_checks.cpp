@@ -8,8 +8,8 @@ namespace fastad {
 
 static bool is_low_float(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
-MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& factor) {
-  const char* op = "mahalanobis";
+// x [N, d] (one Gaussian) or [N, P, d] (one per position) -> its sizes, checked (d >= 1).
+static MahaShape x_shape(const char* op, const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 || x.dim() == 3, op, ": x must be 2-D [N, d] or 3-D [N, P, d], got ", x.dim(),
               "-D tensor of shape ", shape_str(x));
   MahaShape s;
@@ -18,6 +18,12 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
   s.P = s.per_position ? x.size(1) : 1;
   s.d = x.size(-1);
   TORCH_CHECK(s.d >= 1, op, ": x must have d >= 1 features, got shape ", shape_str(x));
+  return s;
+}
+
+MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& factor) {
+  const char* op = "mahalanobis";
+  MahaShape s = x_shape(op, x);
   TORCH_CHECK(is_low_float(x.scalar_type()), op, ": x dtype must be float32, float16 or bfloat16, got ",
               x.scalar_type());
   TORCH_CHECK(is_low_float(mean.scalar_type()), op, ": mean dtype must be float32, float16 or bfloat16, got ",
@@ -51,14 +57,7 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq) {
   const char* op = "gaussian_accumulate";
-  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, op, ": x must be 2-D [N, d] or 3-D [N, P, d], got ", x.dim(),
-              "-D tensor of shape ", shape_str(x));
-  MahaShape s;
-  s.per_position = x.dim() == 3;
-  s.N = x.size(0);
-  s.P = s.per_position ? x.size(1) : 1;
-  s.d = x.size(-1);
-  TORCH_CHECK(s.d >= 1, op, ": x must have d >= 1 features, got shape ", shape_str(x));
+  MahaShape s = x_shape(op, x);
   TORCH_CHECK(is_low_float(x.scalar_type()) || x.scalar_type() == at::kDouble, op,
               ": x dtype must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
   TORCH_CHECK(shift.scalar_type() == at::kFloat || shift.scalar_type() == at::kDouble, op,
