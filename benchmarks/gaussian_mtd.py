@@ -14,34 +14,27 @@ defective; FPR = share of good test images flagged (the target is ``fpr``).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
+from _mtd import mtd_parser, mtd_splits  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = mtd_parser(__doc__, image_size=224)
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--variance-threshold", type=float, default=0.99)
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    tr, te = mtd_splits(a)
     from fastad import metrics
-    from fastad.data import MVTecDataset, batches
+    from fastad.data import batches
     from fastad.detectors import GaussianAD
     from fastad.detectors.gaussian import CHI2_RULES, EFFICIENTNET_LITE0_LEVELS
     from fastad.features import FeatureExtractor, get_backbone
 
-    root = os.environ.get("FASTAD_MTD", str(Path(__file__).resolve().parents[1].parent / "shared/data/mtd"))
-    tr = MVTecDataset(root, "train", image_size=a.image_size)
-    te = MVTecDataset(root, "test", image_size=a.image_size)
     bb = get_backbone("efficientnet_lite0")
     fx = FeatureExtractor(bb.model, EFFICIENTNET_LITE0_LEVELS, batch_size=16, channels_last=True)
 

@@ -11,32 +11,24 @@ pre-processing costs one forward + backward + forward per layer and image, so th
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
+from _mtd import mtd_parser, mtd_splits  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--image-size", type=int, default=160)
+    ap = mtd_parser(__doc__, image_size=160)
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-val", type=int, default=20)
     ap.add_argument("--n-test", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    tr, te = mtd_splits(a)
     from fastad import metrics
-    from fastad.data import MVTecDataset
     from fastad.detectors import LeeMahalanobis
 
-    root = os.environ.get("FASTAD_MTD", str(Path(__file__).resolve().parents[1].parent / "shared/data/mtd"))
-    tr = MVTecDataset(root, "train", image_size=a.image_size)
-    te = MVTecDataset(root, "test", image_size=a.image_size)
     g = torch.Generator().manual_seed(0)
 
     def stack(ds, idx):

@@ -31,3 +31,22 @@ def cpu_path(request, monkeypatch):
     else:
         monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
     return request.param
+
+
+# The CLI tests' toy MVTec tree and the model `fastad fit` makes of it (one each per test module, as
+# before; tests/helpers/cli_tree.py). A module may define its own `tree` (test_degenerate, test_fuzz).
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    from tests.helpers.cli_tree import make_tree
+
+    return make_tree(tmp_path_factory.mktemp("data") / "toy")
+
+
+@pytest.fixture(scope="module")
+def model(tree, tmp_path_factory):
+    from fastad.cli import main
+    from tests.helpers.cli_tree import FIT
+
+    path = tmp_path_factory.mktemp("model") / "toy.safetensors"
+    assert main(["fit", "--data", str(tree), "--out", str(path)] + FIT) == 0
+    return path

@@ -27,7 +27,7 @@ from fastad._output import (
     check_report_dir,
 )
 from fastad.cli import main
-from tests.test_cli import FIT, SIZE, make_tree, run_err
+from tests.helpers.cli_tree import FIT, SIZE, run_err
 
 
 def snapshot(root: Path) -> dict:
@@ -53,18 +53,6 @@ def user_files(d: Path, model_bytes: bytes = b"not really a model but the user's
     os.chmod(d / "notes.txt", 0o640)
     (d / "model.safetensors").write_bytes(model_bytes)
     return d
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    return make_tree(tmp_path_factory.mktemp("data") / "toy")
-
-
-@pytest.fixture(scope="module")
-def model(tree, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "toy.safetensors"
-    assert main(["fit", "--data", str(tree), "--out", str(path)] + FIT) == 0
-    return path
 
 
 @pytest.fixture

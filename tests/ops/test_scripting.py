@@ -39,11 +39,6 @@ EXAMPLES = {
 NOT_TENSOR_OPS = {"interval_k"}  # int -> int; scripted in test_interval_k_scripts
 # in-place accumulators (return None): schema and fake kernel checked by opcheck in tests/ops/test_mahalanobis.py
 IN_PLACE_OPS = {"gaussian_accumulate"}
-SCRIPT_XFAIL = {
-    # coreset's Python wrapper has a projection path (NumPy-free but with a progress thread and a
-    # Union[int, str, None] argument) that TorchScript does not compile; script torch.ops.fastad.coreset.
-    "coreset": "coreset wrapper is not scriptable yet (projection / progress thread)",
-}
 
 
 def _op_of(name):
@@ -79,8 +74,6 @@ def test_every_op_has_an_example():
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_jit_script(name):
     fn, args, kw = _call(name)
-    if name.split("_cosine")[0].split("_pool")[0] in SCRIPT_XFAIL:
-        pytest.xfail(SCRIPT_XFAIL[name])
     scripted = torch.jit.script(fn)
     _same(scripted(*args, **kw), fn(*args, **kw))
 
@@ -151,3 +144,61 @@ def test_compiled_wrapper_still_rejects_nan():
     s[2] = float("nan")
     with pytest.raises(RuntimeError, match="rscin: scores and image_features must hold finite values"):
         f(s, torch.randn(6, 5), [1, 2])
+
+
+def test_scripted_coreset_keeps_its_options_and_checks(tmp_path):
+    """``torch.jit.script(ops.coreset)`` compiles ``coreset_scriptable``: projection (int / "auto"),
+    seed, start, storage dtype and method as in eager mode, the same errors, and it saves / loads."""
+    s = torch.jit.script(ops.coreset)
+    bank = torch.randn(300, 40, generator=_g())
+    for kw in ({}, {"projection_dim": 8, "seed": 3}, {"projection_dim": "auto", "start": 5},
+               {"storage_dtype": torch.float16}, {"method": "pruned"}, {"progress": True}):
+        _same(s(bank, 12, **kw), ops.coreset(bank, 12, **kw))
+    with pytest.raises(Exception, match="projection_dim must be None, an int >= 1 or 'auto', got 'jl'"):
+        s(bank, 3, projection_dim="jl")
+    with pytest.raises(Exception, match="projection_dim must be None, an int >= 1 or 'auto', got 0"):
+        s(bank, 3, projection_dim=0)
+    with pytest.raises(Exception, match="storage_dtype must be None, float32, float16 or bfloat16"):
+        s(bank, 3, storage_dtype=torch.float64)
+    with pytest.raises(Exception, match="method must be 'pruned' or 'exhaustive'"):
+        s(bank, 3, method="fast")
+    torch.jit.save(s, str(tmp_path / "coreset.pt"))
+    loaded = torch.jit.load(str(tmp_path / "coreset.pt"))  # a saved function keeps no defaults: every argument
+    _same(loaded(bank, 7, 8, 2, 4, None, False, "exhaustive"), ops.coreset(bank, 7, projection_dim=8, seed=2, start=4))
+
+
+def test_scripted_code_can_call_the_coreset_wrapper():
+    @torch.jit.script
+    def select(bank: torch.Tensor) -> torch.Tensor:
+        return bank.index_select(0, ops.coreset(bank, 4, projection_dim="auto", seed=1)[0])
+
+    bank = torch.randn(50, 8, generator=_g())
+    torch.testing.assert_close(select(bank), bank[ops.coreset(bank, 4, projection_dim="auto", seed=1)[0]])
+
+
+def test_eager_coreset_keeps_keyword_only_arguments_and_the_bar():
+    import inspect
+
+    params = inspect.signature(ops.coreset).parameters
+    assert [p.name for p in params.values() if p.kind is p.KEYWORD_ONLY] == [
+        "projection_dim", "seed", "start", "storage_dtype", "progress", "method", "on_estimate"]
+    with pytest.raises(TypeError):
+        ops.coreset(torch.randn(5, 2), 2, 8)  # projection_dim only by keyword in eager mode
+
+
+def test_gaussian_accumulate_scripts():
+    s = torch.jit.script(ops.gaussian_accumulate)
+    x = torch.randn(9, 3, generator=_g())
+    sums = [torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)]
+    ref = [torch.zeros(3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)]
+    s(x, torch.zeros(3), *sums)
+    ops.gaussian_accumulate(x, torch.zeros(3), *ref)
+    torch.testing.assert_close(sums[0], ref[0])
+    torch.testing.assert_close(sums[1].tril(), ref[1].tril())
+
+
+def test_compiled_coreset_with_progress_traces_without_the_bar_thread():
+    bank = torch.randn(60, 8, generator=_g())
+    torch._dynamo.reset()
+    f = torch.compile(lambda b: ops.coreset(b, 5, progress=True), backend="aot_eager", fullgraph=True)
+    _same(f(bank), ops.coreset(bank, 5))

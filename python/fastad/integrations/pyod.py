@@ -22,6 +22,13 @@ agree with PyOD's float64 ones to about 1e-6 relative, not bit for bit. LOF can 
 point's k-th and (k+1)-th neighbours are closer than float32 resolution (then either may be the
 k-th): in ``benchmarks/bench_integrations.py --part pyod`` (10,000 x 64), 18 of 10,000 training LOF
 values differ by more than 1e-5 relative, at most 2e-3, all at neighbour gaps below 1e-5.
+
+Image detectors on precomputed patch embeddings (a backbone's feature grid per image, e.g. PatchCore's
+locally aggregated features): :class:`PatchCore`, :class:`PaDiM` and :class:`SPADE` take ``X`` as
+``[n_images, h * w * d]`` rows with ``feature_shape=(h, w, d)`` (each row is one image's ``[h, w, d]``
+grid, C order: ``grid.reshape(n, -1)``), or as 4-D ``[n_images, h, w, d]`` arrays / tensors; the
+score is the detector's image score (higher = more anomalous). ``detector_`` is the fitted fastad
+detector (e.g. ``clf.detector_.score_embeddings(grids)`` gives PatchCore's anomaly maps).
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from fastad import detectors as _det
 
-__all__ = ["KNN", "LOF", "Mahalanobis"]
+__all__ = ["KNN", "LOF", "Mahalanobis", "PatchCore", "PaDiM", "SPADE"]
 
 _METRICS = {"l2": "l2", "euclidean": "l2", "minkowski": "l2", "cosine": "cosine"}
 
@@ -69,14 +76,16 @@ class _FastadPyOD(BaseDetector):
             raise ValueError(f"{type(self).__name__}: metric must be one of {sorted(_METRICS)}, got {self.metric!r}")
         return _METRICS[self.metric]
 
-    def _to_tensor(self, X, what: str) -> torch.Tensor:
-        X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+    def _torch_device(self, what: str) -> torch.device:
         try:
-            device = torch.device(self.device)
+            return torch.device(self.device)
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"{type(self).__name__}.{what}: device must be a torch device such as 'cpu' or "
                              f"'cuda', got {self.device!r}") from e
-        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+
+    def _to_tensor(self, X, what: str) -> torch.Tensor:
+        X = check_array(X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self._torch_device(what))
 
     def fit(self, X, y=None):
         """Fit on ``X: [n_samples, n_features]``; ``y`` is ignored (unsupervised). Returns ``self``."""
@@ -157,3 +166,231 @@ class Mahalanobis(_FastadPyOD):
 
     def _inner(self):
         return _det.Mahalanobis(shrinkage=self.shrinkage, contamination=self._contamination_for_inner())
+
+
+# ---- image detectors on precomputed patch embeddings -------------------------------------------------
+class _ImageFeaturesPyOD(_FastadPyOD):
+    """``X`` as ``[n, h*w*d]`` with ``feature_shape=(h, w, d)``, or ``[n, h, w, d]``; subclasses fit
+    (``_fit_grids``, returning the training scores) and score (``_score_grids``) ``Tensor[n, h, w, d]``."""
+
+    def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _score_grids(self, E: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_shape(self, shape, where: str):
+        ok = (isinstance(shape, (tuple, list)) and len(shape) == 3
+              and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in shape))
+        if not ok:
+            raise ValueError(f"{where}: feature_shape must be None or (h, w, d), three ints >= 1, got {shape!r}")
+        return tuple(int(v) for v in shape)
+
+    def _grids(self, X, what: str) -> torch.Tensor:
+        """``Tensor[n, h, w, d]`` float32 on ``device`` (checked: finite, at least one image)."""
+        where = f"{type(self).__name__}.{what}"
+        shape = None if self.feature_shape is None else self._check_shape(self.feature_shape, where)
+        said = "feature_shape is"
+        if shape is None and getattr(self, "feature_shape_", None) is not None:
+            shape, said = self.feature_shape_, "the detector was fitted on"
+        arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        if arr.ndim == 4:
+            if shape is not None and tuple(arr.shape[1:]) != shape:
+                raise ValueError(f"{where}: X is [n, h, w, d] = {list(arr.shape)} but {said} {shape}")
+            shape = tuple(int(v) for v in arr.shape[1:])
+            arr = arr.reshape(arr.shape[0], -1)
+        elif arr.ndim == 2:
+            if shape is None:
+                raise ValueError(f"{where}: X is 2-D [n_images, n_features]: pass feature_shape=(h, w, d) with "
+                                 f"h * w * d == n_features = {arr.shape[1]}, or give X as [n_images, h, w, d]")
+            if arr.shape[1] != shape[0] * shape[1] * shape[2]:
+                raise ValueError(f"{where}: X has {arr.shape[1]} features per image but feature_shape {shape} "
+                                 f"needs h * w * d = {shape[0] * shape[1] * shape[2]}")
+        else:
+            raise ValueError(f"{where}: X must be [n_images, h * w * d] (with feature_shape) or [n_images, h, w, d], "
+                             f"got shape {list(arr.shape)}")
+        flat = check_array(arr, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32)).to(self._torch_device(what))
+        return t.view(t.shape[0], *shape)
+
+    def fit(self, X, y=None):
+        """Fit on training images' patch embeddings ``X`` (see the module docstring); ``y`` is ignored.
+        Returns ``self``."""
+        E = self._grids(X, "fit")
+        self._set_n_classes(y)
+        self.feature_shape_ = tuple(int(v) for v in E.shape[1:])
+        self.decision_scores_ = self._fit_grids(E).double().cpu().numpy().ravel()
+        self._process_decision_scores()
+        return self
+
+    def decision_function(self, X):
+        """Image anomaly scores of ``X`` (``[n, h*w*d]`` or ``[n, h, w, d]``, the fitted grid) as float64 NumPy."""
+        check_is_fitted(self, ["decision_scores_", "threshold_", "labels_"])
+        E = self._grids(X, "decision_function")
+        if tuple(E.shape[1:]) != self.feature_shape_:
+            raise ValueError(f"{type(self).__name__}.decision_function: X has [h, w, d] = {list(E.shape[1:])} but the "
+                             f"detector was fitted on {list(self.feature_shape_)}")
+        return self._score_grids(E).double().cpu().numpy().ravel()
+
+
+class PatchCore(_ImageFeaturesPyOD):
+    """PatchCore (:class:`fastad.detectors.PatchCore`) on precomputed patch embeddings.
+
+    The memory bank is the training patches (``n * h * w`` rows of ``d`` dims), reduced by fastad's
+    greedy k-center coreset (:func:`fastad.ops.coreset`, PatchCore's seeded start, ``projection_dim``)
+    when ``coreset_ratio < 1``; the image score is PatchCore's (anomalib's nearest-patch score
+    re-weighted over ``num_neighbors`` bank neighbours), through
+    :meth:`fastad.detectors.PatchCore.from_bank` / ``score_embeddings`` (the embeddings are used as
+    given: no 3 x 3 averaging).
+
+    ``decision_scores_`` are leave-one-image-out, as PyOD's ``KNN`` leaves each point out: image ``i``
+    is scored against the bank without the rows that came from image ``i`` (the coreset is selected
+    once, on all training images). Needs at least 2 training images; a bank left empty for an image
+    (or with one row while ``num_neighbors > 1``) is a ``ValueError`` naming ``coreset_ratio``.
+
+    Args:
+        contamination: as :class:`KNN`.
+        feature_shape: ``(h, w, d)`` of each image's grid when ``X`` is ``[n, h*w*d]``.
+        coreset_ratio: share of the training patches kept, in (0, 1] (1: every patch).
+        num_neighbors: the image score's re-weighting neighbours (anomalib's default 9; 1 = max patch score).
+        projection_dim, coreset_method, random_state: as :class:`fastad.detectors.PatchCore`.
+        device: where fastad computes.
+    """
+
+    def __init__(self, contamination=0.1, feature_shape=None, coreset_ratio=0.1, num_neighbors=9, projection_dim="auto",
+                 coreset_method="exhaustive", random_state=0, device="cpu"):
+        super().__init__(contamination=contamination)
+        self.feature_shape = feature_shape
+        self.coreset_ratio = coreset_ratio
+        self.num_neighbors = num_neighbors
+        self.projection_dim = projection_dim
+        self.coreset_method = coreset_method
+        self.random_state = random_state
+        self.device = device
+
+    def _make(self, bank: torch.Tensor):
+        return _det.PatchCore.from_bank(bank, num_neighbors=_as_int(self.num_neighbors))
+
+    def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:
+        from fastad import ops
+
+        n, h, w, d = E.shape
+        r = self.coreset_ratio
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r <= 1:
+            raise ValueError(f"PatchCore.fit: coreset_ratio must be in (0, 1], got {r!r}")
+        if n < 2:
+            raise ValueError("PatchCore.fit: leave-one-out training scores need at least 2 training images, got 1")
+        rows = E.reshape(n * h * w, d)
+        N = rows.shape[0]
+        if r < 1:
+            m = max(1, int(N * float(r)))  # PatchCore's size and seeded start
+            start = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(int(self.random_state))))
+            idx, _ = ops.coreset(rows, m, projection_dim=self.projection_dim, seed=int(self.random_state), start=start,
+                                 method=self.coreset_method)
+            idx = idx.to(rows.device)
+        else:
+            idx = torch.arange(N, device=rows.device)
+        bank = rows.index_select(0, idx)
+        self.detector_ = self._make(bank)
+        owner = idx // (h * w)  # the training image each bank row came from
+        need = 2 if _as_int(self.num_neighbors) > 1 else 1
+        scores = torch.empty(n, dtype=torch.float32, device=rows.device)
+        for i in range(n):
+            keep = owner != i
+            if int(keep.sum()) < need:
+                raise ValueError(f"PatchCore.fit: without training image {i}'s own rows the memory bank has "
+                                 f"{int(keep.sum())} row(s), too few to score it (num_neighbors={self.num_neighbors}); "
+                                 f"raise coreset_ratio (now {r})")
+            scores[i] = self._make(bank[keep]).score_embeddings(E[i : i + 1])[0][0]
+        return scores
+
+    def _score_grids(self, E: torch.Tensor) -> torch.Tensor:
+        return self.detector_.score_embeddings(E)[0]
+
+
+class PaDiM(_ImageFeaturesPyOD):
+    """PaDiM (:class:`fastad.detectors.PaDiM`, anomalib's recipe) on precomputed patch embeddings: one
+    Gaussian per grid position, the image score is the maximum of the Mahalanobis map (resized to
+    ``image_size`` and blurred, as PaDiM's maps).
+
+    ``decision_scores_`` are in-sample (each image is part of the Gaussians that score it), as PyOD's
+    ``MCD`` / ``PCA`` and this module's :class:`Mahalanobis`.
+
+    Args:
+        contamination, feature_shape, device: as :class:`PatchCore`.
+        n_features: channels kept by PaDiM's seeded random subset (``None``: all ``d``); memory is
+            ``h * w * n_features^2`` floats.
+        eps, recipe, factor_dtype, random_state: as :class:`fastad.detectors.PaDiM`.
+        image_size: ``(H, W)`` the maps are resized to before the blur and the maximum (``None``: the
+            grid ``(h, w)``; pass the images' size for anomalib's image scores).
+        blur_sigma: the maps' Gaussian blur in pixels of ``image_size`` (``0``/``None``: none).
+        batch_size: images per accumulation batch (bounds fit's temporary memory).
+    """
+
+    def __init__(self, contamination=0.1, feature_shape=None, n_features=None, eps=0.01, recipe="anomalib",
+                 factor_dtype="float32", image_size=None, blur_sigma=4.0, random_state=0, batch_size=64, device="cpu"):
+        super().__init__(contamination=contamination)
+        self.feature_shape = feature_shape
+        self.n_features = n_features
+        self.eps = eps
+        self.recipe = recipe
+        self.factor_dtype = factor_dtype
+        self.image_size = image_size
+        self.blur_sigma = blur_sigma
+        self.random_state = random_state
+        self.batch_size = batch_size
+        self.device = device
+
+    def _batches(self, E: torch.Tensor):
+        b = _as_int(self.batch_size)
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"PaDiM: batch_size must be an int >= 1, got {self.batch_size!r}")
+        for i in range(0, E.shape[0], b):
+            yield {"embedding": E[i : i + b].permute(0, 3, 1, 2)}
+
+    def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:
+        det = _det.PaDiM(backbone=None, n_features=_as_int(self.n_features), eps=self.eps, recipe=self.recipe,
+                         factor_dtype=self.factor_dtype, blur_sigma=self.blur_sigma, random_state=_as_int(self.random_state),
+                         device=str(E.device), progress=False)
+        size = self.image_size if self.image_size is not None else tuple(E.shape[1:3])
+        self.detector_ = det.fit_features(self._batches(E), image_size=size)
+        return self._score_grids(E)
+
+    def _score_grids(self, E: torch.Tensor) -> torch.Tensor:
+        return self.detector_.score_features(self._batches(E))[0]
+
+
+class SPADE(_ImageFeaturesPyOD):
+    """SPADE's image score (:class:`fastad.detectors.SPADE`) on precomputed patch embeddings: the mean
+    Euclidean distance from an image's average-pooled embedding (the mean over its ``h * w`` positions)
+    to those of its ``K`` nearest training images (fastad's exact k-NN).
+
+    ``decision_scores_`` are leave-one-out (a training image is not its own neighbour), as PyOD's
+    ``KNN(method="mean")``. ``K = min(k_images, n_train - 1)`` for training and new images alike (so
+    both average ``K`` distances; fastad's SPADE clamps to ``n_train`` instead, the same whenever
+    ``k_images < n_train``). SPADE's pixel maps are not computed here (``detector_`` is the k-NN on the
+    pooled embeddings).
+
+    Args:
+        contamination, feature_shape, device: as :class:`PatchCore`.
+        k_images: ``K`` (the paper: 50).
+    """
+
+    def __init__(self, contamination=0.1, feature_shape=None, k_images=50, device="cpu"):
+        super().__init__(contamination=contamination)
+        self.feature_shape = feature_shape
+        self.k_images = k_images
+        self.device = device
+
+    def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:
+        k = _as_int(self.k_images)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"SPADE.fit: k_images must be an int >= 1, got {self.k_images!r}")
+        if E.shape[0] < 2:
+            raise ValueError("SPADE.fit: leave-one-out training scores need at least 2 training images, got 1")
+        self.detector_ = _det.KNN(n_neighbors=min(k, E.shape[0] - 1), method="mean",
+                                  contamination=self._contamination_for_inner()).fit(E.mean(dim=(1, 2)))
+        return self.detector_.decision_scores_
+
+    def _score_grids(self, E: torch.Tensor) -> torch.Tensor:
+        return self.detector_.decision_function(E.mean(dim=(1, 2)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
@@ -98,15 +98,16 @@ def project(bank: torch.Tensor, matrix: torch.Tensor, block_rows: int = PROJECTI
     return out
 
 
-def projected_bank(bank: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+def projected_bank(bank: torch.Tensor, k: int, seed: int = 0, pad_to: int = PROJECTION_PAD) -> torch.Tensor:
     """The selection space of ``coreset(..., projection_dim=k, seed=seed)``.
 
     Returns:
         ``Tensor[N, k + pad]`` float32 on the bank's device: ``bank @ sparse_random_matrix(D, k, seed)``
-        followed by ``pad = -k % PROJECTION_PAD`` zero columns (distances are those of the k columns).
+        followed by ``pad = -k % pad_to`` zero columns (distances are those of the k columns;
+        ``pad_to`` defaults to :data:`PROJECTION_PAD`). Scriptable (``torch.jit.script``).
     """
     m = sparse_random_matrix(bank.shape[1], k, seed)
-    pad = -k % PROJECTION_PAD
+    pad = -k % pad_to
     if pad:
         m = torch.cat([m, m.new_zeros(m.shape[0], pad)], dim=1)
     return project(bank, m)
@@ -172,6 +173,11 @@ def coreset(
             the pruned method are usually faster, so an upper estimate) and ``read_fraction`` (rows read
             / rows of full scans so far).
 
+    ``torch.jit.script(coreset)`` (and a call from scripted code) compiles :func:`coreset_scriptable`:
+    the same arguments but ``on_estimate``, positional or keyword (TorchScript has no keyword-only
+    arguments with defaults), the same checks and result; ``progress`` draws no bar there.
+    ``torch.compile`` / ``torch.export`` trace this function (no bar either).
+
     Returns:
         ``(indices Tensor[n] int64, min_distances Tensor[n] float32)`` on the bank's device:
         ``indices[i]`` is the i-th chosen row (``indices[0] == start``) and ``min_distances[i]`` the
@@ -193,31 +199,69 @@ def coreset(
         >>> idx.tolist(), dist.tolist()
         ([0, 2, 3], [inf, 10.0, 5.0])
     """
-    if method not in _METHODS:
-        raise ValueError(f"coreset: method must be 'pruned' or 'exhaustive', got {method!r}")
-    if storage_dtype is not None and storage_dtype not in _STORAGE:
+    x = _selection_space(bank, projection_dim, seed, storage_dtype, method)
+    if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+        if (progress or on_estimate is not None) and x.device.type == "cpu" and int(n) > 1 and x.dim() == 2:
+            return _coreset_watched(x, int(n), int(start), method, bool(progress), on_estimate)
+    return torch.ops.fastad.coreset(x, int(n), int(start), None, method)
+
+
+def coreset_scriptable(
+    bank: torch.Tensor,
+    n: int,
+    projection_dim: Optional[Union[int, str]] = None,
+    seed: int = 0,
+    start: int = 0,
+    storage_dtype: Optional[torch.dtype] = None,
+    progress: bool = False,
+    method: str = "exhaustive",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What ``torch.jit.script(coreset)`` compiles: :func:`coreset` without ``on_estimate`` and without a
+    progress bar (``progress`` is accepted and ignored), its arguments positional or keyword. Same
+    checks, same result."""
+    x = _selection_space(bank, projection_dim, seed, storage_dtype, method)
+    return torch.ops.fastad.coreset(x, int(n), int(start), None, method)
+
+
+# torch.jit.script calls an object's __prepare_scriptable__ and compiles what it returns (for a function
+# passed to it and for one called from scripted code): coreset's keyword-only arguments, its
+# on_estimate callback and its progress thread are not TorchScript, coreset_scriptable is.
+setattr(coreset, "__prepare_scriptable__", lambda: coreset_scriptable)
+
+
+def _selection_space(bank: torch.Tensor, projection_dim: Optional[Union[int, str]], seed: int,
+                     storage_dtype: Optional[torch.dtype], method: str) -> torch.Tensor:
+    """The checked arguments' selection space: the bank, projected and / or cast as asked (scriptable)."""
+    if not torch.jit.is_scripting():  # scripted: the op checks ``method`` (TorchScript reads no globals)
+        if method not in _METHODS:
+            raise ValueError(f"coreset: method must be 'pruned' or 'exhaustive', got '{method}'")
+    if storage_dtype is not None and storage_dtype not in [torch.float32, torch.float16, torch.bfloat16]:
         raise ValueError(f"coreset: storage_dtype must be None, float32, float16 or bfloat16, got {storage_dtype}")
     x = bank
     if projection_dim is not None:
         if bank.dim() != 2:
             raise ValueError(f"coreset: bank must be 2-D [N, D], got shape {list(bank.shape)}")
+        k: Optional[int] = None
         if isinstance(projection_dim, str):
             if projection_dim != "auto":
-                raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
+                raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got '{projection_dim}'")
             k = auto_projection_dim(bank.shape[0], bank.shape[1])
-        elif isinstance(projection_dim, bool) or not isinstance(projection_dim, int) or projection_dim < 1:
-            raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim!r}")
-        else:
+        elif isinstance(projection_dim, int) and not isinstance(projection_dim, bool) and projection_dim >= 1:
             k = projection_dim
-        if k is not None and bank.shape[0] >= 1 and bank.shape[1] >= 1 and bank.dtype in _STORAGE:
+        else:
+            raise ValueError(f"coreset: projection_dim must be None, an int >= 1 or 'auto', got {projection_dim}")
+        if k is not None and bank.shape[0] >= 1 and bank.shape[1] >= 1 and _storable(bank.dtype):
             x = projected_bank(bank, k, seed)
-    if storage_dtype is not None and x.dtype != storage_dtype and x.dtype in _STORAGE:
+    if storage_dtype is not None and x.dtype != storage_dtype and _storable(x.dtype):
         x = x.to(storage_dtype)
     if x.device.type != "cpu" and x.dim() == 2:  # the CPU kernel detects NaN/Inf itself, for free
         check_finite("bank", "coreset", x)
-    if (progress or on_estimate is not None) and x.device.type == "cpu" and int(n) > 1 and x.dim() == 2:
-        return _coreset_watched(x, int(n), int(start), method, bool(progress), on_estimate)
-    return torch.ops.fastad.coreset(x, int(n), int(start), None, method)
+    return x
+
+
+def _storable(dtype: torch.dtype) -> bool:
+    """``dtype in _STORAGE``, in TorchScript."""
+    return dtype == torch.float32 or dtype == torch.float16 or dtype == torch.bfloat16
 
 
 def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: bool,
