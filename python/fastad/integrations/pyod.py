@@ -173,6 +173,14 @@ class _ImageFeaturesPyOD(_FastadPyOD):
     """``X`` as ``[n, h*w*d]`` with ``feature_shape=(h, w, d)``, or ``[n, h, w, d]``; subclasses fit
     (``_fit_grids``, returning the training scores) and score (``_score_grids``) ``Tensor[n, h, w, d]``."""
 
+    def _keep_params(self, params: dict) -> None:
+        """``__init__``: PyOD's contamination check, then every other argument stored as given (scikit-learn's
+        rule: ``get_params`` / ``clone`` read them back by name). ``params`` is the ``__init__``'s ``locals()``."""
+        BaseDetector.__init__(self, contamination=params["contamination"])
+        for name, value in params.items():
+            if name not in ("self", "contamination", "__class__"):
+                setattr(self, name, value)
+
     def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -259,14 +267,7 @@ class PatchCore(_ImageFeaturesPyOD):
 
     def __init__(self, contamination=0.1, feature_shape=None, coreset_ratio=0.1, num_neighbors=9, projection_dim="auto",
                  coreset_method="exhaustive", random_state=0, device="cpu"):
-        super().__init__(contamination=contamination)
-        self.feature_shape = feature_shape
-        self.coreset_ratio = coreset_ratio
-        self.num_neighbors = num_neighbors
-        self.projection_dim = projection_dim
-        self.coreset_method = coreset_method
-        self.random_state = random_state
-        self.device = device
+        self._keep_params(locals())
 
     def _make(self, bank: torch.Tensor):
         return _det.PatchCore.from_bank(bank, num_neighbors=_as_int(self.num_neighbors))
@@ -329,17 +330,7 @@ class PaDiM(_ImageFeaturesPyOD):
 
     def __init__(self, contamination=0.1, feature_shape=None, n_features=None, eps=0.01, recipe="anomalib",
                  factor_dtype="float32", image_size=None, blur_sigma=4.0, random_state=0, batch_size=64, device="cpu"):
-        super().__init__(contamination=contamination)
-        self.feature_shape = feature_shape
-        self.n_features = n_features
-        self.eps = eps
-        self.recipe = recipe
-        self.factor_dtype = factor_dtype
-        self.image_size = image_size
-        self.blur_sigma = blur_sigma
-        self.random_state = random_state
-        self.batch_size = batch_size
-        self.device = device
+        self._keep_params(locals())
 
     def _batches(self, E: torch.Tensor):
         b = _as_int(self.batch_size)
@@ -377,10 +368,7 @@ class SPADE(_ImageFeaturesPyOD):
     """
 
     def __init__(self, contamination=0.1, feature_shape=None, k_images=50, device="cpu"):
-        super().__init__(contamination=contamination)
-        self.feature_shape = feature_shape
-        self.k_images = k_images
-        self.device = device
+        self._keep_params(locals())
 
     def _fit_grids(self, E: torch.Tensor) -> torch.Tensor:
         k = _as_int(self.k_images)
