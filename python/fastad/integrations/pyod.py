@@ -33,6 +33,7 @@ detector (e.g. ``clf.detector_.score_embeddings(grids)`` gives PatchCore's anoma
 from __future__ import annotations
 
 import numbers
+import time
 
 import numpy as np
 
@@ -253,7 +254,8 @@ class PatchCore(_ImageFeaturesPyOD):
 
     ``decision_scores_`` are leave-one-image-out, as PyOD's ``KNN`` leaves each point out: image ``i``
     is scored against the bank without the rows that came from image ``i`` (the coreset is selected
-    once, on all training images). Needs at least 2 training images; a bank left empty for an image
+    once, on all training images; ``fit_timings_`` gives the seconds of the bank and of these scores).
+    Needs at least 2 training images; a bank left empty for an image
     (or with one row while ``num_neighbors > 1``) is a ``ValueError`` naming ``coreset_ratio``.
 
     Args:
@@ -283,6 +285,7 @@ class PatchCore(_ImageFeaturesPyOD):
             raise ValueError("PatchCore.fit: leave-one-out training scores need at least 2 training images, got 1")
         rows = E.reshape(n * h * w, d)
         N = rows.shape[0]
+        t0 = time.perf_counter()
         if r < 1:
             m = max(1, int(N * float(r)))  # PatchCore's size and seeded start
             start = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(int(self.random_state))))
@@ -293,6 +296,7 @@ class PatchCore(_ImageFeaturesPyOD):
             idx = torch.arange(N, device=rows.device)
         bank = rows.index_select(0, idx)
         self.detector_ = self._make(bank)
+        t1 = time.perf_counter()
         owner = idx // (h * w)  # the training image each bank row came from
         need = 2 if _as_int(self.num_neighbors) > 1 else 1
         scores = torch.empty(n, dtype=torch.float32, device=rows.device)
@@ -303,6 +307,7 @@ class PatchCore(_ImageFeaturesPyOD):
                                  f"{int(keep.sum())} row(s), too few to score it (num_neighbors={self.num_neighbors}); "
                                  f"raise coreset_ratio (now {r})")
             scores[i] = self._make(bank[keep]).score_embeddings(E[i : i + 1])[0][0]
+        self.fit_timings_ = {"coreset": t1 - t0, "leave_one_out": time.perf_counter() - t1}
         return scores
 
     def _score_grids(self, E: torch.Tensor) -> torch.Tensor:
