@@ -162,6 +162,8 @@ def test_scripted_coreset_keeps_its_options_and_checks(tmp_path):
         s(bank, 3, storage_dtype=torch.float64)
     with pytest.raises(Exception, match="method must be 'pruned' or 'exhaustive'"):
         s(bank, 3, method="fast")
+    i, d = s(bank.to("meta"), 12, "auto")  # meta tensors through the projection too
+    assert i.device.type == "meta" and i.shape == (12,) and d.dtype == torch.float32
     torch.jit.save(s, str(tmp_path / "coreset.pt"))
     loaded = torch.jit.load(str(tmp_path / "coreset.pt"))  # a saved function keeps no defaults: every argument
     _same(loaded(bank, 7, 8, 2, 4, None, False, "exhaustive"), ops.coreset(bank, 7, projection_dim=8, seed=2, start=4))
