@@ -115,7 +115,11 @@ def test_four_d_and_tensor_inputs_give_the_same_scores(fitted, data):
     ref = clf.decision_function(flat(X_test))
     assert_equal(clf.decision_function(X_test), ref)  # [n, h, w, d]: the fitted grid
     assert_equal(clf.decision_function(torch.from_numpy(X_test.astype(np.float32))), ref)
-    other = _make(name).set_params(feature_shape=None).fit(data[0])  # 4-D, no feature_shape
+    bf16 = torch.from_numpy(X_test).bfloat16()
+    assert_equal(clf.decision_function(bf16), clf.decision_function(bf16.float().numpy()))
+    other = _make(name).set_params(feature_shape=None).fit(data[0][:, :2])  # a refit may change the grid
+    assert other.feature_shape_ == (2, W, D)
+    other.fit(data[0])  # 4-D, no feature_shape
     assert_equal(other.decision_scores_, clf.decision_scores_)
     assert_equal(other.decision_function(flat(X_test)), ref)  # 2-D after a 4-D fit: the fitted shape
 

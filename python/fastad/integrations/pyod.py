@@ -200,9 +200,12 @@ class _ImageFeaturesPyOD(_FastadPyOD):
         where = f"{type(self).__name__}.{what}"
         shape = None if self.feature_shape is None else self._check_shape(self.feature_shape, where)
         said = "feature_shape is"
-        if shape is None and getattr(self, "feature_shape_", None) is not None:
+        if shape is None and what != "fit" and getattr(self, "feature_shape_", None) is not None:
             shape, said = self.feature_shape_, "the detector was fitted on"
-        arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        if isinstance(X, torch.Tensor):  # NumPy has no bfloat16: other dtypes via float32
+            X = X.detach().cpu()
+            X = X if X.dtype in (torch.float32, torch.float64) else X.float()
+        arr = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         if arr.ndim == 4:
             if shape is not None and tuple(arr.shape[1:]) != shape:
                 raise ValueError(f"{where}: X is [n, h, w, d] = {list(arr.shape)} but {said} {shape}")
@@ -227,8 +230,9 @@ class _ImageFeaturesPyOD(_FastadPyOD):
         Returns ``self``."""
         E = self._grids(X, "fit")
         self._set_n_classes(y)
+        scores = self._fit_grids(E)
         self.feature_shape_ = tuple(int(v) for v in E.shape[1:])
-        self.decision_scores_ = self._fit_grids(E).double().cpu().numpy().ravel()
+        self.decision_scores_ = scores.double().cpu().numpy().ravel()
         self._process_decision_scores()
         return self
 
