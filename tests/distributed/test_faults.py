@@ -1,6 +1,7 @@
 """A rank that DIES in the middle of a fastad.distributed call (os._exit or SIGKILL: no exception, no
 goodbye) makes every other rank raise DistributedError naming it as dead, within the timeout; a rank
 that is alive but late is named as alive; the NCCL placement rule moves only CPU tensors."""
+import importlib
 import os
 import signal
 import time
@@ -21,7 +22,7 @@ def _die(how):
 
 def _coreset_dies_at_step(rank, world, how, victim, step):
     import fastad.distributed as fd
-    import fastad.distributed.coreset as dc
+    dc = importlib.import_module("fastad.distributed.coreset")  # the module (the package's `coreset` is the function)
 
     if rank == victim:
         orig = dc._Stepper.__call__
@@ -43,7 +44,7 @@ def _coreset_dies_at_step(rank, world, how, victim, step):
 
 def _knn_dies_in_local_search(rank, world, how, victim):
     import fastad.distributed as fd
-    import fastad.distributed.knn as dk
+    dk = importlib.import_module("fastad.distributed.knn")
 
     if rank == victim:
         dk._local_knn = lambda *a, **k: _die(how)

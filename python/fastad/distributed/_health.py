@@ -5,7 +5,8 @@ the store key ``fastad/heartbeat/<global rank>`` every :data:`INTERVAL_S` second
 no clocks are compared, so skew between machines does not matter). When an exchange fails or times
 out, :func:`probe` reads every rank's counter, waits :data:`WINDOW_S` seconds and reads them again:
 a rank whose counter did not move is dead (its process exited or was killed: ``os._exit``, SIGKILL,
-a crashed machine); a rank whose counter moved is alive (stuck, or busy outside the call). The store
+a crashed machine), unless it flagged ``fastad/saw-failure/<rank>`` first (it saw the failure too,
+and may have exited since); a rank whose counter moved is alive (stuck, or busy outside the call). The store
 is the one ``init_process_group`` created (under ``torchrun``, hosted by the agent, so it outlives
 any worker); if it cannot be reached, the rank that hosts it (rank 0 outside ``torchrun``) is gone.
 """
@@ -23,6 +24,7 @@ INTERVAL_S = 0.25
 #: delay a thread by a second, not by this whole window).
 WINDOW_S = 2.0
 _PREFIX = "fastad/heartbeat/"
+_SAW = "fastad/saw-failure/"
 
 _state: dict = {"thread": None, "store": None, "stop": None}
 _lock = threading.Lock()
@@ -79,12 +81,15 @@ def probe(global_ranks, window: float | None = None) -> dict:
     if store is None:
         return {"dead": [], "alive": [], "error": "no c10d store to read heartbeats from"}
     try:
+        # "I saw the failure": a rank that reports the failure and then exits is not one that died
+        store.add(f"{_SAW}{dist.get_rank()}", 1)
         before = _counters(store, ranks)
         time.sleep(WINDOW_S if window is None else window)
         after = _counters(store, ranks)
+        saw = [int(store.add(f"{_SAW}{r}", 0)) for r in ranks]
     except Exception as e:  # noqa: BLE001
         return {"dead": [], "alive": [], "error": f"the c10d store is unreachable ({str(e).splitlines()[0][:120]})"}
-    dead = [r for r, a, b in zip(ranks, before, after) if a == b]
+    dead = [r for r, a, b, f in zip(ranks, before, after, saw) if a == b and not f]
     return {"dead": dead, "alive": [r for r in ranks if r not in dead], "error": None}
 
 
