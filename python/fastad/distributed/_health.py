@@ -12,6 +12,7 @@ any worker); if it cannot be reached, the rank that hosts it (rank 0 outside ``t
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -67,6 +68,19 @@ def ensure_heartbeat() -> bool:
         t.start()
         _state.update(thread=t, store=store, stop=stop)
         return True
+
+
+@atexit.register
+def stop_heartbeat() -> None:
+    """Stop and join the heartbeat thread (at interpreter exit: a daemon thread caught in a store call
+    while Python finalizes would abort the process, "terminate called without an active exception")."""
+    with _lock:
+        t, stop = _state["thread"], _state["stop"]
+        _state.update(thread=None, store=None, stop=None)
+    if stop is not None:
+        stop.set()
+    if t is not None and t.is_alive() and t is not threading.current_thread():
+        t.join(timeout=5.0)
 
 
 def _counters(store, ranks):
