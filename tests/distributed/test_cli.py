@@ -107,3 +107,20 @@ def test_torchrun_zeroshot_distributed_equals_single_process(tmp_path):
     _same_report(tmp_path / "ref", tmp_path / "two")
     r = _torchrun([*zs, "--divide-num", "2", "--out", str(tmp_path / "no")], env)
     assert r.returncode != 0 and "needs --divide-num 1" in r.stderr
+
+
+def test_distributed_options_refused_clearly_before_any_work(tmp_path, capsys, monkeypatch):
+    from fastad.cli import main
+
+    for k in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["fit", "--data", str(data), "--out", str(tmp_path / "m.safetensors"), "--shard"]) == 2
+    assert "--shard writes a memory bank split across processes: it needs --distributed" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--data", str(data), "--out",
+                 str(tmp_path / "r"), "--distributed"]) == 2
+    assert "launch with torchrun" in capsys.readouterr().err
+    assert main(["zeroshot", "--data", str(data), "--out", str(tmp_path / "z"), "--distributed", "--divide-num", "2"]) == 2
+    assert "needs --divide-num 1" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

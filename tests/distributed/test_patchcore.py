@@ -72,7 +72,7 @@ def test_an_interrupted_distributed_fit_writes_no_model_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _nccl(rank, world):
+def _nccl(rank, world, folder):
     import torch.distributed as dist
 
     import fastad
@@ -91,17 +91,32 @@ def _nccl(rank, world):
     s = fd.mutual_scores(z[:3].to(dev) if rank == 0 else z[3:].to(dev), ceil_small=True)
     rs = fastad.ops.mutual_scores(z.to(dev), ceil_small=True)[:3] if rank == 0 else \
         fastad.ops.mutual_scores(z.to(dev), ceil_small=True)[3:]
+    counts = fd.all_rows(torch.tensor([rank, 7]))  # a CPU tensor on an NCCL group: moved to the GPU and back
+    # PatchCore on CUDA shards: fit, score, save (one file) and shard=True, loaded per rank
+    from fastad.detectors import PatchCore
+
+    kw = dict(backbone=None, coreset_ratio=0.5, progress=False, num_neighbors=3, device=str(dev))
+    feats, qf = _feats(0), _feats(1)
+    ref = PatchCore(**kw).fit_features({"a": feats["a"].to(dev)}, image_size=(20, 20))
+    s1, _ = ref.score_features({"a": qf["a"].to(dev)}, image_size=(20, 20))
+    det = PatchCore(**kw, distributed=True).fit_features({"a": feats["a"][3 * rank : 3 * rank + 3].to(dev)}, image_size=(20, 20))
+    s2, _ = det.score_features({"a": qf["a"].to(dev)}, image_size=(20, 20))
+    det.save(f"{folder}/pc.safetensors", shard=True)
+    s3, _ = PatchCore.load(f"{folder}/pc.safetensors", distributed=True, device=str(dev)).score_features(
+        {"a": qf["a"].to(dev)}, image_size=(20, 20))
     dist.barrier()
-    return bool(torch.equal(d, rd) and torch.equal(i, ri)), int((ci == rci).sum()), float((s - rs).abs().max())
+    return (bool(torch.equal(d, rd) and torch.equal(i, ri)), int((ci == rci).sum()), float((s - rs).abs().max()),
+            counts.tolist(), float((s1 - s2).abs().max()), float((s1 - s3).abs().max()))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL test: needs 2 GPUs")
-def test_nccl_paths_on_two_gpus():
+def test_nccl_paths_on_two_gpus(tmp_path):
     import tests.distributed.spawn_utils as su
 
-    outs = results(su.run(_nccl, 2, deadline=120, backend="nccl"))
-    for knn_equal, n_same, musc_err in outs:
+    outs = results(su.run(_nccl, 2, str(tmp_path), deadline=180, backend="nccl"))
+    for knn_equal, n_same, musc_err, counts, pc_err, shard_err in outs:
         assert knn_equal and n_same == 20 and musc_err <= 1e-5  # CUDA coreset step: torch arithmetic (no near-ties here)
+        assert counts == [0, 7, 1, 7] and pc_err <= 1e-4 and shard_err <= 1e-4
 
 
 def _feats(seed=0):
