@@ -209,3 +209,32 @@ def test_a_failed_shard_write_leaves_no_index_and_no_shard(tmp_path):
     assert out[1].get("type") == "ValueError" and "not a fastad model shard" in out[1]["err"], out[1]
     assert out[0].get("type") == "DistributedError" and "rank(s) [1]" in out[0]["err"], out[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == [user.name] and user.read_text() == "the user's own file"
+
+
+def _killed_in_coreset(rank, world, path):
+    import importlib
+    import signal
+
+    from fastad.detectors import PatchCore
+
+    dc = importlib.import_module("fastad.distributed.coreset")
+    if rank == 1:  # SIGKILLed at the 3rd greedy step of the fit's coreset: no exception, no goodbye
+        orig = dc._Stepper.__call__
+
+        def call(self, s, *a, **kw):
+            if s == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(self, s, *a, **kw)
+
+        dc._Stepper.__call__ = call
+    det = PatchCore(backbone=None, coreset_ratio=0.5, progress=False, distributed=True)
+    det.fit_features({"a": _feats(0)["a"][3 * rank : 3 * rank + 3]}, image_size=(20, 20))
+    det.save(path)
+    return True
+
+
+def test_a_rank_killed_during_a_distributed_fit_leaves_no_model_file(tmp_path):
+    out = run(_killed_in_coreset, 2, str(tmp_path / "pc.safetensors"), deadline=60, fastad_timeout=6)
+    assert out[1].get("missing"), out[1]
+    assert out[0].get("type") == "DistributedError" and "rank(s) [1] DIED" in out[0]["err"], out[0]
+    assert list(tmp_path.iterdir()) == []
