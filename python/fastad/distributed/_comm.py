@@ -99,8 +99,8 @@ class Ctx:
             return [], "liveness unknown (no heartbeat: the process group has no c10d store)"
         g2l = {self.global_rank(r): r for r in ranks}
         res = _health.probe(list(g2l), self.window)
-        if res["error"] and 0 in g2l and _health.store_host_is_rank0():  # the store died with its host
-            res = {"dead": [0], "alive": [], "error": None, "store": res["error"]}
+        if res["error"] and 0 in g2l and 0 not in res["alive"] and _health.store_host_is_rank0():
+            res = {"dead": [0], "alive": res["alive"], "error": None, "store": res["error"]}  # died with its store
         res = dict(res, dead=[g2l[r] for r in res["dead"]], alive=[g2l[r] for r in res["alive"]])
         return res["dead"], _health.describe(res, self.rank, self.window)
 

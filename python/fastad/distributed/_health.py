@@ -89,22 +89,34 @@ def _counters(store, ranks):
 
 def probe(global_ranks, window: float | None = None) -> dict:
     """Which of ``global_ranks`` are alive. Returns ``{"dead": [...], "alive": [...], "error": str|None}``
-    (global ranks); ``error`` is set, and both lists empty, when the store cannot be read."""
+    (global ranks). The counters are polled every beat: a rank is alive as soon as its counter moves
+    (or it flagged that it saw the failure), dead when it has not moved for the whole ``window``. If
+    the store becomes unreachable midway, ``error`` is set and ``alive`` holds what was learnt.
+    The process that hosts the store (rank 0 outside ``torchrun``) stays the whole window, so that
+    its peers can finish their own probes before it exits."""
     store = _state["store"] or _store()
     ranks = list(global_ranks)
+    w = WINDOW_S if window is None else window
     if store is None:
         return {"dead": [], "alive": [], "error": "no c10d store to read heartbeats from"}
+    t_end = time.monotonic() + w
+    alive: set = set()
     try:
         # "I saw the failure": a rank that reports the failure and then exits is not one that died
         store.add(f"{_SAW}{dist.get_rank()}", 1)
         before = _counters(store, ranks)
-        time.sleep(WINDOW_S if window is None else window)
-        after = _counters(store, ranks)
-        saw = [int(store.add(f"{_SAW}{r}", 0)) for r in ranks]
+        while True:
+            alive |= {r for r in ranks if int(store.add(f"{_SAW}{r}", 0))}
+            if len(alive) == len(ranks) or time.monotonic() >= t_end:
+                break
+            time.sleep(min(INTERVAL_S, max(0.0, t_end - time.monotonic())))
+            alive |= {r for r, a, b in zip(ranks, before, _counters(store, ranks)) if a != b}
     except Exception as e:  # noqa: BLE001
-        return {"dead": [], "alive": [], "error": f"the c10d store is unreachable ({str(e).splitlines()[0][:120]})"}
-    dead = [r for r, a, b, f in zip(ranks, before, after, saw) if a == b and not f]
-    return {"dead": dead, "alive": [r for r in ranks if r not in dead], "error": None}
+        return {"dead": [], "alive": sorted(alive),
+                "error": f"the c10d store is unreachable ({str(e).splitlines()[0][:120]})"}
+    if dist.get_rank() == 0 and store_host_is_rank0():
+        time.sleep(max(0.0, t_end - time.monotonic()))
+    return {"dead": [r for r in ranks if r not in alive], "alive": sorted(alive), "error": None}
 
 
 def store_host_is_rank0() -> bool:
@@ -117,8 +129,9 @@ def describe(result: dict, me: int, window: float | None = None) -> str:
     """One sentence for an error message: who is dead, who is alive (``me`` excluded)."""
     w = WINDOW_S if window is None else window
     if result["error"]:
-        return (f"liveness unknown: {result['error']}; the rank hosting the store (rank 0 outside torchrun) "
-                "has probably died")
+        known = f"alive: {[r for r in result['alive'] if r != me]}; " if result["alive"] else ""
+        return (f"{known}liveness unknown: {result['error']}; the rank hosting the store (rank 0 outside "
+                "torchrun) has probably died or exited")
     dead = [r for r in result["dead"] if r != me]
     alive = [r for r in result["alive"] if r != me]
     if result.get("store"):
