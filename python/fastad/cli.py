@@ -30,6 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from fastad import scaleout
 from fastad._output import UsageError
 from fastad.arguments import (
     int_list, odd_list, odd_int,  # argument types, library names -> option names
@@ -52,41 +53,14 @@ CLIError = UsageError
 
 
 
-def _start_distributed(a, device: str) -> str:
-    """``--distributed``: join the ``torchrun`` process group (gloo on CPU, NCCL on CUDA; one GPU per
-    local rank); only rank 0 prints. Returns this rank's device."""
-    import torch
-    import torch.distributed as dist
-
-    if a.detector != "patchcore":
-        raise CLIError(f"--distributed: fit supports --detector patchcore, got {a.detector}")
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise CLIError("--distributed: launch with torchrun (e.g. `torchrun --nproc_per_node=2 -m fastad fit "
-                       "--distributed ...`), which sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if dist.get_rank() != 0:
-        a.quiet = True
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - rank 0 reports
-    return device
-
-
-def _world() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size()
-
-
 def cmd_fit(a) -> int:
     import torch
 
     from fastad._output import check_model_path
 
     check_model_path(a.out, a.overwrite)  # before any work: an existing file needs --overwrite
+    if a.shard and not a.distributed:
+        raise CLIError("--shard writes a memory bank split across processes: it needs --distributed (under torchrun)")
     torch.manual_seed(a.seed)
     sw = Stopwatch()
     device = resolve_device(a.device)
@@ -103,7 +77,7 @@ def cmd_fit(a) -> int:
         device=device, progress=not a.quiet,
     )
     if getattr(a, "distributed", False):
-        params["device"] = device = _start_distributed(a, device)
+        params["device"] = device = scaleout.start(a, device, "fit")
         params["distributed"] = True
     if a.detector == "patchcore":
         params.update(coreset_ratio=a.coreset_ratio, num_neighbors=a.num_neighbors, random_state=a.seed,
@@ -126,7 +100,7 @@ def cmd_fit(a) -> int:
             check_fit(n - n_cal, seen)
     tiled = f", tiles {a.tile} px overlap {a.tile_overlap:g} scale {a.tile_scale:g}" if a.tile else ""
     geom = "native size" if resize == "none" else f"{size_text(a.image_size)} px {resize}"
-    procs = f", {_world()} processes" if getattr(a, "distributed", False) else ""
+    procs = f", {scaleout.world()} processes" if getattr(a, "distributed", False) else ""
     print(f"fit: {a.detector} on {len(ds)} images of {a.data} ({a.backbone}, {geom}{tiled}, device {device}{procs})")
     with cli_names():
         fit_detector(
@@ -136,19 +110,14 @@ def cmd_fit(a) -> int:
     det.preprocess_ = {"resize": resize, "image_size": list(a.image_size)}  # stored in the model file; predict/evaluate reuse it
     check_model_path(a.out, a.overwrite)  # again: nothing (or a folder) appeared there during the fit
     with sw("save"):
-        path = det.save(a.out)  # atomic: a temporary file in the same folder, renamed
+        path = det.save(a.out, shard=True) if getattr(a, "shard", False) else det.save(a.out)  # atomic (temp + rename)
     bank = getattr(det, "memory_bank_", None)
     extra = f", memory bank {tuple(bank.shape)}" if bank is not None else ""
     thr = getattr(det, "threshold_", None)
     print(f"fitted on {det.n_fit_images_} images{extra}; threshold " + (threshold_text(det) if thr is not None else "not set"))
     print(sw.table())
     print(f"model written to {path}")
-    if getattr(a, "distributed", False):  # every rank waits for rank 0's file, then leaves the group cleanly
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
+    return scaleout.finish() if getattr(a, "distributed", False) else 0  # every rank waits for rank 0's file
 
 
 def _check_outputs(a):
@@ -164,8 +133,10 @@ def _cmd_score(a, evaluate: bool) -> int:
     out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
+    device = scaleout.start(a, device, "evaluate" if evaluate else "predict") if a.distributed else device
     with sw("load model"):
-        det = load_model(a.model, backbone=a.backbone, device=device)
+        det, split = scaleout.load(a.model, backbone=a.backbone, device=device) if a.distributed else \
+            (load_model(a.model, backbone=a.backbone, device=device), False)
         det._resolve_backbone()
     fitted_size = (getattr(det, "preprocess_", None) or {}).get("image_size")  # tiled: image_size_ is the tile's
     size = a.image_size or (tuple(fitted_size) if fitted_size else None) or (tuple(det.image_size_) if getattr(det, "image_size_", None) else 224)
@@ -194,13 +165,15 @@ def _cmd_score(a, evaluate: bool) -> int:
         "data": str(a.data), "images": len(ds), "image size": "x".join(map(str, size if isinstance(size, tuple) else (size, size))),
         "device": device, "resize": resize, **geometry_info(det),
     }
+    if a.distributed and (det := scaleout.prescore(det, ds, a, sw, split)) is None:
+        return scaleout.finish()  # ranks > 0: their images are scored; rank 0 writes the report
     doc = score_to_report(
         det, ds, out, sw=sw, evaluate=evaluate, batch_size=a.batch_size, num_workers=a.num_workers,
         progress=not a.quiet, top_k=a.top_k, heatmaps=a.heatmaps, title=f"fastad {what}: {Path(a.data).name}",
         info=info, cmap=a.cmap, resize=resize,
     )
     print_report(doc, sw)
-    return 0
+    return scaleout.finish() if a.distributed else 0
 
 
 def cmd_predict(a) -> int:
@@ -247,6 +220,7 @@ def cmd_zeroshot(a) -> int:
     out = _check_outputs(a)
     sw = Stopwatch()
     device = resolve_device(a.device)
+    device = scaleout.start(a, device, "zeroshot") if a.distributed else device
     progress = not a.quiet
     with sw("load backbone"):
         try:
@@ -262,7 +236,7 @@ def cmd_zeroshot(a) -> int:
     k_list = None if a.k_list == [0] else a.k_list
     det = MuSc(backbone=bb, layers=layers, image_size=square, r_list=tuple(a.r_list), fraction=a.fraction,
                k_list=k_list, divide_num=a.divide_num, same_position=a.same_position, batch_size=a.batch_size,
-               random_state=a.seed, progress=False, device=device)
+               random_state=a.seed, progress=False, device=device, distributed=a.distributed)
     with cli_names():
         det.check_settings(square)  # a patch grid below the aggregation window, unknown blocks: before any work
     resize = a.resize or "squash"
@@ -276,7 +250,8 @@ def cmd_zeroshot(a) -> int:
           f"divide_num {a.divide_num})")
     tokens: list[list] = []
     cls, groups, n = [], [], 0
-    it = iter(iter_batches(ds, a.batch_size, a.num_workers, "zeroshot: features" if progress else False))
+    it = iter(iter_batches(scaleout.share(ds) if a.distributed else ds, a.batch_size, a.num_workers,
+                           "zeroshot: features" if progress else False))
     while True:
         with sw("read images"):
             b = next(it, None)
@@ -289,6 +264,7 @@ def cmd_zeroshot(a) -> int:
         n += b["image"].shape[0]
         if labelled:
             groups += list(b["defect_type"])
+    n, groups = (scaleout.total(n), []) if a.distributed else (n, groups)  # divide_num 1: no groups
     _check_zeroshot_size(n, a, groups)
     layer_tokens = [torch.cat([t[li] for t in tokens]) for li in range(len(tokens[0]))]
     del tokens
@@ -297,6 +273,10 @@ def cmd_zeroshot(a) -> int:
         scores, maps = det.score_tokens(layer_tokens, torch.cat(cls), groups=groups or None)
         det.progress = False
     del layer_tokens
+    if a.distributed:  # every rank's scores and maps on rank 0, which alone writes the report
+        scores, maps = scaleout.gather_rows(scores), scaleout.gather_rows(maps)
+        if not scaleout.is_main():
+            return scaleout.finish()
     thr = float(torch.quantile(scores.double().cpu(), 1.0 - a.contamination)) if a.contamination > 0 else None
     info = {
         "command": "zeroshot", "detector": "MuSc", "backbone": a.backbone, "data": str(a.data), "images": n,
@@ -309,7 +289,7 @@ def cmd_zeroshot(a) -> int:
         title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
     )
     print_report(doc, sw)
-    return 0
+    return scaleout.finish() if a.distributed else 0
 
 
 def cmd_demo(a) -> int:
@@ -398,6 +378,9 @@ _OVERWRITE_HELP = ("write the report into a non-empty folder that is not a fasta
                    "fastad never overwrites or deletes a file it did not write)")
 
 
+_DIST_HELP = "under torchrun: each process scores its share of the images, rank 0 writes the report (README 'Scale out')"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastad import __version__
 
@@ -466,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--distributed", action="store_true",
                    help="PatchCore across processes under torchrun (each rank extracts its share of the images, "
                         "coreset across ranks, rank 0 writes the model); see README 'Scale out'")
+    f.add_argument("--shard", action="store_true", help="with --distributed: each rank writes its part of the memory "
+                   "bank to MODEL.shard-R-of-P.safetensors, rank 0 an index at MODEL (loads in one process or P)")
     common(f)
     f.set_defaults(func=cmd_fit)
 
@@ -486,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--top-k", type=nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
         e.add_argument("--heatmaps", type=heatmaps_arg, default="all", help="'all' (default) or how many heatmap PNGs to write")
         e.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
+        e.add_argument("--distributed", action="store_true", help=_DIST_HELP)
         common(e)
         e.set_defaults(func=fn)
 
@@ -516,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--top-k", type=nonneg_int, default=24, help="most anomalous images shown in index.html (default 24)")
     z.add_argument("--heatmaps", type=heatmaps_arg, default="all", help="'all' (default) or how many heatmap PNGs to write")
     z.add_argument("--cmap", choices=("jet", "inferno"), default="jet")
+    z.add_argument("--distributed", action="store_true", help=_DIST_HELP + "; needs --divide-num 1")
     common(z)
     z.set_defaults(func=cmd_zeroshot, batch_size=8, seed=42)  # 42: the official subset-partition seed
 

@@ -534,15 +534,16 @@ def geometry_info(det) -> dict:
 
 
 class PrecomputedScores:
-    """What :func:`score_to_report` needs of a detector, for images already scored as one batch
-    (MuSc): hands out the scores and maps in dataset order; images are in [0, 1] (no un-normalising)."""
+    """What :func:`score_to_report` needs of a detector, for images already scored (MuSc, or
+    ``--distributed``): hands out the scores and maps in dataset order; ``mean`` / ``std``: the images'
+    normalisation (default: images in [0, 1])."""
 
-    def __init__(self, scores, maps, threshold=None):
+    def __init__(self, scores, maps, threshold=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
         import types
 
         self._scores, self._maps, self._i = scores.detach().cpu(), maps.detach().cpu(), 0
         self.threshold_ = threshold
-        self._backbone_obj = types.SimpleNamespace(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+        self._backbone_obj = types.SimpleNamespace(mean=mean, std=std)  # the images' normalisation (report)
 
     def score(self, images):
         i, n = self._i, images.shape[0]

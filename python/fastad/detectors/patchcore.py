@@ -505,11 +505,15 @@ class PatchCore(BaseDetector):
         return scores.to(e.device), maps.to(e.device)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path):
+    def save(self, path, *, shard: bool = False):
         """Write the model file (see :meth:`BaseDetector.save`). ``distributed=True``: call on every rank;
         the shards are gathered and rank 0 writes one single-process file (``distributed=False`` in it);
-        returns the path on every rank."""
+        with ``shard=True`` each rank writes its rows to its own file and rank 0 a small index at
+        ``path`` (see :mod:`fastad.detectors._shards`; :meth:`load` reads it in one process or, with
+        ``distributed=True``, under as many ranks as shards). Returns the path on every rank."""
         if not self.distributed:
+            if shard:
+                raise ValueError("PatchCore.save: shard=True saves a bank split across ranks: it needs distributed=True")
             return super().save(path)
         import copy
         from pathlib import Path
@@ -517,18 +521,50 @@ class PatchCore(BaseDetector):
         import fastad.distributed as fd
 
         self._check_fitted("save")
+        one = copy.copy(self)
+        if shard:  # each rank its rows, then rank 0 the index (a 0-row bank + the shard list)
+            from . import _shards
+
+            return _shards.save_sharded(self.memory_bank_, Path(path), one, lambda m: super(PatchCore, m).save(path))
         full = fd.all_rows(self.memory_bank_)
         if not fd.is_main_process():
             return Path(path)
-        one = copy.copy(self)
         one.distributed, one.memory_bank_, one._bank_norms = False, full, None
         return super(PatchCore, one).save(path)
+
+    @classmethod
+    def load(cls, path, *, backbone=None, device=None, distributed: bool = False) -> "PatchCore":
+        """:meth:`BaseDetector.load`; ``distributed=True`` (every rank of a process group, as many as the
+        file's shards, see :meth:`save`): each rank loads its shard and the model scores as fitted with
+        ``distributed=True``. A one-file model, or ``distributed=False``, loads whole."""
+        if not distributed:
+            return super().load(path, backbone=backbone, device=device)
+        import torch.distributed as dist
+
+        from . import _shards
+
+        if not dist.is_initialized():
+            raise ValueError("PatchCore.load(distributed=True) needs a torch.distributed process group (torchrun)")
+        token = _shards.LOADING_RANK.set((dist.get_rank(), dist.get_world_size()))
+        try:
+            return super().load(path, backbone=backbone, device=device)
+        finally:
+            _shards.LOADING_RANK.reset(token)
+
+    @staticmethod
+    def shard_count(path) -> int | None:
+        """How many shard files the model at ``path`` has (None: a one-file model)."""
+        from . import _shards
+
+        return _shards.shard_count(path)
 
     def _state_tensors(self):
         return {"memory_bank": self.memory_bank_}
 
     def _extra_meta(self):
-        return {"feature_grid": list(self.feature_grid_), "n_train_patches": self.n_train_patches_}
+        shards = getattr(self, "_shard_entries", None)
+        return {"feature_grid": list(self.feature_grid_), "n_train_patches": self.n_train_patches_,
+                **({"shards": shards} if shards else {})}
 
     def _set_state_tensors(self, tensors, meta, path):
         if set(tensors) != {"memory_bank"}:
@@ -541,6 +577,11 @@ class PatchCore(BaseDetector):
                 f"memory_bank is {tuple(bank.shape)} {bank.dtype}, but layers {self.layers_} with channels "
                 f"{list(self.layer_dims_.values())} need [M, {expect}] float32",
             )
+        if isinstance(meta.get("shards"), list):  # saved with shard=True: the index of the shard files
+            from . import _shards
+
+            bank, local = _shards.load_bank(path, meta["shards"], expect)
+            self.distributed, self.n_bank_rows_ = local, sum(int(e["rows"]) for e in meta["shards"])
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
         self.device_ = dev
         self.memory_bank_ = bank.to(dev)

@@ -11,8 +11,11 @@ shards (shards numbered in rank order). See the README's "Scale out" section.
 
 Failures: a rank that raises inside one of these calls, dies, or does not arrive makes every other
 rank raise :class:`DistributedError` naming it, within :func:`get_timeout` seconds (set with
-:func:`set_timeout` or ``FASTAD_DISTRIBUTED_TIMEOUT``); arguments that differ between ranks raise a
-``ValueError`` on every rank before any work.
+:func:`set_timeout` or ``FASTAD_DISTRIBUTED_TIMEOUT``); a rank that died (``os._exit``, SIGKILL, a
+lost machine) is told apart from a live but late one by a heartbeat counter every rank keeps in the
+c10d store (the message says "DIED" or "alive"); arguments that differ between ranks raise a
+``ValueError`` on every rank before any work. With an NCCL group, CPU tensors (counts, keys) are moved
+to the rank's current CUDA device for the exchange; the roll calls run on a gloo group.
 """
 from ._comm import DistributedError, comm_stats, get_timeout, set_timeout
 from .coreset import coreset

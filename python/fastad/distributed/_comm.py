@@ -16,6 +16,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from . import _health
+
 #: Seconds a rank waits for its peers in any one exchange before it gives up (environment variable
 #: ``FASTAD_DISTRIBUTED_TIMEOUT`` at import, or :func:`set_timeout`). Local work between exchanges is
 #: not bounded, so with shards of very unequal size keep this above the longest local step.
@@ -85,7 +87,22 @@ class Ctx:
         self.world = dist.get_world_size(group)
         self.backend = str(dist.get_backend(group)).lower()
         self.timeout = float(timeout) if timeout is not None else get_timeout()
+        # a failed exchange spends the end of the timeout watching the heartbeats (who died?)
+        self.window = min(_health.WINDOW_S, self.timeout / 2)
+        self.heartbeat = self.world > 1 and _health.ensure_heartbeat()
         _stats["calls"] += 1
+
+    def liveness(self, ranks=None) -> tuple[list[int], str]:
+        """``(dead group ranks, one sentence)`` after watching the heartbeats of ``ranks`` (default all)."""
+        ranks = list(range(self.world)) if ranks is None else list(ranks)
+        if not self.heartbeat:
+            return [], "liveness unknown (no heartbeat: the process group has no c10d store)"
+        g2l = {self.global_rank(r): r for r in ranks}
+        res = _health.probe(list(g2l), self.window)
+        if res["error"] and 0 in g2l and 0 not in res["alive"] and _health.store_host_is_rank0():
+            res = {"dead": [0], "alive": res["alive"], "error": None, "store": res["error"]}  # died with its store
+        res = dict(res, dead=[g2l[r] for r in res["dead"]], alive=[g2l[r] for r in res["alive"]])
+        return res["dead"], _health.describe(res, self.rank, self.window)
 
     # ---- control plane -------------------------------------------------------------------------
     def control_group(self):
@@ -126,7 +143,7 @@ class Ctx:
             for p in range(self.world):
                 if p != self.rank:
                     sends.append(dist.isend(mine, dst=self.global_rank(p), group=g, tag=tag))
-            deadline = time.monotonic() + self.timeout
+            deadline = time.monotonic() + self.timeout - (self.window if self.heartbeat else 0.0)
             missing, detail = [], ""
             for p, w in recvs.items():
                 try:
@@ -135,12 +152,12 @@ class Ctx:
                     missing.append(p)
                     detail = detail or str(e).splitlines()[0][:200]
             if missing:
+                dead, health = self.liveness(missing)
                 raise DistributedError(
                     f"{self.op}: rank {self.rank} of {self.world}: rank(s) {missing} did not reach the {stage} "
-                    f"of this call within {self.timeout:g} s (they raised before it, died or are stuck; "
-                    f"transport said: {detail}). Timeout: fastad.distributed.set_timeout / "
-                    "FASTAD_DISTRIBUTED_TIMEOUT",
-                    missing,
+                    f"of this call within {self.timeout:g} s: {health} (transport said: {detail}). "
+                    "Timeout: fastad.distributed.set_timeout / FASTAD_DISTRIBUTED_TIMEOUT",
+                    dead or missing,
                 )
             for w in sends:
                 try:
@@ -166,60 +183,98 @@ class Ctx:
 
     def wait(self, work, what: str):
         try:
-            work.wait(timeout=_ms(self.timeout))
+            work.wait(timeout=_ms(self.timeout - (self.window if self.heartbeat else 0.0)))
         except RuntimeError as e:
+            dead, health = self.liveness()
             raise DistributedError(
                 f"{self.op}: rank {self.rank} of {self.world}: {what} failed or did not finish within "
-                f"{self.timeout:g} s: a peer rank died, raised outside this call or is stuck "
-                f"({str(e).splitlines()[0][:200]})"
+                f"{self.timeout:g} s: {health} (transport said: {str(e).splitlines()[0][:200]})",
+                dead,
             ) from e
 
+    def comm_device(self, t: torch.Tensor) -> torch.device:
+        """Where ``t`` must be for this group's collectives: NCCL moves only CUDA tensors, so a CPU
+        tensor (a count, a key) goes to this rank's current CUDA device; gloo (and a mixed
+        ``cpu:gloo,cuda:nccl`` group) takes the tensor where it is."""
+        return comm_device(self.backend, t.device)
+
     def all_gather(self, t: torch.Tensor, what: str) -> torch.Tensor:
-        """``[world, *t.shape]``: every rank's ``t`` (same shape on every rank)."""
-        t = t.contiguous()
+        """``[world, *t.shape]``: every rank's ``t`` (same shape on every rank), on ``t``'s device."""
+        home = t.device
+        t = t.to(self.comm_device(t)).contiguous()
         out = t.new_empty((self.world,) + tuple(t.shape))
         if self.world == 1:
             out[0] = t
-            return out
+            return out.to(home)
         _stats["bytes_sent"] += t.numel() * t.element_size() * (self.world - 1)
         _stats["round_trips"] += 1
         flat = out.view(-1)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self.wait(gather(flat, t.view(-1), group=self.group, async_op=True), what)
-        return out
+        return out.to(home)
 
     def all_reduce(self, t: torch.Tensor, op, what: str) -> torch.Tensor:
+        """In place on ``t`` (which keeps its device)."""
         if self.world > 1:
             _stats["bytes_sent"] += 2 * t.numel() * t.element_size()
             _stats["round_trips"] += 1
-            self.wait(dist.all_reduce(t, op=op, group=self.group, async_op=True), what)
+            x = t.to(self.comm_device(t))
+            self.wait(dist.all_reduce(x, op=op, group=self.group, async_op=True), what)
+            if x is not t:
+                t.copy_(x)
         return t
 
     def broadcast(self, t: torch.Tensor, src: int, what: str) -> torch.Tensor:
+        """In place on ``t`` (which keeps its device)."""
         if self.world > 1:
             if self.rank == src:
                 _stats["bytes_sent"] += t.numel() * t.element_size()
             _stats["round_trips"] += 1
-            self.wait(dist.broadcast(t, src=self.global_rank(src), group=self.group, async_op=True), what)
+            x = t.to(self.comm_device(t))
+            self.wait(dist.broadcast(x, src=self.global_rank(src), group=self.group, async_op=True), what)
+            if x is not t:
+                t.copy_(x)
         return t
+
+    def all_to_all(self, out: torch.Tensor, inp: torch.Tensor, what: str) -> torch.Tensor:
+        """``all_to_all_single`` (equal splits along dim 0) into ``out`` (which keeps its device)."""
+        dev = self.comm_device(inp)
+        x, y = inp.to(dev).contiguous(), out.to(dev)
+        self.wait(dist.all_to_all_single(y, x, group=self.group, async_op=True), what)
+        if y is not out:
+            out.copy_(y)
+        return out
 
     def shift(self, send: torch.Tensor, recv: torch.Tensor, step: int, what: str) -> torch.Tensor:
         """Ring exchange: send ``send`` to rank ``(rank + step) % world`` and receive ``recv`` from
-        ``(rank - step) % world`` (same shapes on every rank)."""
+        ``(rank - step) % world`` (same shapes on every rank); ``recv`` keeps its device."""
         if self.world == 1 or step % self.world == 0:
             recv.copy_(send)
             return recv
         dst, src = (self.rank + step) % self.world, (self.rank - step) % self.world
-        ops = [dist.P2POp(dist.isend, send.contiguous(), self.global_rank(dst), self.group),
-               dist.P2POp(dist.irecv, recv, self.global_rank(src), self.group)]
+        dev = self.comm_device(send)
+        x, y = send.to(dev).contiguous(), recv.to(dev)
+        ops = [dist.P2POp(dist.isend, x, self.global_rank(dst), self.group),
+               dist.P2POp(dist.irecv, y, self.global_rank(src), self.group)]
         _stats["bytes_sent"] += send.numel() * send.element_size()
         _stats["round_trips"] += 1
         for w in dist.batch_isend_irecv(ops):
             self.wait(w, what)
+        if y is not recv:
+            recv.copy_(y)
         return recv
 
 
-DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.float64: 4}
+def comm_device(backend: str, device: torch.device) -> torch.device:
+    """The device a collective of ``backend`` needs for a tensor on ``device``: a pure ``nccl`` group
+    moves CUDA tensors only (CPU ones go to the current CUDA device); others take it where it is."""
+    if str(backend).lower() == "nccl" and device.type == "cpu":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.float64: 4, torch.int64: 5, torch.int32: 6,
+               torch.uint8: 7, torch.bool: 8}
 
 
 def dtype_code(dtype) -> int:

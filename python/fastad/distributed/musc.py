@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 
 from .. import ops
 from ._comm import Ctx, DistributedError, disagreement, dtype_code, dtype_name, offsets_of
@@ -57,7 +56,7 @@ def _ring_scores(ctx: Ctx, z: torch.Tensor, sizes, R: int, pair_fn, k: int) -> t
     if P > 1:
         got = torch.empty_like(back)
         ctx.count(back.numel() * back.element_size() * (P - 1) // P)
-        ctx.wait(dist.all_to_all_single(got, back, group=ctx.group, async_op=True), "all_to_all of the returned minima")
+        ctx.all_to_all(got, back, "all_to_all of the returned minima")
         for q in range(P):
             if q != me and sizes[q]:
                 n_q = int(sizes[q])

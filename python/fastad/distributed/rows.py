@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ._comm import Ctx, offsets_of
+from ._comm import Ctx, disagreement, dtype_code, dtype_name, offsets_of
 
 
 def shard_range(n: int, *, group=None) -> tuple[int, int]:
@@ -23,8 +23,13 @@ def shard(x, *, group=None):
 def all_rows(local_rows: torch.Tensor, *, group=None, timeout: float | None = None) -> torch.Tensor:
     """The concatenation (rank order) of every rank's ``local_rows`` ``[n_r, ...]``, on every rank."""
     ctx = Ctx("all_rows", group, timeout)
-    meta = [local_rows.shape[0]] + list(local_rows.shape[1:])[:8]
-    table = ctx.roll_call(meta, None, stage="entry")
+    err = None if local_rows.dim() <= 9 else ValueError(f"all_rows: at most 9 dims, got shape {list(local_rows.shape)}")
+    meta = [local_rows.shape[0], local_rows.dim(), dtype_code(local_rows.dtype)] + list(local_rows.shape[1:9])
+    table = ctx.roll_call(meta, err, stage="entry")
+    disagreement(ctx, table, 1, "number of dims of local_rows")
+    disagreement(ctx, table, 2, "dtype of local_rows", dtype_name)
+    for f in range(3, 3 + local_rows.dim() - 1):
+        disagreement(ctx, table, f, f"size of dim {f - 2} of local_rows")
     sizes = table[:, 0].tolist()
     n_max = max(sizes)
     buf = local_rows.new_zeros((n_max,) + tuple(local_rows.shape[1:]))
