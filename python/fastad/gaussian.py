@@ -103,9 +103,12 @@ def _blas_threads():
     return threadpool_limits(torch.get_num_threads(), user_api="blas")
 
 
-def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0, out=None):
+def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0, out=None,
+                   compute_dtype: torch.dtype = torch.float64):
     """``(L, logdet)`` of a float64 covariance block ``[..., d, d]`` whose lower triangle is read (the
     strict upper one may hold anything): L lower with ``L L^T = cov^{-1}``, written to ``out`` when given.
+    ``compute_dtype=torch.float32`` factorises in float32 (``spotrf`` + ``strtri``, ~3x faster on this
+    CPU; relative error of the distances ~0.1 cond(cov) 6e-8, see :func:`GaussianAccumulator.finalize`).
 
     With ``F = J cov J`` (``J`` reverses the order) and ``F = U^T U`` (U upper),
     ``cov^{-1} = (J U^{-1} J)(J U^{-1} J)^T`` and ``J U^{-1} J`` is lower triangular: one Cholesky and
@@ -113,6 +116,7 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
     matrix (scipy; measured ~2x faster than ``torch.linalg.cholesky`` + ``solve_triangular(C, I)`` at
     d = 550, and ``trtri`` does half the flops of a solve against the identity); elsewhere batched torch."""
     lapack = _lapack() if cov.device.type == "cpu" else None
+    single = compute_dtype == torch.float32
     batch = cov.dim() == 3
     c3 = cov if batch else cov[None]
     n, d = c3.shape[0], c3.shape[-1]
@@ -126,19 +130,20 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
         # (F^T, no copy) that is a lower triangle: factorised and inverted in place, lower = 1.
         # (J M J is the flat reversal of M's C-order buffer: numpy's reversed copy is ~6x torch.flip's)
         src = c3.contiguous().numpy().reshape(n, d * d)
-        arr = np.empty((n, d, d))
-        np.copyto(arr.reshape(n, d * d), src[:, ::-1])
+        arr = np.empty((n, d, d), dtype=np.float32 if single else np.float64)
+        np.copyto(arr.reshape(n, d * d), src[:, ::-1], casting="unsafe")
         logdet = torch.empty(n, dtype=torch.float64)
+        potrf, trtri = (lapack.spotrf, lapack.strtri) if single else (lapack.dpotrf, lapack.dtrtri)
         with _blas_threads():
             for p in range(n):
                 a = arr[p].T  # F-contiguous view
-                C, info = lapack.dpotrf(a, lower=1, clean=1, overwrite_a=1)
+                C, info = potrf(a, lower=1, clean=1, overwrite_a=1)
                 if info != 0:
                     raise _not_pd(what, first, total, p, batch)
                 if not np.shares_memory(C, a):
                     a[...] = C
-                logdet[p] = 2.0 * float(np.log(np.diagonal(a)).sum())
-                Ci, info = lapack.dtrtri(a, lower=1, overwrite_c=1)
+                logdet[p] = 2.0 * float(np.log(np.diagonal(a).astype(np.float64)).sum())
+                Ci, info = trtri(a, lower=1, overwrite_c=1)
                 if info != 0:
                     raise _not_pd(what, first, total, p, batch)
                 if not np.shares_memory(Ci, a):
@@ -151,11 +156,11 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
             o3.copy_(torch.from_numpy(np.ascontiguousarray(rev)).reshape(n, d, d))
         return out, (logdet if batch else logdet[0])
     full = cov.tril() + cov.tril(-1).transpose(-1, -2)
-    C, info = torch.linalg.cholesky_ex(full.flip(-1, -2))
+    C, info = torch.linalg.cholesky_ex(full.flip(-1, -2).to(torch.float32 if single else torch.float64))
     if bool((info != 0).any()):
         bad = torch.nonzero(info.reshape(-1)).flatten()
         raise _not_pd(what, first, total, int(bad[0]), batch)
-    logdet = 2.0 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1)
+    logdet = 2.0 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1).double()).sum(-1)
     out.copy_(_tri_inv_lower(C).transpose(-1, -2).flip(-1, -2))
     return out, logdet
 
@@ -342,7 +347,7 @@ class GaussianAccumulator:
         self._buf, self._nbuf = [], 0
 
     def finalize(self, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_dtype=None,
-                 keep_covariance: bool = True, what: str = "gaussian_fit") -> GaussianModel:
+                 keep_covariance: bool = True, compute_dtype=torch.float64, what: str = "gaussian_fit") -> GaussianModel:
         """The fitted :class:`GaussianModel`.
 
         Args:
@@ -352,6 +357,11 @@ class GaussianAccumulator:
                 coefficients are always computed on the maximum-likelihood covariance, as scikit-learn.
             factor_dtype: dtype of the precision factor (default: float64 for float64 data, else float32).
             keep_covariance: keep the float64 covariance in the model (``False`` saves ``8 P d^2`` bytes).
+            compute_dtype: dtype of the Cholesky factorisation and triangular inverse (the sums and the
+                covariance are float64 either way): ``torch.float64`` (default) or ``torch.float32``
+                (anomalib inverts in float32 too; ~3x faster at d = 550; the distances' relative error
+                grows like ~0.1 cond(cov) 6e-8: 4e-6 at PaDiM's d = 550, cond ~700; use float64 for
+                ill-conditioned covariances).
         """
         _check_shrinkage(shrinkage, what)
         if shrinkage == "ledoit_wolf" and not self.fourth_moments:
@@ -360,6 +370,8 @@ class GaussianAccumulator:
             raise ValueError(f"{what}: reg must be a finite number >= 0, got {reg!r}")
         if ddof not in (0, 1):
             raise ValueError(f"{what}: ddof must be 0 or 1, got {ddof!r}")
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{what}: compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
         if self.n == 0:
             raise ValueError(f"{what}: no samples given")
         n, d = self.n, self.shape[-1]
@@ -428,7 +440,8 @@ class GaussianAccumulator:
                 alphas[p0:p1] = a.cpu()
             if reg:
                 cov.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1])
+            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1],
+                                   compute_dtype=compute_dtype)
             mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
             logdet[p0:p1] = ld
             if cov_out is not None:
@@ -470,7 +483,7 @@ class GaussianAccumulator:
 
 
 def gaussian_fit(x, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_dtype=None,
-                 keep_covariance: bool = True) -> GaussianModel:
+                 keep_covariance: bool = True, compute_dtype=torch.float64) -> GaussianModel:
     """Fits a Gaussian (``x: Tensor[N, d]``) or one per position (``x: Tensor[N, P, d]``); ``x`` may also
     be an iterable of such batches (streamed through :class:`GaussianAccumulator`).
 
@@ -496,7 +509,7 @@ def gaussian_fit(x, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_d
     else:
         raise ValueError(f"gaussian_fit: x must be a tensor or an iterable of tensors, got {type(x).__name__}")
     return acc.finalize(shrinkage=shrinkage, reg=reg, ddof=ddof, factor_dtype=factor_dtype,
-                        keep_covariance=keep_covariance)
+                        keep_covariance=keep_covariance, compute_dtype=compute_dtype)
 
 
 __all__ = ["GaussianAccumulator", "GaussianModel", "SHRINKAGE_METHODS", "gaussian_fit", "precision_factor"]
