@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--synthetic", action="store_true",
                     help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
+    ap.add_argument("--fit-dtype", default="float64", choices=["float64", "float32"],
+                    help="PaDiM(fit_dtype=...): dtype of the per-position factorisation (anomalib: float32)")
     ap.add_argument("--cache", default=None,
                     help="file of the extracted MTD features (written when missing, read when present; not timed)")
     a = ap.parse_args()
@@ -56,7 +58,7 @@ def main():
     if a.synthetic:
         from bench_padim_synth import run_synthetic
 
-        res = run_synthetic(a.threads, a.repeats)
+        res = run_synthetic(a.threads, a.repeats, fit_dtype=a.fit_dtype)
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))
         return
@@ -105,12 +107,12 @@ def main():
         if a.cache:
             torch.save({"key": key, "train": train_f, "test": test_f, "masks": masks, "labels": labels}, a.cache)
     print(f"anomalib {version}; MTD: {len(keep)} train / {len(test_ds)} test images; features extracted in "
-          f"{w_tr + w_te:.1f} s (shared); threads={a.threads}; CPU: {cpu_model()}; fastad kernel: "
+          f"{w_tr + w_te:.1f} s (shared); threads={a.threads}; fit_dtype={a.fit_dtype}; CPU: {cpu_model()}; fastad kernel: "
           f"{fastad.build_info().get('dist_micro_kernel', fastad.build_info().get('simd'))}", flush=True)
 
     rows = {}
     # ---- fit, interleaved
-    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False)
+    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False, fit_dtype=a.fit_dtype)
     _, w, c = timed(lambda: det.fit_features(train_f, image_size=(224, 224)))
     rows["fastad fit"] = (w, c)
     idx = det.channel_idx_
@@ -146,7 +148,7 @@ def main():
 
     print("fastad stages (wall s): fit " + ", ".join(f"{k} {v:.2f}" for k, v in det.fit_timings_.items())
           + "; predict " + ", ".join(f"{k} {v:.2f}" for k, v in getattr(det, "score_timings_", {}).items()), flush=True)
-    res = {"anomalib_version": version, "train_images": len(keep), "test_images": len(test_ds),
+    res = {"anomalib_version": version, "fit_dtype": a.fit_dtype, "cpu": cpu_model(), "train_images": len(keep), "test_images": len(test_ds),
            "channels": int(idx.numel()), "threads": a.threads, "stages": {}}
     print(f"{'stage':18s} {'wall s':>8s} {'CPU s':>8s}")
     for k, (w, c) in rows.items():

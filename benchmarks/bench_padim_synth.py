@@ -1,8 +1,9 @@
 """PaDiM at anomalib's wide-ResNet setting on synthetic features (``bench_padim.py --synthetic``):
 d = 550 channels, 28 x 28 = 784 positions, 200 training and 32 test images, 1 thread by default.
 
-- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5)`` (what ``PaDiM.fit_features`` runs:
-  ``gaussian_accumulate`` + float64 Cholesky + precision factor, position block by position block) vs
+- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5, compute_dtype=...)`` (what ``PaDiM.fit_features``
+  runs: ``gaussian_accumulate`` + float64 (or ``--fit-dtype float32``) Cholesky + precision factor, position
+  block by position block; the other factorisation dtype is timed too, with its distances' difference) vs
   anomalib 2.7.0 ``MultiVariateGaussian.fit`` (per-position covariance loop + batched float32 inverse);
   peak extra memory (RSS sampled every 2 ms above the level before the call) vs the fitted model's bytes;
 - scoring: ``fastad.ops.mahalanobis`` with a float32 / bfloat16 factor vs anomalib's
@@ -74,7 +75,8 @@ def gemm_roof(dtype, n=2048, repeats=3):
     return 2 * n**3 / t / 1e9
 
 
-def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32):
+def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32,
+                  fit_dtype: str = "float64"):
     import fastad
     from fastad import ops
     from fastad.gaussian import gaussian_fit
@@ -99,16 +101,30 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
 
     # ---- fit, interleaved: fastad, anomalib
     gaussian_fit(train[:, :2], ddof=1, reg=0.01)  # warm-up: scipy's LAPACK import (not timed)
+    cdt = {"float64": torch.float64, "float32": torch.float32}[fit_dtype]
+    other = torch.float32 if cdt == torch.float64 else torch.float64
+
+    def fit(dt):
+        return gaussian_fit(train, ddof=1, reg=0.01 + 1e-5, factor_dtype=torch.float32, keep_covariance=False,
+                            compute_dtype=dt)
+
     with PeakRSS() as m_f:
-        model, w_fit_f, t_fit_f = timed(
-            lambda: gaussian_fit(train, ddof=1, reg=0.01 + 1e-5, factor_dtype=torch.float32, keep_covariance=False))
+        model, w_fit_f, t_fit_f = timed(lambda: fit(cdt))
     model_bytes = model.factor.numel() * model.factor.element_size() + model.mean.numel() * 4
     emb_train_c = emb_train.contiguous()  # anomalib gets its own [B, C, H, W] tensor (not timed)
     gauss = MVG()
     with PeakRSS() as m_a:
         _, w_fit_a, t_fit_a = timed(lambda: gauss.fit(emb_train_c))  # noqa: F821 (deleted after the call)
     del emb_train_c
+    model_o, _, t_fit_o = timed(lambda: fit(other))  # the other factorisation dtype (after anomalib: interleaved)
+    # distances of the two factorisations on the test images (relative), a measure of float32's error
+    d_c = ops.mahalanobis(test, model.mean.float(), model.factor).double()
+    d_o = ops.mahalanobis(test, model_o.mean.float(), model_o.factor).double()
+    rel_fit = ((d_c - d_o).abs() / d_o.abs().clamp_min(1e-12)).max().item()
+    del model_o
     a_bytes = gauss.inv_covariance.numel() * 4 + gauss.mean.numel() * 4
+    res.update(fit_dtype=fit_dtype, fit_cpu_s_other_dtype=t_fit_o, fit_speedup_cpu_other_dtype=t_fit_a / t_fit_o,
+               max_rel_d2_diff_f32_vs_f64_factorisation=rel_fit)
     res.update(fit_cpu_s_fastad=t_fit_f, fit_cpu_s_anomalib=t_fit_a, fit_speedup_cpu=t_fit_a / t_fit_f,
                fit_wall_s_fastad=w_fit_f, fit_wall_s_anomalib=w_fit_a, fit_speedup_wall=w_fit_a / w_fit_f,
                model_bytes=model_bytes, peak_extra_bytes_fastad=m_f.extra, peak_extra_ratio_fastad=m_f.extra / model_bytes,
@@ -118,6 +134,8 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
           f"(wall {w_fit_f:.2f} / {w_fit_a:.2f} s -> {w_fit_a / w_fit_f:.2f}x); "
           f"peak extra memory fastad {m_f.extra / 2**30:.2f} GiB = {m_f.extra / model_bytes:.2f}x its model "
           f"({model_bytes / 2**30:.2f} GiB); anomalib {m_a.extra / 2**30:.2f} GiB = {m_a.extra / a_bytes:.2f}x", flush=True)
+    print(f"fit with fit_dtype={fit_dtype}; with {str(other).split('.')[-1]} factorisation instead: {t_fit_o:.2f} s -> "
+          f"{t_fit_a / t_fit_o:.2f}x; max relative d2 difference float32 vs float64 factorisation: {rel_fit:.2e}", flush=True)
 
     # ---- scoring, interleaved
     mean, L32 = model.mean.float(), model.factor

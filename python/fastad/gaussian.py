@@ -49,6 +49,10 @@ _BLOCK_BYTES = 96 * 2**20
 #: Raw rows kept (unfolded) while ``rows x element bytes <= BUFFER_BYTES_PER_FEATURE x d``: 8 = the
 #: float64 bytes per feature of one row of the ``[P, d, d]`` sums (beyond that the sums are smaller).
 BUFFER_BYTES_PER_FEATURE = 8
+#: Once the sums exist, batches are buffered until this many rows and folded in one op call: one pass
+#: over the float64 ``[P, d, d]`` sums per FOLD_ROWS rows instead of one per batch (PaDiM streams
+#: batches of ~32 images; at 784 x 152 the sums are 145 MB).
+FOLD_ROWS = 256
 
 
 def _check_shrinkage(shrinkage, where: str):
@@ -334,17 +338,19 @@ class GaussianAccumulator:
         self._nbuf += b.shape[0]
         self.n += b.shape[0]
         d = self.shape[-1]
-        # keep raw rows while they are smaller than the float64 [P, d, d] sums would be
-        if self.s2 is not None or self._nbuf * b.element_size() > BUFFER_BYTES_PER_FEATURE * d:
+        # keep raw rows while they are smaller than the float64 [P, d, d] sums would be; afterwards
+        # fold every FOLD_ROWS rows
+        if (self._nbuf >= FOLD_ROWS) if self.s2 is not None else (self._nbuf * b.element_size() > BUFFER_BYTES_PER_FEATURE * d):
             self._fold()
         return self
 
     def _fold(self):
         if self.s2 is None:
             self.s2 = torch.zeros(self.shape + (self.shape[-1],), dtype=torch.float64, device=self.device)
-        for b in self._buf:
-            ops.gaussian_accumulate(b, self.shift, self.s1, self.s2)
-        self._buf, self._nbuf = [], 0
+        if self._buf:
+            x = self._buf[0] if len(self._buf) == 1 else torch.cat(self._buf)
+            self._buf, self._nbuf = [], 0
+            ops.gaussian_accumulate(x, self.shift, self.s1, self.s2)
 
     def finalize(self, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_dtype=None,
                  keep_covariance: bool = True, compute_dtype=torch.float64, what: str = "gaussian_fit") -> GaussianModel:
@@ -374,6 +380,8 @@ class GaussianAccumulator:
             raise ValueError(f"{what}: compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
         if self.n == 0:
             raise ValueError(f"{what}: no samples given")
+        if self.s2 is not None and self._buf:
+            self._fold()
         n, d = self.n, self.shape[-1]
         if n - ddof < 1:
             raise ValueError(f"{what}: x must have at least {ddof + 1} samples (ddof={ddof}), got {n}")

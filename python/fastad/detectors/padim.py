@@ -29,6 +29,8 @@ public, anomalib's is the common reference, see ``SPEC-gaussian.md`` (f)):
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,17 @@ PADIM_STABILISER = 1e-5
 #: 2.7's ``MultiVariateGaussian``); ``"paper"`` adds only ``eps`` I, as the PaDiM authors' reference code
 #: (``np.cov(...) + 0.01 * I``). The difference is tiny next to 0.01 but changes scores in the 5th digit.
 PADIM_RECIPES = ("anomalib", "paper")
+
+
+@contextlib.contextmanager
+def _nonfinite_named():
+    """``ops.gaussian_accumulate``'s NaN / Inf error as PaDiM's ``ValueError``."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "NaN or Inf" not in str(e):
+            raise
+        raise ValueError(f"PaDiM.fit: the training features hold NaN or Inf ({str(e).splitlines()[0]})") from None
 
 
 @register(cli="padim")
@@ -141,7 +154,16 @@ class PaDiM(BaseDetector):
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
     def _positions(self, feats, dev) -> torch.Tensor:
-        """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch."""
+        """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch.
+
+        With every channel kept, each layer is written once into its slice of the output (the nearest
+        resize by an integer factor as a broadcast, otherwise by an index gather on the layer's own
+        grid): one pass instead of resize + concatenation + transpose (the same values as
+        :meth:`embed`, which the subset case uses)."""
+        if getattr(self, "_all_channels", False):
+            out = self._positions_direct(feats, dev)
+            if out is not None:
+                return out
         emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
         if self.channel_idx_.numel() != emb.shape[1] or not getattr(self, "_all_channels", False):
             emb = emb.index_select(1, self.channel_idx_.to(dev))
@@ -149,6 +171,30 @@ class PaDiM(BaseDetector):
         if (h, w) != tuple(self.feature_grid_):
             raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
         return emb.reshape(B, C, h * w).transpose(1, 2).contiguous()
+
+    def _positions_direct(self, feats, dev):
+        first = feats[self.layers_[0]]
+        B, _, h, w = first.shape
+        if (h, w) != tuple(self.feature_grid_):
+            return None  # embed() path raises the grid error
+        C = sum(int(feats[k].shape[1]) for k in self.layers_)
+        out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev)
+        c0 = 0
+        for layer in self.layers_:
+            f = feats[layer].to(dev)
+            cl, hl, wl = f.shape[1:]
+            dst = out[..., c0 : c0 + cl]  # [B, h, w, cl] strided view
+            src = f.permute(0, 2, 3, 1)  # [B, hl, wl, cl] view
+            if (hl, wl) == (h, w):
+                dst.copy_(src)
+            elif h % hl == 0 and w % wl == 0:  # nearest by an integer factor: cell (i, j) <- (i // s, j // t)
+                dst.view(B, hl, h // hl, wl, w // wl, cl).copy_(src[:, :, None, :, None, :].expand(B, hl, h // hl, wl, w // wl, cl))
+            else:  # nearest indices exactly as F.interpolate(mode="nearest") picks them
+                grid = torch.arange(hl * wl, dtype=torch.float64).view(1, 1, hl, wl)
+                idx = F.interpolate(grid, size=(h, w), mode="nearest").view(-1).long().to(dev)
+                dst.view(B, h * w, cl).copy_(src.reshape(B, hl * wl, cl).index_select(1, idx))
+            c0 += cl
+        return out.view(B, h * w, C)
 
     # ------------------------------------------------------------------ fit
     def _fit_stream(self, batches, timings) -> None:
@@ -171,17 +217,18 @@ class PaDiM(BaseDetector):
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 x = self._positions(feats, dev)  # [B, P, C] float32, a fresh tensor: no copy needed
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError("PaDiM.fit: the training features hold NaN or Inf")
-                acc.update(x, copy=False)
+                # NaN / Inf: detected by ops.gaussian_accumulate when the rows are folded (column sums)
+                with _nonfinite_named():
+                    acc.update(x, copy=False)
         n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
         if n < 2:
             raise ValueError("PaDiM.fit: the covariance (ddof = 1) needs at least 2 training images, got 1")
         with timer("gaussian"):
-            model = acc.finalize(ddof=1, reg=float(self.eps) + self._stabiliser(), factor_dtype=self._factor_dtype(),
-                                 keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit")
+            with _nonfinite_named():
+                model = acc.finalize(ddof=1, reg=float(self.eps) + self._stabiliser(), factor_dtype=self._factor_dtype(),
+                                     keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit")
             del acc
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()
