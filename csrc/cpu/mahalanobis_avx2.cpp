@@ -150,11 +150,16 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
         __m256 c0[6], c1[6];
 #pragma GCC unroll 6
         for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
-        if (k0 > 0)
-          for (int64_t r = 0; r < ni; ++r) {
-            c0[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0);
-            c1[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0 + 8);
-          }
+        // (constant-index loops with a guard, fully unrolled: the accumulators stay in registers; a
+        // loop to the runtime bound ni would index them from memory)
+        if (k0 > 0) {
+#pragma GCC unroll 6
+          for (int r = 0; r < 6; ++r)
+            if (r < ni) {
+              c0[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0);
+              c1[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0 + 8);
+            }
+        }
         const float* yk = yb;
         for (int64_t k = 0; k < kn; ++k, yk += ld) {
           const __m256 b0 = _mm256_loadu_ps(yk + j0), b1 = _mm256_loadu_ps(yk + j0 + 8);
@@ -165,7 +170,9 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
             c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
           }
         }
-        for (int64_t r = 0; r < ni; ++r) {
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) {
+          if (r >= ni) break;
           // the tile is ldt >= round_up(d, 32) wide, so the full 16-column store stays inside row i0 + r
           _mm256_storeu_ps(tile + (i0 + r) * ldt + j0, c0[r]);
           _mm256_storeu_ps(tile + (i0 + r) * ldt + j0 + 8, c1[r]);

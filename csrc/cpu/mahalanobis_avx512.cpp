@@ -143,11 +143,16 @@ void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* 
         __m512 c0[6], c1[6];
 #pragma GCC unroll 6
         for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
-        if (k0 > 0)
-          for (int64_t r = 0; r < ni; ++r) {
-            c0[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0);
-            c1[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0 + 16);
-          }
+        // (constant-index loops with a guard, fully unrolled: the accumulators stay in registers; a
+        // loop to the runtime bound ni would index them from memory)
+        if (k0 > 0) {
+#pragma GCC unroll 6
+          for (int r = 0; r < 6; ++r)
+            if (r < ni) {
+              c0[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0);
+              c1[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0 + 16);
+            }
+        }
         const float* yk = yb;
         for (int64_t k = 0; k < kn; ++k, yk += ld) {
           const __m512 b0 = _mm512_load_ps(yk + j0), b1 = _mm512_load_ps(yk + j0 + 16);
@@ -158,7 +163,9 @@ void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* 
             c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
           }
         }
-        for (int64_t r = 0; r < ni; ++r) {
+#pragma GCC unroll 6
+        for (int r = 0; r < 6; ++r) {
+          if (r >= ni) break;
           // the tile is ldt >= round_up(d, 32) wide, so the full 32-column store stays inside row i0 + r
           _mm512_storeu_ps(tile + (i0 + r) * ldt + j0, c0[r]);
           _mm512_storeu_ps(tile + (i0 + r) * ldt + j0 + 16, c1[r]);

@@ -80,6 +80,32 @@ def _tri_inv_lower(C: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: Diagonal blocks up to this size are inverted by LAPACK ``trtri``; larger ones recursively (below).
+_TRTRI_BASE = 64
+
+
+def _tri_inv_f(a, trtri, trmm) -> int:
+    """In-place inverse of the lower triangle of the Fortran-ordered square array ``a`` (its strict
+    upper triangle is left as it is); returns LAPACK's ``info`` (0: success).
+
+    ``[[A, 0], [B, D]]^{-1} = [[A^{-1}, 0], [-D^{-1} B A^{-1}, D^{-1}]]``: the two halves recursively,
+    then two BLAS-3 ``trmm`` products (the same d^3 / 3 flops as ``trtri``); measured 2.1x faster than
+    OpenBLAS's own ``strtri`` at d = 550 (1.16 vs 2.45 ms, 1 thread)."""
+    m = a.shape[0]
+    if m <= _TRTRI_BASE:
+        r, info = trtri(a, lower=1, overwrite_c=1)
+        if info == 0 and r is not a:
+            a[...] = r
+        return info
+    h = m // 2
+    info = _tri_inv_f(a[:h, :h], trtri, trmm) or _tri_inv_f(a[h:, h:], trtri, trmm)
+    if info:
+        return info
+    b = trmm(1.0, a[:h, :h], a[h:, :h], side=1, lower=1)  # B A^{-1}
+    a[h:, :h] = trmm(-1.0, a[h:, h:], b, side=0, lower=1)  # -D^{-1} (B A^{-1})
+    return 0
+
+
 def _not_pd(what, first, total, pos, is_batch):
     where = f" of position {first + pos} (of {total})" if is_batch and total else ""
     return ValueError(
@@ -108,7 +134,7 @@ def _blas_threads():
 
 
 def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0, out=None,
-                   compute_dtype: torch.dtype = torch.float64):
+                   compute_dtype: torch.dtype = torch.float64, work=None):
     """``(L, logdet)`` of a float64 covariance block ``[..., d, d]`` whose lower triangle is read (the
     strict upper one may hold anything): L lower with ``L L^T = cov^{-1}``, written to ``out`` when given.
     ``compute_dtype=torch.float32`` factorises in float32 (``spotrf`` + ``strtri``, ~3x faster on this
@@ -116,9 +142,10 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
 
     With ``F = J cov J`` (``J`` reverses the order) and ``F = U^T U`` (U upper),
     ``cov^{-1} = (J U^{-1} J)(J U^{-1} J)^T`` and ``J U^{-1} J`` is lower triangular: one Cholesky and
-    one triangular inverse (2/3 d^3 flops). On the CPU both run as LAPACK ``dpotrf`` + ``dtrtri`` per
-    matrix (scipy; measured ~2x faster than ``torch.linalg.cholesky`` + ``solve_triangular(C, I)`` at
-    d = 550, and ``trtri`` does half the flops of a solve against the identity); elsewhere batched torch."""
+    one triangular inverse (2/3 d^3 flops). On the CPU both run per matrix as LAPACK ``potrf`` + the
+    recursive ``trmm`` inverse of :func:`_tri_inv_f` (scipy; measured ~2x faster than
+    ``torch.linalg.cholesky`` + ``solve_triangular(C, I)`` at d = 550, and a triangular inverse does half
+    the flops of a solve against the identity); elsewhere batched torch."""
     lapack = _lapack() if cov.device.type == "cpu" else None
     single = compute_dtype == torch.float32
     batch = cov.dim() == 3
@@ -134,10 +161,15 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
         # (F^T, no copy) that is a lower triangle: factorised and inverted in place, lower = 1.
         # (J M J is the flat reversal of M's C-order buffer: numpy's reversed copy is ~6x torch.flip's)
         src = c3.contiguous().numpy().reshape(n, d * d)
-        arr = np.empty((n, d, d), dtype=np.float32 if single else np.float64)
+        ndt = np.float32 if single else np.float64
+        # (work: a reused buffer of at least n d^2 elements; a fresh one is page-faulted in every call)
+        arr = np.empty((n, d, d), dtype=ndt) if work is None else work[: n * d * d].view(ndt).reshape(n, d, d)
         np.copyto(arr.reshape(n, d * d), src[:, ::-1], casting="unsafe")
         logdet = torch.empty(n, dtype=torch.float64)
+        from scipy.linalg import blas
+
         potrf, trtri = (lapack.spotrf, lapack.strtri) if single else (lapack.dpotrf, lapack.dtrtri)
+        trmm = blas.strmm if single else blas.dtrmm
         with _blas_threads():
             for p in range(n):
                 a = arr[p].T  # F-contiguous view
@@ -147,11 +179,8 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
                 if not np.shares_memory(C, a):
                     a[...] = C
                 logdet[p] = 2.0 * float(np.log(np.diagonal(a).astype(np.float64)).sum())
-                Ci, info = trtri(a, lower=1, overwrite_c=1)
-                if info != 0:
+                if _tri_inv_f(a, trtri, trmm) != 0:
                     raise _not_pd(what, first, total, p, batch)
-                if not np.shares_memory(Ci, a):
-                    a[...] = Ci
         # L = J C^{-T} J: in C order exactly the reversed Fortran-order buffer of C^{-1}
         rev = arr.reshape(n, d * d)[:, ::-1]
         if o3.dtype in (torch.float32, torch.float64) and o3.is_contiguous():
@@ -409,11 +438,18 @@ class GaussianAccumulator:
         s2 = None if self.s2 is None else (self.s2 if per_pos else self.s2[None])
         q3 = None if self.q3 is None else (self.q3 if per_pos else self.q3[None])
         q4 = None if self.q4 is None else (self.q4 if per_pos else self.q4[None])
+        # buffers reused across position blocks (a fresh tensor per block would be page-faulted in again)
+        import numpy as np
+
+        work = np.empty(pb * d * d, dtype=np.float32 if compute_dtype == torch.float32 else np.float64) \
+            if dev.type == "cpu" else None
+        if s2 is None:
+            b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
+        b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev)  # the block's sums, then covariance
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
             if s2 is None:  # everything still buffered: fold this block of positions only
-                b1 = torch.zeros(p1 - p0, d, dtype=torch.float64, device=dev)
-                b2 = torch.zeros(p1 - p0, d, d, dtype=torch.float64, device=dev)
+                b1, b2 = b1_all[: p1 - p0].zero_(), b2_all[: p1 - p0].zero_()
                 for b in self._buf:
                     xb = b[:, p0:p1] if per_pos else b[:, None]
                     ops.gaussian_accumulate(xb, shift[p0:p1], b1, b2)
@@ -426,7 +462,8 @@ class GaussianAccumulator:
             if s2 is None:
                 cov = b2.baddbmm_(ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
             else:
-                cov = torch.baddbmm(b2, ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
+                cov = torch.baddbmm(b2, ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f,
+                                    out=b2_all[: p1 - p0])
             del b2
             scatter_scale = float(n - ddof)  # scatter = cov * (n - ddof)
             trS = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) * (scatter_scale / n)  # trace of the ML covariance
@@ -448,7 +485,7 @@ class GaussianAccumulator:
                 alphas[p0:p1] = a.cpu()
             if reg:
                 cov.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1],
+            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1], work=work,
                                    compute_dtype=compute_dtype)
             mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
             logdet[p0:p1] = ld
