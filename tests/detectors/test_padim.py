@@ -189,15 +189,15 @@ def test_fit_dtype_float32():
 
 
 @pytest.mark.parametrize("grids", [((10, 12), (5, 6)), ((10, 12), (4, 5)), ((9, 9), (9, 9)), ((8, 8), (3, 8))])
-def test_positions_direct_equals_embedding(grids):
-    # the one-pass layout (every channel kept) is bit-identical to embed + transpose (the subset path)
+@pytest.mark.parametrize("n_features", [None, 16, 5, 11])
+def test_positions_equal_embedding(grids, n_features):
+    # the one-pass layout is bit-identical to anomalib's order: embed (nearest resize + concatenation),
+    # channel subset, transpose; every channel kept or a seeded subset (5: possibly none of one layer)
     gen = torch.Generator().manual_seed(2)
     feats = {"a": torch.randn(3, 6, *grids[0], generator=gen), "b": torch.randn(3, 10, *grids[1], generator=gen).half()}
-    det = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(
+    det = PaDiM(backbone=None, layers=["a", "b"], progress=False, n_features=n_features).fit_features(
         {k: torch.cat([v, v + 1, v * 2]) for k, v in feats.items()})
-    assert det._all_channels
+    assert det._all_channels == (n_features in (None, 16))
     got = det._positions(feats, torch.device("cpu"))
-    emb = det.embed(feats)
-    assert torch.equal(got, emb.flatten(2).transpose(1, 2))
-    det._all_channels = False  # the general path
-    assert torch.equal(det._positions(feats, torch.device("cpu")), got)
+    want = det.embed(feats).index_select(1, det.channel_idx_).flatten(2).transpose(1, 2)
+    assert got.is_contiguous() and torch.equal(got, want)

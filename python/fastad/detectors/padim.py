@@ -156,44 +156,45 @@ class PaDiM(BaseDetector):
     def _positions(self, feats, dev) -> torch.Tensor:
         """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch.
 
-        With every channel kept, each layer is written once into its slice of the output (the nearest
-        resize by an integer factor as a broadcast, otherwise by an index gather on the layer's own
-        grid): one pass instead of resize + concatenation + transpose (the same values as
-        :meth:`embed`, which the subset case uses)."""
-        if getattr(self, "_all_channels", False):
-            out = self._positions_direct(feats, dev)
-            if out is not None:
-                return out
-        emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
-        if self.channel_idx_.numel() != emb.shape[1] or not getattr(self, "_all_channels", False):
-            emb = emb.index_select(1, self.channel_idx_.to(dev))
-        B, C, h, w = emb.shape
-        if (h, w) != tuple(self.feature_grid_):
-            raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
-        return emb.reshape(B, C, h * w).transpose(1, 2).contiguous()
-
-    def _positions_direct(self, feats, dev):
+        Each layer's kept channels are gathered at the layer's own grid and written once into their
+        slots of the output (the nearest resize by an integer factor as a broadcast, otherwise by an
+        index gather): one pass instead of resize + concatenation + channel subset + transpose, with the
+        same values as :meth:`embed` (checked by the tests)."""
         first = feats[self.layers_[0]]
         B, _, h, w = first.shape
         if (h, w) != tuple(self.feature_grid_):
-            return None  # embed() path raises the grid error
-        C = sum(int(feats[k].shape[1]) for k in self.layers_)
+            raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
+        idx = self.channel_idx_.to(dev)
+        every = bool(getattr(self, "_all_channels", False))
+        C = idx.numel()
         out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev)
         c0 = 0
         for layer in self.layers_:
             f = feats[layer].to(dev)
             cl, hl, wl = f.shape[1:]
-            dst = out[..., c0 : c0 + cl]  # [B, h, w, cl] strided view
-            src = f.permute(0, 2, 3, 1)  # [B, hl, wl, cl] view
+            if every:
+                slots = None
+            else:  # the output slots of this layer's kept channels, and those channels
+                slots = torch.nonzero((idx >= c0) & (idx < c0 + cl)).flatten()
+                f = f.index_select(1, idx[slots] - c0).float()  # (index_copy_ needs equal dtypes)
+            c0 += cl
+            if slots is not None and slots.numel() == 0:
+                continue
+            k = f.shape[1]
+            src = f.permute(0, 2, 3, 1)  # [B, hl, wl, k] view
             if (hl, wl) == (h, w):
-                dst.copy_(src)
+                dst, val = out.view(B, h * w, C), src.reshape(B, h * w, k)
             elif h % hl == 0 and w % wl == 0:  # nearest by an integer factor: cell (i, j) <- (i // s, j // t)
-                dst.view(B, hl, h // hl, wl, w // wl, cl).copy_(src[:, :, None, :, None, :].expand(B, hl, h // hl, wl, w // wl, cl))
+                shape = (B, hl, h // hl, wl, w // wl, k)
+                dst, val = out.view(*shape[:-1], C), src[:, :, None, :, None, :].expand(shape)
             else:  # nearest indices exactly as F.interpolate(mode="nearest") picks them
                 grid = torch.arange(hl * wl, dtype=torch.float64).view(1, 1, hl, wl)
-                idx = F.interpolate(grid, size=(h, w), mode="nearest").view(-1).long().to(dev)
-                dst.view(B, h * w, cl).copy_(src.reshape(B, hl * wl, cl).index_select(1, idx))
-            c0 += cl
+                near = F.interpolate(grid, size=(h, w), mode="nearest").view(-1).long().to(dev)
+                dst, val = out.view(B, h * w, C), src.reshape(B, hl * wl, k).index_select(1, near)
+            if slots is None:
+                dst[..., c0 - cl : c0].copy_(val)
+            else:
+                dst.index_copy_(dst.dim() - 1, slots, val)
         return out.view(B, h * w, C)
 
     # ------------------------------------------------------------------ fit
