@@ -11,7 +11,8 @@ d = 550 channels, 28 x 28 = 784 positions, 200 training and 32 test images, 1 th
   triangular solve with the covariance's Cholesky factor (``torch.linalg.solve_triangular``: the
   alternative to the precision factor); GFLOP/s and % of the machine's GEMM roof (MKL/oneDNN
   ``torch.mm`` 2048^3 in the same run; bf16 against the bf16 ``torch.mm``); the AVX2 kernel forced by
-  ``FASTAD_FORCE_AVX2=1`` (what CPUs without AVX-512 run).
+  ``FASTAD_FORCE_AVX2=1`` (what CPUs without AVX-512 run; AMD CPUs use its 6 x 16 kernel for float32 factors
+  too) and the 6 x 32 AVX-512 one by ``FASTAD_MAHA_AVX512=1``.
 All interleaved in one process.
 """
 from __future__ import annotations
@@ -171,6 +172,9 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     os.environ["FASTAD_FORCE_NO_BF16"] = "1"
     _, t_bf_nodot = best_of(ours(Lbf), repeats)
     del os.environ["FASTAD_FORCE_NO_BF16"]
+    os.environ["FASTAD_MAHA_AVX512"] = "1"  # the 6 x 32 AVX-512 kernel (AMD CPUs default to 6 x 16 for fp32)
+    _, t_512 = best_of(ours(L32), repeats)
+    del os.environ["FASTAD_MAHA_AVX512"]
     os.environ["FASTAD_FORCE_AVX2"] = "1"  # the 6 x 16 AVX2/FMA kernel (CPUs without AVX-512)
     d_avx2, t_avx2 = best_of(ours(L32), repeats)
     _, t_avx2_bf = best_of(ours(Lbf), repeats)
@@ -186,6 +190,8 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
         roof = roof16 if "bfloat16" in key else roof32
         print(f"{key:32s} {t:8.4f} {t_a / t:11.2f}x {fl / t / 1e9:9.1f} {100 * fl / t / 1e9 / roof:6.1f}%")
     print(f"bfloat16 factor widened to float32 (FASTAD_FORCE_NO_BF16=1): {t_bf_nodot:.4f} s, {t_a / t_bf_nodot:.2f}x")
+    print(f"6 x 32 AVX-512 kernel with the float32 factor (FASTAD_MAHA_AVX512=1): {t_512:.4f} s, {t_a / t_512:.2f}x "
+          f"({useful / t_512 / 1e9:.1f} GFLOP/s)")
     print(f"AVX2 kernel (FASTAD_FORCE_AVX2=1): float32 factor {t_avx2:.4f} s, {t_a / t_avx2:.2f}x "
           f"({useful / t_avx2 / 1e9:.1f} GFLOP/s); bfloat16 factor {t_avx2_bf:.4f} s, {t_a / t_avx2_bf:.2f}x; "
           f"max relative difference to the AVX-512 kernel {rel_avx2:.1e}")
@@ -194,7 +200,7 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     res.update(score_s=rows, scoring_speedup_f32=t_a / rows["fastad float32 factor"],
                scoring_speedup_bf16=t_a / rows["fastad bfloat16 factor"],
                scoring_speedup_bf16_no_dot=t_a / t_bf_nodot,
-               scoring_speedup_f32_avx2=t_a / t_avx2, scoring_speedup_bf16_avx2=t_a / t_avx2_bf,
+               scoring_speedup_f32_avx2=t_a / t_avx2, scoring_speedup_f32_avx512_6x32=t_a / t_512, scoring_speedup_bf16_avx2=t_a / t_avx2_bf,
                trisolve_vs_factor=rows["triangular solve (Cholesky)"] / rows["fastad float32 factor"],
                gemm_roof_f32_gflops=roof32, gemm_roof_bf16_gflops=roof16,
                roof_pct_f32=100 * useful / rows["fastad float32 factor"] / 1e9 / roof32,

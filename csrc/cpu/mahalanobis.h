@@ -36,6 +36,9 @@ void maha_rows_avx2(const float* L, int64_t d, const float* xc, int64_t ld, int6
 void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
 void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
 #endif
+/// true on AMD CPUs (the 6 x 16 kernel is measured faster there for float32 / float16 factors) unless
+/// FASTAD_MAHA_AVX512=1 (read at every call).
+bool maha_prefer_256();
 /// AVX-512 BF16 dot products usable (cpuid avx512_bf16 + avx512f path, FASTAD_FORCE_NO_BF16 unset).
 bool maha_use_bf16_dot();
 
