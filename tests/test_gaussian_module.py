@@ -170,3 +170,22 @@ def test_float32_factorisation(per_position):
     # a singular covariance is still named (float32 Cholesky fails as float64 does)
     with pytest.raises(ValueError, match="not positive definite"):
         G.gaussian_fit(torch.ones(10, 4) + torch.arange(4.0), ddof=1, reg=0.0, compute_dtype=torch.float32)
+
+
+def test_fold_every_fold_rows_and_leftover_at_finalize(monkeypatch):
+    # once the sums exist, batches are buffered until FOLD_ROWS rows and folded in one op call; rows
+    # still buffered are folded by finalize: the same model as one batch, every position block size
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(23, 4, 6, generator=gen, dtype=torch.float64) * 2 + 3
+    one = G.gaussian_fit(x, ddof=1, reg=0.01)
+    monkeypatch.setattr(G, "BUFFER_BYTES_PER_FEATURE", 0)  # fold at the first batch
+    monkeypatch.setattr(G, "FOLD_ROWS", 5)
+    monkeypatch.setattr(G, "_BLOCK_BYTES", 3 * 8 * 6 * 6)  # one position per block
+    acc = G.GaussianAccumulator()
+    for s in range(0, 23, 2):  # 12 batches: folds at 2, then every 6 rows, 3 rows left at finalize
+        acc.update(x[s : s + 2])
+    assert acc.s2 is not None and acc._nbuf > 0
+    many = acc.finalize(ddof=1, reg=0.01)
+    torch.testing.assert_close(many.mean, one.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(many.covariance, one.covariance, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(many.factor, one.factor, rtol=1e-9, atol=1e-12)
