@@ -49,16 +49,22 @@ def main():
     ap.add_argument("--synthetic", action="store_true",
                     help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
+    ap.add_argument("--fit-dtype", default="float64", choices=["float64", "float32"],
+                    help="PaDiM(fit_dtype=...): dtype of the per-position factorisation (anomalib: float32)")
+    ap.add_argument("--cache", default=None,
+                    help="file of the extracted MTD features (written when missing, read when present; not timed)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.synthetic:
         from bench_padim_synth import run_synthetic
 
-        res = run_synthetic(a.threads, a.repeats)
+        res = run_synthetic(a.threads, a.repeats, fit_dtype=a.fit_dtype)
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))
         return
 
+    import fastad
+    from _machine import cpu_model
     from fastad import metrics
     from fastad.data import MVTecDataset
     from fastad.detectors import PaDiM
@@ -87,16 +93,26 @@ def main():
             extra.append(b)
         return out, extra
 
-    (train_f, _), w_tr, _ = timed(lambda: feats_of(train_ds, keep))
-    (test_f, test_b), w_te, _ = timed(lambda: feats_of(test_ds))
+    key = {"train": keep, "layers": layers, "test_images": len(test_ds)}
+    cached = torch.load(a.cache) if a.cache and Path(a.cache).exists() else None
+    if cached is not None and cached["key"] == key:
+        train_f, test_f, masks, labels = cached["train"], cached["test"], cached["masks"], cached["labels"]
+        w_tr = w_te = 0.0
+        print(f"features read from {a.cache}", flush=True)
+    else:
+        (train_f, _), w_tr, _ = timed(lambda: feats_of(train_ds, keep))
+        (test_f, test_b), w_te, _ = timed(lambda: feats_of(test_ds))
+        masks = torch.cat([b["mask"] for b in test_b]).bool()
+        labels = torch.cat([torch.as_tensor(b["label"]) for b in test_b])
+        if a.cache:
+            torch.save({"key": key, "train": train_f, "test": test_f, "masks": masks, "labels": labels}, a.cache)
     print(f"anomalib {version}; MTD: {len(keep)} train / {len(test_ds)} test images; features extracted in "
-          f"{w_tr + w_te:.1f} s (shared); threads={a.threads}", flush=True)
-    masks = torch.cat([b["mask"] for b in test_b]).bool()
-    labels = torch.cat([torch.as_tensor(b["label"]) for b in test_b])
+          f"{w_tr + w_te:.1f} s (shared); threads={a.threads}; fit_dtype={a.fit_dtype}; CPU: {cpu_model()}; fastad kernel: "
+          f"{fastad.build_info().get('dist_micro_kernel', fastad.build_info().get('simd'))}", flush=True)
 
     rows = {}
     # ---- fit, interleaved
-    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False)
+    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False, fit_dtype=a.fit_dtype)
     _, w, c = timed(lambda: det.fit_features(train_f, image_size=(224, 224)))
     rows["fastad fit"] = (w, c)
     idx = det.channel_idx_
@@ -130,7 +146,9 @@ def main():
     (s_a, m_a), w, c = timed(anomalib_predict)
     rows["anomalib predict"] = (w, c)
 
-    res = {"anomalib_version": version, "train_images": len(keep), "test_images": len(test_ds),
+    print("fastad stages (wall s): fit " + ", ".join(f"{k} {v:.2f}" for k, v in det.fit_timings_.items())
+          + "; predict " + ", ".join(f"{k} {v:.2f}" for k, v in getattr(det, "score_timings_", {}).items()), flush=True)
+    res = {"anomalib_version": version, "fit_dtype": a.fit_dtype, "cpu": cpu_model(), "train_images": len(keep), "test_images": len(test_ds),
            "channels": int(idx.numel()), "threads": a.threads, "stages": {}}
     print(f"{'stage':18s} {'wall s':>8s} {'CPU s':>8s}")
     for k, (w, c) in rows.items():

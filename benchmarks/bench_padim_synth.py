@@ -1,15 +1,18 @@
 """PaDiM at anomalib's wide-ResNet setting on synthetic features (``bench_padim.py --synthetic``):
 d = 550 channels, 28 x 28 = 784 positions, 200 training and 32 test images, 1 thread by default.
 
-- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5)`` (what ``PaDiM.fit_features`` runs:
-  ``gaussian_accumulate`` + float64 Cholesky + precision factor, position block by position block) vs
+- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5, compute_dtype=...)`` (what ``PaDiM.fit_features``
+  runs: ``gaussian_accumulate`` + float64 (or ``--fit-dtype float32``) Cholesky + precision factor, position
+  block by position block; the other factorisation dtype is timed too, with its distances' difference) vs
   anomalib 2.7.0 ``MultiVariateGaussian.fit`` (per-position covariance loop + batched float32 inverse);
   peak extra memory (RSS sampled every 2 ms above the level before the call) vs the fitted model's bytes;
 - scoring: ``fastad.ops.mahalanobis`` with a float32 / bfloat16 factor vs anomalib's
   ``AnomalyMapGenerator.compute_distance`` (its float32 ``matmul(delta, inv) * delta``), and vs a
   triangular solve with the covariance's Cholesky factor (``torch.linalg.solve_triangular``: the
   alternative to the precision factor); GFLOP/s and % of the machine's GEMM roof (MKL/oneDNN
-  ``torch.mm`` 2048^3 in the same run; bf16 against the bf16 ``torch.mm``).
+  ``torch.mm`` 2048^3 in the same run; bf16 against the bf16 ``torch.mm``); the AVX2 kernel forced by
+  ``FASTAD_FORCE_AVX2=1`` (what CPUs without AVX-512 run; AMD CPUs use its 6 x 16 kernel for float32 factors
+  too) and the 6 x 32 AVX-512 one by ``FASTAD_MAHA_AVX512=1``.
 All interleaved in one process.
 """
 from __future__ import annotations
@@ -74,7 +77,8 @@ def gemm_roof(dtype, n=2048, repeats=3):
     return 2 * n**3 / t / 1e9
 
 
-def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32):
+def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32,
+                  fit_dtype: str = "float64"):
     import fastad
     from fastad import ops
     from fastad.gaussian import gaussian_fit
@@ -99,16 +103,30 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
 
     # ---- fit, interleaved: fastad, anomalib
     gaussian_fit(train[:, :2], ddof=1, reg=0.01)  # warm-up: scipy's LAPACK import (not timed)
+    cdt = {"float64": torch.float64, "float32": torch.float32}[fit_dtype]
+    other = torch.float32 if cdt == torch.float64 else torch.float64
+
+    def fit(dt):
+        return gaussian_fit(train, ddof=1, reg=0.01 + 1e-5, factor_dtype=torch.float32, keep_covariance=False,
+                            compute_dtype=dt)
+
     with PeakRSS() as m_f:
-        model, w_fit_f, t_fit_f = timed(
-            lambda: gaussian_fit(train, ddof=1, reg=0.01 + 1e-5, factor_dtype=torch.float32, keep_covariance=False))
+        model, w_fit_f, t_fit_f = timed(lambda: fit(cdt))
     model_bytes = model.factor.numel() * model.factor.element_size() + model.mean.numel() * 4
     emb_train_c = emb_train.contiguous()  # anomalib gets its own [B, C, H, W] tensor (not timed)
     gauss = MVG()
     with PeakRSS() as m_a:
         _, w_fit_a, t_fit_a = timed(lambda: gauss.fit(emb_train_c))  # noqa: F821 (deleted after the call)
     del emb_train_c
+    model_o, _, t_fit_o = timed(lambda: fit(other))  # the other factorisation dtype (after anomalib: interleaved)
+    # distances of the two factorisations on the test images (relative), a measure of float32's error
+    d_c = ops.mahalanobis(test, model.mean.float(), model.factor).double()
+    d_o = ops.mahalanobis(test, model_o.mean.float(), model_o.factor).double()
+    rel_fit = ((d_c - d_o).abs() / d_o.abs().clamp_min(1e-12)).max().item()
+    del model_o
     a_bytes = gauss.inv_covariance.numel() * 4 + gauss.mean.numel() * 4
+    res.update(fit_dtype=fit_dtype, fit_cpu_s_other_dtype=t_fit_o, fit_speedup_cpu_other_dtype=t_fit_a / t_fit_o,
+               max_rel_d2_diff_f32_vs_f64_factorisation=rel_fit)
     res.update(fit_cpu_s_fastad=t_fit_f, fit_cpu_s_anomalib=t_fit_a, fit_speedup_cpu=t_fit_a / t_fit_f,
                fit_wall_s_fastad=w_fit_f, fit_wall_s_anomalib=w_fit_a, fit_speedup_wall=w_fit_a / w_fit_f,
                model_bytes=model_bytes, peak_extra_bytes_fastad=m_f.extra, peak_extra_ratio_fastad=m_f.extra / model_bytes,
@@ -118,6 +136,8 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
           f"(wall {w_fit_f:.2f} / {w_fit_a:.2f} s -> {w_fit_a / w_fit_f:.2f}x); "
           f"peak extra memory fastad {m_f.extra / 2**30:.2f} GiB = {m_f.extra / model_bytes:.2f}x its model "
           f"({model_bytes / 2**30:.2f} GiB); anomalib {m_a.extra / 2**30:.2f} GiB = {m_a.extra / a_bytes:.2f}x", flush=True)
+    print(f"fit with fit_dtype={fit_dtype}; with {str(other).split('.')[-1]} factorisation instead: {t_fit_o:.2f} s -> "
+          f"{t_fit_a / t_fit_o:.2f}x; max relative d2 difference float32 vs float64 factorisation: {rel_fit:.2e}", flush=True)
 
     # ---- scoring, interleaved
     mean, L32 = model.mean.float(), model.factor
@@ -152,6 +172,14 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     os.environ["FASTAD_FORCE_NO_BF16"] = "1"
     _, t_bf_nodot = best_of(ours(Lbf), repeats)
     del os.environ["FASTAD_FORCE_NO_BF16"]
+    os.environ["FASTAD_MAHA_AVX512"] = "1"  # the 6 x 32 AVX-512 kernel (AMD CPUs default to 6 x 16 for fp32)
+    _, t_512 = best_of(ours(L32), repeats)
+    del os.environ["FASTAD_MAHA_AVX512"]
+    os.environ["FASTAD_FORCE_AVX2"] = "1"  # the 6 x 16 AVX2/FMA kernel (CPUs without AVX-512)
+    d_avx2, t_avx2 = best_of(ours(L32), repeats)
+    _, t_avx2_bf = best_of(ours(Lbf), repeats)
+    del os.environ["FASTAD_FORCE_AVX2"]
+    rel_avx2 = ((d_avx2.double() - d_ours.double()).abs() / d_ours.double().clamp_min(1e-6)).max().item()
     roof32, roof16 = gemm_roof(torch.float32), gemm_roof(torch.bfloat16)
     useful = n_test * P * d * (d + 1)  # triangular multiply-adds x 2 flops
     dense = 2 * n_test * P * d * d
@@ -162,11 +190,17 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
         roof = roof16 if "bfloat16" in key else roof32
         print(f"{key:32s} {t:8.4f} {t_a / t:11.2f}x {fl / t / 1e9:9.1f} {100 * fl / t / 1e9 / roof:6.1f}%")
     print(f"bfloat16 factor widened to float32 (FASTAD_FORCE_NO_BF16=1): {t_bf_nodot:.4f} s, {t_a / t_bf_nodot:.2f}x")
+    print(f"6 x 32 AVX-512 kernel with the float32 factor (FASTAD_MAHA_AVX512=1): {t_512:.4f} s, {t_a / t_512:.2f}x "
+          f"({useful / t_512 / 1e9:.1f} GFLOP/s)")
+    print(f"AVX2 kernel (FASTAD_FORCE_AVX2=1): float32 factor {t_avx2:.4f} s, {t_a / t_avx2:.2f}x "
+          f"({useful / t_avx2 / 1e9:.1f} GFLOP/s); bfloat16 factor {t_avx2_bf:.4f} s, {t_a / t_avx2_bf:.2f}x; "
+          f"max relative difference to the default path {rel_avx2:.1e}")
     print(f"GEMM roof (torch.mm 2048^3, 1 thread): float32 {roof32:.1f} GFLOP/s, bfloat16 {roof16:.1f} GFLOP/s; "
           f"max relative difference of fastad's float32 d2 vs anomalib's: {rel32:.2e}", flush=True)
     res.update(score_s=rows, scoring_speedup_f32=t_a / rows["fastad float32 factor"],
                scoring_speedup_bf16=t_a / rows["fastad bfloat16 factor"],
                scoring_speedup_bf16_no_dot=t_a / t_bf_nodot,
+               scoring_speedup_f32_avx2=t_a / t_avx2, scoring_speedup_f32_avx512_6x32=t_a / t_512, scoring_speedup_bf16_avx2=t_a / t_avx2_bf,
                trisolve_vs_factor=rows["triangular solve (Cholesky)"] / rows["fastad float32 factor"],
                gemm_roof_f32_gflops=roof32, gemm_roof_bf16_gflops=roof16,
                roof_pct_f32=100 * useful / rows["fastad float32 factor"] / 1e9 / roof32,

@@ -5,7 +5,7 @@
 //   sumsq[p] += tril(sum_n y_n y_n^T)          (float64; only the lower triangle incl. the diagonal)
 // The shift (the caller passes the first batch's mean) keeps the products free of a large common
 // offset. Low-precision x: rows are centred in chunks of kAccChunk into a float32 buffer, the SYRK
-// product of a chunk is formed in float32 by a 6 x 32 AVX-512 micro-kernel (or portable C++) over the
+// product of a chunk is formed in float32 by a 6 x 32 AVX-512 / 6 x 16 AVX2 micro-kernel (or portable C++) over the
 // lower triangle only (half the FLOPs of a GEMM), and added into the float64 sums: float32 error over
 // at most kAccChunk shifted products, float64 across chunks. float64 x: float64 throughout. One pass
 // over x; memory: one chunk buffer and one d x d float32 tile per thread (no [N, P, d, d] anything).
@@ -37,7 +37,7 @@ constexpr int64_t kAccChunk = 256;
 /// Returns false (and adds nothing) when a chunk holds a non-finite value.
 template <typename T, typename S>
 bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t nr, int64_t d, double* s1,
-                     double* s2, bool avx512, AlignedFloats& ybuf, AlignedFloats& tbuf, std::vector<double>& cs) {
+                     double* s2, int simd, AlignedFloats& ybuf, AlignedFloats& tbuf, std::vector<double>& cs) {
   const int64_t ld = (d + 31) / 32 * 32;
   cs.assign(static_cast<size_t>(d), 0.0);
   if constexpr (std::is_same_v<T, double>) {
@@ -90,8 +90,13 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
       if (!std::isfinite(cs[j])) return false;
     float* tile = tbuf.get(static_cast<size_t>(d * ld));
 #if FASTAD_HAVE_AVX512
-    if (avx512)
+    if (simd == 2)
       syrk_lower_avx512(y, ld, nr, d, tile, ld);
+    else
+#endif
+#if FASTAD_HAVE_AVX2
+    if (simd == 1)
+      syrk_lower_avx2(y, ld, nr, d, tile, ld);
     else
 #endif
       syrk_lower_generic(y, ld, nr, d, tile, ld);
@@ -108,7 +113,7 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
 template <typename T, typename S>
 void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape& s) {
   const int64_t N = s.N, P = s.P, d = s.d;
-  const bool avx512 = use_avx512_micro();
+  const int simd = use_avx512_micro() ? 2 : (use_avx2_path() ? 1 : 0);  // AVX-512, AVX2/FMA, portable
   std::atomic<int64_t> bad{-1};
   if (P > 1 || N <= kAccChunk) {
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
@@ -117,7 +122,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
       for (int64_t p = p0; p < p1; ++p)
         for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               sumsq + p * d * d, avx512, ybuf, tbuf, cs))
+                               sumsq + p * d * d, simd, ybuf, tbuf, cs))
             bad = p;
     });
   } else {
@@ -128,7 +133,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
       std::vector<double> cs, s1(static_cast<size_t>(d), 0.0), s2(static_cast<size_t>(d * d), 0.0);
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t n0 = c * kAccChunk;
-        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), avx512, ybuf,
+        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), simd, ybuf,
                              tbuf, cs))
           bad = 0;
       }

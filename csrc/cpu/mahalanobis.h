@@ -29,6 +29,16 @@ void maha_rows_bf16_avx512(const uint16_t* L, int64_t d, const uint16_t* xcb, in
 /// float32 rows -> bfloat16 rows (round to nearest even), zero-padded to ldb >= round_up(d, 32).
 void maha_rows_to_bf16(const float* xc, int64_t ld, int64_t nr, int64_t d, uint16_t* out, int64_t ldb);
 #endif
+#if FASTAD_HAVE_AVX2
+/// The same with a 6 x 16 AVX2/FMA micro-kernel (16-column panels), for CPUs without AVX-512; call
+/// only when use_avx2_path() (mahalanobis_avx2.cpp). FASTAD_FORCE_AVX2=1 selects it on AVX-512 CPUs.
+void maha_rows_avx2(const float* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+#endif
+/// true on AMD CPUs (the 6 x 16 kernel is measured faster there for float32 / float16 factors) unless
+/// FASTAD_MAHA_AVX512=1 (read at every call).
+bool maha_prefer_256();
 /// AVX-512 BF16 dot products usable (cpuid avx512_bf16 + avx512f path, FASTAD_FORCE_NO_BF16 unset).
 bool maha_use_bf16_dot();
 
@@ -38,6 +48,9 @@ bool maha_use_bf16_dot();
 void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
 #if FASTAD_HAVE_AVX512
 void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+#endif
+#if FASTAD_HAVE_AVX2
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
 #endif
 
 }  // namespace fastad::cpu

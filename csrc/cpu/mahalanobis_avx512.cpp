@@ -126,29 +126,50 @@ void maha_rows_avx512_bf16(const uint16_t* L, int64_t d, const float* xc, int64_
   rows_impl<LoadBF16>(L, d, xc, ld, nrows, out);
 }
 
-// Lower SYRK tile: rows i0..i0+5 (features) x columns j0..j0+31 for every j0 <= i0 + 5, over n samples:
-// per sample 6 broadcasts of y[k, i0 + r] and 2 loads of y[k, j0 : j0 + 32] for 12 FMAs.
+// Lower SYRK tile: rows i0..i0+5 (features) x columns j0..j0+31 for every j0 <= i0 + 5, over the
+// samples in blocks of kSyrkKc: per sample 6 broadcasts of y[k, i0 + r] and 2 loads of y[k, j0 : j0 + 32]
+// for 12 FMAs. Blocking the samples keeps the column panel (kSyrkKc x 128 B) and the broadcast rows in
+// L1 while every row block passes over them (the whole chunk, 256 rows x d, does not fit); the tile is
+// re-read and re-written once per sample block (12 loads + 12 stores per 12 kSyrkKc FMAs).
+constexpr int64_t kSyrkKc = 64;
+
 void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
-  for (int64_t j0 = 0; j0 < d; j0 += 32) {
-    for (int64_t i0 = j0 / 6 * 6; i0 < d; i0 += 6) {  // row blocks that reach column block j0
-      const int64_t ni = d - i0 < 6 ? d - i0 : 6;
-      __m512 c0[6], c1[6];
+  for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kSyrkKc) {
+    const int64_t kn = n - k0 < kSyrkKc ? n - k0 : kSyrkKc;
+    const float* yb = y + k0 * ld;
+    for (int64_t j0 = 0; j0 < d; j0 += 32) {
+      for (int64_t i0 = j0 / 6 * 6; i0 < d; i0 += 6) {  // row blocks that reach column block j0
+        const int64_t ni = d - i0 < 6 ? d - i0 : 6;
+        __m512 c0[6], c1[6];
 #pragma GCC unroll 6
-      for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
-      const float* yk = y;
-      for (int64_t k = 0; k < n; ++k, yk += ld) {
-        const __m512 b0 = _mm512_load_ps(yk + j0), b1 = _mm512_load_ps(yk + j0 + 16);
+        for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+        // (constant-index loops with a guard, fully unrolled: the accumulators stay in registers; a
+        // loop to the runtime bound ni would index them from memory)
+        if (k0 > 0) {
+#pragma GCC unroll 6
+          for (int r = 0; r < 6; ++r)
+            if (r < ni) {
+              c0[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0);
+              c1[r] = _mm512_loadu_ps(tile + (i0 + r) * ldt + j0 + 16);
+            }
+        }
+        const float* yk = yb;
+        for (int64_t k = 0; k < kn; ++k, yk += ld) {
+          const __m512 b0 = _mm512_load_ps(yk + j0), b1 = _mm512_load_ps(yk + j0 + 16);
+#pragma GCC unroll 6
+          for (int r = 0; r < 6; ++r) {
+            const __m512 a = _mm512_set1_ps(yk[i0 + r]);  // rows past d read the zero padding
+            c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+          }
+        }
 #pragma GCC unroll 6
         for (int r = 0; r < 6; ++r) {
-          const __m512 a = _mm512_set1_ps(yk[i0 + r]);  // rows past d read the zero padding
-          c0[r] = _mm512_fmadd_ps(a, b0, c0[r]);
-          c1[r] = _mm512_fmadd_ps(a, b1, c1[r]);
+          if (r >= ni) break;
+          // the tile is ldt >= round_up(d, 32) wide, so the full 32-column store stays inside row i0 + r
+          _mm512_storeu_ps(tile + (i0 + r) * ldt + j0, c0[r]);
+          _mm512_storeu_ps(tile + (i0 + r) * ldt + j0 + 16, c1[r]);
         }
-      }
-      for (int64_t r = 0; r < ni; ++r) {
-        // the tile is ldt >= round_up(d, 32) wide, so the full 32-column store stays inside row i0 + r
-        _mm512_storeu_ps(tile + (i0 + r) * ldt + j0, c0[r]);
-        _mm512_storeu_ps(tile + (i0 + r) * ldt + j0 + 16, c1[r]);
       }
     }
   }

@@ -74,3 +74,43 @@ def test_adaptive_patch_pool():
     vb = b[1, :, 2, 0].view(2, 2).mean(1)
     st = torch.cat([va, vb])
     torch.testing.assert_close(out[1, :, 2, 0], st.view(2, 2).mean(1))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("border", ["reflect", "symmetric", "replicate", "constant"])
+@pytest.mark.parametrize("hw,size,sigma", [((28, 28), (224, 224), 4.0), ((7, 5), (40, 29), 4.0),
+                                          ((14, 9), (56, 33), 1.5), ((3, 4), (3, 4), 2.0), ((28, 20), (224, 160), 0)])
+def test_resize_blur_equals_interpolate_then_blur(mode, border, hw, size, sigma):
+    from fastad.detectors._maps import resize_blur
+
+    gen = torch.Generator().manual_seed(3)
+    g = torch.rand(3, 1, *hw, generator=gen, dtype=torch.float64) * 5
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    ref = gaussian_blur(F.interpolate(g, size=size, mode=mode, **kw), sigma, border)
+    got = resize_blur(g, size, sigma, border, mode)
+    assert got.shape == ref.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    # float32 (PaDiM's maps): within 1e-5 relative of the two-step float32 path
+    ref32 = gaussian_blur(F.interpolate(g.float(), size=size, mode=mode, **kw), sigma, border)
+    got32 = resize_blur(g.float()[:, 0], size, sigma, border, mode)
+    assert got32.shape == ref32.shape[:1] + ref32.shape[2:]
+    assert float(((got32 - ref32[:, 0]).abs() / ref32[:, 0].abs().clamp_min(1e-6)).max()) < 1e-5
+
+
+def test_resize_blur_errors_and_cache():
+    from fastad.detectors._maps import resize_blur, resize_blur_operator
+
+    with pytest.raises(ValueError, match="mode"):
+        resize_blur(torch.zeros(1, 4, 4), (8, 8), 1.0, mode="bicubic")
+    with pytest.raises(ValueError, match="border"):
+        resize_blur(torch.zeros(1, 4, 4), (8, 8), 1.0, border="wrap")
+    with pytest.raises(ValueError, match=r"\[B, h, w\]"):
+        resize_blur(torch.zeros(1, 2, 4, 4), (8, 8), 1.0)
+    with pytest.raises(ValueError, match="floating"):
+        resize_blur(torch.zeros(1, 4, 4, dtype=torch.int64), (8, 8), 1.0)
+    with pytest.raises(ValueError, match="size"):
+        resize_blur(torch.zeros(1, 4, 4), (0, 8), 1.0)
+    a = resize_blur_operator(28, 224, 4.0)
+    assert resize_blur_operator(28, 224, 4.0) is a and a.shape == (224, 28)
+    # every output pixel is a convex combination of the grid's cells (rows of A sum to 1)
+    torch.testing.assert_close(a.double().sum(1), torch.ones(224, dtype=torch.float64), rtol=0, atol=1e-6)

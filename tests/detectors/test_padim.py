@@ -172,3 +172,32 @@ def test_errors(monkeypatch):
     det = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
     with pytest.raises(ValueError, match="8x8 grid but the model was fitted on"):
         det.score_features(_features(gen, 2, grid=(8, 8)))
+
+
+def test_fit_dtype_float32():
+    # float32 factorisation (anomalib's precision): maps within 1e-4 relative of the float64 one here
+    gen = torch.Generator().manual_seed(11)
+    train, test = _features(gen, 40), _features(gen, 3)
+    d64 = PaDiM(backbone=None, layers=["a", "b"], progress=False).fit_features(train, image_size=(20, 24))
+    d32 = PaDiM(backbone=None, layers=["a", "b"], progress=False, fit_dtype="float32").fit_features(
+        train, image_size=(20, 24))
+    m64, m32 = d64.score_features(test)[1], d32.score_features(test)[1]
+    assert float(((m32 - m64).abs() / m64.abs()).max()) <= 1e-4
+    assert d32.get_params()["fit_dtype"] == "float32"
+    with pytest.raises(ValueError, match="fit_dtype must be 'float32' or 'float64'"):
+        PaDiM(backbone=None, layers=["a", "b"], fit_dtype="float16", progress=False).fit_features(train)
+
+
+@pytest.mark.parametrize("grids", [((10, 12), (5, 6)), ((10, 12), (4, 5)), ((9, 9), (9, 9)), ((8, 8), (3, 8))])
+@pytest.mark.parametrize("n_features", [None, 16, 5, 11])
+def test_positions_equal_embedding(grids, n_features):
+    # the one-pass layout is bit-identical to anomalib's order: embed (nearest resize + concatenation),
+    # channel subset, transpose; every channel kept or a seeded subset (5: possibly none of one layer)
+    gen = torch.Generator().manual_seed(2)
+    feats = {"a": torch.randn(3, 6, *grids[0], generator=gen), "b": torch.randn(3, 10, *grids[1], generator=gen).half()}
+    det = PaDiM(backbone=None, layers=["a", "b"], progress=False, n_features=n_features).fit_features(
+        {k: torch.cat([v, v + 1, v * 2]) for k, v in feats.items()})
+    assert det._all_channels == (n_features in (None, 16))
+    got = det._positions(feats, torch.device("cpu"))
+    want = det.embed(feats).index_select(1, det.channel_idx_).flatten(2).transpose(1, 2)
+    assert got.is_contiguous() and torch.equal(got, want)

@@ -33,10 +33,14 @@ SHAPES = [(1, 1, 1), (7, 1, 5), (13, 3, 31), (6, 2, 32), (5, 4, 33), (300, 1, 64
 
 
 @pytest.mark.parametrize("N,P,d", SHAPES)
-@pytest.mark.parametrize("path", ["fast", "generic"])
+@pytest.mark.parametrize("path", ["fast", "avx512", "avx2", "generic"])
 def test_mahalanobis_matches_reference(N, P, d, path, monkeypatch):
     if path == "generic":
         monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    if path == "avx512":  # the 6 x 32 AVX-512 kernel also on AMD CPUs (which default to 6 x 16)
+        monkeypatch.setenv("FASTAD_MAHA_AVX512", "1")
+    if path == "avx2":  # the 6 x 16 AVX2 kernel (Zen 2/3 CI machines) on an AVX-512 CPU
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
     gen = torch.Generator().manual_seed(N * 1000 + P * 7 + d)
     x = torch.randn(N, P, d, generator=gen) * 3 + 5
     mean = torch.randn(P, d, generator=gen) + 5
@@ -49,10 +53,14 @@ def test_mahalanobis_matches_reference(N, P, d, path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("N,P,d", [(9, 3, 33), (40, 2, 200), (7, 1, 550)])
-@pytest.mark.parametrize("no_bf16", [False, True])
+@pytest.mark.parametrize("no_bf16", [False, True, "avx2", "avx512"])
 def test_mahalanobis_low_precision_factor(dtype, N, P, d, no_bf16, monkeypatch):
     if no_bf16:
         monkeypatch.setenv("FASTAD_FORCE_NO_BF16", "1")
+    if no_bf16 == "avx512":
+        monkeypatch.setenv("FASTAD_MAHA_AVX512", "1")
+    if no_bf16 == "avx2":  # AVX2 kernel: the factor widened in registers (F16C / 16-bit shift)
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
     gen = torch.Generator().manual_seed(d)
     x = torch.randn(N, P, d, generator=gen)
     mean = torch.randn(P, d, generator=gen) * 0.1
@@ -180,10 +188,12 @@ ACC_SHAPES = [(1, 1, 1), (5, 3, 7), (300, 1, 64), (257, 2, 33), (40, 1024, 5), (
 
 @pytest.mark.parametrize("N,P,d", ACC_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("path", ["fast", "generic"])
+@pytest.mark.parametrize("path", ["fast", "avx2", "generic"])
 def test_gaussian_accumulate_matches_reference(N, P, d, dtype, path, monkeypatch):
     if path == "generic":
         monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    if path == "avx2":
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
     gen = torch.Generator().manual_seed(N + P + d)
     x = (torch.randn(N, P, d, generator=gen, dtype=torch.float64) * 2 + 100).to(dtype)
     shift = x[: max(1, N // 2)].double().mean(0).to(torch.float64 if dtype == torch.float64 else torch.float32)

@@ -104,6 +104,92 @@ def gaussian_blur(maps: torch.Tensor, sigma: float | None, border: str = "reflec
     return out if squeeze else out.unsqueeze(1)
 
 
+#: Resize modes of :func:`resize_blur` (``F.interpolate`` modes that are linear and separable per axis).
+RESIZE_MODES = ("bilinear", "nearest")
+
+_OPERATOR_CACHE: dict = {}
+_OPERATOR_CACHE_MAX = 32
+
+
+def resize_blur_operator(n_in: int, n_out: int, sigma: float | None, border: str = "reflect",
+                         mode: str = "bilinear", dtype=torch.float32, device=None) -> torch.Tensor:
+    """The ``Tensor[n_out, n_in]`` matrix of one axis of "resize ``n_in -> n_out``, then blur".
+
+    ``A = Blur_{n_out} @ Resize_{n_out <- n_in}``: the resize rows are ``F.interpolate`` applied to the
+    identity (``mode="linear"`` for ``"bilinear"``, ``align_corners=False``; or ``"nearest"``), so the
+    weights are torch's own; the blur rows are the taps of :func:`gaussian_kernel1d` folded onto the
+    axis by the padding of ``border`` (zeros outside for ``"constant"``), as :func:`gaussian_blur`
+    pads. Built in float64, cast to ``dtype``, cached per ``(n_in, n_out, sigma, border, mode, dtype,
+    device)``.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_blur: mode must be one of {RESIZE_MODES}, got {mode!r}")
+    if border not in BORDER_MODES:
+        raise ValueError(f"resize_blur: border must be one of {BORDER_MODES}, got {border!r}")
+    key = (int(n_in), int(n_out), None if not sigma else float(sigma), border, mode, dtype, str(device))
+    hit = _OPERATOR_CACHE.get(key)
+    if hit is not None:
+        return hit
+    eye = torch.eye(n_in, dtype=torch.float64)[None]  # [1, n_in (channels = unit vectors), n_in]
+    if mode == "bilinear":
+        up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T  # [n_out, n_in]
+    else:
+        up = F.interpolate(eye, size=n_out, mode="nearest")[0].T
+    A = up
+    if sigma:
+        k = gaussian_kernel1d(sigma, dtype=torch.float64)
+        r = (k.numel() - 1) // 2
+        blur = torch.zeros(n_out, n_out, dtype=torch.float64)
+        rows = torch.arange(n_out)[:, None].expand(n_out, k.numel())
+        taps = k[None].expand(n_out, k.numel())
+        if border == "constant":
+            src = torch.arange(n_out)[:, None] + torch.arange(-r, r + 1)[None]
+            ok = (src >= 0) & (src < n_out)
+            blur.index_put_((rows[ok], src[ok]), taps[ok], accumulate=True)
+        else:
+            idx = _pad_index(n_out, r, border, None)  # [n_out + 2r]
+            src = idx[torch.arange(n_out)[:, None] + torch.arange(k.numel())[None]]
+            blur.index_put_((rows.reshape(-1), src.reshape(-1)), taps.reshape(-1), accumulate=True)
+        A = blur @ up
+    A = A.to(dtype=dtype, device=device).contiguous()
+    if len(_OPERATOR_CACHE) >= _OPERATOR_CACHE_MAX:
+        _OPERATOR_CACHE.pop(next(iter(_OPERATOR_CACHE)))
+    _OPERATOR_CACHE[key] = A
+    return A
+
+
+def resize_blur(grid: torch.Tensor, size, sigma: float | None, border: str = "reflect",
+                mode: str = "bilinear") -> torch.Tensor:
+    """``gaussian_blur(F.interpolate(grid, size, mode), sigma, border)`` as two small matrix products.
+
+    Both steps are linear and separable, so the map is ``A_y @ S @ A_x^T`` with the per-axis operators
+    of :func:`resize_blur_operator` (PaDiM's 28 x 28 -> 224 x 224: ~3 MFLOP per map instead of a 33-tap
+    blur of the full map in both directions). Equal to the two-step path up to float rounding.
+
+    Args:
+        grid: ``Tensor[B, h, w]`` or ``Tensor[B, 1, h, w]``, floating point.
+        size: ``(H, W)`` of the output. sigma / border: as :func:`gaussian_blur` (``None``/``0``: no
+            blur). mode: ``"bilinear"`` (``align_corners=False``) or ``"nearest"``.
+
+    Returns:
+        ``Tensor[B, H, W]`` (``[B, 1, H, W]`` for a 4-D input), ``grid``'s dtype and device.
+    """
+    squeeze = grid.dim() == 3
+    if not (grid.dim() == 3 or (grid.dim() == 4 and grid.shape[1] == 1)):
+        raise ValueError(f"resize_blur: grid must be [B, h, w] or [B, 1, h, w], got {tuple(grid.shape)}")
+    if not grid.is_floating_point():
+        raise ValueError(f"resize_blur: grid must be floating point, got {grid.dtype}")
+    H, W = (int(s) for s in size)
+    if H < 1 or W < 1:
+        raise ValueError(f"resize_blur: size must be two positive ints, got {tuple(size)}")
+    g = grid if squeeze else grid[:, 0]
+    h, w = g.shape[-2:]
+    Ay = resize_blur_operator(h, H, sigma, border, mode, g.dtype, g.device)
+    Ax = resize_blur_operator(w, W, sigma, border, mode, g.dtype, g.device)
+    out = torch.matmul(Ay, torch.matmul(g, Ax.T))  # [B, H, W]: (S A_x^T) first, the small product
+    return out if squeeze else out[:, None]
+
+
 def local_average(feature: torch.Tensor) -> torch.Tensor:
     """PatchCore's local neighbourhood aggregation: ``AvgPool2d(3, stride=1, padding=1)``.
 
