@@ -47,6 +47,7 @@
 
 #include "cpu/bf16_emu.h"
 #include "cpu/dist_kernels.h"
+#include "cpu/microkernel_avx2.h"
 #include "cpu/topk.h"
 
 namespace fastad::cpu {
@@ -405,16 +406,35 @@ struct ScreenEpi {
   }
 };
 
-// The fp32 path's score of one pair, bit for bit (see the comment at the top): s^ = fl(b^ - 2 d^).
-inline float fp32_path_score(const float* qc, const float* brow, const float* c, int64_t D) {
-  float d = 0.f, a[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t p = 0; p < D; ++p) {
-    const float x = brow[p] - c[p];
-    d = std::fma(qc[p], x, d);
-    a[p & 3] = std::fma(x, x, a[p & 3]);
+// The fp32 path's score s^ = fl(b^ - 2 d^) of 8 bank rows (one per AVX2 lane), bit for bit (see the
+// comment at the top): per lane, x = fl(b_p - c_p); d = fma(q~_p, x, d) for p = 0, 1, ... from 0;
+// a[p % 4] = fma(x, x, a[p % 4]); b^ = (a0 + a1) + (a2 + a3); s^ = fma(-2, d, b^). 8 x 8 blocks of the rows are transposed so that
+// one vector holds the 8 rows' values at one depth.
+inline void fp32_path_score8(const float* qc, const float* const* rows, const float* c, int64_t D, float* out) {
+  __m256 d = _mm256_setzero_ps(), a[4] = {d, d, d, d};
+  int64_t p = 0;
+  for (; p + 8 <= D; p += 8) {
+    __m256 t0 = _mm256_loadu_ps(rows[0] + p), t1 = _mm256_loadu_ps(rows[1] + p), t2 = _mm256_loadu_ps(rows[2] + p),
+           t3 = _mm256_loadu_ps(rows[3] + p), t4 = _mm256_loadu_ps(rows[4] + p), t5 = _mm256_loadu_ps(rows[5] + p),
+           t6 = _mm256_loadu_ps(rows[6] + p), t7 = _mm256_loadu_ps(rows[7] + p);
+    mk::transpose8(t0, t1, t2, t3, t4, t5, t6, t7);
+    const __m256 t[8] = {t0, t1, t2, t3, t4, t5, t6, t7};
+#pragma GCC unroll 8
+    for (int u = 0; u < 8; ++u) {
+      const __m256 x = _mm256_sub_ps(t[u], _mm256_set1_ps(c[p + u]));
+      d = _mm256_fmadd_ps(_mm256_set1_ps(qc[p + u]), x, d);
+      a[u & 3] = _mm256_fmadd_ps(x, x, a[u & 3]);  // (p + u) & 3 == u & 3: p is a multiple of 8
+    }
   }
-  const float bn = (a[0] + a[1]) + (a[2] + a[3]);
-  return std::fma(-2.f, d, bn);
+  for (; p < D; ++p) {
+    const __m256 v = _mm256_setr_ps(rows[0][p], rows[1][p], rows[2][p], rows[3][p], rows[4][p], rows[5][p], rows[6][p],
+                                    rows[7][p]);
+    const __m256 x = _mm256_sub_ps(v, _mm256_set1_ps(c[p]));
+    d = _mm256_fmadd_ps(_mm256_set1_ps(qc[p]), x, d);
+    a[p & 3] = _mm256_fmadd_ps(x, x, a[p & 3]);
+  }
+  const __m256 bn = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+  _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_set1_ps(-2.f), d, bn));
 }
 
 std::atomic<int64_t> g_screen_pairs{0}, g_screen_survivors{0}, g_screen_calls{0}, g_screen_fallbacks{0};
@@ -534,16 +554,28 @@ bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, i
     at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
       std::vector<float> qc(D);
       std::vector<ScoreIdx> sc;
+      std::vector<int64_t> keep;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t gi = s0 + r;
         const float U = ucnt[r] < k ? kInf : ub[r * k];
         const float* qrow = q + gi * D;
         for (int64_t p = 0; p < D; ++p) qc[p] = qrow[p] - c[p];
         sc.clear();
-        for (const Cand& x : cand[r]) {
-          if (x.lo > U) continue;
-          const float s = fp32_path_score(qc.data(), b + x.j * D, c.data(), D);
-          if (s < kInf) sc.push_back(ScoreIdx{s, x.j});  // NaN / +inf never enter the fp32 path's top k
+        keep.clear();
+        for (const Cand& x : cand[r])
+          if (!(x.lo > U)) keep.push_back(x.j);
+        const int64_t nk = static_cast<int64_t>(keep.size());
+        for (int64_t t0 = 0; t0 < nk; t0 += 8) {
+          const float* rows8[8];
+          float s8[8];
+          for (int l = 0; l < 8; ++l) rows8[l] = b + keep[std::min(t0 + l, nk - 1)] * D;
+          for (int64_t t = t0 + 8; t < std::min(nk, t0 + 16); ++t) {  // the next group's rows (mostly in DRAM)
+            const char* nb = reinterpret_cast<const char*>(b + keep[t] * D);
+            for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+          }
+          fp32_path_score8(qc.data(), rows8, c.data(), D, s8);
+          for (int64_t l = 0; l < std::min<int64_t>(8, nk - t0); ++l)
+            if (s8[l] < kInf) sc.push_back(ScoreIdx{s8[l], keep[t0 + l]});  // NaN / +inf never enter the top k
         }
         surv[r] = static_cast<int64_t>(sc.size());
         const int64_t got = std::min<int64_t>(k, static_cast<int64_t>(sc.size()));
