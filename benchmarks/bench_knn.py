@@ -256,7 +256,7 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
     flops = 2.0 * Q * N * D
     methods = knn_methods(q, b, k_or_gs, skip) if op == "knn" else group_methods(q, b, k_or_gs, skip)
     if only:  # keep fastad and the named methods, in their usual order
-        methods = {n: f for n, f in methods.items() if n.startswith("fastad") or n in only}
+        methods = {n: f for n, f in methods.items() if n.startswith("fastad") or n in only or n.split("(")[0] in only}
     # accuracy: our top-1 / group minima against float64 on up to 256 queries
     qs = q[:256]
     d64 = torch.cdist(qs.double(), b.double())

@@ -308,9 +308,11 @@ struct ScreenEpi {
   const float* c;
   int64_t D, k, s0;
   bool exclude_self;
+  int64_t gs, G;               // group mode (group_min) when gs > 0: one running minimum per group
+  const int64_t* exclude;      // group mode: group to skip per query (global rows), or nullptr
   float *beta, *X, *Y, *Z;     // per bank row of the block
   const float *P, *E;          // per query of the superblock
-  float* ub;                   // [qs * k] max-heaps of upper bounds
+  float* ub;                   // knn: [qs * k] max-heaps of upper bounds; groups: [qs * G] minima (-inf: skipped)
   int64_t* ucnt;
   std::vector<Cand>* cand;     // [qs]
   int64_t cap;
@@ -357,48 +359,82 @@ struct ScreenEpi {
     }
   }
 
+  // Keeps the candidates a threshold (per row j: thr(j)) has not passed; false when too many remain.
+  template <class Thr>
+  bool prune(std::vector<Cand>& cl, Thr thr) {
+    if (static_cast<int64_t>(cl.size()) < cap) return true;
+    cl.erase(std::remove_if(cl.begin(), cl.end(), [&](const Cand& x) { return x.lo > thr(x.j); }), cl.end());
+    if (static_cast<int64_t>(cl.size()) * 2 <= cap) return true;
+    abort->store(true);
+    return false;
+  }
+
   bool operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld) {
     alignas(32) float lov[8], upv[8];
     const __m256 m2 = _mm256_set1_ps(-2.f), slack = _mm256_set1_ps(1.f + 0x1p-16f), rel = _mm256_set1_ps(0x1p-21f);
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t r = 0; r < mc; ++r) {
       const int64_t qi = i0 + r, self = exclude_self ? s0 + qi : -1;
-      float* h = ub + qi * k;
-      int64_t& n = ucnt[qi];
       std::vector<Cand>& cl = cand[qi];
       const float* row = S + r * ld;
-      float thr = n < k ? kInf : h[0];
-      __m256 tv = _mm256_set1_ps(thr);
       const __m256 pv = _mm256_set1_ps(P[qi]), ev = _mm256_set1_ps(E[qi]);
-      for (int64_t jj = 0; jj < nc; jj += 8) {
+      // lo = s' - E and up = s' + E for bank rows j0 + jj .. + 7 (see the comment at the top)
+      auto bounds = [&](int64_t jj, __m256& up) {
         const __m256 s = _mm256_fmadd_ps(m2, _mm256_loadu_ps(row + jj), _mm256_loadu_ps(beta + jj));
         const __m256 t = _mm256_fmadd_ps(pv, _mm256_loadu_ps(X + jj),
                                          _mm256_fmadd_ps(ev, _mm256_loadu_ps(Y + jj), _mm256_loadu_ps(Z + jj)));
         const __m256 e = _mm256_fmadd_ps(t, slack, _mm256_mul_ps(rel, _mm256_and_ps(s, absmask)));
-        const __m256 lo = _mm256_sub_ps(s, e);
-        unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(lo, tv, _CMP_NGT_UQ)));
-        if (!m) continue;
-        const __m256 up = _mm256_add_ps(s, e);
-        _mm256_store_ps(lov, lo);
-        _mm256_store_ps(upv, up);
-        while (m) {
-          const int64_t l = __builtin_ctz(m), cc = jj + l;
-          m &= m - 1;
-          if (cc >= nc) break;
-          if (lov[l] > thr || j0 + cc == self) continue;
-          cl.push_back(Cand{lov[l], j0 + cc});
-          if (upv[l] < thr) {
-            heap_push(h, n, k, upv[l]);
-            thr = n < k ? kInf : h[0];
+        up = _mm256_add_ps(s, e);
+        return _mm256_sub_ps(s, e);
+      };
+      if (gs == 0) {  // knn: candidates against the running k-th smallest upper bound
+        float* h = ub + qi * k;
+        int64_t& n = ucnt[qi];
+        float thr = n < k ? kInf : h[0];
+        __m256 tv = _mm256_set1_ps(thr);
+        for (int64_t jj = 0; jj < nc; jj += 8) {
+          __m256 up;
+          const __m256 lo = bounds(jj, up);
+          unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(lo, tv, _CMP_NGT_UQ)));
+          if (!m) continue;
+          _mm256_store_ps(lov, lo);
+          _mm256_store_ps(upv, up);
+          while (m) {
+            const int64_t l = __builtin_ctz(m), cc = jj + l;
+            m &= m - 1;
+            if (cc >= nc) break;
+            if (lov[l] > thr || j0 + cc == self) continue;
+            cl.push_back(Cand{lov[l], j0 + cc});
+            if (upv[l] < thr) {
+              heap_push(h, n, k, upv[l]);
+              thr = n < k ? kInf : h[0];
+            }
           }
+          tv = _mm256_set1_ps(thr);
+          if (!prune(cl, [thr](int64_t) { return thr; })) return false;
         }
-        tv = _mm256_set1_ps(thr);
-        if (static_cast<int64_t>(cl.size()) >= cap) {  // drop the rows the threshold has passed since
-          cl.erase(std::remove_if(cl.begin(), cl.end(), [thr](const Cand& x) { return x.lo > thr; }), cl.end());
-          if (static_cast<int64_t>(cl.size()) * 2 > cap) {
-            abort->store(true);
-            return false;
+      } else {  // group_min: candidates against their group's running minimum upper bound
+        float* U = ub + qi * G;
+        const int64_t ex = exclude ? exclude[s0 + qi] : -1;
+        for (int64_t jj = 0; jj < nc; jj += 8) {
+          __m256 up;
+          const __m256 lo = bounds(jj, up);
+          const int64_t ga = (j0 + jj) / gs, gb = (j0 + std::min(jj + 7, nc - 1)) / gs;
+          const __m256 tv = _mm256_set1_ps(std::max(U[ga], U[gb]));
+          unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(lo, tv, _CMP_NGT_UQ)));
+          if (!m) continue;
+          _mm256_store_ps(lov, lo);
+          _mm256_store_ps(upv, up);
+          while (m) {
+            const int64_t l = __builtin_ctz(m), cc = jj + l;
+            m &= m - 1;
+            if (cc >= nc) break;
+            const int64_t g = (j0 + cc) / gs;
+            if (g == ex || lov[l] > U[g]) continue;
+            cl.push_back(Cand{lov[l], j0 + cc});
+            if (upv[l] < U[g]) U[g] = upv[l];
           }
+          if (!prune(cl, [U, this](int64_t j) { return U[j / gs]; })) return false;
         }
       }
     }
@@ -505,19 +541,53 @@ void knn_bf16_avx2(const uint16_t* q, const uint16_t* b, int64_t Q, int64_t N, i
   }
 }
 
-bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
-                         bool exclude_self, float* out_d, int64_t* out_i) {
-  if (!(metric == Metric::L2 || metric == Metric::SqEuclidean)) return false;
+namespace {
+
+// Re-scores the candidates of one query that pass keep(j, lo) with the fp32 path's arithmetic, 8 at a
+// time, calling take(s^, j) for each (in candidate order). qc: the centred query row.
+template <class Keep, class Take>
+void rescore(const std::vector<Cand>& cl, const float* qc, const float* b, const float* c, int64_t D,
+             std::vector<int64_t>& keep, Keep keep_fn, Take take) {
+  keep.clear();
+  for (const Cand& x : cl)
+    if (keep_fn(x)) keep.push_back(x.j);
+  const int64_t nk = static_cast<int64_t>(keep.size());
+  for (int64_t t0 = 0; t0 < nk; t0 += 8) {
+    const float* rows8[8];
+    float s8[8];
+    for (int l = 0; l < 8; ++l) rows8[l] = b + keep[std::min(t0 + l, nk - 1)] * D;
+    for (int64_t t = t0 + 8; t < std::min(nk, t0 + 16); ++t) {  // the next group's rows (mostly in DRAM)
+      const char* nb = reinterpret_cast<const char*>(b + keep[t] * D);
+      for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+    }
+    fp32_path_score8(qc, rows8, c, D, s8);
+    for (int64_t l = 0; l < std::min<int64_t>(8, nk - t0); ++l) take(s8[l], keep[t0 + l]);
+  }
+}
+
+// The screen's sweep (shared by knn and group_min): centre, query superblocks (packed bf16 + per-query
+// bound terms), the bf16 GEMM with ScreenEpi, then finish(s0, qs, epi_state) per superblock, which
+// re-scores the survivors and writes the outputs; it returns the number of survivors, or -1 to give up.
+struct ScreenState {
+  std::vector<float> ub;
+  std::vector<int64_t> ucnt;
+  std::vector<std::vector<Cand>> cand;
+};
+
+template <class Init, class Finish>
+bool screen_run(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, int64_t gs,
+                const int64_t* exclude, bool exclude_self, std::vector<float>& c, Init init, Finish finish) {
   const Kern kern = current_kern();
-  std::vector<float> c(D, 0.f);
+  c.assign(D, 0.f);
   knn_centre_avx2(b, N, D, c.data());
   const int64_t Dp = round_up(D, 2), D2 = Dp / 2;
+  const int64_t G = gs > 0 ? N / gs : 0;
   const int64_t QS = superblock_rows(Q, D2, kScreenMaxQ);
   constexpr double u = 0x1p-24;
   const double g = static_cast<double>(D) * u / (1.0 - static_cast<double>(D) * u);
   const double infl = (1.0 + 0x1p-20) / (1.0 - static_cast<double>(D + 2) * u);
   const double absn = static_cast<double>(D) * 0x1p-125;
-  const int64_t cap = std::max<int64_t>(1024, 8 * k);
+  const int64_t cap = std::max<int64_t>(1024, 8 * (gs > 0 ? G : k));
   std::atomic<bool> abort{false};
   int64_t pairs = 0, survivors = 0;
   for (int64_t s0 = 0; s0 < Q && !abort; s0 += QS) {
@@ -527,29 +597,57 @@ bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, i
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<uint16_t> rows(MR * Dp);
       float sums[3 * MR];
+      auto inflate = [&](float v) { return static_cast<double>(v) * infl + absn; };
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t nr = std::min(MR, qs - p * MR);
         kern.rows(q + (s0 + p * MR) * D, nr, D, c.data(), rows.data(), Dp, sums);
         panelize<MR>(rows.data(), Dp, nr, Dp, A + p * MR * D2);
         for (int64_t r = 0; r < nr; ++r) {
-          auto inflate = [&](float s) { return static_cast<double>(s) * infl + absn; };
           P[p * MR + r] = static_cast<float>(std::sqrt(std::max(inflate(sums[3 * r]), inflate(sums[3 * r + 1]))) *
                                              (1 + 0x1p-20));
           E[p * MR + r] = static_cast<float>(std::sqrt(inflate(sums[3 * r + 2])) * (1 + 0x1p-20));
         }
       }
     });
-    std::vector<float> ub(static_cast<size_t>(qs * k));
-    std::vector<int64_t> ucnt(static_cast<size_t>(qs), 0);
-    std::vector<std::vector<Cand>> cand(static_cast<size_t>(qs));
+    ScreenState stt;
+    stt.ub.resize(static_cast<size_t>(qs * (gs > 0 ? G : k)));
+    stt.ucnt.assign(static_cast<size_t>(qs), 0);
+    stt.cand.resize(static_cast<size_t>(qs));
+    init(s0, qs, stt);
     for_query_ranges(qs, [&](int64_t qa, int64_t qb) {
-      ScreenEpi epi{&kern, b, c.data(), D, k, s0, exclude_self, tl_f1.get(kNC), tl_f2.get(kNC), tl_f3.get(kNC),
-                    tl_f4.get(kNC), P.data(), E.data(), ub.data(), ucnt.data(), cand.data(), cap, &abort, g, infl, absn};
+      ScreenEpi epi{&kern, b, c.data(), D, k, s0, exclude_self, gs, G, exclude, tl_f1.get(kNC), tl_f2.get(kNC),
+                    tl_f3.get(kNC), tl_f4.get(kNC), P.data(), E.data(), stt.ub.data(), stt.ucnt.data(), stt.cand.data(),
+                    cap, &abort, g, infl, absn};
       sweep_bf16(kern, A, qa, qb, 0, N, D, epi);
     });
     if (abort) break;
-    // Survivors: lo <= U (the final k-th smallest upper bound). Re-score them with the fp32 path's
-    // arithmetic, keep its k smallest (s^, j), re-rank those exactly (as knn_f32_avx2 does).
+    const int64_t sv = finish(s0, qs, stt);
+    if (sv < 0) {
+      abort = true;
+      break;
+    }
+    survivors += sv;
+    pairs += qs * (N - (exclude_self ? 1 : 0));
+  }
+  g_screen_calls += 1;
+  if (abort) {
+    g_screen_fallbacks += 1;
+    return false;
+  }
+  g_screen_pairs += pairs, g_screen_survivors += survivors;
+  return true;
+}
+
+}  // namespace
+
+bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                         bool exclude_self, float* out_d, int64_t* out_i) {
+  if (!(metric == Metric::L2 || metric == Metric::SqEuclidean)) return false;
+  std::vector<float> c;
+  auto init = [](int64_t, int64_t, ScreenState&) {};
+  // Survivors: lo <= U (the final k-th smallest upper bound). Re-score them with the fp32 path's
+  // arithmetic, keep its k smallest (s^, j), re-rank those exactly (as knn_f32_avx2 does).
+  auto finish = [&](int64_t s0, int64_t qs, ScreenState& stt) -> int64_t {
     std::vector<int64_t> surv(static_cast<size_t>(qs), 0);
     at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
       std::vector<float> qc(D);
@@ -557,27 +655,15 @@ bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, i
       std::vector<int64_t> keep;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t gi = s0 + r;
-        const float U = ucnt[r] < k ? kInf : ub[r * k];
+        const float U = stt.ucnt[r] < k ? kInf : stt.ub[r * k];
         const float* qrow = q + gi * D;
         for (int64_t p = 0; p < D; ++p) qc[p] = qrow[p] - c[p];
         sc.clear();
-        keep.clear();
-        for (const Cand& x : cand[r])
-          if (!(x.lo > U)) keep.push_back(x.j);
-        const int64_t nk = static_cast<int64_t>(keep.size());
-        for (int64_t t0 = 0; t0 < nk; t0 += 8) {
-          const float* rows8[8];
-          float s8[8];
-          for (int l = 0; l < 8; ++l) rows8[l] = b + keep[std::min(t0 + l, nk - 1)] * D;
-          for (int64_t t = t0 + 8; t < std::min(nk, t0 + 16); ++t) {  // the next group's rows (mostly in DRAM)
-            const char* nb = reinterpret_cast<const char*>(b + keep[t] * D);
-            for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
-          }
-          fp32_path_score8(qc.data(), rows8, c.data(), D, s8);
-          for (int64_t l = 0; l < std::min<int64_t>(8, nk - t0); ++l)
-            if (s8[l] < kInf) sc.push_back(ScoreIdx{s8[l], keep[t0 + l]});  // NaN / +inf never enter the top k
-        }
-        surv[r] = static_cast<int64_t>(sc.size());
+        rescore(stt.cand[r], qc.data(), b, c.data(), D, keep, [U](const Cand& x) { return !(x.lo > U); },
+                [&](float s, int64_t j) {
+                  if (s < kInf) sc.push_back(ScoreIdx{s, j});  // NaN / +inf never enter the fp32 path's top k
+                });
+        surv[r] = static_cast<int64_t>(keep.size());
         const int64_t got = std::min<int64_t>(k, static_cast<int64_t>(sc.size()));
         std::partial_sort(sc.begin(), sc.begin() + got, sc.end(), better);
         for (int64_t t = 0; t < got; ++t) sc[t].s = exact_sq_dist_avx2(qrow, b + sc[t].i * D, D);
@@ -589,16 +675,65 @@ bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, i
         for (int64_t t = got; t < k; ++t) out_d[gi * k + t] = kInf, out_i[gi * k + t] = -1;
       }
     });
-    for (int64_t r = 0; r < qs; ++r) survivors += surv[r];
-    pairs += qs * (N - (exclude_self ? 1 : 0));
-  }
-  g_screen_calls += 1;
-  if (abort) {
-    g_screen_fallbacks += 1;
-    return false;
-  }
-  g_screen_pairs += pairs, g_screen_survivors += survivors;
-  return true;
+    int64_t tot = 0;
+    for (int64_t v : surv) tot += v;
+    return tot;
+  };
+  return screen_run(q, b, Q, N, D, k, 0, nullptr, exclude_self, c, init, finish);
+}
+
+bool group_min_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs,
+                               Metric metric, const int64_t* exclude, float* out) {
+  if (!(metric == Metric::L2 || metric == Metric::SqEuclidean)) return false;
+  const int64_t G = N / gs;
+  std::vector<float> c;
+  auto init = [&](int64_t s0, int64_t qs, ScreenState& stt) {
+    std::fill(stt.ub.begin(), stt.ub.end(), kInf);
+    if (exclude)
+      for (int64_t r = 0; r < qs; ++r)
+        if (exclude[s0 + r] >= 0) stt.ub[r * G + exclude[s0 + r]] = -kInf;  // a skipped group keeps nothing
+  };
+  // Per group: the survivors (lo <= the group's minimum upper bound) re-scored with the fp32 path's
+  // arithmetic; the smallest (s^, j) wins (as GroupEpilogue: +inf never wins), then its exact distance.
+  auto finish = [&](int64_t s0, int64_t qs, ScreenState& stt) -> int64_t {
+    std::vector<int64_t> surv(static_cast<size_t>(qs), 0);
+    std::atomic<bool> nan{false};
+    at::parallel_for(0, qs, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<float> qc(D), best(G);
+      std::vector<int64_t> keep, arg(G);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t gi = s0 + r;
+        const float* U = stt.ub.data() + r * G;
+        const int64_t ex = exclude ? exclude[gi] : -1;
+        const float* qrow = q + gi * D;
+        for (int64_t p = 0; p < D; ++p) qc[p] = qrow[p] - c[p];
+        std::fill(best.begin(), best.end(), kInf);
+        std::fill(arg.begin(), arg.end(), -1);
+        rescore(stt.cand[r], qc.data(), b, c.data(), D, keep,
+                [&](const Cand& x) { return x.j / gs != ex && !(x.lo > U[x.j / gs]); },
+                [&](float s, int64_t j) {
+                  const int64_t g = j / gs;
+                  if (std::isnan(s)) nan = true;  // the fp32 path's vector minimum is order-dependent for NaN
+                  if (s < best[g] || (s == best[g] && arg[g] >= 0 && j < arg[g])) best[g] = s, arg[g] = j;
+                });
+        surv[r] = static_cast<int64_t>(keep.size());
+        float* o = out + gi * G;
+        for (int64_t g2 = 0; g2 < G; ++g2) {
+          if (arg[g2] < 0) {
+            o[g2] = kInf;
+            continue;
+          }
+          const float d2 = exact_sq_dist_avx2(qrow, b + arg[g2] * D, D);
+          o[g2] = metric == Metric::L2 ? std::sqrt(d2) : d2;
+        }
+      }
+    });
+    if (nan) return -1;
+    int64_t tot = 0;
+    for (int64_t v : surv) tot += v;
+    return tot;
+  };
+  return screen_run(q, b, Q, N, D, 1, gs, exclude, false, c, init, finish);
 }
 
 }  // namespace fastad::cpu

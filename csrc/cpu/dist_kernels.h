@@ -52,6 +52,10 @@ void knn_bf16_avx2(const uint16_t* q, const uint16_t* b, int64_t Q, int64_t N, i
 /// bank row with a non-finite norm, or too many survivors for a query; the caller then runs knn_f32_avx2.
 bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
                          bool exclude_self, float* out_d, int64_t* out_i);
+/// group_min_f32_avx2 (l2 / sqeuclidean) through the bf16 screen: the same outputs bit for bit, or false
+/// (outputs unspecified) when it declines, as knn_f32_screen_bf16.
+bool group_min_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs,
+                               Metric metric, const int64_t* exclude, float* out);
 /// Screen counters since the last reset: calls, pairs screened, survivors re-scored in fp32, fallbacks.
 void bf16_screen_stats(int64_t* out4);
 void bf16_screen_stats_reset();

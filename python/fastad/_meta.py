@@ -77,6 +77,12 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
     return query.new_empty((Q, N // group_size), dtype=torch.float32)
 
 
+@torch.library.register_fake("fastad::group_min_screen")
+def _group_min_screen_fake(query, bank, group_size, metric="l2", exclude_group=None, screen="bf16"):
+    _check(screen in ("bf16", "auto"), f"group_min_screen: screen must be 'bf16' or 'auto', got '{screen}'")
+    return _group_min_fake(query, bank, group_size, metric, exclude_group)
+
+
 # coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/common/checks.cpp check_coreset_args).
 @torch.library.register_fake("fastad::coreset")
 def _coreset_fake(bank, n, start=0, progress=None, method="exhaustive"):
