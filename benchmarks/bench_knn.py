@@ -268,7 +268,7 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
         out = fastad.ops.group_min(qs, b, k_or_gs).double()
         acc = float(((out - ref).abs() <= 1e-4 * ref + 1e-6).double().mean())
     del d64
-    screen_frac = None
+    screen_frac, screen_msg, bf16_msg = None, "", ""
     if "fastad.screen" in methods:  # identical answers to the fp32 path, and the survivor fraction
         fastad.knn_screen_stats(reset=True)
         d0, i0 = fastad.ops.knn(q, b, k_or_gs)
@@ -276,8 +276,8 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
         st = fastad.knn_screen_stats(reset=True)
         screen_frac = st["survivor_fraction"]
         same = torch.equal(i0, i1) and torch.equal(d0, d1)
-        print(f"screen: identical to fp32 path: {same}; survivors {st['survivors']} of {st['pairs']} pairs "
-              f"({100 * screen_frac:.3f}%), fallbacks {st['fallbacks']}")
+        screen_msg = (f"screen: identical to fp32 path: {same}; survivors {st['survivors']} of {st['pairs']} pairs "
+                      f"({100 * screen_frac:.3f}%), fallbacks {st['fallbacks']}")
         del d0, i0, d1, i1
     res = {name: {"cpu": float("inf"), "wall": float("inf")} for name in methods}
     load0 = os.getloadavg()[0]
@@ -292,14 +292,17 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
     roof = flops / res["numpy.sgemm(roof)"]["cpu"] if "numpy.sgemm(roof)" in res else float("nan")
     if "torch.mm.bf16(roof)" in res:
         bf_roof = res["torch.mm.bf16(roof)"]["cpu"]
-        print(f"bf16: fastad.bf16 {flops / res['fastad.bf16']['cpu'] / 1e9:.1f} GF/core-s = "
-              f"{100 * bf_roof / res['fastad.bf16']['cpu']:.0f}% of torch bf16 mm {flops / bf_roof / 1e9:.1f}; "
-              f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
-              + (f", {res['faiss.knn']['cpu'] / res['fastad.screen']['cpu']:.2f}x faiss.knn" if "faiss.knn" in res else ""))
+        bf16_msg = (f"bf16: fastad.bf16 {flops / res['fastad.bf16']['cpu'] / 1e9:.1f} GF/core-s = "
+                    f"{100 * bf_roof / res['fastad.bf16']['cpu']:.0f}% of torch bf16 mm {flops / bf_roof / 1e9:.1f}; "
+                    f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
+                    + (f", {res['faiss.knn']['cpu'] / res['fastad.screen']['cpu']:.2f}x faiss.knn" if "faiss.knn" in res else ""))
     ours = res["fastad"]["cpu"]
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
           f"top-1/min accuracy vs float64 {acc:.4f}, load avg {load0:.1f}->{load1:.1f})")
+    for msg in (screen_msg, bf16_msg):
+        if msg:
+            print(msg)
     print("| method | CPU s | wall s | GF/core-s | GF/s wall | % sgemm | extra MB | anchor/ours (CPU) | (wall) |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []

@@ -15,8 +15,8 @@ TORCH_LIBRARY(fastad, m) {
 
   // Exact float32 k-NN through a bf16 screen (CPU; issue 15): the same answers as knn (bit for bit),
   // screen "bf16" | "auto" (see ops.knn's screen argument).
-  m.def("knn_screen(Tensor query, Tensor bank, int k, str metric=\"l2\", bool exclude_self=False, "
-        "str screen=\"bf16\") -> (Tensor, Tensor)");
+  m.def("knn_screen(Tensor query, Tensor bank, int k, str metric=\"l2\", Tensor? bank_norms=None, "
+        "bool exclude_self=False, str screen=\"bf16\") -> (Tensor, Tensor)");
 
   // group_min: per-group minimum distance (MuSc mutual scoring, SPADE per-image search).
   // query [Q, D], bank [N, D] = G consecutive groups of group_size rows -> [Q, G] float32;

@@ -582,12 +582,14 @@ bool screen_run(const float* q, const float* b, int64_t Q, int64_t N, int64_t D,
   knn_centre_avx2(b, N, D, c.data());
   const int64_t Dp = round_up(D, 2), D2 = Dp / 2;
   const int64_t G = gs > 0 ? N / gs : 0;
-  const int64_t QS = superblock_rows(Q, D2, kScreenMaxQ);
+  const int64_t cap = std::max<int64_t>(1024, 8 * (gs > 0 ? G : k));
+  // Memory: per query at most cap candidates (16 B) and k (or G) upper bounds: <= 2^24 of each per superblock.
+  const int64_t qcap = std::max<int64_t>(MR, (int64_t(1) << 24) / std::max(cap, gs > 0 ? G : k));
+  const int64_t QS = superblock_rows(Q, D2, std::min(kScreenMaxQ, qcap));
   constexpr double u = 0x1p-24;
   const double g = static_cast<double>(D) * u / (1.0 - static_cast<double>(D) * u);
   const double infl = (1.0 + 0x1p-20) / (1.0 - static_cast<double>(D + 2) * u);
   const double absn = static_cast<double>(D) * 0x1p-125;
-  const int64_t cap = std::max<int64_t>(1024, 8 * (gs > 0 ? G : k));
   std::atomic<bool> abort{false};
   int64_t pairs = 0, survivors = 0;
   for (int64_t s0 = 0; s0 < Q && !abort; s0 += QS) {

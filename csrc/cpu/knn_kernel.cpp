@@ -198,7 +198,8 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
 constexpr int64_t kScreenAutoMinD = 64;
 
 std::tuple<at::Tensor, at::Tensor> knn_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t k,
-                                                  c10::string_view metric_name, bool exclude_self,
+                                                  c10::string_view metric_name,
+                                                  const std::optional<at::Tensor>& bank_norms, bool exclude_self,
                                                   c10::string_view screen) {
   TORCH_CHECK(screen == "bf16" || screen == "auto", "knn_screen: screen must be 'bf16' or 'auto', got '",
               std::string(screen), "'");
@@ -206,6 +207,7 @@ std::tuple<at::Tensor, at::Tensor> knn_screen_cpu(const at::Tensor& query, const
   const Metric metric = parse_metric("knn", metric_name);
   TORCH_CHECK(k >= 1, "knn: k must be >= 1, got ", k);
   const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1);
+  if (bank_norms) check_bank_norms("knn", *bank_norms, N, bank);  // a cache the screen does not need
   bool on = query.scalar_type() == at::kFloat && bank.scalar_type() == at::kFloat && Q > 0 && N > 0 &&
             (metric == Metric::L2 || metric == Metric::SqEuclidean) && k < N && (!exclude_self || Q <= N);
   if (screen == "auto") on = on && use_bf16_micro() && D >= kScreenAutoMinD && k * 64 <= N;
@@ -221,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> knn_screen_cpu(const at::Tensor& query, const
       return {out_d, out_i};
   }
 #endif
-  return knn_cpu(query, bank, k, metric_name, std::nullopt, exclude_self);
+  return knn_cpu(query, bank, k, metric_name, bank_norms, exclude_self);
 }
 
 }  // namespace

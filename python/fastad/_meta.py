@@ -47,9 +47,9 @@ def _knn_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
 
 
 @torch.library.register_fake("fastad::knn_screen")
-def _knn_screen_fake(query, bank, k, metric="l2", exclude_self=False, screen="bf16"):
+def _knn_screen_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False, screen="bf16"):
     _check(screen in ("bf16", "auto"), f"knn_screen: screen must be 'bf16' or 'auto', got '{screen}'")
-    return _knn_fake(query, bank, k, metric, None, exclude_self)
+    return _knn_fake(query, bank, k, metric, bank_norms, exclude_self)
 
 
 @torch.library.register_fake("fastad::group_min")

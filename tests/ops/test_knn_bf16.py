@@ -241,7 +241,7 @@ def test_screen_errors():
     with pytest.raises(RuntimeError, match="query must hold finite values, but row 2"):
         fastad.ops.knn(q, b, 2, screen="bf16")
     with pytest.raises(RuntimeError, match="screen must be 'bf16' or 'auto'"):
-        torch.ops.fastad.knn_screen(q, b, 2, "l2", False, "none")
+        torch.ops.fastad.knn_screen(q, b, 2, "l2", None, False, "none")
 
 
 @needs_avx2
@@ -254,7 +254,18 @@ def test_screen_other_metrics_run_fp32_path(metric, gen):
 def test_knn_screen_opcheck(gen):
     q, b = torch.randn(5, 16, generator=gen), torch.randn(50, 16, generator=gen)
     torch.library.opcheck(torch.ops.fastad.knn_screen.default, (q, b, 3))
-    torch.library.opcheck(torch.ops.fastad.knn_screen.default, (q, b, 3, "sqeuclidean", False, "auto"))
+    torch.library.opcheck(torch.ops.fastad.knn_screen.default, (q, b, 3, "sqeuclidean", (b * b).sum(1), False, "auto"))
+
+
+@needs_avx2
+def test_screen_with_bank_norms(gen):
+    q, b = torch.randn(7, 80, generator=gen), torch.randn(900, 80, generator=gen)
+    n = (b * b).sum(1)
+    d0, i0 = fastad.ops.knn(q, b, 4, bank_norms=n)
+    d1, i1 = fastad.ops.knn(q, b, 4, bank_norms=n, screen="bf16")
+    assert torch.equal(d0, d1) and torch.equal(i0, i1)
+    with pytest.raises(RuntimeError, match="bank_norms"):
+        fastad.ops.knn(q, b, 4, bank_norms=n[:5], screen="bf16")
 
 
 def test_screen_with_grad_uses_fp32_path(gen):

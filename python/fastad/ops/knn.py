@@ -106,6 +106,6 @@ def knn(
         if screen not in ["bf16", "auto"]:
             raise ValueError(f"knn: screen must be one of ('none', 'bf16', 'auto'), got '{screen}'")
         needs_grad = torch.is_grad_enabled() and (query.requires_grad or bank.requires_grad)
-        if query.device.type == "cpu" and bank_norms is None and not needs_grad:
-            return torch.ops.fastad.knn_screen(query, bank, int(k), metric, bool(exclude_self), screen)
+        if query.device.type == "cpu" and not needs_grad:
+            return torch.ops.fastad.knn_screen(query, bank, int(k), metric, bank_norms, bool(exclude_self), screen)
     return torch.ops.fastad.knn(query, bank, int(k), metric, bank_norms, bool(exclude_self))
