@@ -192,6 +192,8 @@ def group_methods(q: torch.Tensor, b: torch.Tensor, gs: int, skip: set[str]):
     m = {}
     m["fastad"] = lambda: fastad.ops.group_min(q, b, gs)
     m["fastad.knn(k=1)"] = lambda: fastad.ops.knn(q, b, 1)
+    if fastad.build_info()["bf16_micro_kernel"] == "avx512bf16":
+        m["fastad.screen"] = lambda: fastad.ops.group_min(q, b, gs, screen="bf16")
 
     def cdist_amin():
         return [torch.cdist(q[i : i + qb], b).view(-1, G, gs).amin(-1) for i in range(0, Q, qb)]
@@ -271,8 +273,12 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
     screen_frac, screen_msg, bf16_msg = None, "", ""
     if "fastad.screen" in methods:  # identical answers to the fp32 path, and the survivor fraction
         fastad.knn_screen_stats(reset=True)
-        d0, i0 = fastad.ops.knn(q, b, k_or_gs)
-        d1, i1 = fastad.ops.knn(q, b, k_or_gs, screen="bf16")
+        if op == "knn":
+            d0, i0 = fastad.ops.knn(q, b, k_or_gs)
+            d1, i1 = fastad.ops.knn(q, b, k_or_gs, screen="bf16")
+        else:
+            d0 = i0 = fastad.ops.group_min(q, b, k_or_gs)
+            d1 = i1 = fastad.ops.group_min(q, b, k_or_gs, screen="bf16")
         st = fastad.knn_screen_stats(reset=True)
         screen_frac = st["survivor_fraction"]
         same = torch.equal(i0, i1) and torch.equal(d0, d1)
@@ -290,6 +296,8 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
             res[name]["wall"] = min(res[name]["wall"], w)
     load1 = os.getloadavg()[0]
     roof = flops / res["numpy.sgemm(roof)"]["cpu"] if "numpy.sgemm(roof)" in res else float("nan")
+    if "fastad.screen" in res:
+        bf16_msg = f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
     if "torch.mm.bf16(roof)" in res:
         bf_roof = res["torch.mm.bf16(roof)"]["cpu"]
         bf16_msg = (f"bf16: fastad.bf16 {flops / res['fastad.bf16']['cpu'] / 1e9:.1f} GF/core-s = "

@@ -128,7 +128,7 @@ at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_
 }
 
 // group_min_screen: group_min through the bf16 screen (dist_bf16_avx2.cpp), identical outputs. screen
-// "bf16": whenever the bf16 GEMM can run; "auto": AVX512-BF16 hardware, D >= 64 and group_size >= 64;
+// "bf16": whenever the bf16 GEMM can run; "auto": AVX512-BF16 hardware, D >= 96 and group_size >= 64;
 // otherwise, for other metrics or dtypes, or when the screen declines, the group_min path.
 at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
                                 c10::string_view metric_name, const std::optional<at::Tensor>& exclude_group,
@@ -140,7 +140,7 @@ at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank,
   const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1), G = N / group_size;
   bool on = query.scalar_type() == at::kFloat && bank.scalar_type() == at::kFloat && Q > 0 && G > 0 &&
             (metric == Metric::L2 || metric == Metric::SqEuclidean);
-  if (screen == "auto") on = on && use_bf16_micro() && D >= 64 && group_size >= 64;
+  if (screen == "auto") on = on && use_bf16_micro() && D >= 96 && group_size >= 64;
   else on = on && use_bf16_gemm();
 #if FASTAD_HAVE_AVX2
   if (on) {

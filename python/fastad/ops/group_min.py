@@ -32,7 +32,7 @@ def group_min(
         screen: ``"none"`` (default), ``"bf16"`` or ``"auto"``: float32 ``"l2"`` / ``"sqeuclidean"`` on
             CPU through the bf16 screen of :func:`fastad.ops.knn` (a bf16 GEMM with a proven per-pair
             bound; each group's survivors re-scored with the float32 path's arithmetic): output
-            identical to ``"none"``. ``"auto"``: only with AVX512-BF16, ``D >= 64`` and
+            identical to ``"none"``. ``"auto"``: only with AVX512-BF16, ``D >= 96`` and
             ``group_size >= 64``. Elsewhere the float32 path runs.
 
     Returns:

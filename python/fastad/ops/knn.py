@@ -55,7 +55,7 @@ def knn(
             keeps every bank row that can be among the k nearest, and those survivors are re-scored
             with the float32 path's own arithmetic, so indices AND distances are identical to
             ``screen="none"`` (see ``csrc/cpu/dist_bf16_avx2.cpp`` for the derivation). ``"auto"``
-            screens only where it measured faster (CPU with AVX512-BF16, ``D >= 64``, ``k * 64 <= N``);
+            screens only where it measured faster (CPU with AVX512-BF16, ``D >= 96``, ``k * 64 <= N``);
             ``"bf16"`` whenever the bf16 GEMM can run. Elsewhere (other metrics or dtypes, CUDA,
             inputs that need gradients) the float32 path runs. Survivor counts:
             ``fastad.knn_screen_stats()``.
