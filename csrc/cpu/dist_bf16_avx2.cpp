@@ -420,7 +420,9 @@ struct ScreenEpi {
           __m256 up;
           const __m256 lo = bounds(jj, up);
           const int64_t ga = (j0 + jj) / gs, gb = (j0 + std::min(jj + 7, nc - 1)) / gs;
-          const __m256 tv = _mm256_set1_ps(std::max(U[ga], U[gb]));
+          float tmax = U[ga];  // the loosest threshold of the (up to 8) groups these lanes touch
+          for (int64_t g2 = ga + 1; g2 <= gb; ++g2) tmax = std::max(tmax, U[g2]);
+          const __m256 tv = _mm256_set1_ps(tmax);
           unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(lo, tv, _CMP_NGT_UQ)));
           if (!m) continue;
           _mm256_store_ps(lov, lo);

@@ -66,3 +66,15 @@ def test_group_min_screen_opcheck(gen):
     torch.library.opcheck(torch.ops.fastad.group_min_screen.default, (q, b, 20))
     torch.library.opcheck(torch.ops.fastad.group_min_screen.default,
                           (q, b, 20, "sqeuclidean", torch.tensor([0, -1, 2, 1, 0]), "auto"))
+
+
+@needs_avx2
+@pytest.mark.parametrize("gs", [1, 2, 3, 5, 7])
+def test_group_min_screen_small_groups(bf16_mode, gs):  # noqa: F811
+    """Groups smaller than the 8-lane epilogue vector: every group a vector touches keeps its candidates
+    (regression: a fresh group between two others lost all of them; hypothesis found Q=1, gs=3, G=5, D=1)."""
+    for seed in range(60):
+        G = 5 + seed % 3
+        q, b = _screen_data(1 + seed % 2, gs * G, 1 + seed % 3, "dups", seed)
+        ex = torch.randint(-1, G, (q.shape[0],), generator=torch.Generator().manual_seed(seed))
+        _assert_identical(q, b, gs, "l2", ex)
