@@ -1,7 +1,9 @@
 // bf16 distance GEMM (AVX512-BF16 vdpbf16ps micro-kernel, fp32 accumulation) with fused epilogues:
 //   * knn_bf16_avx2: exact-selection k-NN on bfloat16 inputs, no upcast of the inputs (bank packed
 //     block by block into bf16 pair panels, as the fp32 sweep of dist_gemm_avx2.cpp does in fp32);
-//   * knn_f32_screen_bf16: exact float32 k-NN through a bf16 screen (identical answers to knn_f32_avx2).
+//   * knn_f32_screen_bf16: exact float32 k-NN through a bf16 screen (identical answers to knn_f32_avx2);
+//   * group_min_f32_screen_bf16: the same screen for group_min (k = 1 per group; identical to
+//     group_min_f32_avx2: per group the smallest (s^, j) among its survivors, then its exact distance).
 //
 // The micro-kernel is micro_bf16_avx512 (csrc/cpu/dist_micro_avx512bf16.cpp, 24 x 16 zmm tile over bf16
 // pair panels) or, where the CPU lacks AVX512-BF16 and FASTAD_BF16_EMULATE=1 asks for it (tests), the
@@ -28,10 +30,12 @@
 // Then lo <= s^ <= up for every pair. Let U be the k-th smallest up over the query's rows (j != i with
 // exclude_self). Every row j of the fp32 path's top k has s^_j <= (k-th smallest s^) <= U, hence lo_j <= U:
 // keeping every row with lo <= U (NaN lo kept) keeps the fp32 top k. The survivors are re-scored with
-// the fp32 path's own arithmetic (s^ above, scalar, bit-identical), the k smallest (s^, j) taken and
+// the fp32 path's own arithmetic (s^ above, bit-identical; 8 rows per AVX2 vector), the k smallest (s^, j) taken and
 // re-ranked exactly as the fp32 path does: identical indices and distances. A query whose survivors
 // overflow a bounded list (e.g. thousands of identical rows), or a bank row whose b' is not finite,
 // makes the whole call return false and the caller runs the fp32 path (same answers, bounded memory).
+// group_min: the same bound, with U the running minimum up of each group (a skipped group: -inf).
+// Survivor fractions measured: 0.002-0.034% of pairs (knn, k = 1 / 9, N = 65536), 0.2-0.3% (group_min).
 #include <immintrin.h>
 
 #include <ATen/Parallel.h>
