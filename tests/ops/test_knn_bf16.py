@@ -121,7 +121,6 @@ def test_bf16_hardware_equals_emulation_bit_for_bit(monkeypatch, gen, Q, N, D):
         outs.append(fastad.ops.knn(q, b, N, "ip"))
     (d0, i0), (d1, i1) = outs
     assert torch.equal(d0.view(torch.int32), d1.view(torch.int32)) and torch.equal(i0, i1)
-    assert (d0 == 0).any() or D < 8 or True  # (flushed products are part of the data, not asserted)
 
 
 def test_bf16_emulation_flushes_tiny_results(monkeypatch):
