@@ -3,10 +3,16 @@
     python benchmarks/bench_knn.py --quick                 # a few shapes, 1 thread
     python benchmarks/bench_knn.py --threads 1 2           # the full issue-3 grid at 1 and 2 threads
     python benchmarks/bench_knn.py --op group_min --quick  # group_min vs k=1 knn and torch reshape+amin
+    python benchmarks/bench_knn.py --N 65536 --Q 3136 --D 384 1536 --k 1 9 --only faiss.knn torch.mm.bf16
+                                                           # issue 15: bf16 inputs and the bf16 screen
+    python benchmarks/bench_knn.py --features mtd --N 65536 --Q 3136 --k 1 9   # MTD PatchCore features
 
 Anchors (knn): faiss-cpu ``faiss.knn`` and ``IndexFlatL2.search``, torch ``cdist``+``topk`` (anomalib's
 path), torch ``addmm``+``topk`` (norm expansion), scikit-learn brute force, and numpy/OpenBLAS sgemm of
-the same shape as the roof (written into a reused buffer in <= 1 GiB query blocks). Anchors that need
+the same shape as the roof (written into a reused buffer in <= 1 GiB query blocks); for bf16 inputs
+(issue 15) torch bf16 ``mm`` (oneDNN) of the same shape is the roof. Methods "fastad.screen" (float32
+knn through the bf16 screen, ``screen="bf16"``; its survivor fraction is printed) and "fastad.bf16"
+(knn on the inputs rounded to bfloat16) run where the CPU has AVX512-BF16. Anchors that need
 the Q x N matrix run in <= 1 GiB query blocks (as faiss itself does), never on the whole matrix.
 
 Each method runs once for memory (also timed), then ``--repeat`` more times, the methods interleaved round-robin so they share the
@@ -113,6 +119,19 @@ def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
     qb = q_block(Q, N)
     m = {}
     m["fastad"] = lambda: fastad.ops.knn(q, b, k)
+    if fastad.build_info()["bf16_micro_kernel"] == "avx512bf16":
+        q16, b16 = q.bfloat16(), b.bfloat16()
+        m["fastad.screen"] = lambda: fastad.ops.knn(q, b, k, screen="bf16")
+        m["fastad.bf16"] = lambda: fastad.ops.knn(q16, b16, k)
+        buf16 = torch.empty(q_block(Q, N), N, dtype=torch.bfloat16)
+
+        def mm_bf16():  # the bf16 roof: torch's bf16 matmul (oneDNN), no selection, into a reused buffer
+            for i in range(0, Q, qb):
+                n = min(qb, Q - i)
+                torch.mm(q16[i : i + n], b16.T, out=buf16[:n])
+            return None
+
+        m["torch.mm.bf16(roof)"] = mm_bf16
     try:
         import faiss
 
@@ -173,6 +192,8 @@ def group_methods(q: torch.Tensor, b: torch.Tensor, gs: int, skip: set[str]):
     m = {}
     m["fastad"] = lambda: fastad.ops.group_min(q, b, gs)
     m["fastad.knn(k=1)"] = lambda: fastad.ops.knn(q, b, 1)
+    if fastad.build_info()["bf16_micro_kernel"] == "avx512bf16":
+        m["fastad.screen"] = lambda: fastad.ops.group_min(q, b, gs, screen="bf16")
 
     def cdist_amin():
         return [torch.cdist(q[i : i + qb], b).view(-1, G, gs).amin(-1) for i in range(0, Q, qb)]
@@ -210,15 +231,34 @@ def group_methods(q: torch.Tensor, b: torch.Tensor, gs: int, skip: set[str]):
 
 
 # ------------------------------------------------------------------------------------------------ main
-def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
+def mtd_rows(N: int, Q: int, data: str, cache_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bank = N and queries = Q other rows (a fixed random split) of MTD PatchCore features (bench_coreset's
+    extraction, cached under cache_dir)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_coreset import mtd_features
+
+    rows = mtd_features(Path(data).resolve(), Path(cache_dir)).float()
+    perm = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))
+    if N + Q > rows.shape[0]:
+        raise SystemExit(f"--features mtd: {rows.shape[0]} rows, need N + Q = {N + Q}")
+    return rows[perm[Q : Q + N]].contiguous(), rows[perm[:Q]].contiguous()
+
+
+def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), features=None):
     set_threads(threads)
     g = torch.Generator().manual_seed(seed)
-    b = torch.randn(N, D, generator=g)
-    q = torch.randn(Q, D, generator=g)
+    if features is not None:
+        b, q = mtd_rows(N, Q, *features)
+        D = b.shape[1]
+    else:
+        b = torch.randn(N, D, generator=g)
+        q = torch.randn(Q, D, generator=g)
     flops = 2.0 * Q * N * D
     methods = knn_methods(q, b, k_or_gs, skip) if op == "knn" else group_methods(q, b, k_or_gs, skip)
     if only:  # keep fastad and the named methods, in their usual order
-        methods = {n: f for n, f in methods.items() if n == "fastad" or n in only}
+        methods = {n: f for n, f in methods.items() if n.startswith("fastad") or n in only or n.split("(")[0] in only}
     # accuracy: our top-1 / group minima against float64 on up to 256 queries
     qs = q[:256]
     d64 = torch.cdist(qs.double(), b.double())
@@ -230,6 +270,21 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
         out = fastad.ops.group_min(qs, b, k_or_gs).double()
         acc = float(((out - ref).abs() <= 1e-4 * ref + 1e-6).double().mean())
     del d64
+    screen_frac, screen_msg, bf16_msg = None, "", ""
+    if "fastad.screen" in methods:  # identical answers to the fp32 path, and the survivor fraction
+        fastad.knn_screen_stats(reset=True)
+        if op == "knn":
+            d0, i0 = fastad.ops.knn(q, b, k_or_gs)
+            d1, i1 = fastad.ops.knn(q, b, k_or_gs, screen="bf16")
+        else:
+            d0 = i0 = fastad.ops.group_min(q, b, k_or_gs)
+            d1 = i1 = fastad.ops.group_min(q, b, k_or_gs, screen="bf16")
+        st = fastad.knn_screen_stats(reset=True)
+        screen_frac = st["survivor_fraction"]
+        same = torch.equal(i0, i1) and torch.equal(d0, d1)
+        screen_msg = (f"screen: identical to fp32 path: {same}; survivors {st['survivors']} of {st['pairs']} pairs "
+                      f"({100 * screen_frac:.3f}%), fallbacks {st['fallbacks']}")
+        del d0, i0, d1, i1
     res = {name: {"cpu": float("inf"), "wall": float("inf")} for name in methods}
     load0 = os.getloadavg()[0]
     for name, fn in methods.items():  # first run: memory (and a time sample; it includes first-touch costs)
@@ -241,10 +296,21 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
             res[name]["wall"] = min(res[name]["wall"], w)
     load1 = os.getloadavg()[0]
     roof = flops / res["numpy.sgemm(roof)"]["cpu"] if "numpy.sgemm(roof)" in res else float("nan")
+    if "fastad.screen" in res:
+        bf16_msg = f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
+    if "torch.mm.bf16(roof)" in res:
+        bf_roof = res["torch.mm.bf16(roof)"]["cpu"]
+        bf16_msg = (f"bf16: fastad.bf16 {flops / res['fastad.bf16']['cpu'] / 1e9:.1f} GF/core-s = "
+                    f"{100 * bf_roof / res['fastad.bf16']['cpu']:.0f}% of torch bf16 mm {flops / bf_roof / 1e9:.1f}; "
+                    f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
+                    + (f", {res['faiss.knn']['cpu'] / res['fastad.screen']['cpu']:.2f}x faiss.knn" if "faiss.knn" in res else ""))
     ours = res["fastad"]["cpu"]
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
           f"top-1/min accuracy vs float64 {acc:.4f}, load avg {load0:.1f}->{load1:.1f})")
+    for msg in (screen_msg, bf16_msg):
+        if msg:
+            print(msg)
     print("| method | CPU s | wall s | GF/core-s | GF/s wall | % sgemm | extra MB | anchor/ours (CPU) | (wall) |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -253,7 +319,8 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=()):
         row = dict(op=op, D=D, N=N, Q=Q, param=k_or_gs, threads=threads, method=name, cpu_s=r["cpu"],
                    wall_s=r["wall"], gf_core=gf, gf_wall=flops / r["wall"] / 1e9, frac_sgemm=flops / r["cpu"] / roof,
                    mem_mb=r["mem_mb"], ratio_cpu=r["cpu"] / ours, ratio_wall=r["wall"] / res["fastad"]["wall"],
-                   acc=acc, load=(load0, load1))
+                   acc=acc, load=(load0, load1), features="mtd" if features else "randn",
+                   screen_survivor_fraction=screen_frac)
         rows.append(row)
         print(f"| {name} | {r['cpu']:.3f} | {r['wall']:.3f} | {gf:.1f} | {row['gf_wall']:.1f} | "
               f"{100*row['frac_sgemm']:.0f}% | {r['mem_mb']:.0f} | {row['ratio_cpu']:.2f} | {row['ratio_wall']:.2f} |")
@@ -280,10 +347,21 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", default=[], help="run only fastad and these methods, by their printed "
                    "names (e.g. faiss.knn torch.cdist+topk); default: all")
     p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
+    p.add_argument("--features", choices=["randn", "mtd"], default="randn", help="mtd: MTD PatchCore rows "
+                   "(bench_coreset.py's extraction, cached; D is theirs) instead of Gaussian data")
+    p.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                   "data", "mtd"), help="MTD folder (--features mtd)")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/fastad"), help="MTD feature cache")
     a = p.parse_args(argv)
     if a.quick:
         a.N, a.Q = [16384], [784]
-    print(f"fastad {fastad.__version__} build {fastad.build_info()}; torch {torch.__version__}, numpy {np.__version__}")
+    from _machine import cpu_model
+
+    print(f"fastad {fastad.__version__} build {fastad.build_info()}; torch {torch.__version__}, numpy {np.__version__}; "
+          f"CPU {cpu_model()}")
+    if a.features == "mtd":
+        a.D = a.D[:1]  # D is the features'
+    features = (a.data, a.cache_dir) if a.features == "mtd" else None
     try:
         from threadpoolctl import threadpool_info
 
@@ -308,7 +386,7 @@ def main(argv=None):
                 skip.add("sklearn")
             if gflop > a.torch_max_gflop:
                 skip.add("torch")
-            rows += run_shape(op, D, N, Q, kk, t, a.repeat, skip, only=set(a.only))
+            rows += run_shape(op, D, N, Q, kk, t, a.repeat, skip, only=set(a.only), features=features)
     if a.jsonl:
         with open(a.jsonl, "a") as f:
             for r in rows:

@@ -13,5 +13,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_archs", [] { return fastad::cuda_archs(); });
   m.def("simd_level", [] { return fastad::simd_level(); });
   m.def("dist_micro_kernel", [] { return fastad::dist_micro_kernel(); });
+  m.def("bf16_micro_kernel", [] { return fastad::bf16_micro_kernel(); });
+  m.def("knn_screen_stats", [](bool reset) { return fastad::knn_screen_stats(reset); }, py::arg("reset") = false);
   m.def("openmp_threads", [] { return fastad::openmp_threads(); });
 }

@@ -13,10 +13,18 @@ TORCH_LIBRARY(fastad, m) {
   m.def("knn(Tensor query, Tensor bank, int k, str metric=\"l2\", Tensor? bank_norms=None, "
         "bool exclude_self=False) -> (Tensor, Tensor)");
 
+  // Exact float32 k-NN through a bf16 screen (CPU; issue 15): the same answers as knn (bit for bit),
+  // screen "bf16" | "auto" (see ops.knn's screen argument).
+  m.def("knn_screen(Tensor query, Tensor bank, int k, str metric=\"l2\", Tensor? bank_norms=None, "
+        "bool exclude_self=False, str screen=\"bf16\") -> (Tensor, Tensor)");
+
   // group_min: per-group minimum distance (MuSc mutual scoring, SPADE per-image search).
   // query [Q, D], bank [N, D] = G consecutive groups of group_size rows -> [Q, G] float32;
   // exclude_group [Q] int64 (group id or -1) skips one group per query (+inf; "ip": -inf).
   m.def("group_min(Tensor query, Tensor bank, int group_size, str metric=\"l2\", Tensor? exclude_group=None) -> Tensor");
+  // group_min through the bf16 screen (CPU; issue 15): the same output as group_min, bit for bit.
+  m.def("group_min_screen(Tensor query, Tensor bank, int group_size, str metric=\"l2\", Tensor? exclude_group=None, "
+        "str screen=\"bf16\") -> Tensor");
   // coreset: greedy k-center (farthest point sampling) selection of n rows of bank [N, D], starting at
   // row `start` -> (indices [n] int64, min_distances [n] float32: the Euclidean distance of each chosen
   // row to the rows chosen before it; min_distances[0] = +inf). Deterministic; argmax ties -> smaller index.

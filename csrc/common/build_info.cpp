@@ -23,6 +23,20 @@ std::string dist_micro_kernel() {
   return cpu::use_avx2_path() ? "avx2" : "generic";
 }
 
+std::string bf16_micro_kernel() {
+  if (cpu::use_bf16_micro()) return "avx512bf16";
+  return cpu::use_bf16_gemm() ? "emulated" : "none";
+}
+
+std::tuple<long long, long long, long long, long long> knn_screen_stats(bool reset) {
+  int64_t v[4] = {0, 0, 0, 0};
+#if FASTAD_HAVE_AVX2
+  cpu::bf16_screen_stats(v);
+  if (reset) cpu::bf16_screen_stats_reset();
+#endif
+  return {v[0], v[1], v[2], v[3]};
+}
+
 int openmp_threads() { return at::get_num_threads(); }
 
 std::string cuda_archs() {

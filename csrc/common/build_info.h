@@ -1,5 +1,6 @@
 #pragma once
 #include <string>
+#include <tuple>
 
 namespace fastad {
 // "avx2" when the AVX2/FMA kernels are compiled in and this CPU supports them, else "generic".
@@ -7,6 +8,11 @@ std::string simd_level();
 // Micro-kernel of the knn/group_min distance GEMM in use now: "avx512" (24 x 16 zmm kernel, CPU with
 // AVX-512F), "avx2" (6 x 16 ymm kernel; also when FASTAD_FORCE_AVX2=1) or "generic" (portable path).
 std::string dist_micro_kernel();
+// bf16 GEMM kernel of knn on bfloat16 inputs / the bf16 screen: "avx512bf16" (vdpbf16ps), "emulated"
+// (FASTAD_BF16_EMULATE=1: the scalar emulation) or "none" (bf16 inputs are upcast to float32).
+std::string bf16_micro_kernel();
+// knn_screen counters since the last reset: (calls, pairs screened, survivors, fallbacks to the fp32 path).
+std::tuple<long long, long long, long long, long long> knn_screen_stats(bool reset);
 // true when the AVX2/FMA code paths may be used on this CPU.
 bool cpu_has_avx2_fma();
 // Threads used by at::parallel_for (follows torch.set_num_threads).

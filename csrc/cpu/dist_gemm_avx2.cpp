@@ -403,6 +403,8 @@ inline int64_t superblock_rows(int64_t Q, int64_t D) {
 
 float exact_sq_dist_avx2(const float* x, const float* y, int64_t d) { return sq_dist(x, y, d); }
 
+void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c) { estimate_centre(b, N, D, c); }
+
 void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
                   bool exclude_self, float* out_d, int64_t* out_i) {
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;

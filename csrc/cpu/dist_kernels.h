@@ -39,6 +39,43 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
 float exact_sq_dist_avx2(const float* x, const float* y, int64_t d);
 #endif
 
+#if FASTAD_HAVE_AVX2
+/// The centre knn_f32_avx2 subtracts for l2 / sqeuclidean (mean of evenly spaced bank rows), D floats.
+void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c);
+/// k-NN on bfloat16 inputs (bits as uint16, row-major) through the bf16 GEMM (csrc/cpu/dist_bf16_avx2.cpp):
+/// fp32 accumulation, no centring, l2 / sqeuclidean winners re-ranked with exact fp32 distances of the
+/// bf16 values. Same output contract as knn_f32_avx2. Needs use_bf16_gemm().
+void knn_bf16_avx2(const uint16_t* q, const uint16_t* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                   bool exclude_self, float* out_d, int64_t* out_i);
+/// Exact fp32 k-NN through the bf16 screen (l2 / sqeuclidean): the same indices and distances as
+/// knn_f32_avx2, bit for bit. Returns false (outputs unspecified) when it declines: other metrics, a
+/// bank row with a non-finite norm, or too many survivors for a query; the caller then runs knn_f32_avx2.
+bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                         bool exclude_self, float* out_d, int64_t* out_i);
+/// group_min_f32_avx2 (l2 / sqeuclidean) through the bf16 screen: the same outputs bit for bit, or false
+/// (outputs unspecified) when it declines, as knn_f32_screen_bf16.
+bool group_min_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs,
+                               Metric metric, const int64_t* exclude, float* out);
+/// Screen counters since the last reset: calls, pairs screened, survivors re-scored in fp32, fallbacks.
+void bf16_screen_stats(int64_t* out4);
+void bf16_screen_stats_reset();
+#endif
+
+/// true when the bf16 GEMM runs the AVX512-BF16 micro-kernel: compiled in, the CPU reports avx512f,
+/// avx512bw, avx512vl and avx512_bf16, the AVX2 path is on, and FASTAD_BF16_EMULATE is not set.
+bool use_bf16_micro();
+/// true when the bf16 GEMM may run at all: use_bf16_micro(), or FASTAD_BF16_EMULATE=1 with the AVX2
+/// path on (the scalar emulation of cpu/bf16_emu.h: bit-identical, slow; for tests).
+bool use_bf16_gemm();
+
+#if FASTAD_HAVE_AVX512
+/// bf16 micro-kernel (dist_micro_avx512bf16.cpp; emulated by bf16emu::micro_bf16_emu).
+void micro_bf16_avx512(int panels, int64_t kc2, const uint32_t* A, int64_t panel_stride, const uint32_t* B, float* C,
+                       int64_t ldc, bool accumulate);
+void bf16_rows_avx512(const float* x, int64_t rows, int64_t D, const float* c, uint16_t* out, int64_t ldo,
+                      float* sums);
+#endif
+
 #if FASTAD_HAVE_AVX512
 /// C[r * ldc + j] (r < 24, j < 16) = (accumulate ? C : 0) + sum_p A_{r/6}[p * 6 + r % 6] * B[p * 16 + j],
 /// where A_t = A + t * panel_stride are four consecutive packed 6-row query panels and B one packed

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cpu/dist_kernels.h"
@@ -126,8 +127,47 @@ at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_
   return out;
 }
 
+// group_min_screen: group_min through the bf16 screen (dist_bf16_avx2.cpp), identical outputs. screen
+// "bf16": whenever the bf16 GEMM can run; "auto": AVX512-BF16 hardware, D >= 96 and group_size >= 64;
+// otherwise, for other metrics or dtypes, or when the screen declines, the group_min path.
+at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
+                                c10::string_view metric_name, const std::optional<at::Tensor>& exclude_group,
+                                c10::string_view screen) {
+  TORCH_CHECK(screen == "bf16" || screen == "auto", "group_min_screen: screen must be 'bf16' or 'auto', got '",
+              std::string(screen), "'");
+  check_group_min_args(query, bank, group_size, exclude_group);
+  const Metric metric = parse_metric("group_min", metric_name);
+  const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1), G = N / group_size;
+  bool on = query.scalar_type() == at::kFloat && bank.scalar_type() == at::kFloat && Q > 0 && G > 0 &&
+            (metric == Metric::L2 || metric == Metric::SqEuclidean);
+  if (screen == "auto") on = on && use_bf16_micro() && D >= 96 && group_size >= 64;
+  else on = on && use_bf16_gemm();
+#if FASTAD_HAVE_AVX2
+  if (on) {
+    at::Tensor ex;
+    if (exclude_group) {
+      ex = exclude_group->contiguous();
+      const int64_t* pe = ex.data_ptr<int64_t>();
+      for (int64_t i = 0; i < Q; ++i)
+        TORCH_CHECK(pe[i] >= -1 && pe[i] < G, "group_min: exclude_group values must be group ids in [0, G) or -1, with G = ",
+                    G, "; got ", pe[i], " for query ", i);
+    }
+    const at::Tensor q = query.contiguous(), b = bank.contiguous();
+    check_finite_norms("group_min", "query", row_sq_norms(q));
+    auto out = at::empty({Q, G}, query.options().dtype(at::kFloat));
+    if (group_min_f32_screen_bf16(q.data_ptr<float>(), b.data_ptr<float>(), Q, N, D, group_size, metric,
+                                  exclude_group ? ex.data_ptr<int64_t>() : nullptr, out.data_ptr<float>()))
+      return out;
+  }
+#endif
+  return group_min_cpu(query, bank, group_size, metric_name, exclude_group);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("group_min", &group_min_cpu); }
+TORCH_LIBRARY_IMPL(fastad, CPU, m) {
+  m.impl("group_min", &group_min_cpu);
+  m.impl("group_min_screen", &group_min_screen_cpu);
+}
 
 }  // namespace fastad::cpu

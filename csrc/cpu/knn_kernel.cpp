@@ -8,7 +8,10 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -89,6 +92,26 @@ class KnnHandler {
   int64_t i0_ = 0;
 };
 
+/// Raises naming op, arg and the first row of the bf16 matrix t that holds a NaN or Inf (exponent bits all ones).
+void check_finite_bf16_rows(const char* op, const char* arg, const at::Tensor& t) {
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+  const int64_t rows = t.size(0), d = t.size(1);
+  std::atomic<int64_t> bad{rows};
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      unsigned acc = 0;
+      for (int64_t c = 0; c < d; ++c) acc |= ((p[r * d + c] & 0x7f80u) == 0x7f80u);
+      if (acc) {
+        int64_t cur = bad.load();
+        while (r < cur && !bad.compare_exchange_weak(cur, r)) {
+        }
+        return;
+      }
+    }
+  });
+  TORCH_CHECK(bad.load() == rows, op, ": ", arg, " must hold finite values, but row ", bad.load(), " contains NaN or Inf");
+}
+
 }  // namespace
 
 /// Exact k-NN over row-major float32 buffers (the portable path: sweep_scores + KnnHandler).
@@ -128,6 +151,18 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   auto out_i = at::empty({Q, k}, query.options().dtype(at::kLong));
   if (Q == 0) return {out_d, out_i};
 
+#if FASTAD_HAVE_AVX2
+  // bfloat16 inputs: the bf16 GEMM (AVX512-BF16, fp32 accumulation) on the inputs as given, no upcast.
+  if (query.scalar_type() == at::kBFloat16 && bank.scalar_type() == at::kBFloat16 && N > 0 && use_bf16_gemm()) {
+    const at::Tensor q16 = query.contiguous(), b16 = bank.contiguous();
+    check_finite_bf16_rows("knn", "query", q16);
+    check_finite_bf16_rows("knn", "bank", b16);
+    knn_bf16_avx2(reinterpret_cast<const uint16_t*>(q16.data_ptr<at::BFloat16>()),
+                  reinterpret_cast<const uint16_t*>(b16.data_ptr<at::BFloat16>()), Q, N, D, k, metric, exclude_self,
+                  out_d.data_ptr<float>(), out_i.data_ptr<int64_t>());
+    return {out_d, out_i};
+  }
+#endif
   const at::Tensor q = as_f32_contiguous(query), b = as_f32_contiguous(bank);
   const at::Tensor qn = row_sq_norms(q);
   check_finite_norms("knn", "query", qn);
@@ -156,8 +191,64 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   return {out_d, out_i};
 }
 
+// knn_screen: exact float32 k-NN through the bf16 screen (dist_bf16_avx2.cpp), identical answers to knn.
+// screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only where it measured faster
+// (AVX512-BF16 hardware, D >= kScreenAutoMinD, k * 64 <= N); otherwise, and for other metrics, dtypes
+// or when the screen declines, the knn path.
+constexpr int64_t kScreenAutoMinD = 96;  // measured (k=9, N=16384, Q=784): D=64 1.0x, D=128 1.31x the fp32 path
+
+std::tuple<at::Tensor, at::Tensor> knn_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t k,
+                                                  c10::string_view metric_name,
+                                                  const std::optional<at::Tensor>& bank_norms, bool exclude_self,
+                                                  c10::string_view screen) {
+  TORCH_CHECK(screen == "bf16" || screen == "auto", "knn_screen: screen must be 'bf16' or 'auto', got '",
+              std::string(screen), "'");
+  check_query_bank("knn", query, bank);
+  const Metric metric = parse_metric("knn", metric_name);
+  TORCH_CHECK(k >= 1, "knn: k must be >= 1, got ", k);
+  const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1);
+  if (bank_norms) check_bank_norms("knn", *bank_norms, N, bank);  // a cache the screen does not need
+  bool on = query.scalar_type() == at::kFloat && bank.scalar_type() == at::kFloat && Q > 0 && N > 0 &&
+            (metric == Metric::L2 || metric == Metric::SqEuclidean) && k < N && (!exclude_self || Q <= N);
+  if (screen == "auto") on = on && use_bf16_micro() && D >= kScreenAutoMinD && k * 64 <= N;
+  else on = on && use_bf16_gemm();
+#if FASTAD_HAVE_AVX2
+  if (on) {
+    const at::Tensor q = query.contiguous(), b = bank.contiguous();
+    check_finite_norms("knn", "query", row_sq_norms(q));
+    auto out_d = at::empty({Q, k}, query.options().dtype(at::kFloat));
+    auto out_i = at::empty({Q, k}, query.options().dtype(at::kLong));
+    if (knn_f32_screen_bf16(q.data_ptr<float>(), b.data_ptr<float>(), Q, N, D, k, metric, exclude_self,
+                            out_d.data_ptr<float>(), out_i.data_ptr<int64_t>()))
+      return {out_d, out_i};
+  }
+#endif
+  return knn_cpu(query, bank, k, metric_name, bank_norms, exclude_self);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("knn", &knn_cpu); }
+bool use_bf16_micro() {
+#if FASTAD_HAVE_AVX512 && (defined(__x86_64__) || defined(__i386__))
+  static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  const char* emu = std::getenv("FASTAD_BF16_EMULATE");
+  if (emu && emu[0] && emu[0] != '0') return false;
+  return cpu_ok && use_avx2_path();
+#else
+  return false;
+#endif
+}
+
+bool use_bf16_gemm() {
+  if (use_bf16_micro()) return true;
+  const char* emu = std::getenv("FASTAD_BF16_EMULATE");
+  return emu && emu[0] && emu[0] != '0' && use_avx2_path();
+}
+
+TORCH_LIBRARY_IMPL(fastad, CPU, m) {
+  m.impl("knn", &knn_cpu);
+  m.impl("knn_screen", &knn_screen_cpu);
+}
 
 }  // namespace fastad::cpu

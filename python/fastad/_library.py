@@ -60,7 +60,9 @@ def build_info() -> dict:
     ``simd`` (CPU SIMD level of the kernels in use: "avx2" or "generic"), ``dist_micro_kernel``
     (micro-kernel of the knn/group_min distance GEMM now: "avx512" where the CPU has AVX-512F,
     "avx2", or "generic"; ``FASTAD_FORCE_AVX2=1`` / ``FASTAD_FORCE_GENERIC=1`` in the environment
-    select the others).
+    select the others), ``bf16_micro_kernel`` (kernel of knn on bfloat16 inputs and of its bf16
+    screen: "avx512bf16" where the CPU has AVX512-BF16, "emulated" with ``FASTAD_BF16_EMULATE=1``
+    (bit-identical scalar emulation, slow), else "none": bf16 inputs are upcast).
 
     Example:
         >>> import fastad; fastad.build_info()["simd"] in ("avx2", "generic")
@@ -76,4 +78,15 @@ def build_info() -> dict:
         "openmp_threads": int(_C.openmp_threads()),
         "simd": _C.simd_level(),
         "dist_micro_kernel": _C.dist_micro_kernel(),
+        "bf16_micro_kernel": _C.bf16_micro_kernel(),
     }
+
+
+def knn_screen_stats(reset: bool = False) -> dict:
+    """Counters of the bf16 screen of ``ops.knn(..., screen=...)`` since the last reset (process-wide):
+    ``calls``, ``pairs`` (query-bank pairs screened), ``survivors`` (pairs re-scored in float32),
+    ``fallbacks`` (calls the screen handed to the float32 path) and ``survivor_fraction``.
+    ``reset=True`` zeroes them after reading."""
+    calls, pairs, surv, fb = _C.knn_screen_stats(bool(reset))
+    return {"calls": calls, "pairs": pairs, "survivors": surv, "fallbacks": fb,
+            "survivor_fraction": surv / pairs if pairs else 0.0}

@@ -46,6 +46,12 @@ def _knn_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False):
     return (query.new_empty((Q, k), dtype=torch.float32), query.new_empty((Q, k), dtype=torch.int64))
 
 
+@torch.library.register_fake("fastad::knn_screen")
+def _knn_screen_fake(query, bank, k, metric="l2", bank_norms=None, exclude_self=False, screen="bf16"):
+    _check(screen in ("bf16", "auto"), f"knn_screen: screen must be 'bf16' or 'auto', got '{screen}'")
+    return _knn_fake(query, bank, k, metric, bank_norms, exclude_self)
+
+
 @torch.library.register_fake("fastad::group_min")
 def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
     check_query_bank("group_min", query, bank)
@@ -69,6 +75,12 @@ def _group_min_fake(query, bank, group_size, metric="l2", exclude_group=None):
             f"group_min: exclude_group must be on the query's device ({query.device}), got {exclude_group.device}",
         )
     return query.new_empty((Q, N // group_size), dtype=torch.float32)
+
+
+@torch.library.register_fake("fastad::group_min_screen")
+def _group_min_screen_fake(query, bank, group_size, metric="l2", exclude_group=None, screen="bf16"):
+    _check(screen in ("bf16", "auto"), f"group_min_screen: screen must be 'bf16' or 'auto', got '{screen}'")
+    return _group_min_fake(query, bank, group_size, metric, exclude_group)
 
 
 # coreset: greedy k-center selection (csrc/cpu/coreset_kernel.cpp, csrc/common/checks.cpp check_coreset_args).

@@ -12,6 +12,7 @@ def group_min(
     group_size: int,
     metric: str = "l2",
     exclude_group: torch.Tensor | None = None,
+    screen: str = "none",
 ) -> torch.Tensor:
     """For every query row, the minimum distance to each group of ``group_size`` consecutive bank rows.
 
@@ -28,6 +29,11 @@ def group_min(
             skipped (``-1``: none), e.g. the query's own image. A skipped group holds ``inf``
             (``-inf`` for ``"ip"``). The CPU kernel rejects ids outside ``[-1, G)``; the CUDA kernel
             does not check the values (that would need a device sync) and skips nothing for them.
+        screen: ``"none"`` (default), ``"bf16"`` or ``"auto"``: float32 ``"l2"`` / ``"sqeuclidean"`` on
+            CPU through the bf16 screen of :func:`fastad.ops.knn` (a bf16 GEMM with a proven per-pair
+            bound; each group's survivors re-scored with the float32 path's arithmetic): output
+            identical to ``"none"``. ``"auto"``: only with AVX512-BF16, ``D >= 96`` and
+            ``group_size >= 64``. Elsewhere the float32 path runs.
 
     Returns:
         ``Tensor[Q, G]`` float32.
@@ -47,4 +53,9 @@ def group_min(
         raise ValueError(f"group_min: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself
         check_finite("query and bank", "group_min", query, bank)
+    if screen != "none":
+        if screen not in ["bf16", "auto"]:
+            raise ValueError(f"group_min: screen must be one of ('none', 'bf16', 'auto'), got '{screen}'")
+        if query.device.type == "cpu":
+            return torch.ops.fastad.group_min_screen(query, bank, int(group_size), metric, exclude_group, screen)
     return torch.ops.fastad.group_min(query, bank, int(group_size), metric, exclude_group)

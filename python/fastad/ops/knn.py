@@ -34,6 +34,7 @@ def knn(
     metric: str = "l2",
     bank_norms: torch.Tensor | None = None,
     exclude_self: bool = False,
+    screen: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k-NN of every query row among the bank rows.
 
@@ -49,6 +50,15 @@ def knn(
             computes centred norms while packing the bank (at no extra pass) and ignores this argument.
         exclude_self: query ``i`` is bank row ``i`` (needs ``Q <= N``); row ``i`` is skipped for it
             (leave-one-out scoring).
+        screen: ``"none"`` (default), ``"bf16"`` or ``"auto"``: float32 ``"l2"`` / ``"sqeuclidean"``
+            on CPU through a bf16 screen: a bf16 GEMM (AVX512-BF16) with a proven per-pair error bound
+            keeps every bank row that can be among the k nearest, and those survivors are re-scored
+            with the float32 path's own arithmetic, so indices AND distances are identical to
+            ``screen="none"`` (see ``csrc/cpu/dist_bf16_avx2.cpp`` for the derivation). ``"auto"``
+            screens only where it measured faster (CPU with AVX512-BF16, ``D >= 96``, ``k * 64 <= N``);
+            ``"bf16"`` whenever the bf16 GEMM can run. Elsewhere (other metrics or dtypes, CUDA,
+            inputs that need gradients) the float32 path runs. Survivor counts:
+            ``fastad.knn_screen_stats()``.
 
     Returns:
         ``(distances Tensor[Q, k] float32, indices Tensor[Q, k] int64)``, best first; ties in distance
@@ -62,6 +72,10 @@ def knn(
 
     Autograd: the distances are differentiable w.r.t. ``query`` and ``bank`` (at the returned
     neighbours; see :mod:`fastad.ops._autograd`); ``bank_norms`` is not.
+
+    bfloat16 inputs on a CPU with AVX512-BF16 run a bf16 GEMM (``vdpbf16ps``, float32 accumulation)
+    on the values as given (no upcast, no centring); ``"l2"`` / ``"sqeuclidean"`` winners are
+    re-ranked with exact float32 distances of the bf16 values.
 
     CPU: on AVX2/FMA machines a packed GEMM with the top-k selection fused into its epilogue; the
     expansion ``|q|^2 + |b|^2 - 2 q.b`` is evaluated on data centred by an estimate of the bank mean,
@@ -88,4 +102,10 @@ def knn(
         )
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself, for free
         check_finite("query and bank", "knn", query, bank)
+    if screen != "none":
+        if screen not in ["bf16", "auto"]:
+            raise ValueError(f"knn: screen must be one of ('none', 'bf16', 'auto'), got '{screen}'")
+        needs_grad = torch.is_grad_enabled() and (query.requires_grad or bank.requires_grad)
+        if query.device.type == "cpu" and not needs_grad:
+            return torch.ops.fastad.knn_screen(query, bank, int(k), metric, bank_norms, bool(exclude_self), screen)
     return torch.ops.fastad.knn(query, bank, int(k), metric, bank_norms, bool(exclude_self))
