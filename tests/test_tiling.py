@@ -236,7 +236,7 @@ def test_blur_on_the_stitched_image(name, tiny_backbone):
     """blur="image": the stitched unblurred map blurred once, sigma scaled from backbone-tile pixels
     to image pixels (tile 16 seen at 32: sigma 3 -> 1.5); tiles are blurred neither way twice."""
     import fastad.detectors as D
-    from fastad.detectors._maps import gaussian_blur
+    from fastad.detectors import gaussian_blur
 
     cls = getattr(D, name)
     kw = dict(coreset_ratio=1.0) if name == "PatchCore" else {}
