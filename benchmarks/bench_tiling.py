@@ -13,6 +13,11 @@ them), so pixel AUROC / AUPRO / pixel AP compare like with like. PatchCore keeps
 patches on both sides (``--coreset-ratio``, 0.1 as the CLI; fp16 coreset storage, no projection): the
 tiled bank grows with the number of tiles.
 
+Settings were chosen on ``--split tune`` (a seeded half of every defect type and of the good test
+images) and are reported on ``--split report`` (the other half), never on the images they were tuned
+on. ``--small fit --blur-at image`` (no padded tile; one blur of the stitched map, ``--tiled-blur`` in
+backbone-tile pixels) and ``--scale`` are the tiling options under test.
+
 Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
 stratified half of the test set is the labelled validation set of ``f1``; recall / precision /
@@ -88,6 +93,8 @@ def run_config(a) -> dict:
         det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at)
         if a.tiled_blur is not None:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
             det.blur_sigma = a.tiled_blur
+    elif a.squash_blur is not None:
+        det.blur_sigma = a.squash_blur
     t0 = time.perf_counter()
     det.fit(_subset(train, fit_idx))
     n_patches = getattr(det, "n_train_patches_", None)
@@ -164,7 +171,8 @@ def run_rss(a) -> dict:
     det = PatchCore(progress=False, batch_size=8, coreset_ratio=1.0)
     det.fit(torch.randn(8, 3, 224, 224, generator=g))
     if a.config == "rss-tiled":
-        det.tiling_ = det._tiling_cfg = {"tile_size": [224, 224], "overlap": 0.25, "tile_batch_size": 8, "scale": 1.0}
+        det.tiling_ = det._tiling_cfg = {"tile_size": [224, 224], "overlap": 0.25, "tile_batch_size": 8, "scale": 1.0,
+                                         "small": a.small, "blur": a.blur_at}
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     x = torch.randn(1, 3, 512 * a.rss_scale, 1280 * a.rss_scale, generator=g)
     t0 = time.perf_counter()
@@ -184,6 +192,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=224)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--scale", type=float, default=1.0, help="tiles resized by this before the backbone")
+    p.add_argument("--squash-blur", type=float, default=None, help="blur sigma of the squash runs (default: the detector's 4)")
     p.add_argument("--small", choices=("pad", "fit"), default="pad", help="images smaller than a tile: pad, or shrink the tile (set_tiling small=)")
     p.add_argument("--blur-at", choices=("tile", "image"), default="tile", help="blur each tile's map, or the stitched map (set_tiling blur=)")
     p.add_argument("--split", choices=("all", "tune", "report"), default="all",
@@ -202,7 +211,8 @@ def main() -> None:
         rows = []
         for c in ("rss-tiled", "rss-whole"):
             for k in (1, 2, 4):
-                r = subprocess.run([sys.executable, __file__, "--config", c, "--rss-scale", str(k)], capture_output=True, text=True)
+                r = subprocess.run([sys.executable, __file__, "--config", c, "--rss-scale", str(k), "--small", a.small,
+                                    "--blur-at", a.blur_at], capture_output=True, text=True)
                 if r.returncode:
                     print(r.stderr[-2000:], file=sys.stderr)
                     raise SystemExit(f"{c} x{k} failed")
@@ -212,14 +222,15 @@ def main() -> None:
                       f"(before scoring {x['rss_before_score_mb']:6.0f}; input + map {x['input_and_map_mb']:6.0f} MB)  "
                       f"score {x['score_s']:6.1f} s", flush=True)
         Path(a.out).write_text(json.dumps({"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "threads": 1,
-                                           "rows": rows}, indent=1))
+                                           "small": a.small, "blur_at": a.blur_at, "rows": rows}, indent=1))
         print("cpu:", cpu_model(), "| written", a.out)
         return
     rows = []
     for c in a.configs.split(","):
         cmd = [sys.executable, __file__, "--config", c, "--train-images", str(a.train_images), "--held-out", str(a.held_out),
                "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale),
-               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else [])
+               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
+            ["--squash-blur", str(a.squash_blur)] if a.squash_blur is not None else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)
