@@ -13,6 +13,11 @@ them), so pixel AUROC / AUPRO / pixel AP compare like with like. PatchCore keeps
 patches on both sides (``--coreset-ratio``, 0.1 as the CLI; fp16 coreset storage, no projection): the
 tiled bank grows with the number of tiles.
 
+Settings were chosen on ``--split tune`` (a seeded half of every defect type and of the good test
+images) and are reported on ``--split report`` (the other half), never on the images they were tuned
+on. ``--small fit --blur-at image`` (no padded tile; one blur of the stitched map, ``--tiled-blur`` in
+backbone-tile pixels) and ``--scale`` are the tiling options under test.
+
 Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
 stratified half of the test set is the labelled validation set of ``f1``; recall / precision /
@@ -60,8 +65,20 @@ def run_config(a) -> dict:
     train = MVTecDataset(ROOT, "train", **kw)
     test = MVTecDataset(ROOT, "test", **kw)
     native = MVTecDataset(ROOT, "test", resize="none")  # masks at native resolution
-    if a.test_images:  # a quick run: a seeded subset of the test set
-        keep = sorted(random.Random(2).sample(range(len(test)), a.test_images))
+    keep = list(range(len(test)))
+    if a.split != "all":  # a seeded half of every defect type (and of the good images): tune on one, report on the other
+        by_type: dict[str, list[int]] = {}
+        for i, path in enumerate(native.paths):
+            by_type.setdefault(Path(path).parent.name, []).append(i)
+        r3, tune = random.Random(3), set()
+        for t in sorted(by_type):
+            ids = by_type[t][:]
+            r3.shuffle(ids)
+            tune.update(ids[: len(ids) // 2])
+        keep = [i for i in keep if (i in tune) == (a.split == "tune")]
+    if a.test_images and a.test_images < len(keep):  # a quick run: a seeded subset
+        keep = sorted(random.Random(2).sample(keep, a.test_images))
+    if len(keep) != len(test):
         test, native = _subset(test, keep), _subset(native, keep)
     rng = random.Random(0)
     idx = sorted(rng.sample(range(len(train)), a.train_images + a.held_out))
@@ -73,9 +90,11 @@ def run_config(a) -> dict:
     else:
         det = PaDiM(progress=False, batch_size=16)
     if tiled:
-        det.set_tiling(a.tile, a.overlap, scale=a.scale)
+        det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at)
         if a.tiled_blur is not None:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
             det.blur_sigma = a.tiled_blur
+    elif a.squash_blur is not None:
+        det.blur_sigma = a.squash_blur
     t0 = time.perf_counter()
     det.fit(_subset(train, fit_idx))
     n_patches = getattr(det, "n_train_patches_", None)
@@ -83,6 +102,7 @@ def run_config(a) -> dict:
     cal = det.decision_function(_subset(train, cal_idx))
     t1 = time.perf_counter()
     pm = M.PixelMetrics()
+    by_type: dict = {}
     scores, labels, types = [], [], []
     it_native = iter(range(len(native)))
     for b in batches(test, 16, ragged=True):
@@ -96,6 +116,8 @@ def run_config(a) -> dict:
                 mp = F.interpolate(mp[None, None], size=tuple(item["mask"].shape), mode="bilinear", align_corners=False)[0, 0]
             if item["has_mask"]:
                 pm.update(mp[None], item["mask"][None])
+                if item["label"]:  # per defect type: its own images only
+                    by_type.setdefault(b["defect_type"][j], M.PixelMetrics()).update(mp[None], item["mask"][None])
         scores.append(s)
         labels.append(b["label"])
         types += b["defect_type"]
@@ -104,12 +126,14 @@ def run_config(a) -> dict:
     pix = pm.compute()
     out = {
         "config": a.config, "tile": a.tile if tiled else None, "overlap": a.overlap if tiled else None,
-        "scale": a.scale if tiled else None, "blur_sigma": det.blur_sigma,
+        "scale": a.scale if tiled else None, "small": a.small if tiled else None, "blur_at": a.blur_at if tiled else None,
+        "blur_sigma": det.blur_sigma, "split": a.split,
         "train_images": len(fit_idx), "held_out": len(cal_idx), "test_images": int(s.numel()),
         "n_patches": n_patches, "bank_rows": None if detector != "patchcore" else int(det.memory_bank_.shape[0]),
         "fit_s": fit_s, "score_s": score_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "image_auroc": float(M.auroc(s, y)), "pixel_auroc": pix["pixel_auroc"], "pixel_ap": pix["pixel_ap"],
         "aupro": pix["aupro"],
+        "by_type": {t: {k: v[k] for k in ("pixel_ap", "aupro")} for t, v in sorted((t, m.compute()) for t, m in by_type.items())},
     }
     # thresholds: quantile / quantile-corrected from the held-out normal images, chi2 (PaDiM), f1 on a
     # stratified half of the test set; recall / precision on the other half
@@ -147,7 +171,8 @@ def run_rss(a) -> dict:
     det = PatchCore(progress=False, batch_size=8, coreset_ratio=1.0)
     det.fit(torch.randn(8, 3, 224, 224, generator=g))
     if a.config == "rss-tiled":
-        det.tiling_ = det._tiling_cfg = {"tile_size": [224, 224], "overlap": 0.25, "tile_batch_size": 8, "scale": 1.0}
+        det.tiling_ = det._tiling_cfg = {"tile_size": [224, 224], "overlap": 0.25, "tile_batch_size": 8, "scale": 1.0,
+                                         "small": a.small, "blur": a.blur_at}
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     x = torch.randn(1, 3, 512 * a.rss_scale, 1280 * a.rss_scale, generator=g)
     t0 = time.perf_counter()
@@ -167,6 +192,11 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=224)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--scale", type=float, default=1.0, help="tiles resized by this before the backbone")
+    p.add_argument("--squash-blur", type=float, default=None, help="blur sigma of the squash runs (default: the detector's 4)")
+    p.add_argument("--small", choices=("pad", "fit"), default="pad", help="images smaller than a tile: pad, or shrink the tile (set_tiling small=)")
+    p.add_argument("--blur-at", choices=("tile", "image"), default="tile", help="blur each tile's map, or the stitched map (set_tiling blur=)")
+    p.add_argument("--split", choices=("all", "tune", "report"), default="all",
+                   help="test images: all, or one of two seeded stratified halves (choose settings on tune, report on report)")
     p.add_argument("--tiled-blur", type=float, default=None, help="blur sigma of the tiled runs (default: the detector's 4)")
     p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,padim-squash224,padim-tiled")
     p.add_argument("--rss-check", action="store_true", help="peak RSS of tiled vs whole-image scoring, 1x/2x/4x images")
@@ -181,7 +211,8 @@ def main() -> None:
         rows = []
         for c in ("rss-tiled", "rss-whole"):
             for k in (1, 2, 4):
-                r = subprocess.run([sys.executable, __file__, "--config", c, "--rss-scale", str(k)], capture_output=True, text=True)
+                r = subprocess.run([sys.executable, __file__, "--config", c, "--rss-scale", str(k), "--small", a.small,
+                                    "--blur-at", a.blur_at], capture_output=True, text=True)
                 if r.returncode:
                     print(r.stderr[-2000:], file=sys.stderr)
                     raise SystemExit(f"{c} x{k} failed")
@@ -191,13 +222,15 @@ def main() -> None:
                       f"(before scoring {x['rss_before_score_mb']:6.0f}; input + map {x['input_and_map_mb']:6.0f} MB)  "
                       f"score {x['score_s']:6.1f} s", flush=True)
         Path(a.out).write_text(json.dumps({"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "threads": 1,
-                                           "rows": rows}, indent=1))
+                                           "small": a.small, "blur_at": a.blur_at, "rows": rows}, indent=1))
         print("cpu:", cpu_model(), "| written", a.out)
         return
     rows = []
     for c in a.configs.split(","):
         cmd = [sys.executable, __file__, "--config", c, "--train-images", str(a.train_images), "--held-out", str(a.held_out),
-               "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale)] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else [])
+               "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale),
+               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
+            ["--squash-blur", str(a.squash_blur)] if a.squash_blur is not None else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)
@@ -207,6 +240,7 @@ def main() -> None:
         print(f"{c:20s} fit {x['fit_s']:7.1f} s  score {x['score_s']:7.1f} s  peak RSS {x['peak_rss_mb']:7.0f} MB  "
               f"image AUROC {x['image_auroc']:.4f}  pixel AUROC {x['pixel_auroc']:.4f}  pixel AP {x['pixel_ap']:.4f}  "
               f"AUPRO {x['aupro']:.4f}", flush=True)
+        print("    by type (pixel AP / AUPRO): " + ", ".join(f"{t} {v['pixel_ap']:.3f} / {v['aupro']:.3f}" for t, v in x["by_type"].items()), flush=True)
         for k, v in x["thresholds"].items():
             print(f"    threshold {k:19s} {v['threshold']:9.4f}  recall {v['recall']:.3f}  precision {v['precision']:.3f}  "
                   f"FPR {v['fpr']:.3f}", flush=True)

@@ -232,3 +232,22 @@ def test_cli_zeroshot_non_square(tmp_path):
     assert "pixel_auroc" in doc["metrics"]
     assert main(["zeroshot", "--data", str(root), "--out", str(tmp_path / "z2"), "--backbone", "random_vit",
                  "--image-size", "64", "--resize", "keep-aspect", "--num-workers", "0", "-q", "--k-list", "0"]) == 0
+
+
+def test_cli_tiled_small_fit_and_image_blur(tmp_path):
+    """--tile-small fit (24-px high images, 32-px tiles: tiles of 24 px, never padded) and --tile-blur
+    image run through fit and evaluate; the model keeps both and the report names them."""
+    from fastad.cli import main
+    from fastad.detectors import load
+
+    root = _tree(tmp_path / "t", n_train=8)
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", "--data", str(root), "--out", str(model), "--resize", "none", "--tile", "32", "--tile-small", "fit",
+                 "--tile-blur", "image", "--calibration", "0"] + FIT) == 0
+    det = load(model, backbone="random_cnn")
+    assert det.tiling_["small"] == "fit" and det.tiling_["blur"] == "image"
+    rep = tmp_path / "rep"
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--out", str(rep), "--num-workers", "0", "-q"]) == 0
+    doc = json.loads((rep / "metrics.json").read_text())
+    assert doc["metrics"]["image_auroc"] >= 0.99
+    assert "small images fit, blur per image" in (rep / "index.html").read_text()

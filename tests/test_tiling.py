@@ -192,3 +192,69 @@ def test_tile_scale(tiny_backbone):
     assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
     with pytest.raises(ValueError, match="scale"):
         det.set_tiling(16, 0.5, scale=0)
+
+
+def test_small_fit_never_pads(tiny_backbone):
+    """small="fit": an image narrower than a tile is cut into tiles of its own shorter side (aspect of
+    the tile kept), each seen at the backbone's tile size; equals the plain detector on those tiles
+    resized up, resized back and stitched. Images at least a tile large are tiled as with "pad"."""
+    import torch.nn.functional as F
+
+    from fastad.detectors import PatchCore
+
+    det = PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False, blur_sigma=0)
+    det.set_tiling(32, 0.25, small="fit").fit(_images(3, 40, 48, 0))
+    assert det.tiling_["small"] == "fit"
+    x = _images(2, 20, 56, 4)  # 20 < 32: tiles of 20 x 20
+    s, m = det.score(x)
+    assert m.shape == (2, 20, 56)
+    t = Tiler(20, 0.25)
+    tiles = F.interpolate(t.cut(x), size=(32, 32), mode="bilinear", align_corners=False)
+    plain = PatchCore.__new__(PatchCore)
+    plain.__dict__.update(det.__dict__)
+    plain.tiling_ = plain._tiling_cfg = None
+    ts, tm = plain.score(tiles)
+    back = F.interpolate(tm[:, None], size=(20, 20), mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    assert torch.allclose(m, t.stitch(back, (20, 56)), atol=1e-5)
+    assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
+    # large enough images: the same as small="pad"
+    big = _images(1, 40, 48, 6)
+    pad = PatchCore.__new__(PatchCore)
+    pad.__dict__.update(det.__dict__)
+    pad.tiling_ = dict(det.tiling_, small="pad")
+    sb, mb = det.score(big)
+    sp, mp = pad.score(big)
+    assert torch.equal(sb, sp) and torch.equal(mb, mp)
+    # and "pad" differs on the narrow image (padded tiles)
+    assert not torch.allclose(pad.score(x)[1], m)
+    with pytest.raises(ValueError, match="small must be 'pad' or 'fit', got 'crop'"):
+        det.set_tiling(32, small="crop")
+
+
+@pytest.mark.parametrize("name", ["PatchCore", "PaDiM"])
+def test_blur_on_the_stitched_image(name, tiny_backbone):
+    """blur="image": the stitched unblurred map blurred once, sigma scaled from backbone-tile pixels
+    to image pixels (tile 16 seen at 32: sigma 3 -> 1.5); tiles are blurred neither way twice."""
+    import fastad.detectors as D
+    from fastad.detectors import gaussian_blur
+
+    cls = getattr(D, name)
+    kw = dict(coreset_ratio=1.0) if name == "PatchCore" else {}
+    det = cls(backbone=tiny_backbone, progress=False, blur_sigma=3.0, **kw).set_tiling(16, 0.5, scale=2, blur="image")
+    det.fit(_images(4, 24, 40, 0))
+    x = _images(2, 24, 40, 5)
+    s, m = det.score(x)
+    assert det.blur_sigma == 3.0  # restored after scoring
+    raw = cls.__new__(cls)
+    raw.__dict__.update(det.__dict__)
+    raw.blur_sigma = None
+    raw.tiling_ = dict(det.tiling_, blur="tile")
+    rs, rm = raw.score(x)
+    assert torch.allclose(m, gaussian_blur(rm, 1.5, "reflect"), atol=1e-5)
+    assert torch.allclose(s, rs, atol=1e-5)  # image score: max of the unblurred tiles' scores
+    per_tile = cls.__new__(cls)
+    per_tile.__dict__.update(det.__dict__)
+    per_tile.tiling_ = dict(det.tiling_, blur="tile")
+    assert not torch.allclose(per_tile.score(x)[1], m, atol=1e-4)
+    with pytest.raises(ValueError, match="blur must be 'tile' or 'image'"):
+        det.set_tiling(16, blur="seam")

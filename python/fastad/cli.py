@@ -90,7 +90,7 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
-        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale)
+        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale, small=a.tile_small, blur=a.tile_blur)
     check_fit = getattr(det, "check_fit_size", None)
     if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
         n = len(ds)                                                      # than --num-neighbors, ...) before any work
@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tile-overlap", type=fraction_arg, default=0.25, metavar="F", help="share of a tile overlapping its neighbour (default 0.25)")
     f.add_argument("--tile-scale", type=float, default=1.0, metavar="K",
                    help="resize each tile by K before the backbone (e.g. --tile 112 --tile-scale 2: 2x native detail; default 1)")
+    f.add_argument("--tile-small", choices=("pad", "fit"), default="pad",
+                   help="an image smaller than a tile: pad it (default) or shrink the tile to fit it (no padded tile)")
+    f.add_argument("--tile-blur", choices=("tile", "image"), default="tile",
+                   help="blur each tile's map (default) or the stitched map once (no seams; sigma scaled to image pixels)")
     f.add_argument("--threshold", choices=("quantile", "quantile-corrected", "chi2", "f1"), default="quantile",
                    help="how threshold_ is set: quantile of held-out normal scores (default), quantile-corrected "
                         "(finite-sample, warns when too few), chi2 (PaDiM / gaussian, no data), f1 (needs --val)")

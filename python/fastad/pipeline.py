@@ -528,7 +528,8 @@ def geometry_info(det) -> dict:
         out["threshold"] = threshold_text(det)
     t = getattr(det, "tiling_", None)
     if t:
-        out["tiling"] = (f"{size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g}, scale {t.get('scale', 1.0):g} "
+        out["tiling"] = (f"{size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g}, scale {t.get('scale', 1.0):g}, "
+                         f"small images {t.get('small', 'pad')}, blur per {t.get('blur', 'tile')} "
                          "(maps stitched, overlaps averaged)")
     return out
 

@@ -30,7 +30,7 @@ class TilingMixin:
     """``set_tiling`` and the tiled fit / score paths used by ``BaseDetector``."""
 
     def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None,
-                   scale: float = 1.0):
+                   scale: float = 1.0, small: str = "pad", blur: str = "tile"):
         """Fit and score on overlapping ``tile_size x tile_size`` tiles (None: whole images, the default).
 
         Args:
@@ -40,6 +40,16 @@ class TilingMixin:
             scale: each tile is resized by this factor before the backbone (bilinear), and its map
                 back: ``tile_size=112, scale=2`` equals 224-px tiles of the image upscaled 2x (finer
                 maps for small defects) without holding the upscaled image.
+            small: an image (of a batch) narrower or shorter than a tile: ``"pad"`` (default) pads it
+                to a tile (bottom / right, zeros); ``"fit"`` shrinks the tile to fit the image
+                (``min(H / th, W / tw)``, the tile's aspect kept) and resizes it to the backbone's tile
+                size like ``scale`` does (so no tile holds padding; such images are seen magnified).
+            blur: where the detector's Gaussian blur is applied. ``"tile"`` (default): each tile's map
+                is blurred by the detector (``blur_sigma`` in backbone-tile pixels), then stitched.
+            ``"image"``: tile maps are stitched unblurred and the stitched map is blurred once, with
+                ``blur_sigma`` scaled from backbone-tile pixels to image pixels (sigma 4 at a 224-px
+                backbone tile covering 112 image pixels is sigma 2): no seams at tile borders. The
+                image score is then the maximum of the tiles' unblurred scores.
 
         Takes effect at the next ``fit`` (a fitted model scores with the tiling it was fitted with).
         Returns ``self``.
@@ -54,8 +64,12 @@ class TilingMixin:
         t = Tiler(tile_size, overlap)  # checks tile_size and overlap
         if not (isinstance(scale, (int, float)) and 0 < scale <= 16):
             raise ValueError(f"{type(self).__name__}.set_tiling: scale must be a number in (0, 16], got {scale!r}")
+        if small not in ("pad", "fit"):
+            raise ValueError(f"{type(self).__name__}.set_tiling: small must be 'pad' or 'fit', got {small!r}")
+        if blur not in ("tile", "image"):
+            raise ValueError(f"{type(self).__name__}.set_tiling: blur must be 'tile' or 'image', got {blur!r}")
         self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size,
-                            "scale": float(scale)}
+                            "scale": float(scale), "small": small, "blur": blur}
         return self
 
     def _tiler(self):
@@ -67,15 +81,28 @@ class TilingMixin:
 
         return Tiler(tuple(cfg["tile_size"]), cfg["overlap"])
 
+    def _tiling_now(self) -> dict:
+        """The tiling settings in force (the fitted model's, else the next fit's); {} without tiling."""
+        return (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
+
     def _tile_input_size(self, tiler) -> tuple[int, int]:
         """The size the backbone sees a tile at (``tile_size * scale``)."""
-        cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
-        f = float(cfg.get("scale", 1.0))
+        f = float(self._tiling_now().get("scale", 1.0))
         return tuple(max(1, round(v * f)) for v in tiler.tile_size)
 
     def _tile_batch_size(self) -> int:
-        cfg = (getattr(self, "tiling_", None) if self._is_fitted() else None) or getattr(self, "_tiling_cfg", None) or {}
-        return int(cfg.get("tile_batch_size") or max(1, int(self.batch_size)))
+        return int(self._tiling_now().get("tile_batch_size") or max(1, int(self.batch_size)))
+
+    def _batch_tiler(self, tiler, H: int, W: int):
+        """The tiler of an ``H x W`` batch: ``tiler``, or with ``small="fit"`` and an image smaller than
+        a tile, a tiler whose tiles are shrunk (aspect kept) to fit inside it."""
+        th, tw = tiler.tile_size
+        if self._tiling_now().get("small", "pad") != "fit" or (H >= th and W >= tw):
+            return tiler
+        from fastad.features.tiling import Tiler
+
+        f = min(H / th, W / tw)
+        return Tiler((max(1, min(H, int(th * f))), max(1, min(W, int(tw * f)))), tiler.overlap)
 
     def _tile_feature_batches(self, X, timings: dict, tiler):
         """Like ``_feature_batches`` but per chunk of tiles: ``(features, (th, tw), device, image
@@ -89,46 +116,59 @@ class TilingMixin:
         for bi, batch in enumerate(self._image_batches(X, ragged=True)):
             device = self._run_device(batch)
             self._n_tiled_images += int(batch.shape[0])
-            for start, tiles in tiler.iter_cut(batch, tb):
+            bt = self._batch_tiler(tiler, batch.shape[-2], batch.shape[-1])
+            for start, tiles in bt.iter_cut(batch, tb):
                 if tuple(tiles.shape[-2:]) != in_hw:
                     tiles = F.interpolate(tiles, size=in_hw, mode="bilinear", align_corners=False,
                                           antialias=in_hw[0] < tiles.shape[-2])
                 with timer("extraction"), torch.no_grad():
                     feats = self._as_maps(self._get_extractor(device)(tiles.to(device)), tuple(tiles.shape[-2:]))
-                yield feats, tuple(tiles.shape[-2:]), batch.device, bi, start, batch
+                yield feats, tuple(tiles.shape[-2:]), batch.device, bi, start, batch, bt
 
     def _score_tiled(self, X, want_scores: bool, want_maps: bool, what: str, tiler):
         from fastad.features.tiling import Stitcher
 
+        from ._maps import gaussian_blur
+
         timings: dict[str, float] = {}
         scores, maps = [], []
         t0 = time.perf_counter()
-        cur = None  # (batch index, tile scores Tensor[B * n], tiles per image n, Stitcher or None)
+        cur = None  # (batch index, tile scores Tensor[B * n], tiles per image n, Stitcher or None, image-pixel sigma)
+        image_blur = self._tiling_now().get("blur", "tile") == "image" and hasattr(self, "blur_sigma")
+        sigma = getattr(self, "blur_sigma", None)
 
         def flush(cur):
             if cur is not None:
-                _, ts, n, st = cur
+                _, ts, n, st, sig = cur
                 scores.append(ts.view(-1, n).amax(1))
                 if st is not None:
-                    maps.append(st.result())
+                    m = st.result()
+                    maps.append(gaussian_blur(m, sig, self.blur_border) if image_blur and sig else m)
 
-        for feats, size, out_dev, bi, start, batch in self._tile_feature_batches(X, timings, tiler):
-            if cur is None or cur[0] != bi:
-                flush(cur)
-                B, H, W = batch.shape[0], batch.shape[-2], batch.shape[-1]
-                n = tiler.n_tiles(H, W)
-                st = Stitcher(tiler, B, (H, W), device=out_dev) if want_maps else None
-                cur = (bi, torch.empty(B * n, dtype=torch.float32, device=out_dev), n, st)
-            s, m = self._score_checked(feats, size, True, want_maps, timings, what)
-            cur[1][start : start + s.shape[0]] = s.to(out_dev, torch.float32)
-            if cur[3] is not None:
-                if m is None:
-                    raise ValueError(f"{type(self).__name__}.{what}: this detector gives no maps to stitch")
-                if tuple(m.shape[-2:]) != tuple(tiler.tile_size):  # scale != 1: the map back at tile size
-                    m = F.interpolate(m[:, None].float(), size=tiler.tile_size, mode="bilinear", align_corners=False,
-                                      antialias=m.shape[-2] > tiler.tile_size[0])[:, 0]
-                cur[3].add(start, m.to(out_dev))
-        flush(cur)
+        if image_blur:
+            self.blur_sigma = None  # tiles unblurred; the stitched map is blurred in flush
+        try:
+            for feats, size, out_dev, bi, start, batch, bt in self._tile_feature_batches(X, timings, tiler):
+                if cur is None or cur[0] != bi:
+                    flush(cur)
+                    B, H, W = batch.shape[0], batch.shape[-2], batch.shape[-1]
+                    n = bt.n_tiles(H, W)
+                    st = Stitcher(bt, B, (H, W), device=out_dev) if want_maps else None
+                    sig = sigma * bt.tile_size[0] / size[0] if (image_blur and sigma) else None
+                    cur = (bi, torch.empty(B * n, dtype=torch.float32, device=out_dev), n, st, sig)
+                s, m = self._score_checked(feats, size, True, want_maps, timings, what)
+                cur[1][start : start + s.shape[0]] = s.to(out_dev, torch.float32)
+                if cur[3] is not None:
+                    if m is None:
+                        raise ValueError(f"{type(self).__name__}.{what}: this detector gives no maps to stitch")
+                    if tuple(m.shape[-2:]) != tuple(bt.tile_size):  # scale != 1: the map back at tile size
+                        m = F.interpolate(m[:, None].float(), size=bt.tile_size, mode="bilinear", align_corners=False,
+                                          antialias=m.shape[-2] > bt.tile_size[0])[:, 0]
+                    cur[3].add(start, m.to(out_dev))
+            flush(cur)
+        finally:
+            if image_blur:
+                self.blur_sigma = sigma
         timings["total"] = time.perf_counter() - t0
         self.score_timings_ = timings
         if not scores:
