@@ -16,7 +16,9 @@ tiled bank grows with the number of tiles.
 Settings were chosen on ``--split tune`` (a seeded half of every defect type and of the good test
 images) and are reported on ``--split report`` (the other half), never on the images they were tuned
 on. ``--small fit --blur-at image`` (no padded tile; one blur of the stitched map, ``--tiled-blur`` in
-backbone-tile pixels) and ``--scale`` are the tiling options under test.
+backbone-tile pixels) and ``--scale`` are the tiling options under test. ``<detector>-fused`` is tiled
+with ``fuse="global"`` (the tiled map averaged with a 224-squash model's map, weight ``--fuse-weight``
+for the global one; the tiled map's sigma is ``--tiled-blur``, the global model's the default 4).
 
 Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
@@ -59,7 +61,8 @@ def run_config(a) -> dict:
     from fastad.detectors import PaDiM, PatchCore
 
     torch.set_num_threads(1)
-    tiled = a.config.endswith("tiled")
+    tiled = a.config.endswith(("tiled", "fused"))
+    fused = a.config.endswith("fused")
     detector = a.config.split("-")[0]
     kw = dict(image_size=224, resize="squash") if not tiled else dict(resize="none")
     train = MVTecDataset(ROOT, "train", **kw)
@@ -90,8 +93,9 @@ def run_config(a) -> dict:
     else:
         det = PaDiM(progress=False, batch_size=16)
     if tiled:
-        det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at)
-        if a.tiled_blur is not None:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
+        det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at,
+                       fuse="global" if fused else None, fuse_weight=a.fuse_weight)
+        if a.tiled_blur is not None and not fused:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
             det.blur_sigma = a.tiled_blur
     elif a.squash_blur is not None:
         det.blur_sigma = a.squash_blur
@@ -99,6 +103,8 @@ def run_config(a) -> dict:
     det.fit(_subset(train, fit_idx))
     n_patches = getattr(det, "n_train_patches_", None)
     fit_s = time.perf_counter() - t0
+    if fused and a.tiled_blur is not None:  # the tiled map's sigma; the global model keeps the default 4 of its fit
+        det.blur_sigma = a.tiled_blur
     cal = det.decision_function(_subset(train, cal_idx))
     t1 = time.perf_counter()
     pm = M.PixelMetrics()
@@ -127,7 +133,7 @@ def run_config(a) -> dict:
     out = {
         "config": a.config, "tile": a.tile if tiled else None, "overlap": a.overlap if tiled else None,
         "scale": a.scale if tiled else None, "small": a.small if tiled else None, "blur_at": a.blur_at if tiled else None,
-        "blur_sigma": det.blur_sigma, "split": a.split,
+        "blur_sigma": det.blur_sigma, "split": a.split, "fuse_weight": a.fuse_weight if fused else None,
         "train_images": len(fit_idx), "held_out": len(cal_idx), "test_images": int(s.numel()),
         "n_patches": n_patches, "bank_rows": None if detector != "patchcore" else int(det.memory_bank_.shape[0]),
         "fit_s": fit_s, "score_s": score_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -198,7 +204,8 @@ def main() -> None:
     p.add_argument("--split", choices=("all", "tune", "report"), default="all",
                    help="test images: all, or one of two seeded stratified halves (choose settings on tune, report on report)")
     p.add_argument("--tiled-blur", type=float, default=None, help="blur sigma of the tiled runs (default: the detector's 4)")
-    p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,padim-squash224,padim-tiled")
+    p.add_argument("--fuse-weight", type=float, default=0.5, help="the global map's weight of the *-fused configs (set_tiling fuse_weight=)")
+    p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,patchcore-fused,padim-squash224,padim-tiled,padim-fused")
     p.add_argument("--rss-check", action="store_true", help="peak RSS of tiled vs whole-image scoring, 1x/2x/4x images")
     p.add_argument("--rss-scale", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="JSON (default results/tiling_mtd.json, --rss-check: results/tiling_rss.json)")
@@ -229,7 +236,7 @@ def main() -> None:
     for c in a.configs.split(","):
         cmd = [sys.executable, __file__, "--config", c, "--train-images", str(a.train_images), "--held-out", str(a.held_out),
                "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale),
-               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
+               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split, "--fuse-weight", str(a.fuse_weight)] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
             ["--squash-blur", str(a.squash_blur)] if a.squash_blur is not None else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
@@ -247,10 +254,11 @@ def main() -> None:
     by = {r["config"]: r for r in rows}
     ratios = {}
     for d in ("patchcore", "padim"):
-        a_, b_ = by.get(f"{d}-tiled"), by.get(f"{d}-squash224")
-        if a_ and b_:
-            ratios[d] = {k: a_[k] / b_[k] for k in ("pixel_ap", "aupro", "pixel_auroc", "fit_s", "score_s", "peak_rss_mb")}
-            print(f"{d}: tiled / squash224 " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios[d].items()))
+        for kind in ("tiled", "fused"):
+            a_, b_ = by.get(f"{d}-{kind}"), by.get(f"{d}-squash224")
+            if a_ and b_:
+                ratios[f"{d}-{kind}"] = {k: a_[k] / b_[k] for k in ("pixel_ap", "aupro", "pixel_auroc", "fit_s", "score_s", "peak_rss_mb")}
+                print(f"{d}: {kind} / squash224 " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios[f"{d}-{kind}"].items()))
     import torch
 
     import fastad

@@ -258,3 +258,42 @@ def test_blur_on_the_stitched_image(name, tiny_backbone):
     assert not torch.allclose(per_tile.score(x)[1], m, atol=1e-4)
     with pytest.raises(ValueError, match="blur must be 'tile' or 'image'"):
         det.set_tiling(16, blur="seam")
+
+
+@pytest.mark.parametrize("name", ["PatchCore", "PaDiM"])
+def test_fuse_global(name, tiny_backbone, tmp_path):
+    """fuse="global": a second, untiled model fitted on the images squashed to fuse_size; maps and
+    scores are w * global (map resized to the image) + (1 - w) * tiled; one-shot iterables fit; the
+    global model is saved and loaded with the tiled one."""
+    import torch.nn.functional as F
+
+    import fastad.detectors as D
+
+    cls = getattr(D, name)
+    kw = dict(coreset_ratio=1.0) if name == "PatchCore" else {}
+    train, x = _images(6, 48, 80, 0), _images(3, 48, 80, 1)
+    x[2, :, 10:20, 50:60] += 4.0
+    det = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, 0.5, fuse="global", fuse_weight=0.25,
+                                                                                     fuse_size=(24, 40))
+    det.fit(b for b in train.split(4))  # a one-shot generator of batches
+    assert det.n_fit_images_ == 6 and det.global_.image_size_ == (24, 40) and det.global_.tiling_ is None
+    tiled = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, 0.5).fit(train)
+    small = F.interpolate(train, size=(24, 40), mode="bilinear", align_corners=False, antialias=True)
+    glob = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).fit(small.half().float())
+    s, m = det.score(x)
+    ts, tm = tiled.score(x)
+    gs, gm = glob.score(F.interpolate(x, size=(24, 40), mode="bilinear", align_corners=False, antialias=True))
+    gm = F.interpolate(gm[:, None], size=(48, 80), mode="bilinear", align_corners=False)[:, 0]
+    assert m.shape == (3, 48, 80) and int(s.argmax()) == 2
+    assert torch.allclose(s, 0.25 * gs + 0.75 * ts, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(m, 0.25 * gm + 0.75 * tm, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(m, tm, atol=1e-3)
+    det.save(tmp_path / "f.safetensors")
+    back = D.load(tmp_path / "f.safetensors", backbone=tiny_backbone)
+    assert back.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40]}
+    s2, m2 = back.score(x)
+    assert torch.allclose(s2, s, atol=1e-5) and torch.allclose(m2, m, atol=1e-5)
+    for bad, match in ((dict(fuse="local"), "fuse must be None or 'global'"), (dict(fuse="global", fuse_weight=1.5), "fuse_weight must be"),
+                       (dict(fuse="global", fuse_size=(0, 4)), "fuse_size must be")):
+        with pytest.raises(ValueError, match=match):
+            det.set_tiling(32, **bad)

@@ -90,7 +90,9 @@ def cmd_fit(a) -> int:
     with sw("load backbone"):
         det = make_detector(a.detector, **params)
         det._resolve_backbone()
-        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale, small=a.tile_small, blur=a.tile_blur)
+        det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale, small=a.tile_small, blur=a.tile_blur,
+                       fuse=None if a.tile_fuse == "none" else a.tile_fuse, fuse_weight=a.tile_fuse_weight,
+                       fuse_size=tuple(a.image_size))
     check_fit = getattr(det, "check_fit_size", None)
     if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
         n = len(ds)                                                      # than --num-neighbors, ...) before any work
@@ -429,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image smaller than a tile: pad it (default) or shrink the tile to fit it (no padded tile)")
     f.add_argument("--tile-blur", choices=("tile", "image"), default="tile",
                    help="blur each tile's map (default) or the stitched map once (no seams; sigma scaled to image pixels)")
+    f.add_argument("--tile-fuse", choices=("none", "global"), default="none",
+                   help="with --tile: 'global' also fits a model on whole images squashed to --image-size and averages its "
+                        "map with the tiled one (small defects from the tiles, large diffuse ones from the global view)")
+    f.add_argument("--tile-fuse-weight", type=fraction_arg, default=0.5, metavar="W",
+                   help="the global map's weight with --tile-fuse global (default 0.5)")
     f.add_argument("--threshold", choices=("quantile", "quantile-corrected", "chi2", "f1"), default="quantile",
                    help="how threshold_ is set: quantile of held-out normal scores (default), quantile-corrected "
                         "(finite-sample, warns when too few), chi2 (PaDiM / gaussian, no data), f1 (needs --val)")

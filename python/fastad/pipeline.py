@@ -531,6 +531,10 @@ def geometry_info(det) -> dict:
         out["tiling"] = (f"{size_text(t['tile_size'])} px tiles, overlap {t['overlap']:g}, scale {t.get('scale', 1.0):g}, "
                          f"small images {t.get('small', 'pad')}, blur per {t.get('blur', 'tile')} "
                          "(maps stitched, overlaps averaged)")
+        fz = t.get("fuse")
+        if fz:
+            out["tiling"] += (f"; fused with a global {size_text(fz['size'])} model's map "
+                              f"(weight {fz['weight']:g} global, {1 - fz['weight']:g} tiled)")
     return out
 
 

@@ -15,6 +15,14 @@ plus the image's own map.
   ragged=True)`` groups them), so native-resolution data with mixed sizes works.
 
 The tiling is part of the fitted model (``tiling_``, saved in the model file and used when scoring).
+
+``fuse="global"`` (multi-scale fusion): a second model of the same kind and settings, the *global*
+one, is fitted on the whole images squashed to ``fuse_size`` (the usual 224 x 224 view: wide context,
+which large diffuse defects need), and every map is ``w * global + (1 - w) * tiled`` (the global map
+resized to the image; image scores alike), with ``w = fuse_weight``. Both maps are in the same units
+(the same features and detector), so they are averaged as they are. The fit holds the images at
+``fuse_size`` in float16 until the global model is fitted (0.3 MB per 224 x 224 image), so one-shot
+iterables work; scoring resizes each batch. The global model is saved with the tiled one.
 """
 from __future__ import annotations
 
@@ -30,7 +38,8 @@ class TilingMixin:
     """``set_tiling`` and the tiled fit / score paths used by ``BaseDetector``."""
 
     def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None,
-                   scale: float = 1.0, small: str = "pad", blur: str = "tile"):
+                   scale: float = 1.0, small: str = "pad", blur: str = "tile", fuse: str | None = None,
+                   fuse_weight: float = 0.5, fuse_size=224):
         """Fit and score on overlapping ``tile_size x tile_size`` tiles (None: whole images, the default).
 
         Args:
@@ -50,6 +59,11 @@ class TilingMixin:
                 ``blur_sigma`` scaled from backbone-tile pixels to image pixels (sigma 4 at a 224-px
                 backbone tile covering 112 image pixels is sigma 2): no seams at tile borders. The
                 image score is then the maximum of the tiles' unblurred scores.
+            fuse: None (default): the tiled map alone. ``"global"``: fuse it with the map of a global
+                model fitted on whole images squashed to ``fuse_size`` (see the module's docstring):
+                small defects keep the tiles' resolution, large diffuse ones the global context.
+            fuse_weight: the global map's weight ``w`` in ``[0, 1]`` (default 0.5).
+            fuse_size: the global model's image size, int or ``(H, W)`` (default 224).
 
         Takes effect at the next ``fit`` (a fitted model scores with the tiling it was fitted with).
         Returns ``self``.
@@ -68,9 +82,68 @@ class TilingMixin:
             raise ValueError(f"{type(self).__name__}.set_tiling: small must be 'pad' or 'fit', got {small!r}")
         if blur not in ("tile", "image"):
             raise ValueError(f"{type(self).__name__}.set_tiling: blur must be 'tile' or 'image', got {blur!r}")
+        if fuse not in (None, "global"):
+            raise ValueError(f"{type(self).__name__}.set_tiling: fuse must be None or 'global', got {fuse!r}")
+        if isinstance(fuse_weight, bool) or not (isinstance(fuse_weight, (int, float)) and 0 <= fuse_weight <= 1):
+            raise ValueError(f"{type(self).__name__}.set_tiling: fuse_weight must be a number in [0, 1], got {fuse_weight!r}")
+        fs = (fuse_size, fuse_size) if isinstance(fuse_size, int) and not isinstance(fuse_size, bool) else fuse_size
+        if not (isinstance(fs, (tuple, list)) and len(fs) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in fs)):
+            raise ValueError(f"{type(self).__name__}.set_tiling: fuse_size must be an int or (H, W) of ints >= 1, got {fuse_size!r}")
         self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size,
                             "scale": float(scale), "small": small, "blur": blur}
+        if fuse:
+            self._tiling_cfg["fuse"] = {"mode": fuse, "weight": float(fuse_weight), "size": [int(v) for v in fs]}
         return self
+
+    # ------------------------------------------------------------------ fusion with a global model
+    def _fuse_cfg(self) -> dict | None:
+        return self._tiling_now().get("fuse") or None
+
+    def _global_twin(self):
+        """A new, unfitted detector of this kind and settings, without tiling (the global model)."""
+        twin = type(self)(**self.get_params())
+        twin._tiling_cfg = None
+        if hasattr(twin, "progress"):
+            twin.progress = False
+        return twin
+
+    def _fuse_resize(self, batch: torch.Tensor) -> torch.Tensor:
+        size = tuple(self._fuse_cfg()["size"])
+        if tuple(batch.shape[-2:]) == size:
+            return batch
+        return F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False,
+                             antialias=batch.shape[-2] > size[0] or batch.shape[-1] > size[1])
+
+    def _fit_global(self, stash: list) -> None:
+        """Fit ``global_`` on the fit images held (float16, at ``fuse_size``) in ``stash``."""
+        twin = self._global_twin()
+        twin.fit([b.float() for b in stash])
+        stash.clear()
+        self.global_ = twin
+
+    def _score_fused(self, X, want_scores: bool, want_maps: bool, what: str, tiler):
+        """Per image batch: the tiled and the global model's scores / maps, ``w * global + (1 - w) * tiled``."""
+        w = float(self._fuse_cfg()["weight"])
+        scores, maps = [], []
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for batch in self._image_batches(X, ragged=True):
+            st, mt = self._score_tiled(batch, want_scores, want_maps, what, tiler)
+            tt = self.score_timings_
+            sg, mg = self.global_._score(self._fuse_resize(batch), want_scores, want_maps, what)
+            for k, v in list(tt.items()) + [(f"global/{k}", v) for k, v in self.global_.score_timings_.items()]:
+                if k != "total":
+                    timings[k] = timings.get(k, 0.0) + v
+            if want_scores:
+                scores.append(w * sg.to(st.device, st.dtype) + (1 - w) * st)
+            if want_maps:
+                mg = F.interpolate(mg[:, None].float(), size=tuple(mt.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+                maps.append(w * mg.to(mt.device, mt.dtype) + (1 - w) * mt)
+        timings["total"] = time.perf_counter() - t0
+        self.score_timings_ = timings
+        if not scores and not maps:
+            raise ValueError(f"{type(self).__name__}.{what}: X holds no images")
+        return (torch.cat(scores) if want_scores else None), (torch.cat(maps) if want_maps else None)
 
     def _tiler(self):
         """The :class:`Tiler` of the current fit or of the fitted model; None without tiling."""
@@ -113,9 +186,12 @@ class TilingMixin:
         tb = self._tile_batch_size()
         in_hw = self._tile_input_size(tiler)
         self._n_tiled_images = 0
+        stash = getattr(self, "_fuse_stash", None)  # fit with fuse="global": the images at fuse_size
         for bi, batch in enumerate(self._image_batches(X, ragged=True)):
             device = self._run_device(batch)
             self._n_tiled_images += int(batch.shape[0])
+            if stash is not None:
+                stash.append(self._fuse_resize(batch).to(torch.float16))
             bt = self._batch_tiler(tiler, batch.shape[-2], batch.shape[-1])
             for start, tiles in bt.iter_cut(batch, tb):
                 if tuple(tiles.shape[-2:]) != in_hw:

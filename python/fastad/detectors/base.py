@@ -323,6 +323,7 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         self._pending_layers = self._layers_to_extract()
         timings: dict[str, float] = {}
         sizes = []
+        self._fuse_stash = [] if (self.tiling_ or {}).get("fuse") else None
 
         def stream():
             for feats, size, _ in self._feature_batches(X, timings, desc=f"{type(self).__name__} fit: features"):
@@ -338,6 +339,13 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         self.image_size_ = tuple(int(s) for s in sizes[0])
         if self.tiling_ is not None:  # image_size_ is the tile's; count images and tiles apart
             self.n_fit_tiles_, self.n_fit_images_ = self.n_fit_images_, self._n_tiled_images
+        if self._fuse_stash is not None:  # tiling with fuse="global": fit the global model too
+            t0 = time.perf_counter()
+            try:
+                self._fit_global(self._fuse_stash)
+            finally:
+                self._fuse_stash = None
+            self.fit_timings_ = {**(getattr(self, "fit_timings_", None) or {}), "global": time.perf_counter() - t0}
         return self
 
     def fit_features(self, features, *, image_size: tuple[int, int] | None = None) -> "BaseDetector":
@@ -406,6 +414,8 @@ class BaseDetector(TilingMixin, ThresholdMixin):
     def _score(self, X, want_scores: bool, want_maps: bool, what: str):
         self._check_fitted(what)
         if self._tiler() is not None:
+            if self._fuse_cfg():
+                return self._score_fused(X, want_scores, want_maps, what, self._tiler())
             return self._score_tiled(X, want_scores, want_maps, what, self._tiler())
         timings: dict[str, float] = {}
         scores, maps = [], []
@@ -524,7 +534,15 @@ class BaseDetector(TilingMixin, ThresholdMixin):
             "threshold_info": getattr(self, "threshold_info_", None),
             **self._extra_meta(),
         }
-        return write_model_file(path, type(self).__name__, self._state_tensors(), fields)
+        tensors = dict(self._state_tensors())
+        g = getattr(self, "global_", None)  # tiling with fuse="global": the global model rides along
+        if g is not None:
+            tensors.update({f"global.{k}": v for k, v in g._state_tensors().items()})
+            fields["global_model"] = {"layers": list(g.layers_), "layer_dims": {k: int(v) for k, v in g.layer_dims_.items()},
+                                      "image_size": list(g.image_size_), "n_fit_images": getattr(g, "n_fit_images_", None),
+                                      "blur_sigma": getattr(g, "blur_sigma", None),
+                                      **g._extra_meta()}
+        return write_model_file(path, type(self).__name__, tensors, fields)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, backbone=None, device=None) -> "BaseDetector":
@@ -570,11 +588,29 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         det.tiling_ = det._tiling_cfg = meta.get("tiling")  # {"tile_size", "overlap", ...} or None
         det.threshold_info_ = meta.get("threshold_info")  # {"method", "quantile", "n_images"} or None
         det.fit_timings_ = {}
+        tensors = dict(tensors)
+        g_tensors = {k[len("global."):]: tensors.pop(k) for k in list(tensors) if k.startswith("global.")}
+        gmeta = meta.get("global_model")
+        if bool(g_tensors) != isinstance(gmeta, dict) or (gmeta is not None and not (det.tiling_ or {}).get("fuse")):
+            raise ModelFileError(path, "the global model of tiling with fuse='global' is incomplete (its tensors, metadata and tiling disagree)")
         try:
             det._set_state_tensors(tensors, meta, str(path))
+            if gmeta is not None:
+                g = det._global_twin()
+                g._reset()
+                g.backbone_name_, g.custom_backbone_ = det.backbone_name_, det.custom_backbone_
+                g.layers_ = [str(x) for x in gmeta["layers"]]
+                g.layer_dims_ = {str(k): int(v) for k, v in gmeta["layer_dims"].items()}
+                g.image_size_ = tuple(int(s) for s in gmeta["image_size"])
+                g.n_fit_images_ = gmeta.get("n_fit_images")
+                if hasattr(g, "blur_sigma"):
+                    g.blur_sigma = gmeta.get("blur_sigma")
+                g.threshold_, g.preprocess_, g.tiling_, g.threshold_info_, g.fit_timings_ = None, None, None, None, {}
+                g._set_state_tensors(g_tensors, gmeta, str(path))
+                det.global_ = g
         except ModelFileError:
             raise
-        except (KeyError, ValueError, RuntimeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
             det.layers_ = None
             raise ModelFileError(path, f"incompatible contents: {e}") from None
         return det

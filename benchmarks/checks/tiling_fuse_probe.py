@@ -1,0 +1,171 @@
+"""Why tiled pixel AP trails the 224 squash on MTD, and whether fusing the two maps fixes it.
+
+Step 1 (``--save DET``): fit the squash (224, PIL squash as the CLI) and the tiled (native,
+224-px tiles, overlap 0.25, small=fit, image blur sigma 8) detector on the same seeded 50 training
+images (bench_tiling's selection), score the 70 held-out normal images and all 644 test images with
+both, and save the maps at native resolution (float16) to ``--dir``.
+Step 2 (``--eval DET``): per split half (bench_tiling's seeded tune / report halves), pixel AP /
+AUROC / AUPRO of squash, tiled and fusions ``w * g + (1 - w) * t`` of the two maps, raw or each map
+z-normalised by the mean / std of its pixels on the held-out normal images, plus diagnostics (map
+levels on normal pixels, per-image max spread).
+
+    nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --save patchcore --dir /tmp/fuse
+    nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --eval patchcore --dir /tmp/fuse
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+ROOT = os.environ.get("FASTAD_MTD", str(HERE.parents[1].parent / "shared" / "data" / "mtd"))
+
+
+def halves(paths):
+    by_type: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        by_type.setdefault(Path(p).parent.name, []).append(i)
+    r3, tune = random.Random(3), set()
+    for t in sorted(by_type):
+        ids = by_type[t][:]
+        r3.shuffle(ids)
+        tune.update(ids[: len(ids) // 2])
+    return tune
+
+
+def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70) -> None:
+    from fastad.data import MVTecDataset, batches
+    from fastad.detectors import PaDiM, PatchCore
+    from fastad.pipeline import Subset
+
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    sq_tr, sq_te = MVTecDataset(ROOT, "train", image_size=224, resize="squash"), MVTecDataset(ROOT, "test", image_size=224, resize="squash")
+    nt_tr, nt_te = MVTecDataset(ROOT, "train", resize="none"), MVTecDataset(ROOT, "test", resize="none")
+    rng = random.Random(0)
+    idx = sorted(rng.sample(range(len(sq_tr)), n_train + held_out))
+    rng.shuffle(idx)
+    fit_idx, cal_idx = sorted(idx[:n_train]), sorted(idx[n_train:])
+
+    def make():
+        if det_name == "patchcore":
+            return PatchCore(progress=False, batch_size=16, projection_dim=None, coreset_ratio=0.1, coreset_storage="float16")
+        return PaDiM(progress=False, batch_size=16)
+
+    res = {}
+    for kind, tr, te, cal_src in (("squash", sq_tr, sq_te, sq_tr), ("tiled", nt_tr, nt_te, nt_tr)):
+        det = make()
+        if kind == "tiled":
+            det.set_tiling(224, 0.25, small="fit", blur="image")
+            det.blur_sigma = 8
+        t0 = time.process_time()
+        det.fit(Subset(tr, fit_idx))
+        fit_s = time.process_time() - t0
+        maps, scores = [], []
+        t1 = time.process_time()
+        for ds, ids in ((cal_src, cal_idx), (te, list(range(len(te))))):
+            sub = Subset(ds, ids)
+            for b in batches(sub, 16, ragged=True):
+                s, m = det.score(b["image"])
+                for j in range(s.numel()):
+                    hw = Image_hw(b["path"][j])
+                    mp = m[j]
+                    if tuple(mp.shape) != hw:
+                        mp = F.interpolate(mp[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
+                    maps.append(mp.half())
+                    scores.append(float(s[j]))
+        res[kind] = {"fit_s": fit_s, "score_s": time.process_time() - t1}
+        torch.save({"maps": maps, "scores": scores, "n_cal": len(cal_idx)}, out / f"{det_name}_{kind}.pt")
+        print(kind, res[kind], flush=True)
+    masks = [nt_te[i]["mask"].bool() for i in range(len(nt_te))]
+    torch.save({"masks": masks,
+                "paths": list(nt_te.paths), "timing": res}, out / f"{det_name}_gt.pt")
+
+
+_HW: dict = {}
+
+
+def Image_hw(path):
+    from PIL import Image
+
+    if path not in _HW:
+        with Image.open(path) as im:
+            _HW[path] = (im.size[1], im.size[0])
+    return _HW[path]
+
+
+def evaluate(det_name: str, d: Path) -> None:
+    from fastad import metrics as M
+
+    gt = torch.load(d / f"{det_name}_gt.pt")
+    sq, ti = torch.load(d / f"{det_name}_squash.pt"), torch.load(d / f"{det_name}_tiled.pt")
+    nc = sq["n_cal"]
+    masks, paths = gt["masks"], gt["paths"]
+    tune = halves(paths)
+    stats = {}
+    for k, v in (("g", sq), ("t", ti)):
+        cal = torch.cat([m.float().flatten() for m in v["maps"][:nc]])
+        stats[k] = (float(cal.mean()), float(cal.std()), float(torch.quantile(cal[::7], 0.99)))
+        print(f"{k}: normal held-out pixels mean {stats[k][0]:.3f} std {stats[k][1]:.3f} q99 {stats[k][2]:.3f}")
+    gm, tm = sq["maps"][nc:], ti["maps"][nc:]
+    gs, ts = torch.tensor(sq["scores"][nc:]), torch.tensor(ti["scores"][nc:])
+    # diagnostics: normal-pixel levels on test images, per type
+    lv: dict = {}
+    for i, p in enumerate(paths):
+        t = Path(p).parent.name
+        nrm = ~masks[i]
+        for k, m in (("g", gm[i]), ("t", tm[i])):
+            z = (m.float() - stats[k][0]) / stats[k][1]
+            e = lv.setdefault((t, k), [0.0, 0.0, 0, 0.0])
+            e[0] += float(z[nrm].sum()) if nrm.any() else 0.0
+            e[2] += int(nrm.sum())
+            e[1] += float(z[masks[i]].sum()) if masks[i].any() else 0.0
+            e[3] += int(masks[i].sum())
+    for (t, k), e in sorted(lv.items()):
+        print(f"  {t:9s} {k}: z normal px {e[0] / max(1, e[2]):6.2f}  z defect px {e[1] / max(1, e[3]):6.2f}  defect px {e[3]}")
+    configs = [("squash", "raw", 1.0), ("tiled", "raw", 0.0)]
+    for norm in ("raw", "z"):
+        for w in (0.25, 0.5, 0.75):
+            configs.append((f"fuse-{norm}-w{w}", norm, w))
+    rows = []
+    for half in ("tune", "report"):
+        keep = [i for i in range(len(paths)) if (i in tune) == (half == "tune")]
+        for name, norm, w in configs:
+            pm = M.PixelMetrics()
+            sc = []
+            for i in keep:
+                g, t = gm[i].float(), tm[i].float()
+                if norm == "z":
+                    g, t = (g - stats["g"][0]) / stats["g"][1], (t - stats["t"][0]) / stats["t"][1]
+                pm.update((w * g + (1 - w) * t)[None], masks[i][None])
+                gi, tii = float(gs[i]), float(ts[i])
+                sc.append(w * gi + (1 - w) * tii)
+            r = pm.compute()
+            y = torch.tensor([0 if Path(paths[i]).parent.name == "good" else 1 for i in keep])
+            row = {"half": half, "config": name, "pixel_ap": r["pixel_ap"], "pixel_auroc": r["pixel_auroc"], "aupro": r["aupro"],
+                   "image_auroc": float(M.auroc(torch.tensor(sc, dtype=torch.float64), y))}
+            rows.append(row)
+            print(f"{half:6s} {name:18s} pixel AP {row['pixel_ap']:.4f} AUROC {row['pixel_auroc']:.4f} AUPRO {row['aupro']:.4f} image AUROC {row['image_auroc']:.4f}", flush=True)
+    (d / f"{det_name}_eval.json").write_text(json.dumps({"stats": stats, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--save", choices=("patchcore", "padim"))
+    p.add_argument("--eval", choices=("patchcore", "padim"))
+    p.add_argument("--dir", default="/tmp/fuse")
+    a = p.parse_args()
+    if a.save:
+        save(a.save, Path(a.dir))
+    if a.eval:
+        evaluate(a.eval, Path(a.dir))
+    if not (a.save or a.eval):
+        sys.exit("--save or --eval")
