@@ -251,3 +251,22 @@ def test_cli_tiled_small_fit_and_image_blur(tmp_path):
     doc = json.loads((rep / "metrics.json").read_text())
     assert doc["metrics"]["image_auroc"] >= 0.99
     assert "small images fit, blur per image" in (rep / "index.html").read_text()
+
+
+def test_cli_tile_fuse_global(tmp_path):
+    """--tile-fuse global (--tile-fuse-weight): the model holds the global model fitted at --image-size,
+    evaluate uses both, and the report names the fusion."""
+    from fastad.cli import main
+    from fastad.detectors import load
+
+    root = _tree(tmp_path / "t", n_train=8)
+    model = tmp_path / "m.safetensors"
+    assert main(["fit", "--data", str(root), "--out", str(model), "--resize", "none", "--tile", "32", "--image-size", "24", "40",
+                 "--tile-fuse", "global", "--tile-fuse-weight", "0.25", "--calibration", "0"] + FIT) == 0
+    det = load(model, backbone="random_cnn")
+    assert det.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40]} and det.global_.image_size_ == (24, 40)
+    rep = tmp_path / "rep"
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--out", str(rep), "--num-workers", "0", "-q"]) == 0
+    doc = json.loads((rep / "metrics.json").read_text())
+    assert doc["metrics"]["image_auroc"] >= 0.99
+    assert "fused with a global 24x40 model" in (rep / "index.html").read_text()
