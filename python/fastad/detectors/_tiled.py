@@ -19,8 +19,9 @@ The tiling is part of the fitted model (``tiling_``, saved in the model file and
 ``fuse="global"`` (multi-scale fusion): a second model of the same kind and settings, the *global*
 one, is fitted on the whole images squashed to ``fuse_size`` (the usual 224 x 224 view: wide context,
 which large diffuse defects need), and every map is ``w * global + (1 - w) * tiled`` (the global map
-resized to the image; image scores alike), with ``w = fuse_weight``. Both maps are in the same units
-(the same features and detector), so they are averaged as they are. The fit holds the images at
+resized to the image; image scores alike), with ``w = fuse_weight``. The maps are averaged as they are
+(raw): the same detector on the same features, but their levels can differ (on MTD, PaDiM's global
+scores run ~4-8x the tiled ones, so ``w = 0.5`` there leans on the global map). The fit holds the images at
 ``fuse_size`` in float16 until the global model is fitted (0.3 MB per 224 x 224 image), so one-shot
 iterables work; scoring resizes each batch. The global model is saved with the tiled one.
 """
