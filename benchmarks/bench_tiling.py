@@ -145,7 +145,7 @@ def run_config(a) -> dict:
     # stratified half of the test set; recall / precision on the other half
     g = torch.Generator().manual_seed(1)
     val = torch.zeros(len(y), dtype=torch.bool)
-    for t in set(types):
+    for t in sorted(set(types)):  # sorted: set order of str varies between runs
         ids = torch.tensor([i for i, tt in enumerate(types) if tt == t])
         val[ids[torch.randperm(len(ids), generator=g)[: len(ids) // 2]]] = True
     ev = ~val
