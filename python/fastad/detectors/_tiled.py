@@ -118,7 +118,7 @@ class TilingMixin:
     def _fit_global(self, stash: list) -> None:
         """Fit ``global_`` on the fit images held (float16, at ``fuse_size``) in ``stash``."""
         twin = self._global_twin()
-        twin.fit([b.float() for b in stash])
+        twin.fit(b.float() for b in stash)  # one batch at a time in float32
         stash.clear()
         self.global_ = twin
 
