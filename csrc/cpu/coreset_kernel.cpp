@@ -171,7 +171,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   };
-  std::unique_ptr<CoresetTree> tree;
+  std::unique_ptr<CoresetFilter> tree;
   bool tree_stale = true;
   int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
   int64_t tree_backoff = kTreeMinBackoff, tree_run = 0;
@@ -196,13 +196,14 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.assign = assign;
     const double t_start = now_s();
     if (use_tree && step >= tree_next) {
-      if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
+      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn);
       const double t_built = now_s();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
-      int64_t rd = 0;
+      int64_t rd = 0, ns = 0;
       bool b = false;
-      const CoresetBest best = tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
+      const CoresetBest best =
+          tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &ns, &b);
       if (b) return false;
       rows_read += rd;
       rows_all += N;
