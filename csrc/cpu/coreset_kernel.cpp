@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <time.h>
@@ -178,6 +179,8 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   double ema_tree = -1.0, ema_exh = -1.0;
   auto ema = [](double& e, double v) { e = e < 0 ? v : 0.75 * e + 0.25 * v; };
   const float prune_slack = kCoresetPruneSlack + 4.f * coreset_margin(D);
+  int64_t st_filter_steps = 0, st_summaries = 0;  // FASTAD_CORESET_STATS=1: a summary on stderr
+  double st_filter_s = 0, st_build_s = 0, st_exh_s = 0;
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
     const char* crow = base + static_cast<size_t>(cur) * D * esize;
@@ -207,6 +210,10 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
       if (b) return false;
       rows_read += rd;
       rows_all += N;
+      st_filter_steps += 1;
+      st_summaries += ns;
+      st_filter_s += now_s() - t_built;
+      st_build_s += t_built - t_start;
       ema(ema_tree, now_s() - t_built);
       ++tree_run;
       if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
@@ -257,6 +264,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     rows_read += N - sk_all;
     rows_all += N;
     ema(ema_exh, now_s() - t_start);
+    st_exh_s += now_s() - t_start;
     if (use_tree && !tree && try_prune && static_cast<double>(sk_all - step) >= kTreeBuildSkip * static_cast<double>(N))
       tree_next = step + 1;
     if (tree) tree_run = 0;
@@ -277,6 +285,12 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     out_d[step] = std::sqrt(std::max(best.value, 0.f));
     report(step + 1);
   }
+  if (std::getenv("FASTAD_CORESET_STATS"))
+    std::fprintf(stderr, "coreset stats: %lld filter steps (%.3f s, build %.3f s), %lld exhaustive steps (%.3f s), "
+                 "summaries %.2f%%, rows read %.2f%%\n", static_cast<long long>(st_filter_steps), st_filter_s, st_build_s,
+                 static_cast<long long>(n - 1 - st_filter_steps), st_exh_s,
+                 100.0 * static_cast<double>(st_summaries) / std::max<double>(1.0, static_cast<double>(st_filter_steps) * N),
+                 100.0 * static_cast<double>(rows_read) / std::max<double>(1.0, static_cast<double>(rows_all)));
   return true;
 }
 
