@@ -270,7 +270,7 @@ def _storable(dtype: torch.dtype) -> bool:
 def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: bool,
                      on_estimate: Callable[[dict], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.fastad.coreset`` in a worker thread while this thread polls the op's progress
-    counters: a tqdm bar (centres; postfix: rows read in recent steps) and/or one ``on_estimate`` call
+    counters: a tqdm bar (centres; postfix: rows skipped in recent steps) and/or one ``on_estimate`` call
     (errors are re-raised here)."""
     tqdm = None
     if bar_on:
