@@ -96,55 +96,63 @@ using CoresetDistsFn = void (*)(const void*, int, int64_t, const int64_t*, int64
 /// (twice the worst-case bound), so a bound that holds with this margin holds for the computed values.
 inline float coreset_margin(int64_t D) { return static_cast<float>(D + 16) * 0x1p-23f; }
 
-/// Ball tree over the bank rows for method="pruned" (csrc/cpu/coreset_tree.cpp).
+/// Row filter for method="pruned" (csrc/cpu/coreset_filter.cpp).
 ///
-/// Rows are ordered (perm) by recursive median splits along the direction between two far-apart rows;
-/// leaves hold <= kLeaf rows. Every node keeps its centroid z (fp32), a radius rho >= max ||x - z|| over
-/// its rows, and the largest running min-distance of its rows (value, smallest row index on ties: a
-/// tournament tree). Every row keeps t = ||x - z_leaf||. A step with new centre c skips
-///   a node  when (||c - z|| - rho)^2 >= its largest running min (no row can get closer), and
-///   a row   when (||c - z_leaf|| - t)^2 >= its running min (reverse triangle inequality),
-/// both with the rounding margin coreset_margin(D) (so a skipped row is one whose computed distance
-/// would not have been below its running min). Rows that are read get exactly the exhaustive step's
-/// distance (the same dists function, same centre) and the same update, so the indices are identical.
-/// Memory: a tree-ordered copy of the bank (leaves are contiguous blocks: the rows a step reads stream
-/// instead of being gathered), 2 N int64 + 2 N floats, and about 2N/kLeaf nodes of D + 4 floats.
-class CoresetTree {
+/// Every row x keeps a summary: its coordinates on the top kMaxAxes principal axes of the bank (float16,
+/// scaled by a power of two, with its exact rounding error) and its residual norm off those axes. Since
+/// ||x - c||^2 = ||a_x - a_c||^2 + ||e_x - e_c||^2 >= ||a_x - a_c||^2 + (||e_x|| - ||e_c||)^2 (a: exact
+/// coordinates, e: residuals), the summaries give a rigorous lower bound of the distance to the new centre
+/// c; with the rounding margin coreset_margin(D) a row whose bound is >= its running min cannot improve
+/// (its computed distance would not be below its running min) and is not read in full. Rows are ordered
+/// into blocks of <= kBlock rows (recursive bisection in summary space); a block keeps a ball around its
+/// rows' summaries, the range of their residual norms and its largest running min (value, smallest row
+/// index on ties), so a block that cannot improve is skipped without touching its rows and the argmax is a
+/// scan over the blocks. Rows that are read get exactly the exhaustive step's distance (the same dists
+/// function on the same stored values and centre) and the same update, so the indices are identical.
+/// Memory: a block-ordered copy of the bank, 2 N int64 + 4 N floats + N * 32 halves, and per block
+/// 32 floats + 4.
+class CoresetFilter {
  public:
-  static constexpr int64_t kLeaf = 32;
-  CoresetTree(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists);
+  static constexpr int64_t kBlock = 64;
+  static constexpr int64_t kMaxAxes = 32;
+  CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists);
   /// One greedy step with centre c (D floats, fp32, cid its position): updates mind/assign of the rows
   /// that can improve, returns the new argmax (largest mind, smallest index on ties); `read` gets the
-  /// number of rows whose distance was computed, `bad` is set when a computed distance is NaN/Inf.
-  /// `cur` is the row of c; the caller has set mind[cur] = kCoresetChosen.
-  CoresetBest step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
-  /// Copy mind and recompute every node's largest running min (after steps taken without the tree).
+  /// number of rows whose full distance was computed, `summaries` the number of summaries read, `bad` is
+  /// set when a computed distance is NaN/Inf. `cur` is the row of c; the caller has set
+  /// mind[cur] = kCoresetChosen.
+  CoresetBest step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read,
+                   int64_t* summaries, bool* bad);
+  /// Copy mind and recompute every block's largest running min (after steps taken without the filter).
   void refresh(const float* mind);
 
  private:
-  struct Node {
-    int64_t lo, hi;       // rows perm[lo..hi)
-    int32_t left, right;  // children (-1: leaf)
+  struct RowBound {
+    float en;  // residual norm ||e_x||
+    float sa;  // >= ||u_x - a_x / scale|| (scaled units)
+    float se;  // >= | en - ||e_x|| | (and float64 rounding)
   };
   void build();
-  void visit(int32_t node, const float* c, int32_t cid, float* mind, int32_t* assign, int64_t* read, bool* bad);
-  void leaf_max(int32_t node);
-  void combine(int32_t node);
+  void block_max(int64_t b);
   const void* bank_;
   int dtype_;
-  int64_t N_, D_;
+  int64_t N_, D_, K_ = 0, Kp_ = 0;
   CoresetDistsFn dists_;
-  float e2_, tiny_;
-  std::vector<int64_t> perm_;   // tree position -> row
-  std::vector<int64_t> ipos_;   // row -> tree position
-  std::vector<char> data_;      // the rows in tree order (same stored values)
-  std::vector<float> mind_t_;   // running squared min distance in tree order (mirrors mind)
-  std::vector<float> t_;
-  std::vector<Node> nodes_;
-  std::vector<float> centre_, radius_, maxv_;
-  std::vector<int64_t> maxi_;
+  float mD_, mK_ = 0.f, tiny_;
+  double scale_ = 1.0;
+  std::vector<double> mu_, p_, y_;  // mean, axes (D x Kp, row-major), workspace
+  std::vector<int64_t> perm_;       // block position -> row
+  std::vector<int64_t> ipos_;       // row -> block position
+  std::vector<int64_t> pos_;        // 0..N-1 (position lists for the dists function)
+  std::vector<char> data_;          // the rows in block order (same stored values)
+  std::vector<uint16_t> hs_;        // summaries in block order, N x Kp float16 bits
+  std::vector<RowBound> rb_;
+  std::vector<float> mind_t_;       // running squared min distance in block order (mirrors mind)
+  std::vector<int64_t> blo_;        // block b = positions [blo_[b], blo_[b + 1])
+  std::vector<float> q_, rho_, emin_, emax_, bmaxv_, dq2_;
+  std::vector<int64_t> bmaxi_, bidx_;
   std::vector<int64_t> cand_;
-  std::vector<float> cand_d2_;
+  std::vector<float> cand_d2_, sum_d2_, ac_;
 };
 
 }  // namespace fastad::cpu

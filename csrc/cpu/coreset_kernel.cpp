@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <time.h>
@@ -171,13 +172,15 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     }
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   };
-  std::unique_ptr<CoresetTree> tree;
+  std::unique_ptr<CoresetFilter> tree;
   bool tree_stale = true;
   int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
   int64_t tree_backoff = kTreeMinBackoff, tree_run = 0;
   double ema_tree = -1.0, ema_exh = -1.0;
   auto ema = [](double& e, double v) { e = e < 0 ? v : 0.75 * e + 0.25 * v; };
   const float prune_slack = kCoresetPruneSlack + 4.f * coreset_margin(D);
+  int64_t st_filter_steps = 0, st_summaries = 0;  // FASTAD_CORESET_STATS=1: a summary on stderr
+  double st_filter_s = 0, st_build_s = 0, st_exh_s = 0;
   for (int64_t step = 1; step < n; ++step) {
     // The centre in fp32, converted from the same storage as the rows: d(c, c) is exactly 0.
     const char* crow = base + static_cast<size_t>(cur) * D * esize;
@@ -196,16 +199,21 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.assign = assign;
     const double t_start = now_s();
     if (use_tree && step >= tree_next) {
-      if (!tree) tree = std::make_unique<CoresetTree>(bank, dtype, N, D, dists_fn);
+      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn);
       const double t_built = now_s();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
-      int64_t rd = 0;
+      int64_t rd = 0, ns = 0;
       bool b = false;
-      const CoresetBest best = tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &b);
+      const CoresetBest best =
+          tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &ns, &b);
       if (b) return false;
       rows_read += rd;
       rows_all += N;
+      st_filter_steps += 1;
+      st_summaries += ns;
+      st_filter_s += now_s() - t_built;
+      st_build_s += t_built - t_start;
       ema(ema_tree, now_s() - t_built);
       ++tree_run;
       if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
@@ -256,6 +264,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     rows_read += N - sk_all;
     rows_all += N;
     ema(ema_exh, now_s() - t_start);
+    st_exh_s += now_s() - t_start;
     if (use_tree && !tree && try_prune && static_cast<double>(sk_all - step) >= kTreeBuildSkip * static_cast<double>(N))
       tree_next = step + 1;
     if (tree) tree_run = 0;
@@ -276,6 +285,12 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     out_d[step] = std::sqrt(std::max(best.value, 0.f));
     report(step + 1);
   }
+  if (std::getenv("FASTAD_CORESET_STATS"))
+    std::fprintf(stderr, "coreset stats: %lld filter steps (%.3f s, build %.3f s), %lld exhaustive steps (%.3f s), "
+                 "summaries %.2f%%, rows read %.2f%%\n", static_cast<long long>(st_filter_steps), st_filter_s, st_build_s,
+                 static_cast<long long>(n - 1 - st_filter_steps), st_exh_s,
+                 100.0 * static_cast<double>(st_summaries) / std::max<double>(1.0, static_cast<double>(st_filter_steps) * N),
+                 100.0 * static_cast<double>(rows_read) / std::max<double>(1.0, static_cast<double>(rows_all)));
   return true;
 }
 

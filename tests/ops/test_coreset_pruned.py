@@ -1,4 +1,4 @@
-"""coreset(method="pruned") (ball-tree pruning, csrc/cpu/coreset_tree.cpp) returns exactly the exhaustive
+"""coreset(method="pruned") (PCA row filter with block bounds, csrc/cpu/coreset_filter.cpp) returns exactly the exhaustive
 method's indices and distances: random, clustered, duplicated and tied data, every storage dtype and
 projection, both SIMD paths, any thread count."""
 import sys
@@ -68,6 +68,37 @@ def test_pruned_identical_long_rows_and_simd_paths(monkeypatch, kind, simd):
         bank = make_bank(kind, 900, D, D)
         ip, dp, ie, de = both(bank, 300, start=5)
         assert torch.equal(ip, ie) and torch.equal(dp, de)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(("lowrank",) + KINDS),
+    D=st.sampled_from([33, 64, 152]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_pruned_identical_wide_rows(kind, D, dtype, seed):
+    # D > 32: the summaries keep 32 principal axes and a residual norm (the residual term of the bound)
+    if kind == "lowrank":  # features near a low-dimensional subspace, like real CNN features
+        g = torch.Generator().manual_seed(seed)
+        bank = make_bank("clustered", 1500, 12, seed) @ torch.randn(12, D, generator=g) + 0.05 * torch.randn(1500, D, generator=g)
+    else:
+        bank = make_bank(kind, 1500, D, seed)
+    bank = bank.to(dtype)
+    ip, dp, ie, de = both(bank, 200, start=seed % 1500)
+    assert torch.equal(ip, ie) and torch.equal(dp, de)
+
+
+def test_pruned_skips_blocks_on_lowrank_wide_rows():
+    g = torch.Generator().manual_seed(0)
+    bank = make_bank("clustered", 8000, 10, 0) @ torch.randn(10, 152, generator=g) + 0.02 * torch.randn(8000, 152, generator=g)
+    for dtype in (torch.float32, torch.float16):
+        x = bank.to(dtype)
+        counter = torch.zeros(3, dtype=torch.int64)
+        ip, dp = torch.ops.fastad.coreset(x, 800, 0, counter, "pruned")
+        ie, de = torch.ops.fastad.coreset(x, 800, 0, None, "exhaustive")
+        assert torch.equal(ip, ie) and torch.equal(dp, de)
+        assert counter[1] < 0.1 * counter[2], f"read {int(counter[1]) / int(counter[2]):.2%} of the rows"
 
 
 def test_pruned_equals_float64_reference_and_tie_rule():
@@ -171,3 +202,32 @@ def test_on_estimate_and_message(monkeypatch):
     msg = coreset_estimate_message(info)
     assert "estimated total <=" in msg and "--coreset-storage float16" in msg and "coreset_ratio" in msg
     assert "float16" not in coreset_estimate_message({**info, "estimate_s": 10.0})
+
+
+def test_progress_bar_shows_rows_skipped(monkeypatch):
+    import tqdm.auto
+
+    coreset_mod = sys.modules["fastad.ops.coreset"]
+    monkeypatch.setattr(coreset_mod, "PROGRESS_POLL_S", 0.001)
+    posts = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.n, self.total = 0, total
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, s, refresh=True):
+            posts.append(s)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    bank = make_bank("clustered", 12000, 16, 2)
+    got = fastad.ops.coreset(bank, 1200, progress=True)
+    want = fastad.ops.coreset(bank, 1200, method="exhaustive")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert posts and all(p.startswith("rows skipped ") and p.endswith("%") for p in posts)
+    assert float(posts[-1].split()[-1][:-1]) > 50.0  # clustered data: most rows are skipped late on

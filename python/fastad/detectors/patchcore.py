@@ -105,9 +105,10 @@ class PatchCore(BaseDetector):
             ``"coreset"``: only the coreset selection's; ``False``: none). With a bar, fit also prints the
             bank size and number of centres, and (when selection takes over a few seconds) an estimate of
             the coreset time with advice when it exceeds :data:`SLOW_CORESET_S`.
-        coreset_method: ``"exhaustive"`` (default) or ``"pruned"`` (ball-tree pruning: reads a fraction
-            of the bank per step; faster on clustered data, not on MTD features); both select identical
-            rows (see :func:`fastad.ops.coreset`).
+        coreset_method: ``"pruned"`` (default: a float16 PCA summary of every row bounds its distance
+            to each new centre, so a step reads a few percent of the bank on real features) or
+            ``"exhaustive"`` (one full pass per step); both select identical rows (see
+            :func:`fastad.ops.coreset`).
         distributed: run under ``torch.distributed`` (e.g. ``torchrun``; a process group must be
             initialised): ``fit`` on every rank with that rank's share of the training images
             (``fastad.distributed.shard(images)``); the coreset is selected across ranks
@@ -138,7 +139,7 @@ class PatchCore(BaseDetector):
         progress: bool | str = True,
         coreset_storage: str | None = None,
         distributed: bool = False,
-        coreset_method: str = "exhaustive",
+        coreset_method: str = "pruned",
     ):
         self.backbone = backbone
         self.layers = layers

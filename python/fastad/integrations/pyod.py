@@ -272,7 +272,7 @@ class PatchCore(_ImageFeaturesPyOD):
     """
 
     def __init__(self, contamination=0.1, feature_shape=None, coreset_ratio=0.1, num_neighbors=9, projection_dim="auto",
-                 coreset_method="exhaustive", random_state=0, device="cpu"):
+                 coreset_method="pruned", random_state=0, device="cpu"):
         self._keep_params(locals())
 
     def _make(self, bank: torch.Tensor):

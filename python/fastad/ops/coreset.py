@@ -122,7 +122,7 @@ def coreset(
     start: int = 0,
     storage_dtype: torch.dtype | None = None,
     progress: bool = False,
-    method: str = "exhaustive",
+    method: str = "pruned",
     on_estimate: Callable[[dict], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy k-center (farthest point sampling) selection of ``n`` bank rows.
@@ -130,12 +130,16 @@ def coreset(
     Starting from row ``start``, each step adds the row whose Euclidean distance to its nearest
     already-chosen row is largest (ties: the smallest row index). Chosen rows are never chosen again,
     so the indices are distinct even when the bank has duplicated rows. An exhaustive step is one fused
-    streaming pass over the bank (distance, running min, argmax). ``method="pruned"`` (CPU) walks a ball
-    tree of the rows instead and reads only the rows that the triangle inequality cannot rule out;
-    the rows it reads get exactly the exhaustive step's distance (same code, same float32 arithmetic)
-    and the bounds carry a rounding margin, so both methods return **identical indices and
-    distances**; it backs off to exhaustive steps by itself while the tree does not pay (e.g. on
-    high-dimensional noise). On CUDA the whole loop stays on the device (no host synchronisation per
+    streaming pass over the bank (distance, running min, argmax). ``method="pruned"`` (CPU; the default)
+    keeps a compact summary of every row (its coordinates on the bank's top 32 principal axes, float16,
+    plus its residual norm) in blocks of <= 64 rows: the summaries give a rigorous lower bound of each
+    row's distance to the new centre, so a step skips whole blocks, and rows, that cannot get closer,
+    and reads in full only the rest. The rows it reads get exactly the exhaustive step's distance (same
+    code, same float32 arithmetic) and the bounds carry the rounding margins, so both methods return
+    **identical indices and distances** (same tie rule: the largest running min, smallest row index on
+    ties). It runs exhaustive steps by itself while the filter does not pay (it is built only once the
+    cheap per-row triangle test skips >= 5% of the rows, e.g. never on high-dimensional noise, and each
+    kind of step is timed). On CUDA the whole loop stays on the device (no host synchronisation per
     step) and ``"pruned"`` runs that exhaustive loop.
 
     Args:
@@ -160,12 +164,11 @@ def coreset(
             at 50,000 x 267 (benchmarks/RESULTS.md, "## coreset").
         progress: show a tqdm bar of the centres chosen (CPU banks: the op runs in a worker thread,
             which it allows by releasing the GIL, and reports every step through a counter; the result
-            is the same); its postfix shows the share of rows read (not skipped) in recent steps. On CUDA
+            is the same); its postfix shows the share of rows skipped (not read in full) in recent steps. On CUDA
             the loop runs on the device without host synchronisation, so no bar.
-        method: ``"exhaustive"`` (default) or ``"pruned"``; same result (see above). ``"pruned"`` is not
-            the default: on real PatchCore features (MTD, 152 dims) it read ~1/3 of the rows per step
-            but was not faster than the streaming exhaustive step (benchmarks/RESULTS.md, "coreset
-            pruning"); it pays on strongly clustered / low-dimensional data.
+        method: ``"pruned"`` (default) or ``"exhaustive"``; same result (see above). On the real PatchCore
+            features of the whole MTD training set (493,920 x 152, 10% coreset) the pruned method reads a
+            few percent of the rows per step (benchmarks/RESULTS.md, "coreset pruning").
         on_estimate: CPU banks: called once, from this thread, after :data:`ESTIMATE_AFTER_S` seconds of
             selection (not at all when it finishes sooner) with a dict: ``rows``, ``dims`` (of the
             selection space), ``centres``, ``done`` (centres chosen), ``elapsed_s``, ``estimate_s``
@@ -214,7 +217,7 @@ def coreset_scriptable(
     start: int = 0,
     storage_dtype: Optional[torch.dtype] = None,
     progress: bool = False,
-    method: str = "exhaustive",
+    method: str = "pruned",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """What ``torch.jit.script(coreset)`` compiles: :func:`coreset` without ``on_estimate`` and without a
     progress bar (``progress`` is accepted and ignored), its arguments positional or keyword. Same
@@ -267,7 +270,7 @@ def _storable(dtype: torch.dtype) -> bool:
 def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: bool,
                      on_estimate: Callable[[dict], None] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.fastad.coreset`` in a worker thread while this thread polls the op's progress
-    counters: a tqdm bar (centres; postfix: rows read in recent steps) and/or one ``on_estimate`` call
+    counters: a tqdm bar (centres; postfix: rows skipped in recent steps) and/or one ``on_estimate`` call
     (errors are re-raised here)."""
     tqdm = None
     if bar_on:
@@ -302,7 +305,8 @@ def _coreset_watched(x: torch.Tensor, n: int, start: int, method: str, bar_on: b
             if bar is not None:
                 bar.update(done - bar.n)
                 if full > old[3]:
-                    bar.set_postfix_str(f"rows read {100.0 * (read - old[2]) / (full - old[3]):.1f}%", refresh=False)
+                    skipped = 100.0 * (1.0 - (read - old[2]) / (full - old[3]))
+                    bar.set_postfix_str(f"rows skipped {skipped:.1f}%", refresh=False)
             if not estimated and now - t0 >= ESTIMATE_AFTER_S and done > old[1] and worker.is_alive():
                 estimated = True
                 rate = (now - old[0]) / (done - old[1])  # seconds per centre, recent window
