@@ -36,6 +36,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/dist_gemm_common.h"
 #include "cpu/dist_kernels.h"
 #include "cpu/microkernel_avx2.h"
 #include "cpu/topk.h"
@@ -60,32 +61,13 @@ constexpr int64_t kSmallQueryBytes = 4ll << 20;         // 4 MiB (e.g. 784 queri
     // packed bank block, the prefetched next block and the query block all stay in L2 (1 MiB on Zen 4)
     // and packing costs half as much (160 rows at D=384: +0-1.6% at Q=784 against 512 rows); with more
     // queries, each bank block re-streams them from L3, and 512 rows were 0.5-0.8% faster (Q=12544).
-constexpr int64_t kQueryPackBytes = 16ll << 20; // packed query superblock <= 16 MiB
 constexpr int64_t kCentreSample = 2048;         // bank rows averaged to estimate the centre
 constexpr int64_t kBankSplitMaxQ = 2048;        // at most this many queries: split the bank across threads
-constexpr int64_t kSortedMaxK = 32;             // k <= 32: sorted buffer; larger k: binary heap
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// A growable 64-byte aligned float buffer, reused across calls (thread_local instances below).
-struct FBuf {
-  float* p = nullptr;
-  size_t cap = 0;
-  FBuf() = default;
-  FBuf(const FBuf&) = delete;
-  ~FBuf() { std::free(p); }
-  float* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(round_up(int64_t(n) * 4, 64))));
-      TORCH_CHECK(p != nullptr, "fastad: out of memory allocating a ", n * 4, "-byte CPU tile");
-      cap = n;
-    }
-    return p;
-  }
-};
+using gemm::kInf;
+using gemm::kSortedMaxK;
+using gemm::KnnEpilogue;  // running top-k (dist_gemm_common.h, shared with the bf16 GEMM)
+using gemm::round_up;
+using FBuf = gemm::ABuf<float>;
 
 // Per-thread tiles of the sweep (bank pack, score tile, alpha/beta) and the caller's query pack.
 struct SweepBufs {
@@ -262,76 +244,6 @@ void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* 
   }
 }
 
-// Running top-k per query for one bank chunk: buf[qi * k ...], cnt[qi]. Within a chunk a query sees
-// bank indices in increasing order, so a new candidate only enters when strictly below the threshold.
-struct KnnEpilogue {
-  ScoreIdx* buf;
-  int64_t* cnt;
-  int64_t k;
-  int64_t s0;  // global index of the superblock's first query
-  bool exclude_self;
-  bool heap;
-
-  float threshold(const ScoreIdx* h, int64_t n) const {
-    return n < k ? kInf : (heap ? h[0].s : h[k - 1].s);
-  }
-
-  void insert(ScoreIdx* h, int64_t& n, float s, int64_t j) const {
-    const ScoreIdx cand{s, j};
-    if (heap) {
-      auto worse_first = [](const ScoreIdx& a, const ScoreIdx& b) { return better(a, b); };
-      if (n < k) {
-        h[n++] = cand;
-        std::push_heap(h, h + n, worse_first);
-      } else {
-        std::pop_heap(h, h + n, worse_first);
-        h[n - 1] = cand;
-        std::push_heap(h, h + n, worse_first);
-      }
-      return;
-    }
-    int64_t p = n < k ? n : k - 1;  // slot freed at the end
-    while (p > 0 && better(cand, h[p - 1])) {
-      h[p] = h[p - 1];
-      --p;
-    }
-    h[p] = cand;
-    if (n < k) ++n;
-  }
-
-  static constexpr bool kScales = true;  // receives raw dots: applies alpha_j * dot + beta_j itself
-
-  void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld, const float* alpha,
-                  const float* beta) const {
-    alignas(32) float sv[8];
-    for (int64_t r = 0; r < mc; ++r) {
-      const int64_t qi = i0 + r;
-      const int64_t self = exclude_self ? s0 + qi : -1;
-      ScoreIdx* h = buf + qi * k;
-      int64_t& n = cnt[qi];
-      const float* row = S + r * ld;
-      float thr = threshold(h, n);
-      __m256 tv = _mm256_set1_ps(thr);
-      for (int64_t jj = 0; jj < nc; jj += 8) {
-        const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(alpha + jj), _mm256_loadu_ps(row + jj), _mm256_loadu_ps(beta + jj));
-        unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_LT_OQ)));
-        if (!m) continue;
-        _mm256_store_ps(sv, v);
-        while (m) {
-          const int64_t l = __builtin_ctz(m), cc = jj + l;
-          m &= m - 1;
-          if (cc >= nc) break;
-          const float s = sv[l];
-          if (!(s < thr) || j0 + cc == self) continue;
-          insert(h, n, s, j0 + cc);
-          thr = threshold(h, n);
-        }
-        tv = _mm256_set1_ps(thr);
-      }
-    }
-  }
-};
-
 inline float seg_min(const float* x, int64_t n) {
   int64_t t = 0;
   float m = kInf;
@@ -392,12 +304,8 @@ struct GroupEpilogue {
   }
 };
 
-// Superblock size: packed queries <= kQueryPackBytes, equal-sized blocks, multiple of MR.
-inline int64_t superblock_rows(int64_t Q, int64_t D) {
-  const int64_t qmax = std::max<int64_t>(MR, kQueryPackBytes / (4 * D) / MR * MR);
-  const int64_t nsb = (Q + qmax - 1) / qmax;
-  return round_up((Q + nsb - 1) / nsb, MR);
-}
+// Superblock size: packed queries <= 16 MiB, equal-sized blocks, multiple of MR.
+inline int64_t superblock_rows(int64_t Q, int64_t D) { return gemm::superblock_rows(Q, 4 * D, MR); }
 
 }  // namespace
 
@@ -413,7 +321,6 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
   const int64_t T = std::max(1, at::get_num_threads());
   const int64_t QS = superblock_rows(Q, D);
   const bool heap = k > kSortedMaxK;
-  const float pad = metric == Metric::IP ? -kInf : kInf;
   for (int64_t s0 = 0; s0 < Q; s0 += QS) {
     const int64_t qs = std::min(QS, Q - s0), panels = (qs + MR - 1) / MR;
     float* A = tl_qpack.get(panels * MR * D);
@@ -451,37 +358,15 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
           const ScoreIdx* h = st.data() + (bc * qs + r) * k;
           cand.insert(cand.end(), h, h + cnt[bc * qs + r]);
         }
-        std::sort(cand.begin(), cand.end(), better);
-        const int64_t got = std::min<int64_t>(k, static_cast<int64_t>(cand.size()));
         const int64_t gi = s0 + r;
         const float* qrow = q + gi * D;
-        if (centred) {
-          for (int64_t t = 0; t < got; ++t) cand[t].s = sq_dist(qrow, b + cand[t].i * D, D);
-          std::sort(cand.begin(), cand.begin() + got, better);
-        }
         float qinv = 0.f;
         if (metric == Metric::Cosine) {
           const float qn = sq_dist(qrow, c.data(), D);  // c == 0 for cosine
           qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
         }
-        float* od = out_d + gi * k;
-        int64_t* oi = out_i + gi * k;
-        for (int64_t t = 0; t < got; ++t) {
-          const float s = cand[t].s;
-          float d;
-          switch (metric) {
-            case Metric::L2: d = std::sqrt(s); break;
-            case Metric::SqEuclidean: d = s; break;
-            case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
-            default: d = -s; break;
-          }
-          od[t] = d;
-          oi[t] = cand[t].i;
-        }
-        for (int64_t t = got; t < k; ++t) {
-          od[t] = pad;
-          oi[t] = -1;
-        }
+        gemm::finish_knn_row(cand.data(), static_cast<int64_t>(cand.size()), k, metric, qinv,
+                             [&](int64_t j) { return sq_dist(qrow, b + j * D, D); }, out_d + gi * k, out_i + gi * k);
       }
     });
   }

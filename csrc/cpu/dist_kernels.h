@@ -42,7 +42,7 @@ float exact_sq_dist_avx2(const float* x, const float* y, int64_t d);
 #if FASTAD_HAVE_AVX2
 /// The centre knn_f32_avx2 subtracts for l2 / sqeuclidean (mean of evenly spaced bank rows), D floats.
 void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c);
-/// k-NN on bfloat16 inputs (bits as uint16, row-major) through the bf16 GEMM (csrc/cpu/dist_bf16_avx2.cpp):
+/// k-NN on bfloat16 inputs (bits as uint16, row-major) through the bf16 GEMM (csrc/cpu/dist_bf16_knn_avx2.cpp):
 /// fp32 accumulation, no centring, l2 / sqeuclidean winners re-ranked with exact fp32 distances of the
 /// bf16 values. Same output contract as knn_f32_avx2. Needs use_bf16_gemm().
 void knn_bf16_avx2(const uint16_t* q, const uint16_t* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,

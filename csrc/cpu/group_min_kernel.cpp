@@ -127,7 +127,7 @@ at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_
   return out;
 }
 
-// group_min_screen: group_min through the bf16 screen (dist_bf16_avx2.cpp), identical outputs. screen
+// group_min_screen: group_min through the bf16 screen (dist_bf16_screen_avx2.cpp), identical outputs. screen
 // "bf16": whenever the bf16 GEMM can run; "auto": AVX512-BF16 hardware, D >= 96 and group_size >= 64;
 // otherwise, for other metrics or dtypes, or when the screen declines, the group_min path.
 at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,

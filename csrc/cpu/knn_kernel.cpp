@@ -191,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   return {out_d, out_i};
 }
 
-// knn_screen: exact float32 k-NN through the bf16 screen (dist_bf16_avx2.cpp), identical answers to knn.
+// knn_screen: exact float32 k-NN through the bf16 screen (dist_bf16_screen_avx2.cpp), identical answers to knn.
 // screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only where it measured faster
 // (AVX512-BF16 hardware, D >= kScreenAutoMinD, k * 64 <= N); otherwise, and for other metrics, dtypes
 // or when the screen declines, the knn path.
