@@ -83,27 +83,49 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// |x - y|^2 with two 8-lane accumulators, then a scalar tail (fixed order: deterministic).
-inline float sq_dist(const float* x, const float* y, int64_t d) {
+// 4 floats from float32 or float16 (F16) rows, in the low half of a ymm.
+inline __m256 load8_prefix4(const float* p) { return _mm256_castps128_ps256(_mm_loadu_ps(p)); }
+inline __m256 load8_prefix4(const F16* p) {
+  return _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// |x - y|^2 with two 8-lane accumulators, then a scalar tail (fixed order: deterministic). Rows of
+// float32 or float16 (F16: converted exactly, so the result equals that of the upcast rows).
+template <class TX, class TY>
+inline float sq_dist(const TX* x, const TY* y, int64_t d) {
+  using mk::detail::load1;
+  using mk::detail::load8;
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t t = 0;
   for (; t + 16 <= d; t += 16) {
-    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
-    const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(x + t + 8), _mm256_loadu_ps(y + t + 8));
+    const __m256 v0 = _mm256_sub_ps(load8(x + t), load8(y + t));
+    const __m256 v1 = _mm256_sub_ps(load8(x + t + 8), load8(y + t + 8));
     a0 = _mm256_fmadd_ps(v0, v0, a0);
     a1 = _mm256_fmadd_ps(v1, v1, a1);
   }
   if (t + 8 <= d) {
-    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
+    const __m256 v0 = _mm256_sub_ps(load8(x + t), load8(y + t));
     a0 = _mm256_fmadd_ps(v0, v0, a0);
     t += 8;
   }
-  float s = hsum(_mm256_add_ps(a0, a1));
-  for (; t < d; ++t) {
-    const float v = x[t] - y[t];
-    s += v * v;
+  // The tail, written out as the compiler had vectorised `s += v * v` before float16 rows (so that the
+  // float32 results stay bit for bit, and every element type and call site rounds alike): groups of 4
+  // squares rounded, then added in order; the last d % 4 as FMAs.
+  __m128 s = _mm_set_ss(hsum(_mm256_add_ps(a0, a1)));
+  for (; t + 4 <= d; t += 4) {
+    const __m128 v = _mm_sub_ps(_mm256_castps256_ps128(load8_prefix4(x + t)), _mm256_castps256_ps128(load8_prefix4(y + t)));
+    const __m128 p = _mm_mul_ps(v, v);
+    s = _mm_add_ss(s, p);
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 1));
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 2));
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 3));
   }
-  return s;
+  float r = _mm_cvtss_f32(s);
+  for (; t < d; ++t) {
+    const float v = load1(x + t) - load1(y + t);
+    r = std::fma(v, v, r);
+  }
+  return r;
 }
 
 // Squared norms of the NR rows of one packed bank panel P[k * NR + r] (the centred rows |b - c|^2),
@@ -139,7 +161,8 @@ inline int64_t bank_block_rows(int64_t D, int64_t rows) {
 }
 
 // Centre for l2/sqeuclidean: mean of at most kCentreSample evenly spaced bank rows (float64 sums).
-void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
+template <class T>
+void estimate_centre(const T* b, int64_t N, int64_t D, float* c) {
   std::vector<double> acc(D, 0.0);
   const int64_t step = std::max<int64_t>(1, N / kCentreSample);
   int64_t cnt = 0;
@@ -147,9 +170,9 @@ void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
   for (int64_t j = 0; j < N && cnt < kCentreSample; j += step, ++cnt) {
     if (j + kAhead * step < N) {
       const char* nb = reinterpret_cast<const char*>(b + (j + kAhead * step) * D);
-      for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+      for (int64_t off = 0; off < D * int64_t(sizeof(T)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
     }
-    for (int64_t t = 0; t < D; ++t) acc[t] += b[j * D + t];
+    for (int64_t t = 0; t < D; ++t) acc[t] += mk::detail::load1(b + j * D + t);
   }
   for (int64_t t = 0; t < D; ++t) {
     c[t] = cnt ? static_cast<float>(acc[t] / cnt) : 0.f;
@@ -158,7 +181,8 @@ void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
 }
 
 // Packs queries [0, rows) of q (row-major) into ceil(rows / MR) panels of D * MR floats.
-void pack_queries(const float* q, int64_t rows, int64_t D, const float* c, float* A) {
+template <class T>
+void pack_queries(const T* q, int64_t rows, int64_t D, const float* c, float* A) {
   const int64_t panels = (rows + MR - 1) / MR;
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) pack_a_panel(q + p * MR * D, std::min(MR, rows - p * MR), D, c, A + p * MR * D);
@@ -173,8 +197,8 @@ void pack_queries(const float* q, int64_t rows, int64_t D, const float* c, float
 // superblock). With Epi::kScales the tile holds the raw dots and the epilogue applies alpha_j * dot + beta_j
 // itself (the same single FMA, so the same scores) while it compares them against its threshold: one pass
 // over the tile instead of a scaling pass plus a compare pass (knn). Otherwise the sweep scales the tile.
-template <class Epi>
-void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* b, int64_t ja, int64_t jb, int64_t D,
+template <class T, class Epi>
+void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const T* b, int64_t ja, int64_t jb, int64_t D,
            const float* c, Metric metric, Epi& epi) {
   SweepBufs& tb = tl_sweep;
   const int64_t NC = bank_block_rows(D, qb - qa);
@@ -313,8 +337,13 @@ float exact_sq_dist_avx2(const float* x, const float* y, int64_t d) { return sq_
 
 void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c) { estimate_centre(b, N, D, c); }
 
-void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
-                  bool exclude_self, float* out_d, int64_t* out_i) {
+namespace {
+
+// knn_f32_avx2 over float32 or float16 (F16) rows: float16 rows are converted per packed panel (and per
+// re-ranked pair), never as a whole, and give the results of float32 on their upcast, bit for bit.
+template <class E>
+void knn_avx2(const E* q, const E* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric, bool exclude_self,
+              float* out_d, int64_t* out_i) {
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
   std::vector<float> c(D, 0.f);
   if (centred) estimate_centre(b, N, D, c.data());
@@ -349,7 +378,7 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
             const ScoreIdx* h = st.data() + (bc * qs + r + 1) * k;
             for (int64_t t = 0; t < cnt[bc * qs + r + 1]; ++t) {
               const char* nb = reinterpret_cast<const char*>(b + h[t].i * D);
-              for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+              for (int64_t off = 0; off < D * int64_t(sizeof(E)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
             }
           }
         }
@@ -359,7 +388,7 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
           cand.insert(cand.end(), h, h + cnt[bc * qs + r]);
         }
         const int64_t gi = s0 + r;
-        const float* qrow = q + gi * D;
+        const E* qrow = q + gi * D;
         float qinv = 0.f;
         if (metric == Metric::Cosine) {
           const float qn = sq_dist(qrow, c.data(), D);  // c == 0 for cosine
@@ -372,8 +401,10 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
   }
 }
 
-void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
-                        const int64_t* exclude, float* out) {
+// group_min_f32_avx2 over float32 or float16 rows (as knn_avx2).
+template <class E>
+void group_min_avx2(const E* q, const E* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                    const int64_t* exclude, float* out) {
   const int64_t G = N / gs;
   if (Q == 0 || G == 0) return;
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
@@ -421,7 +452,7 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
         for (int64_t r = 0; r < qs; ++r) {
           if (rerank && r + kAhead < qs && arg[(r + kAhead) * G + g] >= 0) {
             const char* nb = reinterpret_cast<const char*>(b + arg[(r + kAhead) * G + g] * D);
-            for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+            for (int64_t off = 0; off < D * int64_t(sizeof(E)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
           }
           float* o = best + r * G + g;
           const float s = *o;
@@ -429,8 +460,8 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
             *o = metric == Metric::IP ? -kInf : kInf;
             continue;
           }
-          const float* qrow = q + (s0 + r) * D;
-          const float* brow = b + arg[r * G + g] * D;
+          const E* qrow = q + (s0 + r) * D;
+          const E* brow = b + arg[r * G + g] * D;
           switch (metric) {
             case Metric::L2: *o = std::sqrt(sq_dist(qrow, brow, D)); break;
             case Metric::SqEuclidean: *o = sq_dist(qrow, brow, D); break;
@@ -441,6 +472,25 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
       }
     });
   }
+}
+
+}  // namespace
+
+void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i) {
+  knn_avx2(q, b, Q, N, D, k, metric, exclude_self, out_d, out_i);
+}
+void knn_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i) {
+  knn_avx2(q, b, Q, N, D, k, metric, exclude_self, out_d, out_i);
+}
+void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out) {
+  group_min_avx2(q, b, Q, N, D, gs, metric, exclude, out);
+}
+void group_min_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out) {
+  group_min_avx2(q, b, Q, N, D, gs, metric, exclude, out);
 }
 
 }  // namespace fastad::cpu

@@ -73,6 +73,9 @@ def knn(
     Autograd: the distances are differentiable w.r.t. ``query`` and ``bank`` (at the returned
     neighbours; see :mod:`fastad.ops._autograd`); ``bank_norms`` is not.
 
+    float16 inputs on AVX2 CPUs run the float32 GEMM with each packed panel converted from float16
+    (F16C; exact), never a float32 copy of the bank: results identical to float32 on the upcast inputs.
+
     bfloat16 inputs on a CPU with AVX512-BF16 run a bf16 GEMM (``vdpbf16ps``, float32 accumulation)
     on the values as given (no upcast, no centring); ``"l2"`` / ``"sqeuclidean"`` winners are
     re-ranked with exact float32 distances of the bf16 values.
