@@ -93,8 +93,9 @@ struct KnnEpilogue {
 
   static constexpr bool kScales = true;  // receives raw dots: applies alpha_j * dot + beta_j itself
 
-  void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld, const float* alpha,
-                  const float* beta) const {
+  // Always inlined into the sweeps, as it was when it lived in dist_gemm_avx2.cpp alone.
+  __attribute__((always_inline)) void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S,
+                                                 int64_t ld, const float* alpha, const float* beta) const {
     alignas(32) float sv[8];
     for (int64_t r = 0; r < mc; ++r) {
       const int64_t qi = i0 + r;
