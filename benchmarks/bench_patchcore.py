@@ -13,6 +13,12 @@ The training set is subsampled (a seeded random subset, ``--train-images``) for 
 because anomalib's coreset takes minutes. ``torch.set_num_threads(1)`` unless ``--threads``.
 Stages run interleaved (fastad fit, anomalib fit, fastad predict, anomalib predict) in one process;
 wall and process-CPU seconds are reported per stage.
+
+``--screen compare`` (fastad only): after the fit, fastad's predict runs ``--repeats`` times each with
+the detectors' k-NN on the float32 path (``FASTAD_DETECTOR_SCREEN=none``) and through the bf16 screen
+(``--compare-with``, default ``auto``), interleaved; it prints the min process-CPU ratio, the screen's
+survivor fraction and checks that image scores and maps are identical (exit 1 otherwise).
+``--screen none|bf16|auto`` sets FASTAD_DETECTOR_SCREEN for the normal run.
 """
 from __future__ import annotations
 
@@ -156,6 +162,34 @@ def run_anomalib(stage, state, args, train, test):
     return c
 
 
+def compare_screen(det, test, args):
+    """PatchCore predict with FASTAD_DETECTOR_SCREEN=none and =args.compare_with, interleaved; min CPU s."""
+    import fastad
+    from _machine import cpu_model
+
+    sides = {"none": [], args.compare_with: []}
+    out = {}
+    fastad.knn_screen_stats(reset=True)
+    for _ in range(args.repeats):
+        for s in sides:
+            os.environ["FASTAD_DETECTOR_SCREEN"] = s
+            c = time.process_time()
+            out[s] = det.score(test)
+            sides[s].append(time.process_time() - c)
+    os.environ.pop("FASTAD_DETECTOR_SCREEN", None)
+    stats = fastad.knn_screen_stats(reset=True)
+    (sa, ma), (sb, mb) = out["none"], out[args.compare_with]
+    identical = bool(torch.equal(sa, sb)) and bool(torch.equal(ma, mb))
+    tn, ts = min(sides["none"]), min(sides[args.compare_with])
+    info = fastad.build_info()
+    print(f"CPU {cpu_model()}; dist kernel {info['dist_micro_kernel']}, bf16 kernel {info['bf16_micro_kernel']}; "
+          f"{len(test)} test images, bank {det.memory_bank_.shape[0]} x {det.memory_bank_.shape[1]}")
+    print(f"predict process-CPU s (min of {args.repeats}): screen=none {tn:.2f}, screen={args.compare_with} {ts:.2f} "
+          f"-> {tn / ts:.3f}x; screen calls {stats['calls']}, survivors {100 * stats['survivor_fraction']:.4f}% "
+          f"of pairs, fallbacks {stats['fallbacks']}; scores and maps identical: {identical}")
+    return {"cpu_s": sides, "ratio": tn / ts, "identical": identical, "screen_stats": stats}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("FASTAD_MTD", str(ROOT / ".." / "shared" / "data" / "mtd")))
@@ -169,8 +203,16 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-anomalib", action="store_true")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--screen", choices=["none", "bf16", "auto", "compare"], default=None,
+                    help="FASTAD_DETECTOR_SCREEN for the run, or 'compare': predict with and without the screen")
+    ap.add_argument("--compare-with", choices=["bf16", "auto"], default="auto", help="the screened side of --screen compare")
+    ap.add_argument("--repeats", type=int, default=3, help="--screen compare: predict runs per side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.screen == "compare":
+        args.skip_anomalib = True
+    elif args.screen:
+        os.environ["FASTAD_DETECTOR_SCREEN"] = args.screen
 
     import fastad
     from fastad.data import MVTecDataset
@@ -206,6 +248,14 @@ def main():
     state_a = {"extractor": fx_a}
     res = {"fastad": {}, "anomalib": {}}
     sides = [("fastad", run_fastad, state_f)] + ([] if args.skip_anomalib else [("anomalib", run_anomalib, state_a)])
+    if args.screen == "compare":
+        print("[fastad] fit ...", flush=True)
+        run_fastad("fit", state_f, args, train, test)
+        res = compare_screen(state_f["det"], test, args)
+        res["config"] = {**vars(args), "train_used": len(train), "test_used": len(test), "build": fastad.build_info()}
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+        sys.exit(0 if res["identical"] else 1)
     for stage in ("fit", "predict"):
         for name, fn, st in sides:
             print(f"[{name}] {stage} ...", flush=True)

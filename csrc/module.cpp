@@ -1,6 +1,7 @@
 // The Python extension module fastad._C. Tensor functions are NOT exposed here: they are torch
 // operators (torch.ops.fastad.*, see registration.cpp). This module only carries build facts.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "common/build_info.h"
 
@@ -15,5 +16,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("dist_micro_kernel", [] { return fastad::dist_micro_kernel(); });
   m.def("bf16_micro_kernel", [] { return fastad::bf16_micro_kernel(); });
   m.def("knn_screen_stats", [](bool reset) { return fastad::knn_screen_stats(reset); }, py::arg("reset") = false);
+  m.def("op_kernels", [] { return fastad::op_kernels(); });
   m.def("openmp_threads", [] { return fastad::openmp_threads(); });
 }

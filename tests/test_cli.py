@@ -187,6 +187,31 @@ def test_python_dash_m_fastad_info():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["fastad"]["version"] and "torch" in info["packages"]
+    kernels = info["kernels"]  # which kernel each op runs on this CPU
+    for op in ("knn float32", "knn float16", "knn bfloat16", "knn screen='auto'", "group_min float32",
+               "mutual_scores", "coreset", "mahalanobis float32/float16 factor", "mahalanobis bfloat16 factor"):
+        assert kernels[op], op
+
+
+def test_op_kernels_follow_the_dispatch(monkeypatch):
+    import fastad
+
+    monkeypatch.delenv("FASTAD_BF16_EMULATE", raising=False)
+    bi = fastad.build_info()
+    k = fastad.op_kernels()
+    gemm = {"avx512": "AVX-512 24x16", "avx2": "AVX2/FMA 6x16", "generic": "portable"}[bi["dist_micro_kernel"]]
+    assert k["knn float32"].startswith(gemm) and k["group_min float32"].startswith(gemm)
+    if bi["bf16_micro_kernel"] == "avx512bf16":
+        assert k["knn screen='auto'"].startswith("bf16 screen") and "vdpbf16ps" in k["knn bfloat16"]
+    else:  # no AVX512-BF16: 'auto' stays on the float32 path, bf16 inputs are upcast
+        assert k["knn screen='auto'"].startswith(gemm) and "upcast" in k["knn bfloat16"]
+        if bi["simd"] == "avx2":
+            monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
+            k = fastad.op_kernels()
+            assert "emulation" in k["knn bfloat16"] and k["knn screen='bf16'"].startswith("bf16 screen")
+            assert k["knn screen='auto'"].startswith(gemm)
+    monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    assert fastad.op_kernels()["knn float32"].startswith("portable")
 
 
 def test_demo_without_the_elpv_wheel_says_how_to_install_it(monkeypatch, capsys):

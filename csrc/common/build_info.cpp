@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/dist_kernels.h"
+#include "cpu/mahalanobis.h"
 
 namespace fastad {
 
@@ -26,6 +27,34 @@ std::string dist_micro_kernel() {
 std::string bf16_micro_kernel() {
   if (cpu::use_bf16_micro()) return "avx512bf16";
   return cpu::use_bf16_gemm() ? "emulated" : "none";
+}
+
+std::vector<std::pair<std::string, std::string>> op_kernels() {
+  const bool avx2 = cpu::use_avx2_path(), bf16hw = cpu::use_bf16_micro(), bf16 = cpu::use_bf16_gemm();
+  const std::string gemm = cpu::use_avx512_micro() ? "AVX-512 24x16 fp32 GEMM"
+                           : avx2                  ? "AVX2/FMA 6x16 fp32 GEMM"
+                                                   : "portable blocked sweep";
+  const std::string bf16k = bf16hw ? "AVX512-BF16 vdpbf16ps GEMM, fp32 accumulation"
+                                   : "bf16 GEMM through its scalar emulation (FASTAD_BF16_EMULATE)";
+  const std::string screen = "bf16 screen (" + bf16k + ") + float32 re-score, else " + gemm;
+  std::vector<std::pair<std::string, std::string>> k;
+  k.emplace_back("knn float32", gemm + " + fused top-k");
+  k.emplace_back("knn float16", avx2 ? gemm + ", float16 converted per packed panel (F16C)"
+                                     : "float32 upcast + " + gemm);
+  k.emplace_back("knn bfloat16", bf16 ? bf16k : "float32 upcast + " + gemm);
+  k.emplace_back("knn screen='auto'", bf16hw ? screen + " (D >= 96, k * 64 <= N)"
+                                             : gemm + " (no AVX512-BF16: the screen is slower here)");
+  k.emplace_back("knn screen='bf16'", bf16 ? screen : gemm + " (no bf16 GEMM on this CPU)");
+  k.emplace_back("group_min float32", gemm + " + fused group minimum");
+  k.emplace_back("group_min float16", avx2 ? gemm + ", float16 converted per packed panel (F16C)"
+                                           : "float32 upcast + " + gemm);
+  k.emplace_back("group_min screen='auto'", bf16hw ? screen + " (D >= 96, group_size >= 64)"
+                                                   : gemm + " (no AVX512-BF16: the screen is slower here)");
+  k.emplace_back("mutual_scores", avx2 ? "AVX2/FMA 6x16 Gram tile + fused pair minima" : "portable Gram tile + pair minima");
+  k.emplace_back("coreset", cpu_has_avx2_fma() ? "AVX2/FMA distance step" : "portable distance step");
+  k.emplace_back("mahalanobis float32/float16 factor", cpu::mahalanobis_kernel_name(false));
+  k.emplace_back("mahalanobis bfloat16 factor", cpu::mahalanobis_kernel_name(true));
+  return k;
 }
 
 std::tuple<long long, long long, long long, long long> knn_screen_stats(bool reset) {

@@ -1,6 +1,8 @@
 #pragma once
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 namespace fastad {
 // "avx2" when the AVX2/FMA kernels are compiled in and this CPU supports them, else "generic".
@@ -11,6 +13,9 @@ std::string dist_micro_kernel();
 // bf16 GEMM kernel of knn on bfloat16 inputs / the bf16 screen: "avx512bf16" (vdpbf16ps), "emulated"
 // (FASTAD_BF16_EMULATE=1: the scalar emulation) or "none" (bf16 inputs are upcast to float32).
 std::string bf16_micro_kernel();
+// Which kernel each CPU op (and input dtype / option) runs on this CPU now, as (op, kernel) pairs, from
+// the same predicates the ops dispatch on (env overrides included): printed by `fastad info`.
+std::vector<std::pair<std::string, std::string>> op_kernels();
 // knn_screen counters since the last reset: (calls, pairs screened, survivors, fallbacks to the fp32 path).
 std::tuple<long long, long long, long long, long long> knn_screen_stats(bool reset);
 // true when the AVX2/FMA code paths may be used on this CPU.

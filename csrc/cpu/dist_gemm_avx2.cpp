@@ -36,6 +36,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/dist_gemm_common.h"
 #include "cpu/dist_kernels.h"
 #include "cpu/microkernel_avx2.h"
 #include "cpu/topk.h"
@@ -60,32 +61,13 @@ constexpr int64_t kSmallQueryBytes = 4ll << 20;         // 4 MiB (e.g. 784 queri
     // packed bank block, the prefetched next block and the query block all stay in L2 (1 MiB on Zen 4)
     // and packing costs half as much (160 rows at D=384: +0-1.6% at Q=784 against 512 rows); with more
     // queries, each bank block re-streams them from L3, and 512 rows were 0.5-0.8% faster (Q=12544).
-constexpr int64_t kQueryPackBytes = 16ll << 20; // packed query superblock <= 16 MiB
 constexpr int64_t kCentreSample = 2048;         // bank rows averaged to estimate the centre
 constexpr int64_t kBankSplitMaxQ = 2048;        // at most this many queries: split the bank across threads
-constexpr int64_t kSortedMaxK = 32;             // k <= 32: sorted buffer; larger k: binary heap
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// A growable 64-byte aligned float buffer, reused across calls (thread_local instances below).
-struct FBuf {
-  float* p = nullptr;
-  size_t cap = 0;
-  FBuf() = default;
-  FBuf(const FBuf&) = delete;
-  ~FBuf() { std::free(p); }
-  float* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      p = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(round_up(int64_t(n) * 4, 64))));
-      TORCH_CHECK(p != nullptr, "fastad: out of memory allocating a ", n * 4, "-byte CPU tile");
-      cap = n;
-    }
-    return p;
-  }
-};
+using gemm::kInf;
+using gemm::kSortedMaxK;
+using gemm::KnnEpilogue;  // running top-k (dist_gemm_common.h, shared with the bf16 GEMM)
+using gemm::round_up;
+using FBuf = gemm::ABuf<float>;
 
 // Per-thread tiles of the sweep (bank pack, score tile, alpha/beta) and the caller's query pack.
 struct SweepBufs {
@@ -101,27 +83,49 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// |x - y|^2 with two 8-lane accumulators, then a scalar tail (fixed order: deterministic).
-inline float sq_dist(const float* x, const float* y, int64_t d) {
+// 4 floats from float32 or float16 (F16) rows, in the low half of a ymm.
+inline __m256 load8_prefix4(const float* p) { return _mm256_castps128_ps256(_mm_loadu_ps(p)); }
+inline __m256 load8_prefix4(const F16* p) {
+  return _mm256_castps128_ps256(_mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// |x - y|^2 with two 8-lane accumulators, then a scalar tail (fixed order: deterministic). Rows of
+// float32 or float16 (F16: converted exactly, so the result equals that of the upcast rows).
+template <class TX, class TY>
+inline float sq_dist(const TX* x, const TY* y, int64_t d) {
+  using mk::detail::load1;
+  using mk::detail::load8;
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t t = 0;
   for (; t + 16 <= d; t += 16) {
-    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
-    const __m256 v1 = _mm256_sub_ps(_mm256_loadu_ps(x + t + 8), _mm256_loadu_ps(y + t + 8));
+    const __m256 v0 = _mm256_sub_ps(load8(x + t), load8(y + t));
+    const __m256 v1 = _mm256_sub_ps(load8(x + t + 8), load8(y + t + 8));
     a0 = _mm256_fmadd_ps(v0, v0, a0);
     a1 = _mm256_fmadd_ps(v1, v1, a1);
   }
   if (t + 8 <= d) {
-    const __m256 v0 = _mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_loadu_ps(y + t));
+    const __m256 v0 = _mm256_sub_ps(load8(x + t), load8(y + t));
     a0 = _mm256_fmadd_ps(v0, v0, a0);
     t += 8;
   }
-  float s = hsum(_mm256_add_ps(a0, a1));
-  for (; t < d; ++t) {
-    const float v = x[t] - y[t];
-    s += v * v;
+  // The tail, written out as the compiler had vectorised `s += v * v` before float16 rows (so that the
+  // float32 results stay bit for bit, and every element type and call site rounds alike): groups of 4
+  // squares rounded, then added in order; the last d % 4 as FMAs.
+  __m128 s = _mm_set_ss(hsum(_mm256_add_ps(a0, a1)));
+  for (; t + 4 <= d; t += 4) {
+    const __m128 v = _mm_sub_ps(_mm256_castps256_ps128(load8_prefix4(x + t)), _mm256_castps256_ps128(load8_prefix4(y + t)));
+    const __m128 p = _mm_mul_ps(v, v);
+    s = _mm_add_ss(s, p);
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 1));
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 2));
+    s = _mm_add_ss(s, _mm_shuffle_ps(p, p, 3));
   }
-  return s;
+  float r = _mm_cvtss_f32(s);
+  for (; t < d; ++t) {
+    const float v = load1(x + t) - load1(y + t);
+    r = std::fma(v, v, r);
+  }
+  return r;
 }
 
 // Squared norms of the NR rows of one packed bank panel P[k * NR + r] (the centred rows |b - c|^2),
@@ -157,7 +161,8 @@ inline int64_t bank_block_rows(int64_t D, int64_t rows) {
 }
 
 // Centre for l2/sqeuclidean: mean of at most kCentreSample evenly spaced bank rows (float64 sums).
-void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
+template <class T>
+void estimate_centre(const T* b, int64_t N, int64_t D, float* c) {
   std::vector<double> acc(D, 0.0);
   const int64_t step = std::max<int64_t>(1, N / kCentreSample);
   int64_t cnt = 0;
@@ -165,9 +170,9 @@ void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
   for (int64_t j = 0; j < N && cnt < kCentreSample; j += step, ++cnt) {
     if (j + kAhead * step < N) {
       const char* nb = reinterpret_cast<const char*>(b + (j + kAhead * step) * D);
-      for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+      for (int64_t off = 0; off < D * int64_t(sizeof(T)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
     }
-    for (int64_t t = 0; t < D; ++t) acc[t] += b[j * D + t];
+    for (int64_t t = 0; t < D; ++t) acc[t] += mk::detail::load1(b + j * D + t);
   }
   for (int64_t t = 0; t < D; ++t) {
     c[t] = cnt ? static_cast<float>(acc[t] / cnt) : 0.f;
@@ -176,7 +181,8 @@ void estimate_centre(const float* b, int64_t N, int64_t D, float* c) {
 }
 
 // Packs queries [0, rows) of q (row-major) into ceil(rows / MR) panels of D * MR floats.
-void pack_queries(const float* q, int64_t rows, int64_t D, const float* c, float* A) {
+template <class T>
+void pack_queries(const T* q, int64_t rows, int64_t D, const float* c, float* A) {
   const int64_t panels = (rows + MR - 1) / MR;
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) pack_a_panel(q + p * MR * D, std::min(MR, rows - p * MR), D, c, A + p * MR * D);
@@ -191,8 +197,8 @@ void pack_queries(const float* q, int64_t rows, int64_t D, const float* c, float
 // superblock). With Epi::kScales the tile holds the raw dots and the epilogue applies alpha_j * dot + beta_j
 // itself (the same single FMA, so the same scores) while it compares them against its threshold: one pass
 // over the tile instead of a scaling pass plus a compare pass (knn). Otherwise the sweep scales the tile.
-template <class Epi>
-void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* b, int64_t ja, int64_t jb, int64_t D,
+template <class T, class Epi>
+void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const T* b, int64_t ja, int64_t jb, int64_t D,
            const float* c, Metric metric, Epi& epi) {
   SweepBufs& tb = tl_sweep;
   const int64_t NC = bank_block_rows(D, qb - qa);
@@ -262,76 +268,6 @@ void sweep(const char* op, const float* A, int64_t qa, int64_t qb, const float* 
   }
 }
 
-// Running top-k per query for one bank chunk: buf[qi * k ...], cnt[qi]. Within a chunk a query sees
-// bank indices in increasing order, so a new candidate only enters when strictly below the threshold.
-struct KnnEpilogue {
-  ScoreIdx* buf;
-  int64_t* cnt;
-  int64_t k;
-  int64_t s0;  // global index of the superblock's first query
-  bool exclude_self;
-  bool heap;
-
-  float threshold(const ScoreIdx* h, int64_t n) const {
-    return n < k ? kInf : (heap ? h[0].s : h[k - 1].s);
-  }
-
-  void insert(ScoreIdx* h, int64_t& n, float s, int64_t j) const {
-    const ScoreIdx cand{s, j};
-    if (heap) {
-      auto worse_first = [](const ScoreIdx& a, const ScoreIdx& b) { return better(a, b); };
-      if (n < k) {
-        h[n++] = cand;
-        std::push_heap(h, h + n, worse_first);
-      } else {
-        std::pop_heap(h, h + n, worse_first);
-        h[n - 1] = cand;
-        std::push_heap(h, h + n, worse_first);
-      }
-      return;
-    }
-    int64_t p = n < k ? n : k - 1;  // slot freed at the end
-    while (p > 0 && better(cand, h[p - 1])) {
-      h[p] = h[p - 1];
-      --p;
-    }
-    h[p] = cand;
-    if (n < k) ++n;
-  }
-
-  static constexpr bool kScales = true;  // receives raw dots: applies alpha_j * dot + beta_j itself
-
-  void operator()(int64_t i0, int64_t mc, int64_t j0, int64_t nc, const float* S, int64_t ld, const float* alpha,
-                  const float* beta) const {
-    alignas(32) float sv[8];
-    for (int64_t r = 0; r < mc; ++r) {
-      const int64_t qi = i0 + r;
-      const int64_t self = exclude_self ? s0 + qi : -1;
-      ScoreIdx* h = buf + qi * k;
-      int64_t& n = cnt[qi];
-      const float* row = S + r * ld;
-      float thr = threshold(h, n);
-      __m256 tv = _mm256_set1_ps(thr);
-      for (int64_t jj = 0; jj < nc; jj += 8) {
-        const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(alpha + jj), _mm256_loadu_ps(row + jj), _mm256_loadu_ps(beta + jj));
-        unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_LT_OQ)));
-        if (!m) continue;
-        _mm256_store_ps(sv, v);
-        while (m) {
-          const int64_t l = __builtin_ctz(m), cc = jj + l;
-          m &= m - 1;
-          if (cc >= nc) break;
-          const float s = sv[l];
-          if (!(s < thr) || j0 + cc == self) continue;
-          insert(h, n, s, j0 + cc);
-          thr = threshold(h, n);
-        }
-        tv = _mm256_set1_ps(thr);
-      }
-    }
-  }
-};
-
 inline float seg_min(const float* x, int64_t n) {
   int64_t t = 0;
   float m = kInf;
@@ -392,12 +328,8 @@ struct GroupEpilogue {
   }
 };
 
-// Superblock size: packed queries <= kQueryPackBytes, equal-sized blocks, multiple of MR.
-inline int64_t superblock_rows(int64_t Q, int64_t D) {
-  const int64_t qmax = std::max<int64_t>(MR, kQueryPackBytes / (4 * D) / MR * MR);
-  const int64_t nsb = (Q + qmax - 1) / qmax;
-  return round_up((Q + nsb - 1) / nsb, MR);
-}
+// Superblock size: packed queries <= 16 MiB, equal-sized blocks, multiple of MR.
+inline int64_t superblock_rows(int64_t Q, int64_t D) { return gemm::superblock_rows(Q, 4 * D, MR); }
 
 }  // namespace
 
@@ -405,15 +337,19 @@ float exact_sq_dist_avx2(const float* x, const float* y, int64_t d) { return sq_
 
 void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c) { estimate_centre(b, N, D, c); }
 
-void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
-                  bool exclude_self, float* out_d, int64_t* out_i) {
+namespace {
+
+// knn_f32_avx2 over float32 or float16 (F16) rows: float16 rows are converted per packed panel (and per
+// re-ranked pair), never as a whole, and give the results of float32 on their upcast, bit for bit.
+template <class E>
+void knn_avx2(const E* q, const E* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric, bool exclude_self,
+              float* out_d, int64_t* out_i) {
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
   std::vector<float> c(D, 0.f);
   if (centred) estimate_centre(b, N, D, c.data());
   const int64_t T = std::max(1, at::get_num_threads());
   const int64_t QS = superblock_rows(Q, D);
   const bool heap = k > kSortedMaxK;
-  const float pad = metric == Metric::IP ? -kInf : kInf;
   for (int64_t s0 = 0; s0 < Q; s0 += QS) {
     const int64_t qs = std::min(QS, Q - s0), panels = (qs + MR - 1) / MR;
     float* A = tl_qpack.get(panels * MR * D);
@@ -442,7 +378,7 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
             const ScoreIdx* h = st.data() + (bc * qs + r + 1) * k;
             for (int64_t t = 0; t < cnt[bc * qs + r + 1]; ++t) {
               const char* nb = reinterpret_cast<const char*>(b + h[t].i * D);
-              for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+              for (int64_t off = 0; off < D * int64_t(sizeof(E)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
             }
           }
         }
@@ -451,44 +387,24 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
           const ScoreIdx* h = st.data() + (bc * qs + r) * k;
           cand.insert(cand.end(), h, h + cnt[bc * qs + r]);
         }
-        std::sort(cand.begin(), cand.end(), better);
-        const int64_t got = std::min<int64_t>(k, static_cast<int64_t>(cand.size()));
         const int64_t gi = s0 + r;
-        const float* qrow = q + gi * D;
-        if (centred) {
-          for (int64_t t = 0; t < got; ++t) cand[t].s = sq_dist(qrow, b + cand[t].i * D, D);
-          std::sort(cand.begin(), cand.begin() + got, better);
-        }
+        const E* qrow = q + gi * D;
         float qinv = 0.f;
         if (metric == Metric::Cosine) {
           const float qn = sq_dist(qrow, c.data(), D);  // c == 0 for cosine
           qinv = qn > 0.f ? 1.f / std::sqrt(qn) : 0.f;
         }
-        float* od = out_d + gi * k;
-        int64_t* oi = out_i + gi * k;
-        for (int64_t t = 0; t < got; ++t) {
-          const float s = cand[t].s;
-          float d;
-          switch (metric) {
-            case Metric::L2: d = std::sqrt(s); break;
-            case Metric::SqEuclidean: d = s; break;
-            case Metric::Cosine: d = std::max(1.f + s * qinv, 0.f); break;
-            default: d = -s; break;
-          }
-          od[t] = d;
-          oi[t] = cand[t].i;
-        }
-        for (int64_t t = got; t < k; ++t) {
-          od[t] = pad;
-          oi[t] = -1;
-        }
+        gemm::finish_knn_row(cand.data(), static_cast<int64_t>(cand.size()), k, metric, qinv,
+                             [&](int64_t j) { return sq_dist(qrow, b + j * D, D); }, out_d + gi * k, out_i + gi * k);
       }
     });
   }
 }
 
-void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
-                        const int64_t* exclude, float* out) {
+// group_min_f32_avx2 over float32 or float16 rows (as knn_avx2).
+template <class E>
+void group_min_avx2(const E* q, const E* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                    const int64_t* exclude, float* out) {
   const int64_t G = N / gs;
   if (Q == 0 || G == 0) return;
   const bool centred = metric == Metric::L2 || metric == Metric::SqEuclidean;
@@ -536,7 +452,7 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
         for (int64_t r = 0; r < qs; ++r) {
           if (rerank && r + kAhead < qs && arg[(r + kAhead) * G + g] >= 0) {
             const char* nb = reinterpret_cast<const char*>(b + arg[(r + kAhead) * G + g] * D);
-            for (int64_t off = 0; off < D * 4; off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
+            for (int64_t off = 0; off < D * int64_t(sizeof(E)); off += 64) _mm_prefetch(nb + off, _MM_HINT_T0);
           }
           float* o = best + r * G + g;
           const float s = *o;
@@ -544,8 +460,8 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
             *o = metric == Metric::IP ? -kInf : kInf;
             continue;
           }
-          const float* qrow = q + (s0 + r) * D;
-          const float* brow = b + arg[r * G + g] * D;
+          const E* qrow = q + (s0 + r) * D;
+          const E* brow = b + arg[r * G + g] * D;
           switch (metric) {
             case Metric::L2: *o = std::sqrt(sq_dist(qrow, brow, D)); break;
             case Metric::SqEuclidean: *o = sq_dist(qrow, brow, D); break;
@@ -556,6 +472,25 @@ void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, in
       }
     });
   }
+}
+
+}  // namespace
+
+void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i) {
+  knn_avx2(q, b, Q, N, D, k, metric, exclude_self, out_d, out_i);
+}
+void knn_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i) {
+  knn_avx2(q, b, Q, N, D, k, metric, exclude_self, out_d, out_i);
+}
+void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out) {
+  group_min_avx2(q, b, Q, N, D, gs, metric, exclude, out);
+}
+void group_min_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out) {
+  group_min_avx2(q, b, Q, N, D, gs, metric, exclude, out);
 }
 
 }  // namespace fastad::cpu

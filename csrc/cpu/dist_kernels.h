@@ -7,9 +7,12 @@
 // use_avx2_path() decides; FASTAD_FORCE_GENERIC=1 in the environment forces the portable path
 // (read at every call, so tests can exercise both paths in one process).
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 
 #include "common/metric.h"
+#include "cpu/f16.h"
 
 namespace fastad::cpu {
 
@@ -20,6 +23,9 @@ bool use_avx2_path();
 /// compiled in, the CPU reports avx512f, and FASTAD_FORCE_AVX2 is not set in the environment (read at
 /// every call, so tests can compare both micro-kernels in one process).
 bool use_avx512_micro();
+
+/// Raises naming op and arg if a row of the contiguous bfloat16 / float16 matrix t holds NaN or Inf.
+void check_finite_16bit_rows(const char* op, const char* arg, const at::Tensor& t);
 
 /// Exact squared L2 distance between two rows of d floats (direct differences, no expansion; portable).
 float exact_sq_dist(const float* x, const float* y, int64_t d);
@@ -37,12 +43,18 @@ void knn_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t 
 void group_min_f32_avx2(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
                         const int64_t* exclude, float* out);
 float exact_sq_dist_avx2(const float* x, const float* y, int64_t d);
+/// knn_f32_avx2 / group_min_f32_avx2 on float16 rows: converted per packed panel (F16C), never upcast as
+/// a whole; results bit-identical to the float32 kernels on the upcast inputs.
+void knn_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,
+                  bool exclude_self, float* out_d, int64_t* out_i);
+void group_min_f16_avx2(const F16* q, const F16* b, int64_t Q, int64_t N, int64_t D, int64_t gs, Metric metric,
+                        const int64_t* exclude, float* out);
 #endif
 
 #if FASTAD_HAVE_AVX2
 /// The centre knn_f32_avx2 subtracts for l2 / sqeuclidean (mean of evenly spaced bank rows), D floats.
 void knn_centre_avx2(const float* b, int64_t N, int64_t D, float* c);
-/// k-NN on bfloat16 inputs (bits as uint16, row-major) through the bf16 GEMM (csrc/cpu/dist_bf16_avx2.cpp):
+/// k-NN on bfloat16 inputs (bits as uint16, row-major) through the bf16 GEMM (csrc/cpu/dist_bf16_knn_avx2.cpp):
 /// fp32 accumulation, no centring, l2 / sqeuclidean winners re-ranked with exact fp32 distances of the
 /// bf16 values. Same output contract as knn_f32_avx2. Needs use_bf16_gemm().
 void knn_bf16_avx2(const uint16_t* q, const uint16_t* b, int64_t Q, int64_t N, int64_t D, int64_t k, Metric metric,

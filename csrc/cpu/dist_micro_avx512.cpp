@@ -12,6 +12,8 @@
 // (C = fma(a_p, b_p, C), p increasing, C stored and reloaded between depth slices), so both kernels
 // give bit-identical scores and the results do not depend on which one computed a tile.
 //
+// The accumulator frame (load or zero, store) is zmm_tile of dist_micro_avx512.h, shared with the bf16
+// kernel (dist_micro_avx512bf16.cpp).
 // Compiled with -mavx512f (CMakeLists: *_avx512.cpp); called only when use_avx512_micro() is true.
 // Deliberately includes no torch or standard-library headers besides <cstdint>: any inline function
 // or static initialiser emitted here would be AVX-512 code that the linker may pick for (or run on)
@@ -21,39 +23,33 @@
 
 #include <cstdint>
 
+#include "cpu/dist_micro_avx512.h"
+
 namespace fastad::cpu {
 
 void micro_24x16_avx512(int64_t kc, const float* __restrict__ A, int64_t panel_stride, const float* __restrict__ B,
                         float* C, int64_t ldc, bool accumulate) {
-  constexpr int kRows = 24, kPanelRows = 6, kNR = 16;
-  __m512 c[kRows];
-  if (accumulate) {
-#pragma GCC unroll 24
-    for (int r = 0; r < kRows; ++r) c[r] = _mm512_loadu_ps(C + r * ldc);
-  } else {
-#pragma GCC unroll 24
-    for (int r = 0; r < kRows; ++r) c[r] = _mm512_setzero_ps();
-  }
-  const float* A0 = A;
-  const float* A1 = A + panel_stride;
-  const float* A2 = A + 2 * panel_stride;
-  const float* A3 = A + 3 * panel_stride;
+  constexpr int kPanelRows = 6, kNR = 16;
+  zmm_tile<24>(C, ldc, accumulate, [&](__m512* c) __attribute__((always_inline)) {
+    const float* A0 = A;
+    const float* A1 = A + panel_stride;
+    const float* A2 = A + 2 * panel_stride;
+    const float* A3 = A + 3 * panel_stride;
 #pragma GCC unroll 2
-  for (int64_t p = 0; p < kc; ++p) {
-    const __m512 b = _mm512_load_ps(B);
+    for (int64_t p = 0; p < kc; ++p) {
+      const __m512 b = _mm512_load_ps(B);
 #pragma GCC unroll 6
-    for (int r = 0; r < kPanelRows; ++r) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(A0[r]), b, c[r]);
+      for (int r = 0; r < kPanelRows; ++r) c[r] = _mm512_fmadd_ps(_mm512_set1_ps(A0[r]), b, c[r]);
 #pragma GCC unroll 6
-    for (int r = 0; r < kPanelRows; ++r) c[6 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A1[r]), b, c[6 + r]);
+      for (int r = 0; r < kPanelRows; ++r) c[6 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A1[r]), b, c[6 + r]);
 #pragma GCC unroll 6
-    for (int r = 0; r < kPanelRows; ++r) c[12 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A2[r]), b, c[12 + r]);
+      for (int r = 0; r < kPanelRows; ++r) c[12 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A2[r]), b, c[12 + r]);
 #pragma GCC unroll 6
-    for (int r = 0; r < kPanelRows; ++r) c[18 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A3[r]), b, c[18 + r]);
-    A0 += kPanelRows, A1 += kPanelRows, A2 += kPanelRows, A3 += kPanelRows;
-    B += kNR;
-  }
-#pragma GCC unroll 24
-  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(C + r * ldc, c[r]);
+      for (int r = 0; r < kPanelRows; ++r) c[18 + r] = _mm512_fmadd_ps(_mm512_set1_ps(A3[r]), b, c[18 + r]);
+      A0 += kPanelRows, A1 += kPanelRows, A2 += kPanelRows, A3 += kPanelRows;
+      B += kNR;
+    }
+  });
 }
 
 }  // namespace fastad::cpu

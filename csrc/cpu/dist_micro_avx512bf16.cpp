@@ -1,7 +1,8 @@
-// AVX-512 BF16 micro-kernel and packing of the bf16 distance GEMM (csrc/cpu/dist_bf16_avx2.cpp:
-// knn on bfloat16 inputs, and the bf16 screen of exact float32 knn).
+// AVX-512 BF16 micro-kernel and packing of the bf16 distance GEMM (dist_bf16_gemm.h, dist_bf16_knn_avx2.cpp,
+// dist_bf16_screen_avx2.cpp: knn on bfloat16 inputs, and the bf16 screen of exact float32 knn).
 //
-// Block shape: that of the AVX-512 fp32 kernel (dist_micro_avx512.cpp): up to four consecutive 6-row
+// Block shape and accumulator frame: those of the AVX-512 fp32 kernel (zmm_tile of dist_micro_avx512.h,
+// shared with dist_micro_avx512.cpp): up to four consecutive 6-row
 // query panels against one 16-row bank panel, one zmm accumulator per query row (24 of 32 zmm). The
 // operands are bf16 pairs: a packed panel holds, per depth pair p and row r, the 32-bit word
 // (x[r][2p], x[r][2p + 1]) (low half = even depth), i.e. query panels [p][6] and bank panels [p][16]
@@ -18,6 +19,8 @@
 
 #include <cstdint>
 
+#include "cpu/dist_micro_avx512.h"
+
 namespace fastad::cpu {
 
 namespace {
@@ -25,27 +28,18 @@ namespace {
 template <int kPanels>
 inline void micro_bf16(int64_t kc2, const uint32_t* __restrict__ A, int64_t panel_stride, const uint32_t* __restrict__ B,
                        float* C, int64_t ldc, bool accumulate) {
-  constexpr int kRows = 6 * kPanels;
-  __m512 c[kRows];
-  if (accumulate) {
-#pragma GCC unroll 24
-    for (int r = 0; r < kRows; ++r) c[r] = _mm512_loadu_ps(C + r * ldc);
-  } else {
-#pragma GCC unroll 24
-    for (int r = 0; r < kRows; ++r) c[r] = _mm512_setzero_ps();
-  }
-  for (int64_t p = 0; p < kc2; ++p) {
-    const __m512bh b = (__m512bh)_mm512_load_si512(B + p * 16);
+  zmm_tile<6 * kPanels>(C, ldc, accumulate, [&](__m512* c) __attribute__((always_inline)) {
+    for (int64_t p = 0; p < kc2; ++p) {
+      const __m512bh b = (__m512bh)_mm512_load_si512(B + p * 16);
 #pragma GCC unroll 4
-    for (int t = 0; t < kPanels; ++t) {
-      const uint32_t* a = A + t * panel_stride + p * 6;
+      for (int t = 0; t < kPanels; ++t) {
+        const uint32_t* a = A + t * panel_stride + p * 6;
 #pragma GCC unroll 6
-      for (int r = 0; r < 6; ++r)
-        c[t * 6 + r] = _mm512_dpbf16_ps(c[t * 6 + r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r])), b);
+        for (int r = 0; r < 6; ++r)
+          c[t * 6 + r] = _mm512_dpbf16_ps(c[t * 6 + r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r])), b);
+      }
     }
-  }
-#pragma GCC unroll 24
-  for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(C + r * ldc, c[r]);
+  });
 }
 
 }  // namespace

@@ -109,10 +109,20 @@ at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_
   }
   auto out = at::empty({Q, G}, query.options().dtype(at::kFloat));
   if (Q == 0 || G == 0) return out;
+  const int64_t* pex = exclude_group ? ex.data_ptr<int64_t>() : nullptr;
+#if FASTAD_HAVE_AVX2
+  // float16 inputs: converted per packed panel, no float32 copy of the bank (as knn)
+  if (query.scalar_type() == at::kHalf && bank.scalar_type() == at::kHalf && use_avx2_path()) {
+    const at::Tensor q16 = query.contiguous(), b16 = bank.contiguous();
+    check_finite_16bit_rows("group_min", "query", q16);
+    group_min_f16_avx2(static_cast<const F16*>(q16.const_data_ptr()), static_cast<const F16*>(b16.const_data_ptr()),
+                       Q, N, D, group_size, metric, pex, out.data_ptr<float>());
+    return out;
+  }
+#endif
   const at::Tensor q = as_f32_contiguous(query), b = as_f32_contiguous(bank);
   const at::Tensor qn = row_sq_norms(q);
   check_finite_norms("group_min", "query", qn);
-  const int64_t* pex = exclude_group ? ex.data_ptr<int64_t>() : nullptr;
 #if FASTAD_HAVE_AVX2
   if (use_avx2_path()) {  // computes centred bank norms while packing, and checks them for NaN/Inf
     group_min_f32_avx2(q.data_ptr<float>(), b.data_ptr<float>(), Q, N, D, group_size, metric, pex,
@@ -127,7 +137,7 @@ at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_
   return out;
 }
 
-// group_min_screen: group_min through the bf16 screen (dist_bf16_avx2.cpp), identical outputs. screen
+// group_min_screen: group_min through the bf16 screen (dist_bf16_screen_avx2.cpp), identical outputs. screen
 // "bf16": whenever the bf16 GEMM can run; "auto": AVX512-BF16 hardware, D >= 96 and group_size >= 64;
 // otherwise, for other metrics or dtypes, or when the screen declines, the group_min path.
 at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,

@@ -92,15 +92,19 @@ class KnnHandler {
   int64_t i0_ = 0;
 };
 
-/// Raises naming op, arg and the first row of the bf16 matrix t that holds a NaN or Inf (exponent bits all ones).
-void check_finite_bf16_rows(const char* op, const char* arg, const at::Tensor& t) {
-  const uint16_t* p = reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}  // namespace
+
+/// Raises naming op, arg and the first row of the 16-bit float matrix t (bfloat16 or float16, contiguous)
+/// that holds a NaN or Inf (exponent bits all ones).
+void check_finite_16bit_rows(const char* op, const char* arg, const at::Tensor& t) {
+  const uint16_t* p = static_cast<const uint16_t*>(t.const_data_ptr());
+  const unsigned e = t.scalar_type() == at::kBFloat16 ? 0x7f80u : 0x7c00u;
   const int64_t rows = t.size(0), d = t.size(1);
   std::atomic<int64_t> bad{rows};
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       unsigned acc = 0;
-      for (int64_t c = 0; c < d; ++c) acc |= ((p[r * d + c] & 0x7f80u) == 0x7f80u);
+      for (int64_t c = 0; c < d; ++c) acc |= ((p[r * d + c] & e) == e);
       if (acc) {
         int64_t cur = bad.load();
         while (r < cur && !bad.compare_exchange_weak(cur, r)) {
@@ -111,8 +115,6 @@ void check_finite_bf16_rows(const char* op, const char* arg, const at::Tensor& t
   });
   TORCH_CHECK(bad.load() == rows, op, ": ", arg, " must hold finite values, but row ", bad.load(), " contains NaN or Inf");
 }
-
-}  // namespace
 
 /// Exact k-NN over row-major float32 buffers (the portable path: sweep_scores + KnnHandler).
 /// @param q        queries, Q * D floats
@@ -155,11 +157,20 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   // bfloat16 inputs: the bf16 GEMM (AVX512-BF16, fp32 accumulation) on the inputs as given, no upcast.
   if (query.scalar_type() == at::kBFloat16 && bank.scalar_type() == at::kBFloat16 && N > 0 && use_bf16_gemm()) {
     const at::Tensor q16 = query.contiguous(), b16 = bank.contiguous();
-    check_finite_bf16_rows("knn", "query", q16);
-    check_finite_bf16_rows("knn", "bank", b16);
+    check_finite_16bit_rows("knn", "query", q16);
+    check_finite_16bit_rows("knn", "bank", b16);
     knn_bf16_avx2(reinterpret_cast<const uint16_t*>(q16.data_ptr<at::BFloat16>()),
                   reinterpret_cast<const uint16_t*>(b16.data_ptr<at::BFloat16>()), Q, N, D, k, metric, exclude_self,
                   out_d.data_ptr<float>(), out_i.data_ptr<int64_t>());
+    return {out_d, out_i};
+  }
+  // float16 inputs: the fp32 GEMM converting each packed panel (F16C), no float32 copy of the bank;
+  // the same results as on the upcast inputs (the bank's NaN / Inf are caught while packing).
+  if (query.scalar_type() == at::kHalf && bank.scalar_type() == at::kHalf && N > 0 && use_avx2_path()) {
+    const at::Tensor q16 = query.contiguous(), b16 = bank.contiguous();
+    check_finite_16bit_rows("knn", "query", q16);
+    knn_f16_avx2(static_cast<const F16*>(q16.const_data_ptr()), static_cast<const F16*>(b16.const_data_ptr()), Q, N,
+                 D, k, metric, exclude_self, out_d.data_ptr<float>(), out_i.data_ptr<int64_t>());
     return {out_d, out_i};
   }
 #endif
@@ -191,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Te
   return {out_d, out_i};
 }
 
-// knn_screen: exact float32 k-NN through the bf16 screen (dist_bf16_avx2.cpp), identical answers to knn.
+// knn_screen: exact float32 k-NN through the bf16 screen (dist_bf16_screen_avx2.cpp), identical answers to knn.
 // screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only where it measured faster
 // (AVX512-BF16 hardware, D >= kScreenAutoMinD, k * 64 <= N); otherwise, and for other metrics, dtypes
 // or when the screen declines, the knn path.

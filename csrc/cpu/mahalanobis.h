@@ -5,6 +5,7 @@
 // gaussian_kernel.cpp) check arguments, centre rows into scratch buffers and parallelise.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace fastad::cpu {
 
@@ -41,6 +42,8 @@ void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t 
 bool maha_prefer_256();
 /// AVX-512 BF16 dot products usable (cpuid avx512_bf16 + avx512f path, FASTAD_FORCE_NO_BF16 unset).
 bool maha_use_bf16_dot();
+/// The kernel ops.mahalanobis runs now for a float32 / float16 factor, or a bfloat16 one (fastad info).
+std::string mahalanobis_kernel_name(bool bf16_factor);
 
 // ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
 /// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d

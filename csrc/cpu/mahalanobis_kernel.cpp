@@ -99,6 +99,17 @@ struct U16Buf {
 
 enum class Path { Generic, Avx2, Avx512, Bf16 };
 
+/// The kernel for a float32 / float16 factor, or a bfloat16 one (bf16_factor), on this CPU now.
+Path choose_path(bool bf16_factor) {
+  const bool avx512 = use_avx512_micro();
+  Path path = avx512 ? Path::Avx512 : (use_avx2_path() ? Path::Avx2 : Path::Generic);
+  // float32 / float16 factors on AMD CPUs (Zen 4 executes a 512-bit FMA as two 256-bit halves): the
+  // 6 x 16 kernel, measured 1.0-1.3x faster than the 6 x 32 AVX-512 one (bench_padim.py --synthetic).
+  if (path == Path::Avx512 && !bf16_factor && maha_prefer_256()) path = Path::Avx2;
+  if (bf16_factor && avx512 && maha_use_bf16_dot()) path = Path::Bf16;
+  return path;
+}
+
 /// Row buffers of one thread.
 struct Scorer {
   Path path;
@@ -194,12 +205,7 @@ at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const 
                             : at::empty({s.N}, x_.options().dtype(at::kFloat));
   if (s.N == 0 || s.P == 0) return out;
   const at::Tensor x = x_.contiguous(), factor = factor_.contiguous(), mean = mean_.to(at::kFloat).contiguous();
-  const bool avx512 = use_avx512_micro();
-  Path path = avx512 ? Path::Avx512 : (use_avx2_path() ? Path::Avx2 : Path::Generic);
-  // float32 / float16 factors on AMD CPUs (Zen 4 executes a 512-bit FMA as two 256-bit halves): the
-  // 6 x 16 kernel, measured 1.0-1.3x faster than the 6 x 32 AVX-512 one (bench_padim.py --synthetic).
-  if (path == Path::Avx512 && factor.scalar_type() != at::kBFloat16 && maha_prefer_256()) path = Path::Avx2;
-  if (factor.scalar_type() == at::kBFloat16 && avx512 && maha_use_bf16_dot()) path = Path::Bf16;
+  const Path path = choose_path(factor.scalar_type() == at::kBFloat16);
   const float* m = mean.data_ptr<float>();
   float* o = out.data_ptr<float>();
   auto with_factor = [&](auto xp) {
@@ -251,5 +257,14 @@ bool maha_prefer_256() {
 }
 
 TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("mahalanobis", &mahalanobis_cpu); }
+
+std::string mahalanobis_kernel_name(bool bf16_factor) {
+  switch (choose_path(bf16_factor)) {
+    case Path::Bf16: return "AVX512-BF16 vdpbf16ps triangular kernel";
+    case Path::Avx512: return "AVX-512 6x32 triangular kernel";
+    case Path::Avx2: return "AVX2/FMA 6x16 triangular kernel";
+    default: return "portable triangular kernel";
+  }
+}
 
 }  // namespace fastad::cpu

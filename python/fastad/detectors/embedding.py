@@ -25,6 +25,7 @@ import torch
 
 from ._io import ModelFileError, write_model_file
 from ._registry import register
+from ._screen import detector_screen
 
 _METHODS = ("largest", "mean", "median")
 
@@ -90,7 +91,8 @@ class _EmbeddingDetector:
     def _neighbours(self, Q: torch.Tensor, k: int, exclude_self: bool = False):
         import fastad.ops as ops
 
-        return ops.knn(Q, self.train_, k, self.metric, bank_norms=self._norms, exclude_self=exclude_self)
+        return ops.knn(Q, self.train_, k, self.metric, bank_norms=self._norms, exclude_self=exclude_self,
+                       screen=detector_screen())
 
     def _set_threshold(self, scores: torch.Tensor):
         self.decision_scores_ = scores

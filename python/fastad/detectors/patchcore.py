@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ._registry import register
+from ._screen import detector_screen
 from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import adaptive_patch_pool, gaussian_blur, local_average, to_finest_grid
 
@@ -389,7 +390,7 @@ class PatchCore(BaseDetector):
         norms = getattr(self, "_bank_norms", None)
         if norms is None or norms.device != self.memory_bank_.device:
             norms = self._bank_norms = self.memory_bank_.square().sum(1)
-        return ops.knn(rows, self.memory_bank_, k, "l2", bank_norms=norms)
+        return ops.knn(rows, self.memory_bank_, k, "l2", bank_norms=norms, screen=detector_screen())
 
     def _image_scores(self, patch: torch.Tensor, nn_idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """anomalib's ``compute_anomaly_score`` (see the module docstring, step 4).

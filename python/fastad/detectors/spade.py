@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._registry import register
+from ._screen import detector_screen
 from .base import BaseDetector, ModelFileError, StageTimer
 from ._maps import BORDER_MODES, gaussian_blur
 
@@ -138,7 +139,8 @@ class SPADE(BaseDetector):
             g = feats[self.global_layer_].to(dev).float().mean(dim=(2, 3))
             N = self.train_global_.shape[0]
             K = min(int(self.k_images), N)
-            gd, gi = ops.knn(g.contiguous(), self.train_global_, K, "l2")  # [B, K]
+            screen = detector_screen()
+            gd, gi = ops.knn(g.contiguous(), self.train_global_, K, "l2", screen=screen)  # [B, K]
             scores = gd.mean(1)
         maps = None
         if want_maps:
@@ -159,7 +161,7 @@ class SPADE(BaseDetector):
                         # the whole gallery of the K retrieved images: K * h * w rows (no remainder dropped)
                         gallery = bank.index_select(0, gi[b]).reshape(-1, bank.shape[2])
                         gnorm = norms.index_select(0, gi[b]).reshape(-1)
-                        d, _ = ops.knn(q[b].contiguous(), gallery, 1, "l2", bank_norms=gnorm)
+                        d, _ = ops.knn(q[b].contiguous(), gallery, 1, "l2", bank_norms=gnorm, screen=screen)
                         layer_map[b] = d[:, 0]
                 with timer("maps"):
                     up = F.interpolate(layer_map.view(B, 1, h, w), size=tuple(image_size), mode="bilinear", align_corners=False)

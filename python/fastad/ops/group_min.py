@@ -40,6 +40,8 @@ def group_min(
 
     Scriptable (``torch.jit.script``), traceable by ``torch.compile`` / ``torch.export``; meta tensors
     give the output shape. NaN or Inf in ``query`` or ``bank`` raise an error. No ``[Q, N]`` matrix is ever held in memory.
+    float16 inputs on AVX2 CPUs are converted per packed panel (no float32 copy of the bank), with the
+    results of float32 on the upcast inputs.
     Not differentiable: a backward through it raises ``RuntimeError`` naming the argument
     (:mod:`fastad.ops._autograd`).
 

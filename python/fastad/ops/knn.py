@@ -54,7 +54,7 @@ def knn(
             on CPU through a bf16 screen: a bf16 GEMM (AVX512-BF16) with a proven per-pair error bound
             keeps every bank row that can be among the k nearest, and those survivors are re-scored
             with the float32 path's own arithmetic, so indices AND distances are identical to
-            ``screen="none"`` (see ``csrc/cpu/dist_bf16_avx2.cpp`` for the derivation). ``"auto"``
+            ``screen="none"`` (see ``csrc/cpu/dist_bf16_screen_avx2.cpp`` for the derivation). ``"auto"``
             screens only where it measured faster (CPU with AVX512-BF16, ``D >= 96``, ``k * 64 <= N``);
             ``"bf16"`` whenever the bf16 GEMM can run. Elsewhere (other metrics or dtypes, CUDA,
             inputs that need gradients) the float32 path runs. Survivor counts:
@@ -72,6 +72,9 @@ def knn(
 
     Autograd: the distances are differentiable w.r.t. ``query`` and ``bank`` (at the returned
     neighbours; see :mod:`fastad.ops._autograd`); ``bank_norms`` is not.
+
+    float16 inputs on AVX2 CPUs run the float32 GEMM with each packed panel converted from float16
+    (F16C; exact), never a float32 copy of the bank: results identical to float32 on the upcast inputs.
 
     bfloat16 inputs on a CPU with AVX512-BF16 run a bf16 GEMM (``vdpbf16ps``, float32 accumulation)
     on the values as given (no upcast, no centring); ``"l2"`` / ``"sqeuclidean"`` winners are
