@@ -236,31 +236,38 @@ def _cholesky_logdet(cov: torch.Tensor, out: torch.Tensor, what: str = "cov", fi
         dst = out.numpy()
         f64 = (work[: d * d].view(np.float64).reshape(d, d) if work is not None and work.dtype == np.float64
                else np.empty((d, d), dtype=np.float64))
+        fast = single or out.dtype == torch.float64
+        if fast:
+            out.copy_(cov)  # one vectorised cast of the block (the strict upper triangle is cleaned by potrf)
+        potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
         with _blas_threads():
-            for p in range(n):
-                fast = single or out.dtype == torch.float64
-                if fast:
+            # the fast pass: potrf in place per matrix (info != 0 marks a failure)
+            infos = np.zeros(n, dtype=np.int64)
+            if fast:
+                for p in range(n):
                     a = dst[p].T  # F-contiguous view: upper triangle = C-order lower
-                    np.copyto(dst[p], src[p], casting="unsafe")
-                    potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
                     C, info = potrf(a, lower=0, clean=1, overwrite_a=1)
                     if info == 0 and not np.shares_memory(C, a):
                         a[...] = C
-                    diag = np.diagonal(dst[p]).astype(np.float64)
-                    ok = info == 0 and (dst.dtype == np.float64 or
-                                        (diag.max() / diag.min()) ** 2 <= F32_CHOL_MAX_DIAG_RATIO_SQ)
-                if not fast or not ok:
-                    a = f64.T
-                    np.copyto(f64, src[p])
-                    C, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
-                    if info != 0:
-                        raise _not_pd(what, first, total, p, True)
-                    if not np.shares_memory(C, a):
-                        a[...] = C
-                    np.copyto(dst[p], f64, casting="unsafe")
-                    diag = np.diagonal(f64)
-                    redo += fast
-                logdet[p] = 2.0 * float(np.log(diag).sum())
+                    infos[p] = info
+                diag_all = torch.diagonal(out, dim1=-2, dim2=-1).double()
+                ratio = (diag_all.amax(-1) / diag_all.amin(-1)).square()
+                okv = (torch.from_numpy(infos) == 0) & ((ratio <= F32_CHOL_MAX_DIAG_RATIO_SQ) | (out.dtype == torch.float64))
+                logdet.copy_(2.0 * torch.log(diag_all.clamp_min(1e-300)).sum(-1))
+                todo = torch.nonzero(~okv).flatten().tolist()
+            else:
+                todo = list(range(n))
+            for p in todo:  # float64 (compute_dtype float64, a float32 failure or an ill-conditioned matrix)
+                a = f64.T
+                np.copyto(f64, src[p])
+                C, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
+                if info != 0:
+                    raise _not_pd(what, first, total, p, True)
+                if not np.shares_memory(C, a):
+                    a[...] = C
+                np.copyto(dst[p], f64, casting="unsafe")
+                redo += fast
+                logdet[p] = 2.0 * float(np.log(np.diagonal(f64)).sum())
         return logdet, redo
     full = cov.tril() + cov.tril(-1).transpose(-1, -2)
     C, info = torch.linalg.cholesky_ex(full.to(torch.float32 if single else torch.float64))
@@ -472,6 +479,11 @@ class GaussianAccumulator:
         if (self._nbuf >= FOLD_ROWS) if self.s2 is not None else (self._nbuf * b.element_size() > BUFFER_BYTES_PER_FEATURE * d):
             self._fold()
         return self
+
+    @property
+    def holds_rows(self) -> bool:
+        """Whether batches given with ``copy=False`` are still referenced (not yet folded into the sums)."""
+        return bool(self._buf)
 
     def _fold(self):
         if self.s2 is None:

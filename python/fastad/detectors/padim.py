@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..gaussian import GaussianAccumulator, GaussianModel, precision_factor
+from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, precision_factor
 from ._maps import resize_blur
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
@@ -159,13 +159,14 @@ class PaDiM(BaseDetector):
             parts.append(F.interpolate(features[layer].float(), size=emb.shape[-2:], mode="nearest"))
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
-    def _positions(self, feats, dev) -> torch.Tensor:
+    def _positions(self, feats, dev, out: torch.Tensor | None = None) -> torch.Tensor:
         """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch.
 
         Each layer's kept channels are gathered at the layer's own grid and written once into their
         slots of the output (the nearest resize by an integer factor as a broadcast, otherwise by an
         index gather): one pass instead of resize + concatenation + channel subset + transpose, with the
-        same values as :meth:`embed` (checked by the tests)."""
+        same values as :meth:`embed` (checked by the tests). ``out``: a contiguous ``[B, P, C]`` float32
+        tensor to write into (fit stages batches into one chunk this way, without a concatenation)."""
         first = feats[self.layers_[0]]
         B, _, h, w = first.shape
         if (h, w) != tuple(self.feature_grid_):
@@ -173,7 +174,7 @@ class PaDiM(BaseDetector):
         idx = self.channel_idx_.to(dev)
         every = bool(getattr(self, "_all_channels", False))
         C = idx.numel()
-        out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev)
+        out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h, w, C)
         c0 = 0
         for layer in self.layers_:
             f = feats[layer].to(dev)
@@ -209,6 +210,22 @@ class PaDiM(BaseDetector):
         timer = StageTimer(timings)
         dev = None
         acc = GaussianAccumulator()
+        # batches are written straight into chunks of `cap` images (no per-batch tensor, no concatenation
+        # when the accumulator folds): cap > the raw rows it keeps before its first fold (2 C) and >= its
+        # fold size, so each chunk is folded (or, while everything fits, kept) as one tensor
+        stage, filled = None, 0
+
+        spare = None  # a folded chunk's buffer, reused (no fresh pages to fault in)
+
+        def flush(acc):
+            nonlocal stage, filled, spare
+            if stage is not None and filled:
+                with _nonfinite_named():
+                    acc.update(stage[:filled], copy=False)  # NaN / Inf: detected when the rows are folded
+                if not acc.holds_rows:
+                    spare = stage
+            stage, filled = None, 0
+
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
@@ -223,10 +240,22 @@ class PaDiM(BaseDetector):
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
-                x = self._positions(feats, dev)  # [B, P, C] float32, a fresh tensor: no copy needed
-                # NaN / Inf: detected by ops.gaussian_accumulate when the rows are folded (column sums)
-                with _nonfinite_named():
-                    acc.update(x, copy=False)
+                B = int(feats[self.layers_[0]].shape[0])
+                P, C = self.feature_grid_[0] * self.feature_grid_[1], int(self.channel_idx_.numel())
+                cap = max(FOLD_ROWS, 2 * C + 1)
+                if stage is not None and filled + B > stage.shape[0]:
+                    flush(acc)
+                if stage is None:
+                    if spare is not None and spare.shape[0] >= B:
+                        stage, spare = spare, None
+                    else:
+                        stage = torch.empty(cap + B, P, C, dtype=torch.float32, device=dev)
+                self._positions(feats, dev, out=stage[filled : filled + B])
+                filled += B
+                if filled >= cap:
+                    flush(acc)
+        with timer("aggregation"):
+            flush(acc)
         n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
