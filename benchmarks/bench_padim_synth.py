@@ -1,15 +1,17 @@
 """PaDiM at anomalib's wide-ResNet setting on synthetic features (``bench_padim.py --synthetic``):
 d = 550 channels, 28 x 28 = 784 positions, 200 training and 32 test images, 1 thread by default.
 
-- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5, compute_dtype=...)`` (what ``PaDiM.fit_features``
-  runs: ``gaussian_accumulate`` + float64 (or ``--fit-dtype float32``) Cholesky + precision factor, position
-  block by position block; the other factorisation dtype is timed too, with its distances' difference) vs
-  anomalib 2.7.0 ``MultiVariateGaussian.fit`` (per-position covariance loop + batched float32 inverse);
-  peak extra memory (RSS sampled every 2 ms above the level before the call) vs the fitted model's bytes;
-- scoring: ``fastad.ops.mahalanobis`` with a float32 / bfloat16 factor vs anomalib's
-  ``AnomalyMapGenerator.compute_distance`` (its float32 ``matmul(delta, inv) * delta``), and vs a
-  triangular solve with the covariance's Cholesky factor (``torch.linalg.solve_triangular``: the
-  alternative to the precision factor); GFLOP/s and % of the machine's GEMM roof (MKL/oneDNN
+- fit: ``fastad.gaussian.gaussian_fit(x, ddof=1, reg=0.01 + 1e-5, compute_dtype=..., factor_kind="cholesky")``
+  (what ``PaDiM.fit_features`` runs for a float32 model: ``gaussian_accumulate`` (SYRK) + one float32
+  Cholesky per position (``--fit-dtype float64``: float64), no inverse; per-stage CPU seconds printed), the
+  other factorisation dtype and the precision-factor route (Cholesky + triangular inverse, float64: what
+  half-precision models fit) timed too, with their distances' difference; vs anomalib 2.7.0
+  ``MultiVariateGaussian.fit`` (per-position covariance loop + batched float32 inverse); peak extra
+  memory (RSS sampled every 2 ms above the level before the call) vs the fitted model's bytes;
+- scoring: ``fastad.ops.mahalanobis(..., cholesky=True)`` (PaDiM's float32 route: the fused triangular
+  solve) and with a float32 / bfloat16 precision factor vs anomalib's
+  ``AnomalyMapGenerator.compute_distance`` (its float32 ``matmul(delta, inv) * delta``), and vs
+  ``torch.linalg.solve_triangular`` with the same Cholesky factor; GFLOP/s and % of the machine's GEMM roof (MKL/oneDNN
   ``torch.mm`` 2048^3 in the same run; bf16 against the bf16 ``torch.mm``); the AVX2 kernel forced by
   ``FASTAD_FORCE_AVX2=1`` (what CPUs without AVX-512 run; AMD CPUs use its 6 x 16 kernel for float32 factors
   too) and the 6 x 32 AVX-512 one by ``FASTAD_MAHA_AVX512=1``.
@@ -78,7 +80,7 @@ def gemm_roof(dtype, n=2048, repeats=3):
 
 
 def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32,
-                  fit_dtype: str = "float64"):
+                  fit_dtype: str = "float32"):
     import fastad
     from fastad import ops
     from fastad.gaussian import gaussian_fit
@@ -106,9 +108,9 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     cdt = {"float64": torch.float64, "float32": torch.float32}[fit_dtype]
     other = torch.float32 if cdt == torch.float64 else torch.float64
 
-    def fit(dt):
+    def fit(dt, kind="cholesky"):
         return gaussian_fit(train, ddof=1, reg=0.01 + 1e-5, factor_dtype=torch.float32, keep_covariance=False,
-                            compute_dtype=dt)
+                            compute_dtype=dt, factor_kind=kind)
 
     with PeakRSS() as m_f:
         model, w_fit_f, t_fit_f = timed(lambda: fit(cdt))
@@ -120,10 +122,17 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     del emb_train_c
     model_o, _, t_fit_o = timed(lambda: fit(other))  # the other factorisation dtype (after anomalib: interleaved)
     # distances of the two factorisations on the test images (relative), a measure of float32's error
-    d_c = ops.mahalanobis(test, model.mean.float(), model.factor).double()
-    d_o = ops.mahalanobis(test, model_o.mean.float(), model_o.factor).double()
+    d_c = ops.mahalanobis(test, model.mean.float(), model.factor, cholesky=True).double()
+    d_o = ops.mahalanobis(test, model_o.mean.float(), model_o.factor, cholesky=True).double()
     rel_fit = ((d_c - d_o).abs() / d_o.abs().clamp_min(1e-12)).max().item()
     del model_o
+    model_p, _, t_fit_p = timed(lambda: fit(torch.float64, "precision"))  # the precision-factor route
+    d_p = ops.mahalanobis(test, model_p.mean.float(), model_p.factor).double()
+    rel_route = ((d_c - d_p).abs() / d_p.abs().clamp_min(1e-12)).max().item()
+    stages = getattr(model, "fit_timings_", {})
+    res.update(fit_stages_cpu_s=stages, fit_cpu_s_precision_route_f64=t_fit_p,
+               fit_speedup_cpu_precision_route_f64=t_fit_a / t_fit_p, max_rel_d2_diff_cholesky_vs_precision_route=rel_route,
+               n_refactored_f64=getattr(model, "n_refactored_", None))
     a_bytes = gauss.inv_covariance.numel() * 4 + gauss.mean.numel() * 4
     res.update(fit_dtype=fit_dtype, fit_cpu_s_other_dtype=t_fit_o, fit_speedup_cpu_other_dtype=t_fit_a / t_fit_o,
                max_rel_d2_diff_f32_vs_f64_factorisation=rel_fit)
@@ -138,9 +147,14 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
           f"({model_bytes / 2**30:.2f} GiB); anomalib {m_a.extra / 2**30:.2f} GiB = {m_a.extra / a_bytes:.2f}x", flush=True)
     print(f"fit with fit_dtype={fit_dtype}; with {str(other).split('.')[-1]} factorisation instead: {t_fit_o:.2f} s -> "
           f"{t_fit_a / t_fit_o:.2f}x; max relative d2 difference float32 vs float64 factorisation: {rel_fit:.2e}", flush=True)
+    print("fit stages (CPU s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+          + f"; positions refactorised in float64: {getattr(model, 'n_refactored_', None)}", flush=True)
+    print(f"precision-factor route (float64 Cholesky + triangular inverse, what half-precision models fit): {t_fit_p:.2f} s "
+          f"-> {t_fit_a / t_fit_p:.2f}x; max relative d2 difference to the Cholesky route: {rel_route:.2e}", flush=True)
 
     # ---- scoring, interleaved
-    mean, L32 = model.mean.float(), model.factor
+    mean, C32, L32 = model.mean.float(), model.factor, model_p.factor
+    del model_p
     Lbf = L32.to(torch.bfloat16)
     inv, amean = gauss.inv_covariance, gauss.mean
     compute_distance = AMG.compute_distance
@@ -151,18 +165,22 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     def ours(L):
         return lambda: ops.mahalanobis(test, mean, L)
 
-    def tri_solve():  # the alternative: z = C^{-1} (x - mean) with a lower triangular C (same sparsity)
+    def ours_solve():
+        return ops.mahalanobis(test, mean, C32, cholesky=True)
+
+    def tri_solve():  # torch's triangular solve with the same Cholesky factor
         delta = (test - mean).permute(1, 2, 0)  # [P, d, N]
-        return torch.linalg.solve_triangular(L32, delta, upper=False).square().sum(1)
+        return torch.linalg.solve_triangular(C32, delta, upper=False).square().sum(1)
 
     rows = {}
-    for name, fn in (("anomalib compute_distance", anomalib_score), ("fastad float32 factor", ours(L32)),
-                     ("fastad bfloat16 factor", ours(Lbf)), ("triangular solve (Cholesky)", tri_solve),
+    for name, fn in (("anomalib compute_distance", anomalib_score), ("fastad Cholesky solve (PaDiM)", ours_solve),
+                     ("fastad float32 factor", ours(L32)),
+                     ("fastad bfloat16 factor", ours(Lbf)), ("torch solve_triangular", tri_solve),
                      ("anomalib compute_distance ", anomalib_score)):
         out, t = best_of(fn, repeats)
         key = name.strip()
         rows[key] = min(t, rows.get(key, float("inf")))
-        if key == "fastad float32 factor":
+        if key == "fastad Cholesky solve (PaDiM)":
             d_ours = out
         if key == "anomalib compute_distance":
             d_ref = out
@@ -197,11 +215,13 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
           f"max relative difference to the default path {rel_avx2:.1e}")
     print(f"GEMM roof (torch.mm 2048^3, 1 thread): float32 {roof32:.1f} GFLOP/s, bfloat16 {roof16:.1f} GFLOP/s; "
           f"max relative difference of fastad's float32 d2 vs anomalib's: {rel32:.2e}", flush=True)
-    res.update(score_s=rows, scoring_speedup_f32=t_a / rows["fastad float32 factor"],
+    t_s = rows["fastad Cholesky solve (PaDiM)"]
+    res.update(score_s=rows, scoring_speedup_f32=t_a / t_s, scoring_speedup_f32_precision=t_a / rows["fastad float32 factor"],
+               roof_pct_f32_solve=100 * useful / t_s / 1e9 / roof32,
                scoring_speedup_bf16=t_a / rows["fastad bfloat16 factor"],
                scoring_speedup_bf16_no_dot=t_a / t_bf_nodot,
                scoring_speedup_f32_avx2=t_a / t_avx2, scoring_speedup_f32_avx512_6x32=t_a / t_512, scoring_speedup_bf16_avx2=t_a / t_avx2_bf,
-               trisolve_vs_factor=rows["triangular solve (Cholesky)"] / rows["fastad float32 factor"],
+               torch_trisolve_vs_ours=rows["torch solve_triangular"] / t_s,
                gemm_roof_f32_gflops=roof32, gemm_roof_bf16_gflops=roof16,
                roof_pct_f32=100 * useful / rows["fastad float32 factor"] / 1e9 / roof32,
                roof_pct_bf16=100 * useful / rows["fastad bfloat16 factor"] / 1e9 / roof16,

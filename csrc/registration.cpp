@@ -50,7 +50,9 @@ TORCH_LIBRARY(fastad, m) {
   // ---- Gaussian models (issue 13) ---------------------------------------------------------------
   // Squared Mahalanobis distances ||(x - mean) @ tril(factor)||^2 (precision = L L^T), float32:
   // x [N, d] / mean [d] / factor [d, d] -> [N]; or x [N, P, d] / mean [P, d] / factor [P, d, d] -> [N, P].
-  m.def("mahalanobis(Tensor x, Tensor mean, Tensor factor) -> Tensor");
+  // cholesky=True: factor is instead the covariance's lower Cholesky factor C (cov = C C^T) and
+  // d2 = ||C^{-1} (x - mean)||^2 (a triangular solve; fit needs no inverse).
+  m.def("mahalanobis(Tensor x, Tensor mean, Tensor factor, bool cholesky=False) -> Tensor");
   // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
   // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
   m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");

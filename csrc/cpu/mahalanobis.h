@@ -36,6 +36,11 @@ void maha_rows_to_bf16(const float* xc, int64_t ld, int64_t nr, int64_t d, uint1
 void maha_rows_avx2(const float* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
 void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
 void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out);
+/// cholesky=True: forward substitution C z = xc with the covariance's lower Cholesky factor C (float32,
+/// row-major d x d, lower triangle read) for ngroups groups of 16 centred rows stored transposed
+/// (zt[g * d * 16 + j * 16 + l] = row 16 g + l, feature j; overwritten by z); out[16 g + l] = |z|^2.
+/// Also run on AVX-512 CPUs (a 6 x 16 tile; call only when use_avx2_path()).
+void maha_solve_avx2(const float* C, int64_t d, float* zt, int64_t ngroups, float* out);
 #endif
 /// true on AMD CPUs (the 6 x 16 kernel is measured faster there for float32 / float16 factors) unless
 /// FASTAD_MAHA_AVX512=1 (read at every call).

@@ -1,13 +1,16 @@
-// AVX2/FMA/F16C micro-kernels of the Gaussian ops (see cpu/mahalanobis.h): the AVX-512 kernels'
-// triangular blocking (mahalanobis_avx512.cpp) with 16-column panels (two ymm) and 6-row tiles, i.e.
-// 12 accumulators + 2 factor vectors + 1 broadcast of the 16 ymm registers. For CPUs without AVX-512
-// (Zen 2/3, older Intel); on AVX-512 machines FASTAD_FORCE_AVX2=1 selects it (tests).
+// AVX2/FMA/F16C micro-kernels of the Gaussian ops (see cpu/mahalanobis.h): the width-generic kernels of
+// cpu/mahalanobis_simd.h instantiated with 8-lane ymm traits (16-column panels, 6-row tiles: 12
+// accumulators + 2 factor vectors + 1 broadcast of the 16 ymm registers) and this file's loaders; and
+// the triangular solve of cholesky=True. For CPUs without AVX-512 (Zen 2/3, older Intel); on AVX-512
+// machines FASTAD_FORCE_AVX2=1 selects it (tests).
 //
 // Includes no torch or standard-library headers besides <cstdint>: any inline function emitted here
 // is AVX2 code. Called only when use_avx2_path() (cpuid avx2 + fma).
 #include <immintrin.h>
 
 #include <cstdint>
+
+#include "cpu/mahalanobis_simd.h"
 
 namespace fastad::cpu {
 
@@ -69,116 +72,110 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One 6-row tile x one 16-column panel: acc = xc[6, j0:] @ tril(L)[j0:, j0:j0+16]; the squares of the
-// panel's entries are added into ss[6].
-template <typename Ld, typename T>
-inline void tile_panel(const T* L, int64_t d, int64_t j0, const float* x0, int64_t ld, __m256* ss, bool first) {
-  const int64_t nc = d - j0 < 16 ? d - j0 : 16;
-  __m256 c0[6], c1[6];
-#pragma GCC unroll 6
-  for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
-  const int64_t kd = j0 + nc;  // end of the diagonal block
-  for (int64_t k = j0; k < kd; ++k) {  // diagonal block: columns j0 + c <= k only
-    __m256 b0, b1;
-    Ld::load(L + k * d + j0, k - j0 + 1, nc, b0, b1);
-#pragma GCC unroll 6
-    for (int r = 0; r < 6; ++r) {
-      const __m256 a = _mm256_broadcast_ss(x0 + r * ld + k);
-      c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-      c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
-    }
-  }
-  if (nc == 16) {
-    constexpr int64_t kAhead = 12;  // rows d * sizeof(T) apart: prefetch ahead on the tile that brings the panel in
-    for (int64_t k = kd; k < d; ++k) {
-      if (first && k + kAhead < d) _mm_prefetch(reinterpret_cast<const char*>(L + (k + kAhead) * d + j0), _MM_HINT_T0);
-      __m256 b0, b1;
-      Ld::load_full(L + k * d + j0, b0, b1);
-#pragma GCC unroll 6
-      for (int r = 0; r < 6; ++r) {
-        const __m256 a = _mm256_broadcast_ss(x0 + r * ld + k);
-        c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-        c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
-      }
-    }
-  }  // (nc < 16: the last panel, whose rows all lie in the diagonal block)
-#pragma GCC unroll 6
-  for (int r = 0; r < 6; ++r) {
-    ss[r] = _mm256_fmadd_ps(c0[r], c0[r], ss[r]);
-    ss[r] = _mm256_fmadd_ps(c1[r], c1[r], ss[r]);
-  }
+struct V256 {
+  using reg = __m256;
+  static constexpr int64_t W = 8;
+  static inline reg zero() { return _mm256_setzero_ps(); }
+  static inline reg loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static inline reg load_row(const float* p) { return _mm256_loadu_ps(p); }
+  static inline void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static inline float reduce(reg v) { return hsum(v); }
+  /// the first m <= nc columns of a 16-column panel, as LoadF32 / LoadHalf take them (a count)
+  static inline int64_t cols(int64_t, int64_t m) { return m; }
+  static inline void prefetch_row(const char* p, int64_t) { _mm_prefetch(p, _MM_HINT_T0); }
+};
+
+}  // namespace
+
+void maha_rows_avx2(const float* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
+  maha_simd::rows_impl<V256, LoadF32>(L, d, xc, ld, nrows, out);
+}
+void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
+  maha_simd::rows_impl<V256, LoadF16>(L, d, xc, ld, nrows, out);
+}
+void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
+  maha_simd::rows_impl<V256, LoadBF16>(L, d, xc, ld, nrows, out);
 }
 
-// Panels outermost (one (d - j0) x 16 panel stays in L1/L2 while every tile of the 48-row block passes
-// over it), tiles inside; per-row squared sums kept as ymm partials.
-template <typename Ld, typename T>
-void rows_impl(const T* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
-  __m256 part[48];
-  for (int64_t r0 = 0; r0 < nrows; r0 += 48) {
-    const int64_t nr = nrows - r0 < 48 ? nrows - r0 : 48;
-    for (int64_t r = 0; r < nr; ++r) part[r] = _mm256_setzero_ps();
-    for (int64_t j0 = 0; j0 < d; j0 += 16)
-      for (int64_t t = 0; t < nr; t += 6) tile_panel<Ld>(L, d, j0, xc + (r0 + t) * ld, ld, part + t, t == 0);
-    for (int64_t r = 0; r < nr; ++r) out[r0 + r] = hsum(part[r]);
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
+  maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
+}
+
+// ---- triangular solve with the covariance's Cholesky factor (cholesky=True) ------------------------
+namespace {
+
+// Image lanes: a group of 16 centred rows is stored transposed (zt[j * 16 + l] = xc[l, j]), so the
+// forward substitution C z = xc runs on vectors of 16 images with broadcast factor entries, and the
+// dependent diagonal block stays in registers (no lane extraction). One micro tile = KB <= 6 rows of C
+// (k0 .. k0 + KB) x 16 images: 12 accumulators, per column j < k0 two loads of z_j and KB broadcasts of
+// C[k0 + c, j] for 2 KB FMAs (the GEMM part, d^2 / 2 multiply-adds per image); then the KB x KB
+// diagonal block by substitution (z_{k0+c} = (xc - acc - sum_{c' < c} C[k0+c, k0+c'] z_{k0+c'}) / C[k0+c, k0+c]).
+template <int KB>
+inline void solve_tile(const float* C, int64_t d, int64_t k0, float* zt) {
+  __m256 a0[KB], a1[KB];
+  const float* cr[KB];
+#pragma GCC unroll 6
+  for (int c = 0; c < KB; ++c) {
+    a0[c] = a1[c] = _mm256_setzero_ps();
+    cr[c] = C + (k0 + c) * d;
+  }
+  for (int64_t j = 0; j < k0; ++j) {
+    const __m256 z0 = _mm256_loadu_ps(zt + j * 16), z1 = _mm256_loadu_ps(zt + j * 16 + 8);
+#pragma GCC unroll 6
+    for (int c = 0; c < KB; ++c) {
+      const __m256 b = _mm256_broadcast_ss(cr[c] + j);
+      a0[c] = _mm256_fmadd_ps(b, z0, a0[c]);
+      a1[c] = _mm256_fmadd_ps(b, z1, a1[c]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int c = 0; c < KB; ++c) {
+    float* zr = zt + (k0 + c) * 16;
+    __m256 r0 = _mm256_sub_ps(_mm256_loadu_ps(zr), a0[c]), r1 = _mm256_sub_ps(_mm256_loadu_ps(zr + 8), a1[c]);
+#pragma GCC unroll 6
+    for (int q = 0; q < c; ++q) {  // a0[q], a1[q] hold z_{k0+q} by now
+      const __m256 b = _mm256_broadcast_ss(cr[c] + k0 + q);
+      r0 = _mm256_fnmadd_ps(b, a0[q], r0);
+      r1 = _mm256_fnmadd_ps(b, a1[q], r1);
+    }
+    const __m256 dg = _mm256_broadcast_ss(cr[c] + k0 + c);
+    a0[c] = _mm256_div_ps(r0, dg);
+    a1[c] = _mm256_div_ps(r1, dg);
+    _mm256_storeu_ps(zr, a0[c]);
+    _mm256_storeu_ps(zr + 8, a1[c]);
   }
 }
 
 }  // namespace
 
-void maha_rows_avx2(const float* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
-  rows_impl<LoadF32>(L, d, xc, ld, nrows, out);
-}
-void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
-  rows_impl<LoadF16>(L, d, xc, ld, nrows, out);
-}
-void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
-  rows_impl<LoadBF16>(L, d, xc, ld, nrows, out);
-}
-
-// Lower SYRK tile: rows i0..i0+5 (features) x columns j0..j0+15 for every j0 <= i0 + 5, over the
-// samples in blocks of kSyrkKc (as syrk_lower_avx512): per sample 6 broadcasts of y[k, i0 + r] and 2
-// loads of y[k, j0 : j0 + 16] for 12 FMAs.
-constexpr int64_t kSyrkKc = 64;
-
-void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
-  for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kSyrkKc) {
-    const int64_t kn = n - k0 < kSyrkKc ? n - k0 : kSyrkKc;
-    const float* yb = y + k0 * ld;
-    for (int64_t j0 = 0; j0 < d; j0 += 16) {
-      for (int64_t i0 = j0 / 6 * 6; i0 < d; i0 += 6) {  // row blocks that reach column block j0
-        const int64_t ni = d - i0 < 6 ? d - i0 : 6;
-        __m256 c0[6], c1[6];
-#pragma GCC unroll 6
-        for (int r = 0; r < 6; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
-        // (constant-index loops with a guard, fully unrolled: the accumulators stay in registers; a
-        // loop to the runtime bound ni would index them from memory)
-        if (k0 > 0) {
-#pragma GCC unroll 6
-          for (int r = 0; r < 6; ++r)
-            if (r < ni) {
-              c0[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0);
-              c1[r] = _mm256_loadu_ps(tile + (i0 + r) * ldt + j0 + 8);
-            }
-        }
-        const float* yk = yb;
-        for (int64_t k = 0; k < kn; ++k, yk += ld) {
-          const __m256 b0 = _mm256_loadu_ps(yk + j0), b1 = _mm256_loadu_ps(yk + j0 + 8);
-#pragma GCC unroll 6
-          for (int r = 0; r < 6; ++r) {
-            const __m256 a = _mm256_broadcast_ss(yk + i0 + r);  // rows past d read the zero padding
-            c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
-            c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
-          }
-        }
-#pragma GCC unroll 6
-        for (int r = 0; r < 6; ++r) {
-          if (r >= ni) break;
-          // the tile is ldt >= round_up(d, 32) wide, so the full 16-column store stays inside row i0 + r
-          _mm256_storeu_ps(tile + (i0 + r) * ldt + j0, c0[r]);
-          _mm256_storeu_ps(tile + (i0 + r) * ldt + j0 + 8, c1[r]);
-        }
+void maha_solve_avx2(const float* C, int64_t d, float* zt, int64_t ngroups, float* out) {
+  // row blocks of C outermost (its KB x k0 block stays in L1 while every group passes over it)
+  for (int64_t k0 = 0; k0 < d; k0 += 6) {
+    const int64_t kb = d - k0 < 6 ? d - k0 : 6;
+    for (int64_t g = 0; g < ngroups; ++g) {
+      float* z = zt + g * d * 16;
+      switch (kb) {
+        case 6: solve_tile<6>(C, d, k0, z); break;
+        case 5: solve_tile<5>(C, d, k0, z); break;
+        case 4: solve_tile<4>(C, d, k0, z); break;
+        case 3: solve_tile<3>(C, d, k0, z); break;
+        case 2: solve_tile<2>(C, d, k0, z); break;
+        default: solve_tile<1>(C, d, k0, z); break;
       }
     }
+  }
+  for (int64_t g = 0; g < ngroups; ++g) {
+    const float* z = zt + g * d * 16;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; ++j) {
+      const __m256 v0 = _mm256_loadu_ps(z + j * 16), v1 = _mm256_loadu_ps(z + j * 16 + 8);
+      s0 = _mm256_fmadd_ps(v0, v0, s0);
+      s1 = _mm256_fmadd_ps(v1, v1, s1);
+    }
+    _mm256_storeu_ps(out + g * 16, s0);
+    _mm256_storeu_ps(out + g * 16 + 8, s1);
   }
 }
 

@@ -177,6 +177,97 @@ struct Scorer {
   }
 };
 
+/// cholesky=True: rows [n0, n0 + nr) of x centred and solved against the covariance's lower Cholesky
+/// factor C (C z = x - mean, d2 = |z|^2). The AVX2 path transposes groups of 16 rows into image lanes
+/// (maha_solve_avx2); the portable path substitutes row by row. A float16 / bfloat16 factor is widened to
+/// float32 once per Gaussian (cf32).
+struct Solver {
+  bool simd;
+  int64_t d;
+  AlignedFloats zt;
+  std::vector<float> cf32, tmp;
+
+  Solver(Path p, int64_t d_) : simd(p != Path::Generic), d(d_) {}
+
+  template <typename F>
+  const float* widen(const F* C) {
+    if constexpr (std::is_same_v<F, float>) {
+      return C;
+    } else {
+      cf32.resize(static_cast<size_t>(d * d));
+      for (int64_t k = 0; k < d; ++k)
+        for (int64_t j = 0; j <= k; ++j) cf32[static_cast<size_t>(k * d + j)] = static_cast<float>(C[k * d + j]);
+      return cf32.data();
+    }
+  }
+
+  template <typename T, typename M>
+  void solve(const T* x, int64_t row_stride, const M* mean, const float* C, int64_t n0, int64_t nr, float* out,
+             int64_t out_stride) {
+#if FASTAD_HAVE_AVX2
+    if (simd) {
+      const int64_t ng = (nr + 15) / 16;
+      float* z = zt.get(static_cast<size_t>(ng * d * 16));
+      for (int64_t g = 0; g < ng; ++g) {
+        float* zg = z + g * d * 16;
+        for (int64_t l = 0; l < 16; ++l) {
+          const int64_t r = g * 16 + l;
+          if (r < nr) {
+            const T* xr = x + (n0 + r) * row_stride;
+            for (int64_t k = 0; k < d; ++k) zg[k * 16 + l] = to_float(xr[k]) - to_float(mean[k]);
+          } else {
+            for (int64_t k = 0; k < d; ++k) zg[k * 16 + l] = 0.f;
+          }
+        }
+      }
+      tmp.resize(static_cast<size_t>(ng * 16));
+      maha_solve_avx2(C, d, z, ng, tmp.data());
+      for (int64_t r = 0; r < nr; ++r) out[(n0 + r) * out_stride] = tmp[static_cast<size_t>(r)];
+      return;
+    }
+#endif
+    tmp.resize(static_cast<size_t>(d));
+    for (int64_t r = 0; r < nr; ++r) {
+      const T* xr = x + (n0 + r) * row_stride;
+      float ss = 0.f;
+      for (int64_t k = 0; k < d; ++k) {
+        const float* ck = C + k * d;
+        float acc = to_float(xr[k]) - to_float(mean[k]);
+        for (int64_t j = 0; j < k; ++j) acc -= ck[j] * tmp[static_cast<size_t>(j)];
+        const float z = acc / ck[k];
+        tmp[static_cast<size_t>(k)] = z;
+        ss += z * z;
+      }
+      out[(n0 + r) * out_stride] = ss;
+    }
+  }
+};
+
+template <typename T, typename M, typename F>
+void run_solve(const T* x, const M* mean, const F* C, const MahaShape& s, Path path, float* out) {
+  const int64_t N = s.N, P = s.P, d = s.d;
+  if (P == 1) {
+    const int64_t nblocks = (N + kMahaBlock - 1) / kMahaBlock;
+    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      Solver sv(path, d);
+      const float* c = sv.widen(C);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kMahaBlock;
+        sv.solve(x, d, mean, c, n0, std::min(kMahaBlock, N - n0), out, 1);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    Solver sv(path, d);
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* c = sv.widen(C + p * d * d);
+      for (int64_t n0 = 0; n0 < N; n0 += kMahaBlock)
+        sv.solve(x + p * d, P * d, mean + p * d, c, n0, std::min(kMahaBlock, N - n0), out + p, P);
+    }
+  });
+}
+
 template <typename T, typename M, typename F>
 void run(const T* x, const M* mean, const F* L, const MahaShape& s, Path path, float* out) {
   const int64_t N = s.N, P = s.P, d = s.d;
@@ -199,7 +290,7 @@ void run(const T* x, const M* mean, const F* L, const MahaShape& s, Path path, f
   });
 }
 
-at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_) {
+at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_, bool cholesky) {
   const MahaShape s = check_mahalanobis_args(x_, mean_, factor_);
   auto out = s.per_position ? at::empty({s.N, s.P}, x_.options().dtype(at::kFloat))
                             : at::empty({s.N}, x_.options().dtype(at::kFloat));
@@ -208,11 +299,18 @@ at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const 
   const Path path = choose_path(factor.scalar_type() == at::kBFloat16);
   const float* m = mean.data_ptr<float>();
   float* o = out.data_ptr<float>();
+  if (cholesky) path = use_avx2_path() ? Path::Avx2 : Path::Generic;  // (the solve has one SIMD kernel)
   auto with_factor = [&](auto xp) {
+    auto go = [&](auto fp) {
+      if (cholesky)
+        run_solve(xp, m, fp, s, path, o);
+      else
+        run(xp, m, fp, s, path, o);
+    };
     switch (factor.scalar_type()) {
-      case at::kFloat: run(xp, m, factor.data_ptr<float>(), s, path, o); break;
-      case at::kHalf: run(xp, m, factor.data_ptr<at::Half>(), s, path, o); break;
-      default: run(xp, m, factor.data_ptr<at::BFloat16>(), s, path, o); break;
+      case at::kFloat: go(factor.data_ptr<float>()); break;
+      case at::kHalf: go(factor.data_ptr<at::Half>()); break;
+      default: go(factor.data_ptr<at::BFloat16>()); break;
     }
   };
   switch (x.scalar_type()) {
@@ -227,7 +325,9 @@ at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const 
     if (!std::isfinite(o[i])) {
       TORCH_CHECK(false, "mahalanobis: non-finite distance for row ", i / s.P,
                   s.per_position ? " at position " + std::to_string(i % s.P) : std::string(),
-                  ": x, mean or factor hold NaN or Inf (or the distance overflows float32)");
+                  cholesky ? ": x, mean or factor hold NaN or Inf, or the Cholesky factor has a zero on its diagonal "
+                             "(or the distance overflows float32)"
+                           : ": x, mean or factor hold NaN or Inf (or the distance overflows float32)");
     }
   return out;
 }

@@ -15,7 +15,7 @@ int dtype_code(const at::Tensor& t);  // knn_cuda.cpp: 0 f32, 1 f16, 2 bf16
 
 namespace {
 
-at::Tensor mahalanobis_cuda(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_) {
+at::Tensor mahalanobis_cuda(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_, bool cholesky) {
   const MahaShape s = check_mahalanobis_args(x_, mean_, factor_);
   c10::cuda::CUDAGuard guard(x_.device());
   auto out = s.per_position ? at::empty({s.N, s.P}, x_.options().dtype(at::kFloat))
@@ -23,7 +23,8 @@ at::Tensor mahalanobis_cuda(const at::Tensor& x_, const at::Tensor& mean_, const
   if (s.N == 0 || s.P == 0) return out;
   const at::Tensor x = x_.contiguous(), L = factor_.contiguous(), m = mean_.to(at::kFloat).contiguous();
   cudaError_t err = mahalanobis_launch(x.data_ptr(), dtype_code(x), m.data_ptr<float>(), L.data_ptr(), dtype_code(L),
-                                       s.N, s.P, s.d, out.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+                                       s.N, s.P, s.d, out.data_ptr<float>(), cholesky,
+                                       c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "mahalanobis: CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
 }

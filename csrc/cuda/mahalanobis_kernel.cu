@@ -4,6 +4,7 @@
 // each thread owns output columns j (strided by the block size) and walks k = j .. d-1 of the lower
 // factor, reusing every factor element for the kRows images (coalesced reads along j); the squared
 // column values are reduced in the block. No whitened tensor is written.
+// cholesky=True (maha_solve_kernel): a warp per image substitutes through the Cholesky factor.
 // gaussian_accumulate: one block per (position, 32 x 32 tile of the lower triangle), the centred
 // rows staged in shared memory 32 samples at a time, float64 products and sums.
 #include <cuda_bf16.h>
@@ -82,13 +83,62 @@ cudaError_t maha_typed(const T* x, const float* mean, const F* L, int64_t N, int
   return cudaGetLastError();
 }
 
+// cholesky=True: one block per (position, tile of kRows images), one warp per image: the centred row in
+// shared memory is overwritten by z = C^{-1} (x - mean) one entry at a time (z_k = (xc_k - C[k, :k] . z[:k])
+// / C[k, k], the dot product split over the lanes and reduced by shuffles); then |z|^2 the same way.
+template <typename T, typename F>
+__global__ void maha_solve_kernel(const T* __restrict__ x, const float* __restrict__ mean, const F* __restrict__ C,
+                                  int64_t N, int64_t P, int64_t d, float* __restrict__ out) {
+  extern __shared__ float sm[];  // kRows * d centred rows, solved in place
+  const int64_t p = blockIdx.x;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = n0 + warp;
+  if (warp >= kRows || n >= N) return;
+  float* z = sm + warp * d;
+  for (int64_t k = lane; k < d; k += 32) z[k] = to_f(x[(n * P + p) * d + k]) - mean[p * d + k];
+  __syncwarp();
+  const F* Cp = C + p * d * d;
+  for (int64_t k = 0; k < d; ++k) {
+    float acc = 0.f;
+    for (int64_t j = lane; j < k; j += 32) acc = fmaf(to_f(Cp[k * d + j]), z[j], acc);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) z[k] = (z[k] - acc) / to_f(Cp[k * d + k]);
+    __syncwarp();
+  }
+  float ss = 0.f;
+  for (int64_t k = lane; k < d; k += 32) ss = fmaf(z[k], z[k], ss);
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (lane == 0) out[n * P + p] = ss;
+}
+
+template <typename T, typename F>
+cudaError_t maha_solve_typed(const T* x, const float* mean, const F* C, int64_t N, int64_t P, int64_t d, float* out,
+                             cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(kRows) * d * sizeof(float);
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(maha_solve_kernel<T, F>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>((N + kRows - 1) / kRows));
+  maha_solve_kernel<T, F><<<grid, kRows * 32, smem, stream>>>(x, mean, C, N, P, d, out);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t maha_x(const T* x, const float* mean, const void* L, int ldt, int64_t N, int64_t P, int64_t d, float* out,
-                   cudaStream_t s) {
+                   bool cholesky, cudaStream_t s) {
   switch (ldt) {
-    case kF32: return maha_typed(x, mean, static_cast<const float*>(L), N, P, d, out, s);
-    case kF16: return maha_typed(x, mean, static_cast<const __half*>(L), N, P, d, out, s);
-    default: return maha_typed(x, mean, static_cast<const __nv_bfloat16*>(L), N, P, d, out, s);
+    case kF32:
+      return cholesky ? maha_solve_typed(x, mean, static_cast<const float*>(L), N, P, d, out, s)
+                      : maha_typed(x, mean, static_cast<const float*>(L), N, P, d, out, s);
+    case kF16:
+      return cholesky ? maha_solve_typed(x, mean, static_cast<const __half*>(L), N, P, d, out, s)
+                      : maha_typed(x, mean, static_cast<const __half*>(L), N, P, d, out, s);
+    default:
+      return cholesky ? maha_solve_typed(x, mean, static_cast<const __nv_bfloat16*>(L), N, P, d, out, s)
+                      : maha_typed(x, mean, static_cast<const __nv_bfloat16*>(L), N, P, d, out, s);
   }
 }
 
@@ -152,11 +202,11 @@ cudaError_t acc_typed(const T* x, const double* shift, int64_t N, int64_t P, int
 }  // namespace
 
 cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const void* L, int ldt, int64_t N,
-                               int64_t P, int64_t d, float* out, cudaStream_t s) {
+                               int64_t P, int64_t d, float* out, bool cholesky, cudaStream_t s) {
   switch (xdt) {
-    case kF32: return maha_x(static_cast<const float*>(x), mean, L, ldt, N, P, d, out, s);
-    case kF16: return maha_x(static_cast<const __half*>(x), mean, L, ldt, N, P, d, out, s);
-    default: return maha_x(static_cast<const __nv_bfloat16*>(x), mean, L, ldt, N, P, d, out, s);
+    case kF32: return maha_x(static_cast<const float*>(x), mean, L, ldt, N, P, d, out, cholesky, s);
+    case kF16: return maha_x(static_cast<const __half*>(x), mean, L, ldt, N, P, d, out, cholesky, s);
+    default: return maha_x(static_cast<const __nv_bfloat16*>(x), mean, L, ldt, N, P, d, out, cholesky, s);
   }
 }
 

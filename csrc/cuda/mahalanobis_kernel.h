@@ -8,9 +8,10 @@ namespace fastad::cuda {
 
 /// out[n * P + p] = || (x[n, p] - mean[p]) @ tril(L[p]) ||^2 (float32 accumulation).
 /// x [N, P, d] (dtype code xdt: 0 f32, 1 f16, 2 bf16), mean [P, d] float32, L [P, d, d] (code ldt), all
-/// contiguous device buffers.
+/// contiguous device buffers. cholesky: L[p] is instead the covariance's lower Cholesky factor C and
+/// out = || C^{-1} (x[n, p] - mean[p]) ||^2.
 cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const void* L, int ldt, int64_t N,
-                               int64_t P, int64_t d, float* out, cudaStream_t stream);
+                               int64_t P, int64_t d, float* out, bool cholesky, cudaStream_t stream);
 
 /// y = x[:, p] - shift[p] (float64); sum[p] += sum_n y; tril(sumsq[p]) += tril(sum_n y y^T) (float64).
 /// x [N, P, d] (code xdt: 0 f32, 1 f16, 2 bf16, 3 f64), shift [P, d] float64, contiguous device buffers.

@@ -183,7 +183,7 @@ def _check_maha_x(op, x, dtypes):
 
 
 @torch.library.register_fake("fastad::mahalanobis")
-def _mahalanobis_fake(x, mean, factor):
+def _mahalanobis_fake(x, mean, factor, cholesky=False):
     op = "mahalanobis"
     _check_maha_x(op, x, _FLOATS)
     for name, t in (("mean", mean), ("factor", factor)):

@@ -36,6 +36,7 @@ Pieces:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 
 import torch
@@ -44,6 +45,9 @@ from . import ops
 
 SHRINKAGE_METHODS = ("ledoit_wolf", "oas")
 _FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: ``factor``: the precision's lower factor ``L`` (``precision = L L^T``) or the covariance's lower
+#: Cholesky factor ``C`` (``covariance = C C^T``; fit skips the triangular inverse, scoring solves).
+FACTOR_KINDS = ("precision", "cholesky")
 #: float64 bytes of the per-block temporaries at finalize (covariance, Cholesky factor, inverse).
 _BLOCK_BYTES = 96 * 2**20
 #: Raw rows kept (unfolded) while ``rows x element bytes <= BUFFER_BYTES_PER_FEATURE x d``: 8 = the
@@ -204,6 +208,86 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
     return out, logdet
 
 
+#: float32 Cholesky factors whose squared diagonal ratio ``(max C_ii / min C_ii)^2`` (a lower bound of
+#: cond(cov)) exceeds this are recomputed in float64 (then rounded to float32): float32's rounding moves
+#: the distances by up to ~cond(cov) 6e-8 relative, so this keeps that bound near 1e-4 or below.
+F32_CHOL_MAX_DIAG_RATIO_SQ = 2000.0
+
+
+def _cholesky_logdet(cov: torch.Tensor, out: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0,
+                     compute_dtype: torch.dtype = torch.float32, work=None):
+    """Lower Cholesky factors ``C`` (``C C^T = cov``) of a float64 block ``cov: [n, d, d]`` (lower triangle
+    read) written to ``out: [n, d, d]`` (strict upper triangle zero) and the float64 log-determinants.
+
+    ``compute_dtype=torch.float32``: LAPACK ``spotrf`` in place in ``out`` (float32, C-order lower = the
+    Fortran-order upper triangle: no copy besides the cast), with a float64 ``dpotrf`` redo for the
+    matrices that fail in float32 or whose squared diagonal ratio exceeds
+    :data:`F32_CHOL_MAX_DIAG_RATIO_SQ` (ill-conditioned); ``torch.float64``: ``dpotrf`` for all. Returns
+    ``(logdet, n_refactored)``."""
+    n, d = cov.shape[0], cov.shape[-1]
+    lapack = _lapack() if cov.device.type == "cpu" else None
+    single = compute_dtype == torch.float32
+    logdet = torch.empty(n, dtype=torch.float64)
+    redo = 0
+    if lapack is not None and out.dtype in (torch.float32, torch.float64) and out.is_contiguous():
+        import numpy as np
+
+        src = cov.contiguous().numpy()
+        dst = out.numpy()
+        f64 = (work[: d * d].view(np.float64).reshape(d, d) if work is not None and work.dtype == np.float64
+               else np.empty((d, d), dtype=np.float64))
+        fast = single or out.dtype == torch.float64
+        if fast:
+            out.copy_(cov)  # one vectorised cast of the block (the strict upper triangle is cleaned by potrf)
+        potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
+        with _blas_threads():
+            # the fast pass: potrf in place per matrix (info != 0 marks a failure)
+            infos = np.zeros(n, dtype=np.int64)
+            if fast:
+                for p in range(n):
+                    a = dst[p].T  # F-contiguous view: upper triangle = C-order lower
+                    C, info = potrf(a, lower=0, clean=1, overwrite_a=1)
+                    if info == 0 and not np.shares_memory(C, a):
+                        a[...] = C
+                    infos[p] = info
+                diag_all = torch.diagonal(out, dim1=-2, dim2=-1).double()
+                ratio = (diag_all.amax(-1) / diag_all.amin(-1)).square()
+                okv = (torch.from_numpy(infos) == 0) & ((ratio <= F32_CHOL_MAX_DIAG_RATIO_SQ) | (out.dtype == torch.float64))
+                logdet.copy_(2.0 * torch.log(diag_all.clamp_min(1e-300)).sum(-1))
+                todo = torch.nonzero(~okv).flatten().tolist()
+            else:
+                todo = list(range(n))
+            for p in todo:  # float64 (compute_dtype float64, a float32 failure or an ill-conditioned matrix)
+                a = f64.T
+                np.copyto(f64, src[p])
+                C, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
+                if info != 0:
+                    raise _not_pd(what, first, total, p, True)
+                if not np.shares_memory(C, a):
+                    a[...] = C
+                np.copyto(dst[p], f64, casting="unsafe")
+                redo += fast
+                logdet[p] = 2.0 * float(np.log(np.diagonal(f64)).sum())
+        return logdet, redo
+    full = cov.tril() + cov.tril(-1).transpose(-1, -2)
+    C, info = torch.linalg.cholesky_ex(full.to(torch.float32 if single else torch.float64))
+    if single:
+        dg = torch.diagonal(C, dim1=-2, dim2=-1)
+        bad = (info != 0) | ((dg.amax(-1) / dg.amin(-1)) ** 2 > F32_CHOL_MAX_DIAG_RATIO_SQ)
+        if bool(bad.any()):
+            C64, info64 = torch.linalg.cholesky_ex(full[bad])
+            C = C.clone()
+            C[bad] = C64.to(C.dtype)
+            info = info.clone()
+            info[bad] = info64
+            redo = int(bad.sum())
+    if bool((info != 0).any()):
+        raise _not_pd(what, first, total, int(torch.nonzero(info.reshape(-1)).flatten()[0]), True)
+    logdet.copy_(2.0 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1).double()).sum(-1))
+    out.copy_(C)
+    return logdet, redo
+
+
 def precision_factor(cov: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The lower-triangular factor ``L`` of the precision (``L L^T = cov^{-1}``), the ``factor`` of
     :func:`fastad.ops.mahalanobis`.
@@ -231,12 +315,17 @@ class GaussianModel:
     """A fitted Gaussian (``P`` = 1) or a family of per-position Gaussians.
 
     Attributes: ``mean`` (``Tensor[d]`` / ``[P, d]``), ``factor`` (lower ``L``, ``precision = L L^T``,
-    ``[d, d]`` / ``[P, d, d]``), ``logdet`` (log-determinant of each covariance, float64), ``covariance``
+    ``[d, d]`` / ``[P, d, d]``; with ``factor_kind == "cholesky"`` the covariance's lower Cholesky factor
+    ``C``, ``covariance = C C^T``, scored by a triangular solve), ``logdet`` (log-determinant of each covariance, float64), ``covariance``
     (float64, or ``None`` when not kept), ``shrinkage_`` (the coefficient(s) used: float or
     ``Tensor[P]``), ``n_samples_``.
     """
 
-    def __init__(self, mean, factor, *, logdet=None, covariance=None, shrinkage_=0.0, n_samples_=None):
+    def __init__(self, mean, factor, *, logdet=None, covariance=None, shrinkage_=0.0, n_samples_=None,
+                 factor_kind: str = "precision"):
+        if factor_kind not in FACTOR_KINDS:
+            raise ValueError(f"GaussianModel: factor_kind must be one of {FACTOR_KINDS}, got {factor_kind!r}")
+        self.factor_kind = factor_kind
         if mean.dim() not in (1, 2) or factor.dim() != mean.dim() + 1 or factor.shape[:-1] != mean.shape or factor.shape[-1] != mean.shape[-1]:
             raise ValueError(f"GaussianModel: mean [d] / [P, d] and factor [d, d] / [P, d, d] do not match: "
                              f"mean {tuple(mean.shape)}, factor {tuple(factor.shape)}")
@@ -257,28 +346,35 @@ class GaussianModel:
         want = self.mean.dim() + 1
         if X.dim() != want or X.shape[1:] != self.mean.shape:
             raise ValueError(f"GaussianModel.mahalanobis: X must be [N, {', '.join(map(str, self.mean.shape))}], got {tuple(X.shape)}")
+        chol = self.factor_kind == "cholesky"
         if self.factor.dtype == torch.float64:
             if not bool(torch.isfinite(X).all()):
                 raise ValueError("GaussianModel.mahalanobis: X holds NaN or Inf")
             delta = X.double() - self.mean.double().to(X.device)
             L = self.factor.tril().to(X.device)
-            z = delta @ L if X.dim() == 2 else torch.einsum("npk,pkj->npj", delta, L)
-            d2 = z.square().sum(-1)
+            if chol:
+                z = torch.linalg.solve_triangular(L, delta.T if X.dim() == 2 else delta.permute(1, 2, 0), upper=False)
+                d2 = z.square().sum(0) if X.dim() == 2 else z.square().sum(1).T
+            else:
+                z = delta @ L if X.dim() == 2 else torch.einsum("npk,pkj->npj", delta, L)
+                d2 = z.square().sum(-1)
         else:
             Xf = X if X.dtype in (torch.float32, torch.float16, torch.bfloat16) else X.float()
-            d2 = ops.mahalanobis(Xf, self.mean.float().to(X.device), self.factor.to(X.device))
+            d2 = ops.mahalanobis(Xf, self.mean.float().to(X.device), self.factor.to(X.device), cholesky=chol)
         return d2 if squared else d2.clamp_min(0).sqrt()
 
     def precision(self) -> torch.Tensor:
-        """``L L^T`` in float64 (scikit-learn's ``precision_``)."""
+        """``L L^T`` in float64 (scikit-learn's ``precision_``; ``C^{-T} C^{-1}`` for a Cholesky factor)."""
         L = self.factor.double().tril()
+        if self.factor_kind == "cholesky":
+            return torch.cholesky_inverse(L)
         return L @ L.transpose(-1, -2)
 
     def to(self, device=None, factor_dtype=None) -> "GaussianModel":
         f = self.factor if factor_dtype is None else self.factor.to(factor_dtype)
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return GaussianModel(mv(self.mean), mv(f), logdet=mv(self.logdet), covariance=mv(self.covariance),
-                             shrinkage_=self.shrinkage_, n_samples_=self.n_samples_)
+                             shrinkage_=self.shrinkage_, n_samples_=self.n_samples_, factor_kind=self.factor_kind)
 
     # ---- persistence: the detectors' model-file format (safetensors + JSON, digests) ----
     def save(self, path):
@@ -293,7 +389,8 @@ class GaussianModel:
         if isinstance(sh, torch.Tensor):
             t["shrinkage"] = sh
             sh = None
-        return write_model_file(path, type(self).__name__, t, {"shrinkage": sh, "n_samples": self.n_samples_})
+        return write_model_file(path, type(self).__name__, t, {"shrinkage": sh, "n_samples": self.n_samples_,
+                                                               "factor_kind": self.factor_kind})
 
     @classmethod
     def load(cls, path, device=None) -> "GaussianModel":
@@ -315,7 +412,7 @@ class GaussianModel:
         sh = tensors["shrinkage"] if "shrinkage" in tensors else meta.get("shrinkage", 0.0)
         try:
             return cls(get("mean"), get("factor"), logdet=get("logdet"), covariance=get("covariance"),
-                       shrinkage_=sh, n_samples_=meta.get("n_samples"))
+                       shrinkage_=sh, n_samples_=meta.get("n_samples"), factor_kind=meta.get("factor_kind", "precision"))
         except ValueError as e:
             raise ModelFileError(path, str(e)) from None
 
@@ -335,6 +432,7 @@ class GaussianAccumulator:
         self.shift = self.s1 = self.s2 = self.q3 = self.q4 = None
         self._buf: list[torch.Tensor] = []
         self._nbuf = 0
+        self._t_syrk = 0.0  # process CPU seconds in gaussian_accumulate (fit_timings_)
 
     def update(self, batch: torch.Tensor, copy: bool = True) -> "GaussianAccumulator":
         """Adds a batch (float32 / float16 / bfloat16 / float64). ``copy=False`` keeps a reference to
@@ -382,16 +480,24 @@ class GaussianAccumulator:
             self._fold()
         return self
 
+    @property
+    def holds_rows(self) -> bool:
+        """Whether batches given with ``copy=False`` are still referenced (not yet folded into the sums)."""
+        return bool(self._buf)
+
     def _fold(self):
         if self.s2 is None:
             self.s2 = torch.zeros(self.shape + (self.shape[-1],), dtype=torch.float64, device=self.device)
         if self._buf:
             x = self._buf[0] if len(self._buf) == 1 else torch.cat(self._buf)
             self._buf, self._nbuf = [], 0
+            t = time.process_time()
             ops.gaussian_accumulate(x, self.shift, self.s1, self.s2)
+            self._t_syrk += time.process_time() - t
 
     def finalize(self, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_dtype=None,
-                 keep_covariance: bool = True, compute_dtype=torch.float64, what: str = "gaussian_fit") -> GaussianModel:
+                 keep_covariance: bool = True, compute_dtype=torch.float64, what: str = "gaussian_fit",
+                 factor_kind: str = "precision") -> GaussianModel:
         """The fitted :class:`GaussianModel`.
 
         Args:
@@ -405,8 +511,16 @@ class GaussianAccumulator:
                 covariance are float64 either way): ``torch.float64`` (default) or ``torch.float32``
                 (anomalib inverts in float32 too; ~3x faster at d = 550; the distances' relative error
                 grows like ~0.1 cond(cov) 6e-8: 4e-6 at PaDiM's d = 550, cond ~700; use float64 for
-                ill-conditioned covariances).
+                ill-conditioned covariances). With ``factor_kind="cholesky"`` float32 is the fit's
+                default route: matrices that fail in float32 or look ill-conditioned (squared diagonal
+                ratio above :data:`F32_CHOL_MAX_DIAG_RATIO_SQ`) are refactorised in float64.
+            factor_kind: ``"precision"`` (default: ``L`` with ``precision = L L^T``, one Cholesky and one
+                triangular inverse per Gaussian) or ``"cholesky"`` (the covariance's Cholesky factor
+                ``C``: one Cholesky only, about half the factorisation flops; scored by
+                ``ops.mahalanobis(..., cholesky=True)``).
         """
+        if factor_kind not in FACTOR_KINDS:
+            raise ValueError(f"{what}: factor_kind must be one of {FACTOR_KINDS}, got {factor_kind!r}")
         _check_shrinkage(shrinkage, what)
         if shrinkage == "ledoit_wolf" and not self.fourth_moments:
             raise ValueError(f"{what}: Ledoit-Wolf shrinkage needs GaussianAccumulator(fourth_moments=True)")
@@ -436,6 +550,7 @@ class GaussianAccumulator:
         P = self.shape[0] if per_pos else 1
         dev = self.device
         mean_dt = torch.float64 if factor_dtype == torch.float64 else torch.float32
+        self.n_refactored_ = 0  # cholesky: float32 factorisations redone in float64
         mean = torch.empty(P, d, dtype=mean_dt, device=dev)
         factor = torch.empty(P, d, d, dtype=factor_dtype, device=dev)
         logdet = torch.empty(P, dtype=torch.float64, device=dev)
@@ -455,13 +570,17 @@ class GaussianAccumulator:
         if s2 is None:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
         b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev)  # the block's sums, then covariance
+        t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
+            t0 = time.process_time()
             if s2 is None:  # everything still buffered: fold this block of positions only
                 b1, b2 = b1_all[: p1 - p0].zero_(), b2_all[: p1 - p0].zero_()
                 for b in self._buf:
                     xb = b[:, p0:p1] if per_pos else b[:, None]
                     ops.gaussian_accumulate(xb, shift[p0:p1], b1, b2)
+                t_syrk += time.process_time() - t0
+                t0 = time.process_time()
             else:
                 b1, b2 = s1[p0:p1], s2[p0:p1]
             ms = b1 / n  # mean of the shifted data
@@ -494,8 +613,16 @@ class GaussianAccumulator:
                 alphas[p0:p1] = a.cpu()
             if reg:
                 cov.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-            _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1], work=work,
-                                   compute_dtype=compute_dtype)
+            t1 = time.process_time()
+            t_cov += t1 - t0
+            if factor_kind == "cholesky":
+                ld, redo = _cholesky_logdet(cov, factor[p0:p1], what, first=p0, total=P if per_pos else 0,
+                                            compute_dtype=compute_dtype, work=work)
+                self.n_refactored_ += redo
+            else:
+                _, ld = _factor_logdet(cov, what, first=p0, total=P if per_pos else 0, out=factor[p0:p1], work=work,
+                                       compute_dtype=compute_dtype)
+            t_fac += time.process_time() - t1
             mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
             logdet[p0:p1] = ld
             if cov_out is not None:
@@ -505,7 +632,12 @@ class GaussianAccumulator:
             mean, factor, logdet = mean[0], factor[0], logdet[0]
             cov_out = None if cov_out is None else cov_out[0]
         sh = 0.0 if shrinkage is None else (float(alphas[0]) if not per_pos else alphas)
-        return GaussianModel(mean, factor, logdet=logdet, covariance=cov_out, shrinkage_=sh, n_samples_=n)
+        model = GaussianModel(mean, factor, logdet=logdet, covariance=cov_out, shrinkage_=sh, n_samples_=n,
+                              factor_kind=factor_kind)
+        # process CPU seconds per stage (benchmarks): SYRK sums, covariance (+ shrinkage), factorisation
+        model.fit_timings_ = {"accumulate": t_syrk, "covariance": t_cov, "factorise": t_fac}
+        model.n_refactored_ = self.n_refactored_
+        return model
 
     @staticmethod
     def _oas(S, mu, n, d):
@@ -537,7 +669,7 @@ class GaussianAccumulator:
 
 
 def gaussian_fit(x, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_dtype=None,
-                 keep_covariance: bool = True, compute_dtype=torch.float64) -> GaussianModel:
+                 keep_covariance: bool = True, compute_dtype=torch.float64, factor_kind: str = "precision") -> GaussianModel:
     """Fits a Gaussian (``x: Tensor[N, d]``) or one per position (``x: Tensor[N, P, d]``); ``x`` may also
     be an iterable of such batches (streamed through :class:`GaussianAccumulator`).
 
@@ -563,7 +695,7 @@ def gaussian_fit(x, *, shrinkage=None, reg: float = 0.0, ddof: int = 0, factor_d
     else:
         raise ValueError(f"gaussian_fit: x must be a tensor or an iterable of tensors, got {type(x).__name__}")
     return acc.finalize(shrinkage=shrinkage, reg=reg, ddof=ddof, factor_dtype=factor_dtype,
-                        keep_covariance=keep_covariance, compute_dtype=compute_dtype)
+                        keep_covariance=keep_covariance, compute_dtype=compute_dtype, factor_kind=factor_kind)
 
 
-__all__ = ["GaussianAccumulator", "GaussianModel", "SHRINKAGE_METHODS", "gaussian_fit", "precision_factor"]
+__all__ = ["FACTOR_KINDS", "GaussianAccumulator", "GaussianModel", "SHRINKAGE_METHODS", "gaussian_fit", "precision_factor"]

@@ -258,9 +258,90 @@ def test_cuda_matches_cpu(N, P, d):
         want = ref.mahalanobis(x, mean, L.to(dt).float())
         got = fastad.ops.mahalanobis(x.cuda(), mean.cuda(), L.to(dt).cuda()).cpu()
         assert ((got.double() - want).abs() / want).max().item() <= 2e-4
+        want = ref.mahalanobis(x, mean, L.to(dt).float(), cholesky=True)
+        got = fastad.ops.mahalanobis(x.cuda(), mean.cuda(), L.to(dt).cuda(), cholesky=True).cpu()
+        assert ((got.double() - want).abs() / want).max().item() <= 2e-4
     shift = x.mean(0)
     s1, s2 = torch.zeros(P, d, dtype=torch.float64), torch.zeros(P, d, d, dtype=torch.float64)
     c1, c2 = s1.cuda(), s2.cuda()
     fastad.ops.gaussian_accumulate(x, shift, s1, s2)
     fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), c1, c2)
     assert torch.allclose(c1.cpu(), s1, rtol=1e-5, atol=1e-6) and torch.allclose(c2.cpu().tril(), s2.tril(), rtol=1e-5, atol=1e-5)
+
+
+# ---- cholesky=True: the covariance's Cholesky factor and a triangular solve ---------------------
+CHOL_SHAPES = [(1, 1, 1), (7, 1, 5), (17, 3, 31), (33, 2, 6), (5, 4, 13), (300, 1, 64), (50, 1024, 9), (3, 17, 97),
+               (49, 2, 128), (4, 2, 550), (12, 1, 600)]
+
+
+@pytest.mark.parametrize("N,P,d", CHOL_SHAPES)
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_mahalanobis_cholesky_matches_reference(N, P, d, path, monkeypatch):
+    if path == "generic":
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    gen = torch.Generator().manual_seed(N * 1000 + P * 7 + d + 1)
+    x = torch.randn(N, P, d, generator=gen) * 3 + 5
+    mean = torch.randn(P, d, generator=gen) + 5
+    C = _rand_factor(P, d, gen)  # strict upper triangle: garbage, ignored
+    if P == 1 and N % 2:
+        x, mean, C = x[:, 0], mean[0], C[0]
+    got = fastad.ops.mahalanobis(x, mean, C, cholesky=True)
+    want = ref.mahalanobis(x, mean, C, cholesky=True)
+    # the float64 solve against an explicit inverse: the reference itself is right
+    Ci = torch.linalg.inv(C.double().tril())
+    direct = ((x.double() - mean.double()).unsqueeze(-1).transpose(-1, -2) @ Ci.transpose(-1, -2)).squeeze(-2).square().sum(-1)
+    assert torch.allclose(want, direct, rtol=1e-9)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    assert ((got.double() - want).abs() / want.abs().clamp_min(1e-3)).max().item() <= TOL[torch.float32]
+
+
+def test_mahalanobis_cholesky_equals_precision_factor_route():
+    """The two routes give one distance: C from the covariance, L from its inverse (precision_factor)."""
+    from fastad.gaussian import precision_factor
+
+    gen = torch.Generator().manual_seed(11)
+    A = torch.randn(3, 40, 80, generator=gen, dtype=torch.float64)
+    cov = A @ A.transpose(1, 2) / 80 + 0.1 * torch.eye(40, dtype=torch.float64)
+    x, mean = torch.randn(25, 3, 40, generator=gen), torch.randn(3, 40, generator=gen)
+    C = torch.linalg.cholesky(cov).float()
+    d_c = fastad.ops.mahalanobis(x, mean, C, cholesky=True).double()
+    d_l = fastad.ops.mahalanobis(x, mean, precision_factor(cov)).double()
+    assert ((d_c - d_l).abs() / d_l).max().item() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mahalanobis_cholesky_half_factor(dtype):
+    gen = torch.Generator().manual_seed(12)
+    x, mean, C = torch.randn(20, 2, 70, generator=gen), torch.randn(2, 70, generator=gen), _rand_factor(2, 70, gen, dtype)
+    got = fastad.ops.mahalanobis(x, mean, C, cholesky=True)
+    want = ref.mahalanobis(x, mean, C.float(), cholesky=True)  # exact widening: float32 tolerance
+    assert ((got.double() - want).abs() / want).max().item() <= TOL[torch.float32]
+
+
+def test_mahalanobis_cholesky_zero_diagonal_and_nan():
+    C = torch.eye(3)
+    C[1, 1] = 0.0
+    with pytest.raises((ValueError, RuntimeError), match="zero on its diagonal"):
+        fastad.ops.mahalanobis(torch.ones(2, 3), torch.zeros(3), C, cholesky=True)
+    x = torch.ones(2, 3)
+    x[1, 2] = float("nan")
+    with pytest.raises((ValueError, RuntimeError), match="NaN or Inf"):
+        fastad.ops.mahalanobis(x, torch.zeros(3), torch.eye(3), cholesky=True)
+
+
+def test_mahalanobis_cholesky_opcheck_and_grad(device):
+    gen = torch.Generator().manual_seed(13)
+    x, mean, C = torch.randn(5, 3, 7, generator=gen), torch.randn(3, 7, generator=gen), _rand_factor(3, 7, gen)
+    torch.library.opcheck(torch.ops.fastad.mahalanobis.default, (x.to(device), mean.to(device), C.to(device), True))
+    torch.library.opcheck(torch.ops.fastad.mahalanobis.default, (x[:, 0].to(device), mean[0].to(device), C[0].to(device), True))
+    if device != "cpu":
+        return
+    for xs, ms, Cs in ((x, mean, C.tril()), (x[:, 0], mean[0], C[0].tril())):
+        xs, ms, Cs = xs.clone().requires_grad_(), ms.clone().requires_grad_(), Cs.clone().requires_grad_()
+        out = fastad.ops.mahalanobis(xs, ms, Cs, cholesky=True)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (xs, ms, Cs), g)
+        xr, mr, Cr = (t.detach().double().requires_grad_() for t in (xs, ms, Cs))
+        want = torch.autograd.grad(ref.mahalanobis(xr, mr, Cr, cholesky=True), (xr, mr, Cr), g.double())
+        for a, b in zip(got, want):
+            assert torch.allclose(a.double(), b, rtol=1e-4, atol=1e-5)

@@ -17,11 +17,14 @@ public, anomalib's is the common reference, see ``SPEC-gaussian.md`` (f)):
    Python loop and inverts in float32; fastad streams the batches through
    :class:`fastad.gaussian.GaussianAccumulator` (``fastad.ops.gaussian_accumulate``: shifted sums,
    lower-SYRK products in float32 chunks summed in float64, position block by position block), then per
-   block a float64 Cholesky (a clear error names the position when a covariance is not positive
-   definite) and the lower-triangular precision factor ``L`` (``precision = L L^T``), stored in
-   ``factor_dtype`` (float32, or float16 / bfloat16 for half the model).
+   block a Cholesky factorisation (a clear error names the position when a covariance is not positive
+   definite). float32 models (default) keep the covariance's Cholesky factor ``C`` (``cov = C C^T``:
+   float32 ``spotrf`` as anomalib works in float32, redone in float64 where a position looks
+   ill-conditioned; no inverse at all) and score by a triangular solve; float16 / bfloat16 models
+   (half the model) keep the precision factor ``L`` (``precision = L L^T``: Cholesky + triangular
+   inverse) and score by a triangular product (bf16 dot products where the CPU has them).
 3. Score (``AnomalyMapGenerator.compute_distance``): ``d_p = sqrt(max((x_p - mu_p)^T P_p (x_p - mu_p), 0))``
-   for every position (fastad: ``fastad.ops.mahalanobis``, the fused triangular kernel), the ``[B, 1, h, w]`` grid resized to
+   for every position (fastad: ``fastad.ops.mahalanobis``, the fused triangular solve / product), the ``[B, 1, h, w]`` grid resized to
    the image with ``F.interpolate(mode="bilinear", align_corners=False)``, then ``GaussianBlur2d`` with
    sigma 4 (33 taps, torch ``"reflect"`` padding); fastad applies both as one ``[H, h]`` / ``[W, w]``
    operator per axis (``_maps.resize_blur``: ``A_y S A_x^T``, same result up to float rounding); image
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..gaussian import GaussianAccumulator, GaussianModel, precision_factor
+from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, precision_factor
 from ._maps import resize_blur
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
@@ -82,18 +85,21 @@ class PaDiM(BaseDetector):
         blur_border: border mode of the blur (``"reflect"`` is anomalib's).
         recipe: ``"anomalib"`` (default: ``eps`` I + 1e-5 I, anomalib 2.7) or ``"paper"`` (``eps`` I only, the
             PaDiM reference code); see :data:`PADIM_RECIPES`.
-        fit_dtype: ``"float64"`` (default) or ``"float32"``: the dtype of the per-position Cholesky
-            factorisation and triangular inverse (the sums are float64 either way; anomalib inverts in
-            float32). float32 is ~3x faster at d = 550 and moves distances by ~0.1 cond(cov) 6e-8
-            relative (see ``fastad.gaussian.GaussianAccumulator.finalize``).
+        fit_dtype: ``None`` (default: ``"float32"`` for a float32 model, ``"float64"`` for half-precision
+            ones), ``"float32"`` or ``"float64"``: the dtype of the per-position factorisation (the sums
+            are float64 either way; anomalib inverts in float32). float32 moves distances by ~0.1
+            cond(cov) 6e-8 relative; for the float32 model's Cholesky factor, positions whose diagonal
+            ratio flags them as ill-conditioned are redone in float64
+            (``fastad.gaussian.F32_CHOL_MAX_DIAG_RATIO_SQ``; ``n_refactored_`` counts them).
         factor_dtype: storage of the precision factors: ``"float32"``, ``"float16"`` or ``"bfloat16"``
             (half the model; bfloat16 scores with AVX-512 BF16 dot products where the CPU has them).
         batch_size: images per backbone batch. device: where features and the model live (default: the
             input's device). random_state: seed of the channel subset. progress: show progress bars.
 
     Fitted attributes: ``mean_`` (``Tensor[P, C]``), ``factor_`` (``Tensor[P, C, C]``, lower triangular,
-    ``factor_dtype``: the precision of each regularised covariance is ``L L^T``; ``precision_`` forms it
-    on demand), ``logdet_`` (``Tensor[P]`` float64 log-determinants of the covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
+    ``factor_dtype``: with ``factor_kind_ == "cholesky"`` (float32 models) the regularised covariance is
+    ``C C^T``, with ``"precision"`` (half-precision models) its inverse is ``L L^T``; ``precision_``
+    forms the precision on demand), ``logdet_`` (``Tensor[P]`` float64 log-determinants of the covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
     concatenated embedding), ``layers_``, ``layer_dims_``, ``feature_grid_`` ``(h, w)`` with
     ``P = h * w``, ``image_size_``, ``n_fit_images_``, ``fit_timings_``, ``threshold_``.
     """
@@ -113,7 +119,7 @@ class PaDiM(BaseDetector):
         random_state: int = 0,
         progress: bool = True,
         recipe: str = "anomalib",
-        fit_dtype: str = "float64",
+        fit_dtype: str | None = None,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -153,13 +159,14 @@ class PaDiM(BaseDetector):
             parts.append(F.interpolate(features[layer].float(), size=emb.shape[-2:], mode="nearest"))
         return torch.cat(parts, dim=1) if len(parts) > 1 else emb
 
-    def _positions(self, feats, dev) -> torch.Tensor:
+    def _positions(self, feats, dev, out: torch.Tensor | None = None) -> torch.Tensor:
         """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch.
 
         Each layer's kept channels are gathered at the layer's own grid and written once into their
         slots of the output (the nearest resize by an integer factor as a broadcast, otherwise by an
         index gather): one pass instead of resize + concatenation + channel subset + transpose, with the
-        same values as :meth:`embed` (checked by the tests)."""
+        same values as :meth:`embed` (checked by the tests). ``out``: a contiguous ``[B, P, C]`` float32
+        tensor to write into (fit stages batches into one chunk this way, without a concatenation)."""
         first = feats[self.layers_[0]]
         B, _, h, w = first.shape
         if (h, w) != tuple(self.feature_grid_):
@@ -167,7 +174,7 @@ class PaDiM(BaseDetector):
         idx = self.channel_idx_.to(dev)
         every = bool(getattr(self, "_all_channels", False))
         C = idx.numel()
-        out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev)
+        out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h, w, C)
         c0 = 0
         for layer in self.layers_:
             f = feats[layer].to(dev)
@@ -203,6 +210,22 @@ class PaDiM(BaseDetector):
         timer = StageTimer(timings)
         dev = None
         acc = GaussianAccumulator()
+        # batches are written straight into chunks of `cap` images (no per-batch tensor, no concatenation
+        # when the accumulator folds): cap > the raw rows it keeps before its first fold (2 C) and >= its
+        # fold size, so each chunk is folded (or, while everything fits, kept) as one tensor
+        stage, filled = None, 0
+
+        spare = None  # a folded chunk's buffer, reused (no fresh pages to fault in)
+
+        def flush(acc):
+            nonlocal stage, filled, spare
+            if stage is not None and filled:
+                with _nonfinite_named():
+                    acc.update(stage[:filled], copy=False)  # NaN / Inf: detected when the rows are folded
+                if not acc.holds_rows:
+                    spare = stage
+            stage, filled = None, 0
+
         for feats in batches:
             if self.layers_ is None:
                 dev = self._start_fit(feats)
@@ -217,10 +240,22 @@ class PaDiM(BaseDetector):
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
-                x = self._positions(feats, dev)  # [B, P, C] float32, a fresh tensor: no copy needed
-                # NaN / Inf: detected by ops.gaussian_accumulate when the rows are folded (column sums)
-                with _nonfinite_named():
-                    acc.update(x, copy=False)
+                B = int(feats[self.layers_[0]].shape[0])
+                P, C = self.feature_grid_[0] * self.feature_grid_[1], int(self.channel_idx_.numel())
+                cap = max(FOLD_ROWS, 2 * C + 1)
+                if stage is not None and filled + B > stage.shape[0]:
+                    flush(acc)
+                if stage is None:
+                    if spare is not None and spare.shape[0] >= B:
+                        stage, spare = spare, None
+                    else:
+                        stage = torch.empty(cap + B, P, C, dtype=torch.float32, device=dev)
+                self._positions(feats, dev, out=stage[filled : filled + B])
+                filled += B
+                if filled >= cap:
+                    flush(acc)
+        with timer("aggregation"):
+            flush(acc)
         n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
@@ -228,11 +263,15 @@ class PaDiM(BaseDetector):
             raise ValueError("PaDiM.fit: the covariance (ddof = 1) needs at least 2 training images, got 1")
         with timer("gaussian"):
             with _nonfinite_named():
+                kind = "cholesky" if self._factor_dtype() == torch.float32 else "precision"
                 model = acc.finalize(ddof=1, reg=float(self.eps) + self._stabiliser(), factor_dtype=self._factor_dtype(),
-                                     keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit")
+                                     keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit",
+                                     factor_kind=kind)
+            self.n_refactored_ = getattr(acc, "n_refactored_", 0)
             del acc
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()
+            self.factor_kind_ = kind
             self.logdet_ = model.logdet
         self.n_train_images_ = n
 
@@ -244,7 +283,9 @@ class PaDiM(BaseDetector):
         return dt
 
     def _fit_dtype(self) -> torch.dtype:
-        fd = getattr(self, "fit_dtype", "float64")
+        fd = getattr(self, "fit_dtype", None)
+        if fd is None:
+            return torch.float32 if self._factor_dtype() == torch.float32 else torch.float64
         dt = {"float32": torch.float32, "float64": torch.float64}.get(fd, fd)
         if dt not in (torch.float32, torch.float64):
             raise ValueError(f"PaDiM: fit_dtype must be 'float32' or 'float64', got {fd!r}")
@@ -252,8 +293,11 @@ class PaDiM(BaseDetector):
 
     @property
     def precision_(self) -> torch.Tensor:
-        """``Tensor[P, C, C]`` float32: the precision matrices ``L L^T`` (formed on demand from ``factor_``)."""
+        """``Tensor[P, C, C]`` float32: the precision matrices (formed on demand from ``factor_``: ``L L^T``,
+        or ``C^{-T} C^{-1}`` for a Cholesky factor)."""
         L = self.factor_.float().tril()
+        if getattr(self, "factor_kind_", "precision") == "cholesky":
+            return torch.cholesky_inverse(L.double()).float()
         return L @ L.transpose(1, 2)
 
     def _stabiliser(self) -> float:
@@ -276,7 +320,8 @@ class PaDiM(BaseDetector):
         with timer("scoring"):
             x = self._positions(feats, dev)  # [B, P, C]
             B = x.shape[0]
-            d2 = ops.mahalanobis(x, self.mean_, self.factor_)  # [B, P]: fused, triangular, float32 sums
+            chol = getattr(self, "factor_kind_", "precision") == "cholesky"
+            d2 = ops.mahalanobis(x, self.mean_, self.factor_, cholesky=chol)  # [B, P]: fused, float32 sums
             h, w = self.feature_grid_
             grid = d2.clamp_min(0).sqrt().reshape(B, 1, h, w)
         with timer("maps"):
@@ -292,6 +337,7 @@ class PaDiM(BaseDetector):
 
     def _extra_meta(self):
         return {"feature_grid": list(self.feature_grid_), "n_train_images": getattr(self, "n_train_images_", None),
+                "factor_kind": getattr(self, "factor_kind_", "precision"),
                 "embedding_channels": sum(self.layer_dims_.values())}
 
     def _set_state_tensors(self, tensors, meta, path):
@@ -329,3 +375,6 @@ class PaDiM(BaseDetector):
         self.factor_dtype = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[prec.dtype]
         self._all_channels = C == total and torch.equal(idx.cpu(), torch.arange(total))
         self.n_train_images_ = meta.get("n_train_images")
+        self.factor_kind_ = meta.get("factor_kind", "precision")
+        if self.factor_kind_ not in ("precision", "cholesky"):
+            raise ModelFileError(path, f"factor_kind must be 'precision' or 'cholesky', got {self.factor_kind_!r}")

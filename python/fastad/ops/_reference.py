@@ -180,10 +180,15 @@ def rscin(scores: torch.Tensor, image_features: torch.Tensor, k_list: Sequence[i
 
 
 # ---- Gaussian models (issue 13) ------------------------------------------------------------------
-def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Reference of :func:`fastad.ops.mahalanobis`: float64 ``||(x - mean) @ tril(factor)||^2``."""
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor, cholesky: bool = False) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.mahalanobis`: float64 ``||(x - mean) @ tril(factor)||^2``, or with
+    ``cholesky=True`` float64 ``||tril(factor)^{-1} (x - mean)||^2`` (``torch.linalg.solve_triangular``)."""
     L = factor.double().tril()
     delta = x.double() - mean.double()
+    if cholesky:
+        if x.dim() == 2:
+            return torch.linalg.solve_triangular(L, delta.T, upper=False).square().sum(0)
+        return torch.linalg.solve_triangular(L, delta.permute(1, 2, 0), upper=False).square().sum(1).T
     if x.dim() == 2:
         return (delta @ L).square().sum(-1)
     return torch.einsum("npk,pkj->npj", delta, L).square().sum(-1)
