@@ -189,7 +189,8 @@ def test_python_dash_m_fastad_info():
     assert info["fastad"]["version"] and "torch" in info["packages"]
     kernels = info["kernels"]  # which kernel each op runs on this CPU
     for op in ("knn float32", "knn float16", "knn bfloat16", "knn screen='auto'", "group_min float32",
-               "mutual_scores", "coreset", "mahalanobis float32/float16 factor", "mahalanobis bfloat16 factor"):
+               "mutual_scores", "coreset", "mahalanobis float32/float16 factor", "mahalanobis bfloat16 factor",
+               "mahalanobis cholesky factor"):
         assert kernels[op], op
 
 

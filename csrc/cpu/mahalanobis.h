@@ -47,8 +47,9 @@ void maha_solve_avx2(const float* C, int64_t d, float* zt, int64_t ngroups, floa
 bool maha_prefer_256();
 /// AVX-512 BF16 dot products usable (cpuid avx512_bf16 + avx512f path, FASTAD_FORCE_NO_BF16 unset).
 bool maha_use_bf16_dot();
-/// The kernel ops.mahalanobis runs now for a float32 / float16 factor, or a bfloat16 one (fastad info).
-std::string mahalanobis_kernel_name(bool bf16_factor);
+/// The kernel ops.mahalanobis runs now for a float32 / float16 precision factor, a bfloat16 one, or a
+/// Cholesky factor (cholesky=true: the triangular solve) (fastad info).
+std::string mahalanobis_kernel_name(bool bf16_factor, bool cholesky = false);
 
 // ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
 /// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d

@@ -10,14 +10,14 @@
 // FASTAD_FORCE_AVX2=1; also float32 / float16 factors on AMD CPUs, see maha_prefer_256()), AVX-512 BF16 vdpbf16ps for a bfloat16 factor (cpuid avx512_bf16;
 // FASTAD_FORCE_NO_BF16=1 falls back to converting the factor to float32), portable C++ otherwise.
 //
-// Why a precision factor and not the covariance's Cholesky factor C with a triangular solve
-// z = C^{-1} (x - mean): both cost d^2 multiply-adds per row, but the solve is a chain of dependent
-// substitutions (a TRSM), while x @ L is a plain GEMM whose column panels are independent, so it runs
-// in the register-blocked micro-kernel above. Measured at d = 550, 784 positions, 32 images, 1 thread
-// (benchmarks/bench_padim.py --synthetic, `triangular solve` row, results/padim_synthetic_d550.txt):
-// torch.linalg.solve_triangular with a lower triangular factor takes 0.337 CPU-s against 0.165 for this
-// kernel with a float32 factor (0.076 with bfloat16); the extra fit cost of forming L (one triangular
-// inverse per position, d^3/3 flops in LAPACK dtrtri) is paid once.
+// Two factor kinds. The precision factor L (precision = L L^T) is scored as x @ L, a GEMM whose column
+// panels are independent, in the register-blocked micro-kernels above. The covariance's Cholesky factor C
+// (cholesky=true) is scored by a triangular solve z = C^{-1} (x - mean) vectorised across images (one
+// image per SIMD lane), which costs the same d^2 / 2 multiply-adds per row: measured at d = 550, 784
+// positions, 32 images, 1 thread (benchmarks/bench_padim.py --synthetic, results/padim_synthetic_d550.txt)
+// 0.196 CPU-s for the solve against 0.199 for x @ L, so float32 PaDiM models keep C and skip the
+// triangular inverse at fit (d^3 / 3 flops per position; fit 5.0 s instead of 9.4 s). Half-precision
+// models keep L (the bf16 dot-product kernel and the halved model need the GEMM form).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -100,7 +100,8 @@ struct U16Buf {
 enum class Path { Generic, Avx2, Avx512, Bf16 };
 
 /// The kernel for a float32 / float16 factor, or a bfloat16 one (bf16_factor), on this CPU now.
-Path choose_path(bool bf16_factor) {
+Path choose_path(bool bf16_factor, bool cholesky) {
+  if (cholesky) return use_avx2_path() ? Path::Avx2 : Path::Generic;  // the solve has one SIMD kernel
   const bool avx512 = use_avx512_micro();
   Path path = avx512 ? Path::Avx512 : (use_avx2_path() ? Path::Avx2 : Path::Generic);
   // float32 / float16 factors on AMD CPUs (Zen 4 executes a 512-bit FMA as two 256-bit halves): the
@@ -243,51 +244,51 @@ struct Solver {
   }
 };
 
-template <typename T, typename M, typename F>
-void run_solve(const T* x, const M* mean, const F* C, const MahaShape& s, Path path, float* out) {
-  const int64_t N = s.N, P = s.P, d = s.d;
+// One worker per thread over the (position, block of images) grid: blocks of images when P == 1, positions
+// otherwise. `prep(worker, p)` readies position p's factor once; `fn(worker, factor, p, n0, rows)` scores
+// rows n0 .. n0 + rows of it. x rows have stride P * d, outputs stride P (P == 1: d and 1).
+template <typename Worker, typename Prep, typename Fn>
+void sweep(const MahaShape& s, Path path, Prep prep, Fn fn) {
+  const int64_t N = s.N, P = s.P;
   if (P == 1) {
     const int64_t nblocks = (N + kMahaBlock - 1) / kMahaBlock;
     at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      Solver sv(path, d);
-      const float* c = sv.widen(C);
+      Worker w(path, s.d);
+      const auto f = prep(w, int64_t{0});
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t n0 = b * kMahaBlock;
-        sv.solve(x, d, mean, c, n0, std::min(kMahaBlock, N - n0), out, 1);
+        fn(w, f, int64_t{0}, n0, std::min(kMahaBlock, N - n0));
       }
     });
     return;
   }
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    Solver sv(path, d);
+    Worker w(path, s.d);
     for (int64_t p = p0; p < p1; ++p) {
-      const float* c = sv.widen(C + p * d * d);
-      for (int64_t n0 = 0; n0 < N; n0 += kMahaBlock)
-        sv.solve(x + p * d, P * d, mean + p * d, c, n0, std::min(kMahaBlock, N - n0), out + p, P);
+      const auto f = prep(w, p);
+      for (int64_t n0 = 0; n0 < N; n0 += kMahaBlock) fn(w, f, p, n0, std::min(kMahaBlock, N - n0));
     }
   });
 }
 
 template <typename T, typename M, typename F>
+void run_solve(const T* x, const M* mean, const F* C, const MahaShape& s, Path path, float* out) {
+  const int64_t P = s.P, d = s.d;
+  sweep<Solver>(
+      s, path, [&](Solver& sv, int64_t p) { return sv.widen(C + p * d * d); },
+      [&](Solver& sv, const float* c, int64_t p, int64_t n0, int64_t rows) {
+        sv.solve(x + p * d, P * d, mean + p * d, c, n0, rows, out + p, P);
+      });
+}
+
+template <typename T, typename M, typename F>
 void run(const T* x, const M* mean, const F* L, const MahaShape& s, Path path, float* out) {
-  const int64_t N = s.N, P = s.P, d = s.d;
-  if (P == 1) {
-    const int64_t nblocks = (N + kMahaBlock - 1) / kMahaBlock;
-    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      Scorer sc(path, d);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n0 = b * kMahaBlock;
-        sc.score(x, d, mean, L, n0, std::min(kMahaBlock, N - n0), out, 1);
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    Scorer sc(path, d);
-    for (int64_t p = p0; p < p1; ++p)
-      for (int64_t n0 = 0; n0 < N; n0 += kMahaBlock)
-        sc.score(x + p * d, P * d, mean + p * d, L + p * d * d, n0, std::min(kMahaBlock, N - n0), out + p, P);
-  });
+  const int64_t P = s.P, d = s.d;
+  sweep<Scorer>(
+      s, path, [&](Scorer&, int64_t p) { return L + p * d * d; },
+      [&](Scorer& sc, const F* Lp, int64_t p, int64_t n0, int64_t rows) {
+        sc.score(x + p * d, P * d, mean + p * d, Lp, n0, rows, out + p, P);
+      });
 }
 
 at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const at::Tensor& factor_, bool cholesky) {
@@ -296,10 +297,9 @@ at::Tensor mahalanobis_cpu(const at::Tensor& x_, const at::Tensor& mean_, const 
                             : at::empty({s.N}, x_.options().dtype(at::kFloat));
   if (s.N == 0 || s.P == 0) return out;
   const at::Tensor x = x_.contiguous(), factor = factor_.contiguous(), mean = mean_.to(at::kFloat).contiguous();
-  const Path path = choose_path(factor.scalar_type() == at::kBFloat16);
+  const Path path = choose_path(factor.scalar_type() == at::kBFloat16, cholesky);
   const float* m = mean.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  if (cholesky) path = use_avx2_path() ? Path::Avx2 : Path::Generic;  // (the solve has one SIMD kernel)
   auto with_factor = [&](auto xp) {
     auto go = [&](auto fp) {
       if (cholesky)
@@ -358,8 +358,10 @@ bool maha_prefer_256() {
 
 TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("mahalanobis", &mahalanobis_cpu); }
 
-std::string mahalanobis_kernel_name(bool bf16_factor) {
-  switch (choose_path(bf16_factor)) {
+std::string mahalanobis_kernel_name(bool bf16_factor, bool cholesky) {
+  if (cholesky)
+    return choose_path(false, true) == Path::Avx2 ? "AVX2/FMA image-lane triangular solve" : "portable triangular solve";
+  switch (choose_path(bf16_factor, false)) {
     case Path::Bf16: return "AVX512-BF16 vdpbf16ps triangular kernel";
     case Path::Avx512: return "AVX-512 6x32 triangular kernel";
     case Path::Avx2: return "AVX2/FMA 6x16 triangular kernel";
