@@ -34,6 +34,11 @@ def check_report(out: Path, n_images: int):
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert len(rows) == n_images
     assert len(list((out / "heatmaps").glob("*.png"))) == n_images
+    # no absolute local path in any file (the data, the model and the report all live under pytest's
+    # base temporary folder): paths are relative to the data root
+    for needle in {str(out.parent.parent), str(out.parent.parent.resolve()), str(Path.home())}:
+        for f in out.rglob("*"):
+            assert not f.is_file() or needle.encode() not in f.read_bytes(), f"{f.relative_to(out)} holds {needle}"
     return html, rows, json.loads((out / "metrics.json").read_text())
 
 

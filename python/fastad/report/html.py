@@ -57,7 +57,7 @@ def outcome(label, score: float, threshold) -> str | None:
 
 
 def is_wide(w: int, h: int) -> bool:
-    """A wide image: its card stacks the panels instead of putting them side by side."""
+    """A wide image: its card spans two grid columns (one column: the card stacks its panels)."""
     return w > 1.6 * h
 
 
@@ -106,6 +106,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .card.TP{border-top-color:var(--tp)}.card.TN{border-top-color:var(--tn)}.card.FP{border-top-color:var(--fp)}.card.FN{border-top-color:var(--fn)}
 .panels{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr));gap:6px}
 .card.wide .panels{grid-template-columns:minmax(0,1fr)}
+@media (min-width:742px){.card.wide{grid-column:span 2}.card.wide .panels{grid-template-columns:repeat(var(--n),minmax(0,1fr))}}
 .panel{margin:0;min-width:0}
 .panel a{display:block;cursor:zoom-in}
 .panel img{display:block;width:100%;height:auto;background:#ddd}
@@ -217,8 +218,10 @@ def render_page(*, title, rows, threshold, metrics, timings, info, per_type, sum
     parts.append(f'<input class="sw" type="radio" name="scale" id="scale-shared"{"" if own_first else " checked"}>'
                  f'<input class="sw" type="radio" name="scale" id="scale-own"{" checked" if own_first else ""}>')
     parts.append(f"<h1>{e(title)}</h1>")
-    if info:
-        parts.append('<p class="muted">' + " &middot; ".join(f"{e(str(k))}: {fmt(v)}" for k, v in info.items()) + "</p>")
+    shown_info = {k: v for k, v in (info or {}).items() if k != "threshold"}  # the threshold has its own line
+    if shown_info:
+        parts.append('<p class="muted">' + " &middot; ".join(f"{e(str(k))}: {fmt(v)}" for k, v in shown_info.items())
+                     + "</p>")
     s = summary
     thr = f"<b>Threshold</b> {e(s['threshold_text'])}."
     oc = s.get("outcomes")

@@ -272,8 +272,8 @@ class ReportWriter:
         return arr
 
     def _thumb_wh(self, full_wh: tuple[int, int]) -> tuple[int, int]:
-        """Size of a card's thumbnail: ``display_size`` wide (twice that for wide images, which a card
-        stacks), never larger than the full image."""
+        """Size of a card's thumbnail: ``display_size`` wide (twice that for wide images, whose card
+        spans two grid columns), never larger than the full image."""
         W, H = full_wh
         tw = min(W, self.display_size * (2 if is_wide(W, H) else 1))
         return max(1, tw), max(1, round(H * tw / W))
