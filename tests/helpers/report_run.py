@@ -34,8 +34,8 @@ MH, MW = 40, 40     # the maps and masks: at the model's (squashed) input size
 def _surface(rng, i: int) -> np.ndarray:
     y = np.linspace(0, 1, H)[:, None]
     x = np.linspace(0, 1, W)[None, :]
-    base = 120 + 40 * np.sin(6 * y + i) * np.cos(3 * x) + rng.normal(0, 9, (H, W))
-    return base
+    grain = rng.normal(0, 4, (H // 3 + 1, W // 3 + 1)).repeat(3, 0).repeat(3, 1)[:H, :W]  # coarse: small PNGs
+    return 120 + 40 * np.sin(6 * y + i) * np.cos(3 * x) + grain
 
 
 def make_data(root: Path, seed: int = 0):
@@ -70,7 +70,7 @@ def make_maps(masks: np.ndarray, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     maps = []
     for (t, s), m in zip(IMAGES, masks):
-        a = rng.random((MH, MW)).astype(np.float32) * 0.15
+        a = (rng.random((MH // 4, MW // 4)).astype(np.float32) * 0.15).repeat(4, 0).repeat(4, 1)
         a[8:14, 30:36] += 0.3 * s  # a bright spot the size of a texture blob on every image
         if m.any():
             blob = np.zeros_like(a)
