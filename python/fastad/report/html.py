@@ -99,7 +99,8 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .controls{display:flex;flex-wrap:wrap;align-items:center;gap:8px;font-size:.88em;margin:8px 0}
 .controls label{border:1px solid #aaa;border-radius:14px;padding:2px 11px;cursor:pointer;background:#fff}
 #scale-shared:checked~.controls label[for=scale-shared],#scale-own:checked~.controls label[for=scale-own]{background:#333;color:#fff;border-color:#333}
-#scale-shared:checked~main .own,#scale-own:checked~main .shared,#scale-shared:checked~.note.own,#scale-own:checked~.note.shared{display:none}
+#scale-shared:checked~main .own,#scale-own:checked~main .shared,#scale-shared:checked~.note.own,#scale-own:checked~.note.shared,
+#scale-shared:checked~.controls .own,#scale-own:checked~.controls .shared{display:none}
 .legend img{vertical-align:middle;margin:0 6px;border:1px solid #999}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;align-items:start}
 .card{background:#fff;border:1px solid var(--line);border-top:6px solid #9e9e9e;border-radius:5px;padding:8px;min-width:0}
@@ -270,8 +271,9 @@ def render_page(*, title, rows, threshold, metrics, timings, info, per_type, sum
         parts.append(
             '<div class="controls"><span>colour scale:</span>'
             '<label for="scale-shared">shared (percentile)</label><label for="scale-own">per image</label>'
-            f'<span class="legend">{fmt(lo, 3)}<img src="colorbar.png" alt="colour scale" width="256" height="14">'
-            f"{fmt(hi, 3)}</span>"
+            f'<span class="legend"><span class="shared">{fmt(lo, 3)}</span><span class="own">min</span>'
+            '<img src="colorbar.png" alt="colour scale" width="256" height="14">'
+            f'<span class="shared">{fmt(hi, 3)}</span><span class="own">max</span></span>'
             f'<span class="muted">{outline} &middot; click a panel to enlarge it</span></div>'
             '<p class="muted note shared">Shared scale: one scale for every heatmap, from the median to the 99.9th '
             "percentile of all pixel scores of the run: a pale heatmap is a normal-looking image.</p>"
