@@ -160,7 +160,8 @@ def test_report_rerun_replaces_only_its_own_files(tree, model, tmp_path, capsys)
     assert main(argv) == 0
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["complete"] and "index.html" in manifest["files"]
-    assert len([f for f in manifest["files"] if f.startswith("heatmaps/")]) == 8
+    assert len([f for f in manifest["files"] if f.startswith("heatmaps/") and f.endswith(".png")]) == 8
+    assert "heatmaps/index.html" in manifest["files"]
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(manifest["files"]) | {MANIFEST}
     # the user adds files into the report folder, then re-runs with fewer heatmaps
     (out / "notes.txt").write_text("mine")
@@ -170,7 +171,7 @@ def test_report_rerun_replaces_only_its_own_files(tree, model, tmp_path, capsys)
     manifest2 = json.loads((out / MANIFEST).read_text())
     ours = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"notes.txt", "heatmaps/my_drawing.png", MANIFEST}
     assert ours == set(manifest2["files"])  # stale heatmaps of the first run were removed, only those
-    assert len([f for f in manifest2["files"] if f.startswith("heatmaps/")]) < 8
+    assert len([f for f in manifest2["files"] if f.startswith("heatmaps/") and f.endswith(".png")]) < 8
 
 
 def test_report_overwrite_adds_next_to_user_files(tree, model, tmp_path, capsys):

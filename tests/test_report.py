@@ -91,7 +91,7 @@ def _fake_run(tmp_path: Path, n=7, size=32, grey=False):
 
 
 def _html_links(html: str) -> list[str]:
-    return re.findall(r'(?:src|href)="([^"]+)"', html)
+    return re.findall(r'(?:src|href)="([^"#][^"]*)"', html)  # files (not #fragments: enlarged panels)
 
 
 def test_report_files_and_links(tmp_path):
@@ -120,21 +120,21 @@ def test_report_files_and_links(tmp_path):
         assert not link.startswith("/") and "://" not in link, "links must be relative"
     # the top image (highest score) is shown first, with input, heatmap and mask
     top = int(np.argmax(scores))
-    first_card = html.split('class="card"')[1]
-    assert f"#{top}" in first_card and "_input.png" in first_card and "_mask.png" in first_card
+    first_card = html.split('<div class="card ')[1]
+    assert f"<b>#{top}</b>" in first_card and "_input" in first_card and "_mask" in first_card
     assert "unit test" in html and "image AUROC" in html and "1.0000" in html
     # scores.csv: one row per image, in input order, with the threshold applied
     rows = list(csv.DictReader(open(out / "scores.csv")))
-    assert [r["path"] for r in rows] == paths
+    assert [r["path"] for r in rows] == [Path(p).name for p in paths]  # relative to the images' folder
     assert [float(r["score"]) for r in rows] == pytest.approx(scores.tolist())
     assert [int(r["predicted"]) for r in rows] == [int(s > 1.0) for s in scores]
     assert all((out / r["heatmap"]).is_file() for r in rows)
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["metrics"]["image_auroc"] == 1.0 and doc["summary"]["n_images"] == 7
     assert doc["summary"]["n_anomalous"] == 3 and doc["timings"]["predict"]["wall_s"] == 0.5
-    # heatmaps keep the original aspect ratio of the input, longest side = display_size
+    # heatmaps at the full resolution of the input (its own aspect ratio), not thumbnails
     img = Image.open(out / rows[6]["heatmap"])
-    assert img.size[1] == 256 and img.size[0] == round(32 * 256 / (32 + 48))
+    assert img.size == (32, 32 + 48)
 
 
 def test_report_one_colour_scale_for_all_images(tmp_path):
@@ -151,7 +151,7 @@ def test_report_one_colour_scale_for_all_images(tmp_path):
         a = np.asarray(Image.open(out / r["heatmap"])).astype(int)
         sat.append((a.max(axis=2) - a.min(axis=2)).max())
     assert sat[0] < 40 and sat[2] < 40, sat
-    assert sat[1] > 80 and sat[3] > 80, sat
+    assert sat[1] > 60 and sat[3] > 120 and sat[1] > 2 * sat[0], sat  # image 1 peaks mid-scale, image 3 at the top
     assert rows[0]["label"] == "" and rows[0]["predicted"] == ""  # no labels, no threshold
 
 

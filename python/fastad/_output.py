@@ -271,7 +271,8 @@ _LEGACY_PNG = re.compile(r"^\d{5}_.+\.png$")
 def _legacy_report_files(d: Path, entries: list[str]) -> set[str] | None:
     """The files of a report written by a fastad without manifests, or None when ``d`` is not exactly
     that: only report names, ``index.html`` + ``metrics.json`` (fastad's keys) + ``scores.csv``, and
-    ``heatmaps/`` / ``images/`` holding only ``NNNNN_*.png`` files."""
+    ``heatmaps/`` / ``images/`` holding only ``NNNNN_*.png`` files (and ``heatmaps/index.html``, the
+    heatmap gallery, when its manifest was lost)."""
     names = set(entries) - {n for n in entries if n.startswith(".maps-") and n.endswith(".f16")}
     if not names <= set(REPORT_NAMES) or not {"index.html", "metrics.json", "scores.csv"} <= names:
         return None
@@ -287,7 +288,8 @@ def _legacy_report_files(d: Path, entries: list[str]) -> set[str] | None:
             if not (d / sub).is_dir():
                 return None
             for e in (d / sub).iterdir():
-                if not (e.is_file() and _LEGACY_PNG.match(e.name)):
+                gallery = sub == "heatmaps" and e.name == "index.html"
+                if not (e.is_file() and (_LEGACY_PNG.match(e.name) or gallery)):
                     return None
                 files.add(f"{sub}/{e.name}")
     return files

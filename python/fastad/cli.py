@@ -286,7 +286,9 @@ def cmd_zeroshot(a) -> int:
         "threshold": f"the top {a.contamination:g} of the scores" if thr is not None else "none",
     }
     doc = score_to_report(
-        PrecomputedScores(scores, maps.float(), thr), ds, out, sw=sw, evaluate=labelled,
+        PrecomputedScores(scores, maps.float(), thr,
+                          threshold_info={"method": "contamination", "fraction": a.contamination, "n_images": n}),
+        ds, out, sw=sw, evaluate=labelled,
         batch_size=a.batch_size, num_workers=a.num_workers, progress=progress, top_k=a.top_k, heatmaps=a.heatmaps,
         title=f"fastad zeroshot (MuSc): {Path(a.data).name}", info=info, cmap=a.cmap, resize=resize,
     )

@@ -366,6 +366,17 @@ class Evaluator:
 # --------------------------------------------------------------------------------------- predict
 
 
+def data_root(ds):
+    """The folder the images of ``ds`` were read from (through :class:`Subset`), or None: the report
+    shows every path relative to it."""
+    while ds is not None:
+        root = getattr(ds, "root", None)
+        if root is not None:
+            return root
+        ds = getattr(ds, "ds", None)
+    return None
+
+
 def score_to_report(
     det,
     ds,
@@ -406,6 +417,7 @@ def score_to_report(
     std = getattr(bb, "std", (0.229, 0.224, 0.225))
     writer = ReportWriter(
         out_dir, overwrite=overwrite, title=title, top_k=top_k, heatmaps=heatmaps, threshold=getattr(det, "threshold_", None),
+        threshold_info=getattr(det, "threshold_info_", None), data_root=data_root(ds),
         resize=resize, mean=mean, std=std, cmap=cmap, progress=progress,
     )
     ev = Evaluator(pixel=evaluate) if labelled else None
@@ -543,11 +555,12 @@ class PrecomputedScores:
     ``--distributed``): hands out the scores and maps in dataset order; ``mean`` / ``std``: the images'
     normalisation (default: images in [0, 1])."""
 
-    def __init__(self, scores, maps, threshold=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+    def __init__(self, scores, maps, threshold=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), threshold_info=None):
         import types
 
         self._scores, self._maps, self._i = scores.detach().cpu(), maps.detach().cpu(), 0
         self.threshold_ = threshold
+        self.threshold_info_ = threshold_info  # how the threshold was set (the report states it)
         self._backbone_obj = types.SimpleNamespace(mean=mean, std=std)  # the images' normalisation (report)
 
     def score(self, images):

@@ -152,7 +152,8 @@ def prescore(det, ds, a, sw, split: bool):
         return None
     bb = getattr(det, "_backbone_obj", None)
     return PrecomputedScores(s, m, getattr(det, "threshold_", None), mean=getattr(bb, "mean", (0.485, 0.456, 0.406)),
-                             std=getattr(bb, "std", (0.229, 0.224, 0.225)))
+                             std=getattr(bb, "std", (0.229, 0.224, 0.225)),
+                             threshold_info=getattr(det, "threshold_info_", None))
 
 
 def finish() -> int:

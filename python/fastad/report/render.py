@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["COLORMAPS", "colormap", "overlay", "to_uint8_image", "mask_outline", "resize_map", "resize_mask", "colorbar"]
+__all__ = ["COLORMAPS", "colormap", "overlay", "to_uint8_image", "mask_outline", "resize_map", "resize_mask", "colorbar",
+           "ground_truth_image"]
 
 # --------------------------------------------------------------------------------------- colour maps
 
@@ -151,6 +152,22 @@ def overlay(
     if mask is not None:
         edge = mask_outline(resize_mask(np.asarray(mask), (W, H)), width=max(1, round(max(H, W) / 200)))
         out[edge] = 255
+    return out
+
+
+def ground_truth_image(image: np.ndarray, mask: np.ndarray, color=(255, 40, 40), alpha: float = 0.45) -> np.ndarray:
+    """The ground truth shown over its image: ``image`` (``uint8 [H, W, 3]``) in grey, the defect
+    (``bool [h, w]``, resized nearest to ``[H, W]``) filled with ``color`` and outlined in white.
+
+    Returns ``uint8 [H, W, 3]``."""
+    img = np.asarray(image, dtype=np.uint8)
+    H, W = img.shape[:2]
+    m = resize_mask(np.asarray(mask), (W, H))
+    grey = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.repeat((grey * 0.8)[:, :, None], 3, axis=2)
+    out[m] = out[m] * (1.0 - alpha) + np.asarray(color, np.float32) * alpha
+    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
+    out[mask_outline(m, width=max(1, round(max(H, W) / 300)))] = 255
     return out
 
 

@@ -12,8 +12,9 @@ import numpy as np
 from PIL import Image
 
 from .._output import ReportDir, check_report_dir
-from .html import render_page
-from .render import COLORMAPS, colorbar, overlay, resize_mask, to_uint8_image
+from .html import OUTCOMES, is_wide, outcome, render_heatmap_index, render_page, threshold_sentence
+from .paths import PathScrubber, common_root
+from .render import COLORMAPS, colorbar, ground_truth_image, overlay, to_uint8_image
 
 __all__ = ["ReportWriter"]
 
@@ -21,6 +22,14 @@ __all__ = ["ReportWriter"]
 def _slug(text: str, limit: int = 60) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
     return (s or "image")[-limit:]
+
+
+def _cap(im: Image.Image, full_size: int | None) -> Image.Image:
+    W, H = im.size
+    if full_size is None or max(W, H) <= full_size:
+        return im
+    s = full_size / max(W, H)
+    return im.resize((max(1, round(W * s)), max(1, round(H * s))), Image.Resampling.LANCZOS)
 
 
 def _jsonable(x):
@@ -54,13 +63,25 @@ class ReportWriter:
             known, the lowest-scoring defective images and the highest-scoring normal ones).
         heatmaps: ``"all"`` writes an overlay PNG for every image; an int writes them only for the
             ``heatmaps`` highest-scoring images (plus those shown in ``index.html``).
-        display_size: longest side, in pixels, of the PNGs written.
-        resize: how the model saw the image (``"squash"``, ``"shorter_crop"`` or ``"none"``), so
-            that the map is laid over the right part of the original image.
+        display_size: width, in pixels, of the thumbnails of the cards (twice that for wide images);
+            clicking a panel shows it at full resolution.
+        full_size: longest side of the full-resolution PNGs (heatmaps and enlarged panels); images
+            up to that size are kept at their own resolution (None: always).
+        resize: how the model saw the image (``"squash"``, ``"keep-aspect"``, ``"pad"``,
+            ``"shorter_crop"`` or ``"none"``), so that the map is laid over the right part of the
+            original image.
         mean, std: normalisation of the image tensors, used only for images given as tensors
             without a readable file.
         threshold: image-score threshold of the detector (``predicted = score > threshold``), or None.
-        sample_pixels: size of the random sample of pixel scores that sets the colour scale.
+            With labels, every card is tagged TP / FP / FN / TN.
+        threshold_info: how the threshold was set: ``{"method", "n_images", "quantile"}`` (a detector's
+            ``threshold_info_``); the report states it.
+        data_root: the folder the images were read from: every path in the report is relative to it
+            (default: the common folder of the images); no absolute local path is written anywhere.
+        color_scale: the colour scale shown first, ``"shared"`` (one scale for every heatmap: the
+            median to the 99.9th percentile of the run's pixel scores) or ``"per-image"`` (each
+            heatmap from its own minimum to its maximum); the page switches between them.
+        sample_pixels: size of the random sample of pixel scores that sets the shared colour scale.
         seed: seed of that sample.
         progress: show a progress bar while the images are written.
 
@@ -79,10 +100,14 @@ class ReportWriter:
         top_k: int = 24,
         heatmaps="all",
         display_size: int = 256,
+        full_size: int | None = 2048,
         resize: str = "squash",
         mean: Sequence[float] | None = (0.485, 0.456, 0.406),
         std: Sequence[float] | None = (0.229, 0.224, 0.225),
         threshold: float | None = None,
+        threshold_info: dict | None = None,
+        data_root=None,
+        color_scale: str = "shared",
         sample_pixels: int = 1 << 20,
         seed: int = 0,
         progress: bool = True,
@@ -92,6 +117,10 @@ class ReportWriter:
             raise ValueError(f"ReportWriter: unknown colour map {cmap!r}; available: {sorted(COLORMAPS)}")
         if not (heatmaps == "all" or (isinstance(heatmaps, int) and heatmaps >= 0)):
             raise ValueError(f"ReportWriter: heatmaps must be 'all' or an int >= 0, got {heatmaps!r}")
+        if color_scale not in ("shared", "per-image"):
+            raise ValueError(f"ReportWriter: color_scale must be 'shared' or 'per-image', got {color_scale!r}")
+        if full_size is not None and int(full_size) < 1:
+            raise ValueError(f"ReportWriter: full_size must be a positive int or None, got {full_size!r}")
         self._dir = out_dir if isinstance(out_dir, ReportDir) else check_report_dir(out_dir, overwrite)
         self.out_dir = self._dir.path
         self.title = title
@@ -99,6 +128,10 @@ class ReportWriter:
         self.top_k = int(top_k)
         self.heatmaps = heatmaps
         self.display_size = int(display_size)
+        self.full_size = None if full_size is None else int(full_size)
+        self.threshold_info = threshold_info
+        self.data_root = data_root
+        self.color_scale = color_scale
         self.resize = resize
         self.mean, self.std = mean, std
         self.threshold = threshold
@@ -213,8 +246,9 @@ class ReportWriter:
             hi = max(self._max, lo + 1e-6)
         return lo, hi
 
-    def _display_image(self, row, model_hw) -> np.ndarray:
-        """The original image (cropped like the model saw it), longest side = display_size."""
+    def _full_image(self, row, model_hw) -> np.ndarray:
+        """The original image at its own resolution (cropped like the model saw it), longest side at
+        most ``full_size``; the given tensor when the file cannot be read; grey when neither."""
         arr = None
         try:
             with Image.open(row["path"]) as im:
@@ -226,24 +260,23 @@ class ReportWriter:
                     cw, ch = tw * s, th * s
                     left, top = (W - cw) / 2, (H - ch) / 2
                     im = im.crop((round(left), round(top), round(left + cw), round(top + ch)))
-                # "squash": the model saw the whole image squashed; show it with its own aspect ratio
-                W, H = im.size
-                scale = self.display_size / max(W, H)
-                im = im.resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                # "squash" / "keep-aspect" / "pad" (maps unpadded): the map covers the whole image
+                arr = np.asarray(_cap(im, self.full_size), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError):
             arr = None
         if arr is None and row["image"] is not None:
-            arr = to_uint8_image(row["image"], self.mean, self.std)
-            im = Image.fromarray(arr)
-            W, H = im.size
-            scale = self.display_size / max(W, H)
-            arr = np.asarray(im.resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BILINEAR))
+            arr = np.asarray(_cap(Image.fromarray(to_uint8_image(row["image"], self.mean, self.std)), self.full_size))
         if arr is None:
             h, w = model_hw if model_hw is not None else (self.display_size, self.display_size)
-            scale = self.display_size / max(h, w)
-            arr = np.full((max(1, round(h * scale)), max(1, round(w * scale)), 3), 128, np.uint8)
+            arr = np.full((max(1, h), max(1, w), 3), 128, np.uint8)
         return arr
+
+    def _thumb_wh(self, full_wh: tuple[int, int]) -> tuple[int, int]:
+        """Size of a card's thumbnail: ``display_size`` wide (twice that for wide images, whose card
+        spans two grid columns), never larger than the full image."""
+        W, H = full_wh
+        tw = min(W, self.display_size * (2 if is_wide(W, H) else 1))
+        return max(1, tw), max(1, round(H * tw / W))
 
     def finish(
         self,
@@ -281,6 +314,11 @@ class ReportWriter:
 
         rows = self._rows
         has_labels = any(r["label"] is not None for r in rows)
+        root = self.data_root if self.data_root is not None else common_root(r["path"] for r in rows)
+        scrub = PathScrubber(root)
+        for r in rows:
+            r["rel"] = scrub.path(r["path"])
+            r["outcome"] = outcome(r["label"], r["score"], self.threshold)
         order = sorted(range(len(rows)), key=lambda i: -rows[i]["score"] if math.isfinite(rows[i]["score"]) else math.inf)
         shown: dict[str, list[int]] = {"Most anomalous images": order[: self.top_k]}
         if has_labels:
@@ -302,14 +340,18 @@ class ReportWriter:
 
         todo = sorted(want_heat | shown_set)
         stems = {i: f"{i:05d}_{_slug(Path(rows[i]['path']).stem)}" for i in todo}
-        planned = ["scores.csv", "metrics.json", "index.html"] + (["colorbar.png"] if any_map else [])
+        planned = ["scores.csv", "metrics.json", "index.html"] + (["colorbar.png", "heatmaps/index.html"] if any_map else [])
         for i in todo:
-            if rows[i]["map"] is not None:
-                planned.append(f"heatmaps/{stems[i]}.png")
+            st, has_map = stems[i], rows[i]["map"] is not None
+            if has_map:
+                planned.append(f"heatmaps/{st}.png")
             if i in shown_set:
-                planned.append(f"images/{stems[i]}_input.png")
-                if rows[i]["mask"] is not None:
-                    planned.append(f"images/{stems[i]}_mask.png")
+                planned += [f"images/{st}_input.png", f"images/{st}_input_full.png"]
+                if has_map:
+                    planned += [f"images/{st}_heat.png", f"images/{st}_own.png", f"images/{st}_own_full.png"]
+                mk = self._mask_of(rows[i])
+                if mk is not None and mk.any():
+                    planned += [f"images/{st}_mask.png", f"images/{st}_mask_full.png"]
         self._dir.plan(planned)  # checked and recorded in the manifest before the first byte is written
 
         for i in tqdm(todo, desc="report", unit="img", leave=False, disable=not (self.progress and todo)):
@@ -319,40 +361,57 @@ class ReportWriter:
             if m is None and i not in shown_set:
                 continue
             model_hw = m.shape if m is not None else (mask.shape if mask is not None else None)
-            img = self._display_image(r, model_hw)
-            stem = stems[i]
+            full = self._full_image(r, model_hw)
+            st = stems[i]
+            fwh = (int(full.shape[1]), int(full.shape[0]))
+            twh = self._thumb_wh(fwh)
+            heat = None
             if m is not None:
-                ov = overlay(img, m, vmin=vmin, vmax=vmax, cmap=self.cmap, mask=mask)
-                r["heatmap"] = f"heatmaps/{stem}.png"
-                self._save_png(r["heatmap"], ov, optimize=False, compress_level=3)
-            if i in shown_set:
-                r["display_wh"] = (int(img.shape[1]), int(img.shape[0]))
-                r["input_png"] = f"images/{stem}_input.png"
-                self._save_png(r["input_png"], img, compress_level=3)
-                if mask is not None:
-                    mimg = resize_mask(mask, (img.shape[1], img.shape[0]))
-                    r["mask_png"] = f"images/{stem}_mask.png"
-                    self._save_png(r["mask_png"], mimg.astype(np.uint8) * 255)
+                heat = overlay(full, m, vmin=vmin, vmax=vmax, cmap=self.cmap, mask=mask)
+                r["heatmap"] = f"heatmaps/{st}.png"  # full resolution, the shared scale
+                self._save_png(r["heatmap"], heat, optimize=False, compress_level=2)
+            if i not in shown_set:
+                continue
+            r["full_wh"], r["thumb_wh"] = fwh, twh
+            r["panels"] = panels = {}
+            panels["input"] = (self._save_pair(f"images/{st}_input", full, twh),)
+            if heat is not None:
+                fin = m[np.isfinite(m)]
+                lo, hi = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
+                own = overlay(full, m, vmin=lo, vmax=hi if hi > lo else lo + 1e-6, cmap=self.cmap, mask=mask)
+                r["own_range"] = (lo, hi)
+                panels["heatmap"] = (self._save_pair(f"images/{st}_heat", heat, twh, full=r["heatmap"]),
+                                     self._save_pair(f"images/{st}_own", own, twh))
+            if mask is not None and mask.any():
+                gt = ground_truth_image(full, mask)
+                panels["mask"] = (self._save_pair(f"images/{st}_mask", gt, twh),)
+            else:
+                # a normal image (or a defective one without a mask): a label, not an all-black panel
+                r["mask_text"] = "no mask given" if r["label"] == 1 else (
+                    "no defect" if (r["label"] == 0 or mask is not None) else "")
 
         if any_map:
             self._save_png("colorbar.png", colorbar(self.cmap))
 
-        # scores.csv
+        # scores.csv: paths relative to the data root
         with self._dir.open("scores.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["path", "defect_type", "label", "score", "predicted", "heatmap"])
+            w.writerow(["path", "defect_type", "label", "score", "predicted", "outcome", "heatmap"])
             for r in rows:
                 pred = "" if self.threshold is None else int(r["score"] > self.threshold)
                 w.writerow([
-                    r["path"],
+                    r["rel"],
                     "" if r["defect_type"] is None else r["defect_type"],
                     "" if r["label"] is None else r["label"],
                     repr(r["score"]),
                     pred,
+                    r["outcome"] or "",
                     r.get("heatmap", ""),
                 ])
 
         scores = np.array([r["score"] for r in rows], dtype=np.float64)
+        counts = {k: sum(1 for r in rows if r["outcome"] == k) for k in OUTCOMES}
+        tinfo = dict(self.threshold_info or {})
         summary = {
             "n_images": len(rows),
             "n_anomalous": sum(1 for r in rows if r["label"] == 1) if has_labels else None,
@@ -362,28 +421,56 @@ class ReportWriter:
             "score_median": float(np.median(scores)) if rows else None,
             "score_max": float(scores.max()) if rows else None,
             "threshold": self.threshold,
+            "threshold_method": (tinfo.get("method") or "given") if self.threshold is not None else None,
+            "threshold_n_images": tinfo.get("n_images") if self.threshold is not None else None,
+            "threshold_text": threshold_sentence(self.threshold, tinfo),
             "n_predicted_anomalous": int((scores > self.threshold).sum()) if self.threshold is not None else None,
+            "outcomes": counts if (has_labels and self.threshold is not None) else None,
             "heatmap_range": [vmin, vmax] if any_map else None,
+            "data_root": scrub.root_name,
+            "paths": "relative to the data root",
         }
         doc = {
             "metrics": metrics,
             "per_type": per_type,
             "timings": timings,
             "summary": summary,
-            "info": info,
+            "info": scrub.value(info),
         }
 
-        page = render_page(self.title, self._rows, self.threshold, self.display_size, metrics, timings, info, per_type,
-                           summary, shown, any_map, any_mask, (vmin, vmax))
+        page = render_page(
+            title=scrub.text(self.title), rows=rows, threshold=self.threshold, metrics=metrics, timings=timings,
+            info=doc["info"], per_type=per_type, summary=summary, shown=shown, any_map=any_map, any_mask=any_mask,
+            vrange=(vmin, vmax), default_scale=self.color_scale,
+        )
         with self._dir.open("index.html", "w") as f:
             f.write(page)
+        if any_map:
+            with self._dir.open("heatmaps/index.html", "w") as f:
+                f.write(render_heatmap_index(scrub.text(self.title), rows, order, self.threshold, summary))
         if final_timings is not None:
             doc["timings"] = final_timings()
-        self.document = _jsonable(doc)
+        self.document = _jsonable(scrub.value(doc))
         with self._dir.open("metrics.json", "w") as f:
             json.dump(self.document, f, indent=2, allow_nan=False)
         self._dir.finish()  # the earlier report's files not rewritten now are removed; final manifest
         return self.out_dir / "index.html"
+
+    def _save_pair(self, stem: str, arr: np.ndarray, twh: tuple[int, int], *, full: str | None = None) -> dict:
+        """Write ``<stem>.png`` (the thumbnail, ``twh``) and the full-resolution ``arr`` (to ``full``,
+        default ``<stem>_full.png``; already written when it is a heatmap); returns their names and sizes."""
+        fwh = (int(arr.shape[1]), int(arr.shape[0]))
+        if fwh == tuple(twh):  # a small image: one PNG is both the thumbnail and the full resolution
+            one = full or f"{stem}.png"
+            if not one.startswith("heatmaps/"):  # a heatmap's full PNG is written already
+                self._save_png(one, arr, compress_level=3)
+            return {"thumb": one, "full": one, "thumb_wh": fwh, "full_wh": fwh}
+        full = full or f"{stem}_full.png"
+        if not full.startswith("heatmaps/"):
+            self._save_png(full, arr, optimize=False, compress_level=2)
+        thumb = np.asarray(Image.fromarray(arr).resize(twh, Image.Resampling.LANCZOS))
+        self._save_png(f"{stem}.png", thumb, compress_level=3)
+        return {"thumb": f"{stem}.png", "full": full, "thumb_wh": twh, "full_wh": fwh}
 
     def _save_png(self, rel: str, arr: np.ndarray, **kw) -> None:
         with self._dir.path_for(rel) as tmp:
