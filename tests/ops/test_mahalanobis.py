@@ -270,6 +270,17 @@ def test_cuda_matches_cpu(N, P, d):
 
 
 # ---- cholesky=True: the covariance's Cholesky factor and a triangular solve ---------------------
+def _rand_cholesky(P, d, gen):
+    """The lower Cholesky factor of a random well-conditioned covariance (A A^T / d + I / 2) per position,
+    as a fit produces it; the strict upper triangle holds garbage that the op must ignore. (A random
+    triangular matrix such as _rand_factor's is exponentially ill-conditioned in d: at d = 550 its solve
+    loses all digits in float64 too, so it cannot serve as an oracle for the solve.)"""
+    A = torch.randn(P, d, d, generator=gen, dtype=torch.float64) / math.sqrt(d)
+    cov = A @ A.transpose(-1, -2) + 0.5 * torch.eye(d, dtype=torch.float64)
+    C = torch.linalg.cholesky(cov)
+    return (C + torch.randn(P, d, d, generator=gen, dtype=torch.float64).triu(1)).float()
+
+
 CHOL_SHAPES = [(1, 1, 1), (7, 1, 5), (17, 3, 31), (33, 2, 6), (5, 4, 13), (300, 1, 64), (50, 1024, 9), (3, 17, 97),
                (49, 2, 128), (4, 2, 550), (12, 1, 600)]
 
@@ -282,13 +293,19 @@ def test_mahalanobis_cholesky_matches_reference(N, P, d, path, monkeypatch):
     gen = torch.Generator().manual_seed(N * 1000 + P * 7 + d + 1)
     x = torch.randn(N, P, d, generator=gen) * 3 + 5
     mean = torch.randn(P, d, generator=gen) + 5
-    C = _rand_factor(P, d, gen)  # strict upper triangle: garbage, ignored
+    C = _rand_cholesky(P, d, gen)  # strict upper triangle: garbage, ignored
     if P == 1 and N % 2:
         x, mean, C = x[:, 0], mean[0], C[0]
     got = fastad.ops.mahalanobis(x, mean, C, cholesky=True)
     want = ref.mahalanobis(x, mean, C, cholesky=True)
     # the float64 solve against an explicit inverse: the reference itself is right
-    Ci = torch.linalg.inv(C.double().tril())
+    # (scipy, not torch.linalg.inv: torch 2.13's MKL getri has returned wrong inverses / bad pivots here on
+    # an AMD CPU once other tests had run, which is not what this test is about)
+    import numpy as np
+    from scipy.linalg import solve_triangular
+
+    Cd = C.double().tril().reshape(-1, C.shape[-1], C.shape[-1]).numpy()
+    Ci = torch.from_numpy(np.stack([solve_triangular(c, np.eye(c.shape[0]), lower=True) for c in Cd])).reshape(C.shape)
     direct = ((x.double() - mean.double()).unsqueeze(-1).transpose(-1, -2) @ Ci.transpose(-1, -2)).squeeze(-2).square().sum(-1)
     assert torch.allclose(want, direct, rtol=1e-9)
     assert got.dtype == torch.float32 and got.shape == want.shape
