@@ -8,7 +8,7 @@ one-bank-read-per-step memory floor, measured in ONE run, interleaved, on the sa
         # extracted once and cached in ~/.cache/fastad (--cache-dir); --centres below 1 = a fraction of N
 
 Both methods of ``fastad.ops.coreset`` run on the same selection space: ``exhaustive`` (one fused pass
-per step) and ``pruned`` (ball tree, the default); their indices and distances must be identical (checked;
+per step) and ``pruned`` (PCA row filter with block bounds, the default); their indices and distances must be identical (checked;
 the exhaustive run may be cut to its first ``--exhaustive-steps`` steps, whose per-step time is then
 extrapolated: its steps all cost one read of the bank), and the first steps must equal anomalib's
 ``KCenterGreedy`` run on the same selection space. The share of rows the pruned method read (not
