@@ -168,10 +168,26 @@ def test_tiled_dataset_with_mixed_sizes(tiny_backbone, tmp_path):
         PatchCore(backbone=tiny_backbone, coreset_ratio=1.0, progress=False).fit(ds)
 
 
+def _assert_equals_plain_on_resized_tiles(det, x, s, m, t, seen):
+    """The tiled detector's scores s and maps m of images x equal the untiled detector run on x's tiles
+    (cut by Tiler t) resized to seen x seen, its maps resized back to the tile size and stitched."""
+    import torch.nn.functional as F
+
+    from fastad.detectors import PatchCore
+
+    tiles = F.interpolate(t.cut(x), size=(seen, seen), mode="bilinear", align_corners=False)
+    plain = PatchCore.__new__(PatchCore)
+    plain.__dict__.update(det.__dict__)
+    plain.tiling_ = plain._tiling_cfg = None
+    ts, tm = plain.score(tiles)
+    back = F.interpolate(tm[:, None], size=t.tile_size, mode="bilinear", align_corners=False, antialias=True)[:, 0]
+    assert torch.allclose(m, t.stitch(back, tuple(x.shape[-2:])), atol=1e-5)
+    assert torch.allclose(s, ts.view(x.shape[0], -1).amax(1), atol=1e-5)
+
+
 def test_tile_scale(tiny_backbone):
     """scale=2: each 16 px tile is seen at 32 px; maps come back at the image's size, and equal the
     untiled detector on the 2x-resized tiles, resized back and stitched."""
-    import torch.nn.functional as F
 
     from fastad.detectors import PatchCore
 
@@ -181,15 +197,7 @@ def test_tile_scale(tiny_backbone):
     x = _images(2, 24, 40, 5)
     s, m = det.score(x)
     assert m.shape == (2, 24, 40)
-    t = Tiler(16, 0.5)
-    tiles = F.interpolate(t.cut(x), size=(32, 32), mode="bilinear", align_corners=False)
-    plain = PatchCore.__new__(PatchCore)
-    plain.__dict__.update(det.__dict__)
-    plain.tiling_ = plain._tiling_cfg = None
-    ts, tm = plain.score(tiles)
-    back = F.interpolate(tm[:, None], size=(16, 16), mode="bilinear", align_corners=False, antialias=True)[:, 0]
-    assert torch.allclose(m, t.stitch(back, (24, 40)), atol=1e-5)
-    assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
+    _assert_equals_plain_on_resized_tiles(det, x, s, m, Tiler(16, 0.5), 32)
     with pytest.raises(ValueError, match="scale"):
         det.set_tiling(16, 0.5, scale=0)
 
@@ -198,7 +206,6 @@ def test_small_fit_never_pads(tiny_backbone):
     """small="fit": an image narrower than a tile is cut into tiles of its own shorter side (aspect of
     the tile kept), each seen at the backbone's tile size; equals the plain detector on those tiles
     resized up, resized back and stitched. Images at least a tile large are tiled as with "pad"."""
-    import torch.nn.functional as F
 
     from fastad.detectors import PatchCore
 
@@ -208,15 +215,7 @@ def test_small_fit_never_pads(tiny_backbone):
     x = _images(2, 20, 56, 4)  # 20 < 32: tiles of 20 x 20
     s, m = det.score(x)
     assert m.shape == (2, 20, 56)
-    t = Tiler(20, 0.25)
-    tiles = F.interpolate(t.cut(x), size=(32, 32), mode="bilinear", align_corners=False)
-    plain = PatchCore.__new__(PatchCore)
-    plain.__dict__.update(det.__dict__)
-    plain.tiling_ = plain._tiling_cfg = None
-    ts, tm = plain.score(tiles)
-    back = F.interpolate(tm[:, None], size=(20, 20), mode="bilinear", align_corners=False, antialias=True)[:, 0]
-    assert torch.allclose(m, t.stitch(back, (20, 56)), atol=1e-5)
-    assert torch.allclose(s, ts.view(2, -1).amax(1), atol=1e-5)
+    _assert_equals_plain_on_resized_tiles(det, x, s, m, Tiler(20, 0.25), 32)
     # large enough images: the same as small="pad"
     big = _images(1, 40, 48, 6)
     pad = PatchCore.__new__(PatchCore)

@@ -94,19 +94,23 @@ void group_min_f32(const float* q, const float* b, const float* bnorm, const flo
                [&] { return GroupMinHandler(q, b, qnorm, D, gs, G, metric, exclude, out); });
 }
 
+// exclude_group made contiguous with its values checked to be group ids in [0, G) or -1 (undefined when absent).
+at::Tensor checked_exclude(const std::optional<at::Tensor>& exclude_group, int64_t Q, int64_t G) {
+  if (!exclude_group) return at::Tensor();
+  at::Tensor ex = exclude_group->contiguous();
+  const int64_t* pe = ex.data_ptr<int64_t>();
+  for (int64_t i = 0; i < Q; ++i)
+    TORCH_CHECK(pe[i] >= -1 && pe[i] < G, "group_min: exclude_group values must be group ids in [0, G) or -1, with G = ",
+                G, "; got ", pe[i], " for query ", i);
+  return ex;
+}
+
 at::Tensor group_min_cpu(const at::Tensor& query, const at::Tensor& bank, int64_t group_size,
                          c10::string_view metric_name, const std::optional<at::Tensor>& exclude_group) {
   check_group_min_args(query, bank, group_size, exclude_group);
   const Metric metric = parse_metric("group_min", metric_name);
   const int64_t Q = query.size(0), N = bank.size(0), D = query.size(1), G = N / group_size;
-  at::Tensor ex;
-  if (exclude_group) {
-    ex = exclude_group->contiguous();
-    const int64_t* pe = ex.data_ptr<int64_t>();
-    for (int64_t i = 0; i < Q; ++i)
-      TORCH_CHECK(pe[i] >= -1 && pe[i] < G, "group_min: exclude_group values must be group ids in [0, G) or -1, with G = ",
-                  G, "; got ", pe[i], " for query ", i);
-  }
+  const at::Tensor ex = checked_exclude(exclude_group, Q, G);
   auto out = at::empty({Q, G}, query.options().dtype(at::kFloat));
   if (Q == 0 || G == 0) return out;
   const int64_t* pex = exclude_group ? ex.data_ptr<int64_t>() : nullptr;
@@ -154,14 +158,7 @@ at::Tensor group_min_screen_cpu(const at::Tensor& query, const at::Tensor& bank,
   else on = on && use_bf16_gemm();
 #if FASTAD_HAVE_AVX2
   if (on) {
-    at::Tensor ex;
-    if (exclude_group) {
-      ex = exclude_group->contiguous();
-      const int64_t* pe = ex.data_ptr<int64_t>();
-      for (int64_t i = 0; i < Q; ++i)
-        TORCH_CHECK(pe[i] >= -1 && pe[i] < G, "group_min: exclude_group values must be group ids in [0, G) or -1, with G = ",
-                    G, "; got ", pe[i], " for query ", i);
-    }
+    const at::Tensor ex = checked_exclude(exclude_group, Q, G);
     const at::Tensor q = query.contiguous(), b = bank.contiguous();
     check_finite_norms("group_min", "query", row_sq_norms(q));
     auto out = at::empty({Q, G}, query.options().dtype(at::kFloat));
