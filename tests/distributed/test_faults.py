@@ -110,3 +110,25 @@ def test_nccl_placement_moves_only_cpu_tensors(monkeypatch):
     assert comm_device("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
     assert comm_device("gloo", torch.device("cpu")) == torch.device("cpu")
     assert comm_device("cpu:gloo,cuda:nccl", torch.device("cpu")) == torch.device("cpu")
+
+
+def _exited_before_the_call(rank, world, victim):
+    import fastad.distributed as fd
+    from fastad.distributed import _health
+
+    _health.ensure_heartbeat()
+    if rank == victim:
+        os._exit(7)  # gone before the others start: gloo raises when they *post* their first exchange
+    time.sleep(1.5)  # the victim's sockets are closed by now
+    t0 = time.monotonic()
+    try:
+        fd.all_rows(torch.tensor([[rank, 1]]))
+    except fd.DistributedError as e:
+        return {"err": str(e), "failed": list(e.failed_ranks), "s": time.monotonic() - t0}
+    return {"err": None}
+
+
+def test_a_rank_gone_before_the_call_is_named_not_a_transport_traceback():
+    # the race behind a flaky CI run: the peer failed (and exited) before this rank's roll call was posted
+    out = run(_exited_before_the_call, 3, 1, deadline=60, fastad_timeout=TIMEOUT)
+    _check(out, 1, 3)

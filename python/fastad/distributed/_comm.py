@@ -137,20 +137,30 @@ class Ctx:
         if self.world > 1:
             g = self.control_group()
             sends, recvs = [], {}
-            for p in range(self.world):
-                if p != self.rank:
-                    recvs[p] = dist.irecv(table[p], src=self.global_rank(p), group=g, tag=tag)
-            for p in range(self.world):
-                if p != self.rank:
-                    sends.append(dist.isend(mine, dst=self.global_rank(p), group=g, tag=tag))
-            deadline = time.monotonic() + self.timeout - (self.window if self.heartbeat else 0.0)
             missing, detail = [], ""
+            # gloo raises at posting time, not only at wait, when the peer's connection is already closed
+            # (the peer exited before this call: it failed on its own or died): that peer is missing
+            for p in range(self.world):
+                if p != self.rank:
+                    try:
+                        recvs[p] = dist.irecv(table[p], src=self.global_rank(p), group=g, tag=tag)
+                    except RuntimeError as e:
+                        missing.append(p)
+                        detail = detail or str(e).splitlines()[0][:200]
+            for p in range(self.world):
+                if p != self.rank and p not in missing:
+                    try:
+                        sends.append(dist.isend(mine, dst=self.global_rank(p), group=g, tag=tag))
+                    except RuntimeError:
+                        pass  # the receive from p decides whether p answered
+            deadline = time.monotonic() + self.timeout - (self.window if self.heartbeat else 0.0)
             for p, w in recvs.items():
                 try:
                     w.wait(timeout=_ms(deadline - time.monotonic()))
                 except RuntimeError as e:  # timed out, or the peer's connection closed (it died)
                     missing.append(p)
                     detail = detail or str(e).splitlines()[0][:200]
+            missing.sort()
             if missing:
                 dead, health = self.liveness(missing)
                 raise DistributedError(
@@ -182,8 +192,14 @@ class Ctx:
         _stats["round_trips"] += 1
 
     def wait(self, work, what: str):
+        """Wait for ``work`` (a started collective, or a callable that starts one and returns its work or
+        works) within the timeout. A transport error, at start (gloo raises there when a peer's connection
+        is already closed) or while waiting, becomes a :class:`DistributedError` that names the dead ranks."""
         try:
-            work.wait(timeout=_ms(self.timeout - (self.window if self.heartbeat else 0.0)))
+            if callable(work):
+                work = work()
+            for w in work if isinstance(work, (list, tuple)) else [work]:
+                w.wait(timeout=_ms(self.timeout - (self.window if self.heartbeat else 0.0)))
         except RuntimeError as e:
             dead, health = self.liveness()
             raise DistributedError(
@@ -210,7 +226,7 @@ class Ctx:
         _stats["round_trips"] += 1
         flat = out.view(-1)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        self.wait(gather(flat, t.view(-1), group=self.group, async_op=True), what)
+        self.wait(lambda: gather(flat, t.view(-1), group=self.group, async_op=True), what)
         return out.to(home)
 
     def all_reduce(self, t: torch.Tensor, op, what: str) -> torch.Tensor:
@@ -219,7 +235,7 @@ class Ctx:
             _stats["bytes_sent"] += 2 * t.numel() * t.element_size()
             _stats["round_trips"] += 1
             x = t.to(self.comm_device(t))
-            self.wait(dist.all_reduce(x, op=op, group=self.group, async_op=True), what)
+            self.wait(lambda: dist.all_reduce(x, op=op, group=self.group, async_op=True), what)
             if x is not t:
                 t.copy_(x)
         return t
@@ -231,7 +247,7 @@ class Ctx:
                 _stats["bytes_sent"] += t.numel() * t.element_size()
             _stats["round_trips"] += 1
             x = t.to(self.comm_device(t))
-            self.wait(dist.broadcast(x, src=self.global_rank(src), group=self.group, async_op=True), what)
+            self.wait(lambda: dist.broadcast(x, src=self.global_rank(src), group=self.group, async_op=True), what)
             if x is not t:
                 t.copy_(x)
         return t
@@ -240,7 +256,7 @@ class Ctx:
         """``all_to_all_single`` (equal splits along dim 0) into ``out`` (which keeps its device)."""
         dev = self.comm_device(inp)
         x, y = inp.to(dev).contiguous(), out.to(dev)
-        self.wait(dist.all_to_all_single(y, x, group=self.group, async_op=True), what)
+        self.wait(lambda: dist.all_to_all_single(y, x, group=self.group, async_op=True), what)
         if y is not out:
             out.copy_(y)
         return out
@@ -258,8 +274,7 @@ class Ctx:
                dist.P2POp(dist.irecv, y, self.global_rank(src), self.group)]
         _stats["bytes_sent"] += send.numel() * send.element_size()
         _stats["round_trips"] += 1
-        for w in dist.batch_isend_irecv(ops):
-            self.wait(w, what)
+        self.wait(lambda: dist.batch_isend_irecv(ops), what)
         if y is not recv:
             recv.copy_(y)
         return recv
