@@ -18,7 +18,9 @@ images) and are reported on ``--split report`` (the other half), never on the im
 on. ``--small fit --blur-at image`` (no padded tile; one blur of the stitched map, ``--tiled-blur`` in
 backbone-tile pixels) and ``--scale`` are the tiling options under test. ``<detector>-fused`` is tiled
 with ``fuse="global"`` (the tiled map averaged with a 224-squash model's map, weight ``--fuse-weight``
-for the global one; the tiled map's sigma is ``--tiled-blur``, the global model's the default 4).
+for the global one; the tiled map's sigma is ``--tiled-blur``, the global model's the default 4);
+``--fuse-norm zscore`` standardises both branches on the held-out normal images first
+(``calibrate_fusion``, whose fused scores then give the quantile thresholds).
 
 Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
@@ -94,7 +96,7 @@ def run_config(a) -> dict:
         det = PaDiM(progress=False, batch_size=16)
     if tiled:
         det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at,
-                       fuse="global" if fused else None, fuse_weight=a.fuse_weight)
+                       fuse="global" if fused else None, fuse_weight=a.fuse_weight, fuse_norm=a.fuse_norm)
         if a.tiled_blur is not None and not fused:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
             det.blur_sigma = a.tiled_blur
     elif a.squash_blur is not None:
@@ -105,7 +107,12 @@ def run_config(a) -> dict:
     fit_s = time.perf_counter() - t0
     if fused and a.tiled_blur is not None:  # the tiled map's sigma; the global model keeps the default 4 of its fit
         det.blur_sigma = a.tiled_blur
-    cal = det.decision_function(_subset(train, cal_idx))
+    t_cal = time.perf_counter()
+    if fused and a.fuse_norm != "none":  # the branches' normal statistics from the held-out images; their fused scores
+        cal = det.calibrate_fusion(_subset(train, cal_idx))
+    else:
+        cal = det.decision_function(_subset(train, cal_idx))
+    cal_s = time.perf_counter() - t_cal
     t1 = time.perf_counter()
     pm = M.PixelMetrics()
     by_type: dict = {}
@@ -134,6 +141,7 @@ def run_config(a) -> dict:
         "config": a.config, "tile": a.tile if tiled else None, "overlap": a.overlap if tiled else None,
         "scale": a.scale if tiled else None, "small": a.small if tiled else None, "blur_at": a.blur_at if tiled else None,
         "blur_sigma": det.blur_sigma, "split": a.split, "fuse_weight": a.fuse_weight if fused else None,
+        "fuse_norm": a.fuse_norm if fused else None, "held_out_scoring_s": cal_s,
         "train_images": len(fit_idx), "held_out": len(cal_idx), "test_images": int(s.numel()),
         "n_patches": n_patches, "bank_rows": None if detector != "patchcore" else int(det.memory_bank_.shape[0]),
         "fit_s": fit_s, "score_s": score_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -205,6 +213,8 @@ def main() -> None:
                    help="test images: all, or one of two seeded stratified halves (choose settings on tune, report on report)")
     p.add_argument("--tiled-blur", type=float, default=None, help="blur sigma of the tiled runs (default: the detector's 4)")
     p.add_argument("--fuse-weight", type=float, default=0.5, help="the global map's weight of the *-fused configs (set_tiling fuse_weight=)")
+    p.add_argument("--fuse-norm", choices=("none", "zscore"), default="none",
+                   help="the *-fused configs' branch normalisation (set_tiling fuse_norm=; zscore: calibrate_fusion on the held-out images)")
     p.add_argument("--configs", default="patchcore-squash224,patchcore-tiled,patchcore-fused,padim-squash224,padim-tiled,padim-fused")
     p.add_argument("--rss-check", action="store_true", help="peak RSS of tiled vs whole-image scoring, 1x/2x/4x images")
     p.add_argument("--rss-scale", type=int, default=1, help=argparse.SUPPRESS)
@@ -236,7 +246,7 @@ def main() -> None:
     for c in a.configs.split(","):
         cmd = [sys.executable, __file__, "--config", c, "--train-images", str(a.train_images), "--held-out", str(a.held_out),
                "--coreset-ratio", str(a.coreset_ratio), "--test-images", str(a.test_images), "--tile", str(a.tile), "--overlap", str(a.overlap), "--scale", str(a.scale),
-               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split, "--fuse-weight", str(a.fuse_weight)] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
+               "--small", a.small, "--blur-at", a.blur_at, "--split", a.split, "--fuse-weight", str(a.fuse_weight), "--fuse-norm", a.fuse_norm] + (["--tiled-blur", str(a.tiled_blur)] if a.tiled_blur is not None else []) + (
             ["--squash-blur", str(a.squash_blur)] if a.squash_blur is not None else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:

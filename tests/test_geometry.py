@@ -264,9 +264,32 @@ def test_cli_tile_fuse_global(tmp_path):
     assert main(["fit", "--data", str(root), "--out", str(model), "--resize", "none", "--tile", "32", "--image-size", "24", "40",
                  "--tile-fuse", "global", "--tile-fuse-weight", "0.25", "--calibration", "0"] + FIT) == 0
     det = load(model, backbone="random_cnn")
-    assert det.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40]} and det.global_.image_size_ == (24, 40)
+    assert det.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40], "norm": "none"} and det.global_.image_size_ == (24, 40)
     rep = tmp_path / "rep"
     assert main(["evaluate", "--model", str(model), "--data", str(root), "--out", str(rep), "--num-workers", "0", "-q"]) == 0
     doc = json.loads((rep / "metrics.json").read_text())
     assert doc["metrics"]["image_auroc"] >= 0.99
     assert "fused with a global 24x40 model" in (rep / "index.html").read_text()
+
+
+def test_cli_tile_fuse_norm_zscore(tmp_path, capsys):
+    """--tile-fuse-norm zscore: the held-out (--calibration) images calibrate the branches, their fused
+    scores set the threshold, the statistics are saved; without held-out images it is refused."""
+    from fastad.cli import main
+    from fastad.detectors import load
+
+    root = _tree(tmp_path / "t", n_train=12)
+    model = tmp_path / "m.safetensors"
+    base = ["fit", "--data", str(root), "--out", str(model), "--resize", "none", "--tile", "32", "--tile-fuse", "global",
+            "--tile-fuse-norm", "zscore"]
+    assert main(base + ["--calibration", "0"] + FIT) == 2
+    assert "held-out normal images" in capsys.readouterr().err
+    assert main(base + ["--calibration", "0.25", "--detector", "padim"] + FIT) == 0
+    det = load(model, backbone="random_cnn")
+    st = det.tiling_["fuse"]["stats"]
+    assert det.tiling_["fuse"]["norm"] == "zscore" and st["n_images"] == 3 and det.threshold_info_["n_images"] == 3
+    assert st["global"]["map_std"] > 0 and st["tiled"]["score_std"] > 0
+    rep = tmp_path / "rep"
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--out", str(rep), "--num-workers", "0", "-q"]) == 0
+    assert json.loads((rep / "metrics.json").read_text())["metrics"]["image_auroc"] >= 0.99
+    assert "z-normalised on 3 held-out normal images" in (rep / "index.html").read_text()

@@ -289,10 +289,69 @@ def test_fuse_global(name, tiny_backbone, tmp_path):
     assert not torch.allclose(m, tm, atol=1e-3)
     det.save(tmp_path / "f.safetensors")
     back = D.load(tmp_path / "f.safetensors", backbone=tiny_backbone)
-    assert back.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40]}
+    assert back.tiling_["fuse"] == {"mode": "global", "weight": 0.25, "size": [24, 40], "norm": "none"}
     s2, m2 = back.score(x)
     assert torch.allclose(s2, s, atol=1e-5) and torch.allclose(m2, m, atol=1e-5)
     for bad, match in ((dict(fuse="local"), "fuse must be None or 'global'"), (dict(fuse="global", fuse_weight=1.5), "fuse_weight must be"),
-                       (dict(fuse="global", fuse_size=(0, 4)), "fuse_size must be")):
+                       (dict(fuse="global", fuse_size=(0, 4)), "fuse_size must be"),
+                       (dict(fuse="global", fuse_norm="minmax"), "fuse_norm must be one of")):
         with pytest.raises(ValueError, match=match):
             det.set_tiling(32, **bad)
+
+
+@pytest.mark.parametrize("name", ["PatchCore", "PaDiM"])
+def test_fuse_zscore(name, tiny_backbone, tmp_path):
+    """fuse_norm="zscore": each branch standardised by its pixel / image-score mean and std on held-out
+    normal images (calibrate_fusion) before w * global + (1 - w) * tiled; refused before calibration,
+    saved and loaded with the model, dropped by a new fit."""
+    from fastad.detectors._util import NotFittedError
+
+    import fastad.detectors as D
+
+    cls = getattr(D, name)
+    kw = dict(coreset_ratio=1.0) if name == "PatchCore" else {}
+    train, normal, x = _images(6, 48, 80, 0), _images(3, 48, 80, 2), _images(3, 48, 80, 1)
+    x[2, :, 10:20, 50:60] += 4.0
+    det = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, 0.5, fuse="global", fuse_weight=0.25,
+                                                                                     fuse_size=(24, 40), fuse_norm="zscore")
+    det.fit(train)
+    assert det.needs_fusion_calibration()
+    with pytest.raises(NotFittedError, match="calibrate_fusion"):
+        det.score(x)
+    with pytest.raises(ValueError, match="at least 2 normal images"):
+        det.calibrate_fusion(normal[:1])
+    # the raw branches through the same model: weight 1 = global, 0 = tiled, no normalisation
+    raw = {}
+    for b, w in (("global", 1.0), ("tiled", 0.0)):
+        det.tiling_ = dict(det.tiling_, fuse=dict(det.tiling_["fuse"], weight=w, norm="none"))
+        raw[b] = (det.score(normal), det.score(x))
+    det.tiling_ = dict(det.tiling_, fuse=dict(det.tiling_["fuse"], weight=0.25, norm="zscore"))
+    cal = det.calibrate_fusion(b for b in normal.split(2))  # a one-shot iterable of batches
+    st = det.tiling_["fuse"]["stats"]
+    assert st["n_images"] == 3 and "stats" not in det._tiling_cfg["fuse"]
+    z = {}
+    for b in ("global", "tiled"):
+        (ns, nm), (xs, xm) = raw[b]
+        nm64, ns64 = nm.double(), ns.double()
+        assert st[b]["map_mean"] == pytest.approx(float(nm64.mean()), rel=1e-5)
+        assert st[b]["map_std"] == pytest.approx(float(nm64.std(unbiased=False)), rel=1e-4)
+        assert st[b]["score_mean"] == pytest.approx(float(ns64.mean()), rel=1e-5)
+        assert st[b]["score_std"] == pytest.approx(float(ns64.std()), rel=1e-5)
+        z[b] = ((ns - ns64.mean()) / ns64.std(), (xs - ns64.mean()) / ns64.std(), (xm - nm64.mean()) / nm64.std(unbiased=False))
+    assert torch.allclose(cal, (0.25 * z["global"][0] + 0.75 * z["tiled"][0]).float(), atol=1e-4)
+    s, m = det.score(x)
+    assert torch.allclose(s, (0.25 * z["global"][1] + 0.75 * z["tiled"][1]).float(), atol=1e-4)
+    assert torch.allclose(m, (0.25 * z["global"][2] + 0.75 * z["tiled"][2]).float(), atol=1e-4)
+    assert int(s.argmax()) == 2
+    det.save(tmp_path / "z.safetensors")
+    back = D.load(tmp_path / "z.safetensors", backbone=tiny_backbone)
+    assert back.tiling_["fuse"]["stats"] == st
+    s2, m2 = back.score(x)
+    assert torch.allclose(s2, s, atol=1e-5) and torch.allclose(m2, m, atol=1e-5)
+    back.fit(train)  # a new fit: the loaded calibration is not its own
+    with pytest.raises(NotFittedError, match="calibrate_fusion"):
+        back.score(x)
+    plain = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, 0.5).fit(train)
+    assert not plain.needs_fusion_calibration()
+    with pytest.raises(ValueError, match="not tiled with fuse='global'"):
+        plain.calibrate_fusion(normal)

@@ -9,7 +9,7 @@ AUROC / AUPRO of squash, tiled and fusions ``w * g + (1 - w) * t`` of the two ma
 z-normalised by the mean / std of its pixels on the held-out normal images, plus diagnostics (map
 levels on normal pixels, per-image max spread).
 
-    nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --save patchcore --dir /tmp/fuse
+    nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --save patchcore --dir /tmp/fuse [--half tune]
     nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --eval patchcore --dir /tmp/fuse
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def halves(paths):
     return tune
 
 
-def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70) -> None:
+def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70, half: str = "all") -> None:
     from fastad.data import MVTecDataset, batches
     from fastad.detectors import PaDiM, PatchCore
     from fastad.pipeline import Subset
@@ -60,6 +60,8 @@ def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70) -> Non
             return PatchCore(progress=False, batch_size=16, projection_dim=None, coreset_ratio=0.1, coreset_storage="float16")
         return PaDiM(progress=False, batch_size=16)
 
+    tune = halves(nt_te.paths)
+    test_ids = [i for i in range(len(nt_te)) if half == "all" or (i in tune) == (half == "tune")]
     res = {}
     for kind, tr, te, cal_src in (("squash", sq_tr, sq_te, sq_tr), ("tiled", nt_tr, nt_te, nt_tr)):
         det = make()
@@ -71,7 +73,7 @@ def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70) -> Non
         fit_s = time.process_time() - t0
         maps, scores = [], []
         t1 = time.process_time()
-        for ds, ids in ((cal_src, cal_idx), (te, list(range(len(te))))):
+        for ds, ids in ((cal_src, cal_idx), (te, test_ids)):
             sub = Subset(ds, ids)
             for b in batches(sub, 16, ragged=True):
                 s, m = det.score(b["image"])
@@ -85,9 +87,9 @@ def save(det_name: str, out: Path, n_train: int = 50, held_out: int = 70) -> Non
         res[kind] = {"fit_s": fit_s, "score_s": time.process_time() - t1}
         torch.save({"maps": maps, "scores": scores, "n_cal": len(cal_idx)}, out / f"{det_name}_{kind}.pt")
         print(kind, res[kind], flush=True)
-    masks = [nt_te[i]["mask"].bool() for i in range(len(nt_te))]
+    masks = [nt_te[i]["mask"].bool() for i in test_ids]
     torch.save({"masks": masks,
-                "paths": list(nt_te.paths), "timing": res}, out / f"{det_name}_gt.pt")
+                "paths": [nt_te.paths[i] for i in test_ids], "tune": [i in tune for i in test_ids], "timing": res}, out / f"{det_name}_gt.pt")
 
 
 _HW: dict = {}
@@ -109,7 +111,7 @@ def evaluate(det_name: str, d: Path) -> None:
     sq, ti = torch.load(d / f"{det_name}_squash.pt"), torch.load(d / f"{det_name}_tiled.pt")
     nc = sq["n_cal"]
     masks, paths = gt["masks"], gt["paths"]
-    tune = halves(paths)
+    tune = {i for i, f in enumerate(gt["tune"]) if f} if "tune" in gt else halves(paths)
     stats = {}
     for k, v in (("g", sq), ("t", ti)):
         cal = torch.cat([m.float().flatten() for m in v["maps"][:nc]])
@@ -131,29 +133,45 @@ def evaluate(det_name: str, d: Path) -> None:
             e[3] += int(masks[i].sum())
     for (t, k), e in sorted(lv.items()):
         print(f"  {t:9s} {k}: z normal px {e[0] / max(1, e[2]):6.2f}  z defect px {e[1] / max(1, e[3]):6.2f}  defect px {e[3]}")
-    configs = [("squash", "raw", 1.0), ("tiled", "raw", 0.0)]
-    for norm in ("raw", "z"):
-        for w in (0.25, 0.5, 0.75):
-            configs.append((f"fuse-{norm}-w{w}", norm, w))
+    # image-score statistics of the held-out normals (z-normalised image scores fuse alike)
+    for k, v in (("g", sq), ("t", ti)):
+        s = torch.tensor(v["scores"][:nc], dtype=torch.float64)
+        stats[k] = stats[k] + (float(s.mean()), float(s.std()))
+    configs = [("squash", "raw", "mean", 1.0), ("tiled", "raw", "mean", 0.0)]
+    for w in (0.25, 0.5, 0.75):
+        configs.append((f"fuse-raw-w{w}", "raw", "mean", w))
+    for w in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        configs.append((f"fuse-z-w{w}", "z", "mean", w))
+    configs.append(("fuse-z-max", "z", "max", 0.5))
     rows = []
     for half in ("tune", "report"):
         keep = [i for i in range(len(paths)) if (i in tune) == (half == "tune")]
-        for name, norm, w in configs:
+        if not keep:
+            continue
+        for name, norm, how, w in configs:
             pm = M.PixelMetrics()
             sc = []
             for i in keep:
                 g, t = gm[i].float(), tm[i].float()
+                gi, tii = float(gs[i]), float(ts[i])
                 if norm == "z":
                     g, t = (g - stats["g"][0]) / stats["g"][1], (t - stats["t"][0]) / stats["t"][1]
-                pm.update((w * g + (1 - w) * t)[None], masks[i][None])
-                gi, tii = float(gs[i]), float(ts[i])
-                sc.append(w * gi + (1 - w) * tii)
+                    gi, tii = (gi - stats["g"][3]) / stats["g"][4], (tii - stats["t"][3]) / stats["t"][4]
+                if how == "max":
+                    pm.update(torch.maximum(g, t)[None], masks[i][None])
+                    sc.append(max(gi, tii))
+                else:
+                    pm.update((w * g + (1 - w) * t)[None], masks[i][None])
+                    sc.append(w * gi + (1 - w) * tii)
             r = pm.compute()
             y = torch.tensor([0 if Path(paths[i]).parent.name == "good" else 1 for i in keep])
             row = {"half": half, "config": name, "pixel_ap": r["pixel_ap"], "pixel_auroc": r["pixel_auroc"], "aupro": r["aupro"],
                    "image_auroc": float(M.auroc(torch.tensor(sc, dtype=torch.float64), y))}
             rows.append(row)
-            print(f"{half:6s} {name:18s} pixel AP {row['pixel_ap']:.4f} AUROC {row['pixel_auroc']:.4f} AUPRO {row['aupro']:.4f} image AUROC {row['image_auroc']:.4f}", flush=True)
+            base = next(x for x in rows if x["half"] == half and x["config"] == "squash")
+            print(f"{half:6s} {name:14s} pixel AP {row['pixel_ap']:.4f} ({row['pixel_ap'] / base['pixel_ap']:.3f}x) "
+                  f"AUROC {row['pixel_auroc']:.4f} AUPRO {row['aupro']:.4f} ({row['aupro'] / base['aupro']:.3f}x) "
+                  f"image AUROC {row['image_auroc']:.4f}", flush=True)
     (d / f"{det_name}_eval.json").write_text(json.dumps({"stats": stats, "rows": rows}, indent=1))
 
 
@@ -162,9 +180,10 @@ if __name__ == "__main__":
     p.add_argument("--save", choices=("patchcore", "padim"))
     p.add_argument("--eval", choices=("patchcore", "padim"))
     p.add_argument("--dir", default="/tmp/fuse")
+    p.add_argument("--half", choices=("all", "tune", "report"), default="all", help="--save: score these test images only")
     a = p.parse_args()
     if a.save:
-        save(a.save, Path(a.dir))
+        save(a.save, Path(a.dir), half=a.half)
     if a.eval:
         evaluate(a.eval, Path(a.dir))
     if not (a.save or a.eval):

@@ -92,7 +92,7 @@ def cmd_fit(a) -> int:
         det._resolve_backbone()
         det.set_tiling(a.tile, a.tile_overlap, scale=a.tile_scale, small=a.tile_small, blur=a.tile_blur,
                        fuse=None if a.tile_fuse == "none" else a.tile_fuse, fuse_weight=a.tile_fuse_weight,
-                       fuse_size=tuple(a.image_size))
+                       fuse_size=tuple(a.image_size), fuse_norm=a.tile_fuse_norm)
     check_fit = getattr(det, "check_fit_size", None)
     if check_fit is not None and not getattr(a, "distributed", False):  # degenerate settings (a bank smaller
         n = len(ds)                                                      # than --num-neighbors, ...) before any work
@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "map with the tiled one (small defects from the tiles, large diffuse ones from the global view)")
     f.add_argument("--tile-fuse-weight", type=fraction_arg, default=0.5, metavar="W",
                    help="the global map's weight with --tile-fuse global (default 0.5)")
+    f.add_argument("--tile-fuse-norm", choices=("none", "zscore"), default="none",
+                   help="with --tile-fuse global: 'zscore' standardises each branch's map and score by its mean / std "
+                        "on the held-out (--calibration) normal images before fusing, so --tile-fuse-weight weighs "
+                        "maps on one scale (saved with the model); 'none' (default) fuses raw scores")
     f.add_argument("--threshold", choices=("quantile", "quantile-corrected", "chi2", "f1"), default="quantile",
                    help="how threshold_ is set: quantile of held-out normal scores (default), quantile-corrected "
                         "(finite-sample, warns when too few), chi2 (PaDiM / gaussian, no data), f1 (needs --val)")

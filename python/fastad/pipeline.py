@@ -233,7 +233,13 @@ def fit_detector(
         raise CLIError("--threshold f1 needs labelled validation images: --val DIR (an MVTec-layout folder)")
     n_scored = 0
     n = len(train_ds)
-    n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 and threshold.startswith("quantile") else 0
+    fuse_cal = bool(getattr(det, "needs_fusion_calibration", lambda: False)())  # tiling fused with fuse_norm
+    if fuse_cal and not (n >= 10 and calibration > 0):
+        raise CLIError(f"--tile-fuse-norm: calibrating the fusion needs held-out normal images (--calibration > 0 and at "
+                       f"least 10 training images; got --calibration {calibration:g}, {n} images)")
+    if fuse_cal and getattr(det, "distributed", False):
+        raise CLIError("--tile-fuse-norm zscore is not available with --distributed (use --tile-fuse-norm none)")
+    n_cal = int(round(n * calibration)) if n >= 10 and calibration > 0 and (threshold.startswith("quantile") or fuse_cal) else 0
     if n_cal:
         n_cal = max(2, n_cal)
         rng = random.Random(seed + 1)
@@ -262,7 +268,18 @@ def fit_detector(
         for k, v in (getattr(det, "fit_timings_", None) or {}).items():
             if k != "total":
                 sw.add(f"  fit/{k}", v)
-        if cal_ds is not None:
+        if cal_ds is not None and fuse_cal:  # the fusion's normal statistics first; its fused scores give the threshold
+            with sw("calibrate fusion"):
+                images = (b["image"] for b in iter_batches(cal_ds, batch_size, num_workers,
+                                                           "fusion calibration: images" if progress else False))
+                try:
+                    scores = [det.calibrate_fusion(images)]
+                except ValueError as e:
+                    raise CLIError(f"--tile-fuse-norm: {e}") from None
+            n_scored = int(scores[0].numel())
+            if threshold.startswith("quantile"):
+                det.set_threshold(normal_scores=scores[0], quantile=quantile, method=threshold)
+        if cal_ds is not None and threshold.startswith("quantile") and not fuse_cal:
             with sw("threshold"):
                 scores = []
                 for b in iter_batches(cal_ds, batch_size, num_workers, "threshold: images" if progress else False):
@@ -274,7 +291,7 @@ def fit_detector(
                     det.set_threshold(normal_scores=torch.cat(scores), quantile=quantile, method=threshold)
                 else:
                     warnings.warn("no held-out image could be read: the threshold is not set", stacklevel=2)
-        elif threshold == "chi2":
+        if threshold == "chi2":
             det.set_threshold(method="chi2", quantile=quantile)
         if threshold == "f1":
             import torch
@@ -545,8 +562,11 @@ def geometry_info(det) -> dict:
                          "(maps stitched, overlaps averaged)")
         fz = t.get("fuse")
         if fz:
+            norm = fz.get("norm", "none")
+            how = "" if norm == "none" else (f", each z-normalised on {fz.get('stats', {}).get('n_images', '?')} "
+                                             "held-out normal images")
             out["tiling"] += (f"; fused with a global {size_text(fz['size'])} model's map "
-                              f"(weight {fz['weight']:g} global, {1 - fz['weight']:g} tiled)")
+                              f"(weight {fz['weight']:g} global, {1 - fz['weight']:g} tiled{how})")
     return out
 
 

@@ -19,9 +19,14 @@ The tiling is part of the fitted model (``tiling_``, saved in the model file and
 ``fuse="global"`` (multi-scale fusion): a second model of the same kind and settings, the *global*
 one, is fitted on the whole images squashed to ``fuse_size`` (the usual 224 x 224 view: wide context,
 which large diffuse defects need), and every map is ``w * global + (1 - w) * tiled`` (the global map
-resized to the image; image scores alike), with ``w = fuse_weight``. The maps are averaged as they are
-(raw): the same detector on the same features, but their levels can differ (on MTD, PaDiM's global
-scores run ~4-8x the tiled ones, so ``w = 0.5`` there leans on the global map). The fit holds the images at
+resized to the image; image scores alike), with ``w = fuse_weight``. ``fuse_norm="none"`` averages the
+maps as they are (raw): the same detector on the same features, but their levels can differ (on MTD,
+PaDiM's global scores run ~4-8x the tiled ones, so ``w = 0.5`` there leans on the global map).
+``fuse_norm="zscore"`` first standardises each branch by the mean and standard deviation of its pixel
+scores (maps) and of its image scores on held-out *normal* images, so ``w`` weighs two maps on one
+scale (in units of each branch's normal spread). Those statistics come from
+:meth:`~TilingMixin.calibrate_fusion` (``fastad fit`` calls it on its ``--calibration`` images) and are
+saved with the model; scoring without them is refused. The fit holds the images at
 ``fuse_size`` in float16 until the global model is fitted (0.3 MB per 224 x 224 image), so one-shot
 iterables work; scoring resizes each batch. The global model is saved with the tiled one.
 """
@@ -32,7 +37,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TilingMixin"]
+__all__ = ["TilingMixin", "FUSE_NORMS"]
+
+FUSE_NORMS = ("none", "zscore")
 
 
 class TilingMixin:
@@ -40,7 +47,7 @@ class TilingMixin:
 
     def set_tiling(self, tile_size: int | None, overlap: float = 0.25, tile_batch_size: int | None = None,
                    scale: float = 1.0, small: str = "pad", blur: str = "tile", fuse: str | None = None,
-                   fuse_weight: float = 0.5, fuse_size=224):
+                   fuse_weight: float = 0.5, fuse_size=224, fuse_norm: str = "none"):
         """Fit and score on overlapping ``tile_size x tile_size`` tiles (None: whole images, the default).
 
         Args:
@@ -65,6 +72,11 @@ class TilingMixin:
                 small defects keep the tiles' resolution, large diffuse ones the global context.
             fuse_weight: the global map's weight ``w`` in ``[0, 1]`` (default 0.5).
             fuse_size: the global model's image size, int or ``(H, W)`` (default 224).
+            fuse_norm: ``"none"`` (default): fuse the raw maps / scores. ``"zscore"``: standardise each
+                branch by its pixel-score and image-score mean / std on held-out normal images before
+                fusing (call :meth:`calibrate_fusion` after ``fit``; saved with the model). Use it
+                when the two branches' score levels differ (PaDiM: always; PatchCore: tiles and the
+                whole image see different neighbourhoods).
 
         Takes effect at the next ``fit`` (a fitted model scores with the tiling it was fitted with).
         Returns ``self``.
@@ -87,13 +99,16 @@ class TilingMixin:
             raise ValueError(f"{type(self).__name__}.set_tiling: fuse must be None or 'global', got {fuse!r}")
         if isinstance(fuse_weight, bool) or not (isinstance(fuse_weight, (int, float)) and 0 <= fuse_weight <= 1):
             raise ValueError(f"{type(self).__name__}.set_tiling: fuse_weight must be a number in [0, 1], got {fuse_weight!r}")
+        if fuse_norm not in FUSE_NORMS:
+            raise ValueError(f"{type(self).__name__}.set_tiling: fuse_norm must be one of {FUSE_NORMS}, got {fuse_norm!r}")
         fs = (fuse_size, fuse_size) if isinstance(fuse_size, int) and not isinstance(fuse_size, bool) else fuse_size
         if not (isinstance(fs, (tuple, list)) and len(fs) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in fs)):
             raise ValueError(f"{type(self).__name__}.set_tiling: fuse_size must be an int or (H, W) of ints >= 1, got {fuse_size!r}")
         self._tiling_cfg = {"tile_size": list(t.tile_size), "overlap": t.overlap, "tile_batch_size": tile_batch_size,
                             "scale": float(scale), "small": small, "blur": blur}
         if fuse:
-            self._tiling_cfg["fuse"] = {"mode": fuse, "weight": float(fuse_weight), "size": [int(v) for v in fs]}
+            self._tiling_cfg["fuse"] = {"mode": fuse, "weight": float(fuse_weight), "size": [int(v) for v in fs],
+                                        "norm": fuse_norm}
         return self
 
     # ------------------------------------------------------------------ fusion with a global model
@@ -122,12 +137,9 @@ class TilingMixin:
         stash.clear()
         self.global_ = twin
 
-    def _score_fused(self, X, want_scores: bool, want_maps: bool, what: str, tiler):
-        """Per image batch: the tiled and the global model's scores / maps, ``w * global + (1 - w) * tiled``."""
-        w = float(self._fuse_cfg()["weight"])
-        scores, maps = [], []
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+    def _fused_parts(self, X, want_scores: bool, want_maps: bool, what: str, tiler, timings: dict):
+        """Per image batch: ``(tiled scores, tiled maps, global scores, global maps resized to the tiled
+        maps)``, raw (None where not wanted)."""
         for batch in self._image_batches(X, ragged=True):
             st, mt = self._score_tiled(batch, want_scores, want_maps, what, tiler)
             tt = self.score_timings_
@@ -136,15 +148,99 @@ class TilingMixin:
                 if k != "total":
                     timings[k] = timings.get(k, 0.0) + v
             if want_scores:
-                scores.append(w * sg.to(st.device, st.dtype) + (1 - w) * st)
+                sg = sg.to(st.device, st.dtype)
             if want_maps:
                 mg = F.interpolate(mg[:, None].float(), size=tuple(mt.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-                maps.append(w * mg.to(mt.device, mt.dtype) + (1 - w) * mt)
+                mg = mg.to(mt.device, mt.dtype)
+            yield st, mt, sg, mg
+
+    def _fuse_stats(self, what: str) -> dict | None:
+        """The branches' normal statistics with ``fuse_norm="zscore"`` (refused when not calibrated), else None."""
+        cfg = self._fuse_cfg()
+        if cfg.get("norm", "none") == "none":
+            return None
+        stats = cfg.get("stats")
+        if not stats:
+            from ._util import NotFittedError
+
+            raise NotFittedError(
+                f"{type(self).__name__}.{what}: tiling with fuse_norm={cfg['norm']!r} needs the branches' statistics on "
+                "held-out normal images: call calibrate_fusion(normal_images) after fit (fastad fit does it on its "
+                "--calibration images)"
+            )
+        return stats
+
+    def _fuse(self, g: torch.Tensor, t: torch.Tensor, kind: str, stats: dict | None) -> torch.Tensor:
+        """``w * global + (1 - w) * tiled`` of ``kind`` ("map" or "score"), each z-normalised first when ``stats``."""
+        w = float(self._fuse_cfg()["weight"])
+        if stats is not None:
+            gs, ts = stats["global"], stats["tiled"]
+            g = (g - gs[f"{kind}_mean"]) / gs[f"{kind}_std"]
+            t = (t - ts[f"{kind}_mean"]) / ts[f"{kind}_std"]
+        return w * g + (1 - w) * t
+
+    def _score_fused(self, X, want_scores: bool, want_maps: bool, what: str, tiler):
+        """Per image batch: the tiled and the global model's scores / maps, ``w * global + (1 - w) * tiled``
+        (each branch z-normalised first with ``fuse_norm="zscore"``)."""
+        stats = self._fuse_stats(what)
+        scores, maps = [], []
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for st, mt, sg, mg in self._fused_parts(X, want_scores, want_maps, what, tiler, timings):
+            if want_scores:
+                scores.append(self._fuse(sg, st, "score", stats))
+            if want_maps:
+                maps.append(self._fuse(mg, mt, "map", stats))
         timings["total"] = time.perf_counter() - t0
         self.score_timings_ = timings
         if not scores and not maps:
             raise ValueError(f"{type(self).__name__}.{what}: X holds no images")
         return (torch.cat(scores) if want_scores else None), (torch.cat(maps) if want_maps else None)
+
+    def needs_fusion_calibration(self) -> bool:
+        """Whether this detector's tiling (the fitted one, else the next fit's) fuses with
+        ``fuse_norm`` other than ``"none"``, i.e. needs :meth:`calibrate_fusion` after ``fit``."""
+        return (self._tiling_now().get("fuse") or {}).get("norm", "none") != "none"
+
+    def calibrate_fusion(self, normal) -> torch.Tensor:
+        """Measure, on held-out normal images ``normal`` (any accepted X; at least 2 images, not the
+        fit images), the mean and standard deviation of each branch's pixel scores and image scores,
+        and store them in ``tiling_["fuse"]["stats"]`` (saved with the model) for ``fuse_norm="zscore"``.
+
+        Returns the fused image scores of ``normal`` (``Tensor[N]``, after calibration), e.g. for
+        ``set_threshold(normal_scores=...)`` without scoring the images again.
+        """
+        name = f"{type(self).__name__}.calibrate_fusion"
+        self._check_fitted("calibrate_fusion")
+        cfg = self._fuse_cfg()
+        if not cfg or getattr(self, "global_", None) is None:
+            raise ValueError(f"{name}: the model is not tiled with fuse='global' (set_tiling(..., fuse='global') before fit)")
+        acc = {b: {"sum": 0.0, "sq": 0.0, "n": 0} for b in ("global", "tiled")}
+        sc: dict[str, list] = {"global": [], "tiled": []}
+        timings: dict[str, float] = {}
+        for st, mt, sg, mg in self._fused_parts(normal, True, True, "calibrate_fusion", self._tiler(), timings):
+            for b, s, m in (("global", sg, mg), ("tiled", st, mt)):
+                m = m.detach().double()
+                acc[b]["sum"] += float(m.sum())
+                acc[b]["sq"] += float((m * m).sum())
+                acc[b]["n"] += m.numel()
+                sc[b].append(s.detach().double().cpu())
+        n_img = sum(int(s.numel()) for s in sc["tiled"])
+        if n_img < 2:
+            raise ValueError(f"{name}: needs at least 2 normal images, got {n_img}")
+        stats: dict = {"n_images": n_img}
+        for b in ("global", "tiled"):
+            a = acc[b]
+            mean = a["sum"] / a["n"]
+            var = max(0.0, a["sq"] / a["n"] - mean * mean)
+            s = torch.cat(sc[b])
+            stats[b] = {"map_mean": mean, "map_std": var ** 0.5, "score_mean": float(s.mean()), "score_std": float(s.std())}
+            for k in ("map_std", "score_std"):
+                if not stats[b][k] > 0:
+                    raise ValueError(f"{name}: the {b} branch's {k.split('_')[0]} scores are constant on these images "
+                                     f"(std {stats[b][k]}); give more, or more varied, normal images")
+        self.tiling_ = {**self.tiling_, "fuse": {**cfg, "stats": stats}}  # a copy: _tiling_cfg (the next fit's) keeps none
+        return self._fuse(torch.cat(sc["global"]), torch.cat(sc["tiled"]), "score", stats).float()
 
     def _tiler(self):
         """The :class:`Tiler` of the current fit or of the fitted model; None without tiling."""

@@ -320,6 +320,8 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         self.custom_backbone_ = not isinstance(self.backbone, str)
         self.layers_ = None
         self.tiling_ = getattr(self, "_tiling_cfg", None)
+        if (self.tiling_ or {}).get("fuse", {}).get("stats") is not None:  # a loaded model's calibration is not this fit's
+            self.tiling_ = {**self.tiling_, "fuse": {k: v for k, v in self.tiling_["fuse"].items() if k != "stats"}}
         self._pending_layers = self._layers_to_extract()
         timings: dict[str, float] = {}
         sizes = []
