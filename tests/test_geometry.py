@@ -192,6 +192,24 @@ def test_cli_fit_evaluate_non_square(resize, size, tmp_path):
     assert doc["metrics"]["image_auroc"] >= 0.99  # a bright crack on a periodic texture
 
 
+def test_cli_keep_aspect_mixed_aspect_ratios(tmp_path, capsys):
+    """--resize keep-aspect on images of two aspect ratios (two sizes after resizing): PatchCore fits
+    (one bank of every grid's patches) and evaluates; PaDiM (one grid) is refused with the ways out."""
+    from fastad.cli import main
+
+    root = _tree(tmp_path / "t", h=24, w=64)
+    for p in _tree(tmp_path / "u", h=32, w=64, seed=1).rglob("*.png"):  # a second aspect ratio, merged in
+        q = root / p.relative_to(tmp_path / "u")
+        p.rename(q.with_name("b" + q.name))
+    model, rep = tmp_path / "m.safetensors", tmp_path / "rep"
+    geo = ["--image-size", "48", "--resize", "keep-aspect"]
+    assert main(["fit", "--data", str(root), "--out", str(model), "--calibration", "0.2"] + geo + FIT) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--out", str(rep), "--num-workers", "0", "-q"]) == 0
+    assert json.loads((rep / "metrics.json").read_text())["metrics"]["image_auroc"] >= 0.99
+    assert main(["fit", "--detector", "padim", "--data", str(root), "--out", str(model), "--calibration", "0"] + geo + FIT) == 2
+    assert "resize pad" in capsys.readouterr().err
+
+
 def test_cli_tiled_native_resolution_and_thresholds(tmp_path, capsys):
     from fastad.cli import main
     root = _tree(tmp_path / "t", n_train=12)

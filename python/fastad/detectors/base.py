@@ -43,6 +43,11 @@ from ._util import NotFittedError, StageTimer, progress_bar
 __all__ = ["BaseDetector", "FORMAT_VERSION", "ModelFileError", "NotFittedError", "StageTimer"]
 
 
+MIXED_SIZES_HINT = ("; images of different aspect ratios (e.g. resize 'keep-aspect'): letterbox them to one size "
+                    "(resize 'pad' / --resize pad), tile them (--resize none --tile S), or use PatchCore, whose fit "
+                    "accepts mixed sizes")
+
+
 class BaseDetector(TilingMixin, ThresholdMixin):
     """Base of fastad's image anomaly detectors (see the module docstring for the conventions).
 
@@ -50,6 +55,11 @@ class BaseDetector(TilingMixin, ThresholdMixin):
     ``_score_batch(features, image_size, want_scores, want_maps)`` and list the tensors of their
     fitted state in ``_state_tensors()`` / ``_set_state_tensors()``.
     """
+
+    #: whether ``fit`` accepts images of different sizes (batches of one size each; e.g. ``resize="keep-aspect"``
+    #: on images of different aspect ratios): PatchCore's bank pools patches of any grid; per-position
+    #: models (PaDiM) need one grid
+    _FIT_SIZES_MAY_VARY = False
 
     # ------------------------------------------------------------------ parameters (sklearn)
     @classmethod
@@ -336,9 +346,10 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         if not sizes:
             self.layers_ = None
             raise ValueError(f"{type(self).__name__}.fit: X holds no images")
-        if len(set(sizes)) != 1:
-            raise ValueError(f"{type(self).__name__}.fit: images must all have one size, got {sorted(set(sizes))}")
-        self.image_size_ = tuple(int(s) for s in sizes[0])
+        if len(set(sizes)) != 1 and not (self._FIT_SIZES_MAY_VARY and self.tiling_ is None):
+            raise ValueError(f"{type(self).__name__}.fit: images must all have one size, got {sorted(set(sizes))}"
+                             f"{MIXED_SIZES_HINT}")
+        self.image_size_ = tuple(int(s) for s in sizes[0])  # sizes vary (PatchCore): the first batch's
         if self.tiling_ is not None:  # image_size_ is the tile's; count images and tiles apart
             self.n_fit_tiles_, self.n_fit_images_ = self.n_fit_images_, self._n_tiled_images
         if self._fuse_stash is not None:  # tiling with fuse="global": fit the global model too

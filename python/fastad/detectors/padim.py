@@ -170,7 +170,10 @@ class PaDiM(BaseDetector):
         first = feats[self.layers_[0]]
         B, _, h, w = first.shape
         if (h, w) != tuple(self.feature_grid_):
-            raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}")
+            from .base import MIXED_SIZES_HINT
+
+            raise ValueError(f"PaDiM: the features have a {h}x{w} grid but the model was fitted on {tuple(self.feature_grid_)}"
+                             f" (one Gaussian per position needs one grid){MIXED_SIZES_HINT}")
         idx = self.channel_idx_.to(dev)
         every = bool(getattr(self, "_all_channels", False))
         C = idx.numel()

@@ -121,7 +121,13 @@ class PatchCore(BaseDetector):
     Fitted attributes: ``memory_bank_`` (``Tensor[M, D]``), ``layers_``, ``layer_dims_``,
     ``feature_grid_`` ``(h, w)``, ``image_size_`` ``(H, W)``, ``n_fit_images_``, ``n_train_patches_``, ``fit_timings_``
     (seconds per stage), ``threshold_`` (``None`` until :meth:`set_threshold`).
+
+    The training images may differ in size (batches of one size each, e.g. ``resize="keep-aspect"`` on
+    images of different aspect ratios): every patch joins the one bank, and ``feature_grid_`` /
+    ``image_size_`` are the first batch's.
     """
+
+    _FIT_SIZES_MAY_VARY = True
 
     def __init__(
         self,
@@ -305,10 +311,8 @@ class PatchCore(BaseDetector):
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 emb = self.embed({k: feats[k].to(dev) for k in self.layers_})
-                if grid is None:
+                if grid is None:  # images of other sizes (other grids) pool their patches into the same bank
                     grid = tuple(emb.shape[-2:])
-                elif tuple(emb.shape[-2:]) != grid:
-                    raise ValueError(f"PatchCore.fit: feature grids differ between batches ({grid} vs {tuple(emb.shape[-2:])})")
                 rows.append(self._rows(emb))
         if not rows:
             raise ValueError("PatchCore.fit: no training images / features given")
