@@ -20,7 +20,9 @@ backbone-tile pixels) and ``--scale`` are the tiling options under test. ``<dete
 with ``fuse="global"`` (the tiled map averaged with a 224-squash model's map, weight ``--fuse-weight``
 for the global one; the tiled map's sigma is ``--tiled-blur``, the global model's the default 4);
 ``--fuse-norm zscore`` standardises both branches on the held-out normal images first
-(``calibrate_fusion``, whose fused scores then give the quantile thresholds).
+(``calibrate_fusion``, whose fused scores then give the quantile thresholds); ``<detector>-fusedraw``
+is the same fusion without normalisation (``fuse_norm="none"``). Times: CPU seconds of the child
+process (``time.process_time``; wall seconds in the JSON too).
 
 Thresholds: the ``--held-out`` normal training images (not used to fit)
 give ``quantile`` and ``quantile-corrected`` (0.99), PaDiM gives ``chi2`` (0.99), and a seeded,
@@ -63,8 +65,9 @@ def run_config(a) -> dict:
     from fastad.detectors import PaDiM, PatchCore
 
     torch.set_num_threads(1)
-    tiled = a.config.endswith(("tiled", "fused"))
-    fused = a.config.endswith("fused")
+    tiled = a.config.endswith(("tiled", "fused", "fusedraw"))
+    fused = a.config.endswith(("fused", "fusedraw"))
+    fuse_norm = "none" if a.config.endswith("fusedraw") else a.fuse_norm
     detector = a.config.split("-")[0]
     kw = dict(image_size=224, resize="squash") if not tiled else dict(resize="none")
     train = MVTecDataset(ROOT, "train", **kw)
@@ -96,24 +99,24 @@ def run_config(a) -> dict:
         det = PaDiM(progress=False, batch_size=16)
     if tiled:
         det.set_tiling(a.tile, a.overlap, scale=a.scale, small=a.small, blur=a.blur_at,
-                       fuse="global" if fused else None, fuse_weight=a.fuse_weight, fuse_norm=a.fuse_norm)
+                       fuse="global" if fused else None, fuse_weight=a.fuse_weight, fuse_norm=fuse_norm)
         if a.tiled_blur is not None and not fused:  # per native pixel, a 224-squash map's sigma 4 is ~ 4 x 1.3-1.5
             det.blur_sigma = a.tiled_blur
     elif a.squash_blur is not None:
         det.blur_sigma = a.squash_blur
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     det.fit(_subset(train, fit_idx))
     n_patches = getattr(det, "n_train_patches_", None)
-    fit_s = time.perf_counter() - t0
+    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     if fused and a.tiled_blur is not None:  # the tiled map's sigma; the global model keeps the default 4 of its fit
         det.blur_sigma = a.tiled_blur
-    t_cal = time.perf_counter()
-    if fused and a.fuse_norm != "none":  # the branches' normal statistics from the held-out images; their fused scores
+    t_cal = time.process_time()
+    if fused and fuse_norm != "none":  # the branches' normal statistics from the held-out images; their fused scores
         cal = det.calibrate_fusion(_subset(train, cal_idx))
     else:
         cal = det.decision_function(_subset(train, cal_idx))
-    cal_s = time.perf_counter() - t_cal
-    t1 = time.perf_counter()
+    cal_s = time.process_time() - t_cal
+    t1, c1 = time.perf_counter(), time.process_time()
     pm = M.PixelMetrics()
     by_type: dict = {}
     scores, labels, types = [], [], []
@@ -134,17 +137,17 @@ def run_config(a) -> dict:
         scores.append(s)
         labels.append(b["label"])
         types += b["defect_type"]
-    score_s = time.perf_counter() - t1
+    score_s, score_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     s, y = torch.cat(scores).double(), torch.cat(labels)
     pix = pm.compute()
     out = {
         "config": a.config, "tile": a.tile if tiled else None, "overlap": a.overlap if tiled else None,
         "scale": a.scale if tiled else None, "small": a.small if tiled else None, "blur_at": a.blur_at if tiled else None,
         "blur_sigma": det.blur_sigma, "split": a.split, "fuse_weight": a.fuse_weight if fused else None,
-        "fuse_norm": a.fuse_norm if fused else None, "held_out_scoring_s": cal_s,
+        "fuse_norm": fuse_norm if fused else None, "held_out_scoring_cpu_s": cal_s,
         "train_images": len(fit_idx), "held_out": len(cal_idx), "test_images": int(s.numel()),
         "n_patches": n_patches, "bank_rows": None if detector != "patchcore" else int(det.memory_bank_.shape[0]),
-        "fit_s": fit_s, "score_s": score_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "fit_s": fit_s, "score_s": score_s, "fit_cpu_s": fit_cpu_s, "score_cpu_s": score_cpu_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "image_auroc": float(M.auroc(s, y)), "pixel_auroc": pix["pixel_auroc"], "pixel_ap": pix["pixel_ap"],
         "aupro": pix["aupro"],
         "by_type": {t: {k: v[k] for k in ("pixel_ap", "aupro")} for t, v in sorted((t, m.compute()) for t, m in by_type.items())},
@@ -254,7 +257,7 @@ def main() -> None:
             raise SystemExit(f"{c} failed")
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         x = rows[-1]
-        print(f"{c:20s} fit {x['fit_s']:7.1f} s  score {x['score_s']:7.1f} s  peak RSS {x['peak_rss_mb']:7.0f} MB  "
+        print(f"{c:20s} fit {x['fit_cpu_s']:7.1f} CPU s  score {x['score_cpu_s']:7.1f} CPU s  peak RSS {x['peak_rss_mb']:7.0f} MB  "
               f"image AUROC {x['image_auroc']:.4f}  pixel AUROC {x['pixel_auroc']:.4f}  pixel AP {x['pixel_ap']:.4f}  "
               f"AUPRO {x['aupro']:.4f}", flush=True)
         print("    by type (pixel AP / AUPRO): " + ", ".join(f"{t} {v['pixel_ap']:.3f} / {v['aupro']:.3f}" for t, v in x["by_type"].items()), flush=True)
@@ -264,10 +267,10 @@ def main() -> None:
     by = {r["config"]: r for r in rows}
     ratios = {}
     for d in ("patchcore", "padim"):
-        for kind in ("tiled", "fused"):
+        for kind in ("tiled", "fused", "fusedraw"):
             a_, b_ = by.get(f"{d}-{kind}"), by.get(f"{d}-squash224")
             if a_ and b_:
-                ratios[f"{d}-{kind}"] = {k: a_[k] / b_[k] for k in ("pixel_ap", "aupro", "pixel_auroc", "fit_s", "score_s", "peak_rss_mb")}
+                ratios[f"{d}-{kind}"] = {k: a_[k] / b_[k] for k in ("pixel_ap", "aupro", "pixel_auroc", "fit_cpu_s", "score_cpu_s", "peak_rss_mb")}
                 print(f"{d}: {kind} / squash224 " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios[f"{d}-{kind}"].items()))
     import torch
 

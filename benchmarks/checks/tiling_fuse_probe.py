@@ -6,8 +6,10 @@ images (bench_tiling's selection), score the 70 held-out normal images and all 6
 both, and save the maps at native resolution (float16) to ``--dir``.
 Step 2 (``--eval DET``): per split half (bench_tiling's seeded tune / report halves), pixel AP /
 AUROC / AUPRO of squash, tiled and fusions ``w * g + (1 - w) * t`` of the two maps, raw or each map
-z-normalised by the mean / std of its pixels on the held-out normal images, plus diagnostics (map
-levels on normal pixels, per-image max spread).
+z-normalised by the mean / std of its pixels (image scores: of its image scores) on the held-out normal
+images (what ``set_tiling(fuse_norm="zscore")`` + ``calibrate_fusion`` do), or the maximum of the two
+z-maps, plus diagnostics (map levels on normal pixels). ``--half tune`` scores only the tune half:
+the fusion is chosen there (``results/tiling_fuse_tune.txt``), never on the report half.
 
     nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --save patchcore --dir /tmp/fuse [--half tune]
     nice -n 5 .venv/bin/python benchmarks/checks/tiling_fuse_probe.py --eval patchcore --dir /tmp/fuse
