@@ -166,7 +166,7 @@ def run_config(a) -> dict:
         thr["quantile"] = T.quantile(cal, 0.99)
         thr["quantile-corrected"] = T.quantile_corrected(cal, 0.99)
         out["quantile_corrected_warning"] = [str(x.message) for x in w]
-    if detector == "padim":
+    if detector == "padim" and not fused:  # chi2: not for a fused score (refused)
         det.set_threshold(method="chi2", quantile=0.99)
         thr["chi2"] = det.threshold_
     thr["f1"], out["f1_on_validation"] = T.f1(s[val], y[val])

@@ -351,7 +351,11 @@ def test_fuse_zscore(name, tiny_backbone, tmp_path):
     back.fit(train)  # a new fit: the loaded calibration is not its own
     with pytest.raises(NotFittedError, match="calibrate_fusion"):
         back.score(x)
+    assert not det.supports_threshold("chi2")  # a fused score is no Mahalanobis distance
+    if name == "PaDiM":
+        with pytest.raises(ValueError, match="'chi2' does not apply to a model fused"):
+            det.set_threshold(method="chi2")
     plain = cls(backbone=tiny_backbone, progress=False, batch_size=4, **kw).set_tiling(32, 0.5).fit(train)
-    assert not plain.needs_fusion_calibration()
+    assert not plain.needs_fusion_calibration() and plain.supports_threshold("chi2") == (name == "PaDiM")
     with pytest.raises(ValueError, match="not tiled with fuse='global'"):
         plain.calibrate_fusion(normal)

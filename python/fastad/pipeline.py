@@ -228,7 +228,7 @@ def fit_detector(
     ``"quantile"`` or ``"quantile-corrected"``); ``"chi2"`` needs no held-out images, ``"f1"`` uses the
     labelled ``val_ds`` (see :mod:`fastad.thresholds`). Returns ``det``."""
     if not det.supports_threshold(threshold):  # before the fit, not after it
-        raise CLIError(f"--threshold {threshold}: not available for {type(det).__name__} (chi2 needs a Gaussian detector: padim, gaussian)")
+        raise CLIError(f"--threshold {threshold}: not available for {type(det).__name__} (chi2 needs a Gaussian detector, padim or gaussian, without --tile-fuse)")
     if threshold == "f1" and (val_ds is None or not has_labels(val_ds)):
         raise CLIError("--threshold f1 needs labelled validation images: --val DIR (an MVTec-layout folder)")
     n_scored = 0

@@ -69,6 +69,9 @@ class ThresholdMixin:
                 raise ValueError(f"{name}: quantile must be in [0, 1], got {quantile}")
             info = {"method": method, "quantile": float(quantile)}
             if method == "chi2":
+                if not self.supports_threshold("chi2") and type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold:
+                    raise ValueError(f"{name}: method 'chi2' does not apply to a model fused with a global one (tiling "
+                                     "fuse='global': its scores are no Mahalanobis distance); use quantile or f1")
                 t, info["n_images"] = float(self._chi2_threshold(float(quantile))), 0
             elif method == "f1":
                 if labels is None:
@@ -95,9 +98,11 @@ class ThresholdMixin:
         return self
 
     def supports_threshold(self, method: str) -> bool:
-        """Whether :meth:`set_threshold` can use ``method`` with this detector (``"chi2"``: Gaussian ones)."""
+        """Whether :meth:`set_threshold` can use ``method`` with this detector (``"chi2"``: Gaussian ones,
+        not fused with a global model: a fused score is no Mahalanobis distance)."""
         if method == "chi2":
-            return type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold
+            fused = bool((getattr(self, "_tiling_now", lambda: {})() or {}).get("fuse"))
+            return type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold and not fused
         from fastad import thresholds
 
         return method in thresholds.METHODS
