@@ -302,6 +302,10 @@ def test_cli_tile_fuse_norm_zscore(tmp_path, capsys):
             "--tile-fuse-norm", "zscore"]
     assert main(base + ["--calibration", "0"] + FIT) == 2
     assert "held-out normal images" in capsys.readouterr().err
+    assert main([a for a in base if a not in ("--tile-fuse", "global")] + FIT) == 2
+    assert "needs --tile-fuse global" in capsys.readouterr().err
+    assert main(["fit", "--data", str(root), "--out", str(model), "--tile-fuse", "global"] + FIT) == 2
+    assert "needs --tile S" in capsys.readouterr().err
     assert main(base + ["--calibration", "0.25", "--detector", "padim"] + FIT) == 0
     det = load(model, backbone="random_cnn")
     st = det.tiling_["fuse"]["stats"]

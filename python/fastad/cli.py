@@ -59,6 +59,10 @@ def cmd_fit(a) -> int:
     from fastad._output import check_model_path
 
     check_model_path(a.out, a.overwrite)  # before any work: an existing file needs --overwrite
+    if a.tile_fuse != "none" and not a.tile:
+        raise CLIError("--tile-fuse fuses a tiled model with a global one: it needs --tile S")
+    if a.tile_fuse_norm != "none" and a.tile_fuse == "none":
+        raise CLIError(f"--tile-fuse-norm {a.tile_fuse_norm} normalises the fused maps: it needs --tile-fuse global")
     if a.shard and not a.distributed:
         raise CLIError("--shard writes a memory bank split across processes: it needs --distributed (under torchrun)")
     torch.manual_seed(a.seed)
