@@ -32,3 +32,40 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
     if x.device.type not in ("cpu", "meta") and x.numel() and not bool(torch.isfinite(x).all()):  # CPU checks itself
         raise ValueError("gaussian_accumulate: x holds NaN or Inf")
     torch.ops.fastad.gaussian_accumulate(x, shift, sum, sumsq)
+
+
+
+def gather_maps(maps, channels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows of a multi-layer embedding (PaDiM's), position-major, in one pass: the concatenation of
+    the layer maps, each resized to the first map's grid with ``F.interpolate(mode="nearest")``, its
+    channels ``channels``, as ``[N, h * w, C]`` (``out[n, i * w + j, k]`` = channel ``channels[k]`` of the
+    concatenation at ``(i, j)``); no resized or concatenated tensor is formed.
+
+    Args:
+        maps: a sequence of ``L >= 1`` maps ``Tensor[N, C_l, h_l, w_l]`` (float32; other float dtypes are
+            cast), sharing ``N``; the first one's ``h x w`` grid is the output grid.
+        channels: ``Tensor[C]`` int64, indices into the ``sum_l C_l`` concatenated channels.
+        out: optional ``Tensor[N, h * w, C]`` float32, contiguous, written in place.
+
+    Returns:
+        ``out`` (a new ``Tensor[N, h * w, C]`` float32 when not given).
+
+    Example:
+        >>> import torch, fastad
+        >>> a, b = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 1, 1)
+        >>> fastad.ops.gather_maps([a, b], torch.tensor([1, 0]))[0].tolist()
+        [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    """
+    flat = [m.float() if isinstance(m, torch.Tensor) and m.is_floating_point() and m.dtype != torch.float32 else m
+            for m in maps]
+    if not flat:
+        raise ValueError("gather_maps: maps must hold at least one layer map")
+    if out is None:
+        f = flat[0]
+        if not isinstance(f, torch.Tensor) or f.dim() != 4 or not isinstance(channels, torch.Tensor) or channels.dim() != 1:
+            # (the op names the argument)
+            out = torch.empty(0, dtype=torch.float32)
+        else:
+            out = torch.empty(f.shape[0], f.shape[2] * f.shape[3], channels.shape[0], dtype=torch.float32, device=f.device)
+    torch.ops.fastad.gather_maps(flat, channels, out)
+    return out
