@@ -227,6 +227,8 @@ void gather_maps_cpu(at::TensorList maps_, const at::Tensor& channels_, const at
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<const float*> planes(static_cast<size_t>(C));
     std::vector<const int32_t*> srcs(static_cast<size_t>(C));
+    std::vector<int64_t> next(static_cast<size_t>(C));
+    for (int64_t k = 0; k < C; ++k) next[k] = s.cl[klayer[k]] * s.hl[klayer[k]] * s.wl[klayer[k]];
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t k = 0; k < C; ++k) {
         const int64_t l = klayer[k];
@@ -236,7 +238,7 @@ void gather_maps_cpu(at::TensorList maps_, const at::Tensor& channels_, const at
       float* on = o + n * P * C;
 #if FASTAD_HAVE_AVX2
       if (avx2) {
-        gather_maps_image_avx2(planes.data(), srcs.data(), C, P, on);
+        gather_maps_image_avx2(planes.data(), srcs.data(), n + 1 < n1 ? next.data() : nullptr, C, P, on);
         continue;
       }
 #endif

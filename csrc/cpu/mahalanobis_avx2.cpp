@@ -103,15 +103,20 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
   maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
 }
 
-void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, int64_t C, int64_t P, float* out) {
+void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, const int64_t* next, int64_t C,
+                            int64_t P, float* out) {
   int64_t p0 = 0;
   constexpr int64_t kAhead = 128;  // positions prefetched ahead: 152 interleaved plane streams are more than
                                   // the hardware prefetcher follows
   for (; p0 + 8 <= P; p0 += 8) {
-    if ((p0 & 15) == 0 && p0 + kAhead < P)
-      for (int64_t k = 0; k < C; ++k)
-        _mm_prefetch(reinterpret_cast<const char*>(planes[k] + (srcs[k] == nullptr ? p0 + kAhead : srcs[k][p0 + kAhead])),
-                     _MM_HINT_T0);
+    if ((p0 & 15) == 0) {
+      const int64_t pa = p0 + kAhead < P ? p0 + kAhead : p0 + kAhead - P;  // past the end: the next image's
+      if (pa == p0 + kAhead || next != nullptr)
+        for (int64_t k = 0; k < C; ++k)
+          _mm_prefetch(reinterpret_cast<const char*>(planes[k] + (pa == p0 + kAhead ? 0 : next[k]) +
+                                                     (srcs[k] == nullptr ? pa : srcs[k][pa])),
+                       _MM_HINT_T0);
+    }
     int64_t k0 = 0;
     for (; k0 + 8 <= C; k0 += 8) {
       __m256 r[8];
