@@ -581,6 +581,8 @@ class GaussianAccumulator:
         # float32 in the factor itself
         direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
                     and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
+        sub = max(1, min(P, (4 << 20) // (8 * d * d)))  # positions per float64 temporary (~4 MB)
+        tmp64 = torch.empty(sub, d, d, dtype=torch.float64) if direct32 else None
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
             t0 = time.process_time()
@@ -598,16 +600,18 @@ class GaussianAccumulator:
             # cov = (S2 - n ms ms^T) / (n - ddof) in one pass (in place when b2 is this block's own buffer)
             f = 1.0 / (n - ddof)
             if direct32:
-                # float32 covariance straight into the factor block: cast of the sums, rank-1 correction and
-                # regularisation in float32 (ms is the mean of the shifted data, small next to the spread:
-                # no cancellation), no float64 covariance pass; the float64 covariance of a position is
-                # formed only if its float32 factorisation is redone
+                # the covariance formed in float64 a few positions at a time (the float64 temporary stays in
+                # cache) and rounded once into the factor block, where it is factorised in place: no float64
+                # covariance pass over memory; the float64 covariance of a position is formed again only
+                # if its float32 factorisation is redone
                 fb = factor[p0:p1]
-                fb.copy_(b2)
-                ms32 = ms.float()
-                fb.baddbmm_(ms32[:, :, None], ms32[:, None, :], beta=f, alpha=-float(n) * f)
-                if reg:
-                    fb.diagonal(dim1=-2, dim2=-1).add_(float(reg))
+                for q0 in range(0, p1 - p0, sub):
+                    q1 = min(p1 - p0, q0 + sub)
+                    t64 = torch.baddbmm(b2[q0:q1], ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
+                                        alpha=-float(n) * f, out=tmp64[: q1 - q0])
+                    if reg:
+                        t64.diagonal(dim1=-2, dim2=-1).add_(float(reg))
+                    fb[q0:q1].copy_(t64)
 
                 def cov64(p, b2=b2, ms=ms, f=f):
                     c = (b2[p] - float(n) * torch.outer(ms[p], ms[p])) * f

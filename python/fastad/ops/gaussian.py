@@ -1,6 +1,8 @@
 """Streaming Gaussian statistics (the fit side of PaDiM / Gaussian AD / Lee / M-SVDD)."""
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
 
 
@@ -35,7 +37,7 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
 
 
-def gather_maps(maps, channels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def gather_maps(maps: List[torch.Tensor], channels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The rows of a multi-layer embedding (PaDiM's), position-major, in one pass: the concatenation of
     the layer maps, each resized to the first map's grid with ``F.interpolate(mode="nearest")``, its
     channels ``channels``, as ``[N, h * w, C]`` (``out[n, i * w + j, k]`` = channel ``channels[k]`` of the
@@ -56,16 +58,18 @@ def gather_maps(maps, channels: torch.Tensor, out: torch.Tensor | None = None) -
         >>> fastad.ops.gather_maps([a, b], torch.tensor([1, 0]))[0].tolist()
         [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
     """
-    flat = [m.float() if isinstance(m, torch.Tensor) and m.is_floating_point() and m.dtype != torch.float32 else m
-            for m in maps]
-    if not flat:
+    if len(maps) == 0:
         raise ValueError("gather_maps: maps must hold at least one layer map")
+    flat: List[torch.Tensor] = []
+    for m in maps:
+        flat.append(m.float() if m.is_floating_point() and m.dtype != torch.float32 else m)
     if out is None:
         f = flat[0]
-        if not isinstance(f, torch.Tensor) or f.dim() != 4 or not isinstance(channels, torch.Tensor) or channels.dim() != 1:
-            # (the op names the argument)
-            out = torch.empty(0, dtype=torch.float32)
-        else:
-            out = torch.empty(f.shape[0], f.shape[2] * f.shape[3], channels.shape[0], dtype=torch.float32, device=f.device)
-    torch.ops.fastad.gather_maps(flat, channels, out)
-    return out
+        if f.dim() == 4 and channels.dim() == 1:
+            res = torch.empty([f.shape[0], f.shape[2] * f.shape[3], channels.shape[0]], dtype=torch.float32, device=f.device)
+        else:  # (the op names the argument)
+            res = torch.empty([0], dtype=torch.float32, device=f.device)
+    else:
+        res = out
+    torch.ops.fastad.gather_maps(flat, channels, res)
+    return res
