@@ -125,11 +125,23 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
       AlignedFloats ybuf, tbuf;
       std::vector<double> cs;
-      for (int64_t p = p0; p < p1; ++p)
+      // more than one chunk: the chunks' products are summed into a cache-resident float64 tile first,
+      // so the position's sums (in memory: P d^2 doubles) are read and written once per call
+      std::vector<double> local(N > kAccChunk ? static_cast<size_t>(d * d) : 0);
+      for (int64_t p = p0; p < p1; ++p) {
+        double* s2 = N > kAccChunk ? local.data() : sumsq + p * d * d;
+        if (N > kAccChunk)
+          for (int64_t i = 0; i < d; ++i) std::fill(s2 + i * d, s2 + i * d + i + 1, 0.0);
         for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               sumsq + p * d * d, simd, ybuf, tbuf, cs))
+                               s2, simd, ybuf, tbuf, cs))
             bad = p;
+        if (N > kAccChunk) {
+          double* o = sumsq + p * d * d;
+          for (int64_t i = 0; i < d; ++i)
+            for (int64_t j = 0; j <= i; ++j) o[i * d + j] += s2[i * d + j];
+        }
+      }
     });
   } else {
     std::mutex mu;

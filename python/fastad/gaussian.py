@@ -41,7 +41,7 @@ from collections.abc import Iterable
 
 import torch
 
-from . import _memory, ops
+from . import ops
 
 SHRINKAGE_METHODS = ("ledoit_wolf", "oas")
 _FACTOR_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -493,7 +493,13 @@ class GaussianAccumulator:
 
     def _fold(self):
         if self.s2 is None:
-            self.s2 = _memory.zeros(*self.shape, self.shape[-1], dtype=torch.float64, device=self.device)
+            shape = self.shape + (self.shape[-1],)
+            if self.device.type == "cpu":  # calloc'd: zero pages from the kernel, no separate zero-fill pass
+                import numpy as np
+
+                self.s2 = torch.from_numpy(np.zeros(shape, dtype=np.float64))
+            else:
+                self.s2 = torch.zeros(shape, dtype=torch.float64, device=self.device)
         if self._buf:
             x = self._buf[0] if len(self._buf) == 1 else torch.cat(self._buf)
             self._buf, self._nbuf = [], 0
@@ -558,9 +564,9 @@ class GaussianAccumulator:
         mean_dt = torch.float64 if factor_dtype == torch.float64 else torch.float32
         self.n_refactored_ = 0  # cholesky: float32 factorisations redone in float64
         mean = torch.empty(P, d, dtype=mean_dt, device=dev)
-        factor = _memory.empty(P, d, d, dtype=factor_dtype, device=dev)
+        factor = torch.empty(P, d, d, dtype=factor_dtype, device=dev)
         logdet = torch.empty(P, dtype=torch.float64, device=dev)
-        cov_out = _memory.empty(P, d, d, dtype=torch.float64, device=dev) if keep_covariance else None
+        cov_out = torch.empty(P, d, d, dtype=torch.float64, device=dev) if keep_covariance else None
         alphas = torch.zeros(P, dtype=torch.float64)
         pb = max(1, min(P, _BLOCK_BYTES // (3 * 8 * d * d)))
         shift = self.shift if per_pos else self.shift[None]
@@ -575,7 +581,7 @@ class GaussianAccumulator:
             if dev.type == "cpu" else None
         if s2 is None:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
-        b2_all = _memory.empty(pb, d, d, dtype=torch.float64, device=dev)  # the block's sums, then covariance
+        b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev)  # the block's sums, then covariance
         t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
         # float32 Cholesky factors of unshrunk covariances (PaDiM's default): the covariance is formed in
         # float32 in the factor itself

@@ -37,7 +37,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .. import _memory, ops
+from .. import ops
 from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, precision_factor
 from ._maps import resize_blur
 from ._registry import register
@@ -177,7 +177,7 @@ class PaDiM(BaseDetector):
         C = idx.numel()
         if dev.type == "cpu":  # one op: the maps read once, image by image, rows written position-major
             maps = [feats[layer].to(dev) for layer in self.layers_]
-            out = _memory.empty(B, h * w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h * w, C)
+            out = torch.empty(B, h * w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h * w, C)
             return ops.gather_maps(maps, idx, out)
         out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h, w, C)
         c0 = 0
@@ -254,7 +254,7 @@ class PaDiM(BaseDetector):
                     if spare is not None and spare.shape[0] >= B:
                         stage, spare = spare, None
                     else:
-                        stage = _memory.empty(cap + B, P, C, dtype=torch.float32, device=dev)
+                        stage = torch.empty(cap + B, P, C, dtype=torch.float32, device=dev)
                 self._positions(feats, dev, out=stage[filled : filled + B])
                 filled += B
                 if filled >= cap:
