@@ -10,8 +10,9 @@ through EfficientNet-Lite0 (ImageNet weights, fastad's fused extractor), taps ``
 extraction is timed separately and counted on neither side), so the comparison is PaDiM itself:
 - fit: the embedding (nearest resize + concatenation + channel subset) and the per-position Gaussians
   (anomalib: ``torch.vstack`` of the training embeddings, then ``MultiVariateGaussian.fit``: a Python
-  loop over the 784 positions, float32 ``torch.linalg.inv``; fastad: ``PaDiM.fit_features``,
-  float64 streaming sums, one batched Cholesky);
+  loop over the 784 positions, float32 ``torch.linalg.inv``; fastad: ``PaDiM.fit_features``: the
+  embedding rows by ``ops.gather_maps``, float32 SYRK chunks into float64 sums (``ops.gaussian_accumulate``),
+  one float32 LAPACK Cholesky per position, float64 redo of ill-conditioned ones);
 - predict: Mahalanobis maps, bilinear upsampling, sigma-4 blur, max (anomalib:
   ``AnomalyMapGenerator`` per batch of 32; fastad: ``PaDiM.score_features``).
 Both use the same channel subset (fastad's ``channel_idx_``; all 152 channels by default). Stages

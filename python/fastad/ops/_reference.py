@@ -210,7 +210,7 @@ def gaussian_accumulate(
 
 
 
-def gather_maps(maps, channels: torch.Tensor) -> torch.Tensor:
+def gather_maps(maps: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`fastad.ops.gather_maps`: the embedding formed as PaDiM / anomalib form it
     (nearest resize to the first map's grid, concatenation, channel subset), position-major."""
     import torch.nn.functional as F
