@@ -163,7 +163,18 @@ def main():
 
     print("fastad stages (wall s): fit " + ", ".join(f"{k} {v:.2f}" for k, v in det.fit_timings_.items())
           + "; predict " + ", ".join(f"{k} {v:.2f}" for k, v in getattr(det, "score_timings_", {}).items()), flush=True)
-    res = {"anomalib_version": version, "fit_dtype": a.fit_dtype, "fit_repeats": a.fit_repeats,
+    st = getattr(det, "fit_stage_cpu_", {})
+    if st:
+        fl = idx.numel() * (idx.numel() + 1) * len(keep) * det.feature_grid_[0] * det.feature_grid_[1]
+        a_ = torch.randn(1024, 1024)
+        b_ = torch.randn(1024, 1024)
+        torch.mm(a_, b_)
+        t_mm = min(timed(lambda: torch.mm(a_, b_))[2] for _ in range(5))
+        roof = 2 * 1024**3 / t_mm / 1e9
+        syrk = fl / st["accumulate"] / 1e9
+        print("fastad fit stages (CPU s, last round): " + ", ".join(f"{k} {v:.3f}" for k, v in st.items())
+              + f"; SYRK {syrk:.1f} GFLOP/s = {100 * syrk / roof:.0f}% of torch.mm's {roof:.1f} (1024^3, float32)", flush=True)
+    res = {"anomalib_version": version, "fit_stage_cpu_s": st, "fit_dtype": a.fit_dtype, "fit_repeats": a.fit_repeats,
            "fit_runs_cpu_s": {k: [x[1] for x in v] for k, v in fit_runs.items()}, "cpu": cpu_model(), "train_images": len(keep), "test_images": len(test_ds),
            "channels": int(idx.numel()), "threads": a.threads, "stages": {}}
     print(f"{'stage':18s} {'wall s':>8s} {'CPU s':>8s}")

@@ -273,6 +273,8 @@ class PaDiM(BaseDetector):
                                      keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit",
                                      factor_kind=kind)
             self.n_refactored_ = getattr(acc, "n_refactored_", 0)
+            # process CPU seconds of the Gaussian stages (SYRK sums, covariance, factorisation; benchmarks)
+            self.fit_stage_cpu_ = dict(getattr(model, "fit_timings_", {}))
             del acc
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()
