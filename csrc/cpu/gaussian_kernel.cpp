@@ -8,7 +8,8 @@
 // product of a chunk is formed in float32 by a 6 x 32 AVX-512 / 6 x 16 AVX2 micro-kernel (or portable C++) over the
 // lower triangle only (half the FLOPs of a GEMM), and added into the float64 sums: float32 error over
 // at most kAccChunk shifted products, float64 across chunks. float64 x: float64 throughout. One pass
-// over x; memory: one chunk buffer and one d x d float32 tile per thread (no [N, P, d, d] anything).
+// over x; memory: one chunk buffer, one d x d float32 tile and (more than one chunk per position) one
+// d x d float64 tile per thread (no [N, P, d, d] anything).
 // Parallel over positions (P > 1), or over row chunks with per-thread float64 partial sums (P = 1).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

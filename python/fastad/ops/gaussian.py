@@ -20,7 +20,9 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
     Low-precision ``x``: products are formed in float32 over chunks of at most 256 rows (a lower-SYRK
     micro-kernel, half the FLOPs of a GEMM) and summed in float64; float64 ``x``: float64 throughout.
-    No ``[N, P, d, d]`` temporary: per thread one 256-row chunk and one ``d x d`` float32 tile.
+    No ``[N, P, d, d]`` temporary: per thread one 256-row chunk, one ``d x d`` float32 tile and, when a
+    position has more than one chunk, one ``d x d`` float64 tile (its chunks are summed there, so ``sumsq``
+    is read and written once per call).
     NaN or Inf in ``x`` raise an error (the sums are then partially updated: discard them).
 
     Example:
