@@ -10,12 +10,14 @@ through EfficientNet-Lite0 (ImageNet weights, fastad's fused extractor), taps ``
 extraction is timed separately and counted on neither side), so the comparison is PaDiM itself:
 - fit: the embedding (nearest resize + concatenation + channel subset) and the per-position Gaussians
   (anomalib: ``torch.vstack`` of the training embeddings, then ``MultiVariateGaussian.fit``: a Python
-  loop over the 784 positions, float32 ``torch.linalg.inv``; fastad: ``PaDiM.fit_features``,
-  float64 streaming sums, one batched Cholesky);
+  loop over the 784 positions, float32 ``torch.linalg.inv``; fastad: ``PaDiM.fit_features``: the
+  embedding rows by ``ops.gather_maps``, float32 SYRK chunks into float64 sums (``ops.gaussian_accumulate``),
+  one float32 LAPACK Cholesky per position, float64 redo of ill-conditioned ones);
 - predict: Mahalanobis maps, bilinear upsampling, sigma-4 blur, max (anomalib:
   ``AnomalyMapGenerator`` per batch of 32; fastad: ``PaDiM.score_features``).
 Both use the same channel subset (fastad's ``channel_idx_``; all 152 channels by default). Stages
-run interleaved in one process, ``torch.set_num_threads(--threads)``; wall and CPU seconds per stage.
+run interleaved in one process, ``torch.set_num_threads(--threads)``; wall and CPU seconds per stage (fit:
+the minimum over ``--fit-repeats`` interleaved rounds of both sides, each from the same shared features).
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ def main():
     ap.add_argument("--synthetic", action="store_true",
                     help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
+    ap.add_argument("--fit-repeats", type=int, default=3,
+                    help="MTD: interleaved fit rounds (fastad, anomalib); each side's minimum is reported")
     ap.add_argument("--fit-dtype", default="auto", choices=["auto", "float64", "float32"],
                     help="PaDiM(fit_dtype=...): dtype of the per-position factorisation (auto: PaDiM's default, "
                          "float32 Cholesky with float64 redo of ill-conditioned positions; anomalib: float32)")
@@ -112,15 +116,6 @@ def main():
           f"{fastad.build_info().get('dist_micro_kernel', fastad.build_info().get('simd'))}", flush=True)
 
     rows = {}
-    # warm-up, not timed (both sides): first-call costs (scipy's LAPACK import, torch kernels' set-up)
-    PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False).fit_features(train_f[:1], image_size=(224, 224))
-    MVG().fit(train_f[0][layers[0]][:, :8].contiguous())
-    # ---- fit, interleaved
-    det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False,
-                fit_dtype=None if a.fit_dtype == "auto" else a.fit_dtype)
-    _, w, c = timed(lambda: det.fit_features(train_f, image_size=(224, 224)))
-    rows["fastad fit"] = (w, c)
-    idx = det.channel_idx_
 
     def anomalib_embedding(feats):  # PadimModel.generate_embedding, same subset
         emb = feats[layers[0]]
@@ -128,14 +123,29 @@ def main():
             emb = torch.cat((emb, F.interpolate(feats[layer], size=emb.shape[-2:], mode="nearest")), 1)
         return torch.index_select(emb, 1, idx)
 
-    gauss = MVG()
-
     def anomalib_fit():
         bank = torch.vstack([anomalib_embedding(f) for f in train_f])  # the training "memory bank"
         gauss.fit(bank)
 
-    _, w, c = timed(anomalib_fit)
-    rows["anomalib fit"] = (w, c)
+    # warm-up, not timed (both sides): first-call costs (scipy's LAPACK import, torch kernels' set-up)
+    PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False).fit_features(train_f[:1], image_size=(224, 224))
+    MVG().fit(train_f[0][layers[0]][:, :8].contiguous())
+    # ---- fit, interleaved: --fit-repeats rounds of (fastad, anomalib), the minimum of each side's wall and
+    # CPU seconds (the machine is shared: one-shot times swing by +-30%)
+    fit_runs: dict[str, list] = {"fastad fit": [], "anomalib fit": []}
+    idx = None
+    for _ in range(a.fit_repeats):
+        det = PaDiM(backbone=None, layers=layers, n_features=a.n_features, progress=False,
+                    fit_dtype=None if a.fit_dtype == "auto" else a.fit_dtype)
+        _, w, c = timed(lambda: det.fit_features(train_f, image_size=(224, 224)))
+        fit_runs["fastad fit"].append((w, c))
+        idx = det.channel_idx_
+        gauss = MVG()
+        _, w, c = timed(anomalib_fit)
+        fit_runs["anomalib fit"].append((w, c))
+    for k, v in fit_runs.items():
+        rows[k] = (min(x[0] for x in v), min(x[1] for x in v))
+
     # ---- predict, interleaved
     (out_f), w, c = timed(lambda: det.score_features(test_f))
     rows["fastad predict"] = (w, c)
@@ -153,7 +163,19 @@ def main():
 
     print("fastad stages (wall s): fit " + ", ".join(f"{k} {v:.2f}" for k, v in det.fit_timings_.items())
           + "; predict " + ", ".join(f"{k} {v:.2f}" for k, v in getattr(det, "score_timings_", {}).items()), flush=True)
-    res = {"anomalib_version": version, "fit_dtype": a.fit_dtype, "cpu": cpu_model(), "train_images": len(keep), "test_images": len(test_ds),
+    st = getattr(det, "fit_stage_cpu_", {})
+    if st:
+        fl = idx.numel() * (idx.numel() + 1) * len(keep) * det.feature_grid_[0] * det.feature_grid_[1]
+        a_ = torch.randn(1024, 1024)
+        b_ = torch.randn(1024, 1024)
+        torch.mm(a_, b_)
+        t_mm = min(timed(lambda: torch.mm(a_, b_))[2] for _ in range(5))
+        roof = 2 * 1024**3 / t_mm / 1e9
+        syrk = fl / st["accumulate"] / 1e9
+        print("fastad fit stages (CPU s, last round): " + ", ".join(f"{k} {v:.3f}" for k, v in st.items())
+              + f"; SYRK {syrk:.1f} GFLOP/s = {100 * syrk / roof:.0f}% of torch.mm's {roof:.1f} (1024^3, float32)", flush=True)
+    res = {"anomalib_version": version, "fit_stage_cpu_s": st, "fit_dtype": a.fit_dtype, "fit_repeats": a.fit_repeats,
+           "fit_runs_cpu_s": {k: [x[1] for x in v] for k, v in fit_runs.items()}, "cpu": cpu_model(), "train_images": len(keep), "test_images": len(test_ds),
            "channels": int(idx.numel()), "threads": a.threads, "stages": {}}
     print(f"{'stage':18s} {'wall s':>8s} {'CPU s':>8s}")
     for k, (w, c) in rows.items():
@@ -164,6 +186,11 @@ def main():
         wa, ca = rows[f"anomalib {what}"]
         res[f"{what}_speedup_wall"], res[f"{what}_speedup_cpu"] = wa / wf, ca / cf
         print(f"{what}: fastad {wa / wf:.2f}x anomalib (wall), {ca / cf:.2f}x (CPU)")
+    rounds = sorted(a_[1] / f_[1] for f_, a_ in zip(fit_runs["fastad fit"], fit_runs["anomalib fit"]))
+    res["fit_speedup_cpu_rounds"] = rounds
+    res["fit_speedup_cpu_first_round"] = fit_runs["anomalib fit"][0][1] / fit_runs["fastad fit"][0][1]
+    print(f"fit per round (CPU): {', '.join(f'{r:.2f}x' for r in rounds)}; first round "
+          f"{res['fit_speedup_cpu_first_round']:.2f}x (fit_speedup_cpu above: min over rounds of each side)")
     tot_f = rows["fastad fit"][0] + rows["fastad predict"][0]
     tot_a = rows["anomalib fit"][0] + rows["anomalib predict"][0]
     res["total_speedup_wall"] = tot_a / tot_f

@@ -56,6 +56,10 @@ TORCH_LIBRARY(fastad, m) {
   // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
   // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
   m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");
+  // The rows of a multi-layer embedding (PaDiM's) written position-major: out [N, h * w, C] float32,
+  // out[n, p, k] = channel channels[k] of the concatenation of the L layer maps [N, C_l, h_l, w_l]
+  // (float32), each nearest-resized to the first layer's h x w grid.
+  m.def("gather_maps(Tensor[] maps, Tensor channels, Tensor(a!) out) -> ()");
   // ---- fastad.distributed (issue 17) ----------------------------------------------------------
   // coreset_step: one greedy k-center step on a bank shard [N, D] (N may be 0) with the arithmetic of
   // coreset: min_sq[r] = min(min_sq[r], sum((bank[r] - centre)^2)) (fp32; rows holding -1 = chosen stay);

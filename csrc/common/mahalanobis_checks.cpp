@@ -79,4 +79,47 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
   return s;
 }
 
+MapsShape check_gather_maps_args(at::TensorList maps, const at::Tensor& channels, const at::Tensor& out) {
+  const char* op = "gather_maps";
+  MapsShape s;
+  s.L = static_cast<int64_t>(maps.size());
+  TORCH_CHECK(s.L >= 1, op, ": maps must hold at least one layer map");
+  const at::Device dev = out.device();
+  for (int64_t l = 0; l < s.L; ++l) {
+    const at::Tensor& m = maps[l];
+    TORCH_CHECK(m.dim() == 4, op, ": maps[", l, "] must be 4-D [N, C, h, w], got shape ", shape_str(m));
+    TORCH_CHECK(m.scalar_type() == at::kFloat, op, ": maps[", l, "] must be float32, got ", m.scalar_type());
+    TORCH_CHECK(m.device() == dev, op, ": maps[", l, "] must be on out's device (", dev, "), got ", m.device());
+    TORCH_CHECK(m.size(1) >= 1 && m.size(2) >= 1 && m.size(3) >= 1, op, ": maps[", l,
+                "] must have C, h, w >= 1, got shape ", shape_str(m));
+    TORCH_CHECK(m.size(0) == maps[0].size(0), op, ": the maps must share N = ", maps[0].size(0), ", got ", m.size(0),
+                " for maps[", l, "]");
+    s.cl.push_back(m.size(1));
+    s.hl.push_back(m.size(2));
+    s.wl.push_back(m.size(3));
+  }
+  s.N = maps[0].size(0);
+  s.h = s.hl[0];
+  s.w = s.wl[0];
+  int64_t total = 0;
+  for (int64_t c : s.cl) total += c;
+  TORCH_CHECK(channels.dim() == 1 && channels.scalar_type() == at::kLong, op,
+              ": channels must be a 1-D int64 tensor, got ", channels.scalar_type(), " of shape ", shape_str(channels));
+  TORCH_CHECK(channels.device() == dev, op, ": channels must be on out's device (", dev, "), got ", channels.device());
+  s.C = channels.size(0);
+  TORCH_CHECK(s.C >= 1, op, ": channels must name at least one channel");
+  if (channels.device().is_cpu()) {
+    const at::Tensor c = channels.contiguous();
+    const int64_t* cp = c.data_ptr<int64_t>();
+    for (int64_t k = 0; k < s.C; ++k)
+      TORCH_CHECK(cp[k] >= 0 && cp[k] < total, op, ": channels[", k, "] = ", cp[k], " is outside [0, ", total,
+                  ") (the layers' ", total, " channels)");
+  }
+  TORCH_CHECK(out.scalar_type() == at::kFloat, op, ": out must be float32, got ", out.scalar_type());
+  TORCH_CHECK(out.dim() == 3 && out.size(0) == s.N && out.size(1) == s.h * s.w && out.size(2) == s.C, op,
+              ": out must be [N, h * w, C] = [", s.N, ", ", s.h * s.w, ", ", s.C, "], got ", shape_str(out));
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
+  return s;
+}
+
 }  // namespace fastad

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace fastad {
 
 /// Shapes of a mahalanobis call: N rows, P Gaussians (1 when x is [N, d]), d features.
@@ -19,5 +21,16 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 /// sumsq [d, d] / [P, d, d] float64, contiguous; all on one device.
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq);
+
+/// Shapes of a gather_maps call (checked): L layer maps [N, C_l, h_l, w_l]; C kept channels; the first
+/// layer's h x w grid.
+struct MapsShape {
+  int64_t L = 0, N = 0, C = 0, h = 0, w = 0;
+  std::vector<int64_t> cl, hl, wl;  // per layer: channels and grid
+};
+
+/// maps: L >= 1 float32 4-D tensors on out's device with equal N and C_l, h_l, w_l >= 1; channels int64
+/// [C >= 1] in [0, sum C_l); out [N, h * w, C] float32, contiguous.
+MapsShape check_gather_maps_args(at::TensorList maps, const at::Tensor& channels, const at::Tensor& out);
 
 }  // namespace fastad

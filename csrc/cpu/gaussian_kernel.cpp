@@ -8,7 +8,8 @@
 // product of a chunk is formed in float32 by a 6 x 32 AVX-512 / 6 x 16 AVX2 micro-kernel (or portable C++) over the
 // lower triangle only (half the FLOPs of a GEMM), and added into the float64 sums: float32 error over
 // at most kAccChunk shifted products, float64 across chunks. float64 x: float64 throughout. One pass
-// over x; memory: one chunk buffer and one d x d float32 tile per thread (no [N, P, d, d] anything).
+// over x; memory: one chunk buffer, one d x d float32 tile and (more than one chunk per position) one
+// d x d float64 tile per thread (no [N, P, d, d] anything).
 // Parallel over positions (P > 1), or over row chunks with per-thread float64 partial sums (P = 1).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -32,6 +33,28 @@ namespace fastad::cpu {
 
 namespace {
 constexpr int64_t kAccChunk = 256;
+
+/// s2 [d, d] (float64, lower triangle) += tril(Y^T Y) of nr centred float32 rows y (zero-padded to ld, a
+/// multiple of 32, with 64 zero floats after the last row): the float32 SYRK micro-kernel into a tile.
+void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, int simd, AlignedFloats& tbuf) {
+  float* tile = tbuf.get(static_cast<size_t>(d * ld));
+#if FASTAD_HAVE_AVX512
+  if (simd == 2)
+    syrk_lower_avx512(y, ld, nr, d, tile, ld);
+  else
+#endif
+#if FASTAD_HAVE_AVX2
+  if (simd == 1)
+    syrk_lower_avx2(y, ld, nr, d, tile, ld);
+  else
+#endif
+    syrk_lower_generic(y, ld, nr, d, tile, ld);
+  for (int64_t i = 0; i < d; ++i) {
+    const float* t = tile + i * ld;
+    double* o = s2 + i * d;
+    for (int64_t j = 0; j <= i; ++j) o[j] += static_cast<double>(t[j]);
+  }
+}
 
 /// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64).
 /// Returns false (and adds nothing) when a chunk holds a non-finite value.
@@ -88,24 +111,8 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     std::memset(y + nr * ld, 0, 64 * 4);
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
-    float* tile = tbuf.get(static_cast<size_t>(d * ld));
-#if FASTAD_HAVE_AVX512
-    if (simd == 2)
-      syrk_lower_avx512(y, ld, nr, d, tile, ld);
-    else
-#endif
-#if FASTAD_HAVE_AVX2
-    if (simd == 1)
-      syrk_lower_avx2(y, ld, nr, d, tile, ld);
-    else
-#endif
-      syrk_lower_generic(y, ld, nr, d, tile, ld);
+    syrk_add(y, ld, nr, d, s2, simd, tbuf);
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
-    for (int64_t i = 0; i < d; ++i) {
-      const float* t = tile + i * ld;
-      double* o = s2 + i * d;
-      for (int64_t j = 0; j <= i; ++j) o[j] += static_cast<double>(t[j]);
-    }
     return true;
   }
 }
@@ -119,11 +126,23 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
       AlignedFloats ybuf, tbuf;
       std::vector<double> cs;
-      for (int64_t p = p0; p < p1; ++p)
+      // more than one chunk: the chunks' products are summed into a cache-resident float64 tile first,
+      // so the position's sums (in memory: P d^2 doubles) are read and written once per call
+      std::vector<double> local(N > kAccChunk ? static_cast<size_t>(d * d) : 0);
+      for (int64_t p = p0; p < p1; ++p) {
+        double* s2 = N > kAccChunk ? local.data() : sumsq + p * d * d;
+        if (N > kAccChunk)
+          for (int64_t i = 0; i < d; ++i) std::fill(s2 + i * d, s2 + i * d + i + 1, 0.0);
         for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               sumsq + p * d * d, simd, ybuf, tbuf, cs))
+                               s2, simd, ybuf, tbuf, cs))
             bad = p;
+        if (N > kAccChunk) {
+          double* o = sumsq + p * d * d;
+          for (int64_t i = 0; i < d; ++i)
+            for (int64_t j = 0; j <= i; ++j) o[i * d + j] += s2[i * d + j];
+        }
+      }
     });
   } else {
     std::mutex mu;
@@ -169,6 +188,90 @@ void gaussian_accumulate_cpu(const at::Tensor& x_, const at::Tensor& shift_, con
   }
 }
 
+
+// ---- gather_maps: the positions' rows of a multi-layer embedding ----------------------------------
+// out[n, p, k] = maps[l(k)][n, c(k), si(p), sj(p)] with (si, sj) the nearest source cell of p's (i, j)
+// on layer l's grid (F.interpolate(mode="nearest")): the resized, concatenated, channel-subset embedding
+// written position-major in one pass. Image by image (one image's maps and rows stay in L2): AVX2 8 x 8
+// transposes (8 positions of 8 kept channels; positions of a resized layer by an index gather), or
+// portably each kept channel's plane read in order into its column of a block of kGatherPB rows.
+constexpr int64_t kGatherPB = 16;
+
+/// F.interpolate(mode="nearest")'s source index (ATen's nearest_idx without explicit scales).
+int64_t nearest_src(int64_t o, int64_t in, int64_t out) {
+  if (in == out) return o;
+  if (out == 2 * in) return o >> 1;
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  return std::min(static_cast<int64_t>(std::floor(static_cast<float>(o) * scale)), in - 1);
+}
+
+void gather_maps_cpu(at::TensorList maps_, const at::Tensor& channels_, const at::Tensor& out) {
+  const MapsShape s = check_gather_maps_args(maps_, channels_, out);
+  const int64_t L = s.L, C = s.C, N = s.N, P = s.h * s.w;
+  if (N == 0) return;
+  std::vector<at::Tensor> maps;
+  for (const at::Tensor& m : maps_) maps.push_back(m.contiguous());
+  const at::Tensor chan = channels_.contiguous();
+  const int64_t* cp = chan.data_ptr<int64_t>();
+  std::vector<int64_t> first(static_cast<size_t>(L + 1), 0);
+  for (int64_t l = 0; l < L; ++l) first[l + 1] = first[l] + s.cl[l];
+  // per layer: the source cell of every position (identity for the first layer's own grid)
+  std::vector<int32_t> src(static_cast<size_t>(L * P));
+  std::vector<char> ident(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    bool id = true;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t v = nearest_src(p / s.w, s.hl[l], s.h) * s.wl[l] + nearest_src(p % s.w, s.wl[l], s.w);
+      src[l * P + p] = static_cast<int32_t>(v);
+      id = id && v == p;
+    }
+    ident[l] = id;
+  }
+  std::vector<int32_t> klayer(static_cast<size_t>(C));
+  std::vector<int64_t> koff(static_cast<size_t>(C));  // the channel's plane within an image of its layer
+  for (int64_t k = 0; k < C; ++k) {
+    int64_t l = 0;
+    while (cp[k] >= first[l + 1]) ++l;
+    klayer[k] = static_cast<int32_t>(l);
+    koff[k] = (cp[k] - first[l]) * s.hl[l] * s.wl[l];
+  }
+  float* o = out.data_ptr<float>();
+  const bool avx2 = use_avx2_path();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<const float*> planes(static_cast<size_t>(C));
+    std::vector<const int32_t*> srcs(static_cast<size_t>(C));
+    std::vector<int64_t> next(static_cast<size_t>(C));
+    for (int64_t k = 0; k < C; ++k) next[k] = s.cl[klayer[k]] * s.hl[klayer[k]] * s.wl[klayer[k]];
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k = 0; k < C; ++k) {
+        const int64_t l = klayer[k];
+        planes[k] = maps[l].data_ptr<float>() + n * s.cl[l] * s.hl[l] * s.wl[l] + koff[k];
+        srcs[k] = ident[l] ? nullptr : src.data() + l * P;
+      }
+      float* on = o + n * P * C;
+#if FASTAD_HAVE_AVX2
+      if (avx2) {
+        gather_maps_image_avx2(planes.data(), srcs.data(), n + 1 < n1 ? next.data() : nullptr, C, P, on);
+        continue;
+      }
+#endif
+      for (int64_t p0 = 0; p0 < P; p0 += kGatherPB) {  // portable: a block of rows stays in L1
+        const int64_t np = std::min(kGatherPB, P - p0);
+        for (int64_t k = 0; k < C; ++k) {
+          float* ok = on + p0 * C + k;
+          const float* a = planes[k];
+          if (srcs[k] == nullptr) {
+            for (int64_t p = 0; p < np; ++p) ok[p * C] = a[p0 + p];
+          } else {
+            const int32_t* sl = srcs[k] + p0;
+            for (int64_t p = 0; p < np; ++p) ok[p * C] = a[sl[p]];
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
@@ -183,6 +286,9 @@ void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float*
   }
 }
 
-TORCH_LIBRARY_IMPL(fastad, CPU, m) { m.impl("gaussian_accumulate", &gaussian_accumulate_cpu); }
+TORCH_LIBRARY_IMPL(fastad, CPU, m) {
+  m.impl("gaussian_accumulate", &gaussian_accumulate_cpu);
+  m.impl("gather_maps", &gather_maps_cpu);
+}
 
 }  // namespace fastad::cpu

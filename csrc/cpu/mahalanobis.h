@@ -60,6 +60,12 @@ void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* 
 #endif
 #if FASTAD_HAVE_AVX2
 void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+/// gather_maps for one image: out[p * C + k] = planes[k][srcs[k] ? srcs[k][p] : p] for p < P, k < C
+/// (8 positions x 8 channels per 8 x 8 transpose; srcs[k] == nullptr: the channel's layer is on the
+/// output grid). next: nullptr, or per channel the offset of the next image's plane (prefetched while
+/// the last positions of this one are written).
+void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, const int64_t* next, int64_t C,
+                            int64_t P, float* out);
 #endif
 
 }  // namespace fastad::cpu

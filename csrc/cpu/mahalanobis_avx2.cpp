@@ -103,6 +103,56 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
   maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
 }
 
+void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, const int64_t* next, int64_t C,
+                            int64_t P, float* out) {
+  int64_t p0 = 0;
+  constexpr int64_t kAhead = 128;  // positions prefetched ahead: 152 interleaved plane streams are more than
+                                  // the hardware prefetcher follows
+  for (; p0 + 8 <= P; p0 += 8) {
+    if ((p0 & 15) == 0) {
+      const int64_t pa = p0 + kAhead < P ? p0 + kAhead : p0 + kAhead - P;  // past the end: the next image's
+      if (pa == p0 + kAhead || next != nullptr)
+        for (int64_t k = 0; k < C; ++k)
+          _mm_prefetch(reinterpret_cast<const char*>(planes[k] + (pa == p0 + kAhead ? 0 : next[k]) +
+                                                     (srcs[k] == nullptr ? pa : srcs[k][pa])),
+                       _MM_HINT_T0);
+    }
+    int64_t k0 = 0;
+    for (; k0 + 8 <= C; k0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        const float* a = planes[k0 + i];
+        const int32_t* sp = srcs[k0 + i];
+        r[i] = sp == nullptr ? _mm256_loadu_ps(a + p0)
+                             : _mm256_i32gather_ps(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + p0)), 4);
+      }
+      // 8 x 8 transpose: r[i][j] (channel k0 + i, position p0 + j) -> c[j][i]
+      const __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]),
+                   u2 = _mm256_unpacklo_ps(r[2], r[3]), u3 = _mm256_unpackhi_ps(r[2], r[3]),
+                   u4 = _mm256_unpacklo_ps(r[4], r[5]), u5 = _mm256_unpackhi_ps(r[4], r[5]),
+                   u6 = _mm256_unpacklo_ps(r[6], r[7]), u7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE),
+                   v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE),
+                   v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
+                   v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+      float* o = out + p0 * C + k0;
+      _mm256_storeu_ps(o, _mm256_permute2f128_ps(v0, v4, 0x20));
+      _mm256_storeu_ps(o + C, _mm256_permute2f128_ps(v1, v5, 0x20));
+      _mm256_storeu_ps(o + 2 * C, _mm256_permute2f128_ps(v2, v6, 0x20));
+      _mm256_storeu_ps(o + 3 * C, _mm256_permute2f128_ps(v3, v7, 0x20));
+      _mm256_storeu_ps(o + 4 * C, _mm256_permute2f128_ps(v0, v4, 0x31));
+      _mm256_storeu_ps(o + 5 * C, _mm256_permute2f128_ps(v1, v5, 0x31));
+      _mm256_storeu_ps(o + 6 * C, _mm256_permute2f128_ps(v2, v6, 0x31));
+      _mm256_storeu_ps(o + 7 * C, _mm256_permute2f128_ps(v3, v7, 0x31));
+    }
+    for (; k0 < C; ++k0)
+      for (int64_t p = p0; p < p0 + 8; ++p)
+        out[p * C + k0] = srcs[k0] == nullptr ? planes[k0][p] : planes[k0][srcs[k0][p]];
+  }
+  for (; p0 < P; ++p0)
+    for (int64_t k = 0; k < C; ++k) out[p0 * C + k] = srcs[k] == nullptr ? planes[k][p0] : planes[k][srcs[k][p0]];
+}
+
 // ---- triangular solve with the covariance's Cholesky factor (cholesky=True) ------------------------
 namespace {
 

@@ -1,7 +1,9 @@
-// CUDA entries of fastad::mahalanobis and fastad::gaussian_accumulate: checks, layouts, launch.
+// CUDA entries of fastad::mahalanobis, fastad::gaussian_accumulate, fastad::gather_maps: checks, layouts, launch.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/upsample_nearest2d.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -43,11 +45,23 @@ void gaussian_accumulate_cuda(const at::Tensor& x_, const at::Tensor& shift_, co
   // (NaN/Inf: the Python accumulator checks batches; the CUDA op propagates them into the sums.)
 }
 
+// ATen ops: nearest resize, concatenation, channel subset, position-major copy into out.
+void gather_maps_cuda(at::TensorList maps, const at::Tensor& channels, const at::Tensor& out) {
+  const MapsShape s = check_gather_maps_args(maps, channels, out);
+  if (s.N == 0) return;
+  c10::cuda::CUDAGuard guard(out.device());
+  std::vector<at::Tensor> parts;
+  for (int64_t l = 0; l < s.L; ++l) parts.push_back(l == 0 ? maps[l] : at::upsample_nearest2d(maps[l], {s.h, s.w}));
+  const at::Tensor emb = at::cat(parts, 1).index_select(1, channels);  // [N, C, h, w]
+  out.copy_(emb.flatten(2).transpose(1, 2));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastad, CUDA, m) {
   m.impl("mahalanobis", &mahalanobis_cuda);
   m.impl("gaussian_accumulate", &gaussian_accumulate_cuda);
+  m.impl("gather_maps", &gather_maps_cuda);
 }
 
 }  // namespace fastad::cuda

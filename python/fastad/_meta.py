@@ -219,6 +219,26 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
     return None
+
+
+@torch.library.register_fake("fastad::gather_maps")
+def _gather_maps_fake(maps, channels, out):
+    op = "gather_maps"
+    _check(len(maps) >= 1, f"{op}: maps must hold at least one layer map")
+    for i, m in enumerate(maps):
+        _check(m.dim() == 4, f"{op}: maps[{i}] must be 4-D [N, C, h, w], got shape {list(m.shape)}")
+        _check(m.dtype == torch.float32, f"{op}: maps[{i}] must be float32, got {m.dtype}")
+        _check(m.device == out.device, f"{op}: maps[{i}] must be on out's device ({out.device}), got {m.device}")
+        _check(m.shape[0] == maps[0].shape[0], f"{op}: the maps must share N = {maps[0].shape[0]}, got {m.shape[0]} for maps[{i}]")
+    _check(channels.dim() == 1 and channels.dtype == torch.int64,
+           f"{op}: channels must be a 1-D int64 tensor, got {channels.dtype} of shape {list(channels.shape)}")
+    N, _, h, w = maps[0].shape
+    want = (N, h * w, channels.shape[0])
+    _check(out.dtype == torch.float32, f"{op}: out must be float32, got {out.dtype}")
+    _check(tuple(out.shape) == want, f"{op}: out must be [N, h * w, C] = {list(want)}, got {list(out.shape)}")
+    return None
+
+
 # coreset_step: one greedy k-center step on a bank shard (csrc/cpu/kcenter_step_kernel.cpp; fastad.distributed).
 @torch.library.register_fake("fastad::coreset_step")
 def _coreset_step_fake(bank, centre, min_sq, assign=None, centre_dists=None, centre_id=0):

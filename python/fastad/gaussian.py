@@ -214,30 +214,36 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
 F32_CHOL_MAX_DIAG_RATIO_SQ = 2000.0
 
 
-def _cholesky_logdet(cov: torch.Tensor, out: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0,
+def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0,
                      compute_dtype: torch.dtype = torch.float32, work=None):
     """Lower Cholesky factors ``C`` (``C C^T = cov``) of a float64 block ``cov: [n, d, d]`` (lower triangle
     read) written to ``out: [n, d, d]`` (strict upper triangle zero) and the float64 log-determinants.
+
+    ``cov`` may also be a function ``p -> Tensor[d, d]`` float64 when ``out`` (float32) already holds the
+    float32 covariances (the float64 ones are then formed only for the matrices redone in float64).
 
     ``compute_dtype=torch.float32``: LAPACK ``spotrf`` in place in ``out`` (float32, C-order lower = the
     Fortran-order upper triangle: no copy besides the cast), with a float64 ``dpotrf`` redo for the
     matrices that fail in float32 or whose squared diagonal ratio exceeds
     :data:`F32_CHOL_MAX_DIAG_RATIO_SQ` (ill-conditioned); ``torch.float64``: ``dpotrf`` for all. Returns
     ``(logdet, n_refactored)``."""
-    n, d = cov.shape[0], cov.shape[-1]
-    lapack = _lapack() if cov.device.type == "cpu" else None
+    prepared = callable(cov)
+    n, d = out.shape[0], out.shape[-1]
+    lapack = _lapack() if out.device.type == "cpu" else None
     single = compute_dtype == torch.float32
     logdet = torch.empty(n, dtype=torch.float64)
     redo = 0
+    if prepared and not (lapack is not None and single and out.dtype == torch.float32 and out.is_contiguous()):
+        raise ValueError("_cholesky_logdet: a prepared float32 covariance needs the CPU float32 LAPACK route")
     if lapack is not None and out.dtype in (torch.float32, torch.float64) and out.is_contiguous():
         import numpy as np
 
-        src = cov.contiguous().numpy()
+        src = None if prepared else cov.contiguous().numpy()
         dst = out.numpy()
         f64 = (work[: d * d].view(np.float64).reshape(d, d) if work is not None and work.dtype == np.float64
                else np.empty((d, d), dtype=np.float64))
         fast = single or out.dtype == torch.float64
-        if fast:
+        if fast and not prepared:
             out.copy_(cov)  # one vectorised cast of the block (the strict upper triangle is cleaned by potrf)
         potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
         with _blas_threads():
@@ -259,7 +265,7 @@ def _cholesky_logdet(cov: torch.Tensor, out: torch.Tensor, what: str = "cov", fi
                 todo = list(range(n))
             for p in todo:  # float64 (compute_dtype float64, a float32 failure or an ill-conditioned matrix)
                 a = f64.T
-                np.copyto(f64, src[p])
+                np.copyto(f64, cov(p).numpy() if prepared else src[p])
                 C, info = lapack.dpotrf(a, lower=0, clean=1, overwrite_a=1)
                 if info != 0:
                     raise _not_pd(what, first, total, p, True)
@@ -487,7 +493,13 @@ class GaussianAccumulator:
 
     def _fold(self):
         if self.s2 is None:
-            self.s2 = torch.zeros(self.shape + (self.shape[-1],), dtype=torch.float64, device=self.device)
+            shape = self.shape + (self.shape[-1],)
+            if self.device.type == "cpu":  # calloc'd: zero pages from the kernel, no separate zero-fill pass
+                import numpy as np
+
+                self.s2 = torch.from_numpy(np.zeros(shape, dtype=np.float64))
+            else:
+                self.s2 = torch.zeros(shape, dtype=torch.float64, device=self.device)
         if self._buf:
             x = self._buf[0] if len(self._buf) == 1 else torch.cat(self._buf)
             self._buf, self._nbuf = [], 0
@@ -571,6 +583,12 @@ class GaussianAccumulator:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
         b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev)  # the block's sums, then covariance
         t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
+        # float32 Cholesky factors of unshrunk covariances (PaDiM's default): the covariance is formed in
+        # float32 in the factor itself
+        direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
+                    and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
+        sub = max(1, min(P, (4 << 20) // (8 * d * d)))  # positions per float64 temporary (~4 MB)
+        tmp64 = torch.empty(sub, d, d, dtype=torch.float64) if direct32 else None
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
             t0 = time.process_time()
@@ -587,6 +605,34 @@ class GaussianAccumulator:
             # lower triangles only (the op fills those): scatter = S2 - n ms ms^T, one pass, no transposes
             # cov = (S2 - n ms ms^T) / (n - ddof) in one pass (in place when b2 is this block's own buffer)
             f = 1.0 / (n - ddof)
+            if direct32:
+                # the covariance formed in float64 a few positions at a time (the float64 temporary stays in
+                # cache) and rounded once into the factor block, where it is factorised in place: no float64
+                # covariance pass over memory; the float64 covariance of a position is formed again only
+                # if its float32 factorisation is redone
+                fb = factor[p0:p1]
+                for q0 in range(0, p1 - p0, sub):
+                    q1 = min(p1 - p0, q0 + sub)
+                    t64 = torch.baddbmm(b2[q0:q1], ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
+                                        alpha=-float(n) * f, out=tmp64[: q1 - q0])
+                    if reg:
+                        t64.diagonal(dim1=-2, dim2=-1).add_(float(reg))
+                    fb[q0:q1].copy_(t64)
+
+                def cov64(p, b2=b2, ms=ms, f=f):
+                    c = (b2[p] - float(n) * torch.outer(ms[p], ms[p])) * f
+                    c.diagonal().add_(float(reg))
+                    return c
+
+                t1 = time.process_time()
+                t_cov += t1 - t0
+                ld, redo = _cholesky_logdet(cov64, fb, what, first=p0, total=P if per_pos else 0,
+                                            compute_dtype=compute_dtype, work=work)
+                self.n_refactored_ += redo
+                t_fac += time.process_time() - t1
+                mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
+                logdet[p0:p1] = ld
+                continue
             if s2 is None:
                 cov = b2.baddbmm_(ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
             else:

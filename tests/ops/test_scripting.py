@@ -35,6 +35,8 @@ EXAMPLES = {
     "bilinear_max": (lambda g: (torch.rand(3, 4, 4, generator=g), 16), {}),
     "coreset": (lambda g: (torch.randn(50, 8, generator=g), 5), {}),
     "mahalanobis": (lambda g: (torch.randn(10, 4, generator=g), torch.randn(4, generator=g), _lower(4)), {}),
+    "gather_maps": (lambda g: ([torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 2, 2, generator=g)],
+                               torch.tensor([6, 0, 2, 7])), {}),
 }
 NOT_TENSOR_OPS = {"interval_k"}  # int -> int; scripted in test_interval_k_scripts
 # in-place accumulators (return None): schema and fake kernel checked by opcheck in tests/ops/test_mahalanobis.py
@@ -111,7 +113,9 @@ def test_torch_export(name):
 def test_meta_tensors(name):
     fn, args, kw = _call(name)
     eager = fn(*args, **kw)
-    meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    meta_args = tuple(a.to("meta") if isinstance(a, torch.Tensor)
+                      else [t.to("meta") for t in a] if isinstance(a, list) and all(isinstance(t, torch.Tensor) for t in a)
+                      else a for a in args)
     out = fn(*meta_args, **kw)
     outs, ref = (out, eager) if isinstance(out, tuple) else ((out,), (eager,))
     for o, r in zip(outs, ref):

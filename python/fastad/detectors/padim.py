@@ -162,6 +162,7 @@ class PaDiM(BaseDetector):
     def _positions(self, feats, dev, out: torch.Tensor | None = None) -> torch.Tensor:
         """``Tensor[B, P, C]`` float32, contiguous: the kept channels of every position of a batch.
 
+        On the CPU :func:`fastad.ops.gather_maps` (one pass, image by image); elsewhere torch ops:
         Each layer's kept channels are gathered at the layer's own grid and written once into their
         slots of the output (the nearest resize by an integer factor as a broadcast, otherwise by an
         index gather): one pass instead of resize + concatenation + channel subset + transpose, with the
@@ -177,6 +178,10 @@ class PaDiM(BaseDetector):
         idx = self.channel_idx_.to(dev)
         every = bool(getattr(self, "_all_channels", False))
         C = idx.numel()
+        if dev.type == "cpu":  # one op: the maps read once, image by image, rows written position-major
+            maps = [feats[layer].to(dev) for layer in self.layers_]
+            out = torch.empty(B, h * w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h * w, C)
+            return ops.gather_maps(maps, idx, out)
         out = torch.empty(B, h, w, C, dtype=torch.float32, device=dev) if out is None else out.view(B, h, w, C)
         c0 = 0
         for layer in self.layers_:
@@ -271,6 +276,8 @@ class PaDiM(BaseDetector):
                                      keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit",
                                      factor_kind=kind)
             self.n_refactored_ = getattr(acc, "n_refactored_", 0)
+            # process CPU seconds of the Gaussian stages (SYRK sums, covariance, factorisation; benchmarks)
+            self.fit_stage_cpu_ = dict(getattr(model, "fit_timings_", {}))
             del acc
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()

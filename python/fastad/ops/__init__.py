@@ -12,7 +12,7 @@ __all__ = ["coreset", "group_min", "knn", "lnamd", "snamd", "mutual_scores", "ln
            "interval_k", "bilinear_max"]
 
 # Gaussian models (issue 13)
-from .gaussian import gaussian_accumulate  # noqa: E402
+from .gaussian import gaussian_accumulate, gather_maps  # noqa: E402
 from .mahalanobis import mahalanobis  # noqa: E402
 
-__all__ += ["mahalanobis", "gaussian_accumulate"]
+__all__ += ["mahalanobis", "gaussian_accumulate", "gather_maps"]

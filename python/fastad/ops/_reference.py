@@ -207,3 +207,15 @@ def gaussian_accumulate(
         prod = torch.einsum("npi,npj->pij", y, y)
     s2 = sumsq + prod.tril()
     return s1, s2
+
+
+
+def gather_maps(maps: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.gather_maps`: the embedding formed as PaDiM / anomalib form it
+    (nearest resize to the first map's grid, concatenation, channel subset), position-major."""
+    import torch.nn.functional as F
+
+    first = maps[0].float()
+    parts = [first] + [F.interpolate(m.float(), size=first.shape[-2:], mode="nearest") for m in maps[1:]]
+    emb = torch.cat(parts, 1).index_select(1, channels)
+    return emb.flatten(2).transpose(1, 2).contiguous()

@@ -1,6 +1,8 @@
 """Streaming Gaussian statistics (the fit side of PaDiM / Gaussian AD / Lee / M-SVDD)."""
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
 
 
@@ -18,7 +20,9 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
     Low-precision ``x``: products are formed in float32 over chunks of at most 256 rows (a lower-SYRK
     micro-kernel, half the FLOPs of a GEMM) and summed in float64; float64 ``x``: float64 throughout.
-    No ``[N, P, d, d]`` temporary: per thread one 256-row chunk and one ``d x d`` float32 tile.
+    No ``[N, P, d, d]`` temporary: per thread one 256-row chunk, one ``d x d`` float32 tile and, when a
+    position has more than one chunk, one ``d x d`` float64 tile (its chunks are summed there, so ``sumsq``
+    is read and written once per call).
     NaN or Inf in ``x`` raise an error (the sums are then partially updated: discard them).
 
     Example:
@@ -32,3 +36,42 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
     if x.device.type not in ("cpu", "meta") and x.numel() and not bool(torch.isfinite(x).all()):  # CPU checks itself
         raise ValueError("gaussian_accumulate: x holds NaN or Inf")
     torch.ops.fastad.gaussian_accumulate(x, shift, sum, sumsq)
+
+
+
+def gather_maps(maps: List[torch.Tensor], channels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The rows of a multi-layer embedding (PaDiM's), position-major, in one pass: the concatenation of
+    the layer maps, each resized to the first map's grid with ``F.interpolate(mode="nearest")``, its
+    channels ``channels``, as ``[N, h * w, C]`` (``out[n, i * w + j, k]`` = channel ``channels[k]`` of the
+    concatenation at ``(i, j)``); no resized or concatenated tensor is formed.
+
+    Args:
+        maps: a sequence of ``L >= 1`` maps ``Tensor[N, C_l, h_l, w_l]`` (float32; other float dtypes are
+            cast), sharing ``N``; the first one's ``h x w`` grid is the output grid.
+        channels: ``Tensor[C]`` int64, indices into the ``sum_l C_l`` concatenated channels.
+        out: optional ``Tensor[N, h * w, C]`` float32, contiguous, written in place.
+
+    Returns:
+        ``out`` (a new ``Tensor[N, h * w, C]`` float32 when not given).
+
+    Example:
+        >>> import torch, fastad
+        >>> a, b = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 1, 1)
+        >>> fastad.ops.gather_maps([a, b], torch.tensor([1, 0]))[0].tolist()
+        [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]
+    """
+    if len(maps) == 0:
+        raise ValueError("gather_maps: maps must hold at least one layer map")
+    flat: List[torch.Tensor] = []
+    for m in maps:
+        flat.append(m.float() if m.is_floating_point() and m.dtype != torch.float32 else m)
+    if out is None:
+        f = flat[0]
+        if f.dim() == 4 and channels.dim() == 1:
+            res = torch.empty([f.shape[0], f.shape[2] * f.shape[3], channels.shape[0]], dtype=torch.float32, device=f.device)
+        else:  # (the op names the argument)
+            res = torch.empty([0], dtype=torch.float32, device=f.device)
+    else:
+        res = out
+    torch.ops.fastad.gather_maps(flat, channels, res)
+    return res
