@@ -31,7 +31,18 @@ def _real_anomalib() -> bool:
     return True
 
 
+def _anomalib_modules() -> dict:
+    return {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
+
+
+def _swap_anomalib(mods: dict) -> None:
+    for k in list(_anomalib_modules()):
+        del sys.modules[k]
+    sys.modules.update(mods)
+
+
 REAL = _real_anomalib()
+_BEFORE = _anomalib_modules()
 if not REAL:
     if importlib.util.find_spec("anomalib") is None or importlib.util.find_spec("kornia") is None:
         pytest.skip("anomalib is not installed (make integration, or make bench for its files)", allow_module_level=True)
@@ -45,6 +56,25 @@ from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator as Padim
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel  # noqa: E402
 
 import fastad.integrations.anomalib as fa  # noqa: E402
+
+# without anomalib's dependencies the loader replaced `anomalib` by bare stub packages: they serve this module's
+# tests only (collection runs every module first: other tests must see the installed package, not the stubs)
+_STUBS = _anomalib_modules()
+if not REAL:
+    _swap_anomalib(_BEFORE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stubbed_anomalib():
+    if REAL:
+        yield
+        return
+    _swap_anomalib(_STUBS)
+    try:
+        yield
+    finally:
+        _swap_anomalib(_BEFORE)
+
 
 needs_real = pytest.mark.skipif(not REAL, reason="needs anomalib with its dependencies (make integration)")
 
