@@ -91,24 +91,6 @@ void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_
                             const float* c, float* out);
 using CoresetDistsFn = void (*)(const void*, int, int64_t, const int64_t*, int64_t, const float*, float*);
 
-/// The row screen of CoresetFilter: constants of one step (see CoresetFilter::step).
-struct CoresetScreenConst {
-  float lo_k, s_c, en8_c, se_c, sc2, fin, tiny;
-};
-/// Screens the cnt (<= 64) rows at positions lo.. of one block: sb holds their first K8 summary coordinates
-/// dimension-major (K8 x 64), ac the centre's; sa / se / e8 / mt the rows' error bounds, residual norms off
-/// those axes and running mins (from position lo). Writes the positions of the rows not chosen whose lower
-/// bound does not exclude them to cand and returns their number (in position order).
-using CoresetScreenFn = int64_t (*)(const float* sb, int64_t K8, int64_t cnt, const float* ac, const float* sa,
-                                    const float* se, const float* e8, const float* mt, const CoresetScreenConst& k,
-                                    int64_t lo, int64_t* cand);
-int64_t coreset_screen_generic(const float* sb, int64_t K8, int64_t cnt, const float* ac, const float* sa,
-                               const float* se, const float* e8, const float* mt, const CoresetScreenConst& k,
-                               int64_t lo, int64_t* cand);
-int64_t coreset_screen_avx2(const float* sb, int64_t K8, int64_t cnt, const float* ac, const float* sa,
-                            const float* se, const float* e8, const float* mt, const CoresetScreenConst& k,
-                            int64_t lo, int64_t* cand);
-
 /// Relative rounding margin of the pruning bounds for rows of D elements: a computed squared distance
 /// (any summation order, fp32) is within a factor (1 +- e) of the exact one for e = (D + 16) * 2^-23
 /// (twice the worst-case bound), so a bound that holds with this margin holds for the computed values.
@@ -133,8 +115,7 @@ class CoresetFilter {
  public:
   static constexpr int64_t kBlock = 64;
   static constexpr int64_t kMaxAxes = 32;
-  static constexpr int64_t kScreenAxes = 8;  // a row's first screen: its first 8 coordinates (float32)
-  CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists, CoresetScreenFn screen);
+  CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists);
   /// One greedy step with centre c (D floats, fp32, cid its position): updates mind/assign of the rows
   /// that can improve, returns the new argmax (largest mind, smallest index on ties); `read` gets the
   /// number of rows whose full distance was computed, `summaries` the number of summaries read, `bad` is
@@ -157,7 +138,6 @@ class CoresetFilter {
   int dtype_;
   int64_t N_, D_, K_ = 0, Kp_ = 0;
   CoresetDistsFn dists_;
-  CoresetScreenFn screen_;
   float mD_, mK_ = 0.f, tiny_;
   double scale_ = 1.0;
   std::vector<double> mu_, p_, y_;  // mean, axes (D x Kp, row-major), workspace
@@ -167,11 +147,6 @@ class CoresetFilter {
   std::vector<char> data_;          // the rows in block order (same stored values)
   std::vector<uint16_t> hs_;        // summaries in block order, N x Kp float16 bits
   std::vector<RowBound> rb_;
-  std::vector<float> en8_;          // residual norm off the first kScreenAxes axes (block order)
-  std::vector<float> sa_, se_;      // RowBound's sa / se again, block order (for the vectorized screen)
-  std::vector<float> s8_;           // per block: kScreenAxes x kBlock float32 coordinates (dimension-major)
-  std::vector<int64_t> cand8_;
-  std::vector<float> sd8_;
   std::vector<float> mind_t_;       // running squared min distance in block order (mirrors mind)
   std::vector<int64_t> blo_;        // block b = positions [blo_[b], blo_[b + 1])
   std::vector<float> q_, rho_, emin_, emax_, bmaxv_, dq2_;

@@ -103,42 +103,4 @@ void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_
   }
 }
 
-int64_t coreset_screen_avx2(const float* sb, int64_t K8, int64_t cnt, const float* ac, const float* sa,
-                            const float* se, const float* e8, const float* mt, const CoresetScreenConst& k,
-                            int64_t lo, int64_t* cand) {
-  const int64_t full = cnt / 8 * 8;
-  int64_t n = 0;
-  const __m256 zero = _mm256_setzero_ps(), lo_k = _mm256_set1_ps(k.lo_k), s_c = _mm256_set1_ps(k.s_c);
-  const __m256 en8_c = _mm256_set1_ps(k.en8_c), se_c = _mm256_set1_ps(k.se_c), sc2 = _mm256_set1_ps(k.sc2);
-  const __m256 fin = _mm256_set1_ps(k.fin), tiny = _mm256_set1_ps(k.tiny);
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  for (int64_t t = 0; t < full; t += 8) {
-    __m256 acc = zero;
-    for (int64_t j = 0; j < K8; ++j) {
-      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(sb + j * CoresetFilter::kBlock + t), _mm256_set1_ps(ac[j]));
-      acc = _mm256_fmadd_ps(d, d, acc);
-    }
-    const __m256 A = _mm256_max_ps(
-        zero, _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_sqrt_ps(acc), lo_k), _mm256_loadu_ps(sa + t)), s_c));
-    const __m256 g = _mm256_max_ps(
-        zero, _mm256_sub_ps(_mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(e8 + t), en8_c), absmask),
-                                          _mm256_loadu_ps(se + t)),
-                            se_c));
-    const __m256 lb =
-        _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), _mm256_mul_ps(g, g)), fin),
-                      tiny);
-    const __m256 m = _mm256_loadu_ps(mt + t);
-    const __m256 pass = _mm256_and_ps(_mm256_cmp_ps(m, zero, _CMP_GE_OQ), _mm256_cmp_ps(lb, m, _CMP_NGE_UQ));
-    unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(pass));
-    while (bits) {
-      cand[n++] = lo + t + __builtin_ctz(bits);
-      bits &= bits - 1;
-    }
-  }
-  if (full < cnt)
-    n += coreset_screen_generic(sb + full, K8, cnt - full, ac, sa + full, se + full, e8 + full, mt + full, k,
-                                lo + full, cand + n);
-  return n;
-}
-
 }  // namespace fastad::cpu

@@ -54,33 +54,8 @@ float round_down(double v) {
 
 }  // namespace
 
-int64_t coreset_screen_generic(const float* sb, int64_t K8, int64_t cnt, const float* ac, const float* sa,
-                               const float* se, const float* e8, const float* mt, const CoresetScreenConst& k,
-                               int64_t lo, int64_t* cand) {
-  float sd[CoresetFilter::kBlock];
-  for (int64_t t = 0; t < cnt; ++t) sd[t] = 0.f;
-  for (int64_t j = 0; j < K8; ++j) {
-    const float cj = ac[j];
-    const float* col = sb + j * CoresetFilter::kBlock;
-    for (int64_t t = 0; t < cnt; ++t) {
-      const float d = col[t] - cj;
-      sd[t] += d * d;
-    }
-  }
-  int64_t n = 0;
-  for (int64_t t = 0; t < cnt; ++t) {
-    const float A = std::max(0.f, std::sqrt(sd[t]) * k.lo_k - sa[t] - k.s_c);
-    const float g = std::max(0.f, std::abs(e8[t] - k.en8_c) - se[t] - k.se_c);
-    const float lb = (A * A * k.sc2 + g * g) * k.fin - k.tiny;
-    cand[n] = lo + t;
-    n += (mt[t] >= 0.f) & !(lb >= mt[t]);  // not chosen and not excluded
-  }
-  return n;
-}
-
-CoresetFilter::CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists,
-                             CoresetScreenFn screen)
-    : bank_(bank), dtype_(dtype), N_(N), D_(D), dists_(dists), screen_(screen) {
+CoresetFilter::CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists)
+    : bank_(bank), dtype_(dtype), N_(N), D_(D), dists_(dists) {
   mD_ = coreset_margin(D);
   tiny_ = static_cast<float>(D + 16) * 0x1p-100f;  // absolute error of underflowing squares (with FTZ)
   build();
@@ -111,8 +86,7 @@ void CoresetFilter::build() {
   scale_ = amax > 0 ? std::ldexp(1.0, static_cast<int>(std::ceil(std::log2(amax / 8192.0)))) : 1.0;
 
   std::vector<uint16_t> h(static_cast<size_t>(N) * Kp_);
-  std::vector<float> en(N), sa(N), se(N), en8(N);
-  const int64_t K8 = std::min<int64_t>(kScreenAxes, K_);
+  std::vector<float> en(N), sa(N), se(N);
   std::vector<float> u(static_cast<size_t>(N) * Kp_);  // float32 copy of the summaries (build only)
   for (int64_t r0 = 0; r0 < N; r0 += kProjectRows) {
     const int64_t nb = std::min(kProjectRows, N - r0);
@@ -136,9 +110,6 @@ void CoresetFilter::build() {
         err2 += d * d;
       }
       en[r] = static_cast<float>(enp[i]);
-      double tail2 = enp[i] * enp[i];  // residual off the screen's first K8 axes
-      for (int64_t j = K8; j < Kp_; ++j) tail2 += a[i * Kp_ + j] * a[i * Kp_ + j];
-      en8[r] = static_cast<float>(std::sqrt(tail2));
       // ||u_x - a_x / scale|| (exact up to float64 rounding, covered by the ||x - mu|| term)
       sa[r] = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * ynp[i] / scale_);
       se[r] = round_up(static_cast<double>(kSlopY) * ynp[i]);
@@ -191,9 +162,6 @@ void CoresetFilter::build() {
   data_.resize(static_cast<size_t>(N) * rowb);
   hs_.resize(static_cast<size_t>(N) * Kp_);
   rb_.resize(N);
-  en8_.resize(N);
-  sa_.resize(N);
-  se_.resize(N);
   ipos_.resize(N);
   pos_.resize(N);
   for (int64_t i = 0; i < N; ++i) {
@@ -201,9 +169,6 @@ void CoresetFilter::build() {
     std::memcpy(data_.data() + i * rowb, static_cast<const char*>(bank_) + r * rowb, rowb);
     std::memcpy(hs_.data() + i * Kp_, h.data() + r * Kp_, Kp_ * sizeof(uint16_t));
     rb_[i] = {en[r], sa[r], se[r]};
-    en8_[i] = en8[r];
-    sa_[i] = sa[r];
-    se_[i] = se[r];
     ipos_[r] = i;
     pos_[i] = i;
   }
@@ -217,7 +182,6 @@ void CoresetFilter::build() {
   bmaxi_.assign(B, -1);
   bidx_.resize(B);
   dq2_.resize(B);
-  s8_.assign(static_cast<size_t>(B) * kScreenAxes * kBlock, 0.f);
   std::vector<double> acc(Kp_);
   for (int64_t b = 0; b < B; ++b) {
     const auto [lo, hi] = leaves[b];
@@ -244,17 +208,12 @@ void CoresetFilter::build() {
       rad = std::max(rad, std::sqrt(d2) * (1.0 + kRel) + rb_[i].sa);  // >= ||a_x / scale - q||
     }
     rho_[b] = round_up(rad);
-    float* sb = s8_.data() + b * kScreenAxes * kBlock;  // the screen: first K8 coordinates, dimension-major
-    for (int64_t i = lo; i < hi; ++i)
-      for (int64_t j = 0; j < K8; ++j) sb[j * kBlock + (i - lo)] = u[perm_[i] * Kp_ + j];
     emin_[b] = round_down(lo_e);
     emax_[b] = round_up(hi_e);
   }
   blo_[B] = N;
   mind_t_.assign(N, 0.f);
   cand_.resize(kBlock);
-  cand8_.resize(kBlock);
-  sd8_.resize(kBlock);
   cand_d2_.resize(kBlock);
   sum_d2_.resize(kBlock);
   ac_.resize(Kp_);
@@ -318,14 +277,9 @@ CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float*
   const double yn = std::sqrt(yn2);
   const float s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
   const float en_c = static_cast<float>(std::sqrt(e2));
-  const int64_t K8 = std::min<int64_t>(kScreenAxes, K_);
-  double t2 = e2;
-  for (int64_t j = K8; j < Kp; ++j) t2 += a[j] * a[j];
-  const float en8_c = static_cast<float>(std::sqrt(t2));
   const float se_c = round_up(static_cast<double>(kSlopY) * yn);
   const float sc = static_cast<float>(scale_), sc2 = sc * sc;
   const float lo_k = 1.f - mK_, fin = (1.f - 1e-6f) * (1.f - mD_);
-  const CoresetScreenConst sk{lo_k, s_c, en8_c, se_c, sc2, fin, tiny_};
   // lower bound of the computed squared distance, from a summary-space distance and a residual gap
   auto bound = [&](float dsum2, float slop, float egap) {
     const float A = std::max(0.f, std::sqrt(dsum2) * lo_k - slop - s_c);
@@ -343,14 +297,11 @@ CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float*
       const float eg = std::max(emin_[b] - (en_c + se_c), (en_c - se_c) - emax_[b]);
       if (!(bound(dq2_[b], rho_[b], eg) >= mx)) {
         const int64_t lo = blo_[b], cnt = blo_[b + 1] - lo;
-        // screen: the first K8 coordinates (float32, dimension-major) and the residual norm off them
-        const int64_t k8 = screen_(s8_.data() + b * kScreenAxes * kBlock, K8, cnt, ac_.data(), sa_.data() + lo,
-                                   se_.data() + lo, en8_.data() + lo, mind_t_.data() + lo, sk, lo, cand8_.data());
-        if (k8 > 0) dists_(hs_.data(), kCoresetF16, Kp, cand8_.data(), k8, ac_.data(), sum_d2_.data());
-        *summaries += k8;
+        dists_(hs_.data(), kCoresetF16, Kp, pos_.data() + lo, cnt, ac_.data(), sum_d2_.data());
+        *summaries += cnt;
         int64_t k = 0;
-        for (int64_t j = 0; j < k8; ++j) {
-          const int64_t i = cand8_[j];
+        for (int64_t j = 0; j < cnt; ++j) {
+          const int64_t i = lo + j;
           const float m = mind_t_[i];
           if (m < 0.f) continue;  // chosen
           const RowBound& rb = rb_[i];
