@@ -326,7 +326,8 @@ def test_fuse_zscore(name, tiny_backbone, tmp_path):
         det.tiling_ = dict(det.tiling_, fuse=dict(det.tiling_["fuse"], weight=w, norm="none"))
         raw[b] = (det.score(normal), det.score(x))
     det.tiling_ = dict(det.tiling_, fuse=dict(det.tiling_["fuse"], weight=0.25, norm="zscore"))
-    cal = det.calibrate_fusion(b for b in normal.split(2))  # a one-shot iterable of batches
+    with pytest.warns(UserWarning, match="rest on 3 held-out normal images .* at least 10"):
+        cal = det.calibrate_fusion(b for b in normal.split(2))  # a one-shot iterable of batches
     st = det.tiling_["fuse"]["stats"]
     assert st["n_images"] == 3 and "stats" not in det._tiling_cfg["fuse"]
     z = {}

@@ -33,6 +33,7 @@ iterables work; scoring resizes each batch. The global model is saved with the t
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ import torch.nn.functional as F
 __all__ = ["TilingMixin", "FUSE_NORMS"]
 
 FUSE_NORMS = ("none", "zscore")
+#: Held-out normal images below which :meth:`TilingMixin.calibrate_fusion` warns (a standard deviation from
+#: n values has a relative standard error of ~1 / sqrt(2 (n - 1)): 24% at 10 images, 50% at 3).
+FUSE_MIN_IMAGES = 10
 
 
 class TilingMixin:
@@ -228,6 +232,10 @@ class TilingMixin:
         n_img = sum(int(s.numel()) for s in sc["tiled"])
         if n_img < 2:
             raise ValueError(f"{name}: needs at least 2 normal images, got {n_img}")
+        if n_img < FUSE_MIN_IMAGES:
+            warnings.warn(f"{name}: the branches' image-score standard deviations rest on {n_img} held-out normal images "
+                          f"(relative standard error ~{100 / (2 * (n_img - 1)) ** 0.5:.0f}%), and so do the fused image "
+                          f"scores and their threshold; give at least {FUSE_MIN_IMAGES}", UserWarning, stacklevel=2)
         stats: dict = {"n_images": n_img}
         for b in ("global", "tiled"):
             a = acc[b]
