@@ -172,6 +172,26 @@ def test_float32_factorisation(per_position):
         G.gaussian_fit(torch.ones(10, 4) + torch.arange(4.0), ddof=1, reg=0.0, compute_dtype=torch.float32)
 
 
+def test_float32_cholesky_factor_redoes_ill_conditioned_positions_in_float64():
+    # factor_kind="cholesky", float32 (PaDiM's fit): each covariance is rounded once into the float32 factor
+    # and factorised there; a position whose squared diagonal ratio exceeds F32_CHOL_MAX_DIAG_RATIO_SQ is
+    # redone in float64 from the same float64 covariance: its factor = float64 Cholesky, rounded once
+    gen = torch.Generator().manual_seed(9)
+    n, P, d = 120, 4, 24
+    x = torch.randn(n, P, d, generator=gen, dtype=torch.float64) + 3.0
+    x[:, 2, 0] *= 300.0  # position 2: variance ratio ~9e4 > 2000
+    m = G.gaussian_fit(x.float(), ddof=1, reg=0.01, factor_dtype=torch.float32, compute_dtype=torch.float32,
+                       factor_kind="cholesky", keep_covariance=False)
+    assert m.n_refactored_ == 1
+    xf = x.float().double()
+    cov = torch.stack([torch.cov(xf[:, p].T) for p in range(P)]) + 0.01 * torch.eye(d, dtype=torch.float64)
+    ref = torch.linalg.cholesky(cov)
+    torch.testing.assert_close(m.factor[2].double(), ref[2].float().double(), rtol=1e-6, atol=1e-6)
+    for p in (0, 1, 3):  # factorised in float32
+        torch.testing.assert_close(m.factor[p].double(), ref[p], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.logdet, torch.logdet(cov), rtol=1e-5, atol=1e-4)
+
+
 def test_fold_every_fold_rows_and_leftover_at_finalize(monkeypatch):
     # once the sums exist, batches are buffered until FOLD_ROWS rows and folded in one op call; rows
     # still buffered are folded by finalize: the same model as one batch, every position block size

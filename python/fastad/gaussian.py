@@ -611,23 +611,23 @@ class GaussianAccumulator:
                 # covariance pass over memory; the float64 covariance of a position is formed again only
                 # if its float32 factorisation is redone
                 fb = factor[p0:p1]
-                for q0 in range(0, p1 - p0, sub):
-                    q1 = min(p1 - p0, q0 + sub)
-                    t64 = torch.baddbmm(b2[q0:q1], ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
-                                        alpha=-float(n) * f, out=tmp64[: q1 - q0])
-                    if reg:
-                        t64.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-                    fb[q0:q1].copy_(t64)
 
-                def cov64(p, b2=b2, ms=ms, f=f):
-                    c = (b2[p] - float(n) * torch.outer(ms[p], ms[p])) * f
-                    c.diagonal().add_(float(reg))
+                def cov64(q0, q1, out=None, b2=b2, ms=ms, f=f):
+                    # the float64 covariances of positions [q0, q1) of the block (+ reg I): one formula for
+                    # the float32 rounding and the float64 redo, so a redo factorises the same values
+                    c = torch.baddbmm(b2[q0:q1], ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
+                                      alpha=-float(n) * f, out=out)
+                    if reg:
+                        c.diagonal(dim1=-2, dim2=-1).add_(float(reg))
                     return c
 
+                for q0 in range(0, p1 - p0, sub):
+                    q1 = min(p1 - p0, q0 + sub)
+                    fb[q0:q1].copy_(cov64(q0, q1, tmp64[: q1 - q0]))
                 t1 = time.process_time()
                 t_cov += t1 - t0
-                ld, redo = _cholesky_logdet(cov64, fb, what, first=p0, total=P if per_pos else 0,
-                                            compute_dtype=compute_dtype, work=work)
+                ld, redo = _cholesky_logdet(lambda p: cov64(p, p + 1)[0], fb, what, first=p0,
+                                            total=P if per_pos else 0, compute_dtype=compute_dtype, work=work)
                 self.n_refactored_ += redo
                 t_fac += time.process_time() - t1
                 mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
