@@ -69,7 +69,7 @@ class ThresholdMixin:
                 raise ValueError(f"{name}: quantile must be in [0, 1], got {quantile}")
             info = {"method": method, "quantile": float(quantile)}
             if method == "chi2":
-                if not self.supports_threshold("chi2") and type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold:
+                if self._fused_with_global():
                     raise ValueError(f"{name}: method 'chi2' does not apply to a model fused with a global one (tiling "
                                      "fuse='global': its scores are no Mahalanobis distance); use quantile or f1")
                 t, info["n_images"] = float(self._chi2_threshold(float(quantile))), 0
@@ -97,12 +97,15 @@ class ThresholdMixin:
         self.threshold_info_ = info
         return self
 
+    def _fused_with_global(self) -> bool:
+        """Whether the tiling (the fitted one, else the next fit's) fuses with a global model."""
+        return bool((getattr(self, "_tiling_now", lambda: {})() or {}).get("fuse"))
+
     def supports_threshold(self, method: str) -> bool:
         """Whether :meth:`set_threshold` can use ``method`` with this detector (``"chi2"``: Gaussian ones,
         not fused with a global model: a fused score is no Mahalanobis distance)."""
         if method == "chi2":
-            fused = bool((getattr(self, "_tiling_now", lambda: {})() or {}).get("fuse"))
-            return type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold and not fused
+            return type(self)._chi2_threshold is not ThresholdMixin._chi2_threshold and not self._fused_with_global()
         from fastad import thresholds
 
         return method in thresholds.METHODS
