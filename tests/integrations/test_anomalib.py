@@ -20,17 +20,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _real_anomalib() -> bool:
-    try:
-        import anomalib.engine  # noqa: F401
-        import anomalib.models  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure (missing deps, torchvision mismatch) = not usable
-        for k in [k for k in sys.modules if k == "anomalib" or k.startswith("anomalib.")]:
-            del sys.modules[k]
-        return False
-    return True
-
-
 def _anomalib_modules() -> dict:
     return {k: v for k, v in sys.modules.items() if k == "anomalib" or k.startswith("anomalib.")}
 
@@ -39,6 +28,16 @@ def _swap_anomalib(mods: dict) -> None:
     for k in list(_anomalib_modules()):
         del sys.modules[k]
     sys.modules.update(mods)
+
+
+def _real_anomalib() -> bool:
+    try:
+        import anomalib.engine  # noqa: F401
+        import anomalib.models  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure (missing deps, torchvision mismatch) = not usable
+        _swap_anomalib({})
+        return False
+    return True
 
 
 REAL = _real_anomalib()
