@@ -1,0 +1,61 @@
+// The per-pair error bound of the bf16 screen, shared by every screened op (knn and group_min in
+// dist_bf16_screen_avx2.cpp, MuSc's mutual_scores in musc_screen_avx2.cpp); the derivation is written
+// at the top of dist_bf16_screen_avx2.cpp (knn, centred rows) and musc_screen_avx2.cpp (raw rows).
+//
+// Per row of the "query" side: P >= max(|x|, |x'|) and e >= |x' - x|; per row of the "bank" side:
+// X = 4 g R + 2 f, Y = 2 R, Z = (norm_term ? 2 g R^2 : 0) + D 2^-124 with R >= max(|y|, |y'|), f >= |y' - y|
+// (x, y the fp32 rows as the screen sees them, x', y' their bf16 roundings), all from the three fp32
+// sums of the bf16 row conversion (|v|^2, |v'|^2, |v' - v|^2) inflated by 1 / (1 - (D + 2) u) plus
+// D 2^-125 (underflowed squares) and by 1 + 2^-20 (the double -> float casts). For a pair with screen
+// score s' the fp32 path's score lies in [lo, up] = s' -+ E, E = (P X + e Y + Z)(1 + 2^-16) + 2^-21 |s'|.
+// Included only by files compiled with -mavx2 -mfma (*_avx2.cpp).
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace fastad::cpu::screen {
+
+struct Bound {
+  double g, infl, absn;  // gamma_D, the inflation of an fp32 sum of D squares, its absolute slack
+
+  explicit Bound(int64_t D) {
+    constexpr double u = 0x1p-24;
+    const double d = static_cast<double>(D);
+    g = d * u / (1.0 - d * u);
+    infl = (1.0 + 0x1p-20) / (1.0 - (d + 2) * u);
+    absn = d * 0x1p-125;
+  }
+  double inflate(float s) const { return static_cast<double>(s) * infl + absn; }
+
+  /// Query-side terms from one row's three sums: P (norm bound) and e (rounding-error norm bound).
+  void query_terms(const float* sums3, float* P, float* e) const {
+    *P = static_cast<float>(std::sqrt(std::max(inflate(sums3[0]), inflate(sums3[1]))) * (1 + 0x1p-20));
+    *e = static_cast<float>(std::sqrt(inflate(sums3[2])) * (1 + 0x1p-20));
+  }
+
+  /// Bank-side terms from one row's three sums (D: the depth). norm_term: add 2 g R^2 to Z (the screen's
+  /// and the fp32 path's squared norms of this row differ: knn); without it the two share one norm (MuSc).
+  void bank_terms(const float* sums3, int64_t D, bool norm_term, float* X, float* Y, float* Z) const {
+    const double R = std::sqrt(std::max(inflate(sums3[0]), inflate(sums3[1]))) * (1 + 0x1p-20);
+    const double f = std::sqrt(inflate(sums3[2])) * (1 + 0x1p-20);
+    *X = static_cast<float>(4 * g * R + 2 * f);
+    *Y = static_cast<float>(2 * R);
+    *Z = static_cast<float>((norm_term ? 2 * g * R * R : 0.0) + static_cast<double>(D) * 0x1p-124);
+  }
+};
+
+/// lo = s - E and up = s + E of 8 pairs (one query row: pv = P, ev = e broadcast; X, Y, Z of 8 bank rows).
+inline void lo_up8(__m256 s, __m256 pv, __m256 ev, const float* X, const float* Y, const float* Z, __m256& lo,
+                   __m256& up) {
+  const __m256 slack = _mm256_set1_ps(1.f + 0x1p-16f), rel = _mm256_set1_ps(0x1p-21f);
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 t = _mm256_fmadd_ps(pv, _mm256_loadu_ps(X), _mm256_fmadd_ps(ev, _mm256_loadu_ps(Y), _mm256_loadu_ps(Z)));
+  const __m256 e = _mm256_fmadd_ps(t, slack, _mm256_mul_ps(rel, _mm256_and_ps(s, absmask)));
+  lo = _mm256_sub_ps(s, e);
+  up = _mm256_add_ps(s, e);
+}
+
+}  // namespace fastad::cpu::screen
