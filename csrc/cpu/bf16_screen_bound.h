@@ -30,17 +30,25 @@ struct Bound {
   }
   double inflate(float s) const { return static_cast<double>(s) * infl + absn; }
 
+  /// From one row's three sums: R >= max(|v|, |v'|) and f >= |v' - v|.
+  void norms(const float* sums3, double* R, double* f) const {
+    *R = std::sqrt(std::max(inflate(sums3[0]), inflate(sums3[1]))) * (1 + 0x1p-20);
+    *f = std::sqrt(inflate(sums3[2])) * (1 + 0x1p-20);
+  }
+
   /// Query-side terms from one row's three sums: P (norm bound) and e (rounding-error norm bound).
   void query_terms(const float* sums3, float* P, float* e) const {
-    *P = static_cast<float>(std::sqrt(std::max(inflate(sums3[0]), inflate(sums3[1]))) * (1 + 0x1p-20));
-    *e = static_cast<float>(std::sqrt(inflate(sums3[2])) * (1 + 0x1p-20));
+    double R, f;
+    norms(sums3, &R, &f);
+    *P = static_cast<float>(R);
+    *e = static_cast<float>(f);
   }
 
   /// Bank-side terms from one row's three sums (D: the depth). norm_term: add 2 g R^2 to Z (the screen's
   /// and the fp32 path's squared norms of this row differ: knn); without it the two share one norm (MuSc).
   void bank_terms(const float* sums3, int64_t D, bool norm_term, float* X, float* Y, float* Z) const {
-    const double R = std::sqrt(std::max(inflate(sums3[0]), inflate(sums3[1]))) * (1 + 0x1p-20);
-    const double f = std::sqrt(inflate(sums3[2])) * (1 + 0x1p-20);
+    double R, f;
+    norms(sums3, &R, &f);
     *X = static_cast<float>(4 * g * R + 2 * f);
     *Y = static_cast<float>(2 * R);
     *Z = static_cast<float>((norm_term ? 2 * g * R * R : 0.0) + static_cast<double>(D) * 0x1p-124);
@@ -53,6 +61,18 @@ inline void lo_up8(__m256 s, __m256 pv, __m256 ev, const float* X, const float* 
   const __m256 slack = _mm256_set1_ps(1.f + 0x1p-16f), rel = _mm256_set1_ps(0x1p-21f);
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 t = _mm256_fmadd_ps(pv, _mm256_loadu_ps(X), _mm256_fmadd_ps(ev, _mm256_loadu_ps(Y), _mm256_loadu_ps(Z)));
+  const __m256 e = _mm256_fmadd_ps(t, slack, _mm256_mul_ps(rel, _mm256_and_ps(s, absmask)));
+  lo = _mm256_sub_ps(s, e);
+  up = _mm256_add_ps(s, e);
+}
+
+/// The same with a per-query additive term: E = (P X + e Y + (Z + W))(1 + 2^-16) + 2^-21 |s| (wv = W broadcast).
+inline void lo_up8(__m256 s, __m256 pv, __m256 ev, __m256 wv, const float* X, const float* Y, const float* Z,
+                   __m256& lo, __m256& up) {
+  const __m256 slack = _mm256_set1_ps(1.f + 0x1p-16f), rel = _mm256_set1_ps(0x1p-21f);
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 t = _mm256_fmadd_ps(pv, _mm256_loadu_ps(X),
+                                   _mm256_fmadd_ps(ev, _mm256_loadu_ps(Y), _mm256_add_ps(_mm256_loadu_ps(Z), wv)));
   const __m256 e = _mm256_fmadd_ps(t, slack, _mm256_mul_ps(rel, _mm256_and_ps(s, absmask)));
   lo = _mm256_sub_ps(s, e);
   up = _mm256_add_ps(s, e);

@@ -10,17 +10,28 @@
 // both paths), rowmin[p] = min_q s^ and colmin[q] = min_p s^ (self mode; pool mode: rows only).
 //
 // ---- The screen: why its minima equal the fp32 path's ----------------------------------------------
-// The screen scores every pair by s' = fl(A - 2 d') (the same A), d' the bf16 GEMM of x' = bf16(x),
-// y' = bf16(y) with fp32 accumulation. With g = gamma_C = Cu / (1 - Cu), u = 2^-24:
-//   |g^ - x.y|   <= g |x||y|                           (C roundings of one FMA chain)
-//   |d' - x'.y'| <= g |x'||y'| + C 2^-126              (C rounded steps; FTZ on each result loses < 2^-126)
-//   |x'.y' - x.y| <= |x' - x||y| + |x'||y' - y|        (Cauchy-Schwarz)
-// so with P >= max(|x|, |x'|), e >= |x' - x| (row p of image i), R >= max(|y|, |y'|), f >= |y' - y| (row
-// q of image j), all from the fp32 sums of the bf16 conversion (inflated, bf16_screen_bound.h),
-//   Delta = |(A - 2 d') - (A - 2 g^)| = 2 |g^ - d'| <= P X + e Y + Z,  X = 4 g R + 2 f, Y = 2 R, Z = C 2^-124
-// (the knn bound without its norm term: both paths share A), and with the final roundings of s^ and s',
-// |s^ - s'| <= (Delta + 2u |s'|) / (1 - u) <= E = (P X + e Y + Z)(1 + 2^-16) + 2^-21 |s'| evaluated in
-// fp32 (bf16_screen_bound.h: lo = s' - E <= s^ <= up = s' + E for every pair).
+// The screen centres like knn's (the fp32 path does not): c = knn_centre_avx2 of the query images' rows,
+// v = fl(x - c), w = fl(y - c) (a = x - c, b = y - c exactly), v' = bf16(v), w' = bf16(w), d' = the bf16
+// GEMM of v', w' (fp32 accumulation). Exactly, x.y = a.b + t_x + t_y with t_x = c.x - |c|^2 / 2; per row
+// n2_x = fl(na_x - 2 T_x) (T_x = t_x in double, |T_x - t_x| <= eps_x = (C + 2) 2^-52 (|c||x| + |c|^2)),
+// and the screen scores a pair by s' = fl(B - 2 d'), B = fl(n2_p + n2_q). With g = gamma_C = Cu / (1 - Cu),
+// u = 2^-24:
+//   (A - 2 g^) - (B - 2 d') = [A - 2 t_p - 2 t_q - B] + 2 [d' - a.b] + 2 [x.y - g^]
+//   |A - 2 t_p - 2 t_q - B| <= 2^-21 (na_p + |n2_p| + nb_q + |n2_q|) + 2 eps_p + 2 eps_q  (four roundings)
+//   2 |x.y - g^| <= 2 g |x||y| + C 2^-125 <= g (|x|^2 + |y|^2) + C 2^-125  (C roundings of the FMA chain,
+//                   each losing < 2^-126 to underflow)
+//   |d' - v'.w'| <= g |v'||w'| + C 2^-126                 (C rounded steps; FTZ loses < 2^-126 per step)
+//   |v'.w' - a.b| <= |v' - a||b| + |v'||w' - b|           (Cauchy-Schwarz)
+//   |v' - a| <= |v' - v| + |v - a| <= e + 2^-23 P + sqrt(C) 2^-126  (v = fl(a): relative u, or a flushed
+//                   denormal when FTZ is on; e >= |v' - v|, P >= max(|v|, |v'|))
+// so with P, e' = e + 2^-23 P + sqrt(C) 2^-126 per row p of image i and R, f' likewise per row q of image j
+// (from the fp32 sums of the bf16 conversion, inflated: bf16_screen_bound.h),
+//   Delta = |(A - 2 g^) - (B - 2 d')| <= P X + e' Y + (Z + W),  X = 2 g R + 2 f', Y = 2 R,
+//   Z = C 2^-124 + S_q, W = S_p,  S = 2^-21 (n + |n2|) + 2 eps + g |x|^2 (per row, from its norm n)
+// and with the final roundings of s^ and s', |s^ - s'| <= (Delta + 2u |s'|) / (1 - u) <= E =
+// (P X + e' Y + (Z + W))(1 + 2^-16) + 2^-21 |s'| evaluated in fp32 (bf16_screen_bound.h: lo = s' - E <= s^
+// <= up = s' + E for every pair). (Without centring the bf16 error scales with |x||y|: on DINOv2 features
+// whose rows share a large mean, 22% of the pairs survived; centred, see RESULTS.md.)
 // Rows: U_p = min_q up_pq >= min_q s^_pq = s^_pq* >= lo_pq*, so the fp32 path's minimiser q* of row p has
 // lo_pq* <= U_p; likewise for columns with V_q = min_p up_pq. Every pair with lo_pq <= U_p or lo_pq <= V_q
 // (a survivor) is re-scored with the fp32 path's arithmetic (s^ bit for bit, 8 pairs per AVX2 vector),
@@ -35,6 +46,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <utility>
@@ -58,8 +70,10 @@ constexpr float kMaxNorm = 0x1p100f;  // squared norms at or above this: decline
 struct PairEpi {
   const Kern* kern;
   const float* yb;           // bank image rows [L, C]
-  const float *na, *nb;      // squared norms of the rows of the query / bank image (the fp32 path's)
-  const float *P, *E;        // per row of the query image
+  const float* c;            // the centre, C floats
+  const float *na, *nb;      // n2 of the rows of the query / bank image (see the top)
+  const float* sb;           // S of the rows of the bank image
+  const float *P, *E, *W;    // per row of the query image
   int64_t C, Lp;
   float* lo;                 // [L, Lp]
   float* rowU;               // [L]
@@ -73,12 +87,17 @@ struct PairEpi {
     float* sums = tl_sums.get(3 * NR);
     for (int64_t p = 0; p * NR < nc; ++p) {
       const int64_t nr = std::min(NR, nc - p * NR);
-      kern->rows(yb + (j0 + p * NR) * C, nr, C, nullptr, rows, Dp, sums);
+      kern->rows(yb + (j0 + p * NR) * C, nr, C, c, rows, Dp, sums);
       panelize<NR>(rows, Dp, nr, Dp, Bp + p * NR * D2);
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t jj = p * NR + r;
+        double R, f;
+        bound->norms(sums + 3 * r, &R, &f);
+        f = f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-126;
         nbb[jj] = nb[j0 + jj];
-        bound->bank_terms(sums + 3 * r, C, false, X + jj, Y + jj, Z + jj);
+        X[jj] = static_cast<float>((2 * bound->g * R + 2 * f) * (1 + 0x1p-20));
+        Y[jj] = static_cast<float>(2 * R);
+        Z[jj] = static_cast<float>((static_cast<double>(C) * 0x1p-124 + sb[j0 + jj]) * (1 + 0x1p-20));
       }
     }
     for (int64_t jj = nc; jj < round_up(nc, 8); ++jj) nbb[jj] = kInf, X[jj] = Y[jj] = Z[jj] = 0.f;  // up = +inf
@@ -91,12 +110,13 @@ struct PairEpi {
       const int64_t p = i0 + r;
       const float* row = S + r * ld;
       float* lor = lo + p * Lp + j0;  // j0 + round_up(nc, 8) <= Lp
-      const __m256 npv = _mm256_set1_ps(na[p]), pv = _mm256_set1_ps(P[p]), ev = _mm256_set1_ps(E[p]);
+      const __m256 npv = _mm256_set1_ps(na[p]), pv = _mm256_set1_ps(P[p]), ev = _mm256_set1_ps(E[p]),
+                   wv = _mm256_set1_ps(W[p]);
       __m256 umin = _mm256_set1_ps(kInf);
       for (int64_t jj = 0; jj < nc; jj += 8) {
         const __m256 s = _mm256_fmadd_ps(m2, _mm256_loadu_ps(row + jj), _mm256_add_ps(npv, _mm256_loadu_ps(nbb + jj)));
         __m256 l, u;
-        screen::lo_up8(s, pv, ev, X + jj, Y + jj, Z + jj, l, u);
+        screen::lo_up8(s, pv, ev, wv, X + jj, Y + jj, Z + jj, l, u);
         _mm256_storeu_ps(lor + jj, l);
         umin = _mm256_min_ps(u, umin);
         if (colU) _mm256_storeu_ps(colU + j0 + jj, _mm256_min_ps(u, _mm256_loadu_ps(colU + j0 + jj)));
@@ -150,7 +170,7 @@ struct Surv {
 // Thread scratch of the screen.
 struct PairScratch {
   ABuf<uint32_t> apack;
-  std::vector<float> P, E, lo, rowU, colU, nbb, X, Y, Z;
+  std::vector<float> P, E, W, lo, rowU, colU, nbb, X, Y, Z;
   std::vector<Surv> surv;
   int64_t a_img = -1;
 };
@@ -176,11 +196,30 @@ bool mutual_minima_screen_bf16(const float* yq, const float* yp, int64_t Nq, int
   }
   const Kern kern = current_kern();
   const screen::Bound bound(C);
+  // The centre and, per row of every image, n2 = fl(n - 2 T) and S (see the top).
+  std::vector<float> c(C), n2(Ntot * L), S(Ntot * L);
+  knn_centre_avx2(yq, Nq * L, C, c.data());
+  double cn2 = 0.0;
+  for (int64_t k = 0; k < C; ++k) cn2 += static_cast<double>(c[k]) * c[k];
+  const double cn = std::sqrt(cn2) * (1 + 0x1p-40), cn2u = cn2 * (1 + 0x1p-40);
+  at::parallel_for(0, Ntot, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t p = 0; p < L; ++p) {
+        const float* x = img(n) + p * C;
+        const int64_t t = n * L + p;
+        double cx = 0.0;
+        for (int64_t k = 0; k < C; ++k) cx += static_cast<double>(c[k]) * x[k];
+        const double T = cx - 0.5 * cn2, nx2 = bound.inflate(nz[t]);
+        const double eps = static_cast<double>(C + 2) * 0x1p-52 * (cn * std::sqrt(nx2) + cn2u);
+        n2[t] = static_cast<float>(static_cast<double>(nz[t]) - 2 * T);
+        S[t] = static_cast<float>((0x1p-21 * (nz[t] + std::fabs(n2[t])) + 2 * eps + bound.g * nx2) * (1 + 0x1p-20));
+      }
+  });
   const int64_t Lp = round_up(L, 8), Dp = round_up(C, 2), D2 = Dp / 2, panels = (L + MR - 1) / MR;
   std::atomic<int64_t> survivors{0};
   at::parallel_for(0, static_cast<int64_t>(pairs.size()), 1, [&](int64_t b, int64_t e) {
     PairScratch s;
-    s.P.resize(L), s.E.resize(L), s.lo.resize(L * Lp), s.rowU.resize(L), s.colU.resize(Lp);
+    s.P.resize(L), s.E.resize(L), s.W.resize(L), s.lo.resize(L * Lp), s.rowU.resize(L), s.colU.resize(Lp);
     s.nbb.resize(kNC + 8), s.X.resize(kNC + 8), s.Y.resize(kNC + 8), s.Z.resize(kNC + 8);
     uint32_t* A = s.apack.get(panels * MR * D2);
     std::vector<uint16_t> rows(MR * Dp);
@@ -191,16 +230,24 @@ bool mutual_minima_screen_bf16(const float* yq, const float* yp, int64_t Nq, int
       if (s.a_img != i) {  // pack the query image once for its run of pairs (i, j), (i, j + 1), ...
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t nr = std::min(MR, L - p * MR);
-          kern.rows(img(i) + p * MR * C, nr, C, nullptr, rows.data(), Dp, sums);
+          kern.rows(img(i) + p * MR * C, nr, C, c.data(), rows.data(), Dp, sums);
           panelize<MR>(rows.data(), Dp, nr, Dp, A + p * MR * D2);
-          for (int64_t r = 0; r < nr; ++r) bound.query_terms(sums + 3 * r, &s.P[p * MR + r], &s.E[p * MR + r]);
+          for (int64_t r = 0; r < nr; ++r) {
+            const int64_t pr = p * MR + r;
+            double R, f;
+            bound.norms(sums + 3 * r, &R, &f);
+            s.P[pr] = static_cast<float>(R);
+            s.E[pr] = static_cast<float>((f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-126) * (1 + 0x1p-20));
+            s.W[pr] = S[i * L + pr];
+          }
         }
         s.a_img = i;
       }
       const bool self = Np == 0;
       std::fill(s.rowU.begin(), s.rowU.end(), kInf);
       std::fill(s.colU.begin(), s.colU.end(), kInf);
-      PairEpi epi{&kern, img(j), nz + i * L, nz + j * L, s.P.data(), s.E.data(), C, Lp, s.lo.data(),
+      PairEpi epi{&kern, img(j), c.data(), n2.data() + i * L, n2.data() + j * L, S.data() + j * L, s.P.data(),
+                  s.E.data(), s.W.data(), C, Lp, s.lo.data(),
                   s.rowU.data(), self ? s.colU.data() : nullptr, s.nbb.data(), s.X.data(), s.Y.data(), s.Z.data(),
                   &bound};
       sweep_bf16(kern, A, 0, L, 0, L, C, epi);
