@@ -376,16 +376,17 @@ at::Tensor mutual_scores_cpu(const at::Tensor& z, int64_t k, const std::optional
 
 // mutual_scores_screen: mutual_scores with its pair minima through the bf16 screen, identical output.
 // screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only with AVX512-BF16 hardware,
-// C >= 96 and L >= 64 (the knn / group_min rule: not yet measured on such a CPU; on AVX2-only CPUs the
-// screen runs through its scalar emulation, far slower, so "auto" is the fp32 path there). With a window
-// (same_position) the fp32 path runs.
+// C >= 96 and L >= 128 (NOT yet measured on such a CPU: knn's measured D >= 96, and L >= 128 because at
+// least ~2 / L of the pairs survive (each row's and column's minimiser), about group_min's measured floor
+// at group_size >= 64; on AVX2-only CPUs the screen runs through its scalar emulation, far slower, so
+// "auto" is the fp32 path there). With a window (same_position) the fp32 path runs.
 at::Tensor mutual_scores_screen_cpu(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool,
                                     int64_t window, c10::string_view screen) {
   TORCH_CHECK(screen == "bf16" || screen == "auto", "mutual_scores_screen: screen must be 'bf16' or 'auto', got '",
               std::string(screen), "'");
   check_mutual_args("mutual_scores", z, k, pool, window, false);
   bool on = use_bf16_gemm();
-  if (screen == "auto") on = use_bf16_micro() && z.size(2) >= 96 && z.size(1) >= 64;
+  if (screen == "auto") on = use_bf16_micro() && z.size(2) >= 96 && z.size(1) >= 128;
   return mutual_scores_run(z, k, pool, window, on);
 }
 

@@ -27,8 +27,10 @@ def _tokens(N, L, C, kind, seed):
         z = torch.nn.functional.normalize(z, dim=-1)
     elif kind == "offset":  # uncentred: a mean 1000x the spread
         z = z + 1000.0
-    elif kind == "large":  # large norms (squared norms ~1e30 C, below the screen's 2^100 limit)
-        z = z * 1e15
+    elif kind == "shared":  # unit rows sharing a large common direction (a ViT layer's LNAMD features)
+        z = torch.nn.functional.normalize(z + 6.0 * torch.randn(1, 1, C, generator=g), dim=-1)
+    elif kind == "large":  # large norms (squared norms ~1e26 C, below the screen's 2^100 ~ 1.3e30 limit)
+        z = z * 1e13
     elif kind == "ints":  # many exact ties in distance
         z = torch.randint(-2, 3, (N, L, C), generator=g).float()
     elif kind == "dups":  # duplicated patches within and across images
@@ -41,7 +43,7 @@ def _tokens(N, L, C, kind, seed):
     return z.contiguous()
 
 
-KINDS = ["randn", "unit", "offset", "large", "ints", "dups", "neartie", "tiny"]
+KINDS = ["randn", "unit", "shared", "offset", "large", "ints", "dups", "neartie", "tiny"]
 
 
 @st.composite
@@ -83,6 +85,8 @@ def test_mutual_scores_screen_counts_survivors(bf16_mode):  # noqa: F811
     fastad.knn_screen_stats(reset=True)
     _assert_identical(z, 1)
     s = fastad.knn_screen_stats(reset=True)
+    _assert_identical(_tokens(N, L, C, "large", 1), 1)  # large norms: screened, not declined
+    assert fastad.knn_screen_stats(reset=True)["fallbacks"] == 0
     pairs = N * (N - 1) // 2 * L * L
     assert s["calls"] == 1 and s["fallbacks"] == 0 and s["pairs"] == pairs
     assert L * N * (N - 1) // 2 <= s["survivors"] < 0.5 * pairs  # every row keeps its minimiser, few others
