@@ -1,13 +1,14 @@
 // The per-pair error bound of the bf16 screen, shared by every screened op (knn and group_min in
-// dist_bf16_screen_avx2.cpp, MuSc's mutual_scores in musc_screen_avx2.cpp); the derivation is written
-// at the top of dist_bf16_screen_avx2.cpp (knn, centred rows) and musc_screen_avx2.cpp (raw rows).
+// dist_bf16_screen_avx2.cpp, MuSc's mutual_scores in musc_screen_avx2.cpp); the derivations are written
+// at the top of those files (knn: the fp32 path centres as the screen does; MuSc: the fp32 path works on
+// the raw rows, the screen on centred ones, which changes X and Z and adds a per-query term W).
 //
-// Per row of the "query" side: P >= max(|x|, |x'|) and e >= |x' - x|; per row of the "bank" side:
-// X = 4 g R + 2 f, Y = 2 R, Z = (norm_term ? 2 g R^2 : 0) + D 2^-124 with R >= max(|y|, |y'|), f >= |y' - y|
-// (x, y the fp32 rows as the screen sees them, x', y' their bf16 roundings), all from the three fp32
-// sums of the bf16 row conversion (|v|^2, |v'|^2, |v' - v|^2) inflated by 1 / (1 - (D + 2) u) plus
-// D 2^-125 (underflowed squares) and by 1 + 2^-20 (the double -> float casts). For a pair with screen
-// score s' the fp32 path's score lies in [lo, up] = s' -+ E, E = (P X + e Y + Z)(1 + 2^-16) + 2^-21 |s'|.
+// From the three fp32 sums of a row's bf16 conversion (|v|^2, |v'|^2, |v' - v|^2; v the fp32 row as the
+// screen sees it, v' its bf16 rounding), inflated by 1 / (1 - (D + 2) u) plus D 2^-125 (underflowed
+// squares) and by 1 + 2^-20 (the double -> float casts): R >= max(|v|, |v'|) and f >= |v' - v| (norms()).
+// knn: per query P = R, e = f (query_terms); per bank row X = 4 g R + 2 f, Y = 2 R, Z = 2 g R^2 + D 2^-124
+// (bank_terms). For a pair with screen score s' the fp32 path's score lies in [lo, up] = s' -+ E,
+// E = (P X + e Y + Z [+ W])(1 + 2^-16) + 2^-21 |s'| (lo_up8).
 // Included only by files compiled with -mavx2 -mfma (*_avx2.cpp).
 #pragma once
 #include <immintrin.h>
@@ -44,14 +45,13 @@ struct Bound {
     *e = static_cast<float>(f);
   }
 
-  /// Bank-side terms from one row's three sums (D: the depth). norm_term: add 2 g R^2 to Z (the screen's
-  /// and the fp32 path's squared norms of this row differ: knn); without it the two share one norm (MuSc).
-  void bank_terms(const float* sums3, int64_t D, bool norm_term, float* X, float* Y, float* Z) const {
+  /// knn's bank-side terms from one row's three sums (D: the depth).
+  void bank_terms(const float* sums3, int64_t D, float* X, float* Y, float* Z) const {
     double R, f;
     norms(sums3, &R, &f);
     *X = static_cast<float>(4 * g * R + 2 * f);
     *Y = static_cast<float>(2 * R);
-    *Z = static_cast<float>((norm_term ? 2 * g * R * R : 0.0) + static_cast<double>(D) * 0x1p-124);
+    *Z = static_cast<float>(2 * g * R * R + static_cast<double>(D) * 0x1p-124);
   }
 };
 

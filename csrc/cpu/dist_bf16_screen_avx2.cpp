@@ -3,7 +3,8 @@
 //   * group_min_f32_screen_bf16: the same screen for group_min (k = 1 per group; identical to
 //     group_min_f32_avx2: per group the smallest (s^, j) among its survivors, then its exact distance).
 // Both share one screening pass (ScreenEpi::scan with a knn or a per-group threshold policy) and one
-// re-scoring pass (rescore_rows with a knn or a group_min writer).
+// re-scoring pass (rescore_rows with a knn or a group_min writer); the bound's terms and its evaluation
+// are in bf16_screen_bound.h (shared with MuSc's screen, musc_screen_avx2.cpp).
 //
 // The micro-kernel is micro_bf16_avx512 (csrc/cpu/dist_micro_avx512bf16.cpp, 24 x 16 zmm tile over bf16
 // pair panels) or, where the CPU lacks AVX512-BF16 and FASTAD_BF16_EMULATE=1 asks for it (tests), the
@@ -98,7 +99,7 @@ struct ScreenEpi {
           return false;
         }
         beta[jj] = sums[3 * r];
-        bound.bank_terms(sums + 3 * r, D, true, X + jj, Y + jj, Z + jj);
+        bound.bank_terms(sums + 3 * r, D, X + jj, Y + jj, Z + jj);
       }
     }
     for (int64_t jj = nc; jj < round_up(nc, 8); ++jj) beta[jj] = kInf, X[jj] = Y[jj] = Z[jj] = 0.f;
