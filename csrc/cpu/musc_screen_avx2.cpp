@@ -23,8 +23,10 @@
 //   |d' - v'.w'| <= g |v'||w'| + C 2^-126                 (C rounded steps; FTZ loses < 2^-126 per step)
 //   |v'.w' - a.b| <= |v' - a||b| + |v'||w' - b|           (Cauchy-Schwarz)
 //   |v' - a| <= |v' - v| + |v - a| <= e + 2^-23 P + sqrt(C) 2^-126  (v = fl(a): relative u, or a flushed
-//                   denormal when FTZ is on; e >= |v' - v|, P >= max(|v|, |v'|))
-// so with P, e' = e + 2^-23 P + sqrt(C) 2^-126 per row p of image i and R, f' likewise per row q of image j
+//                   denormal when FTZ / DAZ are on; e >= |v' - v|, P >= max(|v|, |v'|)); likewise |w' - b|,
+//                   and |b| <= R + 2^-23 R + sqrt(C) 2^-126
+// so with P, e' = e + 2^-23 P + sqrt(C) 2^-124 per row p of image i and R, f' likewise per row q of image j
+// (the 2^-124: the flushed parts of |b| times e' <= 2 P land in P X)
 // (from the fp32 sums of the bf16 conversion, inflated: bf16_screen_bound.h),
 //   Delta = |(A - 2 g^) - (B - 2 d')| <= P X + e' Y + (Z + W),  X = 2 g R + 2 f', Y = 2 R,
 //   Z = C 2^-124 + S_q, W = S_p,  S = 2^-21 (n + |n2|) + 2 eps + g |x|^2 (per row, from its norm n)
@@ -93,7 +95,7 @@ struct PairEpi {
         const int64_t jj = p * NR + r;
         double R, f;
         bound->norms(sums + 3 * r, &R, &f);
-        f = f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-126;
+        f = f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-124;
         nbb[jj] = nb[j0 + jj];
         X[jj] = static_cast<float>((2 * bound->g * R + 2 * f) * (1 + 0x1p-20));
         Y[jj] = static_cast<float>(2 * R);
@@ -237,7 +239,7 @@ bool mutual_minima_screen_bf16(const float* yq, const float* yp, int64_t Nq, int
             double R, f;
             bound.norms(sums + 3 * r, &R, &f);
             s.P[pr] = static_cast<float>(R);
-            s.E[pr] = static_cast<float>((f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-126) * (1 + 0x1p-20));
+            s.E[pr] = static_cast<float>((f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-124) * (1 + 0x1p-20));
             s.W[pr] = S[i * L + pr];
           }
         }
