@@ -26,6 +26,11 @@ GFLOP (2 L^2 C per pair) per CPU-second; every round is printed so the spread un
     .venv/bin/python benchmarks/bench_musc.py --config B
     .venv/bin/python benchmarks/bench_musc.py --config C --full-layers 1
     .venv/bin/python benchmarks/bench_musc.py --pair --rounds 5
+    .venv/bin/python benchmarks/bench_musc.py --screen compare [--features mtd] [--r 3] [--jsonl F]
+
+Screen mode (--screen compare, issue 15): mutual_scores with screen="none" / "auto" / "bf16" interleaved,
+1 thread, thread CPU time; the bf16 screen's survivor fraction, same-run ratios, outputs checked identical.
+Without AVX512-BF16 the "bf16" mode runs the scalar emulation (survivors are real, its time is not).
 """
 from __future__ import annotations
 
@@ -291,6 +296,91 @@ def pair_bench(rounds=3, n1=4):
           f"{gf_pair / b3:.1f} GF/CPU-s ({gf_pair / b3 / rk:.2f} of knn)", flush=True)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def screen_features(kind: str, n: int, side: int, channels: int, r: int, data: str):
+    """[layers x Tensor[n, L, C]] unit-norm LNAMD features: of Gaussian tokens ("randn": one layer, L = side^2,
+    C = channels) or of DINOv2-S/14 tokens of the first n MTD test images (every 4th of the sorted list,
+    224 px: 16 x 16, C = 384, the backbone's default layers)."""
+    import fastad
+
+    if kind == "randn":
+        g = torch.Generator().manual_seed(4)
+        return [fastad.ops.lnamd(torch.randn(n, side * side, channels, generator=g), r)]
+    from fastad.data import MVTecDataset
+    from fastad.detectors import MuSc
+
+    ds = MVTecDataset(data, "test", image_size=224, mean=None, std=None)
+    X = torch.stack([ds[i]["image"] for i in range(0, len(ds), 4)[:n]])
+    tokens, _ = MuSc("dinov2_vits14", image_size=224, progress=False).extract(X)
+    return [fastad.ops.lnamd(t[:, 1:].contiguous(), r) for t in tokens]
+
+
+def screen_compare(features="randn", n=8, side=16, channels=384, r=1, rounds=3, data="/work/shared/data/mtd",
+                   jsonl=None):
+    """mutual_scores with screen none / auto / bf16, interleaved, 1 thread, thread CPU time (min of rounds):
+    survivor fraction of the screen, same-run ratios, outputs checked identical."""
+    import fastad
+
+    torch.set_num_threads(1)
+    bi = fastad.build_info()
+    emulated = bi["bf16_micro_kernel"] != "avx512bf16"
+    if emulated:
+        os.environ["FASTAD_BF16_EMULATE"] = "1"  # the screen runs through its emulation: survivors, not speed
+    kern = fastad.op_kernels()
+    layers = screen_features(features, n, side, channels, r, data)
+    N, L, C = layers[0].shape
+    print(f"== mutual_scores screen compare: {cpu_model()}; bf16 micro-kernel: {fastad.build_info()['bf16_micro_kernel']}")
+    for m in ("bf16", "auto"):
+        print(f"   '{m}': " + kern[f"mutual_scores screen='{m}'"])
+    print(f"   features {features}: {len(layers)} layer(s) of N={N} images, L={L}, C={C}, LNAMD r={r}; k=1; "
+          f"1 thread, thread CPU s per call (min of {rounds} rounds, modes interleaved, order rotating)")
+    print(f"{'layer':>5s} {'fp32 s':>8s} {'auto s':>8s} {'bf16 s':>8s} {'fp32/auto':>9s} {'fp32/bf16':>9s} "
+          f"{'survivors':>10s} {'identical':>9s}")
+    out = []
+    for li, z in enumerate(layers):
+        best = {m: float("inf") for m in ("none", "auto", "bf16")}
+        res, frac = {}, 0.0
+        t0 = time.thread_time()
+        fastad.ops.mutual_scores(z, k=1)  # warm-up; short calls are repeated to >= 0.3 s per timing
+        reps = max(1, int(0.3 / max(time.thread_time() - t0, 1e-4)))
+        for rd in range(rounds):
+            modes = ("none", "auto", "bf16")
+            for m in modes[rd % 3:] + modes[: rd % 3]:  # the order rotates each round
+                n = 1 if (m == "bf16" and emulated) else reps
+                fastad.knn_screen_stats(reset=True)
+                t0 = time.thread_time()
+                for _ in range(n):
+                    res[m] = fastad.ops.mutual_scores(z, k=1, screen=m)
+                best[m] = min(best[m], (time.thread_time() - t0) / n)
+                if m == "bf16":
+                    frac = fastad.knn_screen_stats(reset=True)["survivor_fraction"]  # the same for every call
+        same = all(torch.equal(res["none"].view(torch.int32), res[m].view(torch.int32)) for m in ("auto", "bf16"))
+        ra, rb = best["none"] / best["auto"], best["none"] / best["bf16"]
+        print(f"{li:5d} {best['none']:8.3f} {best['auto']:8.3f} {best['bf16']:8.3f} {ra:9.3f} {rb:9.3f} "
+              f"{100 * frac:9.3f}% {str(same):>9s}", flush=True)
+        out.append(dict(bench="mutual_scores_screen", cpu=cpu_model(), bf16_kernel=fastad.build_info()["bf16_micro_kernel"],
+                        features=features, layer=li, N=N, L=L, C=C, r=r, fp32_s=best["none"], auto_s=best["auto"],
+                        bf16_s=best["bf16"], fp32_over_auto=ra, fp32_over_bf16=rb, survivor_fraction=frac,
+                        identical=same))
+        if not same:
+            raise SystemExit("mutual_scores: the screened output differs from the fp32 path")
+    print("ratios fp32/X = fp32 time / X time (> 1: X faster); on a CPU without AVX512-BF16 "
+          "'bf16' is the scalar emulation (its time is not a speed) and 'auto' is the fp32 path")
+    if jsonl:
+        with open(jsonl, "a") as f:
+            for row in out:
+                f.write(json.dumps(row) + "\n")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="all", choices=["all", "B", "C"])
@@ -298,6 +388,15 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--full-layers", type=int, default=0,
                     help="config C: also run ours on this many layers end to end at N=83 (~2-3 CPU-min each)")
+    ap.add_argument("--screen", choices=["compare"], help="mutual_scores with screen none / auto / bf16 (issue 15)")
+    ap.add_argument("--features", choices=["randn", "mtd"], default="randn",
+                    help="--screen: Gaussian tokens or DINOv2-S tokens of MTD test images (224 px)")
+    ap.add_argument("--n-images", type=int, default=8)
+    ap.add_argument("--side", type=int, default=16, help="--screen randn: grid side (L = side^2)")
+    ap.add_argument("--channels", type=int, default=384, help="--screen randn: C")
+    ap.add_argument("--r", type=int, default=1, help="--screen: LNAMD window of the features")
+    ap.add_argument("--data", default="/work/shared/data/mtd")
+    ap.add_argument("--jsonl", help="--screen: append one JSON line per layer")
     ap.add_argument("--child", choices=["ours", "oracle", "full"])
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -305,6 +404,8 @@ if __name__ == "__main__":
         child_full(a.out)
     elif a.child:
         child(a.child, a.out)
+    elif a.screen:
+        screen_compare(a.features, a.n_images, a.side, a.channels, a.r, a.rounds, a.data, a.jsonl)
     elif a.pair:
         pair_bench(a.rounds)
     else:

@@ -45,6 +45,9 @@ TORCH_LIBRARY(fastad, m) {
   // (or to every pool image when pool [Np, L, C] is given), then the mean of the k smallest.
   // window > 0 (odd): patch p only compared with the window x window patches around p.
   m.def("mutual_scores(Tensor z, int k, Tensor? pool=None, int window=0) -> Tensor");
+  // mutual_scores with the pair minima through the bf16 screen (CPU; issue 15): the same output, bit for
+  // bit; screen "bf16" | "auto" (see ops.mutual_scores's screen argument).
+  m.def("mutual_scores_screen(Tensor z, int k, Tensor? pool=None, int window=0, str screen=\"bf16\") -> Tensor");
   // lnamd (for each r in r_list) followed by mutual_scores, fused: raw tokens [N, L, C] -> [R, N, L].
   m.def("lnamd_mutual_scores(Tensor tokens, int[] r_list, int k, Tensor? pool=None, int window=0) -> Tensor");
   // ---- Gaussian models (issue 13) ---------------------------------------------------------------

@@ -19,6 +19,7 @@ CPU_ONLY = {
     "coreset_step": "one greedy step of fastad.distributed.coreset on a CPU shard; CUDA shards use torch arithmetic",
     "knn_screen": "the bf16 screen of CPU float32 knn (AVX512-BF16); ops.knn sends CUDA tensors to knn",
     "group_min_screen": "the bf16 screen of CPU float32 group_min; ops.group_min sends CUDA tensors to group_min",
+    "mutual_scores_screen": "the bf16 screen of CPU mutual_scores; ops.mutual_scores sends CUDA tensors to mutual_scores",
 }
 missing = [op for op in ops if op not in CPU_ONLY
            and not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastad::{op}", "CUDA")]

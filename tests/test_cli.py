@@ -209,13 +209,16 @@ def test_op_kernels_follow_the_dispatch(monkeypatch):
     assert k["knn float32"].startswith(gemm) and k["group_min float32"].startswith(gemm)
     if bi["bf16_micro_kernel"] == "avx512bf16":
         assert k["knn screen='auto'"].startswith("bf16 screen") and "vdpbf16ps" in k["knn bfloat16"]
+        assert k["mutual_scores screen='auto'"].startswith("bf16 screen")
     else:  # no AVX512-BF16: 'auto' stays on the float32 path, bf16 inputs are upcast
         assert k["knn screen='auto'"].startswith(gemm) and "upcast" in k["knn bfloat16"]
+        assert "no AVX512-BF16" in k["mutual_scores screen='auto'"]
         if bi["simd"] == "avx2":
             monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
             k = fastad.op_kernels()
             assert "emulation" in k["knn bfloat16"] and k["knn screen='bf16'"].startswith("bf16 screen")
             assert k["knn screen='auto'"].startswith(gemm)
+            assert "emulation" in k["mutual_scores screen='bf16'"] and "no AVX512-BF16" in k["mutual_scores screen='auto'"]
     monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
     assert fastad.op_kernels()["knn float32"].startswith("portable")
 

@@ -3,7 +3,8 @@
 //   * group_min_f32_screen_bf16: the same screen for group_min (k = 1 per group; identical to
 //     group_min_f32_avx2: per group the smallest (s^, j) among its survivors, then its exact distance).
 // Both share one screening pass (ScreenEpi::scan with a knn or a per-group threshold policy) and one
-// re-scoring pass (rescore_rows with a knn or a group_min writer).
+// re-scoring pass (rescore_rows with a knn or a group_min writer); the bound's terms and its evaluation
+// are in bf16_screen_bound.h (shared with MuSc's screen, musc_screen_avx2.cpp).
 //
 // The micro-kernel is micro_bf16_avx512 (csrc/cpu/dist_micro_avx512bf16.cpp, 24 x 16 zmm tile over bf16
 // pair panels) or, where the CPU lacks AVX512-BF16 and FASTAD_BF16_EMULATE=1 asks for it (tests), the
@@ -46,6 +47,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/bf16_screen_bound.h"
 #include "cpu/dist_bf16_gemm.h"
 #include "cpu/dist_gemm_common.h"
 #include "cpu/dist_kernels.h"
@@ -79,9 +81,7 @@ struct ScreenEpi {
   std::vector<Cand>* cand;     // [qs]
   int64_t cap;
   std::atomic<bool>* abort;
-  double g, infl, absn;
-
-  double inflate(float s) const { return static_cast<double>(s) * infl + absn; }
+  screen::Bound bound;
 
   bool pack(int64_t j0, int64_t nc, uint32_t* Bp) {
     if (abort->load(std::memory_order_relaxed)) return false;
@@ -98,12 +98,8 @@ struct ScreenEpi {
           abort->store(true);
           return false;
         }
-        const double R = std::sqrt(std::max(inflate(sums[3 * r]), inflate(sums[3 * r + 1]))) * (1 + 0x1p-20);
-        const double f = std::sqrt(inflate(sums[3 * r + 2])) * (1 + 0x1p-20);
         beta[jj] = sums[3 * r];
-        X[jj] = static_cast<float>(4 * g * R + 2 * f);
-        Y[jj] = static_cast<float>(2 * R);
-        Z[jj] = static_cast<float>(2 * g * R * R + static_cast<double>(D) * 0x1p-124);
+        bound.bank_terms(sums + 3 * r, D, X + jj, Y + jj, Z + jj);
       }
     }
     for (int64_t jj = nc; jj < round_up(nc, 8); ++jj) beta[jj] = kInf, X[jj] = Y[jj] = Z[jj] = 0.f;
@@ -169,16 +165,13 @@ struct ScreenEpi {
   template <class Sel>
   bool scan(const float* row, int64_t qi, int64_t j0, int64_t nc, Sel& sel) {
     alignas(32) float lov[8], upv[8];
-    const __m256 m2 = _mm256_set1_ps(-2.f), slack = _mm256_set1_ps(1.f + 0x1p-16f), rel = _mm256_set1_ps(0x1p-21f);
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 m2 = _mm256_set1_ps(-2.f);
     const __m256 pv = _mm256_set1_ps(P[qi]), ev = _mm256_set1_ps(E[qi]);
     std::vector<Cand>& cl = cand[qi];
     for (int64_t jj = 0; jj < nc; jj += 8) {
       const __m256 s = _mm256_fmadd_ps(m2, _mm256_loadu_ps(row + jj), _mm256_loadu_ps(beta + jj));
-      const __m256 t = _mm256_fmadd_ps(pv, _mm256_loadu_ps(X + jj),
-                                       _mm256_fmadd_ps(ev, _mm256_loadu_ps(Y + jj), _mm256_loadu_ps(Z + jj)));
-      const __m256 e = _mm256_fmadd_ps(t, slack, _mm256_mul_ps(rel, _mm256_and_ps(s, absmask)));
-      const __m256 lo = _mm256_sub_ps(s, e), up = _mm256_add_ps(s, e);
+      __m256 lo, up;
+      screen::lo_up8(s, pv, ev, X + jj, Y + jj, Z + jj, lo, up);
       const __m256 tv = sel.vthr(j0 + jj, j0 + std::min(jj + 7, nc - 1));
       unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(lo, tv, _CMP_NGT_UQ)));
       if (!m) continue;
@@ -255,6 +248,9 @@ void bf16_screen_stats(int64_t* out) {
 void bf16_screen_stats_reset() {
   g_screen_calls = 0, g_screen_pairs = 0, g_screen_survivors = 0, g_screen_fallbacks = 0;
 }
+void bf16_screen_count(int64_t calls, int64_t pairs, int64_t survivors, int64_t fallbacks) {
+  g_screen_calls += calls, g_screen_pairs += pairs, g_screen_survivors += survivors, g_screen_fallbacks += fallbacks;
+}
 
 namespace {
 
@@ -301,10 +297,7 @@ bool screen_run(const float* q, const float* b, int64_t Q, int64_t N, int64_t D,
   // Memory: per query at most cap candidates (16 B) and k (or G) upper bounds: <= 2^24 of each per superblock.
   const int64_t qcap = std::max<int64_t>(MR, (int64_t(1) << 24) / std::max(cap, gs > 0 ? G : k));
   const int64_t QS = superblock_rows(Q, D2, std::min(kScreenMaxQ, qcap));
-  constexpr double u = 0x1p-24;
-  const double g = static_cast<double>(D) * u / (1.0 - static_cast<double>(D) * u);
-  const double infl = (1.0 + 0x1p-20) / (1.0 - static_cast<double>(D + 2) * u);
-  const double absn = static_cast<double>(D) * 0x1p-125;
+  const screen::Bound bound(D);
   std::atomic<bool> abort{false};
   int64_t pairs = 0, survivors = 0;
   for (int64_t s0 = 0; s0 < Q && !abort; s0 += QS) {
@@ -314,16 +307,11 @@ bool screen_run(const float* q, const float* b, int64_t Q, int64_t N, int64_t D,
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       std::vector<uint16_t> rows(MR * Dp);
       float sums[3 * MR];
-      auto inflate = [&](float v) { return static_cast<double>(v) * infl + absn; };
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t nr = std::min(MR, qs - p * MR);
         kern.rows(q + (s0 + p * MR) * D, nr, D, c.data(), rows.data(), Dp, sums);
         panelize<MR>(rows.data(), Dp, nr, Dp, A + p * MR * D2);
-        for (int64_t r = 0; r < nr; ++r) {
-          P[p * MR + r] = static_cast<float>(std::sqrt(std::max(inflate(sums[3 * r]), inflate(sums[3 * r + 1]))) *
-                                             (1 + 0x1p-20));
-          E[p * MR + r] = static_cast<float>(std::sqrt(inflate(sums[3 * r + 2])) * (1 + 0x1p-20));
-        }
+        for (int64_t r = 0; r < nr; ++r) bound.query_terms(sums + 3 * r, &P[p * MR + r], &E[p * MR + r]);
       }
     });
     ScreenState stt;
@@ -334,7 +322,7 @@ bool screen_run(const float* q, const float* b, int64_t Q, int64_t N, int64_t D,
     for_query_ranges(qs, [&](int64_t qa, int64_t qb) {
       ScreenEpi epi{&kern, b, c.data(), D, k, s0, exclude_self, gs, G, exclude, tl_f1.get(kNC), tl_f2.get(kNC),
                     tl_f3.get(kNC), tl_f4.get(kNC), P.data(), E.data(), stt.ub.data(), stt.ucnt.data(), stt.cand.data(),
-                    cap, &abort, g, infl, absn};
+                    cap, &abort, bound};
       sweep_bf16(kern, A, qa, qb, 0, N, D, epi);
     });
     if (abort) break;

@@ -68,9 +68,19 @@ bool knn_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, i
 /// (outputs unspecified) when it declines, as knn_f32_screen_bf16.
 bool group_min_f32_screen_bf16(const float* q, const float* b, int64_t Q, int64_t N, int64_t D, int64_t gs,
                                Metric metric, const int64_t* exclude, float* out);
-/// Screen counters since the last reset: calls, pairs screened, survivors re-scored in fp32, fallbacks.
+/// MuSc's pair minima (mutual_scores, r = 1, no window) through the bf16 screen (musc_screen_avx2.cpp):
+/// minima[i, m, p] exactly as the fp32 path (Gram tile of gram_avx2 + pair_min_epilogue) writes them, bit
+/// for bit, for the Nq query images (yq [Nq, L, C]) against the Np pool images (yp, pool mode when Np > 0)
+/// or each other; nz [Nq + Np, L] the squared norms the fp32 path uses. Returns false (minima
+/// unspecified) when it declines (a norm too large for the bound's arithmetic); the caller then runs the
+/// fp32 path. Needs use_bf16_gemm().
+bool mutual_minima_screen_bf16(const float* yq, const float* yp, int64_t Nq, int64_t Np, int64_t L, int64_t C,
+                               const float* nz, float* minima);
+/// Screen counters since the last reset (knn, group_min and mutual_scores together): calls, pairs
+/// screened, survivors re-scored in fp32, fallbacks.
 void bf16_screen_stats(int64_t* out4);
 void bf16_screen_stats_reset();
+void bf16_screen_count(int64_t calls, int64_t pairs, int64_t survivors, int64_t fallbacks);
 #endif
 
 /// true when the bf16 GEMM runs the AVX512-BF16 micro-kernel: compiled in, the CPU reports avx512f,

@@ -25,8 +25,10 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
 #include <vector>
 
+#include "cpu/dist_kernels.h"
 #include "cpu/gram.h"
 #include "cpu/musc_tile.h"
 #include "cpu/vec_ops.h"
@@ -327,8 +329,10 @@ at::Tensor snamd_cpu(const at::Tensor& tokens, at::IntArrayRef r_list) {
   return out;
 }
 
-at::Tensor mutual_scores_cpu(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool, int64_t window) {
-  check_mutual_args("mutual_scores", z, k, pool, window, false);
+// screen: run the pair minima through the bf16 screen (musc_screen_avx2.cpp; identical minima) when it
+// can run here (use_bf16_gemm(), no window); it falls back to the fp32 pair engine when it declines.
+at::Tensor mutual_scores_run(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool, int64_t window,
+                             bool screen) {
   const int64_t Nq = z.size(0), L = z.size(1), C = z.size(2);
   auto out = at::empty({Nq, L}, z.options().dtype(at::kFloat));
   if (Nq == 0 || L == 0) return out;
@@ -353,9 +357,37 @@ at::Tensor mutual_scores_cpu(const at::Tensor& z, int64_t k, const std::optional
   P.nz = nz.data();
   std::vector<float> minima(Nq * P.nref() * L);
   P.minima = minima.data();
-  mutual_minima(P);
+  bool done = false;
+#if FASTAD_HAVE_AVX2
+  if (screen && window == 0 && use_bf16_gemm())
+    done = mutual_minima_screen_bf16(P.yq, P.yp, Nq, Np, L, C, P.nz, P.minima);
+#else
+  (void)screen;
+#endif
+  if (!done) mutual_minima(P);
   interval_mean(minima.data(), Nq, P.nref(), L, k, out.data_ptr<float>());
   return out;
+}
+
+at::Tensor mutual_scores_cpu(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool, int64_t window) {
+  check_mutual_args("mutual_scores", z, k, pool, window, false);
+  return mutual_scores_run(z, k, pool, window, false);
+}
+
+// mutual_scores_screen: mutual_scores with its pair minima through the bf16 screen, identical output.
+// screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only with AVX512-BF16 hardware,
+// C >= 96 and L >= 128 (NOT yet measured on such a CPU: knn's measured D >= 96, and L >= 128 because at
+// least ~2 / L of the pairs survive (each row's and column's minimiser), about group_min's measured floor
+// at group_size >= 64; on AVX2-only CPUs the screen runs through its scalar emulation, far slower, so
+// "auto" is the fp32 path there). With a window (same_position) the fp32 path runs.
+at::Tensor mutual_scores_screen_cpu(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool,
+                                    int64_t window, c10::string_view screen) {
+  TORCH_CHECK(screen == "bf16" || screen == "auto", "mutual_scores_screen: screen must be 'bf16' or 'auto', got '",
+              std::string(screen), "'");
+  check_mutual_args("mutual_scores", z, k, pool, window, false);
+  bool on = use_bf16_gemm();
+  if (screen == "auto") on = use_bf16_micro() && z.size(2) >= 96 && z.size(1) >= 128;
+  return mutual_scores_run(z, k, pool, window, on);
 }
 
 // Per-image LN features Y, and per-r token scales w = 1 / ||box_r(Y)_p|| and squared norms of the
@@ -438,6 +470,7 @@ TORCH_LIBRARY_IMPL(fastad, CPU, m) {
   m.impl("lnamd", &lnamd_cpu);
   m.impl("snamd", &snamd_cpu);
   m.impl("mutual_scores", &mutual_scores_cpu);
+  m.impl("mutual_scores_screen", &mutual_scores_screen_cpu);
   m.impl("lnamd_mutual_scores", &lnamd_mutual_scores_cpu);
 }
 

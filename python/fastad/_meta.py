@@ -163,6 +163,13 @@ def _mutual_scores_fake(z, k, pool=None, window=0):
     return z.new_empty((z.shape[0], z.shape[1]), dtype=torch.float32)
 
 
+@torch.library.register_fake("fastad::mutual_scores_screen")
+def _mutual_scores_screen_fake(z, k, pool=None, window=0, screen="bf16"):
+    _check(screen in ("bf16", "auto"), f"mutual_scores_screen: screen must be 'bf16' or 'auto', got '{screen}'")
+    _check_mutual("mutual_scores", z, k, pool, window, False)
+    return z.new_empty((z.shape[0], z.shape[1]), dtype=torch.float32)
+
+
 @torch.library.register_fake("fastad::lnamd_mutual_scores")
 def _lnamd_mutual_scores_fake(tokens, r_list, k, pool=None, window=0):
     _check_mutual("lnamd_mutual_scores", tokens, k, pool, window, True)

@@ -29,6 +29,7 @@ NOT_DIFFERENTIABLE = {
     "lnamd": ("tokens", None),
     "snamd": ("tokens", None),
     "mutual_scores": ("z", None, "pool", None),
+    "mutual_scores_screen": ("z", None, "pool", None, None),
     "lnamd_mutual_scores": ("tokens", None, None, "pool", None),
 }
 

@@ -92,6 +92,7 @@ def mutual_scores(
     pool: Optional[torch.Tensor] = None,
     same_position: Optional[int] = None,
     ceil_small: bool = False,
+    screen: str = "none",
 ) -> torch.Tensor:
     """MuSc's mutual scoring (MSM) of one feature set.
 
@@ -113,6 +114,14 @@ def mutual_scores(
         same_position: odd window ``w``: patch p is only compared with the ``w x w`` patches around
             p in other images (aligned parts); needs ``L = H * H``.
         ceil_small: use ``k = max(1, ...)`` instead of raising when the rule gives 0.
+        screen: ``"none"`` (default), ``"bf16"`` or ``"auto"``: on CPU the pair minima go through the bf16
+            screen of :func:`fastad.ops.knn` (a bf16 Gram tile per image pair with a proven per-pair bound;
+            every patch pair that can be a row or column minimum re-scored with the float32 path's own
+            arithmetic), so the output is identical (bit for bit) to ``"none"``; see
+            ``csrc/cpu/musc_screen_avx2.cpp`` for the derivation. ``"auto"`` screens only with AVX512-BF16,
+            ``C >= 96`` and ``L >= 128``; ``"bf16"`` whenever the bf16 GEMM can run. With ``same_position``,
+            on CUDA or where the bf16 GEMM cannot run, the float32 path runs. Survivor counts:
+            ``fastad.knn_screen_stats()`` (shared with knn and group_min).
 
     Returns:
         ``Tensor[N, L]`` float32.
@@ -128,6 +137,11 @@ def mutual_scores(
     if z.device.type != "cpu":
         check_finite("z and pool", "mutual_scores", z, pool)
     window = 0 if same_position is None else int(same_position)
+    if screen != "none":
+        if screen not in ["bf16", "auto"]:
+            raise ValueError(f"mutual_scores: screen must be one of ('none', 'bf16', 'auto'), got '{screen}'")
+        if z.device.type == "cpu":
+            return torch.ops.fastad.mutual_scores_screen(z, kk, pool, window, screen)
     return torch.ops.fastad.mutual_scores(z, kk, pool, window)
 
 
