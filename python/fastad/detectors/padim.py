@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, precision_factor
+from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, empty_large, precision_factor
 from ._maps import resize_blur
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
@@ -257,13 +257,16 @@ class PaDiM(BaseDetector):
                     if spare is not None and spare.shape[0] >= B:
                         stage, spare = spare, None
                     else:
-                        stage = torch.empty(cap + B, P, C, dtype=torch.float32, device=dev)
+                        stage = empty_large((cap + B, P, C), torch.float32, dev)  # huge pages
                 self._positions(feats, dev, out=stage[filled : filled + B])
                 filled += B
                 if filled >= cap:
                     flush(acc)
         with timer("aggregation"):
             flush(acc)
+        # the spare fold buffer is freed before finalize allocates the model: the factor then reuses its
+        # just-released pages (in a VM whose balloon takes freed memory back, fresh pages cost ~1 ms/MB)
+        spare = None
         n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")
