@@ -103,6 +103,47 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
   maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
 }
 
+void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,
+                      double* cs) {
+  // rows are rs floats apart (PaDiM: P d, ~0.5 MB): each on its own page, which the hardware prefetcher
+  // does not cross; prefetch kAhead rows ahead
+  constexpr int64_t kAhead = 6;
+  const int64_t dv = d / 8 * 8, bytes = d * 4;
+  for (int64_t r = 0; r < nr; ++r) {
+    if (r + kAhead < nr) {
+      const char* pa = reinterpret_cast<const char*>(x + (r + kAhead) * rs);
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(pa + b, _MM_HINT_T0);
+      _mm_prefetch(pa + bytes - 1, _MM_HINT_T0);
+    }
+    const float* xr = x + r * rs;
+    float* yr = y + r * ld;
+    int64_t j = 0;
+    for (; j < dv; j += 8) {
+      const __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(shift + j));
+      _mm256_storeu_ps(yr + j, v);
+      _mm256_storeu_pd(cs + j, _mm256_add_pd(_mm256_loadu_pd(cs + j), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+      _mm256_storeu_pd(cs + j + 4, _mm256_add_pd(_mm256_loadu_pd(cs + j + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+    }
+    for (; j < d; ++j) {
+      yr[j] = xr[j] - shift[j];
+      cs[j] += static_cast<double>(yr[j]);
+    }
+    for (; j < ld; ++j) yr[j] = 0.0f;
+  }
+}
+
+void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed) {
+  for (int64_t i = 0; i < d; ++i) {
+    const float* t = tile + i * ldt;
+    double* o = s2 + (packed ? i * (i + 1) / 2 : i * d);
+    const int64_t n = i + 1;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+      _mm256_storeu_pd(o + j, _mm256_add_pd(_mm256_loadu_pd(o + j), _mm256_cvtps_pd(_mm_loadu_ps(t + j))));
+    for (; j < n; ++j) o[j] += static_cast<double>(t[j]);
+  }
+}
+
 void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, const int64_t* next, int64_t C,
                             int64_t P, float* out) {
   int64_t p0 = 0;

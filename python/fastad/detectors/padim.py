@@ -219,7 +219,7 @@ class PaDiM(BaseDetector):
         dev = None
         acc = GaussianAccumulator()
         # batches are written straight into chunks of `cap` images (no per-batch tensor, no concatenation
-        # when the accumulator folds): cap > the raw rows it keeps before its first fold (2 C) and >= its
+        # when the accumulator folds): cap > the raw rows it keeps before its first fold (C + 1) and >= its
         # fold size, so each chunk is folded (or, while everything fits, kept) as one tensor
         stage, filled = None, 0
 
@@ -250,7 +250,7 @@ class PaDiM(BaseDetector):
             with timer("aggregation"):
                 B = int(feats[self.layers_[0]].shape[0])
                 P, C = self.feature_grid_[0] * self.feature_grid_[1], int(self.channel_idx_.numel())
-                cap = max(FOLD_ROWS, 2 * C + 1)
+                cap = max(FOLD_ROWS, C + 2)
                 if stage is not None and filled + B > stage.shape[0]:
                     flush(acc)
                 if stage is None:
