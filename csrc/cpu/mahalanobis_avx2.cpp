@@ -158,14 +158,30 @@ void gather_maps_image_avx2(const float* const* planes, const int32_t* const* sr
                                                      (srcs[k] == nullptr ? pa : srcs[k][pa])),
                        _MM_HINT_T0);
     }
+    // A layer at half the grid (nearest x 2) maps 8 positions of one output row to 4 source cells, each
+    // twice: then one 4-float load and a lane permute replace the 8-lane gather (slow on Zen 2). Decided
+    // once per block and source table (the channels of a layer share it).
+    const __m256i dup2 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const int32_t* dup_sp = nullptr;
+    bool dup_ok = false;
     int64_t k0 = 0;
     for (; k0 + 8 <= C; k0 += 8) {
       __m256 r[8];
       for (int i = 0; i < 8; ++i) {
         const float* a = planes[k0 + i];
         const int32_t* sp = srcs[k0 + i];
-        r[i] = sp == nullptr ? _mm256_loadu_ps(a + p0)
-                             : _mm256_i32gather_ps(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + p0)), 4);
+        if (sp == nullptr) {
+          r[i] = _mm256_loadu_ps(a + p0);
+          continue;
+        }
+        const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + p0));
+        if (sp != dup_sp) {
+          dup_sp = sp;
+          const __m256i want = _mm256_add_epi32(_mm256_set1_epi32(sp[p0]), dup2);
+          dup_ok = _mm256_movemask_epi8(_mm256_cmpeq_epi32(ix, want)) == -1;
+        }
+        r[i] = dup_ok ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(a + sp[p0])), dup2)
+                      : _mm256_i32gather_ps(a, ix, 4);
       }
       // 8 x 8 transpose: r[i][j] (channel k0 + i, position p0 + j) -> c[j][i]
       const __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]),
