@@ -70,8 +70,12 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
               " for x of shape ", shape_str(x), ", got ", shape_str(shift));
   TORCH_CHECK(sum.sizes() == at::IntArrayRef(want_vec), op, ": sum must be ", at::IntArrayRef(want_vec),
               " for x of shape ", shape_str(x), ", got ", shape_str(sum));
-  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(want_mat), op, ": sumsq must be ", at::IntArrayRef(want_mat),
-              " for x of shape ", shape_str(x), ", got ", shape_str(sumsq));
+  auto want_packed = want_vec;
+  want_packed.back() = s.d * (s.d + 1) / 2;
+  s.packed = sumsq.dim() == static_cast<int64_t>(want_packed.size());  // (d = 1: the same layout)
+  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(s.packed ? want_packed : want_mat), op, ": sumsq must be ",
+              at::IntArrayRef(want_mat), " (or packed lower triangles ", at::IntArrayRef(want_packed),
+              ") for x of shape ", shape_str(x), ", got ", shape_str(sumsq));
   TORCH_CHECK(sum.is_contiguous() && sumsq.is_contiguous(), op, ": sum and sumsq must be contiguous (updated in place)");
   for (const at::Tensor* t : {&shift, &sum, &sumsq})
     TORCH_CHECK(t->device() == x.device(), op, ": shift, sum and sumsq must be on x's device (", x.device(),

@@ -11,6 +11,7 @@ namespace fastad {
 struct MahaShape {
   int64_t N = 0, P = 1, d = 0;
   bool per_position = false;  // x is [N, P, d]
+  bool packed = false;        // gaussian_accumulate: sumsq packed lower triangles [P, d (d + 1) / 2]
 };
 
 /// x [N, d] or [N, P, d] (fp32/fp16/bf16); mean [d] / [P, d] (fp32/fp16/bf16); factor [d, d] / [P, d, d]
@@ -18,7 +19,8 @@ struct MahaShape {
 MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& factor);
 
 /// x [N, d] / [N, P, d] (fp32/fp16/bf16/fp64); shift [d] / [P, d] (fp32 or fp64); sum [d] / [P, d] and
-/// sumsq [d, d] / [P, d, d] float64, contiguous; all on one device.
+/// sumsq [d, d] / [P, d, d] float64, or packed lower triangles [d (d + 1) / 2] / [P, d (d + 1) / 2] (row i at
+/// i (i + 1) / 2; sets packed), contiguous; all on one device.
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq);
 

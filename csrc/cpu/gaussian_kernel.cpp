@@ -34,9 +34,14 @@ namespace fastad::cpu {
 namespace {
 constexpr int64_t kAccChunk = 256;
 
-/// s2 [d, d] (float64, lower triangle) += tril(Y^T Y) of nr centred float32 rows y (zero-padded to ld, a
-/// multiple of 32, with 64 zero floats after the last row): the float32 SYRK micro-kernel into a tile.
-void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, int simd, AlignedFloats& tbuf) {
+/// Offset of row i of a d x d lower triangle: dense (i d) or packed (i (i + 1) / 2).
+inline int64_t row_off(int64_t i, int64_t d, bool packed) { return packed ? i * (i + 1) / 2 : i * d; }
+
+/// s2 [d, d] (float64, lower triangle; packed: row i at i (i + 1) / 2) += tril(Y^T Y) of nr centred float32
+/// rows y (zero-padded to ld, a multiple of 32, with 64 zero floats after the last row): the float32 SYRK
+/// micro-kernel into a tile.
+void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, bool packed, int simd,
+              AlignedFloats& tbuf) {
   float* tile = tbuf.get(static_cast<size_t>(d * ld));
 #if FASTAD_HAVE_AVX512
   if (simd == 2)
@@ -49,18 +54,25 @@ void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, int
   else
 #endif
     syrk_lower_generic(y, ld, nr, d, tile, ld);
+#if FASTAD_HAVE_AVX2
+  if (simd >= 1) {
+    tile_add_f64_avx2(tile, ld, d, s2, packed);
+    return;
+  }
+#endif
   for (int64_t i = 0; i < d; ++i) {
     const float* t = tile + i * ld;
-    double* o = s2 + i * d;
+    double* o = s2 + row_off(i, d, packed);
     for (int64_t j = 0; j <= i; ++j) o[j] += static_cast<double>(t[j]);
   }
 }
 
-/// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64).
-/// Returns false (and adds nothing) when a chunk holds a non-finite value.
+/// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64; packed:
+/// lower triangle rows at i (i + 1) / 2). Returns false (and adds nothing) when a chunk holds a non-finite value.
 template <typename T, typename S>
 bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t nr, int64_t d, double* s1,
-                     double* s2, int simd, AlignedFloats& ybuf, AlignedFloats& tbuf, std::vector<double>& cs) {
+                     double* s2, bool packed, int simd, AlignedFloats& ybuf, AlignedFloats& tbuf,
+                     std::vector<double>& cs) {
   const int64_t ld = (d + 31) / 32 * 32;
   cs.assign(static_cast<size_t>(d), 0.0);
   if constexpr (std::is_same_v<T, double>) {
@@ -95,11 +107,20 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
       if (!std::isfinite(cs[j])) return false;
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
     for (int64_t i = 0; i < d; ++i)
-      for (int64_t j = 0; j <= i; ++j) s2[i * d + j] += acc[i * d + j];
+      for (int64_t j = 0; j <= i; ++j) s2[row_off(i, d, packed) + j] += acc[i * d + j];
     return true;
   } else {
     float* y = ybuf.get(static_cast<size_t>(nr * ld + 64));
-    for (int64_t r = 0; r < nr; ++r) {
+    bool centred = false;
+#if FASTAD_HAVE_AVX2
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float>) {
+      if (simd >= 1) {
+        center_rows_avx2(x + n0 * rs, rs, shift, nr, d, y, ld, cs.data());
+        centred = true;
+      }
+    }
+#endif
+    for (int64_t r = 0; r < (centred ? 0 : nr); ++r) {
       const T* xr = x + (n0 + r) * rs;
       float* yr = y + r * ld;
       for (int64_t j = 0; j < d; ++j) {
@@ -111,7 +132,7 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     std::memset(y + nr * ld, 0, 64 * 4);
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
-    syrk_add(y, ld, nr, d, s2, simd, tbuf);
+    syrk_add(y, ld, nr, d, s2, packed, simd, tbuf);
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
     return true;
   }
@@ -120,27 +141,38 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
 template <typename T, typename S>
 void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape& s) {
   const int64_t N = s.N, P = s.P, d = s.d;
+  const bool packed = s.packed;
+  const int64_t sq = packed ? d * (d + 1) / 2 : d * d;  // sumsq entries per position
   const int simd = use_avx512_micro() ? 2 : (use_avx2_path() ? 1 : 0);  // AVX-512, AVX2/FMA, portable
   std::atomic<int64_t> bad{-1};
   if (P > 1 || N <= kAccChunk) {
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
       AlignedFloats ybuf, tbuf;
       std::vector<double> cs;
-      // more than one chunk: the chunks' products are summed into a cache-resident float64 tile first,
-      // so the position's sums (in memory: P d^2 doubles) are read and written once per call
-      std::vector<double> local(N > kAccChunk ? static_cast<size_t>(d * d) : 0);
+      // more than one chunk: the chunks' products are summed into a cache-resident float64 tile first (in
+      // sumsq's layout), so the position's sums (in memory: P d^2 or P d (d + 1) / 2 doubles) are read and
+      // written once per call
+      std::vector<double> local(N > kAccChunk ? static_cast<size_t>(sq) : 0);
       for (int64_t p = p0; p < p1; ++p) {
-        double* s2 = N > kAccChunk ? local.data() : sumsq + p * d * d;
-        if (N > kAccChunk)
-          for (int64_t i = 0; i < d; ++i) std::fill(s2 + i * d, s2 + i * d + i + 1, 0.0);
+        double* s2 = N > kAccChunk ? local.data() : sumsq + p * sq;
+        if (N > kAccChunk) {
+          if (packed)
+            std::fill(local.begin(), local.end(), 0.0);
+          else
+            for (int64_t i = 0; i < d; ++i) std::fill(s2 + i * d, s2 + i * d + i + 1, 0.0);
+        }
         for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               s2, simd, ybuf, tbuf, cs))
+                               s2, packed, simd, ybuf, tbuf, cs))
             bad = p;
         if (N > kAccChunk) {
-          double* o = sumsq + p * d * d;
-          for (int64_t i = 0; i < d; ++i)
-            for (int64_t j = 0; j <= i; ++j) o[i * d + j] += s2[i * d + j];
+          double* o = sumsq + p * sq;
+          if (packed) {
+            for (int64_t k = 0; k < sq; ++k) o[k] += s2[k];
+          } else {
+            for (int64_t i = 0; i < d; ++i)
+              for (int64_t j = 0; j <= i; ++j) o[i * d + j] += s2[i * d + j];
+          }
         }
       }
     });
@@ -152,14 +184,14 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
       std::vector<double> cs, s1(static_cast<size_t>(d), 0.0), s2(static_cast<size_t>(d * d), 0.0);
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t n0 = c * kAccChunk;
-        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), simd, ybuf,
-                             tbuf, cs))
+        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), false, simd,
+                             ybuf, tbuf, cs))
           bad = 0;
       }
       std::lock_guard<std::mutex> lock(mu);
       for (int64_t j = 0; j < d; ++j) sum[j] += s1[j];
       for (int64_t i = 0; i < d; ++i)
-        for (int64_t j = 0; j <= i; ++j) sumsq[i * d + j] += s2[i * d + j];
+        for (int64_t j = 0; j <= i; ++j) sumsq[row_off(i, d, packed) + j] += s2[i * d + j];
     });
   }
   TORCH_CHECK(bad.load() < 0, "gaussian_accumulate: x (or shift) holds NaN or Inf",

@@ -103,6 +103,47 @@ void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* ti
   maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
 }
 
+void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,
+                      double* cs) {
+  // rows are rs floats apart (PaDiM: P d, ~0.5 MB): each on its own page, which the hardware prefetcher
+  // does not cross; prefetch kAhead rows ahead
+  constexpr int64_t kAhead = 6;
+  const int64_t dv = d / 8 * 8, bytes = d * 4;
+  for (int64_t r = 0; r < nr; ++r) {
+    if (r + kAhead < nr) {
+      const char* pa = reinterpret_cast<const char*>(x + (r + kAhead) * rs);
+      for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(pa + b, _MM_HINT_T0);
+      _mm_prefetch(pa + bytes - 1, _MM_HINT_T0);
+    }
+    const float* xr = x + r * rs;
+    float* yr = y + r * ld;
+    int64_t j = 0;
+    for (; j < dv; j += 8) {
+      const __m256 v = _mm256_sub_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(shift + j));
+      _mm256_storeu_ps(yr + j, v);
+      _mm256_storeu_pd(cs + j, _mm256_add_pd(_mm256_loadu_pd(cs + j), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+      _mm256_storeu_pd(cs + j + 4, _mm256_add_pd(_mm256_loadu_pd(cs + j + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+    }
+    for (; j < d; ++j) {
+      yr[j] = xr[j] - shift[j];
+      cs[j] += static_cast<double>(yr[j]);
+    }
+    for (; j < ld; ++j) yr[j] = 0.0f;
+  }
+}
+
+void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed) {
+  for (int64_t i = 0; i < d; ++i) {
+    const float* t = tile + i * ldt;
+    double* o = s2 + (packed ? i * (i + 1) / 2 : i * d);
+    const int64_t n = i + 1;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+      _mm256_storeu_pd(o + j, _mm256_add_pd(_mm256_loadu_pd(o + j), _mm256_cvtps_pd(_mm_loadu_ps(t + j))));
+    for (; j < n; ++j) o[j] += static_cast<double>(t[j]);
+  }
+}
+
 void gather_maps_image_avx2(const float* const* planes, const int32_t* const* srcs, const int64_t* next, int64_t C,
                             int64_t P, float* out) {
   int64_t p0 = 0;
@@ -117,14 +158,30 @@ void gather_maps_image_avx2(const float* const* planes, const int32_t* const* sr
                                                      (srcs[k] == nullptr ? pa : srcs[k][pa])),
                        _MM_HINT_T0);
     }
+    // A layer at half the grid (nearest x 2) maps 8 positions of one output row to 4 source cells, each
+    // twice: then one 4-float load and a lane permute replace the 8-lane gather (slow on Zen 2). Decided
+    // once per block and source table (the channels of a layer share it).
+    const __m256i dup2 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    const int32_t* dup_sp = nullptr;
+    bool dup_ok = false;
     int64_t k0 = 0;
     for (; k0 + 8 <= C; k0 += 8) {
       __m256 r[8];
       for (int i = 0; i < 8; ++i) {
         const float* a = planes[k0 + i];
         const int32_t* sp = srcs[k0 + i];
-        r[i] = sp == nullptr ? _mm256_loadu_ps(a + p0)
-                             : _mm256_i32gather_ps(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + p0)), 4);
+        if (sp == nullptr) {
+          r[i] = _mm256_loadu_ps(a + p0);
+          continue;
+        }
+        const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + p0));
+        if (sp != dup_sp) {
+          dup_sp = sp;
+          const __m256i want = _mm256_add_epi32(_mm256_set1_epi32(sp[p0]), dup2);
+          dup_ok = _mm256_movemask_epi8(_mm256_cmpeq_epi32(ix, want)) == -1;
+        }
+        r[i] = dup_ok ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(a + sp[p0])), dup2)
+                      : _mm256_i32gather_ps(a, ix, 4);
       }
       // 8 x 8 transpose: r[i][j] (channel k0 + i, position p0 + j) -> c[j][i]
       const __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]),

@@ -39,7 +39,7 @@ void gaussian_accumulate_cuda(const at::Tensor& x_, const at::Tensor& shift_, co
   const at::Tensor x = x_.contiguous(), sh = shift_.to(at::kDouble).contiguous();
   const int xdt = x.scalar_type() == at::kDouble ? 3 : dtype_code(x);
   cudaError_t err = gaussian_accumulate_launch(x.data_ptr(), xdt, sh.data_ptr<double>(), s.N, s.P, s.d,
-                                               sum.data_ptr<double>(), sumsq.data_ptr<double>(),
+                                               sum.data_ptr<double>(), sumsq.data_ptr<double>(), s.packed,
                                                c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "gaussian_accumulate: CUDA kernel failed: ", cudaGetErrorString(err));
   // (NaN/Inf: the Python accumulator checks batches; the CUDA op propagates them into the sums.)

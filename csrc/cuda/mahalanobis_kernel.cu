@@ -6,7 +6,8 @@
 // column values are reduced in the block. No whitened tensor is written.
 // cholesky=True (maha_solve_kernel): a warp per image substitutes through the Cholesky factor.
 // gaussian_accumulate: one block per (position, 32 x 32 tile of the lower triangle), the centred
-// rows staged in shared memory 32 samples at a time, float64 products and sums.
+// rows staged in shared memory 32 samples at a time, float64 products and sums (sumsq dense [P, d, d] or
+// packed lower triangles [P, d (d + 1) / 2]).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -146,7 +147,7 @@ constexpr int kTile = 32;
 
 template <typename T>
 __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ shift, int64_t N, int64_t P,
-                            int64_t d, double* __restrict__ sumsq) {
+                            int64_t d, double* __restrict__ sumsq, bool packed) {
   // blockIdx.x: lower-triangle tile index t -> (ti, tj) with tj <= ti; blockIdx.y: position
   int64_t t = blockIdx.x, ti = 0;
   while (t > ti) t -= ++ti;
@@ -173,7 +174,7 @@ __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ 
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
     const int64_t i = ti * kTile + ty + 8 * u, j = tj * kTile + tx;
-    if (i < d && j < d && j <= i) sumsq[(p * d + i) * d + j] += acc[u];
+    if (i < d && j < d && j <= i) sumsq[packed ? p * (d * (d + 1) / 2) + i * (i + 1) / 2 + j : (p * d + i) * d + j] += acc[u];
   }
 }
 
@@ -190,10 +191,10 @@ __global__ void colsum_kernel(const T* __restrict__ x, const double* __restrict_
 
 template <typename T>
 cudaError_t acc_typed(const T* x, const double* shift, int64_t N, int64_t P, int64_t d, double* sum, double* sumsq,
-                      cudaStream_t stream) {
+                      bool packed, cudaStream_t stream) {
   const int64_t nt = (d + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned>(nt * (nt + 1) / 2), static_cast<unsigned>(P));
-  syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq);
+  syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq, packed);
   const int64_t total = P * d;
   colsum_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(x, shift, N, P, d, sum);
   return cudaGetLastError();
@@ -211,12 +212,12 @@ cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const 
 }
 
 cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
-                                       double* sum, double* sumsq, cudaStream_t s) {
+                                       double* sum, double* sumsq, bool packed, cudaStream_t s) {
   switch (xdt) {
-    case kF32: return acc_typed(static_cast<const float*>(x), shift, N, P, d, sum, sumsq, s);
-    case kF16: return acc_typed(static_cast<const __half*>(x), shift, N, P, d, sum, sumsq, s);
-    case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, s);
-    default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, s);
+    case kF32: return acc_typed(static_cast<const float*>(x), shift, N, P, d, sum, sumsq, packed, s);
+    case kF16: return acc_typed(static_cast<const __half*>(x), shift, N, P, d, sum, sumsq, packed, s);
+    case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, packed, s);
+    default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, packed, s);
   }
 }
 

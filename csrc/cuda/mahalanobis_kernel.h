@@ -16,6 +16,6 @@ cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const 
 /// y = x[:, p] - shift[p] (float64); sum[p] += sum_n y; tril(sumsq[p]) += tril(sum_n y y^T) (float64).
 /// x [N, P, d] (code xdt: 0 f32, 1 f16, 2 bf16, 3 f64), shift [P, d] float64, contiguous device buffers.
 cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
-                                       double* sum, double* sumsq, cudaStream_t stream);
+                                       double* sum, double* sumsq, bool packed, cudaStream_t stream);
 
 }  // namespace fastad::cuda

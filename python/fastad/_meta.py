@@ -222,7 +222,9 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     _check(sumsq.dtype == torch.float64, f"{op}: sumsq must be float64, got {sumsq.dtype}")
     _check(tuple(shift.shape) == vec, f"{op}: shift must be {list(vec)} for x of shape {list(x.shape)}, got {list(shift.shape)}")
     _check(tuple(sum.shape) == vec, f"{op}: sum must be {list(vec)} for x of shape {list(x.shape)}, got {list(sum.shape)}")
-    _check(tuple(sumsq.shape) == vec + (d,), f"{op}: sumsq must be {list(vec + (d,))} for x of shape {list(x.shape)}, got {list(sumsq.shape)}")
+    packed = vec[:-1] + (d * (d + 1) // 2,)
+    _check(tuple(sumsq.shape) in (vec + (d,), packed),
+           f"{op}: sumsq must be {list(vec + (d,))} (or packed lower triangles {list(packed)}) for x of shape {list(x.shape)}, got {list(sumsq.shape)}")
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
     return None

@@ -210,6 +210,33 @@ def test_gaussian_accumulate_matches_reference(N, P, d, dtype, path, monkeypatch
     assert torch.equal(s2.triu(1), w2.triu(1))  # upper triangle untouched
 
 
+@pytest.mark.parametrize("N,P,d", [(1, 1, 1), (5, 3, 7), (300, 1, 64), (257, 2, 33), (3, 4, 550), (600, 1, 17)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_accumulate_packed(N, P, d, dtype):
+    """sumsq packed [P, d (d + 1) / 2]: the reference, and bit for bit the dense layout's lower triangle."""
+    gen = torch.Generator().manual_seed(N * P + d)
+    x = (torch.randn(N, P, d, generator=gen, dtype=torch.float64) * 2 + 100).to(dtype)
+    shift = x[: max(1, N // 2)].double().mean(0).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    i, j = torch.tril_indices(d, d)
+    s1 = torch.randn(P, d, generator=gen, dtype=torch.float64)
+    dense = torch.randn(P, d, d, generator=gen, dtype=torch.float64)
+    packed = dense[:, i, j].contiguous()
+    if P == 1 and d % 2:  # [N, d] x, [d (d + 1) / 2] sumsq
+        x, shift, s1, dense, packed = x[:, 0], shift[0], s1[0].contiguous(), dense[0].contiguous(), packed[0].contiguous()
+    w1, w2 = ref.gaussian_accumulate(x, shift, s1, packed)
+    d1 = s1.clone()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # (P = 1, N > 256: threads add their row chunks in the order they finish)
+    try:
+        fastad.ops.gaussian_accumulate(x, shift, d1, dense)
+        fastad.ops.gaussian_accumulate(x, shift, s1, packed)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(packed, dense[..., i, j]) and torch.equal(s1, d1)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (packed - w2).abs().max().item() <= tol * max(1.0, float(w2.abs().max()))
+
+
 def test_gaussian_accumulate_streaming_equals_one_shot():
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(50, 3, 9, generator=gen) + 10
@@ -231,6 +258,7 @@ def test_gaussian_accumulate_streaming_equals_one_shot():
         ((torch.zeros(3, 4), torch.zeros(4), torch.zeros(4), torch.zeros(4, 4, dtype=torch.float64)), "sum must be float64"),
         ((torch.zeros(3, 4), torch.zeros(3), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "shift must be"),
         ((torch.zeros(3, 2, 4), torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64)), "sumsq must be"),
+        ((torch.zeros(3, 2, 4), torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 11, dtype=torch.float64)), "or packed lower triangles"),
         ((torch.zeros(3, 4, dtype=torch.int64), torch.zeros(4), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "x dtype"),
         ((torch.full((3, 4), float("nan")), torch.zeros(4), torch.zeros(4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)), "NaN"),
     ],
@@ -246,6 +274,8 @@ def test_gaussian_accumulate_opcheck(device):
     args = (x, x.mean(0), torch.zeros(3, 5, dtype=torch.float64, device=device),
             torch.zeros(3, 5, 5, dtype=torch.float64, device=device))
     torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, args)
+    packed = (x, x.mean(0), torch.zeros(3, 5, dtype=torch.float64, device=device), torch.zeros(3, 15, dtype=torch.float64, device=device))
+    torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, packed)
 
 
 @pytest.mark.parametrize("N,P,d", [(33, 5, 70), (8, 2, 550)])
@@ -267,6 +297,10 @@ def test_cuda_matches_cpu(N, P, d):
     fastad.ops.gaussian_accumulate(x, shift, s1, s2)
     fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), c1, c2)
     assert torch.allclose(c1.cpu(), s1, rtol=1e-5, atol=1e-6) and torch.allclose(c2.cpu().tril(), s2.tril(), rtol=1e-5, atol=1e-5)
+    i, j = torch.tril_indices(d, d)
+    k1, k2 = torch.zeros(P, d, dtype=torch.float64, device="cuda"), torch.zeros(P, d * (d + 1) // 2, dtype=torch.float64, device="cuda")
+    fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), k1, k2)  # packed lower triangles
+    assert torch.equal(k1, c1) and torch.equal(k2, c2[:, i, j])
 
 
 # ---- cholesky=True: the covariance's Cholesky factor and a triangular solve ---------------------

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, precision_factor
+from ..gaussian import FOLD_ROWS, GaussianAccumulator, GaussianModel, empty_large, precision_factor
 from ._maps import resize_blur
 from ._registry import register
 from .base import BaseDetector, ModelFileError, StageTimer
@@ -219,7 +219,7 @@ class PaDiM(BaseDetector):
         dev = None
         acc = GaussianAccumulator()
         # batches are written straight into chunks of `cap` images (no per-batch tensor, no concatenation
-        # when the accumulator folds): cap > the raw rows it keeps before its first fold (2 C) and >= its
+        # when the accumulator folds): cap > the raw rows it keeps before its first fold (C + 1) and >= its
         # fold size, so each chunk is folded (or, while everything fits, kept) as one tensor
         stage, filled = None, 0
 
@@ -250,20 +250,23 @@ class PaDiM(BaseDetector):
             with timer("aggregation"):
                 B = int(feats[self.layers_[0]].shape[0])
                 P, C = self.feature_grid_[0] * self.feature_grid_[1], int(self.channel_idx_.numel())
-                cap = max(FOLD_ROWS, 2 * C + 1)
+                cap = max(FOLD_ROWS, C + 2)
                 if stage is not None and filled + B > stage.shape[0]:
                     flush(acc)
                 if stage is None:
                     if spare is not None and spare.shape[0] >= B:
                         stage, spare = spare, None
                     else:
-                        stage = torch.empty(cap + B, P, C, dtype=torch.float32, device=dev)
+                        stage = empty_large((cap + B, P, C), torch.float32, dev)  # huge pages
                 self._positions(feats, dev, out=stage[filled : filled + B])
                 filled += B
                 if filled >= cap:
                     flush(acc)
         with timer("aggregation"):
             flush(acc)
+        # the spare fold buffer is freed before finalize allocates the model: the factor then reuses its
+        # just-released pages (in a VM whose balloon takes freed memory back, fresh pages cost ~1 ms/MB)
+        spare = None
         n = acc.n
         if n == 0:
             raise ValueError("PaDiM.fit: no training images / features given")

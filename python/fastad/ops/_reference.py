@@ -198,13 +198,18 @@ def gaussian_accumulate(
     x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`fastad.ops.gaussian_accumulate`, functional: returns the updated
-    ``(sum, sumsq)`` (float64; the strict upper triangle of ``sumsq`` unchanged)."""
+    ``(sum, sumsq)`` (float64; the strict upper triangle of ``sumsq`` unchanged; a packed ``sumsq``,
+    ``[..., d (d + 1) / 2]``, holds the lower triangles row by row)."""
     y = x.double() - shift.double()
     s1 = sum + y.sum(0)
     if x.dim() == 2:
         prod = y.T @ y
     else:
         prod = torch.einsum("npi,npj->pij", y, y)
+    d = x.shape[-1]
+    if sumsq.dim() == x.dim() - 1:  # packed
+        i, j = torch.tril_indices(d, d)
+        return s1, sumsq + prod[..., i, j]
     s2 = sumsq + prod.tril()
     return s1, s2
 

@@ -16,7 +16,9 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
         shift: ``Tensor[d]`` / ``Tensor[P, d]`` float32 or float64 (pass the first batch's mean, the same
             for every batch: it keeps the products free of a large common offset).
         sum: ``Tensor[d]`` / ``Tensor[P, d]`` float64, contiguous (updated in place).
-        sumsq: ``Tensor[d, d]`` / ``Tensor[P, d, d]`` float64, contiguous (lower triangle updated in place).
+        sumsq: ``Tensor[d, d]`` / ``Tensor[P, d, d]`` float64, contiguous (lower triangle updated in place),
+            or the lower triangles packed row by row, ``Tensor[d (d + 1) / 2]`` / ``Tensor[P, d (d + 1) / 2]``
+            (entry ``(i, j)``, ``j <= i``, at ``i (i + 1) / 2 + j``: half the memory and traffic).
 
     Low-precision ``x``: products are formed in float32 over chunks of at most 256 rows (a lower-SYRK
     micro-kernel, half the FLOPs of a GEMM) and summed in float64; float64 ``x``: float64 throughout.
