@@ -103,4 +103,65 @@ void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_
   }
 }
 
+float coreset_sq_dist32_avx2(const float* q, const float* ac, int64_t Kp) {
+  return sq_dist<kCoresetF32>(q, ac, Kp);
+}
+
+int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1, int64_t* cand) {
+  // coreset_summary_bound on 8 positions at once (same operations; the sum of squares may round in
+  // another order, which coreset_margin(Kp) covers). The sum over the first 8 axes is already a lower
+  // bound of the sum over all Kp: a group whose live rows all fail on it stops there.
+  const int64_t Kp = a.Kp;
+  const __m256 lo_k = _mm256_set1_ps(a.lo_k), s_c = _mm256_set1_ps(a.s_c), en_c = _mm256_set1_ps(a.en_c);
+  const __m256 se_c = _mm256_set1_ps(a.se_c), sc2 = _mm256_set1_ps(a.sc2), fin = _mm256_set1_ps(a.fin);
+  const __m256 tiny = _mm256_set1_ps(a.tiny), zero = _mm256_setzero_ps();
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const std::integral_constant<int, kCoresetF16> f16;
+  auto sq8 = [&](const uint16_t* h, const float* ac, int64_t j1) {  // h: j1 x 8 halves, ac: j1 floats
+    __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+    int64_t j = 0;
+    for (; j + 4 <= j1; j += 4) {
+      const __m256 d0 = _mm256_sub_ps(load8(h + j * 8, f16), _mm256_broadcast_ss(ac + j));
+      const __m256 d1 = _mm256_sub_ps(load8(h + j * 8 + 8, f16), _mm256_broadcast_ss(ac + j + 1));
+      const __m256 d2 = _mm256_sub_ps(load8(h + j * 8 + 16, f16), _mm256_broadcast_ss(ac + j + 2));
+      const __m256 d3 = _mm256_sub_ps(load8(h + j * 8 + 24, f16), _mm256_broadcast_ss(ac + j + 3));
+      a0 = _mm256_fmadd_ps(d0, d0, a0);
+      a1 = _mm256_fmadd_ps(d1, d1, a1);
+      a2 = _mm256_fmadd_ps(d2, d2, a2);
+      a3 = _mm256_fmadd_ps(d3, d3, a3);
+    }
+    for (; j < j1; ++j) {
+      const __m256 d0 = _mm256_sub_ps(load8(h + j * 8, f16), _mm256_broadcast_ss(ac + j));
+      a0 = _mm256_fmadd_ps(d0, d0, a0);
+    }
+    return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  };
+  int64_t k = 0;
+  const int64_t J0 = Kp < 8 ? Kp : 8;
+  for (int64_t p = p0; p < p1; p += 8) {
+    const __m256 m = _mm256_loadu_ps(a.mind + p);
+    const int live = _mm256_movemask_ps(_mm256_cmp_ps(m, zero, _CMP_GE_OQ));
+    if (live == 0) continue;  // chosen or padding
+    const __m256 eg = _mm256_sub_ps(
+        _mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(a.en + p), en_c), absmask), _mm256_loadu_ps(a.se + p)),
+        se_c);
+    const __m256 B2 = _mm256_mul_ps(_mm256_max_ps(eg, zero), _mm256_max_ps(eg, zero));
+    const __m256 sa = _mm256_loadu_ps(a.sa + p);
+    auto pass = [&](__m256 d2) {  // rows whose bound is below their running min
+      const __m256 s = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_sqrt_ps(d2), lo_k), sa), s_c);
+      const __m256 A = _mm256_max_ps(s, zero);
+      const __m256 bound = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), B2), fin), tiny);
+      return _mm256_movemask_ps(_mm256_cmp_ps(bound, m, _CMP_NGE_UQ));
+    };
+    const __m256 d2 = sq8(a.hs1 + (p / 8) * J0 * 8, a.ac, J0);
+    int bits = live & pass(d2);
+    if (bits != 0 && J0 < Kp) bits &= pass(_mm256_add_ps(d2, sq8(a.hs2 + (p / 8) * (Kp - J0) * 8, a.ac + J0, Kp - J0)));
+    while (bits != 0) {
+      cand[k++] = p + __builtin_ctz(bits);
+      bits &= bits - 1;
+    }
+  }
+  return k;
+}
+
 }  // namespace fastad::cpu

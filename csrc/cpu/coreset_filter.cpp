@@ -7,18 +7,22 @@
 // and ||a_x - a_c|| >= ||u_x scale - a_c|| - (the stored rounding error of u_x, computed exactly at build
 // time). So the summary gives a rigorous lower bound of the distance to the new centre; a row whose bound
 // (with the fp32 rounding margin of the exhaustive distance, coreset_margin(D)) is >= its running min cannot
-// improve and is not read in full. Rows are ordered into blocks (recursive bisection in summary space);
-// each block keeps a ball (centre, radius) around its rows' summaries, the range of their residual norms
-// and the largest running min of its rows (value, smallest row index on ties), so a block whose lower bound
-// is >= that maximum is skipped without touching its rows, and the argmax is a scan over blocks. Rows that
-// are read get exactly the exhaustive step's distance (same dists function, same stored values, same
-// centre), so the indices and distances are identical to the exhaustive method's.
+// improve and is not read in full. The rows are ordered as the leaves of a binary tree (recursive bisection
+// in summary space, every split at a multiple of 8 rows); each node keeps a ball (centre, radius) around its
+// rows' summaries, the range of their residual norms and the largest running min of its rows (value,
+// smallest row index on ties). A step descends from the root and skips a node whose lower bound (the
+// larger of its own and its parent's) is >= that maximum, tests the rows of the leaves it reaches
+// (8 at a time), reads the rows that pass in full and recomputes the maxima of the changed leaves and
+// their ancestors only; the argmax is the root's. Rows that are read get exactly the exhaustive step's
+// distance (same dists function, same stored values, same centre), so the indices and distances are
+// identical to the exhaustive method's.
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -54,8 +58,10 @@ float round_down(double v) {
 
 }  // namespace
 
-CoresetFilter::CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists)
-    : bank_(bank), dtype_(dtype), N_(N), D_(D), dists_(dists) {
+CoresetFilter::CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists,
+                             CoresetLeafFn leaf, CoresetSqDistFn sqd)
+    : bank_(bank), dtype_(dtype), N_(N), D_(D), dists_(dists), leaf_(leaf), sqd_(sqd) {
+  if (const char* e = std::getenv("FASTAD_CORESET_LEAF")) leaf_rows_ = std::max<int64_t>(8, std::atoi(e) / 8 * 8);
   mD_ = coreset_margin(D);
   tiny_ = static_cast<float>(D + 16) * 0x1p-100f;  // absolute error of underflowing squares (with FTZ)
   build();
@@ -116,86 +122,56 @@ void CoresetFilter::build() {
     }
   }
 
-  // blocks: recursive bisection of the summaries along the direction between two far-apart rows
-  std::vector<int64_t> perm(N);
-  std::iota(perm.begin(), perm.end(), int64_t{0});
-  std::vector<std::pair<int64_t, int64_t>> todo{{0, N}}, leaves;
-  std::vector<float> sd(kSplitSample), v(Kp_);
-  std::vector<int64_t> sample(kSplitSample);
-  std::vector<std::pair<float, int64_t>> keyed;
-  while (!todo.empty()) {
-    const auto [lo, hi] = todo.back();
-    todo.pop_back();
-    const int64_t cnt = hi - lo;
-    if (cnt <= kBlock) {
-      leaves.push_back({lo, hi});
-      continue;
-    }
-    const int64_t s = std::min(cnt, kSplitSample);
-    for (int64_t i = 0; i < s; ++i) sample[i] = perm[lo + i * cnt / s];
-    int64_t p1 = sample[0], p2 = sample[0];
-    for (int pass = 0; pass < 2; ++pass) {  // p1: farthest from sample[0]; p2: farthest from p1
-      const float* from = u.data() + (pass == 0 ? sample[0] : p1) * Kp_;
-      dists_(u.data(), kCoresetF32, Kp_, sample.data(), s, from, sd.data());
-      (pass == 0 ? p1 : p2) = sample[std::max_element(sd.begin(), sd.begin() + s) - sd.begin()];
-    }
-    for (int64_t j = 0; j < Kp_; ++j) v[j] = u[p2 * Kp_ + j] - u[p1 * Kp_ + j];
-    keyed.resize(cnt);
-    for (int64_t i = 0; i < cnt; ++i) {
-      const float* x = u.data() + perm[lo + i] * Kp_;
-      float acc = 0.f;
-      for (int64_t j = 0; j < Kp_; ++j) acc += x[j] * v[j];
-      keyed[i] = {acc, perm[lo + i]};
-    }
-    const int64_t half = cnt / 2;
-    std::nth_element(keyed.begin(), keyed.begin() + half, keyed.end());  // (key, row): deterministic
-    for (int64_t i = 0; i < cnt; ++i) perm[lo + i] = keyed[i].second;
-    todo.push_back({lo + half, hi});
-    todo.push_back({lo, lo + half});
-  }
-  std::sort(leaves.begin(), leaves.end());
-  perm_ = std::move(perm);
+  // the tree: recursive bisection of the summaries along the direction between two far-apart rows
+  perm_.resize(N);
+  std::iota(perm_.begin(), perm_.end(), int64_t{0});
+  nodes_.clear();
+  nodes_.reserve(static_cast<size_t>(N / 4 + 2));
+  make_node(0, N, -1, u);
+  const int64_t nn = static_cast<int64_t>(nodes_.size());
 
-  // rows in block order: summaries, bounds and a copy of the stored rows (same values: every distance
-  // is the one the exhaustive step computes from the original bank)
+  // rows in tree order, padded to a multiple of 8 positions: summaries (groups of 8), bounds and a copy of
+  // the stored rows (same values: every distance is the one the exhaustive step computes from the bank)
+  N8_ = (N + 7) / 8 * 8;
   const size_t esize = dtype_ == kCoresetF32 ? 4 : 2, rowb = static_cast<size_t>(D) * esize;
   data_.resize(static_cast<size_t>(N) * rowb);
-  hs_.resize(static_cast<size_t>(N) * Kp_);
-  rb_.resize(N);
+  const int64_t J0 = std::min<int64_t>(8, Kp_);
+  hs1_.assign(static_cast<size_t>(N8_) * J0, 0);
+  hs2_.assign(static_cast<size_t>(N8_) * (Kp_ - J0), 0);
+  en_.assign(N8_, 0.f);
+  sa_.assign(N8_, 0.f);
+  se_.assign(N8_, 0.f);
   ipos_.resize(N);
-  pos_.resize(N);
   for (int64_t i = 0; i < N; ++i) {
     const int64_t r = perm_[i];
     std::memcpy(data_.data() + i * rowb, static_cast<const char*>(bank_) + r * rowb, rowb);
-    std::memcpy(hs_.data() + i * Kp_, h.data() + r * Kp_, Kp_ * sizeof(uint16_t));
-    rb_[i] = {en[r], sa[r], se[r]};
+    uint16_t* g1 = hs1_.data() + (i / 8) * J0 * 8 + (i % 8);
+    uint16_t* g2 = hs2_.data() + (i / 8) * (Kp_ - J0) * 8 + (i % 8);
+    for (int64_t j = 0; j < J0; ++j) g1[j * 8] = h[r * Kp_ + j];
+    for (int64_t j = J0; j < Kp_; ++j) g2[(j - J0) * 8] = h[r * Kp_ + j];
+    en_[i] = en[r];
+    sa_[i] = sa[r];
+    se_[i] = se[r];
     ipos_[r] = i;
-    pos_[i] = i;
   }
-  const int64_t B = static_cast<int64_t>(leaves.size());
-  blo_.resize(B + 1);
-  q_.assign(static_cast<size_t>(B) * Kp_, 0.f);
-  rho_.resize(B);
-  emin_.resize(B);
-  emax_.resize(B);
-  bmaxv_.assign(B, -2.f);
-  bmaxi_.assign(B, -1);
-  bidx_.resize(B);
-  dq2_.resize(B);
+  // balls: mean of the summaries and the largest distance to it (plus the row's stored error)
+  q_.assign(static_cast<size_t>(nn) * Kp_, 0.f);
+  leaf_of_.assign(N8_ / 8, -1);
   std::vector<double> acc(Kp_);
-  for (int64_t b = 0; b < B; ++b) {
-    const auto [lo, hi] = leaves[b];
-    blo_[b] = lo;
-    bidx_[b] = b;
+  for (int64_t n = 0; n < nn; ++n) {
+    Node& nd = nodes_[n];
+    const int64_t lo = nd.lo, hi = nd.hi;
+    if (nd.left < 0)
+      for (int64_t g = lo / 8; g < (hi + 7) / 8; ++g) leaf_of_[g] = static_cast<int32_t>(n);
     std::fill(acc.begin(), acc.end(), 0.0);
     double lo_e = std::numeric_limits<double>::infinity(), hi_e = -lo_e;
     for (int64_t i = lo; i < hi; ++i) {
       const float* x = u.data() + perm_[i] * Kp_;
       for (int64_t j = 0; j < Kp_; ++j) acc[j] += x[j];
-      lo_e = std::min(lo_e, static_cast<double>(rb_[i].en) - rb_[i].se);
-      hi_e = std::max(hi_e, static_cast<double>(rb_[i].en) + rb_[i].se);
+      lo_e = std::min(lo_e, static_cast<double>(en_[i]) - se_[i]);
+      hi_e = std::max(hi_e, static_cast<double>(en_[i]) + se_[i]);
     }
-    float* q = q_.data() + b * Kp_;
+    float* q = q_.data() + n * Kp_;
     for (int64_t j = 0; j < Kp_; ++j) q[j] = static_cast<float>(acc[j] / static_cast<double>(hi - lo));
     double rad = 0.0;
     for (int64_t i = lo; i < hi; ++i) {
@@ -205,24 +181,59 @@ void CoresetFilter::build() {
         const double d = static_cast<double>(x[j]) - q[j];
         d2 += d * d;
       }
-      rad = std::max(rad, std::sqrt(d2) * (1.0 + kRel) + rb_[i].sa);  // >= ||a_x / scale - q||
+      rad = std::max(rad, std::sqrt(d2) * (1.0 + kRel) + sa_[i]);  // >= ||a_x / scale - q||
     }
-    rho_[b] = round_up(rad);
-    emin_[b] = round_down(lo_e);
-    emax_[b] = round_up(hi_e);
+    nd.rho = round_up(rad);
+    nd.emin = round_down(lo_e);
+    nd.emax = round_up(hi_e);
   }
-  blo_[B] = N;
-  mind_t_.assign(N, 0.f);
-  cand_.resize(kBlock);
-  cand_d2_.resize(kBlock);
-  sum_d2_.resize(kBlock);
+  mind_t_.assign(N8_, kCoresetChosen);
+  cand_.resize(leaf_rows_ + 8);
+  cand_d2_.resize(leaf_rows_ + 8);
   ac_.resize(Kp_);
 }
 
-void CoresetFilter::block_max(int64_t b) {
+int32_t CoresetFilter::make_node(int64_t lo, int64_t hi, int32_t parent, const std::vector<float>& u) {
+  const int32_t idx = static_cast<int32_t>(nodes_.size());
+  nodes_.push_back(Node{lo, hi, -1, -1, parent});
+  const int64_t cnt = hi - lo;
+  if (cnt <= leaf_rows_) return idx;
+  const int64_t s = std::min(cnt, kSplitSample);
+  std::vector<int64_t> sample(s);
+  std::vector<float> sd(s), v(Kp_);
+  for (int64_t i = 0; i < s; ++i) sample[i] = perm_[lo + i * cnt / s];
+  int64_t p1 = sample[0], p2 = sample[0];
+  for (int pass = 0; pass < 2; ++pass) {  // p1: farthest from sample[0]; p2: farthest from p1
+    const float* from = u.data() + (pass == 0 ? sample[0] : p1) * Kp_;
+    dists_(u.data(), kCoresetF32, Kp_, sample.data(), s, from, sd.data());
+    (pass == 0 ? p1 : p2) = sample[std::max_element(sd.begin(), sd.end()) - sd.begin()];
+  }
+  for (int64_t j = 0; j < Kp_; ++j) v[j] = u[p2 * Kp_ + j] - u[p1 * Kp_ + j];
+  std::vector<std::pair<float, int64_t>> keyed(cnt);
+  for (int64_t i = 0; i < cnt; ++i) {
+    const float* x = u.data() + perm_[lo + i] * Kp_;
+    float a = 0.f;
+    for (int64_t j = 0; j < Kp_; ++j) a += x[j] * v[j];
+    keyed[i] = {a, perm_[lo + i]};
+  }
+  // split at a multiple of 8 rows (lo is one), near the middle: leaves hold 8 or 16 rows (the last one less)
+  const int64_t half = std::max<int64_t>(8, cnt / 16 * 8);  // cnt > leaf_rows_ >= 8
+  std::nth_element(keyed.begin(), keyed.begin() + half, keyed.end());  // (key, row): deterministic
+  for (int64_t i = 0; i < cnt; ++i) perm_[lo + i] = keyed[i].second;
+  keyed.clear();
+  keyed.shrink_to_fit();
+  const int32_t l = make_node(lo, lo + half, idx, u);
+  const int32_t r = make_node(lo + half, hi, idx, u);
+  nodes_[idx].left = l;
+  nodes_[idx].right = r;
+  return idx;
+}
+
+void CoresetFilter::leaf_max(int32_t n) {
+  Node& nd = nodes_[n];
   float bv = -2.f;
   int64_t bi = -1;
-  for (int64_t i = blo_[b]; i < blo_[b + 1]; ++i) {
+  for (int64_t i = nd.lo; i < nd.hi; ++i) {
     const float m = mind_t_[i];
     const int64_t r = perm_[i];
     if (m > bv || (m == bv && r < bi)) {
@@ -230,25 +241,75 @@ void CoresetFilter::block_max(int64_t b) {
       bi = r;
     }
   }
-  bmaxv_[b] = bv;
-  bmaxi_[b] = bi;
+  nd.maxv = bv;
+  nd.maxi = bi;
+}
+
+void CoresetFilter::combine(int32_t n) {
+  Node& nd = nodes_[n];
+  const Node& a = nodes_[nd.left];
+  const Node& b = nodes_[nd.right];
+  const bool take_b = b.maxv > a.maxv || (b.maxv == a.maxv && b.maxi < a.maxi);
+  nd.maxv = take_b ? b.maxv : a.maxv;
+  nd.maxi = take_b ? b.maxi : a.maxi;
 }
 
 void CoresetFilter::refresh(const float* mind) {
   for (int64_t i = 0; i < N_; ++i) mind_t_[i] = mind[perm_[i]];
-  for (int64_t b = 0; b + 1 < static_cast<int64_t>(blo_.size()); ++b) block_max(b);
+  for (int64_t n = static_cast<int64_t>(nodes_.size()) - 1; n >= 0; --n) {
+    if (nodes_[n].left < 0) leaf_max(static_cast<int32_t>(n));
+    else combine(static_cast<int32_t>(n));
+  }
+}
+
+bool CoresetFilter::visit(int32_t n, float lbp) {
+  const Node& nd = nodes_[n];
+  if (nd.maxv < 0.f) return false;  // every row chosen
+  const float* q = q_.data() + static_cast<int64_t>(n) * Kp_;
+  const float dq2 = sqd_(q, ac_.data(), Kp_);
+  const float eg = std::max(nd.emin - (en_c_ + se_c_), (en_c_ - se_c_) - nd.emax);
+  const float lb = std::max(lbp, coreset_summary_bound(dq2, nd.rho, eg, la_));
+  if (lb >= nd.maxv) return false;
+  if (nd.left >= 0) {
+    const bool a = visit(nd.left, lb);
+    const bool b = visit(nodes_[n].right, lb);
+    if (a || b) combine(n);
+    return a || b;
+  }
+  const int64_t lo = nd.lo, p1 = (nd.hi + 7) / 8 * 8;
+  summ_ += p1 - lo;
+  const int64_t k = leaf_(la_, lo, p1, cand_.data());
+  if (k == 0) return false;
+  dists_(data_.data(), dtype_, D_, cand_.data(), k, c_, cand_d2_.data());
+  read_ += k;
+  bool changed = false;
+  for (int64_t j = 0; j < k; ++j) {
+    const float d2 = cand_d2_[j];
+    bad_ |= !(d2 < std::numeric_limits<float>::infinity());
+    const int64_t i = cand_[j];
+    if (d2 < mind_t_[i]) {  // the exhaustive step's update, on the exhaustive step's value
+      mind_t_[i] = d2;
+      mind_[perm_[i]] = d2;
+      assign_[perm_[i]] = cid_;
+      changed = true;
+    }
+  }
+  if (changed) leaf_max(n);
+  return changed;
 }
 
 CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign,
                                 int64_t* read, int64_t* summaries, bool* bad) {
-  const int64_t D = D_, Kp = Kp_, B = static_cast<int64_t>(bmaxv_.size());
+  const int64_t D = D_, Kp = Kp_;
   {  // the caller has marked mind[cur]
     const int64_t i = ipos_[cur];
     mind_t_[i] = kCoresetChosen;
-    block_max(std::upper_bound(blo_.begin(), blo_.end(), i) - blo_.begin() - 1);
+    int32_t n = leaf_of_[i / 8];
+    leaf_max(n);
+    for (n = nodes_[n].parent; n >= 0; n = nodes_[n].parent) combine(n);
   }
   // the centre's summary, in float64 from its fp32 values (the same as the rows')
-  double yn2 = 0.0, an2 = 0.0, err2 = 0.0;
+  double yn2 = 0.0, err2 = 0.0;
   std::vector<double>& y = y_;
   y.resize(D);
   for (int64_t t = 0; t < D; ++t) {
@@ -272,70 +333,73 @@ CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float*
     ac_[j] = static_cast<float>(a[j] / scale_);
     const double d = static_cast<double>(ac_[j]) - a[j] / scale_;
     err2 += d * d;
-    an2 += a[j] * a[j];
   }
   const double yn = std::sqrt(yn2);
-  const float s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
-  const float en_c = static_cast<float>(std::sqrt(e2));
-  const float se_c = round_up(static_cast<double>(kSlopY) * yn);
-  const float sc = static_cast<float>(scale_), sc2 = sc * sc;
-  const float lo_k = 1.f - mK_, fin = (1.f - 1e-6f) * (1.f - mD_);
-  // lower bound of the computed squared distance, from a summary-space distance and a residual gap
-  auto bound = [&](float dsum2, float slop, float egap) {
-    const float A = std::max(0.f, std::sqrt(dsum2) * lo_k - slop - s_c);
-    const float Bg = std::max(0.f, egap);
-    return (A * A * sc2 + Bg * Bg) * fin - tiny_;
-  };
-
-  dists_(q_.data(), kCoresetF32, Kp, bidx_.data(), B, ac_.data(), dq2_.data());
+  la_.hs1 = hs1_.data();
+  la_.hs2 = hs2_.data();
+  la_.Kp = Kp;
+  la_.ac = ac_.data();
+  la_.en = en_.data();
+  la_.sa = sa_.data();
+  la_.se = se_.data();
+  la_.mind = mind_t_.data();
+  la_.s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
+  en_c_ = la_.en_c = static_cast<float>(std::sqrt(e2));
+  se_c_ = la_.se_c = round_up(static_cast<double>(kSlopY) * yn);
+  const float sc = static_cast<float>(scale_);
+  la_.sc2 = sc * sc;
+  la_.lo_k = 1.f - mK_;
+  la_.fin = (1.f - 1e-6f) * (1.f - mD_);
+  la_.tiny = tiny_;
+  c_ = c;
+  mind_ = mind;
+  assign_ = assign;
+  cid_ = cid;
+  read_ = summ_ = 0;
+  bad_ = false;
+  visit(0, -std::numeric_limits<float>::infinity());
+  *read += read_;
+  *summaries += summ_;
+  if (bad_) *bad = true;
   CoresetBest best;
-  const size_t esize = dtype_ == kCoresetF32 ? 4 : 2;
-  (void)esize;
-  for (int64_t b = 0; b < B; ++b) {
-    const float mx = bmaxv_[b];
-    if (mx >= 0.f) {
-      const float eg = std::max(emin_[b] - (en_c + se_c), (en_c - se_c) - emax_[b]);
-      if (!(bound(dq2_[b], rho_[b], eg) >= mx)) {
-        const int64_t lo = blo_[b], cnt = blo_[b + 1] - lo;
-        dists_(hs_.data(), kCoresetF16, Kp, pos_.data() + lo, cnt, ac_.data(), sum_d2_.data());
-        *summaries += cnt;
-        int64_t k = 0;
-        for (int64_t j = 0; j < cnt; ++j) {
-          const int64_t i = lo + j;
-          const float m = mind_t_[i];
-          if (m < 0.f) continue;  // chosen
-          const RowBound& rb = rb_[i];
-          const float egr = std::abs(rb.en - en_c) - rb.se - se_c;
-          if (bound(sum_d2_[j], rb.sa, egr) >= m) continue;
-          cand_[k++] = i;
-        }
-        if (k > 0) {
-          dists_(data_.data(), dtype_, D, cand_.data(), k, c, cand_d2_.data());
-          *read += k;
-          bool nonfinite = false;
-          for (int64_t j = 0; j < k; ++j) {
-            const float d2 = cand_d2_[j];
-            nonfinite |= !(d2 < std::numeric_limits<float>::infinity());
-            const int64_t i = cand_[j];
-            if (d2 < mind_t_[i]) {  // the exhaustive step's update, on the exhaustive step's value
-              mind_t_[i] = d2;
-              mind[perm_[i]] = d2;
-              assign[perm_[i]] = cid;
-            }
-          }
-          if (nonfinite) *bad = true;
-          block_max(b);
-        }
+  best.value = nodes_[0].maxv;
+  best.index = nodes_[0].maxi;
+  return best;
+}
+
+float coreset_sq_dist32_generic(const float* q, const float* ac, int64_t Kp) {
+  float s = 0.f;
+  for (int64_t j = 0; j < Kp; ++j) {
+    const float d = q[j] - ac[j];
+    s += d * d;
+  }
+  return s;
+}
+
+int64_t coreset_leaf_test_generic(const CoresetLeafArgs& a, int64_t p0, int64_t p1, int64_t* cand) {
+  int64_t k = 0;
+  const int64_t Kp = a.Kp;
+  float d2[8];
+  for (int64_t p = p0; p < p1; p += 8) {
+    const int64_t J0 = std::min<int64_t>(8, Kp);
+    const uint16_t* h1 = a.hs1 + (p / 8) * J0 * 8;
+    const uint16_t* h2 = a.hs2 + (p / 8) * (Kp - J0) * 8;
+    for (int r = 0; r < 8; ++r) d2[r] = 0.f;
+    for (int64_t j = 0; j < Kp; ++j)
+      for (int r = 0; r < 8; ++r) {
+        const uint16_t hb = j < J0 ? h1[j * 8 + r] : h2[(j - J0) * 8 + r];
+        const float d = static_cast<float>(c10::Half(hb, c10::Half::from_bits())) - a.ac[j];
+        d2[r] += d * d;
       }
-    }
-    const float v = bmaxv_[b];
-    if (v > best.value || (v == best.value && bmaxi_[b] < best.index)) {
-      best.value = v;
-      best.index = bmaxi_[b];
+    for (int r = 0; r < 8; ++r) {
+      const int64_t i = p + r;
+      const float m = a.mind[i];
+      if (!(m >= 0.f)) continue;  // chosen or padding
+      const float egr = std::abs(a.en[i] - a.en_c) - a.se[i] - a.se_c;
+      if (!(coreset_summary_bound(d2[r], a.sa[i], egr, a) >= m)) cand[k++] = i;
     }
   }
-  (void)an2;
-  return best;
+  return k;
 }
 
 }  // namespace fastad::cpu

@@ -135,6 +135,8 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   const bool avx2 = FASTAD_HAVE_AVX2 && cpu_has_avx2_fma() && !force_generic;
   auto step_fn = avx2 ? &coreset_update_avx2 : &coreset_update_generic;
   auto dists_fn = avx2 ? &coreset_row_dists_avx2 : &coreset_row_dists_generic;
+  auto leaf_fn = avx2 ? &coreset_leaf_test_avx2 : &coreset_leaf_test_generic;
+  auto sqd_fn = avx2 ? &coreset_sq_dist32_avx2 : &coreset_sq_dist32_generic;
 
   const int64_t tasks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (N + kCoresetMinRowsPerTask - 1) / kCoresetMinRowsPerTask));
@@ -199,7 +201,7 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.assign = assign;
     const double t_start = now_s();
     if (use_tree && step >= tree_next) {
-      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn);
+      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn, leaf_fn, sqd_fn);
       const double t_built = now_s();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
