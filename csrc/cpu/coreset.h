@@ -109,6 +109,7 @@ struct CoresetLeafArgs {
   const float* sa = nullptr;  // bound of the stored summary's rounding error (scaled units)
   const float* se = nullptr;  // bound of the residual norm's error
   const float* mind = nullptr;  // running squared min distance per position (< 0: chosen or padding)
+  const float* gb = nullptr;    // per group of 8: the largest sa, the smallest en - se, the largest en + se, 0
   float lo_k = 1.f, s_c = 0.f, en_c = 0.f, se_c = 0.f, sc2 = 1.f, fin = 1.f, tiny = 0.f;
 };
 
@@ -190,13 +191,17 @@ class CoresetFilter {
   std::vector<int64_t> perm_;       // position -> row
   std::vector<int64_t> ipos_;       // row -> position
   std::vector<char> data_;          // the rows in tree order (same stored values)
+  std::vector<uint16_t> h16_;       // float32 banks: the rows in tree order rounded to float16 ...
+  std::vector<float> h16err_;       // ... and >= ||x - float16(x)|| per position (a last test before a full read)
   std::vector<uint16_t> hs1_, hs2_; // summaries in tree order (see CoresetLeafArgs), float16 bits
   std::vector<float> en_, sa_, se_; // per position (padded to N8_)
+  std::vector<float> gb_;           // per group of 8 positions: 4 floats (see CoresetLeafArgs::gb)
   std::vector<float> mind_t_;       // running squared min distance in tree order (mirrors mind; padding -1)
   std::vector<Node> nodes_;         // preorder: children after their parent
   std::vector<float> q_;            // ball centres, Kp floats per node
   std::vector<int32_t> leaf_of_;    // group of 8 positions -> its leaf
   std::vector<int64_t> cand_;
+  std::vector<int64_t> cand2_;
   std::vector<float> cand_d2_, ac_;
   // the current step
   const float* c_ = nullptr;

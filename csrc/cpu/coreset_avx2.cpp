@@ -2,6 +2,7 @@
 // called only after fastad::cpu_has_avx2_fma() (see coreset_kernel.cpp).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -136,29 +137,60 @@ int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1,
     }
     return _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
   };
+  auto pass = [&](__m256 dd, __m256 sa, __m256 B2, __m256 m) {  // rows whose bound is below their running min
+    const __m256 s = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_sqrt_ps(dd), lo_k), sa), s_c);
+    const __m256 A = _mm256_max_ps(s, zero);
+    const __m256 bound = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), B2), fin), tiny);
+    return _mm256_movemask_ps(_mm256_cmp_ps(bound, m, _CMP_NGE_UQ));
+  };
   int64_t k = 0;
   const int64_t J0 = Kp < 8 ? Kp : 8;
-  for (int64_t p = p0; p < p1; p += 8) {
-    const __m256 m = _mm256_loadu_ps(a.mind + p);
-    const int live = _mm256_movemask_ps(_mm256_cmp_ps(m, zero, _CMP_GE_OQ));
-    if (live == 0) continue;  // chosen or padding
-    const __m256 eg = _mm256_sub_ps(
-        _mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(a.en + p), en_c), absmask), _mm256_loadu_ps(a.se + p)),
-        se_c);
-    const __m256 B2 = _mm256_mul_ps(_mm256_max_ps(eg, zero), _mm256_max_ps(eg, zero));
-    const __m256 sa = _mm256_loadu_ps(a.sa + p);
-    auto pass = [&](__m256 d2) {  // rows whose bound is below their running min
-      const __m256 s = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_sqrt_ps(d2), lo_k), sa), s_c);
-      const __m256 A = _mm256_max_ps(s, zero);
-      const __m256 bound = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), B2), fin), tiny);
-      return _mm256_movemask_ps(_mm256_cmp_ps(bound, m, _CMP_NGE_UQ));
-    };
-    const __m256 d2 = sq8(a.hs1 + (p / 8) * J0 * 8, a.ac, J0);
-    int bits = live & pass(d2);
-    if (bits != 0 && J0 < Kp) bits &= pass(_mm256_add_ps(d2, sq8(a.hs2 + (p / 8) * (Kp - J0) * 8, a.ac + J0, Kp - J0)));
-    while (bits != 0) {
-      cand[k++] = p + __builtin_ctz(bits);
-      bits &= bits - 1;
+  constexpr int64_t kChunk = 64;  // groups per pass: first test without branches, then the survivors
+  int64_t gl[kChunk];
+  int gm[kChunk];
+  __m256 gd[kChunk];
+  for (int64_t g0 = p0 / 8; g0 < p1 / 8; g0 += kChunk) {
+    const int64_t g1 = std::min(p1 / 8, g0 + kChunk);
+    int64_t n = 0;
+    for (int64_t g = g0; g < g1; ++g) {
+      // first test: the first J0 axes with the group's terms (its largest sa, its residual-norm range);
+      // chosen rows and padding (running min < 0) never pass
+      const __m256 m = _mm256_loadu_ps(a.mind + g * 8);
+      const __m256 d2 = sq8(a.hs1 + g * J0 * 8, a.ac, J0);
+      const int live = _mm256_movemask_ps(_mm256_cmp_ps(m, zero, _CMP_GE_OQ));
+      int bits;
+      if (a.gb) {
+      const float* gbp = a.gb + g * 4;
+      const float egg = std::max(gbp[1] - (a.en_c + a.se_c), (a.en_c - a.se_c) - gbp[2]);
+      const float B2g = egg > 0.f ? egg * egg : 0.f;
+      bits = live & pass(d2, _mm256_set1_ps(gbp[0]), _mm256_set1_ps(B2g), m);
+      } else {
+      const int64_t p = g * 8;
+      const __m256 eg = _mm256_sub_ps(
+          _mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(a.en + p), en_c), absmask), _mm256_loadu_ps(a.se + p)),
+          se_c);
+      const __m256 B2 = _mm256_mul_ps(_mm256_max_ps(eg, zero), _mm256_max_ps(eg, zero));
+      bits = live & pass(d2, _mm256_loadu_ps(a.sa + p), B2, m);
+      }
+      gl[n] = g;
+      gm[n] = bits;
+      gd[n] = d2;
+      n += bits != 0;
+    }
+    for (int64_t t = 0; t < n; ++t) {  // then every axis with each row's own terms
+      const int64_t p = gl[t] * 8;
+      const __m256 m = _mm256_loadu_ps(a.mind + p);
+      const __m256 eg = _mm256_sub_ps(
+          _mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(a.en + p), en_c), absmask), _mm256_loadu_ps(a.se + p)),
+          se_c);
+      const __m256 B2 = _mm256_mul_ps(_mm256_max_ps(eg, zero), _mm256_max_ps(eg, zero));
+      const __m256 sa = _mm256_loadu_ps(a.sa + p);
+      const __m256 d2f = J0 < Kp ? _mm256_add_ps(gd[t], sq8(a.hs2 + gl[t] * (Kp - J0) * 8, a.ac + J0, Kp - J0)) : gd[t];
+      int bits = gm[t] & pass(d2f, sa, B2, m);
+      while (bits != 0) {
+        cand[k++] = p + __builtin_ctz(bits);
+        bits &= bits - 1;
+      }
     }
   }
   return k;

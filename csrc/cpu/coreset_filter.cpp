@@ -154,6 +154,42 @@ void CoresetFilter::build() {
     se_[i] = se[r];
     ipos_[r] = i;
   }
+  // float32 rows: a float16 copy and the norm of its rounding error (float64, rounded up): for a candidate,
+  // ||x - c|| >= ||h - c|| - ||x - h|| decides most cases at half the bytes of the full row
+  if (dtype_ == kCoresetF32 && !std::getenv("FASTAD_CORESET_NOH16")) {
+    h16_.resize(static_cast<size_t>(N) * D);
+    h16err_.resize(N);
+    const float* rows = reinterpret_cast<const float*>(data_.data());
+    for (int64_t i = 0; i < N; ++i) {
+      double e2 = 0.0, n2 = 0.0;
+      bool finite = true;
+      for (int64_t t = 0; t < D; ++t) {
+        const float x = rows[i * D + t];
+        const c10::Half hv(x);
+        h16_[i * D + t] = hv.x;
+        const double d = static_cast<double>(x) - static_cast<double>(static_cast<float>(hv));
+        finite &= std::isfinite(d);
+        e2 += d * d;
+        n2 += static_cast<double>(x) * x;
+      }
+      // (float64 rounding of the sum: covered by kRel and the 1e-12 ||x|| term)
+      h16err_[i] = finite ? round_up(std::sqrt(e2) * (1.0 + kRel) + 1e-12 * std::sqrt(n2))
+                          : std::numeric_limits<float>::infinity();
+    }
+  }
+  // per group of 8 positions: bounds of its rows' terms (a first, weaker test per group)
+  gb_.assign(static_cast<size_t>(N8_ / 8) * 4, 0.f);
+  for (int64_t g = 0; g < N8_ / 8; ++g) {
+    float* b = gb_.data() + g * 4;
+    b[0] = 0.f;
+    b[1] = std::numeric_limits<float>::infinity();
+    b[2] = -b[1];
+    for (int64_t i = g * 8; i < std::min(N, g * 8 + 8); ++i) {
+      b[0] = std::max(b[0], sa_[i]);
+      b[1] = std::min(b[1], round_down(static_cast<double>(en_[i]) - se_[i]));
+      b[2] = std::max(b[2], round_up(static_cast<double>(en_[i]) + se_[i]));
+    }
+  }
   // balls: mean of the summaries and the largest distance to it (plus the row's stored error)
   q_.assign(static_cast<size_t>(nn) * Kp_, 0.f);
   leaf_of_.assign(N8_ / 8, -1);
@@ -190,6 +226,7 @@ void CoresetFilter::build() {
   mind_t_.assign(N8_, kCoresetChosen);
   cand_.resize(leaf_rows_ + 8);
   cand_d2_.resize(leaf_rows_ + 8);
+  cand2_.resize(leaf_rows_ + 8);
   ac_.resize(Kp_);
 }
 
@@ -278,20 +315,38 @@ bool CoresetFilter::visit(int32_t n, float lbp) {
   }
   const int64_t lo = nd.lo, p1 = (nd.hi + 7) / 8 * 8;
   summ_ += p1 - lo;
-  const int64_t k = leaf_(la_, lo, p1, cand_.data());
+  int64_t k = leaf_(la_, lo, p1, cand_.data());
   if (k == 0) return false;
-  dists_(data_.data(), dtype_, D_, cand_.data(), k, c_, cand_d2_.data());
+  int64_t* cand = cand_.data();
+  if (!h16_.empty()) {  // the float16 copy's bound first: the computed full distance is >= it
+    dists_(h16_.data(), kCoresetF16, D_, cand, k, c_, cand_d2_.data());
+    int64_t k2 = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t i = cand[j];
+      // (1 - mD_) bounds ||h - c|| below from the computed sum; 2^-21 more absorbs the roundings of the
+      // square root, the product and the difference (absolute, relative to sqrt(d2))
+      const float A = std::max(0.f, std::sqrt(cand_d2_[j]) * (1.f - mD_ - 0x1p-21f) - h16err_[i]);
+      if (!((A * A) * la_.fin - tiny_ >= mind_t_[i])) cand2_[k2++] = i;  // NaN/Inf: read in full
+    }
+    k = k2;
+    cand = cand2_.data();
+    if (k == 0) return false;
+  }
+  dists_(data_.data(), dtype_, D_, cand, k, c_, cand_d2_.data());
   read_ += k;
+  // running minima only decrease: the leaf's maximum (value, smallest row) changes only if its own row does
   bool changed = false;
+  const int64_t top = nd.maxi;
   for (int64_t j = 0; j < k; ++j) {
     const float d2 = cand_d2_[j];
     bad_ |= !(d2 < std::numeric_limits<float>::infinity());
-    const int64_t i = cand_[j];
+    const int64_t i = cand[j];
     if (d2 < mind_t_[i]) {  // the exhaustive step's update, on the exhaustive step's value
       mind_t_[i] = d2;
-      mind_[perm_[i]] = d2;
-      assign_[perm_[i]] = cid_;
-      changed = true;
+      const int64_t r = perm_[i];
+      mind_[r] = d2;
+      assign_[r] = cid_;
+      changed |= r == top;
     }
   }
   if (changed) leaf_max(n);
@@ -343,6 +398,7 @@ CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float*
   la_.sa = sa_.data();
   la_.se = se_.data();
   la_.mind = mind_t_.data();
+  la_.gb = std::getenv("FASTAD_CORESET_V0") ? nullptr : gb_.data();
   la_.s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
   en_c_ = la_.en_c = static_cast<float>(std::sqrt(e2));
   se_c_ = la_.se_c = round_up(static_cast<double>(kSlopY) * yn);
