@@ -97,37 +97,46 @@ using CoresetDistsFn = void (*)(const void*, int, int64_t, const int64_t*, int64
 /// (twice the worst-case bound), so a bound that holds with this margin holds for the computed values.
 inline float coreset_margin(int64_t D) { return static_cast<float>(D + 16) * 0x1p-23f; }
 
-/// Inputs of the per-row summary test of CoresetFilter (one step, one centre c): positions are in tree order,
+/// One centre's summary (CoresetFilter): coordinates on the axes (scaled), their error bound and its residual norm.
+struct CoresetCentreSummary {
+  const float* ac = nullptr;  // Kp floats
+  float s_c = 0.f, en_c = 0.f, se_c = 0.f;
+};
+
+/// Inputs of the per-row summary test of CoresetFilter (one batch of centres): positions are in tree order,
 /// in groups of 8: hs1 holds the first min(8, Kp) summary coordinates (per group 8 x 8 float16, dimension-major),
 /// hs2 the other Kp - 8 (per group (Kp - 8) x 8); en/sa/se/mind: per position.
 struct CoresetLeafArgs {
   const uint16_t* hs1 = nullptr;
   const uint16_t* hs2 = nullptr;
   int64_t Kp = 0;
-  const float* ac = nullptr;  // the centre's summary coordinates (scaled), Kp floats
   const float* en = nullptr;  // residual norm per position
   const float* sa = nullptr;  // bound of the stored summary's rounding error (scaled units)
   const float* se = nullptr;  // bound of the residual norm's error
   const float* mind = nullptr;  // running squared min distance per position (< 0: chosen or padding)
   const float* gb = nullptr;    // per group of 8: the largest sa, the smallest en - se, the largest en + se, 0
-  float lo_k = 1.f, s_c = 0.f, en_c = 0.f, se_c = 0.f, sc2 = 1.f, fin = 1.f, tiny = 0.f;
+  const CoresetCentreSummary* cs = nullptr;  // the batch's centres
+  float lo_k = 1.f, sc2 = 1.f, fin = 1.f, tiny = 0.f;
 };
 
-/// Lower bound of the computed squared distance to the centre from a summary-space squared distance dsum2
-/// (computed in fp32, any order), the error `slop` of the summary side (scaled units) and a residual-norm gap
-/// egap (see CoresetFilter). Both the scalar and the AVX2 row test evaluate it with these operations.
-inline float coreset_summary_bound(float dsum2, float slop, float egap, const CoresetLeafArgs& a) {
-  const float s = std::sqrt(dsum2) * a.lo_k - slop - a.s_c;
+/// Lower bound of the computed squared distance to a centre from a summary-space squared distance dsum2
+/// (computed in fp32, any order), the error `slop` of the summary side (scaled units), the centre's own error
+/// s_c and a residual-norm gap egap (see CoresetFilter). The scalar and the AVX2 tests use these operations.
+inline float coreset_summary_bound(float dsum2, float slop, float s_c, float egap, const CoresetLeafArgs& a) {
+  const float s = std::sqrt(dsum2) * a.lo_k - slop - s_c;
   const float A = s > 0.f ? s : 0.f;
   const float Bg = egap > 0.f ? egap : 0.f;
   return (A * A * a.sc2 + Bg * Bg) * a.fin - a.tiny;
 }
 
-/// Per-row test of positions [p0, p1) (multiples of 8): writes the positions whose summary bound is below
-/// their running min (and >= 0) to cand, in order, and returns their count.
-int64_t coreset_leaf_test_generic(const CoresetLeafArgs& a, int64_t p0, int64_t p1, int64_t* cand);
-int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1, int64_t* cand);
-using CoresetLeafFn = int64_t (*)(const CoresetLeafArgs&, int64_t, int64_t, int64_t*);
+/// Per-row test of positions [p0, p1) (multiples of 8) against the centres of `active` (bit i: centre i):
+/// writes the positions whose summary bound for centre i is below their running min (and >= 0) to
+/// cand[i * cap ...], in order, and their count to counts[i] (0 for inactive centres).
+int64_t coreset_leaf_test_generic(const CoresetLeafArgs& a, int64_t p0, int64_t p1, uint32_t active, int64_t* cand,
+                                  int64_t cap, int64_t* counts);
+int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1, uint32_t active, int64_t* cand,
+                               int64_t cap, int64_t* counts);
+using CoresetLeafFn = int64_t (*)(const CoresetLeafArgs&, int64_t, int64_t, uint32_t, int64_t*, int64_t, int64_t*);
 /// Squared distance of two float vectors of Kp elements (a tree node's ball centre to the centre's summary).
 float coreset_sq_dist32_generic(const float* q, const float* ac, int64_t Kp);
 float coreset_sq_dist32_avx2(const float* q, const float* ac, int64_t Kp);
@@ -155,13 +164,18 @@ class CoresetFilter {
   static constexpr int64_t kMaxAxes = 32;
   CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists, CoresetLeafFn leaf,
                 CoresetSqDistFn sqd);
-  /// One greedy step with centre c (D floats, fp32, cid its position): updates mind/assign of the rows
-  /// that can improve, returns the new argmax (largest mind, smallest index on ties); `read` gets the
-  /// number of rows whose full distance was computed, `summaries` the number of summaries read, `bad` is
-  /// set when a computed distance is NaN/Inf. `cur` is the row of c; the caller has set
-  /// mind[cur] = kCoresetChosen.
-  CoresetBest step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign, int64_t* read,
-                   int64_t* summaries, bool* bad);
+  static constexpr int kMaxBatch = 16;
+  /// Greedy steps from the chosen centre `cur` (the caller has set mind[cur] = kCoresetChosen; cid its
+  /// position in the list of centres). Also chooses, without a pass over the rows, the next rows while each
+  /// is provably the next greedy choice (the current largest running min, smallest row on ties, and no
+  /// centre of the batch improves it: computed distance >= its running min), at most max_batch - 1 of
+  /// them: these go to more_rows / more_vals (their running min = the exhaustive step's value) and get
+  /// mind = kCoresetChosen. Then one pass applies every centre of the batch, in order (each row: the
+  /// exhaustive updates, strict <), and returns the new argmax (largest mind, smallest index on ties).
+  /// `read` gets the number of (row, centre) full distances computed, `summaries` the number of row
+  /// summaries read, `bad` is set when a computed distance is NaN/Inf.
+  CoresetBest step(int64_t cur, int32_t cid, int64_t max_batch, float* mind, int32_t* assign, int64_t* more_rows,
+                   float* more_vals, int64_t* n_more, int64_t* read, int64_t* summaries, bool* bad);
   /// Copy mind and recompute every node's largest running min (after steps taken without the filter).
   void refresh(const float* mind);
 
@@ -177,7 +191,9 @@ class CoresetFilter {
   int32_t make_node(int64_t lo, int64_t hi, int32_t parent, const std::vector<float>& u);
   void leaf_max(int32_t n);
   void combine(int32_t n);
-  bool visit(int32_t n, float lbp);
+  bool visit(int32_t n, uint32_t active);
+  void centre_summary(const float* c, int i);
+  void mark_chosen(int64_t row);
   const void* bank_;
   int dtype_;
   int64_t N_, D_, N8_ = 0, K_ = 0, Kp_ = 0;
@@ -200,18 +216,21 @@ class CoresetFilter {
   std::vector<Node> nodes_;         // preorder: children after their parent
   std::vector<float> q_;            // ball centres, Kp floats per node
   std::vector<int32_t> leaf_of_;    // group of 8 positions -> its leaf
-  std::vector<int64_t> cand_;
+  std::vector<int64_t> cand_;          // kMaxBatch x (leaf size + 8) candidate positions
   std::vector<int64_t> cand2_;
-  std::vector<float> cand_d2_, ac_;
-  // the current step
-  const float* c_ = nullptr;
+  std::vector<float> cand_d2_;
+  // the current batch
+  int nc_ = 0;
+  std::vector<float> cv_;              // the centres, kMaxBatch x D floats
+  std::vector<float> acs_;             // their summaries, kMaxBatch x Kp
+  CoresetCentreSummary cs_[kMaxBatch];
+  int32_t cids_[kMaxBatch] = {};
+  int64_t counts_[kMaxBatch] = {};
   float* mind_ = nullptr;
   int32_t* assign_ = nullptr;
-  int32_t cid_ = 0;
   int64_t read_ = 0, summ_ = 0;
   bool bad_ = false;
   CoresetLeafArgs la_;
-  float en_c_ = 0.f, se_c_ = 0.f;
 };
 
 }  // namespace fastad::cpu

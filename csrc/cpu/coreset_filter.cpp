@@ -156,7 +156,7 @@ void CoresetFilter::build() {
   }
   // float32 rows: a float16 copy and the norm of its rounding error (float64, rounded up): for a candidate,
   // ||x - c|| >= ||h - c|| - ||x - h|| decides most cases at half the bytes of the full row
-  if (dtype_ == kCoresetF32 && !std::getenv("FASTAD_CORESET_NOH16")) {
+  if (dtype_ == kCoresetF32) {
     h16_.resize(static_cast<size_t>(N) * D);
     h16err_.resize(N);
     const float* rows = reinterpret_cast<const float*>(data_.data());
@@ -224,10 +224,11 @@ void CoresetFilter::build() {
     nd.emax = round_up(hi_e);
   }
   mind_t_.assign(N8_, kCoresetChosen);
-  cand_.resize(leaf_rows_ + 8);
+  cand_.resize(static_cast<size_t>(kMaxBatch) * (leaf_rows_ + 8));
   cand_d2_.resize(leaf_rows_ + 8);
   cand2_.resize(leaf_rows_ + 8);
-  ac_.resize(Kp_);
+  cv_.resize(static_cast<size_t>(kMaxBatch) * D);
+  acs_.resize(static_cast<size_t>(kMaxBatch) * Kp_);
 }
 
 int32_t CoresetFilter::make_node(int64_t lo, int64_t hi, int32_t parent, const std::vector<float>& u) {
@@ -299,71 +300,82 @@ void CoresetFilter::refresh(const float* mind) {
   }
 }
 
-bool CoresetFilter::visit(int32_t n, float lbp) {
+bool CoresetFilter::visit(int32_t n, uint32_t active) {
   const Node& nd = nodes_[n];
   if (nd.maxv < 0.f) return false;  // every row chosen
+  // the batch's centres that might improve a row below: a subtree skips the others (their bound here
+  // holds for every row below, whose running minima are <= this node's maximum)
   const float* q = q_.data() + static_cast<int64_t>(n) * Kp_;
-  const float dq2 = sqd_(q, ac_.data(), Kp_);
-  const float eg = std::max(nd.emin - (en_c_ + se_c_), (en_c_ - se_c_) - nd.emax);
-  const float lb = std::max(lbp, coreset_summary_bound(dq2, nd.rho, eg, la_));
-  if (lb >= nd.maxv) return false;
+  uint32_t act = 0;
+  for (uint32_t bits = active; bits != 0; bits &= bits - 1) {
+    const int i = __builtin_ctz(bits);
+    const CoresetCentreSummary& cs = cs_[i];
+    const float dq2 = sqd_(q, cs.ac, Kp_);
+    const float eg = std::max(nd.emin - (cs.en_c + cs.se_c), (cs.en_c - cs.se_c) - nd.emax);
+    if (!(coreset_summary_bound(dq2, nd.rho, cs.s_c, eg, la_) >= nd.maxv)) act |= 1u << i;
+  }
+  if (act == 0) return false;
   if (nd.left >= 0) {
-    const bool a = visit(nd.left, lb);
-    const bool b = visit(nodes_[n].right, lb);
+    const bool a = visit(nd.left, act);
+    const bool b = visit(nodes_[n].right, act);
     if (a || b) combine(n);
     return a || b;
   }
-  const int64_t lo = nd.lo, p1 = (nd.hi + 7) / 8 * 8;
+  const int64_t lo = nd.lo, p1 = (nd.hi + 7) / 8 * 8, cap = leaf_rows_ + 8;
   summ_ += p1 - lo;
-  int64_t k = leaf_(la_, lo, p1, cand_.data());
-  if (k == 0) return false;
-  int64_t* cand = cand_.data();
-  if (!h16_.empty()) {  // the float16 copy's bound first: the computed full distance is >= it
-    dists_(h16_.data(), kCoresetF16, D_, cand, k, c_, cand_d2_.data());
-    int64_t k2 = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t i = cand[j];
-      // (1 - mD_) bounds ||h - c|| below from the computed sum; 2^-21 more absorbs the roundings of the
-      // square root, the product and the difference (absolute, relative to sqrt(d2))
-      const float A = std::max(0.f, std::sqrt(cand_d2_[j]) * (1.f - mD_ - 0x1p-21f) - h16err_[i]);
-      if (!((A * A) * la_.fin - tiny_ >= mind_t_[i])) cand2_[k2++] = i;  // NaN/Inf: read in full
-    }
-    k = k2;
-    cand = cand2_.data();
-    if (k == 0) return false;
-  }
-  dists_(data_.data(), dtype_, D_, cand, k, c_, cand_d2_.data());
-  read_ += k;
+  if (leaf_(la_, lo, p1, act, cand_.data(), cap, counts_) == 0) return false;
   // running minima only decrease: the leaf's maximum (value, smallest row) changes only if its own row does
   bool changed = false;
   const int64_t top = nd.maxi;
-  for (int64_t j = 0; j < k; ++j) {
-    const float d2 = cand_d2_[j];
-    bad_ |= !(d2 < std::numeric_limits<float>::infinity());
-    const int64_t i = cand[j];
-    if (d2 < mind_t_[i]) {  // the exhaustive step's update, on the exhaustive step's value
-      mind_t_[i] = d2;
-      const int64_t r = perm_[i];
-      mind_[r] = d2;
-      assign_[r] = cid_;
-      changed |= r == top;
+  for (int i = 0; i < nc_; ++i) {  // centres in order: each row sees the exhaustive steps' sequence of updates
+    int64_t k = counts_[i];
+    if (k == 0) continue;
+    int64_t* cand = cand_.data() + i * cap;
+    const float* c = cv_.data() + static_cast<int64_t>(i) * D_;
+    if (!h16_.empty()) {  // the float16 copy's bound first: the computed full distance is >= it
+      dists_(h16_.data(), kCoresetF16, D_, cand, k, c, cand_d2_.data());
+      int64_t k2 = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t r = cand[j];
+        // (1 - mD_) bounds ||h - c|| below from the computed sum; 2^-21 more absorbs the roundings of the
+        // square root, the product and the difference (absolute, relative to sqrt(d2))
+        const float A = std::max(0.f, std::sqrt(cand_d2_[j]) * (1.f - mD_ - 0x1p-21f) - h16err_[r]);
+        if (!((A * A) * la_.fin - tiny_ >= mind_t_[r])) cand2_[k2++] = r;  // NaN/Inf: read in full
+      }
+      k = k2;
+      cand = cand2_.data();
+      if (k == 0) continue;
+    }
+    dists_(data_.data(), dtype_, D_, cand, k, c, cand_d2_.data());
+    read_ += k;
+    for (int64_t j = 0; j < k; ++j) {
+      const float d2 = cand_d2_[j];
+      bad_ |= !(d2 < std::numeric_limits<float>::infinity());
+      const int64_t pi = cand[j];
+      if (d2 < mind_t_[pi]) {  // the exhaustive step's update, on the exhaustive step's value
+        mind_t_[pi] = d2;
+        const int64_t r = perm_[pi];
+        mind_[r] = d2;
+        assign_[r] = cids_[i];
+        changed |= r == top;
+      }
     }
   }
   if (changed) leaf_max(n);
   return changed;
 }
 
-CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float* mind, int32_t* assign,
-                                int64_t* read, int64_t* summaries, bool* bad) {
-  const int64_t D = D_, Kp = Kp_;
-  {  // the caller has marked mind[cur]
-    const int64_t i = ipos_[cur];
-    mind_t_[i] = kCoresetChosen;
-    int32_t n = leaf_of_[i / 8];
-    leaf_max(n);
-    for (n = nodes_[n].parent; n >= 0; n = nodes_[n].parent) combine(n);
-  }
+void CoresetFilter::mark_chosen(int64_t row) {
+  const int64_t i = ipos_[row];
+  mind_t_[i] = kCoresetChosen;
+  int32_t n = leaf_of_[i / 8];
+  leaf_max(n);
+  for (n = nodes_[n].parent; n >= 0; n = nodes_[n].parent) combine(n);
+}
+
+void CoresetFilter::centre_summary(const float* c, int i) {
   // the centre's summary, in float64 from its fp32 values (the same as the rows')
+  const int64_t D = D_, Kp = Kp_;
   double yn2 = 0.0, err2 = 0.0;
   std::vector<double>& y = y_;
   y.resize(D);
@@ -384,36 +396,89 @@ CoresetBest CoresetFilter::step(const float* c, int64_t cur, int32_t cid, float*
     const double d = y[t] - pa;
     e2 += d * d;
   }
+  float* ac = acs_.data() + static_cast<int64_t>(i) * Kp;
   for (int64_t j = 0; j < Kp; ++j) {
-    ac_[j] = static_cast<float>(a[j] / scale_);
-    const double d = static_cast<double>(ac_[j]) - a[j] / scale_;
+    ac[j] = static_cast<float>(a[j] / scale_);
+    const double d = static_cast<double>(ac[j]) - a[j] / scale_;
     err2 += d * d;
   }
   const double yn = std::sqrt(yn2);
+  CoresetCentreSummary& cs = cs_[i];
+  cs.ac = ac;
+  cs.s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
+  cs.en_c = static_cast<float>(std::sqrt(e2));
+  cs.se_c = round_up(static_cast<double>(kSlopY) * yn);
+}
+
+CoresetBest CoresetFilter::step(int64_t cur, int32_t cid, int64_t max_batch, float* mind, int32_t* assign,
+                                int64_t* more_rows, float* more_vals, int64_t* n_more, int64_t* read,
+                                int64_t* summaries, bool* bad) {
+  const int64_t D = D_;
+  const size_t esize = dtype_ == kCoresetF32 ? 4 : 2;
+  mind_ = mind;
+  assign_ = assign;
+  read_ = summ_ = 0;
+  bad_ = false;
+  // the centre in fp32, converted from the same stored values as the exhaustive step's
+  auto load_centre = [&](int64_t row, int i) {
+    const char* src = data_.data() + static_cast<size_t>(ipos_[row]) * D * esize;
+    float* c = cv_.data() + static_cast<int64_t>(i) * D;
+    if (dtype_ == kCoresetF32) {
+      std::memcpy(c, src, D * sizeof(float));
+    } else if (dtype_ == kCoresetF16) {
+      for (int64_t t = 0; t < D; ++t) c[t] = static_cast<float>(reinterpret_cast<const c10::Half*>(src)[t]);
+    } else {
+      for (int64_t t = 0; t < D; ++t) c[t] = static_cast<float>(reinterpret_cast<const c10::BFloat16*>(src)[t]);
+    }
+  };
+  nc_ = 0;
+  load_centre(cur, 0);
+  cids_[0] = cid;
+  nc_ = 1;
+  mark_chosen(cur);  // the caller has marked mind[cur]
+  // the batch: while the current maximum (over the running minima before this batch, upper bounds of the
+  // ones after it) is not improved by a centre of the batch, it is the next greedy choice
+  *n_more = 0;
+  const int64_t cap_batch = std::min<int64_t>(kMaxBatch, max_batch);
+  while (nc_ < cap_batch) {
+    const float v = nodes_[0].maxv;
+    const int64_t r = nodes_[0].maxi;
+    if (v < 0.f) break;
+    const int64_t pos = ipos_[r];
+    bool improved = false;
+    for (int i = 0; i < nc_ && !improved; ++i) {
+      float d2;
+      dists_(data_.data(), dtype_, D, &pos, 1, cv_.data() + static_cast<int64_t>(i) * D, &d2);
+      bad_ |= !(d2 < std::numeric_limits<float>::infinity());
+      improved = d2 < v;
+    }
+    read_ += nc_;
+    if (improved) break;
+    more_rows[*n_more] = r;
+    more_vals[*n_more] = v;
+    ++*n_more;
+    mind[r] = kCoresetChosen;
+    mark_chosen(r);
+    load_centre(r, nc_);
+    cids_[nc_] = cid + nc_;
+    ++nc_;
+  }
+  for (int i = 0; i < nc_; ++i) centre_summary(cv_.data() + static_cast<int64_t>(i) * D, i);
   la_.hs1 = hs1_.data();
   la_.hs2 = hs2_.data();
-  la_.Kp = Kp;
-  la_.ac = ac_.data();
+  la_.Kp = Kp_;
   la_.en = en_.data();
   la_.sa = sa_.data();
   la_.se = se_.data();
   la_.mind = mind_t_.data();
-  la_.gb = std::getenv("FASTAD_CORESET_V0") ? nullptr : gb_.data();
-  la_.s_c = round_up(std::sqrt(err2) * (1.0 + kRel) + 1e-7 * yn / scale_);  // scaled units
-  en_c_ = la_.en_c = static_cast<float>(std::sqrt(e2));
-  se_c_ = la_.se_c = round_up(static_cast<double>(kSlopY) * yn);
+  la_.gb = gb_.data();
+  la_.cs = cs_;
   const float sc = static_cast<float>(scale_);
   la_.sc2 = sc * sc;
   la_.lo_k = 1.f - mK_;
   la_.fin = (1.f - 1e-6f) * (1.f - mD_);
   la_.tiny = tiny_;
-  c_ = c;
-  mind_ = mind;
-  assign_ = assign;
-  cid_ = cid;
-  read_ = summ_ = 0;
-  bad_ = false;
-  visit(0, -std::numeric_limits<float>::infinity());
+  visit(0, nc_ == 32 ? ~0u : (1u << nc_) - 1u);
   *read += read_;
   *summaries += summ_;
   if (bad_) *bad = true;
@@ -432,30 +497,38 @@ float coreset_sq_dist32_generic(const float* q, const float* ac, int64_t Kp) {
   return s;
 }
 
-int64_t coreset_leaf_test_generic(const CoresetLeafArgs& a, int64_t p0, int64_t p1, int64_t* cand) {
-  int64_t k = 0;
-  const int64_t Kp = a.Kp;
+int64_t coreset_leaf_test_generic(const CoresetLeafArgs& a, int64_t p0, int64_t p1, uint32_t active, int64_t* cand,
+                                  int64_t cap, int64_t* counts) {
+  int64_t total = 0;
+  const int64_t Kp = a.Kp, J0 = std::min<int64_t>(8, Kp);
   float d2[8];
-  for (int64_t p = p0; p < p1; p += 8) {
-    const int64_t J0 = std::min<int64_t>(8, Kp);
-    const uint16_t* h1 = a.hs1 + (p / 8) * J0 * 8;
-    const uint16_t* h2 = a.hs2 + (p / 8) * (Kp - J0) * 8;
-    for (int r = 0; r < 8; ++r) d2[r] = 0.f;
-    for (int64_t j = 0; j < Kp; ++j)
+  for (int i = 0; i < CoresetFilter::kMaxBatch; ++i) counts[i] = 0;
+  for (uint32_t bits = active; bits != 0; bits &= bits - 1) {
+    const int ci = __builtin_ctz(bits);
+    const CoresetCentreSummary& cs = a.cs[ci];
+    int64_t k = 0;
+    for (int64_t p = p0; p < p1; p += 8) {
+      const uint16_t* h1 = a.hs1 + (p / 8) * J0 * 8;
+      const uint16_t* h2 = a.hs2 + (p / 8) * (Kp - J0) * 8;
+      for (int r = 0; r < 8; ++r) d2[r] = 0.f;
+      for (int64_t j = 0; j < Kp; ++j)
+        for (int r = 0; r < 8; ++r) {
+          const uint16_t hb = j < J0 ? h1[j * 8 + r] : h2[(j - J0) * 8 + r];
+          const float d = static_cast<float>(c10::Half(hb, c10::Half::from_bits())) - cs.ac[j];
+          d2[r] += d * d;
+        }
       for (int r = 0; r < 8; ++r) {
-        const uint16_t hb = j < J0 ? h1[j * 8 + r] : h2[(j - J0) * 8 + r];
-        const float d = static_cast<float>(c10::Half(hb, c10::Half::from_bits())) - a.ac[j];
-        d2[r] += d * d;
+        const int64_t i = p + r;
+        const float m = a.mind[i];
+        if (!(m >= 0.f)) continue;  // chosen or padding
+        const float egr = std::abs(a.en[i] - cs.en_c) - a.se[i] - cs.se_c;
+        if (!(coreset_summary_bound(d2[r], a.sa[i], cs.s_c, egr, a) >= m)) cand[ci * cap + k++] = i;
       }
-    for (int r = 0; r < 8; ++r) {
-      const int64_t i = p + r;
-      const float m = a.mind[i];
-      if (!(m >= 0.f)) continue;  // chosen or padding
-      const float egr = std::abs(a.en[i] - a.en_c) - a.se[i] - a.se_c;
-      if (!(coreset_summary_bound(d2[r], a.sa[i], egr, a) >= m)) cand[k++] = i;
     }
+    counts[ci] = k;
+    total += k;
   }
-  return k;
+  return total;
 }
 
 }  // namespace fastad::cpu
