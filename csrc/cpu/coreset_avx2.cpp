@@ -125,6 +125,10 @@ int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1,
     const __m256 bound = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), B2), fin), tiny);
     return _mm256_movemask_ps(_mm256_cmp_ps(bound, m, _CMP_NGE_UQ));
   };
+  // first test's factors, rounded up: 1 / (fin sc2) and 1 / lo_k^2 (float64, then up), and 1 + 2^-21
+  const __m256 inv_fs = _mm256_set1_ps(static_cast<float>(1.0 / (static_cast<double>(a.fin) * a.sc2)) * 1.0000002f);
+  const __m256 ilk2 = _mm256_set1_ps(static_cast<float>(1.0 / (static_cast<double>(a.lo_k) * a.lo_k)) * 1.000001f);
+  const __m256 up = _mm256_set1_ps(1.0000005f);
   for (int i = 0; i < CoresetFilter::kMaxBatch; ++i) counts[i] = 0;
   int cl[CoresetFilter::kMaxBatch];
   int nc = 0;
@@ -148,8 +152,11 @@ int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1,
       const uint16_t* h = a.hs1 + g * J0 * 8;
       __m256 hv[8];
       for (int64_t j = 0; j < J0; ++j) hv[j] = load8(h + j * 8, f16);
+      // bound without the residual term: (sqrt(d2) lo_k - sa_g - s_c)^2 sc2 fin - tiny >= m exactly when
+      // d2 >= ((R + sa_g + s_c) / lo_k)^2 with R = sqrt((m + tiny) / (fin sc2)); every factor below rounds the
+      // threshold up (a few float roundings of positive terms, each <= 2^-24 relative), so d2 >= thr proves it
       const float* gbp = a.gb + g * 4;
-      const __m256 gsa = _mm256_set1_ps(gbp[0]);
+      const __m256 R = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_mul_ps(_mm256_add_ps(m, tiny), inv_fs)), up);
       for (int t = 0; t < nc; ++t) {
         const int ci = cl[t];
         const CoresetCentreSummary& cs = a.cs[ci];
@@ -166,9 +173,9 @@ int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1,
           a0 = _mm256_fmadd_ps(d0, d0, a0);
         }
         const __m256 d2 = _mm256_add_ps(a0, a1);
-        const float egg = std::max(gbp[1] - (cs.en_c + cs.se_c), (cs.en_c - cs.se_c) - gbp[2]);
-        const float B2g = egg > 0.f ? egg * egg : 0.f;
-        const int bits = live & pass(d2, gsa, _mm256_set1_ps(cs.s_c), _mm256_set1_ps(B2g), m);
+        const __m256 x = _mm256_add_ps(R, _mm256_set1_ps((gbp[0] + cs.s_c) * 1.0000002f));
+        const __m256 thr = _mm256_mul_ps(_mm256_mul_ps(x, x), ilk2);
+        const int bits = live & _mm256_movemask_ps(_mm256_cmp_ps(d2, thr, _CMP_NGE_UQ));
         hits[n].g = g;
         hits[n].ci = ci;
         hits[n].bits = bits;
