@@ -150,17 +150,23 @@ using CoresetSqDistFn = float (*)(const float*, const float*, int64_t);
 /// coordinates, e: residuals), the summaries give a rigorous lower bound of the distance to the new centre
 /// c; with the rounding margin coreset_margin(D) a row whose bound is >= its running min cannot improve
 /// (its computed distance would not be below its running min) and is not read in full. The rows are the
-/// leaves (8 or 16 rows) of a binary tree (recursive bisection in summary space); every node keeps a ball
-/// around its rows' summaries, the range of their residual norms and its largest running min (value,
-/// smallest row index on ties). A step descends from the root and skips every node whose bound is >= that
-/// maximum; only the maxima along changed paths are recomputed, and the argmax is the root's. Rows that
-/// are read get exactly the exhaustive step's distance (the same dists function on the same stored values
-/// and centre) and the same update, so the indices are identical.
-/// Memory: a tree-ordered copy of the bank, 2 N int64 + 4 N floats + N * 32 halves, and per node
-/// 32 floats + 48 bytes (< N / 4 nodes).
+/// leaves (<= kLeaf rows, splits at multiples of 8) of a binary tree (recursive bisection in summary space);
+/// every node keeps a ball around its rows' summaries, the range of their residual norms and its largest
+/// running min (value, smallest row index on ties); only the maxima along changed paths are recomputed and
+/// the argmax is the root's. Steps come in batches: after the centre c_1, the root's argmax r is the next
+/// greedy choice as long as no centre of the batch improves it (its running min is an upper bound of
+/// every other row's after the batch), so up to kMaxBatch centres are chosen from one pass. The pass
+/// descends from the root with the set of centres that may improve a row below (a node's bound >= its
+/// maximum drops a centre), tests 8 rows at a time against each centre (8 axes with the group's terms as a
+/// squared-distance threshold, then 32 axes with each row's terms), then, for float32 banks, a float16
+/// copy of the row (||x - c|| >= ||h - c|| - ||x - h||), and reads the rest in full. Rows that are read
+/// get exactly the exhaustive step's distance (the same dists function on the same stored values and
+/// centre) and the same updates in the same order, so the indices and distances are identical.
+/// Memory: a tree-ordered copy of the bank (and a float16 one of float32 banks), 2 N int64 + 5 N floats +
+/// N * 32 halves, and per node 32 floats + 48 bytes (< N / 64 nodes).
 class CoresetFilter {
  public:
-  static constexpr int64_t kLeaf = 16;  // a node of more rows is split (leaves: 8 or 16 rows)
+  static constexpr int64_t kLeaf = 256;  // a node of more rows is split (every split at a multiple of 8 rows)
   static constexpr int64_t kMaxAxes = 32;
   CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists, CoresetLeafFn leaf,
                 CoresetSqDistFn sqd);

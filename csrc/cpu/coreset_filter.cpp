@@ -61,6 +61,8 @@ float round_down(double v) {
 CoresetFilter::CoresetFilter(const void* bank, int dtype, int64_t N, int64_t D, CoresetDistsFn dists,
                              CoresetLeafFn leaf, CoresetSqDistFn sqd)
     : bank_(bank), dtype_(dtype), N_(N), D_(D), dists_(dists), leaf_(leaf), sqd_(sqd) {
+  // FASTAD_CORESET_LEAF=n: leaves of at most n rows (a multiple of 8, >= 8): the tests use small leaves to
+  // get deep trees on small banks
   if (const char* e = std::getenv("FASTAD_CORESET_LEAF")) leaf_rows_ = std::max<int64_t>(8, std::atoi(e) / 8 * 8);
   mD_ = coreset_margin(D);
   tiny_ = static_cast<float>(D + 16) * 0x1p-100f;  // absolute error of underflowing squares (with FTZ)
@@ -324,6 +326,15 @@ bool CoresetFilter::visit(int32_t n, uint32_t active) {
   const int64_t lo = nd.lo, p1 = (nd.hi + 7) / 8 * 8, cap = leaf_rows_ + 8;
   summ_ += p1 - lo;
   if (leaf_(la_, lo, p1, act, cand_.data(), cap, counts_) == 0) return false;
+  {  // the candidates' rows are scattered: start loading them all before the first distance
+    const size_t rowb = static_cast<size_t>(D_) * (h16_.empty() ? (dtype_ == kCoresetF32 ? 4 : 2) : 2);
+    const char* base = h16_.empty() ? data_.data() : reinterpret_cast<const char*>(h16_.data());
+    for (int i = 0; i < nc_; ++i)
+      for (int64_t j = 0; j < counts_[i]; ++j) {
+        const char* r = base + static_cast<size_t>(cand_[i * cap + j]) * rowb;
+        for (size_t o = 0; o < rowb; o += 64) __builtin_prefetch(r + o);
+      }
+  }
   // running minima only decrease: the leaf's maximum (value, smallest row) changes only if its own row does
   bool changed = false;
   const int64_t top = nd.maxi;
