@@ -2,6 +2,7 @@
 // called only after fastad::cpu_has_avx2_fma() (see coreset_kernel.cpp).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -101,6 +102,135 @@ void coreset_row_dists_avx2(const void* bank, int dtype, int64_t D, const int64_
     case kCoresetBF16: return row_dists<kCoresetBF16>(static_cast<const uint16_t*>(bank), D, rows, count, c, out);
     default: return row_dists<kCoresetF32>(static_cast<const float*>(bank), D, rows, count, c, out);
   }
+}
+
+float coreset_sq_dist32_avx2(const float* q, const float* ac, int64_t Kp) {
+  return sq_dist<kCoresetF32>(q, ac, Kp);
+}
+
+int64_t coreset_leaf_test_avx2(const CoresetLeafArgs& a, int64_t p0, int64_t p1, uint32_t active, int64_t* cand,
+                               int64_t cap, int64_t* counts) {
+  // coreset_summary_bound on 8 positions at once (same operations; the sum of squares may round in
+  // another order, which coreset_margin(Kp) covers). First test per (group of 8, centre): the first J0
+  // axes (a lower bound of the sum over all Kp) with the group's terms (its largest sa, its residual-norm
+  // range), without branches; then, for the pairs where some row passed, every axis with each row's terms.
+  const int64_t Kp = a.Kp;
+  const __m256 lo_k = _mm256_set1_ps(a.lo_k), sc2 = _mm256_set1_ps(a.sc2), fin = _mm256_set1_ps(a.fin);
+  const __m256 tiny = _mm256_set1_ps(a.tiny), zero = _mm256_setzero_ps();
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const std::integral_constant<int, kCoresetF16> f16;
+  auto pass = [&](__m256 dd, __m256 sa, __m256 s_c, __m256 B2, __m256 m) {  // bound below the running min
+    const __m256 s = _mm256_sub_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_sqrt_ps(dd), lo_k), sa), s_c);
+    const __m256 A = _mm256_max_ps(s, zero);
+    const __m256 bound = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(A, A), sc2), B2), fin), tiny);
+    return _mm256_movemask_ps(_mm256_cmp_ps(bound, m, _CMP_NGE_UQ));
+  };
+  // first test's factors, rounded up: 1 / (fin sc2) and 1 / lo_k^2 (float64, then up), and 1 + 2^-21
+  const __m256 inv_fs = _mm256_set1_ps(static_cast<float>(1.0 / (static_cast<double>(a.fin) * a.sc2)) * 1.0000002f);
+  const __m256 ilk2 = _mm256_set1_ps(static_cast<float>(1.0 / (static_cast<double>(a.lo_k) * a.lo_k)) * 1.000001f);
+  const __m256 up = _mm256_set1_ps(1.0000005f);
+  for (int i = 0; i < CoresetFilter::kMaxBatch; ++i) counts[i] = 0;
+  int cl[CoresetFilter::kMaxBatch];
+  int nc = 0;
+  for (uint32_t bits = active; bits != 0; bits &= bits - 1) cl[nc++] = __builtin_ctz(bits);
+  constexpr int64_t kChunk = 8;  // groups per first pass
+  struct Hit {
+    int64_t g;
+    int ci, bits;
+    __m256 d2;
+  };
+  alignas(32) Hit hits[kChunk * CoresetFilter::kMaxBatch];
+  int64_t total = 0;
+  auto run = [&](auto J0c) {  // J0 = 8 as a constant (the common case: Kp >= 8) keeps the group in registers
+    const int64_t J0 = J0c;
+    for (int64_t g0 = p0 / 8; g0 < p1 / 8; g0 += kChunk) {
+      const int64_t g1 = std::min(p1 / 8, g0 + kChunk);
+      int64_t n = 0;
+      for (int64_t g = g0; g < g1; ++g) {
+        const __m256 m = _mm256_loadu_ps(a.mind + g * 8);
+        const int live = _mm256_movemask_ps(_mm256_cmp_ps(m, zero, _CMP_GE_OQ));  // chosen, padding: < 0
+        if (live == 0) continue;
+        const uint16_t* h = a.hs1 + g * J0 * 8;
+        __m256 hv[8];
+        for (int64_t j = 0; j < J0; ++j) hv[j] = load8(h + j * 8, f16);
+        // bound without the residual term: (sqrt(d2) lo_k - sa_g - s_c)^2 sc2 fin - tiny >= m exactly when
+        // d2 >= ((R + sa_g + s_c) / lo_k)^2 with R = sqrt((m + tiny) / (fin sc2)); every factor below rounds the
+        // threshold up (a few float roundings of positive terms, each <= 2^-24 relative), so d2 >= thr proves it
+        const float* gbp = a.gb + g * 4;
+        const __m256 R = _mm256_mul_ps(_mm256_sqrt_ps(_mm256_mul_ps(_mm256_add_ps(m, tiny), inv_fs)), up);
+        for (int t = 0; t < nc; ++t) {
+          const int ci = cl[t];
+          const CoresetCentreSummary& cs = a.cs[ci];
+          __m256 a0 = zero, a1 = zero;
+          int64_t j = 0;
+          for (; j + 2 <= J0; j += 2) {
+            const __m256 d0 = _mm256_sub_ps(hv[j], _mm256_broadcast_ss(cs.ac + j));
+            const __m256 d1 = _mm256_sub_ps(hv[j + 1], _mm256_broadcast_ss(cs.ac + j + 1));
+            a0 = _mm256_fmadd_ps(d0, d0, a0);
+            a1 = _mm256_fmadd_ps(d1, d1, a1);
+          }
+          for (; j < J0; ++j) {
+            const __m256 d0 = _mm256_sub_ps(hv[j], _mm256_broadcast_ss(cs.ac + j));
+            a0 = _mm256_fmadd_ps(d0, d0, a0);
+          }
+          const __m256 d2 = _mm256_add_ps(a0, a1);
+          const __m256 x = _mm256_add_ps(R, _mm256_set1_ps((gbp[0] + cs.s_c) * 1.0000002f));
+          const __m256 thr = _mm256_mul_ps(_mm256_mul_ps(x, x), ilk2);
+          const int bits = live & _mm256_movemask_ps(_mm256_cmp_ps(d2, thr, _CMP_NGE_UQ));
+          hits[n].g = g;
+          hits[n].ci = ci;
+          hits[n].bits = bits;
+          hits[n].d2 = d2;
+          n += bits != 0;
+        }
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        const Hit& ht = hits[t];
+        const int64_t p = ht.g * 8;
+        const CoresetCentreSummary& cs = a.cs[ht.ci];
+        const __m256 m = _mm256_loadu_ps(a.mind + p);
+        const __m256 eg = _mm256_sub_ps(
+            _mm256_sub_ps(_mm256_and_ps(_mm256_sub_ps(_mm256_loadu_ps(a.en + p), _mm256_set1_ps(cs.en_c)), absmask),
+                          _mm256_loadu_ps(a.se + p)),
+            _mm256_set1_ps(cs.se_c));
+        const __m256 B2 = _mm256_mul_ps(_mm256_max_ps(eg, zero), _mm256_max_ps(eg, zero));
+        __m256 d2f = ht.d2;
+        if (J0 < Kp) {
+          const uint16_t* h = a.hs2 + ht.g * (Kp - J0) * 8;
+          const float* ac = cs.ac + J0;
+          __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+          int64_t j = 0;
+          for (; j + 4 <= Kp - J0; j += 4) {
+            const __m256 d0 = _mm256_sub_ps(load8(h + j * 8, f16), _mm256_broadcast_ss(ac + j));
+            const __m256 d1 = _mm256_sub_ps(load8(h + j * 8 + 8, f16), _mm256_broadcast_ss(ac + j + 1));
+            const __m256 d2 = _mm256_sub_ps(load8(h + j * 8 + 16, f16), _mm256_broadcast_ss(ac + j + 2));
+            const __m256 d3 = _mm256_sub_ps(load8(h + j * 8 + 24, f16), _mm256_broadcast_ss(ac + j + 3));
+            a0 = _mm256_fmadd_ps(d0, d0, a0);
+            a1 = _mm256_fmadd_ps(d1, d1, a1);
+            a2 = _mm256_fmadd_ps(d2, d2, a2);
+            a3 = _mm256_fmadd_ps(d3, d3, a3);
+          }
+          for (; j < Kp - J0; ++j) {
+            const __m256 d0 = _mm256_sub_ps(load8(h + j * 8, f16), _mm256_broadcast_ss(ac + j));
+            a0 = _mm256_fmadd_ps(d0, d0, a0);
+          }
+          d2f = _mm256_add_ps(d2f, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        }
+        int bits = ht.bits & pass(d2f, _mm256_loadu_ps(a.sa + p), _mm256_set1_ps(cs.s_c), B2, m);
+        int64_t* out = cand + ht.ci * cap;
+        int64_t k = counts[ht.ci];
+        total += __builtin_popcount(bits);
+        while (bits != 0) {
+          out[k++] = p + __builtin_ctz(bits);
+          bits &= bits - 1;
+        }
+        counts[ht.ci] = k;
+      }
+    }
+  };
+  if (Kp >= 8) run(std::integral_constant<int64_t, 8>{});
+  else run(Kp);
+  return total;
 }
 
 }  // namespace fastad::cpu

@@ -135,6 +135,8 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
   const bool avx2 = FASTAD_HAVE_AVX2 && cpu_has_avx2_fma() && !force_generic;
   auto step_fn = avx2 ? &coreset_update_avx2 : &coreset_update_generic;
   auto dists_fn = avx2 ? &coreset_row_dists_avx2 : &coreset_row_dists_generic;
+  auto leaf_fn = avx2 ? &coreset_leaf_test_avx2 : &coreset_leaf_test_generic;
+  auto sqd_fn = avx2 ? &coreset_sq_dist32_avx2 : &coreset_sq_dist32_generic;
 
   const int64_t tasks = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (N + kCoresetMinRowsPerTask - 1) / kCoresetMinRowsPerTask));
@@ -173,6 +175,8 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   };
   std::unique_ptr<CoresetFilter> tree;
+  std::vector<int64_t> more_rows(CoresetFilter::kMaxBatch);
+  std::vector<float> more_vals(CoresetFilter::kMaxBatch);
   bool tree_stale = true;
   int64_t tree_next = prune ? std::numeric_limits<int64_t>::max() : 2;  // FASTAD_CORESET_PRUNE=0: build at once
   int64_t tree_backoff = kTreeMinBackoff, tree_run = 0;
@@ -199,22 +203,29 @@ bool coreset_select(const void* bank, int dtype, int64_t N, int64_t D, int64_t n
     st.assign = assign;
     const double t_start = now_s();
     if (use_tree && step >= tree_next) {
-      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn);
+      if (!tree) tree = std::make_unique<CoresetFilter>(bank, dtype, N, D, dists_fn, leaf_fn, sqd_fn);
       const double t_built = now_s();
       if (tree_stale) tree->refresh(mind);
       tree_stale = false;
-      int64_t rd = 0, ns = 0;
+      int64_t rd = 0, ns = 0, nmore = 0;
       bool b = false;
-      const CoresetBest best =
-          tree->step(centre.data(), cur, static_cast<int32_t>(step - 1), mind, assign, &rd, &ns, &b);
+      // a batch of steps: centres that are provably the next greedy choices, applied in one pass
+      const CoresetBest best = tree->step(cur, static_cast<int32_t>(step - 1), n - step, mind, assign, more_rows.data(),
+                                          more_vals.data(), &nmore, &rd, &ns, &b);
       if (b) return false;
+      for (int64_t j = 0; j < nmore; ++j) {
+        out_idx[step + j] = more_rows[j];
+        out_d[step + j] = std::sqrt(std::max(more_vals[j], 0.f));
+        report(step + j + 1);
+      }
+      step += nmore;
       rows_read += rd;
-      rows_all += N;
-      st_filter_steps += 1;
+      rows_all += N * (1 + nmore);
+      st_filter_steps += 1 + nmore;
       st_summaries += ns;
       st_filter_s += now_s() - t_built;
       st_build_s += t_built - t_start;
-      ema(ema_tree, now_s() - t_built);
+      ema(ema_tree, (now_s() - t_built) / static_cast<double>(1 + nmore));
       ++tree_run;
       if (tree_run >= 2 && ema_exh > 0 && ema_tree > ema_exh) {  // the tree does not pay (yet): back off
         tree_next = step + 1 + tree_backoff;

@@ -231,3 +231,20 @@ def test_progress_bar_shows_rows_skipped(monkeypatch):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert posts and all(p.startswith("rows skipped ") and p.endswith("%") for p in posts)
     assert float(posts[-1].split()[-1][:-1]) > 50.0  # clustered data: most rows are skipped late on
+
+
+@pytest.mark.parametrize("leaf", ["8", "40"])
+@pytest.mark.parametrize("simd", ["", "generic"])
+def test_pruned_deep_tree_identical(monkeypatch, leaf, simd):
+    # FASTAD_CORESET_LEAF: smaller leaves than the default, so that these small banks get deep trees (node
+    # bounds, parent bounds, tournament maxima along changed paths, ties between subtrees, padded last group);
+    # FASTAD_CORESET_PRUNE=0 builds the tree at the first step, on any data
+    monkeypatch.setenv("FASTAD_CORESET_LEAF", leaf)
+    monkeypatch.setenv("FASTAD_CORESET_PRUNE", "0")
+    if simd:
+        monkeypatch.setenv("FASTAD_SIMD", simd)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    for j, (kind, N, D) in enumerate([(k, N, D) for k in KINDS for N, D in ((1, 3), (9, 5), (1001, 37), (2500, 152))]):
+        bank = make_bank(kind, N, D, j).to(dtypes[j % 3])
+        ip, dp, ie, de = both(bank, max(1, N // 4), start=j % N)
+        assert torch.equal(ip, ie) and torch.equal(dp, de), (kind, N, D, leaf)
