@@ -52,12 +52,13 @@ std::vector<std::pair<std::string, std::string>> op_kernels() {
                                                    : gemm + " (no AVX512-BF16: the screen is slower here)");
   k.emplace_back("mutual_scores", avx2 ? "AVX2/FMA 6x16 Gram tile + fused pair minima" : "portable Gram tile + pair minima");
   const std::string gram = avx2 ? "AVX2/FMA 6x16 Gram tile" : "portable Gram tile";
-  k.emplace_back("mutual_scores screen='auto'", bf16hw ? screen + " (C >= 96, L >= 128, no window)"
+  k.emplace_back("mutual_scores screen='auto'", bf16hw ? "bf16 screen (" + bf16k + ") + float32 re-score, else " + gram +
+                                                                " (C >= 96, L >= 128, no window)"
                                                        : gram + " (no AVX512-BF16: the screen is slower here)");
   k.emplace_back("mutual_scores screen='bf16'", bf16 ? "bf16 screen (" + bf16k + ") + float32 re-score (no window)"
                                                      : gram + " (no bf16 GEMM on this CPU)");
   k.emplace_back("coreset", std::string(cpu_has_avx2_fma() ? "AVX2/FMA distance step" : "portable distance step") +
-                                " (method='pruned': PCA row filter + block bounds, exact)");
+                                " (method='pruned': ball tree over PCA row summaries, batches of provably-next centres, exact)");
   k.emplace_back("mahalanobis float32/float16 factor", cpu::mahalanobis_kernel_name(false));
   k.emplace_back("mahalanobis bfloat16 factor", cpu::mahalanobis_kernel_name(true));
   k.emplace_back("mahalanobis cholesky factor", cpu::mahalanobis_kernel_name(false, true));
