@@ -52,7 +52,7 @@ def main():
                     help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
     ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
     ap.add_argument("--fit-repeats", type=int, default=3,
-                    help="MTD: interleaved fit rounds (fastad, anomalib); each side's minimum is reported")
+                    help="interleaved fit rounds (fastad, anomalib), MTD and --synthetic; each side's minimum is reported")
     ap.add_argument("--fit-dtype", default="auto", choices=["auto", "float64", "float32"],
                     help="PaDiM(fit_dtype=...): dtype of the per-position factorisation (auto: PaDiM's default, "
                          "float32 Cholesky with float64 redo of ill-conditioned positions; anomalib: float32)")
@@ -63,7 +63,8 @@ def main():
     if a.synthetic:
         from bench_padim_synth import run_synthetic
 
-        res = run_synthetic(a.threads, a.repeats, fit_dtype="float32" if a.fit_dtype == "auto" else a.fit_dtype)
+        res = run_synthetic(a.threads, a.repeats, fit_dtype="float32" if a.fit_dtype == "auto" else a.fit_dtype,
+                            fit_repeats=a.fit_repeats)
         if a.out:
             Path(a.out).write_text(json.dumps(res, indent=1))
         return
