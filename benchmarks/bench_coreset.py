@@ -39,6 +39,7 @@ import types
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
 
 import fastad
 from fastad.ops.coreset import auto_projection_dim, projected_bank
@@ -207,7 +208,7 @@ def main() -> None:
     centres = [int(c * N) if c < 1 else int(c) for c in args.centres]
     start = 0
     an = load_anomalib()
-    cpu = _cpu_model()
+    cpu = cpu_model()
     print(f"fastad {fastad.build_info()}")
     print(f"cpu: {cpu}; data: {what}")
     print(f"bank {N} x {D} fp32 ({bank.numel() * 4 / 2**20:.0f} MiB), threads={args.threads}, centres {centres}, "
@@ -286,18 +287,6 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(dict(argv=sys.argv[1:], build=str(fastad.build_info()), rows=rows), indent=1))
     if not all(r["identical_vs_exhaustive"] and r.get("anomalib_first_identical", [0, True])[1] for r in rows):
         sys.exit("MISMATCH: the pruned indices differ (see the table)")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def print_row(r):

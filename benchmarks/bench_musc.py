@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is the script's folder on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -294,16 +295,6 @@ def pair_bench(rounds=3, n1=4):
     print(f"best: knn {rk:.1f} GF/CPU-s; mutual_scores {1e3 * b1:.1f} ms/pair = {gf_pair / b1:.1f} GF/CPU-s "
           f"({gf_pair / b1 / rk:.2f} of knn); lnamd_mutual_scores (r 1,3,5) {1e3 * b3:.1f} ms/pair = "
           f"{gf_pair / b3:.1f} GF/CPU-s ({gf_pair / b3 / rk:.2f} of knn)", flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def screen_features(kind: str, n: int, side: int, channels: int, r: int, data: str):

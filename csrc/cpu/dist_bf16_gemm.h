@@ -77,6 +77,25 @@ inline void panelize(const uint16_t* x, int64_t ld, int64_t rows, int64_t D, uin
   }
 }
 
+// A screen's bank block: rows [j0, j0 + nc) of x (D floats each) centred by c, rounded to bf16 and packed
+// into NR-row panels at Bp (ceil(nc / NR) panels of ceil(D / 2) pairs); row_terms(jj, sums) receives each
+// row's fp32 conversion sums (3 floats, bf16_screen_bound.h) with jj = row - j0; false from it stops (false).
+template <class RowTerms>
+inline bool pack_screen_block(const Kern& kern, const float* x, int64_t j0, int64_t nc, int64_t D, const float* c,
+                              uint32_t* Bp, RowTerms&& row_terms) {
+  const int64_t Dp = round_up(D, 2), D2 = Dp / 2;
+  uint16_t* rows = tl_rows.get(NR * Dp);
+  float* sums = tl_sums.get(3 * NR);
+  for (int64_t p = 0; p * NR < nc; ++p) {
+    const int64_t nr = std::min(NR, nc - p * NR);
+    kern.rows(x + (j0 + p * NR) * D, nr, D, c, rows, Dp, sums);
+    panelize<NR>(rows, Dp, nr, Dp, Bp + p * NR * D2);
+    for (int64_t r = 0; r < nr; ++r)
+      if (!row_terms(p * NR + r, sums + 3 * r)) return false;
+  }
+  return true;
+}
+
 // The sweep: queries [qa, qb) of the packed superblock A (bf16 pair panels of D2 pairs; qa a multiple of
 // MR) against bank rows [ja, jb). epi.pack(j0, nc, Bp) packs a bank block (ceil(nc/16) panels) and its
 // per-row terms; epi(i0, mc, j0, nc, C, ldc) receives the finished [mc x nc] tile of raw bf16 dots.

@@ -85,23 +85,16 @@ struct ScreenEpi {
 
   bool pack(int64_t j0, int64_t nc, uint32_t* Bp) {
     if (abort->load(std::memory_order_relaxed)) return false;
-    const int64_t Dp = round_up(D, 2), D2 = Dp / 2;
-    uint16_t* rows = tl_rows.get(NR * Dp);
-    float* sums = tl_sums.get(3 * NR);
-    for (int64_t p = 0; p * NR < nc; ++p) {
-      const int64_t nr = std::min(NR, nc - p * NR);
-      kern->rows(b + (j0 + p * NR) * D, nr, D, c, rows, Dp, sums);
-      panelize<NR>(rows, Dp, nr, Dp, Bp + p * NR * D2);
-      for (int64_t r = 0; r < nr; ++r) {
-        const int64_t jj = p * NR + r;
-        if (!std::isfinite(sums[3 * r])) {  // the fp32 path reports (or handles) this row itself
-          abort->store(true);
-          return false;
-        }
-        beta[jj] = sums[3 * r];
-        bound.bank_terms(sums + 3 * r, D, X + jj, Y + jj, Z + jj);
+    const bool ok = pack_screen_block(*kern, b, j0, nc, D, c, Bp, [&](int64_t jj, const float* sums) {
+      if (!std::isfinite(sums[0])) {  // the fp32 path reports (or handles) this row itself
+        abort->store(true);
+        return false;
       }
-    }
+      beta[jj] = sums[0];
+      bound.bank_terms(sums, D, X + jj, Y + jj, Z + jj);
+      return true;
+    });
+    if (!ok) return false;
     for (int64_t jj = nc; jj < round_up(nc, 8); ++jj) beta[jj] = kInf, X[jj] = Y[jj] = Z[jj] = 0.f;
     return true;
   }

@@ -84,24 +84,16 @@ struct PairEpi {
   const screen::Bound* bound;
 
   bool pack(int64_t j0, int64_t nc, uint32_t* Bp) {
-    const int64_t Dp = round_up(C, 2), D2 = Dp / 2;
-    uint16_t* rows = tl_rows.get(NR * Dp);
-    float* sums = tl_sums.get(3 * NR);
-    for (int64_t p = 0; p * NR < nc; ++p) {
-      const int64_t nr = std::min(NR, nc - p * NR);
-      kern->rows(yb + (j0 + p * NR) * C, nr, C, c, rows, Dp, sums);
-      panelize<NR>(rows, Dp, nr, Dp, Bp + p * NR * D2);
-      for (int64_t r = 0; r < nr; ++r) {
-        const int64_t jj = p * NR + r;
-        double R, f;
-        bound->norms(sums + 3 * r, &R, &f);
-        f = f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-124;
-        nbb[jj] = nb[j0 + jj];
-        X[jj] = static_cast<float>((2 * bound->g * R + 2 * f) * (1 + 0x1p-20));
-        Y[jj] = static_cast<float>(2 * R);
-        Z[jj] = static_cast<float>((static_cast<double>(C) * 0x1p-124 + sb[j0 + jj]) * (1 + 0x1p-20));
-      }
-    }
+    pack_screen_block(*kern, yb, j0, nc, C, c, Bp, [&](int64_t jj, const float* sums) {
+      double R, f;
+      bound->norms(sums, &R, &f);
+      f = f + 0x1p-23 * R + std::sqrt(static_cast<double>(C)) * 0x1p-124;
+      nbb[jj] = nb[j0 + jj];
+      X[jj] = static_cast<float>((2 * bound->g * R + 2 * f) * (1 + 0x1p-20));
+      Y[jj] = static_cast<float>(2 * R);
+      Z[jj] = static_cast<float>((static_cast<double>(C) * 0x1p-124 + sb[j0 + jj]) * (1 + 0x1p-20));
+      return true;
+    });
     for (int64_t jj = nc; jj < round_up(nc, 8); ++jj) nbb[jj] = kInf, X[jj] = Y[jj] = Z[jj] = 0.f;  // up = +inf
     return true;
   }
