@@ -24,6 +24,7 @@
 #include <mutex>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/mahalanobis_checks.h"
 #include "cpu/dist_kernels.h"
 #include "cpu/gram.h"
@@ -304,6 +305,64 @@ void gather_maps_cpu(at::TensorList maps_, const at::Tensor& channels_, const at
   });
 }
 
+// gaussian_covariance: one pass over the lower triangles, parallel over positions. The formula
+// (sumsq_ij - (n m_i) m_j) * scale (+ reg when i == j) is evaluated in float64 in this order, without FMA
+// contraction (this file is compiled for the baseline ISA, which has no FMA), and rounded once; the
+// float64 redo of a float32 factorisation (fastad/gaussian.py) calls the same op with a float64 out.
+template <class T>
+void covariance_rows(const double* s2, const double* m, int64_t d, bool packed, double n, double scale, double reg,
+                     T* out) {
+  for (int64_t i = 0; i < d; ++i) {
+    const double* si = s2 + row_off(i, d, packed);
+    const double a = n * m[i];
+    T* oi = out + i * d;
+    for (int64_t j = 0; j < i; ++j) oi[j] = static_cast<T>((si[j] - a * m[j]) * scale);
+    oi[i] = static_cast<T>((si[i] - a * m[i]) * scale + reg);
+  }
+}
+
+void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale, double reg,
+                             at::Tensor& out) {
+  const char* op = "gaussian_covariance";
+  TORCH_CHECK(m.dim() == 1 || m.dim() == 2, op, ": m must be [d] or [P, d] (the shifted means), got shape ",
+              shape_str(m));
+  const bool batched = m.dim() == 2;
+  const int64_t P = batched ? m.size(0) : 1, d = m.size(-1);
+  TORCH_CHECK(m.scalar_type() == at::kDouble, op, ": m must be float64, got ", m.scalar_type());
+  TORCH_CHECK(sumsq.scalar_type() == at::kDouble, op, ": sumsq must be float64, got ", sumsq.scalar_type());
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
+              ": out must be float32 or float64, got ", out.scalar_type());
+  const auto want_mat = batched ? std::vector<int64_t>{P, d, d} : std::vector<int64_t>{d, d};
+  auto want_packed = batched ? std::vector<int64_t>{P, d} : std::vector<int64_t>{d};
+  want_packed.back() = d * (d + 1) / 2;
+  const bool packed = sumsq.dim() == static_cast<int64_t>(want_packed.size());
+  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(packed ? want_packed : want_mat), op, ": sumsq must be ",
+              at::IntArrayRef(want_mat), " (or packed lower triangles ", at::IntArrayRef(want_packed),
+              ") for m of shape ", shape_str(m), ", got ", shape_str(sumsq));
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(want_mat), op, ": out must be ", at::IntArrayRef(want_mat),
+              " for m of shape ", shape_str(m), ", got ", shape_str(out));
+  for (const at::Tensor* t : {&sumsq, &m, static_cast<const at::Tensor*>(&out)})
+    TORCH_CHECK(t->device().is_cpu(), op, ": sumsq, m and out must be on the CPU, got ", t->device());
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
+  TORCH_CHECK(std::isfinite(n) && std::isfinite(scale) && std::isfinite(reg), op,
+              ": n, scale and reg must be finite, got ", n, ", ", scale, ", ", reg);
+  if (P == 0 || d == 0) return;
+  const at::Tensor s2 = sumsq.contiguous(), mc = m.contiguous();
+  const double* sp = s2.data_ptr<double>();
+  const double* mp = mc.data_ptr<double>();
+  const int64_t sstride = packed ? d * (d + 1) / 2 : d * d;
+  const bool f32 = out.scalar_type() == at::kFloat;
+  void* op_ = out.data_ptr();
+  at::parallel_for(0, P, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, d * d)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      if (f32)
+        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<float*>(op_) + p * d * d);
+      else
+        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<double*>(op_) + p * d * d);
+    }
+  });
+}
+
 }  // namespace
 
 void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
@@ -321,6 +380,7 @@ void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float*
 TORCH_LIBRARY_IMPL(fastad, CPU, m) {
   m.impl("gaussian_accumulate", &gaussian_accumulate_cpu);
   m.impl("gather_maps", &gather_maps_cpu);
+  m.impl("gaussian_covariance", &gaussian_covariance_cpu);
 }
 
 }  // namespace fastad::cpu

@@ -230,6 +230,22 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     return None
 
 
+@torch.library.register_fake("fastad::gaussian_covariance")
+def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
+    op = "gaussian_covariance"
+    _check(m.dim() in (1, 2), f"{op}: m must be [d] or [P, d] (the shifted means), got shape {list(m.shape)}")
+    d = m.shape[-1]
+    mat = tuple(m.shape) + (d,)
+    packed = tuple(m.shape[:-1]) + (d * (d + 1) // 2,)
+    _check(m.dtype == torch.float64, f"{op}: m must be float64, got {m.dtype}")
+    _check(sumsq.dtype == torch.float64, f"{op}: sumsq must be float64, got {sumsq.dtype}")
+    _check(out.dtype in (torch.float32, torch.float64), f"{op}: out must be float32 or float64, got {out.dtype}")
+    _check(tuple(sumsq.shape) in (mat, packed),
+           f"{op}: sumsq must be {list(mat)} (or packed lower triangles {list(packed)}) for m of shape {list(m.shape)}, got {list(sumsq.shape)}")
+    _check(tuple(out.shape) == mat, f"{op}: out must be {list(mat)} for m of shape {list(m.shape)}, got {list(out.shape)}")
+    return None
+
+
 @torch.library.register_fake("fastad::gather_maps")
 def _gather_maps_fake(maps, channels, out):
     op = "gather_maps"

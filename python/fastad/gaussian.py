@@ -629,8 +629,6 @@ class GaussianAccumulator:
         # float32 in the factor itself
         direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
                     and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
-        sub = max(1, min(P, (4 << 20) // (8 * d * d)))  # positions per float64 temporary (~4 MB)
-        tmp64 = torch.zeros(sub, d, d, dtype=torch.float64) if direct32 else None
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
             t0 = time.process_time()
@@ -643,36 +641,21 @@ class GaussianAccumulator:
                 t0 = time.process_time()
             else:
                 b1, b2 = s1[p0:p1], s2[p0:p1]  # b2 packed [q, d (d + 1) / 2]
-            packed = s2 is not None
             ms = b1 / n  # mean of the shifted data
             # lower triangles only (the op fills those): scatter = S2 - n ms ms^T, one pass, no transposes
             # cov = (S2 - n ms ms^T) / (n - ddof) in one pass (in place when b2 is this block's own buffer)
             f = 1.0 / (n - ddof)
             if direct32:
-                # the covariance formed in float64 a few positions at a time (the float64 temporary stays in
-                # cache) and rounded once into the factor block, where it is factorised in place: no float64
-                # covariance pass over memory; the float64 covariance of a position is formed again only
-                # if its float32 factorisation is redone
+                # the covariance's lower triangles formed in float64 and rounded once into the factor block
+                # (ops.gaussian_covariance: one pass, lower triangles only), where they are factorised in
+                # place; a position whose float32 factorisation is redone gets the same op's float64 values
                 fb = factor[p0:p1]
 
-                def cov64(q0, q1, out=None, b2=b2, ms=ms, f=f, packed=packed):
-                    # the float64 covariances of positions [q0, q1) of the block (+ reg I): one formula for
-                    # the float32 rounding and the float64 redo, so a redo factorises the same values
-                    if packed:
-                        if out is None:
-                            out = torch.zeros(q1 - q0, d, d, dtype=torch.float64)
-                        c = _unpack_tril(b2[q0:q1], out).baddbmm_(ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
-                                                                   alpha=-float(n) * f)
-                    else:
-                        c = torch.baddbmm(b2[q0:q1], ms[q0:q1, :, None], ms[q0:q1, None, :], beta=f,
-                                          alpha=-float(n) * f, out=out)
-                    if reg:
-                        c.diagonal(dim1=-2, dim2=-1).add_(float(reg))
-                    return c
+                def cov64(q0, q1, b2=b2, ms=ms, f=f):
+                    out = torch.zeros(q1 - q0, d, d, dtype=torch.float64)
+                    return ops.gaussian_covariance(b2[q0:q1], ms[q0:q1], n, f, float(reg), out)
 
-                for q0 in range(0, p1 - p0, sub):
-                    q1 = min(p1 - p0, q0 + sub)
-                    fb[q0:q1].copy_(cov64(q0, q1, tmp64[: q1 - q0]))
+                ops.gaussian_covariance(b2, ms, n, f, float(reg), fb)
                 t1 = time.process_time()
                 t_cov += t1 - t0
                 ld, redo = _cholesky_logdet(lambda p: cov64(p, p + 1)[0], fb, what, first=p0,

@@ -215,6 +215,23 @@ def gaussian_accumulate(
 
 
 
+def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
+                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Reference of :func:`fastad.ops.gaussian_covariance`: the lower triangles (upper zero) of
+    ``(S - n m m^T) * scale + reg I`` in float64 from dense or packed sums, cast to ``dtype``."""
+    d = m.shape[-1]
+    if sumsq.dim() == m.dim():  # packed [.., d (d + 1) / 2]
+        i, j = torch.tril_indices(d, d)
+        S = torch.zeros(m.shape[:-1] + (d, d), dtype=torch.float64)
+        S[..., i, j] = sumsq.double()
+    else:
+        S = sumsq.double()
+    m64 = m.double()
+    c = (S - float(n) * m64[..., :, None] * m64[..., None, :]) * float(scale)
+    c = c + float(reg) * torch.eye(d, dtype=torch.float64)
+    return c.tril().to(dtype)
+
+
 def gather_maps(maps: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`fastad.ops.gather_maps`: the embedding formed as PaDiM / anomalib form it
     (nearest resize to the first map's grid, concatenation, channel subset), position-major."""

@@ -41,6 +41,35 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
 
 
+def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
+                        out: torch.Tensor) -> torch.Tensor:
+    """The covariances from :func:`gaussian_accumulate`'s sums, lower triangles only, in one pass (CPU):
+    for ``j <= i``, ``out[p, i, j] = (sumsq[p, i, j] - n * m[p, i] * m[p, j]) * scale``, plus ``reg`` on
+    the diagonal, evaluated in float64 in that order and rounded once to ``out``'s dtype. The strict
+    upper triangle of ``out`` is not written. With ``m = sum / n`` (the shifted means) and
+    ``scale = 1 / (n - ddof)`` this is the covariance of the accumulated rows.
+
+    Args:
+        sumsq: ``Tensor[P, d, d]`` float64 (lower triangle read) or the packed lower triangles
+            ``Tensor[P, d (d + 1) / 2]``; unbatched ``[d, d]`` / ``[d (d + 1) / 2]``.
+        m: ``Tensor[P, d]`` / ``Tensor[d]`` float64.
+        n, scale, reg: finite numbers.
+        out: ``Tensor[P, d, d]`` / ``Tensor[d, d]`` float32 or float64, contiguous, written in place.
+
+    Returns:
+        ``out``.
+
+    Example:
+        >>> import torch, fastad
+        >>> s2 = torch.tensor([[10.0, 0.0], [20.0, 40.0]], dtype=torch.float64)
+        >>> out = torch.zeros(2, 2)
+        >>> fastad.ops.gaussian_covariance(s2, torch.tensor([2.0, 4.0], dtype=torch.float64), 2, 1.0, 0.0, out).tolist()
+        [[2.0, 0.0], [4.0, 8.0]]
+    """
+    torch.ops.fastad.gaussian_covariance(sumsq, m, float(n), float(scale), float(reg), out)
+    return out
+
+
 def gather_maps(maps: List[torch.Tensor], channels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The rows of a multi-layer embedding (PaDiM's), position-major, in one pass: the concatenation of
     the layer maps, each resized to the first map's grid with ``F.interpolate(mode="nearest")``, its
