@@ -3,10 +3,15 @@ the pruned greedy equal to the exhaustive greedy's over the FULL run (the benchm
 the exhaustive run), on the PatchCore rows of MTD training images, 10% coreset, PatchCore's defaults
 (projection "auto" = none at 152 dims, its seeded start), float32
 (and ``--storage float16``), 1 thread. ``--cli-fit-set``: the 630 images ``fastad fit --seed 0`` fits on
-(700 minus its 70 held-out ones, pipeline.py's draw), and ``--model``: that fit's model file, whose memory
-bank must then be the exhaustive selection's rows bit for bit (the CLI's features = the cached ones).
+(700 minus its 70 held-out ones, pipeline.py's draw) from the cached features. The CLI extracts its own
+features (other batches: 6% of its rows differ from the cached ones by up to 1e-3 relative), so to check
+a CLI model give its own bank: ``--bank-model F`` = a model fitted with ``--coreset-ratio 1.0`` (the
+whole pre-coreset bank) and ``--model M`` = the same fit with the default coreset; M's memory bank must
+be the exhaustive selection's rows bit for bit:
 
-    .venv/bin/python benchmarks/checks/coreset_full_exact.py [--images 630 | --cli-fit-set [--model M]]
+    .venv/bin/python benchmarks/checks/coreset_full_exact.py [--images 630 | --cli-fit-set]
+    fastad fit --data ../shared/data/mtd --coreset-ratio 1.0 --out full.safetensors --device cpu --seed 0
+    .venv/bin/python benchmarks/checks/coreset_full_exact.py --bank-model full.safetensors --model model.safetensors
 
 The exhaustive run reads the whole bank every step (~30 ms/step at 493,920 x 152: ~25 CPU-min).
 Prints the times, the share of rows the pruned run read and the first difference, if any (exit 1).
@@ -34,16 +39,21 @@ ap.add_argument("--ratio", type=float, default=0.1)
 ap.add_argument("--storage", default="float32", choices=["float32", "float16"])
 ap.add_argument("--cli-fit-set", action="store_true")
 ap.add_argument("--model", default=None)
+ap.add_argument("--bank-model", default=None)
 a = ap.parse_args()
 torch.set_num_threads(1)
-rows = mtd_features(Path(a.data).resolve(), Path(a.cache_dir))
-if a.cli_fit_set:  # pipeline.fit_with_threshold: calibration 0.1 of 700 images, random.Random(seed + 1)
+if a.bank_model:
+    from safetensors.torch import load_file
+
+    bank = load_file(a.bank_model)["memory_bank"].contiguous()
+elif a.cli_fit_set:  # pipeline.fit_with_threshold: calibration 0.1 of the 700 images, random.Random(seed + 1)
+    rows = mtd_features(Path(a.data).resolve(), Path(a.cache_dir))
     n_img = rows.shape[0] // 784
     cal = set(random.Random(0 + 1).sample(range(n_img), int(round(n_img * 0.1))))
     keep = [i for i in range(n_img) if i not in cal]
     bank = rows.view(n_img, 784, -1)[keep].reshape(-1, rows.shape[1]).contiguous()
 else:
-    bank = rows[: a.images * 784].contiguous()
+    bank = mtd_features(Path(a.data).resolve(), Path(a.cache_dir))[: a.images * 784].contiguous()
 n = int(a.ratio * bank.shape[0])
 # PatchCore's start (random_state 0) and projection ("auto": never more dims than the input, so none here)
 start = int(torch.randint(bank.shape[0], (1,), generator=torch.Generator().manual_seed(0)))
