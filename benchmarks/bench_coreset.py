@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--centres", type=float, nargs="+", default=[5000, 500],
                     help="centres to choose; a value below 1 is a fraction of the rows (0.1 = PatchCore's default)")
     ap.add_argument("--projections", nargs="+", default=["none", "128", "auto"])
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="interleaved rounds of both methods (order alternating), each side's minimum CPU time")
     ap.add_argument("--storage", nargs="+", default=["float32", "float16"],
                     help="storage dtypes of OUR selection bank (fp32 arithmetic either way)")
     ap.add_argument("--exhaustive-steps", type=int, default=0,
@@ -250,8 +252,15 @@ def main() -> None:
             fs, fhow = (floor_s, floor_how) if sname == "float32" else floor_per_step(sx, args.floor_reps)
             for n in centres:
                 ne = n if args.exhaustive_steps <= 0 else min(n, args.exhaustive_steps + 1)
-                ie, de, e_cpu, e_wall, e_read = run_ours(sx, ne, start, "exhaustive")
-                ip, dp, p_cpu, p_wall, p_read = run_ours(sx, n, start, "pruned")
+                e_runs, p_runs = [], []
+                for r in range(max(1, args.repeats)):  # interleaved rounds, order alternating; each side's minimum
+                    for method in (("exhaustive", "pruned") if r % 2 == 0 else ("pruned", "exhaustive")):
+                        if method == "exhaustive":
+                            e_runs.append(run_ours(sx, ne, start, "exhaustive"))
+                        else:
+                            p_runs.append(run_ours(sx, n, start, "pruned"))
+                ie, de, e_cpu, e_wall, e_read = min(e_runs, key=lambda t: t[2])
+                ip, dp, p_cpu, p_wall, p_read = min(p_runs, key=lambda t: t[2])
                 same = torch.equal(ip[:ne], ie) and torch.equal(dp[:ne], de)
                 e_step = e_cpu / max(1, ne - 1)
                 row = dict(proj=proj, dims=dims, padded=int(sx.shape[1]), storage=sname, n=n, N=N,
