@@ -53,7 +53,7 @@ std::vector<std::pair<std::string, std::string>> op_kernels() {
   k.emplace_back("mutual_scores", avx2 ? "AVX2/FMA 6x16 Gram tile + fused pair minima" : "portable Gram tile + pair minima");
   const std::string gram = avx2 ? "AVX2/FMA 6x16 Gram tile" : "portable Gram tile";
   k.emplace_back("mutual_scores screen='auto'", bf16hw ? "bf16 screen (" + bf16k + ") + float32 re-score, else " + gram +
-                                                                " (C >= 96, L >= 128, no window)"
+                                                                " (C >= 128, L * C >= 32768, no window)"
                                                        : gram + " (no AVX512-BF16: the screen is slower here)");
   k.emplace_back("mutual_scores screen='bf16'", bf16 ? "bf16 screen (" + bf16k + ") + float32 re-score (no window)"
                                                      : gram + " (no bf16 GEMM on this CPU)");

@@ -376,17 +376,20 @@ at::Tensor mutual_scores_cpu(const at::Tensor& z, int64_t k, const std::optional
 
 // mutual_scores_screen: mutual_scores with its pair minima through the bf16 screen, identical output.
 // screen "bf16": whenever the bf16 GEMM can run (use_bf16_gemm()); "auto": only with AVX512-BF16 hardware,
-// C >= 96 and L >= 128 (NOT yet measured on such a CPU: knn's measured D >= 96, and L >= 128 because at
-// least ~2 / L of the pairs survive (each row's and column's minimiser), about group_min's measured floor
-// at group_size >= 64; on AVX2-only CPUs the screen runs through its scalar emulation, far slower, so
-// "auto" is the fp32 path there). With a window (same_position) the fp32 path runs.
+// C >= kAutoMinC and L * C >= kAutoMinLC, measured on a Zen 4 (bench_musc.py --screen compare, random unit
+// tokens, N = 8; auto / fp32 time): L=144: C=96 0.85x, C=128 0.89x, C=384 1.04x (faster); L=256: C=96 0.95x,
+// C=128 1.04x, C=384 1.11-1.27x (DINOv2 MTD); L=784, C=768 1.62x; L=1369, C=1024 1.65x. Small tiles lose:
+// each row's and column's minimiser survives (~2 / L of the pairs) and the bound costs a fixed epilogue per
+// pair. On AVX2-only CPUs the screen runs through its scalar emulation, far slower, so "auto" is the fp32
+// path there. With a window (same_position) the fp32 path runs.
+constexpr int64_t kAutoMinC = 128, kAutoMinLC = 32768;
 at::Tensor mutual_scores_screen_cpu(const at::Tensor& z, int64_t k, const std::optional<at::Tensor>& pool,
                                     int64_t window, c10::string_view screen) {
   TORCH_CHECK(screen == "bf16" || screen == "auto", "mutual_scores_screen: screen must be 'bf16' or 'auto', got '",
               std::string(screen), "'");
   check_mutual_args("mutual_scores", z, k, pool, window, false);
   bool on = use_bf16_gemm();
-  if (screen == "auto") on = use_bf16_micro() && z.size(2) >= 96 && z.size(1) >= 128;
+  if (screen == "auto") on = use_bf16_micro() && z.size(2) >= kAutoMinC && z.size(1) * z.size(2) >= kAutoMinLC;
   return mutual_scores_run(z, k, pool, window, on);
 }
 

@@ -114,12 +114,23 @@ def test_mutual_scores_screen_window_and_auto_run_fp32_path(monkeypatch):
     monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
     fastad.knn_screen_stats(reset=True)
     _assert_identical(z, 2, window=3)  # same_position: the fp32 path
-    _assert_identical(z, 2, screen="auto")  # C < 96: the fp32 path even with AVX512-BF16
+    _assert_identical(z, 2, screen="auto")  # C < 128: the fp32 path even with AVX512-BF16
     assert fastad.knn_screen_stats(reset=True)["calls"] == 0
     if not HW:  # no AVX512-BF16: "auto" never screens (the emulation is far slower than fp32)
-        z = _tokens(3, 64, 96, "unit", 4)
+        z = _tokens(3, 256, 128, "unit", 4)
         _assert_identical(z, 1, screen="auto")
         assert fastad.knn_screen_stats(reset=True)["calls"] == 0
+
+
+@needs_hw
+def test_mutual_scores_auto_screens_only_where_measured_faster():
+    """'auto' on AVX512-BF16: L * C >= 32768 with C >= 128 screens; L=144, C=128 (measured 0.89x) and
+    L=256, C=96 (0.95x) run the fp32 path."""
+    for (L, C), on in {(144, 128): False, (256, 96): False, (256, 128): True, (144, 384): True}.items():
+        z = _tokens(3, L, C, "unit", 5)
+        fastad.knn_screen_stats(reset=True)
+        _assert_identical(z, 1, screen="auto")
+        assert (fastad.knn_screen_stats(reset=True)["calls"] > 0) == on, (L, C)
 
 
 @needs_hw

@@ -119,7 +119,8 @@ def mutual_scores(
             every patch pair that can be a row or column minimum re-scored with the float32 path's own
             arithmetic), so the output is identical (bit for bit) to ``"none"``; see
             ``csrc/cpu/musc_screen_avx2.cpp`` for the derivation. ``"auto"`` screens only with AVX512-BF16,
-            ``C >= 96`` and ``L >= 128``; ``"bf16"`` whenever the bf16 GEMM can run. With ``same_position``,
+            ``C >= 128`` and ``L * C >= 32768`` (measured: smaller tiles run slower screened); ``"bf16"``
+            whenever the bf16 GEMM can run. With ``same_position``,
             on CUDA or where the bf16 GEMM cannot run, the float32 path runs. Survivor counts:
             ``fastad.knn_screen_stats()`` (shared with knn and group_min).
 
