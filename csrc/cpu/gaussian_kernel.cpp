@@ -10,7 +10,8 @@
 // at most kAccChunk shifted products, float64 across chunks. float64 x: float64 throughout. One pass
 // over x; memory: one chunk buffer, one d x d float32 tile and (more than one chunk per position) one
 // d x d float64 tile per thread (no [N, P, d, d] anything).
-// Parallel over positions (P > 1), or over row chunks with per-thread float64 partial sums (P = 1).
+// Parallel over positions (P > 1), or (P = 1) over up to 8 fixed groups of row chunks, each with its own float64
+// partial sums added in group order (deterministic on any thread count).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
@@ -21,7 +22,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "common/checks.h"
@@ -34,6 +34,7 @@ namespace fastad::cpu {
 
 namespace {
 constexpr int64_t kAccChunk = 256;
+constexpr int64_t kRowGroups = 8;  // P = 1: row-chunk groups summed separately (parallelism; fixed order)
 
 /// Offset of row i of a d x d lower triangle: dense (i d) or packed (i (i + 1) / 2).
 inline int64_t row_off(int64_t i, int64_t d, bool packed) { return packed ? i * (i + 1) / 2 : i * d; }
@@ -178,22 +179,29 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
       }
     });
   } else {
-    std::mutex mu;
-    const int64_t nchunks = (N + kAccChunk - 1) / kAccChunk;
-    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    // P = 1, many rows: the row chunks form kRowGroups groups fixed by N alone (not by the thread count),
+    // each summed into its own packed float64 partial, and the partials are added in group order: the
+    // same sums, bit for bit, on any number of threads and in every run
+    const int64_t nchunks = (N + kAccChunk - 1) / kAccChunk, G = std::min(nchunks, kRowGroups);
+    const int64_t sqp = d * (d + 1) / 2;
+    std::vector<double> g1(static_cast<size_t>(G * d), 0.0), g2(static_cast<size_t>(G * sqp), 0.0);
+    at::parallel_for(0, G, 1, [&](int64_t a, int64_t b) {
       AlignedFloats ybuf, tbuf;
-      std::vector<double> cs, s1(static_cast<size_t>(d), 0.0), s2(static_cast<size_t>(d * d), 0.0);
-      for (int64_t c = c0; c < c1; ++c) {
-        const int64_t n0 = c * kAccChunk;
-        if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, s1.data(), s2.data(), false, simd,
-                             ybuf, tbuf, cs))
-          bad = 0;
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      for (int64_t j = 0; j < d; ++j) sum[j] += s1[j];
-      for (int64_t i = 0; i < d; ++i)
-        for (int64_t j = 0; j <= i; ++j) sumsq[row_off(i, d, packed) + j] += s2[i * d + j];
+      std::vector<double> cs;
+      for (int64_t g = a; g < b; ++g)
+        for (int64_t c = nchunks * g / G; c < nchunks * (g + 1) / G; ++c) {
+          const int64_t n0 = c * kAccChunk;
+          if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, g1.data() + g * d,
+                               g2.data() + g * sqp, true, simd, ybuf, tbuf, cs))
+            bad = 0;
+        }
     });
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t j = 0; j < d; ++j) sum[j] += g1[g * d + j];
+      const double* t = g2.data() + g * sqp;
+      for (int64_t i = 0; i < d; ++i)
+        for (int64_t j = 0; j <= i; ++j) sumsq[row_off(i, d, packed) + j] += t[i * (i + 1) / 2 + j];
+    }
   }
   TORCH_CHECK(bad.load() < 0, "gaussian_accumulate: x (or shift) holds NaN or Inf",
               s.per_position ? " at position " + std::to_string(bad.load()) : std::string(),

@@ -225,16 +225,34 @@ def test_gaussian_accumulate_packed(N, P, d, dtype):
         x, shift, s1, dense, packed = x[:, 0], shift[0], s1[0].contiguous(), dense[0].contiguous(), packed[0].contiguous()
     w1, w2 = ref.gaussian_accumulate(x, shift, s1, packed)
     d1 = s1.clone()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # (P = 1, N > 256: threads add their row chunks in the order they finish)
-    try:
-        fastad.ops.gaussian_accumulate(x, shift, d1, dense)
-        fastad.ops.gaussian_accumulate(x, shift, s1, packed)
-    finally:
-        torch.set_num_threads(n)
+    fastad.ops.gaussian_accumulate(x, shift, d1, dense)
+    fastad.ops.gaussian_accumulate(x, shift, s1, packed)
     assert torch.equal(packed, dense[..., i, j]) and torch.equal(s1, d1)
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     assert (packed - w2).abs().max().item() <= tol * max(1.0, float(w2.abs().max()))
+
+
+@pytest.mark.parametrize("N", [257, 2000, 5000])
+def test_gaussian_accumulate_one_position_is_deterministic_on_any_thread_count(N):
+    """P = 1 with many rows runs row-chunk groups in parallel: the groups (fixed by N) are summed in their
+    order, so 1 and 2 threads and repeated runs give the same bits."""
+    gen = torch.Generator().manual_seed(N)
+    x = torch.randn(N, 40, generator=gen) * 3 + 50
+    shift = x[:10].mean(0)
+    outs = []
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 2, 1, 3):
+            torch.set_num_threads(threads)
+            s1, s2 = torch.zeros(40, dtype=torch.float64), torch.zeros(40, 40, dtype=torch.float64)
+            fastad.ops.gaussian_accumulate(x, shift, s1, s2)
+            outs.append((s1, s2))
+    finally:
+        torch.set_num_threads(n)
+    for s1, s2 in outs[1:]:
+        assert torch.equal(s1, outs[0][0]) and torch.equal(s2, outs[0][1])
+    w1, w2 = ref.gaussian_accumulate(x, shift, torch.zeros(40, dtype=torch.float64), torch.zeros(40, 40, dtype=torch.float64))
+    assert (outs[0][1] - w2).abs().max().item() <= 2e-5 * float(w2.abs().max())
 
 
 def test_gaussian_accumulate_streaming_equals_one_shot():
