@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "common/checks.h"
 
 namespace fastad {
@@ -54,6 +56,21 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
   return s;
 }
 
+// sumsq for the vectors `vec` ([d] or [P, d]) of `from` (named `from_name` in the message): [.., d, d] or the
+// packed lower triangles [.., d (d + 1) / 2] (d = 1: the same layout); returns whether it is packed.
+static bool check_sumsq_layout(const char* op, const at::Tensor& sumsq, const std::vector<int64_t>& vec,
+                               const char* from_name, const at::Tensor& from) {
+  auto want_mat = vec;
+  want_mat.push_back(vec.back());
+  auto want_packed = vec;
+  want_packed.back() = vec.back() * (vec.back() + 1) / 2;
+  const bool packed = sumsq.dim() == static_cast<int64_t>(want_packed.size());
+  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(packed ? want_packed : want_mat), op, ": sumsq must be ",
+              at::IntArrayRef(want_mat), " (or packed lower triangles ", at::IntArrayRef(want_packed), ") for ",
+              from_name, " of shape ", shape_str(from), ", got ", shape_str(sumsq));
+  return packed;
+}
+
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq) {
   const char* op = "gaussian_accumulate";
@@ -65,21 +82,42 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
   TORCH_CHECK(sum.scalar_type() == at::kDouble, op, ": sum must be float64, got ", sum.scalar_type());
   TORCH_CHECK(sumsq.scalar_type() == at::kDouble, op, ": sumsq must be float64, got ", sumsq.scalar_type());
   const auto want_vec = s.per_position ? std::vector<int64_t>{s.P, s.d} : std::vector<int64_t>{s.d};
-  const auto want_mat = s.per_position ? std::vector<int64_t>{s.P, s.d, s.d} : std::vector<int64_t>{s.d, s.d};
   TORCH_CHECK(shift.sizes() == at::IntArrayRef(want_vec), op, ": shift must be ", at::IntArrayRef(want_vec),
               " for x of shape ", shape_str(x), ", got ", shape_str(shift));
   TORCH_CHECK(sum.sizes() == at::IntArrayRef(want_vec), op, ": sum must be ", at::IntArrayRef(want_vec),
               " for x of shape ", shape_str(x), ", got ", shape_str(sum));
-  auto want_packed = want_vec;
-  want_packed.back() = s.d * (s.d + 1) / 2;
-  s.packed = sumsq.dim() == static_cast<int64_t>(want_packed.size());  // (d = 1: the same layout)
-  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(s.packed ? want_packed : want_mat), op, ": sumsq must be ",
-              at::IntArrayRef(want_mat), " (or packed lower triangles ", at::IntArrayRef(want_packed),
-              ") for x of shape ", shape_str(x), ", got ", shape_str(sumsq));
+  s.packed = check_sumsq_layout(op, sumsq, want_vec, "x", x);
   TORCH_CHECK(sum.is_contiguous() && sumsq.is_contiguous(), op, ": sum and sumsq must be contiguous (updated in place)");
   for (const at::Tensor* t : {&shift, &sum, &sumsq})
     TORCH_CHECK(t->device() == x.device(), op, ": shift, sum and sumsq must be on x's device (", x.device(),
                 "), got ", t->device());
+  return s;
+}
+
+MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
+                                         double reg, const at::Tensor& out) {
+  const char* op = "gaussian_covariance";
+  TORCH_CHECK(m.dim() == 1 || m.dim() == 2, op, ": m must be [d] or [P, d] (the shifted means), got shape ",
+              shape_str(m));
+  MahaShape s;
+  s.per_position = m.dim() == 2;
+  s.P = s.per_position ? m.size(0) : 1;
+  s.d = m.size(-1);
+  TORCH_CHECK(m.scalar_type() == at::kDouble, op, ": m must be float64, got ", m.scalar_type());
+  TORCH_CHECK(sumsq.scalar_type() == at::kDouble, op, ": sumsq must be float64, got ", sumsq.scalar_type());
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
+              ": out must be float32 or float64, got ", out.scalar_type());
+  const auto want_vec = s.per_position ? std::vector<int64_t>{s.P, s.d} : std::vector<int64_t>{s.d};
+  s.packed = check_sumsq_layout(op, sumsq, want_vec, "m", m);
+  auto want_mat = want_vec;
+  want_mat.push_back(s.d);
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(want_mat), op, ": out must be ", at::IntArrayRef(want_mat),
+              " for m of shape ", shape_str(m), ", got ", shape_str(out));
+  for (const at::Tensor* t : {&sumsq, &m, &out})
+    TORCH_CHECK(t->device().is_cpu(), op, ": sumsq, m and out must be on the CPU, got ", t->device());
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
+  TORCH_CHECK(std::isfinite(n) && std::isfinite(scale) && std::isfinite(reg), op,
+              ": n, scale and reg must be finite, got ", n, ", ", scale, ", ", reg);
   return s;
 }
 

@@ -1,4 +1,4 @@
-// Argument checks of the Gaussian ops (mahalanobis, gaussian_accumulate), shared by the CPU and
+// Argument checks of the Gaussian ops (mahalanobis, gaussian_accumulate, gaussian_covariance, gather_maps), shared by the CPU and
 // CUDA entry functions. Messages name the op, the argument, what was expected and what was given.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -23,6 +23,12 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 /// i (i + 1) / 2; sets packed), contiguous; all on one device.
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq);
+
+/// gaussian_covariance (CPU): m [d] / [P, d] float64 (sets P, d, per_position); sumsq float64 [d, d] / [P, d, d]
+/// or packed [d (d + 1) / 2] / [P, d (d + 1) / 2] (sets packed); out float32 / float64 [d, d] / [P, d, d],
+/// contiguous; all on the CPU; n, scale, reg finite.
+MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
+                                         double reg, const at::Tensor& out);
 
 /// Shapes of a gather_maps call (checked): L layer maps [N, C_l, h_l, w_l]; C kept channels; the first
 /// layer's h x w grid.

@@ -24,7 +24,6 @@
 #include <cstring>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/mahalanobis_checks.h"
 #include "cpu/dist_kernels.h"
 #include "cpu/gram.h"
@@ -38,6 +37,15 @@ constexpr int64_t kRowGroups = 8;  // P = 1: row-chunk groups summed separately 
 
 /// Offset of row i of a d x d lower triangle: dense (i d) or packed (i (i + 1) / 2).
 inline int64_t row_off(int64_t i, int64_t d, bool packed) { return packed ? i * (i + 1) / 2 : i * d; }
+
+/// dst += src over the lower triangle incl. the diagonal (src, dst: float64, each dense [d, d] or packed).
+void add_lower(const double* src, bool src_packed, double* dst, bool dst_packed, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) {
+    const double* a = src + row_off(i, d, src_packed);
+    double* o = dst + row_off(i, d, dst_packed);
+    for (int64_t j = 0; j <= i; ++j) o[j] += a[j];
+  }
+}
 
 /// s2 [d, d] (float64, lower triangle; packed: row i at i (i + 1) / 2) += tril(Y^T Y) of nr centred float32
 /// rows y (zero-padded to ld, a multiple of 32, with 64 zero floats after the last row): the float32 SYRK
@@ -108,8 +116,7 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t j = 0; j <= i; ++j) s2[row_off(i, d, packed) + j] += acc[i * d + j];
+    add_lower(acc.data(), false, s2, packed, d);
     return true;
   } else {
     float* y = ybuf.get(static_cast<size_t>(nr * ld + 64));
@@ -167,15 +174,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
                                s2, packed, simd, ybuf, tbuf, cs))
             bad = p;
-        if (N > kAccChunk) {
-          double* o = sumsq + p * sq;
-          if (packed) {
-            for (int64_t k = 0; k < sq; ++k) o[k] += s2[k];
-          } else {
-            for (int64_t i = 0; i < d; ++i)
-              for (int64_t j = 0; j <= i; ++j) o[i * d + j] += s2[i * d + j];
-          }
-        }
+        if (N > kAccChunk) add_lower(s2, packed, sumsq + p * sq, packed, d);
       }
     });
   } else {
@@ -198,9 +197,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
     });
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t j = 0; j < d; ++j) sum[j] += g1[g * d + j];
-      const double* t = g2.data() + g * sqp;
-      for (int64_t i = 0; i < d; ++i)
-        for (int64_t j = 0; j <= i; ++j) sumsq[row_off(i, d, packed) + j] += t[i * (i + 1) / 2 + j];
+      add_lower(g2.data() + g * sqp, true, sumsq, packed, d);
     }
   }
   TORCH_CHECK(bad.load() < 0, "gaussian_accumulate: x (or shift) holds NaN or Inf",
@@ -331,29 +328,9 @@ void covariance_rows(const double* s2, const double* m, int64_t d, bool packed, 
 
 void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale, double reg,
                              at::Tensor& out) {
-  const char* op = "gaussian_covariance";
-  TORCH_CHECK(m.dim() == 1 || m.dim() == 2, op, ": m must be [d] or [P, d] (the shifted means), got shape ",
-              shape_str(m));
-  const bool batched = m.dim() == 2;
-  const int64_t P = batched ? m.size(0) : 1, d = m.size(-1);
-  TORCH_CHECK(m.scalar_type() == at::kDouble, op, ": m must be float64, got ", m.scalar_type());
-  TORCH_CHECK(sumsq.scalar_type() == at::kDouble, op, ": sumsq must be float64, got ", sumsq.scalar_type());
-  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, op,
-              ": out must be float32 or float64, got ", out.scalar_type());
-  const auto want_mat = batched ? std::vector<int64_t>{P, d, d} : std::vector<int64_t>{d, d};
-  auto want_packed = batched ? std::vector<int64_t>{P, d} : std::vector<int64_t>{d};
-  want_packed.back() = d * (d + 1) / 2;
-  const bool packed = sumsq.dim() == static_cast<int64_t>(want_packed.size());
-  TORCH_CHECK(sumsq.sizes() == at::IntArrayRef(packed ? want_packed : want_mat), op, ": sumsq must be ",
-              at::IntArrayRef(want_mat), " (or packed lower triangles ", at::IntArrayRef(want_packed),
-              ") for m of shape ", shape_str(m), ", got ", shape_str(sumsq));
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(want_mat), op, ": out must be ", at::IntArrayRef(want_mat),
-              " for m of shape ", shape_str(m), ", got ", shape_str(out));
-  for (const at::Tensor* t : {&sumsq, &m, static_cast<const at::Tensor*>(&out)})
-    TORCH_CHECK(t->device().is_cpu(), op, ": sumsq, m and out must be on the CPU, got ", t->device());
-  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
-  TORCH_CHECK(std::isfinite(n) && std::isfinite(scale) && std::isfinite(reg), op,
-              ": n, scale and reg must be finite, got ", n, ", ", scale, ", ", reg);
+  const MahaShape s = check_gaussian_covariance_args(sumsq, m, n, scale, reg, out);
+  const int64_t P = s.P, d = s.d;
+  const bool packed = s.packed;
   if (P == 0 || d == 0) return;
   const at::Tensor s2 = sumsq.contiguous(), mc = m.contiguous();
   const double* sp = s2.data_ptr<double>();

@@ -211,6 +211,14 @@ def _mahalanobis_fake(x, mean, factor, cholesky=False):
     return x.new_empty(tuple(x.shape[:-1]), dtype=torch.float32)
 
 
+def _check_sumsq(op, sumsq, vec, name, t):
+    """sumsq for the vectors ``vec`` (``[d]`` / ``[P, d]``) of ``t`` (called ``name``): dense or packed lower triangles."""
+    d = vec[-1]
+    mat, packed = tuple(vec) + (d,), tuple(vec[:-1]) + (d * (d + 1) // 2,)
+    _check(tuple(sumsq.shape) in (mat, packed),
+           f"{op}: sumsq must be {list(mat)} (or packed lower triangles {list(packed)}) for {name} of shape {list(t.shape)}, got {list(sumsq.shape)}")
+
+
 @torch.library.register_fake("fastad::gaussian_accumulate")
 def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     op = "gaussian_accumulate"
@@ -222,9 +230,7 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     _check(sumsq.dtype == torch.float64, f"{op}: sumsq must be float64, got {sumsq.dtype}")
     _check(tuple(shift.shape) == vec, f"{op}: shift must be {list(vec)} for x of shape {list(x.shape)}, got {list(shift.shape)}")
     _check(tuple(sum.shape) == vec, f"{op}: sum must be {list(vec)} for x of shape {list(x.shape)}, got {list(sum.shape)}")
-    packed = vec[:-1] + (d * (d + 1) // 2,)
-    _check(tuple(sumsq.shape) in (vec + (d,), packed),
-           f"{op}: sumsq must be {list(vec + (d,))} (or packed lower triangles {list(packed)}) for x of shape {list(x.shape)}, got {list(sumsq.shape)}")
+    _check_sumsq(op, sumsq, vec, "x", x)
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
     return None
@@ -234,14 +240,11 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
 def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
     op = "gaussian_covariance"
     _check(m.dim() in (1, 2), f"{op}: m must be [d] or [P, d] (the shifted means), got shape {list(m.shape)}")
-    d = m.shape[-1]
-    mat = tuple(m.shape) + (d,)
-    packed = tuple(m.shape[:-1]) + (d * (d + 1) // 2,)
+    mat = tuple(m.shape) + (m.shape[-1],)
     _check(m.dtype == torch.float64, f"{op}: m must be float64, got {m.dtype}")
     _check(sumsq.dtype == torch.float64, f"{op}: sumsq must be float64, got {sumsq.dtype}")
     _check(out.dtype in (torch.float32, torch.float64), f"{op}: out must be float32 or float64, got {out.dtype}")
-    _check(tuple(sumsq.shape) in (mat, packed),
-           f"{op}: sumsq must be {list(mat)} (or packed lower triangles {list(packed)}) for m of shape {list(m.shape)}, got {list(sumsq.shape)}")
+    _check_sumsq(op, sumsq, tuple(m.shape), "m", m)
     _check(tuple(out.shape) == mat, f"{op}: out must be {list(mat)} for m of shape {list(m.shape)}, got {list(out.shape)}")
     return None
 
