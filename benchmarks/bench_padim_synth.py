@@ -134,8 +134,6 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
     del emb_train_c
     t_fit_f, t_fit_a = min(x["fastad_cpu_s"] for x in rounds), min(x["anomalib_cpu_s"] for x in rounds)
     w_fit_f, w_fit_a = min(x["fastad_wall_s"] for x in rounds), min(x["anomalib_wall_s"] for x in rounds)
-    m_f = type("Peak", (), {"extra": ex_f})()
-    m_a = type("Peak", (), {"extra": ex_a})()
     model_bytes = model.factor.numel() * model.factor.element_size() + model.mean.numel() * 4
     model_o, _, t_fit_o = timed(lambda: fit(other))  # the other factorisation dtype (after anomalib: interleaved)
     # distances of the two factorisations on the test images (relative), a measure of float32's error
@@ -158,15 +156,15 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
                max_rel_d2_diff_f32_vs_f64_factorisation=rel_fit)
     res.update(fit_cpu_s_fastad=t_fit_f, fit_cpu_s_anomalib=t_fit_a, fit_speedup_cpu=t_fit_a / t_fit_f,
                fit_wall_s_fastad=w_fit_f, fit_wall_s_anomalib=w_fit_a, fit_speedup_wall=w_fit_a / w_fit_f,
-               model_bytes=model_bytes, peak_extra_bytes_fastad=m_f.extra, peak_extra_ratio_fastad=m_f.extra / model_bytes,
-               anomalib_model_bytes=a_bytes, peak_extra_bytes_anomalib=m_a.extra,
-               peak_extra_ratio_anomalib=m_a.extra / a_bytes)
+               model_bytes=model_bytes, peak_extra_bytes_fastad=ex_f, peak_extra_ratio_fastad=ex_f / model_bytes,
+               anomalib_model_bytes=a_bytes, peak_extra_bytes_anomalib=ex_a,
+               peak_extra_ratio_anomalib=ex_a / a_bytes)
     print(f"fit (CPU s, min of {len(rounds)} interleaved rounds; first round "
           f"{res['fit_speedup_cpu_first_round']:.2f}x): fastad {t_fit_f:.2f} s, anomalib MultiVariateGaussian.fit "
           f"{t_fit_a:.2f} s -> {t_fit_a / t_fit_f:.2f}x "
           f"(wall {w_fit_f:.2f} / {w_fit_a:.2f} s -> {w_fit_a / w_fit_f:.2f}x); "
-          f"peak extra memory fastad {m_f.extra / 2**30:.2f} GiB = {m_f.extra / model_bytes:.2f}x its model "
-          f"({model_bytes / 2**30:.2f} GiB); anomalib {m_a.extra / 2**30:.2f} GiB = {m_a.extra / a_bytes:.2f}x", flush=True)
+          f"peak extra memory fastad {ex_f / 2**30:.2f} GiB = {ex_f / model_bytes:.2f}x its model "
+          f"({model_bytes / 2**30:.2f} GiB); anomalib {ex_a / 2**30:.2f} GiB = {ex_a / a_bytes:.2f}x", flush=True)
     print(f"fit with fit_dtype={fit_dtype}; with {str(other).split('.')[-1]} factorisation instead: {t_fit_o:.2f} s -> "
           f"{t_fit_a / t_fit_o:.2f}x; max relative d2 difference float32 vs float64 factorisation: {rel_fit:.2e}", flush=True)
     print("fit stages (CPU s, fastad's fastest round): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())

@@ -214,7 +214,6 @@ def gaussian_accumulate(
     return s1, s2
 
 
-
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Reference of :func:`fastad.ops.gaussian_covariance`: the lower triangles (upper zero) of

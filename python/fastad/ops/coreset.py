@@ -141,9 +141,9 @@ def coreset(
     closer to it than its running min, so up to 16 centres share one pass. The rows it reads get exactly
     the exhaustive step's distance (same code, same float32 arithmetic) in the same order, and the
     bounds carry the rounding margins, so both methods return **identical indices and distances** (same
-    tie rule: the largest running min, smallest row index on ties). It runs exhaustive steps by itself while the filter does not pay (it is built only once the
-    cheap per-row triangle test skips >= 5% of the rows, e.g. never on high-dimensional noise, and each
-    kind of step is timed). On CUDA the whole loop stays on the device (no host synchronisation per
+    tie rule: the largest running min, smallest row index on ties). It runs exhaustive steps by itself
+    while the filter does not pay (it is built only once the cheap per-row triangle test skips >= 5% of
+    the rows, e.g. never on high-dimensional noise, and each kind of step is timed). On CUDA the whole loop stays on the device (no host synchronisation per
     step) and ``"pruned"`` runs that exhaustive loop.
 
     Args:

@@ -40,7 +40,6 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
     torch.ops.fastad.gaussian_accumulate(x, shift, sum, sumsq)
 
 
-
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
                         out: torch.Tensor) -> torch.Tensor:
     """The covariances from :func:`gaussian_accumulate`'s sums, lower triangles only, in one pass (CPU):
