@@ -59,7 +59,7 @@ TORCH_LIBRARY(fastad, m) {
   // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
   // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
   m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");
-  // The covariances from those sums (CPU): for j <= i, out[p, i, j] = (sumsq[p, i, j] - n m[p, i] m[p, j]) *
+  // The covariances from those sums: for j <= i, out[p, i, j] = (sumsq[p, i, j] - n m[p, i] m[p, j]) *
   // scale (+ reg on the diagonal), in float64, rounded once to out's dtype (float32 / float64); sumsq dense
   // [P, d, d] (lower read) or packed [P, d (d + 1) / 2]; m [P, d] float64; the strict upper triangle of out
   // [P, d, d] is not written. Unbatched: [d, d] / [d (d + 1) / 2], [d], [d, d].

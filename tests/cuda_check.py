@@ -16,7 +16,6 @@ ops = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if 
 assert ops, "no fastad ops registered"
 # CPU-only helper ops, with the path CUDA tensors take instead
 CPU_ONLY = {
-    "gaussian_covariance": "the covariance pass of the CPU float32 Cholesky fit (PaDiM on CUDA forms it with torch ops)",
     "coreset_step": "one greedy step of fastad.distributed.coreset on a CPU shard; CUDA shards use torch arithmetic",
     "knn_screen": "the bf16 screen of CPU float32 knn (AVX512-BF16); ops.knn sends CUDA tensors to knn",
     "group_min_screen": "the bf16 screen of CPU float32 group_min; ops.group_min sends CUDA tensors to group_min",

@@ -113,8 +113,9 @@ MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tens
   want_mat.push_back(s.d);
   TORCH_CHECK(out.sizes() == at::IntArrayRef(want_mat), op, ": out must be ", at::IntArrayRef(want_mat),
               " for m of shape ", shape_str(m), ", got ", shape_str(out));
-  for (const at::Tensor* t : {&sumsq, &m, &out})
-    TORCH_CHECK(t->device().is_cpu(), op, ": sumsq, m and out must be on the CPU, got ", t->device());
+  for (const at::Tensor* t : {&sumsq, &m})
+    TORCH_CHECK(t->device() == out.device(), op, ": sumsq and m must be on out's device (", out.device(), "), got ",
+                t->device());
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
   TORCH_CHECK(std::isfinite(n) && std::isfinite(scale) && std::isfinite(reg), op,
               ": n, scale and reg must be finite, got ", n, ", ", scale, ", ", reg);

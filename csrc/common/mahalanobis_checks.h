@@ -24,9 +24,9 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq);
 
-/// gaussian_covariance (CPU): m [d] / [P, d] float64 (sets P, d, per_position); sumsq float64 [d, d] / [P, d, d]
+/// gaussian_covariance: m [d] / [P, d] float64 (sets P, d, per_position); sumsq float64 [d, d] / [P, d, d]
 /// or packed [d (d + 1) / 2] / [P, d (d + 1) / 2] (sets packed); out float32 / float64 [d, d] / [P, d, d],
-/// contiguous; all on the CPU; n, scale, reg finite.
+/// contiguous; all on out's device; n, scale, reg finite.
 MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
                                          double reg, const at::Tensor& out);
 

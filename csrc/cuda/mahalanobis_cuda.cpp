@@ -1,4 +1,4 @@
-// CUDA entries of fastad::mahalanobis, fastad::gaussian_accumulate, fastad::gather_maps: checks, layouts, launch.
+// CUDA entries of fastad::mahalanobis, fastad::gaussian_accumulate, fastad::gaussian_covariance, fastad::gather_maps: checks, layouts, launch.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/cat.h>
@@ -45,6 +45,19 @@ void gaussian_accumulate_cuda(const at::Tensor& x_, const at::Tensor& shift_, co
   // (NaN/Inf: the Python accumulator checks batches; the CUDA op propagates them into the sums.)
 }
 
+void gaussian_covariance_cuda(const at::Tensor& sumsq_, const at::Tensor& m_, double n, double scale, double reg,
+                              at::Tensor& out) {
+  const MahaShape s = check_gaussian_covariance_args(sumsq_, m_, n, scale, reg, out);
+  if (s.P == 0 || s.d == 0) return;
+  TORCH_CHECK(s.P <= 65535, "gaussian_covariance: at most 65535 positions on CUDA, got ", s.P);
+  c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor sumsq = sumsq_.contiguous(), m = m_.contiguous();
+  cudaError_t err = gaussian_covariance_launch(sumsq.data_ptr<double>(), m.data_ptr<double>(), s.P, s.d, s.packed, n,
+                                               scale, reg, out.data_ptr(), out.scalar_type() == at::kFloat,
+                                               c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "gaussian_covariance: CUDA kernel failed: ", cudaGetErrorString(err));
+}
+
 // ATen ops: nearest resize, concatenation, channel subset, position-major copy into out.
 void gather_maps_cuda(at::TensorList maps, const at::Tensor& channels, const at::Tensor& out) {
   const MapsShape s = check_gather_maps_args(maps, channels, out);
@@ -62,6 +75,7 @@ TORCH_LIBRARY_IMPL(fastad, CUDA, m) {
   m.impl("mahalanobis", &mahalanobis_cuda);
   m.impl("gaussian_accumulate", &gaussian_accumulate_cuda);
   m.impl("gather_maps", &gather_maps_cuda);
+  m.impl("gaussian_covariance", &gaussian_covariance_cuda);
 }
 
 }  // namespace fastad::cuda

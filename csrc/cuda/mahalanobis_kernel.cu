@@ -8,6 +8,8 @@
 // gaussian_accumulate: one block per (position, 32 x 32 tile of the lower triangle), the centred
 // rows staged in shared memory 32 samples at a time, float64 products and sums (sumsq dense [P, d, d] or
 // packed lower triangles [P, d (d + 1) / 2]).
+#include <algorithm>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -219,6 +221,37 @@ cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shi
     case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, packed, s);
     default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, packed, s);
   }
+}
+
+// gaussian_covariance: one thread per lower-triangle entry of a position (blockIdx.y), row found from the
+// packed index; explicit __dmul_rn / __dsub_rn / __dadd_rn keep nvcc from contracting into FMAs.
+template <typename T>
+__global__ void covariance_kernel(const double* __restrict__ s2, const double* __restrict__ m, int64_t d,
+                                  bool packed, double n, double scale, double reg, T* __restrict__ out) {
+  const int64_t p = blockIdx.y, tri = d * (d + 1) / 2;
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < tri;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i = static_cast<int64_t>((sqrt(8.0 * static_cast<double>(k) + 1.0) - 1.0) / 2.0);
+    while (i * (i + 1) / 2 > k) --i;
+    while ((i + 1) * (i + 2) / 2 <= k) ++i;
+    const int64_t j = k - i * (i + 1) / 2;
+    const double* mp = m + p * d;
+    const double sij = s2[p * (packed ? tri : d * d) + (packed ? k : i * d + j)];
+    double v = __dmul_rn(__dsub_rn(sij, __dmul_rn(__dmul_rn(n, mp[i]), mp[j])), scale);
+    if (i == j) v = __dadd_rn(v, reg);
+    out[p * d * d + i * d + j] = static_cast<T>(v);
+  }
+}
+
+cudaError_t gaussian_covariance_launch(const double* sumsq, const double* m, int64_t P, int64_t d, bool packed,
+                                       double n, double scale, double reg, void* out, bool f32, cudaStream_t s) {
+  const int64_t tri = d * (d + 1) / 2;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tri + 255) / 256, 1024)), static_cast<unsigned>(P));
+  if (f32)
+    covariance_kernel<float><<<grid, 256, 0, s>>>(sumsq, m, d, packed, n, scale, reg, static_cast<float*>(out));
+  else
+    covariance_kernel<double><<<grid, 256, 0, s>>>(sumsq, m, d, packed, n, scale, reg, static_cast<double*>(out));
+  return cudaGetLastError();
 }
 
 }  // namespace fastad::cuda

@@ -18,4 +18,10 @@ cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const 
 cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
                                        double* sum, double* sumsq, bool packed, cudaStream_t stream);
 
+/// gaussian_covariance: for j <= i, out[p, i, j] = (sumsq[p, i, j] - (n m[p, i]) m[p, j]) * scale (+ reg when
+/// i == j), float64 without FMA contraction (the CPU kernel's roundings), rounded once (out f32 or f64);
+/// sumsq dense [P, d, d] or packed [P, d (d + 1) / 2]; the strict upper triangle of out is not written.
+cudaError_t gaussian_covariance_launch(const double* sumsq, const double* m, int64_t P, int64_t d, bool packed,
+                                       double n, double scale, double reg, void* out, bool f32, cudaStream_t stream);
+
 }  // namespace fastad::cuda

@@ -246,6 +246,8 @@ def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
     _check(out.dtype in (torch.float32, torch.float64), f"{op}: out must be float32 or float64, got {out.dtype}")
     _check_sumsq(op, sumsq, tuple(m.shape), "m", m)
     _check(tuple(out.shape) == mat, f"{op}: out must be {list(mat)} for m of shape {list(m.shape)}, got {list(out.shape)}")
+    for t in (sumsq, m):
+        _check(t.device == out.device, f"{op}: sumsq and m must be on out's device ({out.device}), got {t.device}")
     return None
 
 

@@ -1,6 +1,6 @@
 """fastad.ops.gaussian_covariance (the covariance pass of the float32 Cholesky fit) against its float64
 reference: dense and packed sums, float32 / float64 out, batched and not, the strict upper triangle left
-alone, bad input named, opcheck."""
+alone, bad input named, opcheck; CUDA == CPU bit for bit where a GPU is usable."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -96,6 +96,26 @@ def test_is_the_covariance():
 def test_bad_input(args, match):
     with pytest.raises(RuntimeError, match=match):
         fastad.ops.gaussian_covariance(*args())
+
+
+def test_tensors_on_different_devices_are_named():
+    with pytest.raises(RuntimeError, match="sumsq and m must be on out's device"):
+        fastad.ops.gaussian_covariance(torch.zeros(3, dtype=torch.float64, device="meta"),
+                                       torch.zeros(2, dtype=torch.float64), 3, 1.0, 0.0, torch.zeros(2, 2))
+
+
+def test_cuda_equals_cpu_bit_for_bit(device):
+    if device != "cuda":
+        pytest.skip("the CPU is the reference here")
+    gen = torch.Generator().manual_seed(7)
+    for packed in (False, True):
+        m, s2 = _sums(4, 37, 12, gen, packed)
+        for dt in (torch.float32, torch.float64):
+            want = torch.zeros(4, 37, 37, dtype=dt)
+            fastad.ops.gaussian_covariance(s2, m, 12, 1 / 11, 0.01, want)
+            got = torch.zeros(4, 37, 37, dtype=dt, device="cuda")
+            fastad.ops.gaussian_covariance(s2.cuda(), m.cuda(), 12, 1 / 11, 0.01, got)
+            assert torch.equal(got.cpu(), want)
 
 
 def test_opcheck():

@@ -42,7 +42,8 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
                         out: torch.Tensor) -> torch.Tensor:
-    """The covariances from :func:`gaussian_accumulate`'s sums, lower triangles only, in one pass (CPU):
+    """The covariances from :func:`gaussian_accumulate`'s sums, lower triangles only, in one pass (CPU or CUDA,
+    the same roundings):
     for ``j <= i``, ``out[p, i, j] = (sumsq[p, i, j] - n * m[p, i] * m[p, j]) * scale``, plus ``reg`` on
     the diagonal, evaluated in float64 in that order and rounded once to ``out``'s dtype. The strict
     upper triangle of ``out`` is not written. With ``m = sum / n`` (the shifted means) and
@@ -53,7 +54,8 @@ def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: f
             ``Tensor[P, d (d + 1) / 2]``; unbatched ``[d, d]`` / ``[d (d + 1) / 2]``.
         m: ``Tensor[P, d]`` / ``Tensor[d]`` float64.
         n, scale, reg: finite numbers.
-        out: ``Tensor[P, d, d]`` / ``Tensor[d, d]`` float32 or float64, contiguous, written in place.
+        out: ``Tensor[P, d, d]`` / ``Tensor[d, d]`` float32 or float64, contiguous, written in place; all
+            three tensors on one device.
 
     Returns:
         ``out``.
