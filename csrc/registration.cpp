@@ -64,6 +64,10 @@ TORCH_LIBRARY(fastad, m) {
   // [P, d, d] (lower read) or packed [P, d (d + 1) / 2]; m [P, d] float64; the strict upper triangle of out
   // [P, d, d] is not written. Unbatched: [d, d] / [d (d + 1) / 2], [d], [d, d].
   m.def("gaussian_covariance(Tensor sumsq, Tensor m, float n, float scale, float reg, Tensor(a!) out) -> ()");
+  // Lower Cholesky factors in place: a [P, d, d] / [d, d] float32 (lower triangle read) -> C with C C^T = a
+  // in the lower triangle, the strict upper one zeroed; returns info [P] / [] int64: 0, or k >= 1 when the
+  // leading minor of order k is not positive definite (that matrix is then partially overwritten). CPU only.
+  m.def("cholesky_lower(Tensor(a!) a) -> Tensor");
   // The rows of a multi-layer embedding (PaDiM's) written position-major: out [N, h * w, C] float32,
   // out[n, p, k] = channel channels[k] of the concatenation of the L layer maps [N, C_l, h_l, w_l]
   // (float32), each nearest-resized to the first layer's h x w grid.

@@ -122,6 +122,20 @@ MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tens
   return s;
 }
 
+MahaShape check_cholesky_lower_args(const at::Tensor& a) {
+  const char* op = "cholesky_lower";
+  TORCH_CHECK(a.dim() == 2 || a.dim() == 3, op, ": a must be [d, d] or [P, d, d] (symmetric matrices, lower triangle read), got shape ",
+              shape_str(a));
+  TORCH_CHECK(a.size(-1) == a.size(-2), op, ": a must hold square matrices, got shape ", shape_str(a));
+  TORCH_CHECK(a.scalar_type() == at::kFloat, op, ": a must be float32, got ", a.scalar_type());
+  TORCH_CHECK(a.is_contiguous(), op, ": a must be contiguous (factorised in place)");
+  MahaShape s;
+  s.per_position = a.dim() == 3;
+  s.P = s.per_position ? a.size(0) : 1;
+  s.d = a.size(-1);
+  return s;
+}
+
 MapsShape check_gather_maps_args(at::TensorList maps, const at::Tensor& channels, const at::Tensor& out) {
   const char* op = "gather_maps";
   MapsShape s;

@@ -1,4 +1,4 @@
-// Argument checks of the Gaussian ops (mahalanobis, gaussian_accumulate, gaussian_covariance, gather_maps), shared by the CPU and
+// Argument checks of the Gaussian ops (mahalanobis, gaussian_accumulate, gaussian_covariance, cholesky_lower, gather_maps), shared by the CPU and
 // CUDA entry functions. Messages name the op, the argument, what was expected and what was given.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -29,6 +29,9 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
 /// contiguous; all on out's device; n, scale, reg finite.
 MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
                                          double reg, const at::Tensor& out);
+
+/// cholesky_lower: a float32 [d, d] / [P, d, d], square, contiguous, on the CPU; returns P (1 for [d, d]) and d.
+MahaShape check_cholesky_lower_args(const at::Tensor& a);
 
 /// Shapes of a gather_maps call (checked): L layer maps [N, C_l, h_l, w_l]; C kept channels; the first
 /// layer's h x w grid.

@@ -14,6 +14,7 @@
 // partial sums added in group order (deterministic on any thread count).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -348,6 +349,39 @@ void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, doubl
   });
 }
 
+// cholesky_lower: one matrix per task, parallel over matrices; the AVX-512 / AVX2 blocked kernel
+// (cpu/mahalanobis_simd.h) by the Gaussian ops' dispatch (maha_prefer_256: 16-column panels on AMD),
+// else the portable row-oriented algorithm.
+at::Tensor cholesky_lower_cpu(at::Tensor& a) {
+  const MahaShape s = check_cholesky_lower_args(a);
+  const int64_t P = s.P, d = s.d;
+  at::Tensor info = at::zeros(s.per_position ? std::vector<int64_t>{P} : std::vector<int64_t>{}, a.options().dtype(at::kLong));
+  if (P == 0 || d == 0) return info;
+  float* ap = a.data_ptr<float>();
+  int64_t* ip = info.data_ptr<int64_t>();
+  const int simd = use_avx512_micro() && !maha_prefer_256() ? 2 : (use_avx2_path() ? 1 : 0);
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    AlignedFloats scratch;
+    for (int64_t p = p0; p < p1; ++p) {
+      float* m = ap + p * d * d;
+#if FASTAD_HAVE_AVX512
+      if (simd == 2) {
+        ip[p] = cholesky_lower_avx512(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx512(d))));
+        continue;
+      }
+#endif
+#if FASTAD_HAVE_AVX2
+      if (simd == 1) {
+        ip[p] = cholesky_lower_avx2(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx2(d))));
+        continue;
+      }
+#endif
+      ip[p] = cholesky_lower_generic(m, d);
+    }
+  });
+  return info;
+}
+
 }  // namespace
 
 void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
@@ -362,7 +396,31 @@ void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float*
   }
 }
 
+// Row-oriented (Cholesky-Crout): C[j, j] = sqrt(a_jj - C[j, :j] . C[j, :j]), then for i > j
+// C[i, j] = (a_ij - C[i, :j] . C[j, :j]) / C[j, j]; both dot products run along rows (row-major), summed
+// in float64 (one chain of float32 products would have ~3x spotrf's backward error at d = 152).
+int64_t cholesky_lower_generic(float* a, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    float* cj = a + j * d;
+    double s = cj[j];
+    for (int64_t k = 0; k < j; ++k) s -= static_cast<double>(cj[k]) * cj[k];
+    const float sf = static_cast<float>(s);
+    if (!(sf > 0.0f) || !(sf < 3.4e38f)) return j + 1;
+    const float r = std::sqrt(sf);
+    cj[j] = r;
+    for (int64_t i = j + 1; i < d; ++i) {
+      float* ci = a + i * d;
+      double t = ci[j];
+      for (int64_t k = 0; k < j; ++k) t -= static_cast<double>(ci[k]) * cj[k];
+      ci[j] = static_cast<float>(t) / r;
+    }
+  }
+  for (int64_t i = 0; i + 1 < d; ++i) std::memset(a + i * d + i + 1, 0, static_cast<size_t>(d - i - 1) * 4);
+  return 0;
+}
+
 TORCH_LIBRARY_IMPL(fastad, CPU, m) {
+  m.impl("cholesky_lower", &cholesky_lower_cpu);
   m.impl("gaussian_accumulate", &gaussian_accumulate_cpu);
   m.impl("gather_maps", &gather_maps_cpu);
   m.impl("gaussian_covariance", &gaussian_covariance_cpu);

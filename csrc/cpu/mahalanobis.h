@@ -51,6 +51,20 @@ bool maha_use_bf16_dot();
 /// Cholesky factor (cholesky=true: the triangular solve) (fastad info).
 std::string mahalanobis_kernel_name(bool bf16_factor, bool cholesky = false);
 
+// ---- cholesky_lower: A = C C^T in place (float32, row-major d x d, lower triangle read) ------------
+/// Returns 0 (C in the lower triangle, the strict upper one zeroed) or k >= 1, the order of the first
+/// leading minor that is not positive definite (or not finite; A then partially overwritten). scratch:
+/// at least cholesky_scratch_*(d) floats, 64-byte aligned. Portable version: cholesky_lower_generic.
+int64_t cholesky_lower_generic(float* a, int64_t d);
+#if FASTAD_HAVE_AVX512
+int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch);
+int64_t cholesky_scratch_avx512(int64_t d);
+#endif
+#if FASTAD_HAVE_AVX2
+int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch);
+int64_t cholesky_scratch_avx2(int64_t d);
+#endif
+
 // ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
 /// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d
 /// (entries j > i of a tile row may hold anything); y rows are zero-padded to ld (a multiple of 32).

@@ -80,6 +80,11 @@ struct V256 {
   static inline reg load_row(const float* p) { return _mm256_loadu_ps(p); }
   static inline void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
+  static inline reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static inline reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static inline reg set1(float x) { return _mm256_set1_ps(x); }
+  static inline float sqrt1(float x) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(x))); }
   static inline reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static inline float reduce(reg v) { return hsum(v); }
   /// the first m <= nc columns of a 16-column panel, as LoadF32 / LoadHalf take them (a count)
@@ -98,6 +103,11 @@ void maha_rows_avx2_f16(const uint16_t* L, int64_t d, const float* xc, int64_t l
 void maha_rows_avx2_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
   maha_simd::rows_impl<V256, LoadBF16>(L, d, xc, ld, nrows, out);
 }
+
+int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch) {
+  return maha_simd::cholesky_lower<V256>(a, d, scratch);
+}
+int64_t cholesky_scratch_avx2(int64_t d) { return maha_simd::chol_scratch_floats<V256>(d); }
 
 void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
   maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);

@@ -64,6 +64,11 @@ struct V512 {
   static inline reg load_row(const float* p) { return _mm512_load_ps(p); }  // 64-byte aligned padded rows
   static inline void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
+  static inline reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static inline reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static inline reg set1(float x) { return _mm512_set1_ps(x); }
+  static inline float sqrt1(float x) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(x))); }
   static inline reg bcast(const float* p) { return _mm512_set1_ps(*p); }
   static inline float reduce(reg v) { return _mm512_reduce_add_ps(v); }
   /// the first m <= nc columns of a 32-column panel, as LoadF32 / LoadHalf take them
@@ -86,6 +91,11 @@ void maha_rows_avx512_f16(const uint16_t* L, int64_t d, const float* xc, int64_t
 void maha_rows_avx512_bf16(const uint16_t* L, int64_t d, const float* xc, int64_t ld, int64_t nrows, float* out) {
   maha_simd::rows_impl<V512, LoadBF16>(L, d, xc, ld, nrows, out);
 }
+
+int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch) {
+  return maha_simd::cholesky_lower<V512>(a, d, scratch);
+}
+int64_t cholesky_scratch_avx512(int64_t d) { return maha_simd::chol_scratch_floats<V512>(d); }
 
 void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
   maha_simd::syrk_lower<V512>(y, ld, n, d, tile, ldt);

@@ -5,7 +5,8 @@
 // instantiations are distinct and never merged across ISAs).
 //
 // V provides: `reg` (the vector type), `W` (lanes), zero(), loadu(p), load_row(p) (a zero-padded
-// feature row: aligned on AVX-512), storeu(p, v), fmadd(a, b, c), bcast(p) (broadcast *p), reduce(v)
+// feature row: aligned on AVX-512), storeu(p, v), fmadd(a, b, c), fnmadd(a, b, c) (c - a b), sub(a, b), div(a, b),
+// set1(x), bcast(p) (broadcast *p), reduce(v)
 // (horizontal sum), cols(nc, m) (mask of the first m <= nc columns of a panel, as Ld::load takes it)
 // and prefetch_row(p, bytes_per_entry) (the lines of one panel row).
 // Ld provides load(p, mask, nc, lo, hi) (masked, entries past nc not read) and load_full(p, lo, hi).
@@ -153,6 +154,198 @@ void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, i
       }
     }
   }
+}
+
+// ---- cholesky_lower: A = C C^T in place (float32, row-major, lower triangle read) -----------------
+// Left-looking, by column panels of NB = 2W columns (32 on AVX-512, 16 on AVX2), with a transposed copy
+// U = C^T of the finished columns (U[k * ldu + i] = C[i, k]) so that both operands of the update are
+// read along rows:
+//   1. panel update  W[i, c] = A[i, j0 + c] - sum_{k < j0} C[i, k] C[j0 + c, k]   (i >= j0; 6-row tiles,
+//      a broadcast of C[i, k] against the vectors U[k, j0 : j0 + NB]: the SYRK tile's shape);
+//   2. the diagonal block's factor R (upper, R^T R = W[j0 : j0 + jn, :]) by the unblocked right-looking
+//      algorithm on its transpose, row operations in vectors, and R^{-1} by back substitution;
+//   3. the rows below: C[i, j0 : j0 + jn] = W[i, :] R^{-1}  (the same tile shape, K = jn; R^{-1} is upper,
+//      so its rows m >= W have a zero first vector and skip it).
+// FLOPs: d^3 / 3 for the updates plus ~0.75 d^2 NB for step 3 (a triangular solve through the block's
+// inverse: vectorised, at the price of the inverse's zeros). Float32 throughout, products summed in
+// float32 (as LAPACK's blocked spotrf). Returns 0, or k >= 1 when the leading minor of order k is not
+// positive definite (or not finite); A is then left partially overwritten. The strict upper triangle is
+// zeroed on success.
+template <typename V>
+constexpr int64_t chol_nb() { return 2 * V::W; }
+template <typename V>
+inline int64_t chol_ldu(int64_t d) { return (d + chol_nb<V>() - 1) / chol_nb<V>() * chol_nb<V>(); }
+/// floats of scratch cholesky_lower<V> needs for order d (U, the panel, the block and its inverse)
+template <typename V>
+inline int64_t chol_scratch_floats(int64_t d) {
+  constexpr int64_t NB = chol_nb<V>();
+  return d * chol_ldu<V>(d) + d * NB + 2 * NB * NB;
+}
+
+// W[r][:] -= sum_{k < K} A[(i0 + r) * lda + k] * U[k * ldu + 0 : NB]  for the NI rows of a tile (row
+// stride NB). The sum is formed in blocks of kCholKb products, each block's sum subtracted from W: rounding
+// error growth ~(K / kCholKb + kCholKb) u instead of ~K u over one chain. Measured backward error
+// max|C C^T - A| / max|A| at d = 152 / 550 (random covariances): one chain 5.3e-7 / 1.1e-6, blocks of 64
+// 2.8e-7 / 2.6e-7, LAPACK spotrf (OpenBLAS) 1.9e-7 / 2.5e-7.
+constexpr int64_t kCholKb = 64;
+template <typename V, int NI>
+inline void chol_update_tile(const float* A, int64_t lda, int64_t i0, const float* U, int64_t ldu, int64_t K, float* W) {
+  using R = typename V::reg;
+  constexpr int64_t NB = chol_nb<V>();
+  const float* a0 = A + i0 * lda;
+  for (int64_t kb = 0; kb < K; kb += kCholKb) {
+    const int64_t ke = K - kb < kCholKb ? K : kb + kCholKb;
+    R c[NI][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < NI; ++r) c[r][0] = c[r][1] = V::zero();
+    for (int64_t k = kb; k < ke; ++k) {
+      const R b0 = V::loadu(U + k * ldu), b1 = V::loadu(U + k * ldu + V::W);
+#pragma GCC unroll 6
+      for (int r = 0; r < NI; ++r) {
+        const R a = V::bcast(a0 + r * lda + k);
+        c[r][0] = V::fmadd(a, b0, c[r][0]);
+        c[r][1] = V::fmadd(a, b1, c[r][1]);
+      }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < NI; ++r) {
+      V::storeu(W + r * NB, V::sub(V::loadu(W + r * NB), c[r][0]));
+      V::storeu(W + r * NB + V::W, V::sub(V::loadu(W + r * NB + V::W), c[r][1]));
+    }
+  }
+}
+
+// W[r][:] = W[r][0 : jn] @ Ri (Ri: NB x NB upper, row-major) for the NI rows of a tile, in place.
+template <typename V, int NI>
+inline void chol_solve_tile(const float* Ri, int64_t jn, float* W) {
+  using R = typename V::reg;
+  constexpr int64_t NB = chol_nb<V>();
+  R c[NI][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < NI; ++r) c[r][0] = c[r][1] = V::zero();
+  const int64_t m1 = jn < V::W ? jn : V::W;
+  for (int64_t m = 0; m < m1; ++m) {
+    const R b0 = V::loadu(Ri + m * NB), b1 = V::loadu(Ri + m * NB + V::W);
+#pragma GCC unroll 6
+    for (int r = 0; r < NI; ++r) {
+      const R a = V::bcast(W + r * NB + m);
+      c[r][0] = V::fmadd(a, b0, c[r][0]);
+      c[r][1] = V::fmadd(a, b1, c[r][1]);
+    }
+  }
+  for (int64_t m = m1; m < jn; ++m) {  // rows m >= W of an upper Ri: the first vector is zero
+    const R b1 = V::loadu(Ri + m * NB + V::W);
+#pragma GCC unroll 6
+    for (int r = 0; r < NI; ++r) c[r][1] = V::fmadd(V::bcast(W + r * NB + m), b1, c[r][1]);
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < NI; ++r) {
+    V::storeu(W + r * NB, c[r][0]);
+    V::storeu(W + r * NB + V::W, c[r][1]);
+  }
+}
+
+template <typename V, typename F>
+inline void chol_rows(int64_t n, F&& tile) {  // tile(i, ni) over rows [0, n) in blocks of 6, exact counts
+  for (int64_t i = 0; i < n; i += 6) tile(i, n - i < 6 ? n - i : 6);
+}
+
+template <typename V>
+int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
+  using R = typename V::reg;
+  constexpr int64_t NB = chol_nb<V>();
+  const int64_t ldu = chol_ldu<V>(d);
+  float* U = scratch;               // d x ldu
+  float* Wp = U + d * ldu;          // d x NB: the panel's rows j0.. (row i - j0)
+  float* T = Wp + d * NB;           // NB x NB: the diagonal block, transposed, factorised into R
+  float* Ri = T + NB * NB;          // NB x NB: R^{-1}
+  for (int64_t k = 0; k < d; ++k)   // U's columns past d are read by the last panel's vectors: zero
+    for (int64_t i = d; i < ldu; ++i) U[k * ldu + i] = 0.0f;
+  for (int64_t j0 = 0; j0 < d; j0 += NB) {
+    const int64_t jn = d - j0 < NB ? d - j0 : NB, m = d - j0;
+    // 1. the panel's rows, updated by the finished columns
+    for (int64_t i = 0; i < m; ++i) {
+      float* w = Wp + i * NB;
+      const float* a = A + (j0 + i) * d + j0;
+      for (int64_t c = 0; c < NB; ++c) w[c] = c < jn ? a[c] : 0.0f;
+    }
+    if (j0 > 0)
+      chol_rows<V>(m, [&](int64_t i, int64_t ni) {
+        const float* Uj = U + j0;
+        float* w = Wp + i * NB;
+        switch (ni) {
+          case 6: chol_update_tile<V, 6>(A, d, j0 + i, Uj, ldu, j0, w); break;
+          case 5: chol_update_tile<V, 5>(A, d, j0 + i, Uj, ldu, j0, w); break;
+          case 4: chol_update_tile<V, 4>(A, d, j0 + i, Uj, ldu, j0, w); break;
+          case 3: chol_update_tile<V, 3>(A, d, j0 + i, Uj, ldu, j0, w); break;
+          case 2: chol_update_tile<V, 2>(A, d, j0 + i, Uj, ldu, j0, w); break;
+          default: chol_update_tile<V, 1>(A, d, j0 + i, Uj, ldu, j0, w); break;
+        }
+      });
+    // 2. the diagonal block: T = its transpose (upper triangle valid), factorised in place into R
+    for (int64_t c = 0; c < NB; ++c)
+      for (int64_t r = 0; r < NB; ++r) T[c * NB + r] = (r < jn && c <= r) ? Wp[r * NB + c] : 0.0f;
+    for (int64_t k = 0; k < jn; ++k) {
+      float* tk = T + k * NB;
+      const float dkk = tk[k];
+      if (!(dkk > 0.0f) || !(dkk < 3.4e38f)) return j0 + k + 1;  // not positive, NaN or Inf
+      const float s = V::sqrt1(dkk);
+      for (int64_t c = 0; c < k; ++c) tk[c] = 0.0f;  // (the strict lower part: never read, kept at zero)
+      const R sv = V::set1(s);  // (a division, not a product with 1 / s: one rounding, as LAPACK's spotf2)
+      V::storeu(tk, V::div(V::loadu(tk), sv));
+      V::storeu(tk + V::W, V::div(V::loadu(tk + V::W), sv));
+      tk[k] = s;
+      const R r0 = V::loadu(tk), r1 = V::loadu(tk + V::W);
+      for (int64_t q = k + 1; q < jn; ++q) {  // T[q, :] -= R[k, q] R[k, :]
+        float* tq = T + q * NB;
+        const R f = V::set1(tk[q]);
+        V::storeu(tq, V::fnmadd(f, r0, V::loadu(tq)));
+        V::storeu(tq + V::W, V::fnmadd(f, r1, V::loadu(tq + V::W)));
+      }
+    }
+    for (int64_t c = 0; c < jn; ++c) {  // the block's finished rows: C[j0 + r, j0 + c] = R[c, r], c <= r
+      for (int64_t r = c; r < jn; ++r) A[(j0 + r) * d + j0 + c] = T[c * NB + r];
+    }
+    if (jn < m) {
+      // R^{-1}, upper, row by row from the bottom: Ri[k, :] = (e_k - sum_{q > k} R[k, q] Ri[q, :]) / R[k, k]
+      for (int64_t k = jn - 1; k >= 0; --k) {
+        float* rk = Ri + k * NB;
+        for (int64_t c = 0; c < NB; ++c) rk[c] = c == k ? 1.0f : 0.0f;
+        R x0 = V::loadu(rk), x1 = V::loadu(rk + V::W);
+        for (int64_t q = k + 1; q < jn; ++q) {
+          const R f = V::set1(T[k * NB + q]);
+          x0 = V::fnmadd(f, V::loadu(Ri + q * NB), x0);
+          x1 = V::fnmadd(f, V::loadu(Ri + q * NB + V::W), x1);
+        }
+        const R dk = V::set1(T[k * NB + k]);
+        V::storeu(rk, V::div(x0, dk));
+        V::storeu(rk + V::W, V::div(x1, dk));
+      }
+      // 3. the rows below the block: C[i, j0 : j0 + jn] = W[i, :] R^{-1}
+      chol_rows<V>(m - jn, [&](int64_t i, int64_t ni) {
+        float* w = Wp + (jn + i) * NB;
+        switch (ni) {
+          case 6: chol_solve_tile<V, 6>(Ri, jn, w); break;
+          case 5: chol_solve_tile<V, 5>(Ri, jn, w); break;
+          case 4: chol_solve_tile<V, 4>(Ri, jn, w); break;
+          case 3: chol_solve_tile<V, 3>(Ri, jn, w); break;
+          case 2: chol_solve_tile<V, 2>(Ri, jn, w); break;
+          default: chol_solve_tile<V, 1>(Ri, jn, w); break;
+        }
+      });
+      for (int64_t i = jn; i < m; ++i) {
+        const float* w = Wp + i * NB;
+        float* a = A + (j0 + i) * d + j0;
+        for (int64_t c = 0; c < jn; ++c) a[c] = w[c];
+      }
+    }
+    // U rows j0 .. j0 + jn - 1 (only entries i >= j0 + NB are read later: those below the block)
+    for (int64_t i = jn; i < m; ++i)
+      for (int64_t c = 0; c < jn; ++c) U[(j0 + c) * ldu + j0 + i] = Wp[i * NB + c];
+  }
+  for (int64_t i = 0; i + 1 < d; ++i)
+    for (int64_t c = i + 1; c < d; ++c) A[i * d + c] = 0.0f;
+  return 0;
 }
 
 }  // namespace fastad::cpu::maha_simd

@@ -251,6 +251,15 @@ def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
     return None
 
 
+@torch.library.register_fake("fastad::cholesky_lower")
+def _cholesky_lower_fake(a):
+    op = "cholesky_lower"
+    _check(a.dim() in (2, 3), f"{op}: a must be [d, d] or [P, d, d] (symmetric matrices, lower triangle read), got shape {list(a.shape)}")
+    _check(a.shape[-1] == a.shape[-2], f"{op}: a must hold square matrices, got shape {list(a.shape)}")
+    _check(a.dtype == torch.float32, f"{op}: a must be float32, got {a.dtype}")
+    return a.new_empty(tuple(a.shape[:-2]), dtype=torch.int64)
+
+
 @torch.library.register_fake("fastad::gather_maps")
 def _gather_maps_fake(maps, channels, out):
     op = "gather_maps"

@@ -40,7 +40,7 @@ EXAMPLES = {
 }
 NOT_TENSOR_OPS = {"interval_k"}  # int -> int; scripted in test_interval_k_scripts
 # in-place accumulators (return None): schema and fake kernel checked by opcheck in tests/ops/test_mahalanobis.py
-IN_PLACE_OPS = {"gaussian_accumulate", "gaussian_covariance"}  # the latter: tests/ops/test_gaussian_covariance.py
+IN_PLACE_OPS = {"gaussian_accumulate", "gaussian_covariance", "cholesky_lower"}  # tests/ops/test_gaussian_covariance.py, test_cholesky_lower.py
 
 
 def _op_of(name):

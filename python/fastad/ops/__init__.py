@@ -12,7 +12,7 @@ __all__ = ["coreset", "group_min", "knn", "lnamd", "snamd", "mutual_scores", "ln
            "interval_k", "bilinear_max"]
 
 # Gaussian models (issue 13)
-from .gaussian import gather_maps, gaussian_accumulate, gaussian_covariance  # noqa: E402
+from .gaussian import cholesky_lower, gather_maps, gaussian_accumulate, gaussian_covariance  # noqa: E402
 from .mahalanobis import mahalanobis  # noqa: E402
 
-__all__ += ["mahalanobis", "gaussian_accumulate", "gaussian_covariance", "gather_maps"]
+__all__ += ["mahalanobis", "gaussian_accumulate", "gaussian_covariance", "cholesky_lower", "gather_maps"]

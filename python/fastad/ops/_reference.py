@@ -231,6 +231,17 @@ def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: f
     return c.tril().to(dtype)
 
 
+def cholesky_lower(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`fastad.ops.cholesky_lower` (not in place): ``(C, info)``, the float64 lower
+    Cholesky factors of the symmetric matrices whose lower triangle ``a`` holds (``C`` zero where
+    ``info != 0``), and LAPACK's ``info`` (0, or the order of the first non-positive-definite minor)."""
+    low = a.double().tril()
+    full = low + low.tril(-1).transpose(-1, -2)
+    C, info = torch.linalg.cholesky_ex(full)
+    C = torch.where((info == 0)[..., None, None], C, torch.zeros_like(C))
+    return C, info.to(torch.int64)
+
+
 def gather_maps(maps: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:
     """Reference of :func:`fastad.ops.gather_maps`: the embedding formed as PaDiM / anomalib form it
     (nearest resize to the first map's grid, concatenation, channel subset), position-major."""
