@@ -62,6 +62,8 @@ std::vector<std::pair<std::string, std::string>> op_kernels() {
   k.emplace_back("mahalanobis float32/float16 factor", cpu::mahalanobis_kernel_name(false));
   k.emplace_back("mahalanobis bfloat16 factor", cpu::mahalanobis_kernel_name(true));
   k.emplace_back("mahalanobis cholesky factor", cpu::mahalanobis_kernel_name(false, true));
+  k.emplace_back("gaussian_accumulate", cpu::gaussian_kernel_name(false));
+  k.emplace_back("cholesky_lower", cpu::gaussian_kernel_name(true));
   return k;
 }
 

@@ -50,6 +50,8 @@ bool maha_use_bf16_dot();
 /// The kernel ops.mahalanobis runs now for a float32 / float16 precision factor, a bfloat16 one, or a
 /// Cholesky factor (cholesky=true: the triangular solve) (fastad info).
 std::string mahalanobis_kernel_name(bool bf16_factor, bool cholesky = false);
+/// The kernel gaussian_accumulate's float32 SYRK (cholesky = false) or cholesky_lower runs now (fastad info).
+std::string gaussian_kernel_name(bool cholesky);
 
 // ---- cholesky_lower: A = C C^T in place (float32, row-major d x d, lower triangle read) ------------
 /// Returns 0 (C in the lower triangle, the strict upper one zeroed) or k >= 1, the order of the first

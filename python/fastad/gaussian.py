@@ -36,7 +36,6 @@ Pieces:
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Iterable
@@ -80,21 +79,6 @@ def empty_large(shape, dtype: torch.dtype, device=None) -> torch.Tensor:
     if dev.type != "cpu" or ndt is None or numel * np.dtype(ndt).itemsize < _LARGE_BYTES:
         return torch.empty(tuple(shape), dtype=dtype, device=dev)
     return torch.from_numpy(np.empty(tuple(int(s) for s in shape), dtype=ndt))
-
-
-@functools.lru_cache(maxsize=8)
-def _tril_flat_index(d: int, device: str) -> torch.Tensor:
-    i, j = torch.tril_indices(d, d, device=device)
-    return i * d + j
-
-
-def _unpack_tril(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Writes the lower triangles packed row by row in ``packed: [q, d (d + 1) / 2]`` into the contiguous
-    ``out: [q, d, d]`` (its strict upper triangle is left as it is) and returns ``out``."""
-    q, d = out.shape[0], out.shape[-1]
-    idx = _tril_flat_index(d, str(out.device))
-    out.view(q, d * d).scatter_(1, idx.expand(q, idx.numel()), packed)
-    return out
 
 
 def _check_shrinkage(shrinkage, where: str):
@@ -536,7 +520,7 @@ class GaussianAccumulator:
     def _fold(self):
         if self.s2 is None:
             # the lower triangles packed row by row (gaussian_accumulate's packed layout): half the bytes
-            # and the traffic of [P, d, d]; a block is unpacked at finalize (_unpack_tril)
+            # and the traffic of [P, d, d]; read at finalize by ops.gaussian_covariance
             d = self.shape[-1]
             shape = self.shape[:-1] + (d * (d + 1) // 2,)
             if self.device.type == "cpu":  # calloc'd: zero pages from the kernel, no separate zero-fill pass
@@ -626,8 +610,10 @@ class GaussianAccumulator:
             if dev.type == "cpu" else None
         if s2 is None:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
-        # the block's sums, then covariance (unpacked from s2: zeros, so the strict upper triangle stays finite)
-        b2_all = (torch.empty if s2 is None else torch.zeros)(pb, d, d, dtype=torch.float64, device=dev)
+        # the block's sums (everything buffered) and the block's covariances (lower triangles written by
+        # ops.gaussian_covariance; the strict upper triangles stay zero, so every entry is finite)
+        b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev) if s2 is None else None
+        c_all = torch.zeros(pb, d, d, dtype=torch.float64, device=dev)
         t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
         # float32 Cholesky factors of unshrunk covariances (PaDiM's default): the covariance is formed in
         # float32 in the factor itself
@@ -669,11 +655,8 @@ class GaussianAccumulator:
                 mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
                 logdet[p0:p1] = ld
                 continue
-            if s2 is None:
-                cov = b2.baddbmm_(ms[:, :, None], ms[:, None, :], beta=f, alpha=-float(n) * f)
-            else:
-                cov = _unpack_tril(b2, b2_all[: p1 - p0]).baddbmm_(ms[:, :, None], ms[:, None, :], beta=f,
-                                                                   alpha=-float(n) * f)
+            # the covariance from the sums: the op of the float32 route above, in float64 (one formula)
+            cov = ops.gaussian_covariance(b2, ms, n, f, 0.0, c_all[: p1 - p0])
             del b2
             scatter_scale = float(n - ddof)  # scatter = cov * (n - ddof)
             trS = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) * (scatter_scale / n)  # trace of the ML covariance
