@@ -58,16 +58,16 @@ void add_lower(const double* src, bool src_packed, double* dst, bool dst_packed,
 /// rows y (zero-padded to ld, a multiple of 32, with 64 zero floats after the last row): the float32 SYRK
 /// micro-kernel into a tile.
 void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, bool packed, int simd,
-              AlignedFloats& tbuf) {
+              AlignedFloats& tbuf, RowPrefetch* pf) {
   float* tile = tbuf.get(static_cast<size_t>(d * ld));
 #if FASTAD_HAVE_AVX512
   if (simd == 2)
-    syrk_lower_avx512(y, ld, nr, d, tile, ld);
+    syrk_lower_avx512(y, ld, nr, d, tile, ld, pf);
   else
 #endif
 #if FASTAD_HAVE_AVX2
   if (simd == 1)
-    syrk_lower_avx2(y, ld, nr, d, tile, ld);
+    syrk_lower_avx2(y, ld, nr, d, tile, ld, pf);
   else
 #endif
     syrk_lower_generic(y, ld, nr, d, tile, ld);
@@ -86,10 +86,11 @@ void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, boo
 
 /// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64; packed:
 /// lower triangle rows at i (i + 1) / 2). Returns false (and adds nothing) when a chunk holds a non-finite value.
+/// pf (may be null): the rows the caller centres next, prefetched into L2 during this chunk's SYRK.
 template <typename T, typename S>
 bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t nr, int64_t d, double* s1,
                      double* s2, bool packed, int simd, AlignedFloats& ybuf, AlignedFloats& tbuf,
-                     std::vector<double>& cs) {
+                     std::vector<double>& cs, RowPrefetch* pf = nullptr) {
   const int64_t ld = (d + 31) / 32 * 32;
   cs.assign(static_cast<size_t>(d), 0.0);
   if constexpr (std::is_same_v<T, double>) {
@@ -148,7 +149,7 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     std::memset(y + nr * ld, 0, 64 * 4);
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
-    syrk_add(y, ld, nr, d, s2, packed, simd, tbuf);
+    syrk_add(y, ld, nr, d, s2, packed, simd, tbuf, pf);
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
     return true;
   }
@@ -177,10 +178,21 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
           else
             for (int64_t i = 0; i < d; ++i) std::fill(s2 + i * d, s2 + i * d + i + 1, 0.0);
         }
-        for (int64_t n0 = 0; n0 < N; n0 += kAccChunk)
+        for (int64_t n0 = 0; n0 < N; n0 += kAccChunk) {
+          // the next chunk: this position's next rows or the next position's first ones (rows P d apart:
+          // each a separate stream the hardware prefetcher does not follow)
+          RowPrefetch pf;
+          const int64_t nn = n0 + kAccChunk < N ? n0 + kAccChunk : 0, pn = nn > 0 ? p : p + 1;
+          if (pn < p1) {
+            pf.base = reinterpret_cast<const char*>(x + nn * P * d + pn * d);
+            pf.stride = P * d * static_cast<int64_t>(sizeof(T));
+            pf.rows = std::min(kAccChunk, N - nn);
+            pf.row_bytes = d * static_cast<int64_t>(sizeof(T));
+          }
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               s2, packed, simd, ybuf, tbuf, cs))
+                               s2, packed, simd, ybuf, tbuf, cs, pf.rows > 0 ? &pf : nullptr))
             bad = p;
+        }
         if (N > kAccChunk) add_lower(s2, packed, sumsq + p * sq, packed, d);
       }
     });

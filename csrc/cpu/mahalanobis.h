@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu/row_prefetch.h"
+
 namespace fastad::cpu {
 
 // ---- mahalanobis: d2 = || xc @ tril(L) ||^2 ------------------------------------------------------
@@ -70,12 +72,13 @@ int64_t cholesky_scratch_avx2(int64_t d);
 // ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
 /// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d
 /// (entries j > i of a tile row may hold anything); y rows are zero-padded to ld (a multiple of 32).
+/// pf (SIMD kernels; may be null): rows prefetched into L2 meanwhile (the next chunk the caller centres).
 void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
 #if FASTAD_HAVE_AVX512
-void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf);
 #endif
 #if FASTAD_HAVE_AVX2
-void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf);
 /// y[r * ld + j] = x[r * rs + j] - shift[j] (float32; zero for d <= j < ld) and cs[j] += y[r * ld + j]
 /// (float64, rows in order) for r < nr: gaussian_accumulate's centring, the same values as its portable loop.
 void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,

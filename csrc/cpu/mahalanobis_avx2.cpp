@@ -80,6 +80,7 @@ struct V256 {
   static inline reg load_row(const float* p) { return _mm256_loadu_ps(p); }
   static inline void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline void prefetch_l2(const char* p) { _mm_prefetch(p, _MM_HINT_T1); }
   static inline reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
   static inline reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
   static inline reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
@@ -109,8 +110,8 @@ int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch) {
 }
 int64_t cholesky_scratch_avx2(int64_t d) { return maha_simd::chol_scratch_floats<V256>(d); }
 
-void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
-  maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt);
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
+  maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt, pf);
 }
 
 void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,

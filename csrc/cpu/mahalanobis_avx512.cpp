@@ -64,6 +64,7 @@ struct V512 {
   static inline reg load_row(const float* p) { return _mm512_load_ps(p); }  // 64-byte aligned padded rows
   static inline void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline void prefetch_l2(const char* p) { _mm_prefetch(p, _MM_HINT_T1); }
   static inline reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   static inline reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
   static inline reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
@@ -97,8 +98,8 @@ int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch) {
 }
 int64_t cholesky_scratch_avx512(int64_t d) { return maha_simd::chol_scratch_floats<V512>(d); }
 
-void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
-  maha_simd::syrk_lower<V512>(y, ld, n, d, tile, ldt);
+void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
+  maha_simd::syrk_lower<V512>(y, ld, n, d, tile, ldt, pf);
 }
 
 }  // namespace fastad::cpu

@@ -15,6 +15,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/row_prefetch.h"
+
 namespace fastad::cpu::maha_simd {
 
 constexpr int64_t kRowBlock = 48;  // rows per block of rows_impl (a multiple of the 6-row tile)
@@ -133,12 +135,31 @@ inline void syrk_tile_rows(int64_t ni, const float* yb, int64_t ld, int64_t kn, 
 // over the samples in blocks of syrk_kc(ld). A tile whose rows all lie above column j0 + W (the diagonal's
 // first half) computes only its first W columns, and the last row block only its rows below d: the FMAs
 // spent above the diagonal or on padding fall from 22% to 11% of the useful ones at d = 152 (6 x 32).
+// pf (may be null): rows to prefetch into L2 meanwhile, spread over the tiles.
 // Blocking the samples keeps the column panel and the broadcast rows in L1 while every row block passes
 // over them; the tile is re-read and re-written once per sample block.
+// Issues up to `count` more lines of pf's rows (prefetch into L2).
 template <typename V>
-void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
+inline void issue_row_prefetch(RowPrefetch* pf, int64_t count) {
+  const int64_t lpr = pf->lines_per_row(), total = pf->lines();
+  for (int64_t c = 0; c < count && pf->issued < total; ++c, ++pf->issued) {
+    const int64_t r = pf->issued / lpr, l = pf->issued % lpr;
+    const char* row = pf->base + r * pf->stride;
+    V::prefetch_l2(l + 1 < lpr ? row + l * 64 : row + pf->row_bytes - 1);
+  }
+}
+
+template <typename V>
+void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
   constexpr int64_t NR = 2 * V::W;
   const int64_t kc = syrk_kc(ld);
+  int64_t per_tile = 0;  // pf's lines spread evenly over the tiles
+  if (pf != nullptr && pf->rows > 0) {
+    int64_t tiles = 0;
+    for (int64_t j0 = 0; j0 < d; j0 += NR) tiles += (d - j0 / 6 * 6 + 5) / 6;
+    tiles *= (n + kc - 1) / kc > 0 ? (n + kc - 1) / kc : 1;
+    per_tile = (pf->lines() - pf->issued) / tiles + 1;
+  }
   for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kc) {
     const int64_t kn = n - k0 < kc ? n - k0 : kc;
     const float* yb = y + k0 * ld;
@@ -147,6 +168,7 @@ void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, i
         const int64_t ni = d - i0 < 6 ? d - i0 : 6;
         // (entries above the diagonal and columns past d are computed where a vector covers them: the
         // tile is ldt >= round_up(d, 2W) wide, so every store stays inside its row)
+        if (per_tile) issue_row_prefetch<V>(pf, per_tile);
         if (i0 + ni - 1 < j0 + V::W)
           syrk_tile_rows<V, 1>(ni, yb, ld, kn, i0, j0, tile, ldt, k0 == 0);
         else
