@@ -66,7 +66,8 @@ TORCH_LIBRARY(fastad, m) {
   m.def("gaussian_covariance(Tensor sumsq, Tensor m, float n, float scale, float reg, Tensor(a!) out) -> ()");
   // Lower Cholesky factors in place: a [P, d, d] / [d, d] float32 (lower triangle read) -> C with C C^T = a
   // in the lower triangle, the strict upper one zeroed; returns info [P] / [] int64: 0, or k >= 1 when the
-  // leading minor of order k is not positive definite (that matrix is then partially overwritten). CPU only.
+  // leading minor of order k is not positive definite (that matrix is then partially overwritten). CUDA:
+  // ATen's batched linalg_cholesky_ex written back.
   m.def("cholesky_lower(Tensor(a!) a) -> Tensor");
   // The rows of a multi-layer embedding (PaDiM's) written position-major: out [N, h * w, C] float32,
   // out[n, p, k] = channel channels[k] of the concatenation of the L layer maps [N, C_l, h_l, w_l]

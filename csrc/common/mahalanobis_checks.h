@@ -30,7 +30,7 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
 MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
                                          double reg, const at::Tensor& out);
 
-/// cholesky_lower: a float32 [d, d] / [P, d, d], square, contiguous, on the CPU; returns P (1 for [d, d]) and d.
+/// cholesky_lower: a float32 [d, d] / [P, d, d], square, contiguous; returns P (1 for [d, d]) and d.
 MahaShape check_cholesky_lower_args(const at::Tensor& a);
 
 /// Shapes of a gather_maps call (checked): L layer maps [N, C_l, h_l, w_l]; C kept channels; the first

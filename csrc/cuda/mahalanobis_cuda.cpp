@@ -1,9 +1,13 @@
-// CUDA entries of fastad::mahalanobis, fastad::gaussian_accumulate, fastad::gaussian_covariance, fastad::gather_maps: checks, layouts, launch.
+// CUDA entries of fastad::mahalanobis, fastad::gaussian_accumulate, fastad::gaussian_covariance, fastad::gather_maps,
+// fastad::cholesky_lower: checks, layouts, launch.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/tril.h>
 #include <ATen/ops/upsample_nearest2d.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -69,9 +73,23 @@ void gather_maps_cuda(at::TensorList maps, const at::Tensor& channels, const at:
   out.copy_(emb.flatten(2).transpose(1, 2));
 }
 
+// ATen's batched Cholesky (cuSOLVER) of the symmetric matrices whose lower triangles a holds, written back in
+// place (lower factor, zero strict upper triangle) with LAPACK's info, as the CPU kernel.
+at::Tensor cholesky_lower_cuda(at::Tensor& a) {
+  const MahaShape s = check_cholesky_lower_args(a);
+  c10::cuda::CUDAGuard guard(a.device());
+  if (s.P == 0 || s.d == 0)
+    return at::zeros(s.per_position ? std::vector<int64_t>{s.P} : std::vector<int64_t>{}, a.options().dtype(at::kLong));
+  const at::Tensor low = at::tril(a);
+  const auto res = at::linalg_cholesky_ex(low.add(at::tril(a, -1).transpose(-1, -2)));
+  a.copy_(std::get<0>(res));
+  return std::get<1>(res).to(at::kLong);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastad, CUDA, m) {
+  m.impl("cholesky_lower", &cholesky_lower_cuda);
   m.impl("mahalanobis", &mahalanobis_cuda);
   m.impl("gaussian_accumulate", &gaussian_accumulate_cuda);
   m.impl("gather_maps", &gather_maps_cuda);

@@ -154,11 +154,18 @@ def test_bad_input(args, match):
         fastad.ops.cholesky_lower(args())
 
 
-def test_other_devices_are_refused_by_name(device):
+def test_cuda_matches_cpu(device):
     if device != "cuda":
-        pytest.skip("needs a GPU")
-    with pytest.raises(ValueError, match="cholesky_lower: a must be on the CPU"):
-        fastad.ops.cholesky_lower(torch.eye(3, device="cuda"))
+        pytest.skip("the CPU is the reference here")
+    gen = torch.Generator().manual_seed(8)
+    A = _upper_garbage(_spd(4, 70, gen).float()).contiguous()
+    A[2, 40, 40] = -5.0  # not positive definite at order 41
+    cpu, gpu = A.clone(), A.cuda()
+    info_c, info_g = fastad.ops.cholesky_lower(cpu), fastad.ops.cholesky_lower(gpu)
+    assert info_c.tolist() == info_g.cpu().tolist() == [0, 0, 41, 0]
+    for p in (0, 1, 3):
+        torch.testing.assert_close(gpu[p].cpu(), cpu[p], rtol=2e-5, atol=2e-6)
+        assert bool((gpu[p].triu(1) == 0).all())
 
 
 def test_meta_and_opcheck():
