@@ -209,3 +209,31 @@ def test_fold_every_fold_rows_and_leftover_at_finalize(monkeypatch):
     torch.testing.assert_close(many.mean, one.mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(many.covariance, one.covariance, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(many.factor, one.factor, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_float32_cholesky_route_uses_the_op_only_with_simd(generic, monkeypatch):
+    # the float32 factorisation runs ops.cholesky_lower where it has a SIMD kernel, LAPACK spotrf on a CPU
+    # without AVX2 (its portable loop is slower than spotrf); both give the float64 Cholesky to float32 rounding
+    from fastad import ops as fops
+
+    if generic:
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    assert G._simd_cholesky() is (not generic and fastad_simd() != "generic")  # (x86 CI: AVX2 at least)
+    calls = []
+    real = fops.cholesky_lower
+    monkeypatch.setattr(fops, "cholesky_lower", lambda a: calls.append(1) or real(a))
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(90, 3, 20, generator=gen, dtype=torch.float64) + 2.0
+    m = G.gaussian_fit(x.float(), ddof=1, reg=0.01, factor_dtype=torch.float32, compute_dtype=torch.float32,
+                       factor_kind="cholesky", keep_covariance=False)
+    assert bool(calls) is G._simd_cholesky()
+    xf = x.float().double()
+    cov = torch.stack([torch.cov(xf[:, p].T) for p in range(3)]) + 0.01 * torch.eye(20, dtype=torch.float64)
+    torch.testing.assert_close(m.factor.double(), torch.linalg.cholesky(cov), rtol=1e-5, atol=1e-5)
+
+
+def fastad_simd():
+    import fastad
+
+    return fastad.build_info()["simd"]  # the CPU's level (not the environment's overrides)

@@ -236,6 +236,14 @@ def _factor_logdet(cov: torch.Tensor, what: str = "cov", first: int = 0, total: 
 F32_CHOL_MAX_DIAG_RATIO_SQ = 2000.0
 
 
+def _simd_cholesky() -> bool:
+    """Whether :func:`fastad.ops.cholesky_lower` runs a SIMD kernel on this CPU now (AVX2 / AVX-512; the
+    environment overrides of the ops apply): only then is it faster than LAPACK ``spotrf``."""
+    from ._library import op_kernels
+
+    return not op_kernels().get("cholesky_lower", "portable").startswith("portable")
+
+
 def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0,
                      compute_dtype: torch.dtype = torch.float32, work=None):
     """Lower Cholesky factors ``C`` (``C C^T = cov``) of a float64 block ``cov: [n, d, d]`` (lower triangle
@@ -267,15 +275,15 @@ def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, 
         fast = single or out.dtype == torch.float64
         if fast and not prepared:
             out.copy_(cov)  # one vectorised cast of the block (the strict upper triangle is cleaned by potrf)
-        potrf = lapack.dpotrf
         with _blas_threads():
             # the fast pass: in place per matrix (info != 0 marks a failure): float32 by ops.cholesky_lower
             # (~2x spotrf at d = 152, ~1.6x at d = 550, the same backward error), float64 by LAPACK dpotrf
             infos = np.zeros(n, dtype=np.int64)
             if fast:
-                if dst.dtype == np.float32:
+                if dst.dtype == np.float32 and _simd_cholesky():
                     infos = ops.cholesky_lower(out).numpy()
-                else:
+                else:  # float64, or a CPU without AVX2 (the op's portable loop is ~4x slower than spotrf)
+                    potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
                     for p in range(n):
                         a = dst[p].T  # F-contiguous view: upper triangle = C-order lower
                         C, info = potrf(a, lower=0, clean=1, overwrite_a=1)
