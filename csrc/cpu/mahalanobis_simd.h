@@ -5,13 +5,14 @@
 // instantiations are distinct and never merged across ISAs).
 //
 // V provides: `reg` (the vector type), `W` (lanes), zero(), loadu(p), load_row(p) (a zero-padded
-// feature row: aligned on AVX-512), storeu(p, v), fmadd(a, b, c), fnmadd(a, b, c) (c - a b), sub(a, b), div(a, b),
-// set1(x), bcast(p) (broadcast *p), reduce(v)
-// (horizontal sum), cols(nc, m) (mask of the first m <= nc columns of a panel, as Ld::load takes it)
-// and prefetch_row(p, bytes_per_entry) (the lines of one panel row).
+// feature row: aligned on AVX-512), storeu(p, v), fmadd(a, b, c), fnmadd(a, b, c) (c - a b), sub(a, b),
+// div(a, b), set1(x), sqrt1(x) (a scalar square root), bcast(p) (broadcast *p), reduce(v) (horizontal
+// sum), cols(nc, m) (mask of the first m <= nc columns of a panel, as Ld::load takes it),
+// prefetch_row(p, bytes_per_entry) (the lines of one panel row) and prefetch_l2(p) (one line into L2).
 // Ld provides load(p, mask, nc, lo, hi) (masked, entries past nc not read) and load_full(p, lo, hi).
 //
-// Includes nothing but <cstdint>: the includer includes <immintrin.h> and defines V / Ld.
+// Includes nothing but <cstdint> (and cpu/row_prefetch.h, plain data): the includer includes
+// <immintrin.h> and defines V / Ld.
 #pragma once
 #include <cstdint>
 
@@ -28,7 +29,7 @@ constexpr int64_t kSyrkBlockBytes = 384 << 10;
 inline int64_t syrk_kc(int64_t ld) {
   const int64_t kc = kSyrkBlockBytes / (ld * 4);
   return kc < 64 ? 64 : kc;
-}    // samples per block of syrk_lower
+}
 
 // One 6-row tile x one 2W-column panel: acc = xc[6, j0:] @ tril(L)[j0:, j0:j0+2W]; the squares of the
 // panel's entries are added into ss[6] (vector partials).

@@ -620,13 +620,13 @@ class GaussianAccumulator:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
         # the block's sums (everything buffered) and the block's covariances (lower triangles written by
         # ops.gaussian_covariance; the strict upper triangles stay zero, so every entry is finite)
-        b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev) if s2 is None else None
-        c_all = torch.zeros(pb, d, d, dtype=torch.float64, device=dev)
-        t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
         # float32 Cholesky factors of unshrunk covariances (PaDiM's default): the covariance is formed in
-        # float32 in the factor itself
+        # float32 in the factor itself (no float64 covariance block)
         direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
                     and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
+        b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev) if s2 is None else None
+        c_all = None if direct32 else torch.zeros(pb, d, d, dtype=torch.float64, device=dev)
+        t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
         for p0 in range(0, P, pb):
             p1 = min(P, p0 + pb)
             t0 = time.process_time()
