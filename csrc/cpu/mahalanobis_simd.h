@@ -205,6 +205,23 @@ inline int64_t chol_scratch_floats(int64_t d) {
   return d * chol_ldu<V>(d) + d * NB + 2 * NB * NB;
 }
 
+// c[r][v] += sum_{k0 <= k < k1} a[r * lda + k] * b[k * ldb + v W : (v + 1) W] for the NI rows of a tile and
+// v = 0, 1: one broadcast per row against two vectors per k (the Cholesky's update and solve tiles).
+template <typename V, int NI>
+inline void fma_rows_2v(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t k0, int64_t k1,
+                        typename V::reg (&c)[NI][2]) {
+  using R = typename V::reg;
+  for (int64_t k = k0; k < k1; ++k) {
+    const R b0 = V::loadu(b + k * ldb), b1 = V::loadu(b + k * ldb + V::W);
+#pragma GCC unroll 6
+    for (int r = 0; r < NI; ++r) {
+      const R x = V::bcast(a + r * lda + k);
+      c[r][0] = V::fmadd(x, b0, c[r][0]);
+      c[r][1] = V::fmadd(x, b1, c[r][1]);
+    }
+  }
+}
+
 // W[r][:] -= sum_{k < K} A[(i0 + r) * lda + k] * U[k * ldu + 0 : NB]  for the NI rows of a tile (row
 // stride NB). The sum is formed in blocks of kCholKb products, each block's sum subtracted from W: rounding
 // error growth ~(K / kCholKb + kCholKb) u instead of ~K u over one chain. Measured backward error
@@ -221,15 +238,7 @@ inline void chol_update_tile(const float* A, int64_t lda, int64_t i0, const floa
     R c[NI][2];
 #pragma GCC unroll 6
     for (int r = 0; r < NI; ++r) c[r][0] = c[r][1] = V::zero();
-    for (int64_t k = kb; k < ke; ++k) {
-      const R b0 = V::loadu(U + k * ldu), b1 = V::loadu(U + k * ldu + V::W);
-#pragma GCC unroll 6
-      for (int r = 0; r < NI; ++r) {
-        const R a = V::bcast(a0 + r * lda + k);
-        c[r][0] = V::fmadd(a, b0, c[r][0]);
-        c[r][1] = V::fmadd(a, b1, c[r][1]);
-      }
-    }
+    fma_rows_2v<V, NI>(a0, lda, U, ldu, kb, ke, c);
 #pragma GCC unroll 6
     for (int r = 0; r < NI; ++r) {
       V::storeu(W + r * NB, V::sub(V::loadu(W + r * NB), c[r][0]));
@@ -250,15 +259,7 @@ inline void chol_solve_tile(const float* Ri, int64_t jn, float* W) {
 #pragma GCC unroll 6
   for (int r = 0; r < NI; ++r) c[r][0] = c[r][1] = V::zero();
   const int64_t m1 = jn < V::W ? jn : V::W;
-  for (int64_t m = 0; m < m1; ++m) {
-    const R b0 = V::loadu(Ri + m * NB), b1 = V::loadu(Ri + m * NB + V::W);
-#pragma GCC unroll 6
-    for (int r = 0; r < NI; ++r) {
-      const R a = V::bcast(W + r * NB + m);
-      c[r][0] = V::fmadd(a, b0, c[r][0]);
-      c[r][1] = V::fmadd(a, b1, c[r][1]);
-    }
-  }
+  fma_rows_2v<V, NI>(W, NB, Ri, NB, 0, m1, c);
   for (int64_t m = m1; m < jn; ++m) {  // rows m >= W of an upper Ri: the first vector is zero
     const R b1 = V::loadu(Ri + m * NB + V::W);
 #pragma GCC unroll 6
