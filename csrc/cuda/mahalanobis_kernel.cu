@@ -150,33 +150,36 @@ constexpr int kTile = 32;
 template <typename T>
 __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ shift, int64_t N, int64_t P,
                             int64_t d, double* __restrict__ sumsq, bool packed) {
-  // blockIdx.x: lower-triangle tile index t -> (ti, tj) with tj <= ti; blockIdx.y: position
+  // blockIdx.x: lower-triangle tile index t -> (ti, tj) with tj <= ti; positions blockIdx.y, + gridDim.y, ...
+  // (gridDim.y is at most 65535: any P)
   int64_t t = blockIdx.x, ti = 0;
   while (t > ti) t -= ++ti;
   const int64_t tj = t;
-  const int64_t p = blockIdx.y;
   __shared__ double ya[kTile][kTile + 1], yb[kTile][kTile + 1];
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8 threads
-  double acc[4] = {0, 0, 0, 0};
-  for (int64_t n0 = 0; n0 < N; n0 += kTile) {
-    for (int q = ty; q < kTile; q += 8) {
-      const int64_t n = n0 + q;
-      const int64_t ia = ti * kTile + tx, ib = tj * kTile + tx;
-      ya[q][tx] = (n < N && ia < d) ? to_d(x[(n * P + p) * d + ia]) - shift[p * d + ia] : 0.0;
-      yb[q][tx] = (n < N && ib < d) ? to_d(x[(n * P + p) * d + ib]) - shift[p * d + ib] : 0.0;
-    }
-    __syncthreads();
-    for (int q = 0; q < kTile; ++q) {
-      const double b = yb[q][tx];
+  for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+    double acc[4] = {0, 0, 0, 0};
+    for (int64_t n0 = 0; n0 < N; n0 += kTile) {
+      for (int q = ty; q < kTile; q += 8) {
+        const int64_t n = n0 + q;
+        const int64_t ia = ti * kTile + tx, ib = tj * kTile + tx;
+        ya[q][tx] = (n < N && ia < d) ? to_d(x[(n * P + p) * d + ia]) - shift[p * d + ia] : 0.0;
+        yb[q][tx] = (n < N && ib < d) ? to_d(x[(n * P + p) * d + ib]) - shift[p * d + ib] : 0.0;
+      }
+      __syncthreads();
+      for (int q = 0; q < kTile; ++q) {
+        const double b = yb[q][tx];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] += ya[q][ty + 8 * u] * b;
+        for (int u = 0; u < 4; ++u) acc[u] += ya[q][ty + 8 * u] * b;
+      }
+      __syncthreads();
     }
-    __syncthreads();
-  }
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int64_t i = ti * kTile + ty + 8 * u, j = tj * kTile + tx;
-    if (i < d && j < d && j <= i) sumsq[packed ? p * (d * (d + 1) / 2) + i * (i + 1) / 2 + j : (p * d + i) * d + j] += acc[u];
+    for (int u = 0; u < 4; ++u) {
+      const int64_t i = ti * kTile + ty + 8 * u, j = tj * kTile + tx;
+      if (i < d && j < d && j <= i)
+        sumsq[packed ? p * (d * (d + 1) / 2) + i * (i + 1) / 2 + j : (p * d + i) * d + j] += acc[u];
+    }
   }
 }
 
@@ -195,7 +198,7 @@ template <typename T>
 cudaError_t acc_typed(const T* x, const double* shift, int64_t N, int64_t P, int64_t d, double* sum, double* sumsq,
                       bool packed, cudaStream_t stream) {
   const int64_t nt = (d + kTile - 1) / kTile;
-  const dim3 grid(static_cast<unsigned>(nt * (nt + 1) / 2), static_cast<unsigned>(P));
+  const dim3 grid(static_cast<unsigned>(nt * (nt + 1) / 2), static_cast<unsigned>(std::min<int64_t>(P, 65535)));
   syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq, packed);
   const int64_t total = P * d;
   colsum_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(x, shift, N, P, d, sum);
@@ -223,34 +226,38 @@ cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shi
   }
 }
 
-// gaussian_covariance: one thread per lower-triangle entry of a position (blockIdx.y), row found from the
-// packed index; explicit __dmul_rn / __dsub_rn / __dadd_rn keep nvcc from contracting into FMAs.
+// gaussian_covariance: one thread per lower-triangle entry of a position (positions blockIdx.y, + gridDim.y, ...:
+// any P), row found from the packed index; explicit __dmul_rn / __dsub_rn / __dadd_rn keep nvcc from
+// contracting into FMAs.
 template <typename T>
-__global__ void covariance_kernel(const double* __restrict__ s2, const double* __restrict__ m, int64_t d,
+__global__ void covariance_kernel(const double* __restrict__ s2, const double* __restrict__ m, int64_t P, int64_t d,
                                   bool packed, double n, double scale, double reg, T* __restrict__ out) {
-  const int64_t p = blockIdx.y, tri = d * (d + 1) / 2;
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < tri;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t i = static_cast<int64_t>((sqrt(8.0 * static_cast<double>(k) + 1.0) - 1.0) / 2.0);
-    while (i * (i + 1) / 2 > k) --i;
-    while ((i + 1) * (i + 2) / 2 <= k) ++i;
-    const int64_t j = k - i * (i + 1) / 2;
+  const int64_t tri = d * (d + 1) / 2;
+  for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
     const double* mp = m + p * d;
-    const double sij = s2[p * (packed ? tri : d * d) + (packed ? k : i * d + j)];
-    double v = __dmul_rn(__dsub_rn(sij, __dmul_rn(__dmul_rn(n, mp[i]), mp[j])), scale);
-    if (i == j) v = __dadd_rn(v, reg);
-    out[p * d * d + i * d + j] = static_cast<T>(v);
+    for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < tri;
+         k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      int64_t i = static_cast<int64_t>((sqrt(8.0 * static_cast<double>(k) + 1.0) - 1.0) / 2.0);
+      while (i * (i + 1) / 2 > k) --i;
+      while ((i + 1) * (i + 2) / 2 <= k) ++i;
+      const int64_t j = k - i * (i + 1) / 2;
+      const double sij = s2[p * (packed ? tri : d * d) + (packed ? k : i * d + j)];
+      double v = __dmul_rn(__dsub_rn(sij, __dmul_rn(__dmul_rn(n, mp[i]), mp[j])), scale);
+      if (i == j) v = __dadd_rn(v, reg);
+      out[p * d * d + i * d + j] = static_cast<T>(v);
+    }
   }
 }
 
 cudaError_t gaussian_covariance_launch(const double* sumsq, const double* m, int64_t P, int64_t d, bool packed,
                                        double n, double scale, double reg, void* out, bool f32, cudaStream_t s) {
   const int64_t tri = d * (d + 1) / 2;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tri + 255) / 256, 1024)), static_cast<unsigned>(P));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tri + 255) / 256, 1024)),
+                  static_cast<unsigned>(std::min<int64_t>(P, 65535)));  // (gridDim.y's limit; the kernel strides)
   if (f32)
-    covariance_kernel<float><<<grid, 256, 0, s>>>(sumsq, m, d, packed, n, scale, reg, static_cast<float*>(out));
+    covariance_kernel<float><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<float*>(out));
   else
-    covariance_kernel<double><<<grid, 256, 0, s>>>(sumsq, m, d, packed, n, scale, reg, static_cast<double*>(out));
+    covariance_kernel<double><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<double*>(out));
   return cudaGetLastError();
 }
 
