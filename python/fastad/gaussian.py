@@ -274,7 +274,7 @@ def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, 
                else np.empty((d, d), dtype=np.float64))
         fast = single or out.dtype == torch.float64
         if fast and not prepared:
-            out.copy_(cov)  # one vectorised cast of the block (the strict upper triangle is cleaned by potrf)
+            out.copy_(cov)  # one vectorised cast of the block (the factorisation zeroes the strict upper triangle)
         with _blas_threads():
             # the fast pass: in place per matrix (info != 0 marks a failure): float32 by ops.cholesky_lower
             # (~2x spotrf at d = 152, ~1.6x at d = 550, the same backward error), float64 by LAPACK dpotrf
@@ -618,12 +618,12 @@ class GaussianAccumulator:
             if dev.type == "cpu" else None
         if s2 is None:
             b1_all = torch.empty(pb, d, dtype=torch.float64, device=dev)
-        # the block's sums (everything buffered) and the block's covariances (lower triangles written by
-        # ops.gaussian_covariance; the strict upper triangles stay zero, so every entry is finite)
         # float32 Cholesky factors of unshrunk covariances (PaDiM's default): the covariance is formed in
         # float32 in the factor itself (no float64 covariance block)
         direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
                     and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
+        # the block's sums (everything buffered) and the block's covariances (lower triangles written by
+        # ops.gaussian_covariance; the strict upper triangles stay zero, so every entry is finite)
         b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev) if s2 is None else None
         c_all = None if direct32 else torch.zeros(pb, d, d, dtype=torch.float64, device=dev)
         t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
