@@ -57,8 +57,10 @@ TORCH_LIBRARY(fastad, m) {
   // d2 = ||C^{-1} (x - mean)||^2 (a triangular solve; fit needs no inverse).
   m.def("mahalanobis(Tensor x, Tensor mean, Tensor factor, bool cholesky=False) -> Tensor");
   // Streaming Gaussian statistics: y = x - shift per position; sum += sum_n y, tril(sumsq) += sum_n y y^T
-  // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d].
-  m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq) -> ()");
+  // (float64; the strict upper triangle of sumsq is not touched). x [N, d] / [N, P, d]. row_start [P]
+  // (optional): rows i < row_start[p] of position p's sumsq are not touched either (rows the caller copies
+  // from a position whose leading features are the same, e.g. PaDiM's nearest-upsampled coarse layers).
+  m.def("gaussian_accumulate(Tensor x, Tensor shift, Tensor(a!) sum, Tensor(b!) sumsq, Tensor? row_start=None) -> ()");
   // The covariances from those sums: for j <= i, out[p, i, j] = (sumsq[p, i, j] - n m[p, i] m[p, j]) *
   // scale (+ reg on the diagonal), in float64, rounded once to out's dtype (float32 / float64); sumsq dense
   // [P, d, d] (lower read) or packed [P, d (d + 1) / 2]; m [P, d] float64; the strict upper triangle of out

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastad import gaussian as G
+from fastad.gaussian import GaussianAccumulator
 
 sk = pytest.importorskip("sklearn.covariance")
 
@@ -237,3 +238,69 @@ def fastad_simd():
     import fastad
 
     return fastad.build_info()["simd"]  # the CPU's level (not the environment's overrides)
+
+
+# ---- shared_rows: covariance rows of repeated leading features formed once -------------------------
+def _shared_data(N=300, P=12, d=20, e1=8, seed=0):
+    """[N, P, d]: features [0, e1) repeat in pairs of positions (owner = p // 2 * 2), the rest free."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, P, d, generator=gen) * 3 + 5
+    owner = torch.arange(P) // 2 * 2
+    x[:, :, :e1] = x[:, owner, :e1]
+    return x, [(e1, owner)]
+
+
+@pytest.mark.parametrize("batch", [7, 64, 300])
+def test_shared_rows_same_bits_as_every_row(batch):
+    """The rows a position leaves to its owner are the owner's rows, which the full computation forms from
+    the same features in the same order: the sums, the mean and the factor are bit for bit those of an
+    accumulator without shared_rows (folded path: N > d + 1 rows)."""
+    x, shared = _shared_data()
+    # two levels: [0, 4) shared by groups of 4 positions, [4, 8) by pairs
+    own4 = torch.arange(12) // 4 * 4
+    x[:, :, :4] = x[:, own4, :4]
+    shared = [(4, own4)] + shared
+    a, b = GaussianAccumulator(), GaussianAccumulator(shared_rows=shared)
+    a.update(x[:7])
+    b.update(x[:7])
+    # b's shift: a position's shared features take its owner's (torch's mean can round equal columns
+    # differently); given the same shift, a forms every row itself
+    a.shift.copy_(b.shift)
+    for s in range(7, x.shape[0], batch):
+        a.update(x[s : s + batch])
+        b.update(x[s : s + batch])
+    ma = a.finalize(ddof=1, reg=0.01, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
+    mb = b.finalize(ddof=1, reg=0.01, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
+    assert torch.equal(a.s2, b.s2) and torch.equal(ma.mean, mb.mean) and torch.equal(ma.factor, mb.factor)
+    assert b._syrk_flops < a._syrk_flops
+    # float64 route (the covariance kept), and a second finalize after more rows
+    b.update(x[:50])
+    a.update(x[:50])
+    assert torch.equal(a.finalize(ddof=1).covariance, b.finalize(ddof=1).covariance)
+    for e, o in shared:  # the shared shift entries are the owners'
+        assert torch.equal(b.shift[:, :e], b.shift[o, :e])
+
+
+def test_shared_rows_checks():
+    x, shared = _shared_data()
+    owner = shared[0][1]
+    bad = [
+        ([(0, owner)], r"end must be an int in \(0, d = 20\]"),
+        ([(8, owner), (8, owner)], r"end must be an int in \(8, d = 20\]"),
+        ([(21, owner)], "end must be an int"),
+        ([(8, owner[:5])], r"owner must be an int64 Tensor\[12\]"),
+        ([(8, owner.int())], "owner must be an int64"),
+        ([(8, torch.arange(12).flip(0))], "owner must map each position p to a position <= p"),
+        ([(8, torch.tensor([0, 0, 1, 2, 4, 4, 6, 6, 8, 8, 10, 10]))], "owners own themselves|owner\\[owner"),
+        ([(4, owner), (8, torch.arange(12) // 4 * 4)], "must own the rows up to 8 too"),
+        (["x"], r"shared_rows\[0\] must be an \(end, owner\) pair"),
+    ]
+    for rows, match in bad:
+        with pytest.raises(ValueError, match=match):
+            GaussianAccumulator(shared_rows=rows).update(x)
+    y = x.clone()
+    y[1, 5, 3] += 1  # position 5 differs from its owner 4 in the first rows
+    with pytest.raises(ValueError, match=r"position 5's features \[0, 8\) differ from its owner's \(position 4\)"):
+        GaussianAccumulator(shared_rows=shared).update(y)
+    with pytest.raises(ValueError, match=r"shared_rows needs \[B, P, d\] batches"):
+        GaussianAccumulator(shared_rows=shared).update(x[:, 0])

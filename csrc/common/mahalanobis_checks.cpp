@@ -1,5 +1,6 @@
 #include "common/mahalanobis_checks.h"
 
+#include <ATen/ops/aminmax.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -72,7 +73,7 @@ static bool check_sumsq_layout(const char* op, const at::Tensor& sumsq, const st
 }
 
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
-                                         const at::Tensor& sumsq) {
+                                         const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start) {
   const char* op = "gaussian_accumulate";
   MahaShape s = x_shape(op, x);
   TORCH_CHECK(is_low_float(x.scalar_type()) || x.scalar_type() == at::kDouble, op,
@@ -91,6 +92,19 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
   for (const at::Tensor* t : {&shift, &sum, &sumsq})
     TORCH_CHECK(t->device() == x.device(), op, ": shift, sum and sumsq must be on x's device (", x.device(),
                 "), got ", t->device());
+  if (row_start.has_value()) {
+    const at::Tensor& r = *row_start;
+    TORCH_CHECK(r.scalar_type() == at::kLong, op, ": row_start must be int64, got ", r.scalar_type());
+    TORCH_CHECK(r.dim() == 1 && r.size(0) == s.P, op, ": row_start must be [", s.P, "] (one first row per ",
+                s.per_position ? "position" : "call", ") for x of shape ", shape_str(x), ", got ", shape_str(r));
+    TORCH_CHECK(r.device() == x.device(), op, ": row_start must be on x's device (", x.device(), "), got ", r.device());
+    if (r.numel() > 0) {
+      const auto [lo, hi] = at::aminmax(r);
+      const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
+      TORCH_CHECK(mn >= 0 && mx <= s.d, op, ": row_start values must lie in [0, d = ", s.d, "], got [", mn, ", ",
+                  mx, "]");
+    }
+  }
   return s;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <vector>
 
 namespace fastad {
@@ -20,9 +21,10 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 
 /// x [N, d] / [N, P, d] (fp32/fp16/bf16/fp64); shift [d] / [P, d] (fp32 or fp64); sum [d] / [P, d] and
 /// sumsq [d, d] / [P, d, d] float64, or packed lower triangles [d (d + 1) / 2] / [P, d (d + 1) / 2] (row i at
-/// i (i + 1) / 2; sets packed), contiguous; all on one device.
+/// i (i + 1) / 2; sets packed), contiguous; all on one device. row_start (optional): int64 [P] ([1] for
+/// [N, d] x) on x's device, values in [0, d] (read here: a CUDA tensor is copied to the host).
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
-                                         const at::Tensor& sumsq);
+                                         const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start);
 
 /// gaussian_covariance: m [d] / [P, d] float64 (sets P, d, per_position); sumsq float64 [d, d] / [P, d, d]
 /// or packed [d (d + 1) / 2] / [P, d (d + 1) / 2] (sets packed); out float32 / float64 [d, d] / [P, d, d],

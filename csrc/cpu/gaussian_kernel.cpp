@@ -45,39 +45,40 @@ constexpr int64_t kRowGroups = 8;  // P = 1: row-chunk groups summed separately 
 /// Offset of row i of a d x d lower triangle: dense (i d) or packed (i (i + 1) / 2).
 inline int64_t row_off(int64_t i, int64_t d, bool packed) { return packed ? i * (i + 1) / 2 : i * d; }
 
-/// dst += src over the lower triangle incl. the diagonal (src, dst: float64, each dense [d, d] or packed).
-void add_lower(const double* src, bool src_packed, double* dst, bool dst_packed, int64_t d) {
-  for (int64_t i = 0; i < d; ++i) {
+/// dst += src over rows [r0, d) of the lower triangle incl. the diagonal (src, dst: float64, each dense [d, d]
+/// or packed).
+void add_lower(const double* src, bool src_packed, double* dst, bool dst_packed, int64_t d, int64_t r0 = 0) {
+  for (int64_t i = r0; i < d; ++i) {
     const double* a = src + row_off(i, d, src_packed);
     double* o = dst + row_off(i, d, dst_packed);
     for (int64_t j = 0; j <= i; ++j) o[j] += a[j];
   }
 }
 
-/// s2 [d, d] (float64, lower triangle; packed: row i at i (i + 1) / 2) += tril(Y^T Y) of nr centred float32
-/// rows y (zero-padded to ld, a multiple of 32, with 64 zero floats after the last row): the float32 SYRK
-/// micro-kernel into a tile.
+/// Rows [r0, d) of s2 [d, d] (float64, lower triangle; packed: row i at i (i + 1) / 2) += tril(Y^T Y) of nr
+/// centred float32 rows y (zero-padded to ld, a multiple of 32, with 64 zero floats after the last row): the
+/// float32 SYRK micro-kernel into a tile.
 void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, bool packed, int simd,
-              AlignedFloats& tbuf, RowPrefetch* pf) {
+              AlignedFloats& tbuf, RowPrefetch* pf, int64_t r0) {
   float* tile = tbuf.get(static_cast<size_t>(d * ld));
 #if FASTAD_HAVE_AVX512
   if (simd == 2)
-    syrk_lower_avx512(y, ld, nr, d, tile, ld, pf);
+    syrk_lower_avx512(y, ld, nr, d, tile, ld, pf, r0);
   else
 #endif
 #if FASTAD_HAVE_AVX2
   if (simd == 1)
-    syrk_lower_avx2(y, ld, nr, d, tile, ld, pf);
+    syrk_lower_avx2(y, ld, nr, d, tile, ld, pf, r0);
   else
 #endif
-    syrk_lower_generic(y, ld, nr, d, tile, ld);
+    syrk_lower_generic(y, ld, nr, d, tile, ld, r0);
 #if FASTAD_HAVE_AVX2
   if (simd >= 1) {
-    tile_add_f64_avx2(tile, ld, d, s2, packed);
+    tile_add_f64_avx2(tile, ld, d, s2, packed, r0);
     return;
   }
 #endif
-  for (int64_t i = 0; i < d; ++i) {
+  for (int64_t i = r0; i < d; ++i) {
     const float* t = tile + i * ld;
     double* o = s2 + row_off(i, d, packed);
     for (int64_t j = 0; j <= i; ++j) o[j] += static_cast<double>(t[j]);
@@ -85,12 +86,13 @@ void syrk_add(const float* y, int64_t ld, int64_t nr, int64_t d, double* s2, boo
 }
 
 /// Adds rows [n0, n0 + nr) of one position (row n at x + n * rs) into s1 [d] / s2 [d, d] (float64; packed:
-/// lower triangle rows at i (i + 1) / 2). Returns false (and adds nothing) when a chunk holds a non-finite value.
+/// lower triangle rows at i (i + 1) / 2; only the triangle's rows r0 and below). Returns false (and adds
+/// nothing) when a chunk holds a non-finite value.
 /// pf (may be null): the rows the caller centres next, prefetched into L2 during this chunk's SYRK.
 template <typename T, typename S>
 bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t nr, int64_t d, double* s1,
                      double* s2, bool packed, int simd, AlignedFloats& ybuf, AlignedFloats& tbuf,
-                     std::vector<double>& cs, RowPrefetch* pf = nullptr) {
+                     std::vector<double>& cs, int64_t r0, RowPrefetch* pf = nullptr) {
   const int64_t ld = (d + 31) / 32 * 32;
   cs.assign(static_cast<size_t>(d), 0.0);
   if constexpr (std::is_same_v<T, double>) {
@@ -99,18 +101,18 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     constexpr int64_t kG = 8;
     std::vector<double> y(static_cast<size_t>(kG * d));
     std::vector<double> acc(static_cast<size_t>(d * d), 0.0);
-    for (int64_t r0 = 0; r0 < nr; r0 += kG) {
-      const int64_t g = std::min(kG, nr - r0);
+    for (int64_t g0 = 0; g0 < nr; g0 += kG) {
+      const int64_t g = std::min(kG, nr - g0);
       std::fill(y.begin(), y.end(), 0.0);
       for (int64_t r = 0; r < g; ++r) {
-        const double* xr = x + (n0 + r0 + r) * rs;
+        const double* xr = x + (n0 + g0 + r) * rs;
         for (int64_t j = 0; j < d; ++j) {
           y[r * d + j] = xr[j] - static_cast<double>(shift[j]);
           cs[j] += y[r * d + j];
         }
       }
       const double* y0 = y.data();
-      for (int64_t i = 0; i < d; ++i) {
+      for (int64_t i = r0; i < d; ++i) {
         double a[kG];
         for (int64_t r = 0; r < kG; ++r) a[r] = y0[r * d + i];
         double* o = acc.data() + i * d;
@@ -124,7 +126,7 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
-    add_lower(acc.data(), false, s2, packed, d);
+    add_lower(acc.data(), false, s2, packed, d, r0);
     return true;
   } else {
     float* y = ybuf.get(static_cast<size_t>(nr * ld + 64));
@@ -149,14 +151,14 @@ bool accumulate_rows(const T* x, int64_t rs, const S* shift, int64_t n0, int64_t
     std::memset(y + nr * ld, 0, 64 * 4);
     for (int64_t j = 0; j < d; ++j)
       if (!std::isfinite(cs[j])) return false;
-    syrk_add(y, ld, nr, d, s2, packed, simd, tbuf, pf);
+    syrk_add(y, ld, nr, d, s2, packed, simd, tbuf, pf, r0);
     for (int64_t j = 0; j < d; ++j) s1[j] += cs[j];
     return true;
   }
 }
 
 template <typename T, typename S>
-void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape& s) {
+void run(const T* x, const S* shift, double* sum, double* sumsq, const int64_t* row_start, const MahaShape& s) {
   const int64_t N = s.N, P = s.P, d = s.d;
   const bool packed = s.packed;
   const int64_t sq = packed ? d * (d + 1) / 2 : d * d;  // sumsq entries per position
@@ -171,6 +173,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
       // written once per call
       std::vector<double> local(N > kAccChunk ? static_cast<size_t>(sq) : 0);
       for (int64_t p = p0; p < p1; ++p) {
+        const int64_t r0 = row_start != nullptr ? row_start[p] : 0;
         double* s2 = N > kAccChunk ? local.data() : sumsq + p * sq;
         if (N > kAccChunk) {
           if (packed)
@@ -190,10 +193,10 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
             pf.row_bytes = d * static_cast<int64_t>(sizeof(T));
           }
           if (!accumulate_rows(x + p * d, P * d, shift + p * d, n0, std::min(kAccChunk, N - n0), d, sum + p * d,
-                               s2, packed, simd, ybuf, tbuf, cs, pf.rows > 0 ? &pf : nullptr))
+                               s2, packed, simd, ybuf, tbuf, cs, r0, pf.rows > 0 ? &pf : nullptr))
             bad = p;
         }
-        if (N > kAccChunk) add_lower(s2, packed, sumsq + p * sq, packed, d);
+        if (N > kAccChunk) add_lower(s2, packed, sumsq + p * sq, packed, d, r0);
       }
     });
   } else {
@@ -201,6 +204,7 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
     // each summed into its own packed float64 partial, and the partials are added in group order: the
     // same sums, bit for bit, on any number of threads and in every run
     const int64_t nchunks = (N + kAccChunk - 1) / kAccChunk, G = std::min(nchunks, kRowGroups);
+    const int64_t r0 = row_start != nullptr ? row_start[0] : 0;
     const int64_t sqp = d * (d + 1) / 2;
     std::vector<double> g1(static_cast<size_t>(G * d), 0.0), g2(static_cast<size_t>(G * sqp), 0.0);
     at::parallel_for(0, G, 1, [&](int64_t a, int64_t b) {
@@ -210,13 +214,13 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
         for (int64_t c = nchunks * g / G; c < nchunks * (g + 1) / G; ++c) {
           const int64_t n0 = c * kAccChunk;
           if (!accumulate_rows(x, d, shift, n0, std::min(kAccChunk, N - n0), d, g1.data() + g * d,
-                               g2.data() + g * sqp, true, simd, ybuf, tbuf, cs))
+                               g2.data() + g * sqp, true, simd, ybuf, tbuf, cs, r0))
             bad = 0;
         }
     });
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t j = 0; j < d; ++j) sum[j] += g1[g * d + j];
-      add_lower(g2.data() + g * sqp, true, sumsq, packed, d);
+      add_lower(g2.data() + g * sqp, true, sumsq, packed, d, r0);
     }
   }
   TORCH_CHECK(bad.load() < 0, "gaussian_accumulate: x (or shift) holds NaN or Inf",
@@ -225,23 +229,25 @@ void run(const T* x, const S* shift, double* sum, double* sumsq, const MahaShape
 }
 
 void gaussian_accumulate_cpu(const at::Tensor& x_, const at::Tensor& shift_, const at::Tensor& sum,
-                             const at::Tensor& sumsq) {
-  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq);
+                             const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start) {
+  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq, row_start);
   if (s.N == 0 || s.P == 0) return;
   const at::Tensor x = x_.contiguous();
+  const at::Tensor rs_t = row_start.has_value() ? row_start->contiguous() : at::Tensor();
+  const int64_t* rs = rs_t.defined() ? rs_t.data_ptr<int64_t>() : nullptr;
   double* s1 = sum.data_ptr<double>();
   double* s2 = sumsq.data_ptr<double>();
   if (x.scalar_type() == at::kDouble) {
     const at::Tensor sh = shift_.to(at::kDouble).contiguous();
-    run(x.data_ptr<double>(), sh.data_ptr<double>(), s1, s2, s);
+    run(x.data_ptr<double>(), sh.data_ptr<double>(), s1, s2, rs, s);
     return;
   }
   const at::Tensor sh = shift_.to(at::kFloat).contiguous();
   const float* shp = sh.data_ptr<float>();
   switch (x.scalar_type()) {
-    case at::kFloat: run(x.data_ptr<float>(), shp, s1, s2, s); break;
-    case at::kHalf: run(x.data_ptr<at::Half>(), shp, s1, s2, s); break;
-    default: run(x.data_ptr<at::BFloat16>(), shp, s1, s2, s); break;
+    case at::kFloat: run(x.data_ptr<float>(), shp, s1, s2, rs, s); break;
+    case at::kHalf: run(x.data_ptr<at::Half>(), shp, s1, s2, rs, s); break;
+    default: run(x.data_ptr<at::BFloat16>(), shp, s1, s2, rs, s); break;
   }
 }
 
@@ -402,11 +408,11 @@ at::Tensor cholesky_lower_cpu(at::Tensor& a) {
 
 }  // namespace
 
-void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt) {
-  for (int64_t i = 0; i < d; ++i) std::memset(tile + i * ldt, 0, static_cast<size_t>(i + 1) * 4);
+void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, int64_t r0) {
+  for (int64_t i = r0; i < d; ++i) std::memset(tile + i * ldt, 0, static_cast<size_t>(i + 1) * 4);
   for (int64_t k = 0; k < n; ++k) {
     const float* yk = y + k * ld;
-    for (int64_t i = 0; i < d; ++i) {
+    for (int64_t i = r0; i < d; ++i) {
       const float yi = yk[i];
       float* t = tile + i * ldt;
       for (int64_t j = 0; j <= i; ++j) t[j] += yi * yk[j];

@@ -70,21 +70,25 @@ int64_t cholesky_scratch_avx2(int64_t d);
 #endif
 
 // ---- gaussian_accumulate: C += tril(Y^T Y) ------------------------------------------------------
-/// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i < d
-/// (entries j > i of a tile row may hold anything); y rows are zero-padded to ld (a multiple of 32).
-/// pf (SIMD kernels; may be null): rows prefetched into L2 meanwhile (the next chunk the caller centres).
-void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt);
+/// tile[i * ldt + j] (float32, overwritten) = sum_{k < n} y[k * ld + i] * y[k * ld + j] for j <= i, r0 <= i < d
+/// (entries j > i of a tile row, and rows above r0, may hold anything); y rows are zero-padded to ld (a
+/// multiple of 32). pf (SIMD kernels; may be null): rows prefetched into L2 meanwhile (the next chunk the
+/// caller centres).
+void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, int64_t r0);
 #if FASTAD_HAVE_AVX512
-void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf);
+void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf,
+                       int64_t r0);
 #endif
 #if FASTAD_HAVE_AVX2
-void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf);
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf,
+                     int64_t r0);
 /// y[r * ld + j] = x[r * rs + j] - shift[j] (float32; zero for d <= j < ld) and cs[j] += y[r * ld + j]
 /// (float64, rows in order) for r < nr: gaussian_accumulate's centring, the same values as its portable loop.
 void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,
                       double* cs);
-/// s2[i * d + j] (packed: s2[i (i + 1) / 2 + j]) += tile[i * ldt + j] (float32 -> float64) for j <= i < d.
-void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed);
+/// s2[i * d + j] (packed: s2[i (i + 1) / 2 + j]) += tile[i * ldt + j] (float32 -> float64) for j <= i,
+/// r0 <= i < d.
+void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed, int64_t r0);
 /// gather_maps for one image: out[p * C + k] = planes[k][srcs[k] ? srcs[k][p] : p] for p < P, k < C
 /// (8 positions x 8 channels per 8 x 8 transpose; srcs[k] == nullptr: the channel's layer is on the
 /// output grid). next: nullptr, or per channel the offset of the next image's plane (prefetched while

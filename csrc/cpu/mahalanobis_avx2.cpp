@@ -110,8 +110,9 @@ int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch) {
 }
 int64_t cholesky_scratch_avx2(int64_t d) { return maha_simd::chol_scratch_floats<V256>(d); }
 
-void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
-  maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt, pf);
+void syrk_lower_avx2(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf,
+                     int64_t r0) {
+  maha_simd::syrk_lower<V256>(y, ld, n, d, tile, ldt, pf, r0);
 }
 
 void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr, int64_t d, float* y, int64_t ld,
@@ -143,8 +144,8 @@ void center_rows_avx2(const float* x, int64_t rs, const float* shift, int64_t nr
   }
 }
 
-void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed) {
-  for (int64_t i = 0; i < d; ++i) {
+void tile_add_f64_avx2(const float* tile, int64_t ldt, int64_t d, double* s2, bool packed, int64_t r0) {
+  for (int64_t i = r0; i < d; ++i) {
     const float* t = tile + i * ldt;
     double* o = s2 + (packed ? i * (i + 1) / 2 : i * d);
     const int64_t n = i + 1;

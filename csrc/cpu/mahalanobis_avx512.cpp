@@ -98,8 +98,9 @@ int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch) {
 }
 int64_t cholesky_scratch_avx512(int64_t d) { return maha_simd::chol_scratch_floats<V512>(d); }
 
-void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
-  maha_simd::syrk_lower<V512>(y, ld, n, d, tile, ldt, pf);
+void syrk_lower_avx512(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf,
+                       int64_t r0) {
+  maha_simd::syrk_lower<V512>(y, ld, n, d, tile, ldt, pf, r0);
 }
 
 }  // namespace fastad::cpu

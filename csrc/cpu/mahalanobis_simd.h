@@ -136,6 +136,7 @@ inline void syrk_tile_rows(int64_t ni, const float* yb, int64_t ld, int64_t kn, 
 // over the samples in blocks of syrk_kc(ld). A tile whose rows all lie above column j0 + W (the diagonal's
 // first half) computes only its first W columns, and the last row block only its rows below d: the FMAs
 // spent above the diagonal or on padding fall from 22% to 11% of the useful ones at d = 152 (6 x 32).
+// r0: only rows r0 and below are formed (row blocks r0 + 6 m; rows above are the caller's to copy).
 // pf (may be null): rows to prefetch into L2 meanwhile, spread over the tiles.
 // Blocking the samples keeps the column panel and the broadcast rows in L1 while every row block passes
 // over them; the tile is re-read and re-written once per sample block.
@@ -150,22 +151,27 @@ inline void issue_row_prefetch(RowPrefetch* pf, int64_t count) {
   }
 }
 
+// The first 6-row block from r0 (rows r0 + 6 m) that reaches column j0.
+inline int64_t syrk_first_row(int64_t j0, int64_t r0) { return j0 > r0 ? r0 + (j0 - r0) / 6 * 6 : r0; }
+
 template <typename V>
-void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf) {
+void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, int64_t ldt, RowPrefetch* pf,
+                int64_t r0) {
   constexpr int64_t NR = 2 * V::W;
   const int64_t kc = syrk_kc(ld);
   int64_t per_tile = 0;  // pf's lines spread evenly over the tiles
   if (pf != nullptr && pf->rows > 0) {
     int64_t tiles = 0;
-    for (int64_t j0 = 0; j0 < d; j0 += NR) tiles += (d - j0 / 6 * 6 + 5) / 6;
+    for (int64_t j0 = 0; j0 < d; j0 += NR) tiles += (d - syrk_first_row(j0, r0) + 5) / 6;
     tiles *= (n + kc - 1) / kc > 0 ? (n + kc - 1) / kc : 1;
-    per_tile = (pf->lines() - pf->issued) / tiles + 1;
+    per_tile = tiles > 0 ? (pf->lines() - pf->issued) / tiles + 1 : 0;
   }
   for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kc) {
     const int64_t kn = n - k0 < kc ? n - k0 : kc;
     const float* yb = y + k0 * ld;
     for (int64_t j0 = 0; j0 < d; j0 += NR) {
-      for (int64_t i0 = j0 / 6 * 6; i0 < d; i0 += 6) {  // row blocks that reach column block j0
+      // row blocks (from r0) that reach column block j0
+      for (int64_t i0 = syrk_first_row(j0, r0); i0 < d; i0 += 6) {
         const int64_t ni = d - i0 < 6 ? d - i0 : 6;
         // (entries above the diagonal and columns past d are computed where a vector covers them: the
         // tile is ldt >= round_up(d, 2W) wide, so every store stays inside its row)

@@ -36,14 +36,16 @@ at::Tensor mahalanobis_cuda(const at::Tensor& x_, const at::Tensor& mean_, const
 }
 
 void gaussian_accumulate_cuda(const at::Tensor& x_, const at::Tensor& shift_, const at::Tensor& sum,
-                              const at::Tensor& sumsq) {
-  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq);
+                              const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start) {
+  const MahaShape s = check_gaussian_accumulate_args(x_, shift_, sum, sumsq, row_start);
   if (s.N == 0 || s.P == 0) return;
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), sh = shift_.to(at::kDouble).contiguous();
+  const at::Tensor rs = row_start.has_value() ? row_start->contiguous() : at::Tensor();
   const int xdt = x.scalar_type() == at::kDouble ? 3 : dtype_code(x);
   cudaError_t err = gaussian_accumulate_launch(x.data_ptr(), xdt, sh.data_ptr<double>(), s.N, s.P, s.d,
                                                sum.data_ptr<double>(), sumsq.data_ptr<double>(), s.packed,
+                                               rs.defined() ? rs.data_ptr<int64_t>() : nullptr,
                                                c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "gaussian_accumulate: CUDA kernel failed: ", cudaGetErrorString(err));
   // (NaN/Inf: the Python accumulator checks batches; the CUDA op propagates them into the sums.)

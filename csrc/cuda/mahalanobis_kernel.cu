@@ -149,7 +149,7 @@ constexpr int kTile = 32;
 
 template <typename T>
 __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ shift, int64_t N, int64_t P,
-                            int64_t d, double* __restrict__ sumsq, bool packed) {
+                            int64_t d, double* __restrict__ sumsq, bool packed, const int64_t* __restrict__ row_start) {
   // blockIdx.x: lower-triangle tile index t -> (ti, tj) with tj <= ti; positions blockIdx.y, + gridDim.y, ...
   // (gridDim.y is at most 65535: any P)
   int64_t t = blockIdx.x, ti = 0;
@@ -158,6 +158,9 @@ __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ 
   __shared__ double ya[kTile][kTile + 1], yb[kTile][kTile + 1];
   const int tx = threadIdx.x % kTile, ty = threadIdx.x / kTile;  // 32 x 8 threads
   for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
+    // rows above row_start[p] are not formed (a tile wholly above: skipped by the whole block, uniformly)
+    const int64_t r0 = row_start != nullptr ? row_start[p] : 0;
+    if ((ti + 1) * kTile <= r0) continue;
     double acc[4] = {0, 0, 0, 0};
     for (int64_t n0 = 0; n0 < N; n0 += kTile) {
       for (int q = ty; q < kTile; q += 8) {
@@ -177,7 +180,7 @@ __global__ void syrk_kernel(const T* __restrict__ x, const double* __restrict__ 
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       const int64_t i = ti * kTile + ty + 8 * u, j = tj * kTile + tx;
-      if (i < d && j < d && j <= i)
+      if (i < d && j < d && j <= i && i >= r0)
         sumsq[packed ? p * (d * (d + 1) / 2) + i * (i + 1) / 2 + j : (p * d + i) * d + j] += acc[u];
     }
   }
@@ -196,10 +199,10 @@ __global__ void colsum_kernel(const T* __restrict__ x, const double* __restrict_
 
 template <typename T>
 cudaError_t acc_typed(const T* x, const double* shift, int64_t N, int64_t P, int64_t d, double* sum, double* sumsq,
-                      bool packed, cudaStream_t stream) {
+                      bool packed, const int64_t* row_start, cudaStream_t stream) {
   const int64_t nt = (d + kTile - 1) / kTile;
   const dim3 grid(static_cast<unsigned>(nt * (nt + 1) / 2), static_cast<unsigned>(std::min<int64_t>(P, 65535)));
-  syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq, packed);
+  syrk_kernel<T><<<grid, kTile * 8, 0, stream>>>(x, shift, N, P, d, sumsq, packed, row_start);
   const int64_t total = P * d;
   colsum_kernel<T><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(x, shift, N, P, d, sum);
   return cudaGetLastError();
@@ -217,12 +220,13 @@ cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const 
 }
 
 cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
-                                       double* sum, double* sumsq, bool packed, cudaStream_t s) {
+                                       double* sum, double* sumsq, bool packed, const int64_t* row_start,
+                                       cudaStream_t s) {
   switch (xdt) {
-    case kF32: return acc_typed(static_cast<const float*>(x), shift, N, P, d, sum, sumsq, packed, s);
-    case kF16: return acc_typed(static_cast<const __half*>(x), shift, N, P, d, sum, sumsq, packed, s);
-    case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, packed, s);
-    default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, packed, s);
+    case kF32: return acc_typed(static_cast<const float*>(x), shift, N, P, d, sum, sumsq, packed, row_start, s);
+    case kF16: return acc_typed(static_cast<const __half*>(x), shift, N, P, d, sum, sumsq, packed, row_start, s);
+    case kBF16: return acc_typed(static_cast<const __nv_bfloat16*>(x), shift, N, P, d, sum, sumsq, packed, row_start, s);
+    default: return acc_typed(static_cast<const double*>(x), shift, N, P, d, sum, sumsq, packed, row_start, s);
   }
 }
 

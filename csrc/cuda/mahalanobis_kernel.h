@@ -15,8 +15,10 @@ cudaError_t mahalanobis_launch(const void* x, int xdt, const float* mean, const 
 
 /// y = x[:, p] - shift[p] (float64); sum[p] += sum_n y; tril(sumsq[p]) += tril(sum_n y y^T) (float64).
 /// x [N, P, d] (code xdt: 0 f32, 1 f16, 2 bf16, 3 f64), shift [P, d] float64, contiguous device buffers.
+/// row_start (nullable): int64 [P] on the device; rows i < row_start[p] of sumsq[p] are not touched.
 cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shift, int64_t N, int64_t P, int64_t d,
-                                       double* sum, double* sumsq, bool packed, cudaStream_t stream);
+                                       double* sum, double* sumsq, bool packed, const int64_t* row_start,
+                                       cudaStream_t stream);
 
 /// gaussian_covariance: for j <= i, out[p, i, j] = (sumsq[p, i, j] - (n m[p, i]) m[p, j]) * scale (+ reg when
 /// i == j), float64 without FMA contraction (the CPU kernel's roundings), rounded once (out f32 or f64);

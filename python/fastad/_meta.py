@@ -220,7 +220,7 @@ def _check_sumsq(op, sumsq, vec, name, t):
 
 
 @torch.library.register_fake("fastad::gaussian_accumulate")
-def _gaussian_accumulate_fake(x, shift, sum, sumsq):
+def _gaussian_accumulate_fake(x, shift, sum, sumsq, row_start=None):
     op = "gaussian_accumulate"
     _check_maha_x(op, x, _GAUSS_X)
     d = x.shape[-1]
@@ -233,6 +233,12 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq):
     _check_sumsq(op, sumsq, vec, "x", x)
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
+    if row_start is not None:
+        P = x.shape[1] if x.dim() == 3 else 1
+        _check(row_start.dtype == torch.int64, f"{op}: row_start must be int64, got {row_start.dtype}")
+        _check(tuple(row_start.shape) == (P,), f"{op}: row_start must be [{P}] (one first row per "
+               f"{'position' if x.dim() == 3 else 'call'}) for x of shape {list(x.shape)}, got {list(row_start.shape)}")
+        _check(row_start.device == x.device, f"{op}: row_start must be on x's device ({x.device}), got {row_start.device}")
     return None
 
 

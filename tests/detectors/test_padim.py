@@ -197,7 +197,44 @@ def test_positions_equal_embedding(grids, n_features):
     feats = {"a": torch.randn(3, 6, *grids[0], generator=gen), "b": torch.randn(3, 10, *grids[1], generator=gen).half()}
     det = PaDiM(backbone=None, layers=["a", "b"], progress=False, n_features=n_features).fit_features(
         {k: torch.cat([v, v + 1, v * 2]) for k, v in feats.items()})
-    assert det._all_channels == (n_features in (None, 16))
+    # kept channels: the coarsest layer's first (fewer cells; equal grids keep the layer order)
+    coarse_first = grids[1][0] * grids[1][1] < grids[0][0] * grids[0][1]
+    layer = (det.channel_idx_ >= 6).long()
+    assert torch.equal(layer, layer.sort(descending=coarse_first).values)
+    assert det._all_channels == (n_features in (None, 16) and not coarse_first)
     got = det._positions(feats, torch.device("cpu"))
     want = det.embed(feats).index_select(1, det.channel_idx_).flatten(2).transpose(1, 2)
     assert got.is_contiguous() and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("grids", [((8, 10), (4, 5), (2, 5)), ((9, 9), (4, 5), (9, 9)), ((6, 6), (6, 6))])
+def test_shared_rows_of_coarse_layers(grids, monkeypatch):
+    """Coarse layers first: positions with the same nearest source cells on those layers have the same
+    leading features (checked on every image), and a fit long enough to fold its sums (> C + 1 images)
+    forms those covariance rows once: the maps equal a fit that forms every row (up to the shift's rounding)."""
+    from fastad.detectors import padim as padim_mod
+
+    gen = torch.Generator().manual_seed(5)
+    dims = (5, 7, 6)[: len(grids)]
+    layers = [chr(97 + i) for i in range(len(grids))]
+    train = [{l: torch.randn(8, c, *g, generator=gen) for l, c, g in zip(layers, dims, grids)} for _ in range(5)]
+    test = [{l: torch.randn(3, c, *g, generator=gen) for l, c, g in zip(layers, dims, grids)}]
+    det = PaDiM(backbone=None, layers=layers, progress=False, n_features=12).fit_features(train, image_size=(16, 20))
+    idx, shared = padim_mod._coarse_first(torch.arange(sum(dims)), list(dims), list(grids), grids[0])
+    x = torch.cat([det._positions(f, torch.device("cpu")) for f in train])  # [40, P, 12]
+    if grids[1] == grids[0] and len(grids) == 2:
+        assert shared is None  # one grid: nothing shared
+    else:
+        _, sh = padim_mod._coarse_first(det.channel_idx_.sort().values, list(dims), list(grids), grids[0])
+        assert sh  # (the subset's own plan: what the fit used)
+        for end, owner in sh:
+            assert torch.equal(x[:, :, :end], x[:, owner, :end])
+            assert not torch.equal(owner, torch.arange(owner.numel()))
+    assert det.n_train_images_ == 40 > 12 + 1
+    orig = padim_mod._coarse_first
+    monkeypatch.setattr(padim_mod, "_coarse_first", lambda *a: (orig(*a)[0], None))  # every row formed
+    full = PaDiM(backbone=None, layers=layers, progress=False, n_features=12).fit_features(train, image_size=(16, 20))
+    assert torch.equal(full.channel_idx_, det.channel_idx_)
+    assert (det.fit_syrk_flops_ < full.fit_syrk_flops_) == (shared is not None)
+    m1, m2 = det.score_features(test)[1], full.score_features(test)[1]
+    assert float(((m1 - m2).abs() / m2.abs()).max()) <= 1e-5

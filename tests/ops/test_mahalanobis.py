@@ -270,6 +270,71 @@ def test_gaussian_accumulate_streaming_equals_one_shot():
     assert torch.allclose(a1, b1, rtol=1e-6, atol=1e-6 * scale) and torch.allclose(a2, b2, rtol=1e-6, atol=1e-6 * scale)
 
 
+@pytest.mark.parametrize("N,P,d", [(1, 1, 1), (5, 3, 7), (300, 1, 64), (257, 4, 33), (70, 6, 152), (3, 4, 550), (600, 1, 17),
+                                   (9, 5, 200)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("path", ["fast", "avx2", "generic"])
+def test_gaussian_accumulate_row_start(N, P, d, dtype, path, monkeypatch):
+    """row_start: rows above it are left exactly as they were (dense and packed), rows from it equal the
+    reference and, bit for bit, the rows of a call without row_start (the same products and order); every
+    first row 0..d, across the 6-row blocks and the diagonal's column panels."""
+    if path == "generic":
+        monkeypatch.setenv("FASTAD_FORCE_GENERIC", "1")
+    if path == "avx2":
+        monkeypatch.setenv("FASTAD_FORCE_AVX2", "1")
+    gen = torch.Generator().manual_seed(3 * N + P + d)
+    x = (torch.randn(N, P, d, generator=gen, dtype=torch.float64) * 2 + 100).to(dtype)
+    shift = x[: max(1, N // 2)].double().mean(0).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    starts = torch.randint(0, d + 1, (P,), generator=gen)
+    starts[0] = d  # nothing formed
+    if P > 1:
+        starts[1] = 0
+    if P > 2:
+        starts[2] = d - 1
+    i, j = torch.tril_indices(d, d)
+    for packed in (False, True):
+        s1 = torch.randn(P, d, generator=gen, dtype=torch.float64)
+        s2 = torch.randn(P, d, d, generator=gen, dtype=torch.float64)
+        if packed:
+            s2 = s2[:, i, j].contiguous()
+        xs, sh, a1, a2, rs = x, shift, s1, s2, starts
+        if P == 1 and d % 2:  # unbatched [N, d]
+            xs, sh, a1, a2 = x[:, 0], shift[0], s1[0].contiguous(), s2[0].contiguous()
+        w1, w2 = ref.gaussian_accumulate(xs, sh, a1, a2, rs)
+        b1, b2 = a1.clone(), a2.clone()
+        fastad.ops.gaussian_accumulate(xs, sh, b1, b2)  # every row
+        before = a2.clone()
+        fastad.ops.gaussian_accumulate(xs, sh, a1, a2, rs)
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        assert torch.equal(a1, b1)
+        assert (a2 - w2).abs().max().item() <= tol * max(1.0, float(w2.abs().max()))
+        def dense(t):
+            if not packed:
+                return t
+            out = torch.zeros(t.shape[:-1] + (d, d), dtype=t.dtype)
+            out[..., i, j] = t
+            return out
+
+        got, full, old = dense(a2).view(-1, d, d), dense(b2).view(-1, d, d), dense(before).view(-1, d, d)
+        for p in range(got.shape[0]):
+            r = int(rs[p])
+            assert torch.equal(got[p, :r], old[p, :r]), (p, r)  # untouched
+            assert torch.equal(got[p, r:].tril(-r), full[p, r:].tril(-r)), (p, r)  # the same bits as every row
+
+
+def test_gaussian_accumulate_row_start_bad_input():
+    x, sh = torch.zeros(3, 2, 4), torch.zeros(2, 4)
+    s1, s2 = torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4, 4, dtype=torch.float64)
+    for rs, match in [(torch.zeros(2, dtype=torch.int32), "row_start must be int64"),
+                      (torch.zeros(3, dtype=torch.int64), r"row_start must be \[2\]"),
+                      (torch.tensor([0, 5]), r"row_start values must lie in \[0, d = 4\], got \[0, 5\]"),
+                      (torch.tensor([-1, 0]), "row_start values must lie in")]:
+        with pytest.raises(RuntimeError, match=match):
+            fastad.ops.gaussian_accumulate(x, sh, s1, s2, rs)
+    with pytest.raises(RuntimeError, match="row_start must be on x's device"):
+        torch.ops.fastad.gaussian_accumulate(x, sh, s1, s2, torch.zeros(2, dtype=torch.int64, device="meta"))
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -295,6 +360,9 @@ def test_gaussian_accumulate_opcheck(device):
     torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, args)
     packed = (x, x.mean(0), torch.zeros(3, 5, dtype=torch.float64, device=device), torch.zeros(3, 15, dtype=torch.float64, device=device))
     torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, packed)
+    rows = (x, x.mean(0), torch.zeros(3, 5, dtype=torch.float64, device=device),
+            torch.zeros(3, 15, dtype=torch.float64, device=device), torch.tensor([0, 3, 5], device=device))
+    torch.library.opcheck(torch.ops.fastad.gaussian_accumulate.default, rows)
 
 
 @pytest.mark.parametrize("N,P,d", [(33, 5, 70), (8, 2, 550)])
@@ -320,6 +388,12 @@ def test_cuda_matches_cpu(N, P, d):
     k1, k2 = torch.zeros(P, d, dtype=torch.float64, device="cuda"), torch.zeros(P, d * (d + 1) // 2, dtype=torch.float64, device="cuda")
     fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), k1, k2)  # packed lower triangles
     assert torch.equal(k1, c1) and torch.equal(k2, c2[:, i, j])
+    rs = torch.arange(P) * d // max(1, P - 1)  # first rows 0 .. d, across the 32-row tiles
+    r1, r2 = torch.zeros_like(k1), torch.full_like(k2, 7.0)
+    fastad.ops.gaussian_accumulate(x.cuda(), shift.cuda(), r1, r2, rs.cuda())
+    above = torch.arange(d)[i] < rs[:, None]  # [P, tri]: the rows left alone
+    assert torch.equal(r2.cpu()[above], torch.full_like(r2.cpu()[above], 7.0))
+    assert torch.equal(r2.cpu()[~above], k2.cpu()[~above] + 7.0)
 
 
 # ---- cholesky=True: the covariance's Cholesky factor and a triangular solve ---------------------

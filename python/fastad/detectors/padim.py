@@ -68,6 +68,46 @@ def _nonfinite_named():
         raise ValueError(f"PaDiM.fit: the training features hold NaN or Inf ({str(e).splitlines()[0]})") from None
 
 
+def _nearest_cells(hl: int, wl: int, h: int, w: int) -> torch.Tensor:
+    """``Tensor[h w]`` int64: the source cell (row-major on ``hl x wl``) of every position of an ``h x w`` grid
+    under ``F.interpolate(mode="nearest")`` (as :meth:`PaDiM.embed` resizes)."""
+    grid = torch.arange(hl * wl, dtype=torch.float64).view(1, 1, hl, wl)
+    return F.interpolate(grid, size=(h, w), mode="nearest").view(-1).long()
+
+
+def _coarse_first(idx: torch.Tensor, dims: list[int], grids: list[tuple[int, int]], grid: tuple[int, int]):
+    """The kept channels ``idx`` (into the concatenation of layers with ``dims`` channels on ``grids``)
+    reordered coarsest layer first (fewest cells; ties in layer order; each layer's channels in their
+    order), and :class:`~fastad.gaussian.GaussianAccumulator`'s ``shared_rows`` for that order on the model
+    ``grid``: positions whose nearest source cells agree on every layer up to a given one have the same
+    leading features, so their covariance rows for those channels are formed once (owner: the first such
+    position). A Mahalanobis distance does not depend on the order of the channels.
+    Returns ``(idx, shared_rows)`` (``shared_rows`` None when no position shares rows)."""
+    first = torch.tensor([0] + dims).cumsum(0)
+    layer = torch.bucketize(idx, first[1:], right=True)  # the layer of each kept channel
+    cells = [gh * gw for gh, gw in grids]
+    rank = sorted(range(len(dims)), key=lambda l: (cells[l], l))
+    order = torch.cat([torch.nonzero(layer == l).flatten() for l in rank])
+    idx = idx[order]
+    h, w = grid
+    P = h * w
+    pos = torch.arange(P)
+    shared, end, key = [], 0, None
+    for l in rank:
+        n = int((layer == l).sum())
+        if n == 0:
+            continue
+        src = _nearest_cells(grids[l][0], grids[l][1], h, w)
+        key = src[:, None] if key is None else torch.cat([key, src[:, None]], 1)  # cells of the layers so far
+        _, cls = torch.unique(key, dim=0, return_inverse=True)
+        owner = torch.full((int(cls.max()) + 1,), P, dtype=torch.int64).scatter_reduce_(0, cls, pos, "amin")[cls]
+        end += n
+        if torch.equal(owner, pos):  # every position its own (and so for every finer layer)
+            break
+        shared.append((end, owner))
+    return idx, (shared or None)
+
+
 @register(cli="padim")
 class PaDiM(BaseDetector):
     """PaDiM: a multivariate Gaussian per patch position, scored by Mahalanobis distance.
@@ -217,7 +257,7 @@ class PaDiM(BaseDetector):
         self._check_params()
         timer = StageTimer(timings)
         dev = None
-        acc = GaussianAccumulator()
+        acc = GaussianAccumulator()  # (replaced at the first batch: the layers' grids set its shared rows)
         # batches are written straight into chunks of `cap` images (no per-batch tensor, no concatenation
         # when the accumulator folds): cap > the raw rows it keeps before its first fold (C + 1) and >= its
         # fold size, so each chunk is folded (or, while everything fits, kept) as one tensor
@@ -243,9 +283,13 @@ class PaDiM(BaseDetector):
                     raise ValueError(f"PaDiM: n_features={keep} but the layers {self.layers_} have {total} channels")
                 g = torch.Generator().manual_seed(int(self.random_state))
                 idx = torch.randperm(total, generator=g)[:keep] if keep < total else torch.arange(total)
-                self.channel_idx_ = idx.to(dev)
-                self._all_channels = keep == total
                 self.feature_grid_ = tuple(int(s) for s in feats[self.layers_[0]].shape[-2:])
+                grids = [tuple(int(s) for s in feats[layer].shape[-2:]) for layer in self.layers_]
+                idx, shared = _coarse_first(idx, [self.layer_dims_[layer] for layer in self.layers_], grids,
+                                            self.feature_grid_)
+                self.channel_idx_ = idx.to(dev)
+                self._all_channels = torch.equal(idx, torch.arange(total))
+                acc = GaussianAccumulator(shared_rows=shared)
             self._check_features(feats, self.layers_, "fit")
             with timer("aggregation"):
                 B = int(feats[self.layers_[0]].shape[0])
@@ -281,6 +325,7 @@ class PaDiM(BaseDetector):
             self.n_refactored_ = getattr(acc, "n_refactored_", 0)
             # process CPU seconds of the Gaussian stages (SYRK sums, covariance, factorisation; benchmarks)
             self.fit_stage_cpu_ = dict(getattr(model, "fit_timings_", {}))
+            self.fit_syrk_flops_ = int(getattr(model, "fit_flops_", 0))  # the SYRK products formed (x 2)
             del acc
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()

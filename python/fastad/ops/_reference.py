@@ -195,11 +195,12 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor, chole
 
 
 def gaussian_accumulate(
-    x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor
+    x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor,
+    row_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`fastad.ops.gaussian_accumulate`, functional: returns the updated
     ``(sum, sumsq)`` (float64; the strict upper triangle of ``sumsq`` unchanged; a packed ``sumsq``,
-    ``[..., d (d + 1) / 2]``, holds the lower triangles row by row)."""
+    ``[..., d (d + 1) / 2]``, holds the lower triangles row by row; rows ``i < row_start[p]`` unchanged)."""
     y = x.double() - shift.double()
     s1 = sum + y.sum(0)
     if x.dim() == 2:
@@ -207,11 +208,20 @@ def gaussian_accumulate(
     else:
         prod = torch.einsum("npi,npj->pij", y, y)
     d = x.shape[-1]
+    keep = None  # [.., d, 1]: True on the rows the op updates
+    if row_start is not None:
+        rows = torch.arange(d)[:, None] >= row_start.cpu().view(-1, 1, 1)  # [P, d, 1]
+        keep = rows if x.dim() == 3 else rows[0]
     if sumsq.dim() == x.dim() - 1:  # packed
         i, j = torch.tril_indices(d, d)
-        return s1, sumsq + prod[..., i, j]
-    s2 = sumsq + prod.tril()
-    return s1, s2
+        add = prod[..., i, j]
+        if keep is not None:
+            add = add * keep[..., i, 0]
+        return s1, sumsq + add
+    add = prod.tril()
+    if keep is not None:
+        add = add * keep
+    return s1, sumsq + add
 
 
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,

@@ -6,7 +6,8 @@ from typing import List, Optional
 import torch
 
 
-def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor) -> None:
+def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor, sumsq: torch.Tensor,
+                        row_start: Optional[torch.Tensor] = None) -> None:
     """Folds a batch into per-position shifted sums, in place: ``y = x - shift``;
     ``sum += y.sum(0)``; ``tril(sumsq) += tril(sum_n y_n y_n^T)`` (the strict upper triangle of
     ``sumsq`` is left untouched).
@@ -19,6 +20,11 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
         sumsq: ``Tensor[d, d]`` / ``Tensor[P, d, d]`` float64, contiguous (lower triangle updated in place),
             or the lower triangles packed row by row, ``Tensor[d (d + 1) / 2]`` / ``Tensor[P, d (d + 1) / 2]``
             (entry ``(i, j)``, ``j <= i``, at ``i (i + 1) / 2 + j``: half the memory and traffic).
+        row_start: optional ``Tensor[P]`` int64 (``Tensor[1]`` for ``[N, d]`` x), values in ``[0, d]``, on
+            ``x``'s device: rows ``i < row_start[p]`` of position ``p``'s ``sumsq`` are not touched (their
+            products are not formed). For positions whose leading features repeat another position's (a
+            nearest-upsampled coarse layer, listed first): those rows are that position's, and the caller
+            copies them once (:class:`fastad.gaussian.GaussianAccumulator`'s ``shared_rows``).
 
     Low-precision ``x``: products are formed in float32 over chunks of at most 256 rows (a lower-SYRK
     micro-kernel, half the FLOPs of a GEMM) and summed in float64; float64 ``x``: float64 throughout.
@@ -37,7 +43,7 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
     """
     if x.device.type not in ("cpu", "meta") and x.numel() and not bool(torch.isfinite(x).all()):  # CPU checks itself
         raise ValueError("gaussian_accumulate: x holds NaN or Inf")
-    torch.ops.fastad.gaussian_accumulate(x, shift, sum, sumsq)
+    torch.ops.fastad.gaussian_accumulate(x, shift, sum, sumsq, row_start)
 
 
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
