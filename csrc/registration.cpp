@@ -64,13 +64,17 @@ TORCH_LIBRARY(fastad, m) {
   // The covariances from those sums: for j <= i, out[p, i, j] = (sumsq[p, i, j] - n m[p, i] m[p, j]) *
   // scale (+ reg on the diagonal), in float64, rounded once to out's dtype (float32 / float64); sumsq dense
   // [P, d, d] (lower read) or packed [P, d (d + 1) / 2]; m [P, d] float64; the strict upper triangle of out
-  // [P, d, d] is not written. Unbatched: [d, d] / [d (d + 1) / 2], [d], [d, d].
-  m.def("gaussian_covariance(Tensor sumsq, Tensor m, float n, float scale, float reg, Tensor(a!) out) -> ()");
+  // [P, d, d] is not written. Unbatched: [d, d] / [d (d + 1) / 2], [d], [d, d]. row_start [P] (optional):
+  // rows i < row_start[p] of out[p] are not written either.
+  m.def("gaussian_covariance(Tensor sumsq, Tensor m, float n, float scale, float reg, Tensor(a!) out, Tensor? row_start=None) -> ()");
   // Lower Cholesky factors in place: a [P, d, d] / [d, d] float32 (lower triangle read) -> C with C C^T = a
   // in the lower triangle, the strict upper one zeroed; returns info [P] / [] int64: 0, or k >= 1 when the
   // leading minor of order k is not positive definite (that matrix is then partially overwritten). CUDA:
-  // ATen's batched linalg_cholesky_ex written back.
-  m.def("cholesky_lower(Tensor(a!) a) -> Tensor");
+  // ATen's batched linalg_cholesky_ex written back. row_start / row_src [P] (optional, together): the
+  // factor's rows i < row_start[p] are copied from matrix row_src[p] (whose leading block of that order is
+  // a[p]'s; it has a smaller row_start and is factorised first) and only the rows below are factorised
+  // (a[p]'s rows above row_start[p] are not read); a copy from a failed matrix takes its info.
+  m.def("cholesky_lower(Tensor(a!) a, Tensor? row_start=None, Tensor? row_src=None) -> Tensor");
   // The rows of a multi-layer embedding (PaDiM's) written position-major: out [N, h * w, C] float32,
   // out[n, p, k] = channel channels[k] of the concatenation of the L layer maps [N, C_l, h_l, w_l]
   // (float32), each nearest-resized to the first layer's h x w grid.

@@ -72,6 +72,20 @@ static bool check_sumsq_layout(const char* op, const at::Tensor& sumsq, const st
   return packed;
 }
 
+void check_row_start(const char* op, const at::Tensor& r, const MahaShape& s, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(r.scalar_type() == at::kLong, op, ": row_start must be int64, got ", r.scalar_type());
+  TORCH_CHECK(r.dim() == 1 && r.size(0) == s.P, op, ": row_start must be [", s.P, "] (one first row per ",
+              s.per_position ? "position" : "call", ") for ", name, " of shape ", shape_str(t), ", got ", shape_str(r));
+  TORCH_CHECK(r.device() == t.device(), op, ": row_start must be on ", name, "'s device (", t.device(), "), got ",
+              r.device());
+  if (r.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(r);
+    const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
+    TORCH_CHECK(mn >= 0 && mx <= s.d, op, ": row_start values must lie in [0, d = ", s.d, "], got [", mn, ", ", mx,
+                "]");
+  }
+}
+
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start) {
   const char* op = "gaussian_accumulate";
@@ -92,24 +106,13 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
   for (const at::Tensor* t : {&shift, &sum, &sumsq})
     TORCH_CHECK(t->device() == x.device(), op, ": shift, sum and sumsq must be on x's device (", x.device(),
                 "), got ", t->device());
-  if (row_start.has_value()) {
-    const at::Tensor& r = *row_start;
-    TORCH_CHECK(r.scalar_type() == at::kLong, op, ": row_start must be int64, got ", r.scalar_type());
-    TORCH_CHECK(r.dim() == 1 && r.size(0) == s.P, op, ": row_start must be [", s.P, "] (one first row per ",
-                s.per_position ? "position" : "call", ") for x of shape ", shape_str(x), ", got ", shape_str(r));
-    TORCH_CHECK(r.device() == x.device(), op, ": row_start must be on x's device (", x.device(), "), got ", r.device());
-    if (r.numel() > 0) {
-      const auto [lo, hi] = at::aminmax(r);
-      const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
-      TORCH_CHECK(mn >= 0 && mx <= s.d, op, ": row_start values must lie in [0, d = ", s.d, "], got [", mn, ", ",
-                  mx, "]");
-    }
-  }
+  if (row_start.has_value()) check_row_start(op, *row_start, s, "x", x);
   return s;
 }
 
 MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
-                                         double reg, const at::Tensor& out) {
+                                         double reg, const at::Tensor& out,
+                                         const std::optional<at::Tensor>& row_start) {
   const char* op = "gaussian_covariance";
   TORCH_CHECK(m.dim() == 1 || m.dim() == 2, op, ": m must be [d] or [P, d] (the shifted means), got shape ",
               shape_str(m));
@@ -133,10 +136,12 @@ MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tens
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous (written in place)");
   TORCH_CHECK(std::isfinite(n) && std::isfinite(scale) && std::isfinite(reg), op,
               ": n, scale and reg must be finite, got ", n, ", ", scale, ", ", reg);
+  if (row_start.has_value()) check_row_start(op, *row_start, s, "out", out);
   return s;
 }
 
-MahaShape check_cholesky_lower_args(const at::Tensor& a) {
+MahaShape check_cholesky_lower_args(const at::Tensor& a, const std::optional<at::Tensor>& row_start,
+                                    const std::optional<at::Tensor>& row_src) {
   const char* op = "cholesky_lower";
   TORCH_CHECK(a.dim() == 2 || a.dim() == 3, op, ": a must be [d, d] or [P, d, d] (symmetric matrices, lower triangle read), got shape ",
               shape_str(a));
@@ -147,6 +152,26 @@ MahaShape check_cholesky_lower_args(const at::Tensor& a) {
   s.per_position = a.dim() == 3;
   s.P = s.per_position ? a.size(0) : 1;
   s.d = a.size(-1);
+  TORCH_CHECK(row_start.has_value() == row_src.has_value(), op,
+              ": row_start and row_src go together (rows copied from another matrix), got ",
+              row_start.has_value() ? "row_start only" : "row_src only");
+  if (row_start.has_value()) {
+    check_row_start(op, *row_start, s, "a", a);
+    const at::Tensor& q = *row_src;
+    TORCH_CHECK(q.scalar_type() == at::kLong && q.dim() == 1 && q.size(0) == s.P, op, ": row_src must be int64 [",
+                s.P, "], got ", q.scalar_type(), " ", shape_str(q));
+    TORCH_CHECK(q.device() == a.device(), op, ": row_src must be on a's device (", a.device(), "), got ", q.device());
+    const at::Tensor rs = row_start->cpu().contiguous(), src = q.cpu().contiguous();
+    const int64_t* r = rs.data_ptr<int64_t>();
+    const int64_t* c = src.data_ptr<int64_t>();
+    for (int64_t p = 0; p < s.P; ++p) {
+      if (r[p] == 0) continue;
+      TORCH_CHECK(c[p] >= 0 && c[p] < s.P, op, ": row_src[", p, "] = ", c[p], " is not a matrix of a (0 <= row_src < ",
+                  s.P, ")");
+      TORCH_CHECK(r[c[p]] < r[p], op, ": row_src[", p, "] = ", c[p], " must have a smaller row_start (", r[c[p]],
+                  ") than matrix ", p, "'s (", r[p], "): its rows are factorised first");
+    }
+  }
   return s;
 }
 

@@ -23,6 +23,10 @@ MahaShape check_mahalanobis_args(const at::Tensor& x, const at::Tensor& mean, co
 /// sumsq [d, d] / [P, d, d] float64, or packed lower triangles [d (d + 1) / 2] / [P, d (d + 1) / 2] (row i at
 /// i (i + 1) / 2; sets packed), contiguous; all on one device. row_start (optional): int64 [P] ([1] for
 /// [N, d] x) on x's device, values in [0, d] (read here: a CUDA tensor is copied to the host).
+/// row_start of a Gaussian op: int64 [P] on t's device, values in [0, d] (read on the host).
+void check_row_start(const char* op, const at::Tensor& row_start, const MahaShape& s, const char* name,
+                     const at::Tensor& t);
+
 MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& sum,
                                          const at::Tensor& sumsq, const std::optional<at::Tensor>& row_start);
 
@@ -30,10 +34,12 @@ MahaShape check_gaussian_accumulate_args(const at::Tensor& x, const at::Tensor& 
 /// or packed [d (d + 1) / 2] / [P, d (d + 1) / 2] (sets packed); out float32 / float64 [d, d] / [P, d, d],
 /// contiguous; all on out's device; n, scale, reg finite.
 MahaShape check_gaussian_covariance_args(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale,
-                                         double reg, const at::Tensor& out);
+                                         double reg, const at::Tensor& out,
+                                         const std::optional<at::Tensor>& row_start);
 
 /// cholesky_lower: a float32 [d, d] / [P, d, d], square, contiguous; returns P (1 for [d, d]) and d.
-MahaShape check_cholesky_lower_args(const at::Tensor& a);
+MahaShape check_cholesky_lower_args(const at::Tensor& a, const std::optional<at::Tensor>& row_start,
+                                    const std::optional<at::Tensor>& row_src);
 
 /// Shapes of a gather_maps call (checked): L layer maps [N, C_l, h_l, w_l]; C kept channels; the first
 /// layer's h x w grid.

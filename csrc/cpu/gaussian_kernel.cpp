@@ -341,8 +341,8 @@ void gather_maps_cpu(at::TensorList maps_, const at::Tensor& channels_, const at
 // float64 redo of a float32 factorisation (fastad/gaussian.py) calls the same op with a float64 out.
 template <class T>
 void covariance_rows(const double* s2, const double* m, int64_t d, bool packed, double n, double scale, double reg,
-                     T* out) {
-  for (int64_t i = 0; i < d; ++i) {
+                     T* out, int64_t r0) {
+  for (int64_t i = r0; i < d; ++i) {
     const double* si = s2 + row_off(i, d, packed);
     const double a = n * m[i];
     T* oi = out + i * d;
@@ -352,8 +352,10 @@ void covariance_rows(const double* s2, const double* m, int64_t d, bool packed, 
 }
 
 void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, double n, double scale, double reg,
-                             at::Tensor& out) {
-  const MahaShape s = check_gaussian_covariance_args(sumsq, m, n, scale, reg, out);
+                             at::Tensor& out, const std::optional<at::Tensor>& row_start) {
+  const MahaShape s = check_gaussian_covariance_args(sumsq, m, n, scale, reg, out, row_start);
+  const at::Tensor rs_t = row_start.has_value() ? row_start->contiguous() : at::Tensor();
+  const int64_t* rs = rs_t.defined() ? rs_t.data_ptr<int64_t>() : nullptr;
   const int64_t P = s.P, d = s.d;
   const bool packed = s.packed;
   if (P == 0 || d == 0) return;
@@ -365,10 +367,12 @@ void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, doubl
   void* op_ = out.data_ptr();
   at::parallel_for(0, P, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, d * d)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
+      const int64_t r0 = rs != nullptr ? rs[p] : 0;
       if (f32)
-        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<float*>(op_) + p * d * d);
+        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<float*>(op_) + p * d * d, r0);
       else
-        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<double*>(op_) + p * d * d);
+        covariance_rows(sp + p * sstride, mp + p * d, d, packed, n, scale, reg, static_cast<double*>(op_) + p * d * d,
+                        r0);
     }
   });
 }
@@ -376,33 +380,57 @@ void gaussian_covariance_cpu(const at::Tensor& sumsq, const at::Tensor& m, doubl
 // cholesky_lower: one matrix per task, parallel over matrices; the AVX-512 / AVX2 blocked kernel
 // (cpu/mahalanobis_simd.h) by the Gaussian ops' dispatch (maha_prefer_256: 16-column panels on AMD),
 // else the portable row-oriented algorithm.
-at::Tensor cholesky_lower_cpu(at::Tensor& a) {
-  const MahaShape s = check_cholesky_lower_args(a);
+at::Tensor cholesky_lower_cpu(at::Tensor& a, const std::optional<at::Tensor>& row_start,
+                              const std::optional<at::Tensor>& row_src) {
+  const MahaShape s = check_cholesky_lower_args(a, row_start, row_src);
   const int64_t P = s.P, d = s.d;
   at::Tensor info = at::zeros(s.per_position ? std::vector<int64_t>{P} : std::vector<int64_t>{}, a.options().dtype(at::kLong));
   if (P == 0 || d == 0) return info;
   float* ap = a.data_ptr<float>();
   int64_t* ip = info.data_ptr<int64_t>();
   const int simd = cholesky_simd();
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    AlignedFloats scratch;
-    for (int64_t p = p0; p < p1; ++p) {
-      float* m = ap + p * d * d;
+  // phases of equal row_start, ascending: a matrix's source (smaller row_start) is finished before it
+  std::vector<int64_t> order(static_cast<size_t>(P)), starts(static_cast<size_t>(P), 0), srcs;
+  for (int64_t p = 0; p < P; ++p) order[p] = p;
+  if (row_start.has_value()) {
+    const at::Tensor rs = row_start->contiguous(), rc = row_src->contiguous();
+    std::copy(rs.data_ptr<int64_t>(), rs.data_ptr<int64_t>() + P, starts.begin());
+    srcs.assign(rc.data_ptr<int64_t>(), rc.data_ptr<int64_t>() + P);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return starts[x] < starts[y]; });
+  }
+  for (int64_t b = 0; b < P;) {
+    int64_t e = b + 1;
+    while (e < P && starts[order[e]] == starts[order[b]]) ++e;
+    at::parallel_for(b, e, 1, [&](int64_t q0, int64_t q1) {
+      AlignedFloats scratch;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t p = order[q], r0 = starts[p];
+        float* m = ap + p * d * d;
+        if (r0 > 0) {  // the shared leading rows: the source's factor rows (whole rows: its upper part is zero)
+          const int64_t src = srcs[p];
+          if (ip[src] != 0) {
+            ip[p] = ip[src];
+            continue;
+          }
+          std::memcpy(m, ap + src * d * d, static_cast<size_t>(r0 * d) * sizeof(float));
+        }
 #if FASTAD_HAVE_AVX512
-      if (simd == 2) {
-        ip[p] = cholesky_lower_avx512(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx512(d))));
-        continue;
-      }
+        if (simd == 2) {
+          ip[p] = cholesky_lower_avx512(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx512(d))), r0);
+          continue;
+        }
 #endif
 #if FASTAD_HAVE_AVX2
-      if (simd == 1) {
-        ip[p] = cholesky_lower_avx2(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx2(d))));
-        continue;
-      }
+        if (simd == 1) {
+          ip[p] = cholesky_lower_avx2(m, d, scratch.get(static_cast<size_t>(cholesky_scratch_avx2(d))), r0);
+          continue;
+        }
 #endif
-      ip[p] = cholesky_lower_generic(m, d);
-    }
-  });
+        ip[p] = cholesky_lower_generic(m, d, r0);
+      }
+    });
+    b = e;
+  }
   return info;
 }
 
@@ -423,16 +451,19 @@ void syrk_lower_generic(const float* y, int64_t ld, int64_t n, int64_t d, float*
 // Row-oriented (Cholesky-Crout): C[j, j] = sqrt(a_jj - C[j, :j] . C[j, :j]), then for i > j
 // C[i, j] = (a_ij - C[i, :j] . C[j, :j]) / C[j, j]; both dot products run along rows (row-major), summed
 // in float64 (one chain of float32 products would have ~3x spotrf's backward error at d = 152).
-int64_t cholesky_lower_generic(float* a, int64_t d) {
+int64_t cholesky_lower_generic(float* a, int64_t d, int64_t r0) {
   for (int64_t j = 0; j < d; ++j) {
     float* cj = a + j * d;
-    double s = cj[j];
-    for (int64_t k = 0; k < j; ++k) s -= static_cast<double>(cj[k]) * cj[k];
-    const float sf = static_cast<float>(s);
-    if (!(sf > 0.0f) || !(sf < 3.4e38f)) return j + 1;
-    const float r = std::sqrt(sf);
-    cj[j] = r;
-    for (int64_t i = j + 1; i < d; ++i) {
+    float r = cj[j];  // given rows (j < r0): the factor's diagonal entry
+    if (j >= r0) {
+      double s = cj[j];
+      for (int64_t k = 0; k < j; ++k) s -= static_cast<double>(cj[k]) * cj[k];
+      const float sf = static_cast<float>(s);
+      if (!(sf > 0.0f) || !(sf < 3.4e38f)) return j + 1;
+      r = std::sqrt(sf);
+      cj[j] = r;
+    }
+    for (int64_t i = j + 1 > r0 ? j + 1 : r0; i < d; ++i) {
       float* ci = a + i * d;
       double t = ci[j];
       for (int64_t k = 0; k < j; ++k) t -= static_cast<double>(ci[k]) * cj[k];

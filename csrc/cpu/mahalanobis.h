@@ -59,13 +59,15 @@ std::string gaussian_kernel_name(bool cholesky);
 /// Returns 0 (C in the lower triangle, the strict upper one zeroed) or k >= 1, the order of the first
 /// leading minor that is not positive definite (or not finite; A then partially overwritten). scratch:
 /// at least cholesky_scratch_*(d) floats, 64-byte aligned. Portable version: cholesky_lower_generic.
-int64_t cholesky_lower_generic(float* a, int64_t d);
+/// r0 > 0: rows [0, r0) already hold the factor of the leading r0 x r0 block (not re-read as matrix
+/// entries); only rows r0 and below are factorised.
+int64_t cholesky_lower_generic(float* a, int64_t d, int64_t r0);
 #if FASTAD_HAVE_AVX512
-int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch);
+int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch, int64_t r0);
 int64_t cholesky_scratch_avx512(int64_t d);
 #endif
 #if FASTAD_HAVE_AVX2
-int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch);
+int64_t cholesky_lower_avx2(float* a, int64_t d, float* scratch, int64_t r0);
 int64_t cholesky_scratch_avx2(int64_t d);
 #endif
 

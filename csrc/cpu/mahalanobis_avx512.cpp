@@ -93,8 +93,8 @@ void maha_rows_avx512_bf16(const uint16_t* L, int64_t d, const float* xc, int64_
   maha_simd::rows_impl<V512, LoadBF16>(L, d, xc, ld, nrows, out);
 }
 
-int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch) {
-  return maha_simd::cholesky_lower<V512>(a, d, scratch);
+int64_t cholesky_lower_avx512(float* a, int64_t d, float* scratch, int64_t r0) {
+  return maha_simd::cholesky_lower<V512>(a, d, scratch, r0);
 }
 int64_t cholesky_scratch_avx512(int64_t d) { return maha_simd::chol_scratch_floats<V512>(d); }
 

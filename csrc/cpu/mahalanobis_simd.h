@@ -202,8 +202,8 @@ void syrk_lower(const float* y, int64_t ld, int64_t n, int64_t d, float* tile, i
 // zeroed on success.
 template <typename V>
 constexpr int64_t chol_nb() { return 2 * V::W; }
-template <typename V>
-inline int64_t chol_ldu(int64_t d) { return (d + chol_nb<V>() - 1) / chol_nb<V>() * chol_nb<V>(); }
+template <typename V>  // (+ NB: a panel starting past a multiple of NB, after row_start, reads NB columns of U)
+inline int64_t chol_ldu(int64_t d) { return (d + chol_nb<V>() - 1) / chol_nb<V>() * chol_nb<V>() + chol_nb<V>(); }
 /// floats of scratch cholesky_lower<V> needs for order d (U, the panel, the block and its inverse)
 template <typename V>
 inline int64_t chol_scratch_floats(int64_t d) {
@@ -279,12 +279,16 @@ inline void chol_solve_tile(const float* Ri, int64_t jn, float* W) {
 }
 
 template <typename V, typename F>
-inline void chol_rows(int64_t n, F&& tile) {  // tile(i, ni) over rows [0, n) in blocks of 6, exact counts
-  for (int64_t i = 0; i < n; i += 6) tile(i, n - i < 6 ? n - i : 6);
+inline void chol_rows(int64_t i0, int64_t n, F&& tile) {  // tile(i, ni) over rows [i0, n) in blocks of 6
+  for (int64_t i = i0; i < n; i += 6) tile(i, n - i < 6 ? n - i : 6);
 }
 
+// r0 > 0: rows [0, r0) of A already hold the factor's rows (a leading block shared with another matrix);
+// panels end at r0 (the one across it is split there), the panels above it only update and solve rows
+// r0 and below, and their diagonal blocks' R is read from A instead of factorised. With r0 a multiple of
+// NB every row below r0 goes through the same operations as in a full factorisation (the same bits).
 template <typename V>
-int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
+int64_t cholesky_lower(float* A, int64_t d, float* scratch, int64_t r0) {
   using R = typename V::reg;
   constexpr int64_t NB = chol_nb<V>();
   const int64_t ldu = chol_ldu<V>(d);
@@ -294,8 +298,11 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
   float* Ri = T + NB * NB;          // NB x NB: R^{-1}
   for (int64_t k = 0; k < d; ++k)   // U's columns past d are read by the last panel's vectors: zero
     for (int64_t i = d; i < ldu; ++i) U[k * ldu + i] = 0.0f;
-  for (int64_t j0 = 0; j0 < d; j0 += NB) {
-    const int64_t jn = d - j0 < NB ? d - j0 : NB, m = d - j0;
+  for (int64_t j0 = 0, jn = 0; j0 < d; j0 += jn) {
+    jn = d - j0 < NB ? d - j0 : NB;
+    if (j0 < r0 && j0 + jn > r0) jn = r0 - j0;  // a panel ends at r0
+    const int64_t m = d - j0;
+    const int64_t g = r0 > j0 ? r0 - j0 : 0;  // the panel's leading rows that are given (all of its block or none)
     // 1. the panel's rows, updated by the finished columns
     // (row by row, in vectors where the panel is full: a column-wise copy, as the compiler laid out the
     // plain loop, read one line of A per float)
@@ -311,7 +318,7 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
       }
     }
     if (j0 > 0)
-      chol_rows<V>(m, [&](int64_t i, int64_t ni) {
+      chol_rows<V>(g, m, [&](int64_t i, int64_t ni) {
         const float* Uj = U + j0;
         float* w = Wp + i * NB;
         switch (ni) {
@@ -323,10 +330,11 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
           default: chol_update_tile<V, 1>(A, d, j0 + i, Uj, ldu, j0, w); break;
         }
       });
-    // 2. the diagonal block: T = its transpose (upper triangle valid), factorised in place into R
+    // 2. the diagonal block: T = its transpose (upper triangle valid), factorised in place into R (a given
+    // block: T is already R)
     for (int64_t c = 0; c < NB; ++c)
       for (int64_t r = 0; r < NB; ++r) T[c * NB + r] = (r < jn && c <= r) ? Wp[r * NB + c] : 0.0f;
-    for (int64_t k = 0; k < jn; ++k) {
+    for (int64_t k = 0; k < (g > 0 ? 0 : jn); ++k) {
       float* tk = T + k * NB;
       const float dkk = tk[k];
       if (!(dkk > 0.0f) || !(dkk < 3.4e38f)) return j0 + k + 1;  // not positive, NaN or Inf
@@ -344,7 +352,7 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
         V::storeu(tq + V::W, V::fnmadd(f, r1, V::loadu(tq + V::W)));
       }
     }
-    for (int64_t c = 0; c < jn; ++c) {  // the block's finished rows: C[j0 + r, j0 + c] = R[c, r], c <= r
+    for (int64_t c = 0; c < (g > 0 ? 0 : jn); ++c) {  // the block's finished rows: C[j0 + r, j0 + c] = R[c, r]
       for (int64_t r = c; r < jn; ++r) A[(j0 + r) * d + j0 + c] = T[c * NB + r];
     }
     if (jn < m) {
@@ -362,8 +370,9 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
         V::storeu(rk, V::div(x0, dk));
         V::storeu(rk + V::W, V::div(x1, dk));
       }
-      // 3. the rows below the block: C[i, j0 : j0 + jn] = W[i, :] R^{-1}
-      chol_rows<V>(m - jn, [&](int64_t i, int64_t ni) {
+      // 3. the rows below the block (and below r0): C[i, j0 : j0 + jn] = W[i, :] R^{-1}
+      const int64_t s0 = g > jn ? g - jn : 0;
+      chol_rows<V>(s0, m - jn, [&](int64_t i, int64_t ni) {
         float* w = Wp + (jn + i) * NB;
         switch (ni) {
           case 6: chol_solve_tile<V, 6>(Ri, jn, w); break;
@@ -374,7 +383,7 @@ int64_t cholesky_lower(float* A, int64_t d, float* scratch) {
           default: chol_solve_tile<V, 1>(Ri, jn, w); break;
         }
       });
-      for (int64_t i = jn; i < m; ++i) {
+      for (int64_t i = jn + s0; i < m; ++i) {
         const float* w = Wp + i * NB;
         float* a = A + (j0 + i) * d + j0;
         for (int64_t c = 0; c < jn; ++c) a[c] = w[c];

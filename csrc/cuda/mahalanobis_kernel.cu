@@ -235,7 +235,8 @@ cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shi
 // contracting into FMAs.
 template <typename T>
 __global__ void covariance_kernel(const double* __restrict__ s2, const double* __restrict__ m, int64_t P, int64_t d,
-                                  bool packed, double n, double scale, double reg, T* __restrict__ out) {
+                                  bool packed, double n, double scale, double reg, T* __restrict__ out,
+                                  const int64_t* __restrict__ row_start) {
   const int64_t tri = d * (d + 1) / 2;
   for (int64_t p = blockIdx.y; p < P; p += gridDim.y) {
     const double* mp = m + p * d;
@@ -245,6 +246,7 @@ __global__ void covariance_kernel(const double* __restrict__ s2, const double* _
       while (i * (i + 1) / 2 > k) --i;
       while ((i + 1) * (i + 2) / 2 <= k) ++i;
       const int64_t j = k - i * (i + 1) / 2;
+      if (row_start != nullptr && i < row_start[p]) continue;  // rows above row_start are not written
       const double sij = s2[p * (packed ? tri : d * d) + (packed ? k : i * d + j)];
       double v = __dmul_rn(__dsub_rn(sij, __dmul_rn(__dmul_rn(n, mp[i]), mp[j])), scale);
       if (i == j) v = __dadd_rn(v, reg);
@@ -254,14 +256,17 @@ __global__ void covariance_kernel(const double* __restrict__ s2, const double* _
 }
 
 cudaError_t gaussian_covariance_launch(const double* sumsq, const double* m, int64_t P, int64_t d, bool packed,
-                                       double n, double scale, double reg, void* out, bool f32, cudaStream_t s) {
+                                       double n, double scale, double reg, void* out, bool f32,
+                                       const int64_t* row_start, cudaStream_t s) {
   const int64_t tri = d * (d + 1) / 2;
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((tri + 255) / 256, 1024)),
                   static_cast<unsigned>(std::min<int64_t>(P, 65535)));  // (gridDim.y's limit; the kernel strides)
   if (f32)
-    covariance_kernel<float><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<float*>(out));
+    covariance_kernel<float><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<float*>(out),
+                                                  row_start);
   else
-    covariance_kernel<double><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<double*>(out));
+    covariance_kernel<double><<<grid, 256, 0, s>>>(sumsq, m, P, d, packed, n, scale, reg, static_cast<double*>(out),
+                                                   row_start);
   return cudaGetLastError();
 }
 

@@ -23,7 +23,9 @@ cudaError_t gaussian_accumulate_launch(const void* x, int xdt, const double* shi
 /// gaussian_covariance: for j <= i, out[p, i, j] = (sumsq[p, i, j] - (n m[p, i]) m[p, j]) * scale (+ reg when
 /// i == j), float64 without FMA contraction (the CPU kernel's roundings), rounded once (out f32 or f64);
 /// sumsq dense [P, d, d] or packed [P, d (d + 1) / 2]; the strict upper triangle of out is not written.
+/// row_start (nullable): int64 [P] on the device; rows i < row_start[p] of out[p] are not written.
 cudaError_t gaussian_covariance_launch(const double* sumsq, const double* m, int64_t P, int64_t d, bool packed,
-                                       double n, double scale, double reg, void* out, bool f32, cudaStream_t stream);
+                                       double n, double scale, double reg, void* out, bool f32,
+                                       const int64_t* row_start, cudaStream_t stream);
 
 }  // namespace fastad::cuda

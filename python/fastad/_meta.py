@@ -219,6 +219,15 @@ def _check_sumsq(op, sumsq, vec, name, t):
            f"{op}: sumsq must be {list(mat)} (or packed lower triangles {list(packed)}) for {name} of shape {list(t.shape)}, got {list(sumsq.shape)}")
 
 
+def _check_row_start(op, row_start, P, name, t):
+    if row_start is None:
+        return
+    _check(row_start.dtype == torch.int64, f"{op}: row_start must be int64, got {row_start.dtype}")
+    _check(tuple(row_start.shape) == (P,), f"{op}: row_start must be [{P}] (one first row per "
+           f"{'position' if t.dim() == 3 else 'call'}) for {name} of shape {list(t.shape)}, got {list(row_start.shape)}")
+    _check(row_start.device == t.device, f"{op}: row_start must be on {name}'s device ({t.device}), got {row_start.device}")
+
+
 @torch.library.register_fake("fastad::gaussian_accumulate")
 def _gaussian_accumulate_fake(x, shift, sum, sumsq, row_start=None):
     op = "gaussian_accumulate"
@@ -233,17 +242,12 @@ def _gaussian_accumulate_fake(x, shift, sum, sumsq, row_start=None):
     _check_sumsq(op, sumsq, vec, "x", x)
     for t in (shift, sum, sumsq):
         _check(t.device == x.device, f"{op}: shift, sum and sumsq must be on x's device ({x.device}), got {t.device}")
-    if row_start is not None:
-        P = x.shape[1] if x.dim() == 3 else 1
-        _check(row_start.dtype == torch.int64, f"{op}: row_start must be int64, got {row_start.dtype}")
-        _check(tuple(row_start.shape) == (P,), f"{op}: row_start must be [{P}] (one first row per "
-               f"{'position' if x.dim() == 3 else 'call'}) for x of shape {list(x.shape)}, got {list(row_start.shape)}")
-        _check(row_start.device == x.device, f"{op}: row_start must be on x's device ({x.device}), got {row_start.device}")
+    _check_row_start(op, row_start, x.shape[1] if x.dim() == 3 else 1, "x", x)
     return None
 
 
 @torch.library.register_fake("fastad::gaussian_covariance")
-def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
+def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out, row_start=None):
     op = "gaussian_covariance"
     _check(m.dim() in (1, 2), f"{op}: m must be [d] or [P, d] (the shifted means), got shape {list(m.shape)}")
     mat = tuple(m.shape) + (m.shape[-1],)
@@ -254,15 +258,24 @@ def _gaussian_covariance_fake(sumsq, m, n, scale, reg, out):
     _check(tuple(out.shape) == mat, f"{op}: out must be {list(mat)} for m of shape {list(m.shape)}, got {list(out.shape)}")
     for t in (sumsq, m):
         _check(t.device == out.device, f"{op}: sumsq and m must be on out's device ({out.device}), got {t.device}")
+    _check_row_start(op, row_start, m.shape[0] if m.dim() == 2 else 1, "out", out)
     return None
 
 
 @torch.library.register_fake("fastad::cholesky_lower")
-def _cholesky_lower_fake(a):
+def _cholesky_lower_fake(a, row_start=None, row_src=None):
     op = "cholesky_lower"
     _check(a.dim() in (2, 3), f"{op}: a must be [d, d] or [P, d, d] (symmetric matrices, lower triangle read), got shape {list(a.shape)}")
     _check(a.shape[-1] == a.shape[-2], f"{op}: a must hold square matrices, got shape {list(a.shape)}")
     _check(a.dtype == torch.float32, f"{op}: a must be float32, got {a.dtype}")
+    _check((row_start is None) == (row_src is None), f"{op}: row_start and row_src go together (rows copied from another "
+           f"matrix), got {'row_start only' if row_src is None else 'row_src only'}")
+    P = a.shape[0] if a.dim() == 3 else 1
+    _check_row_start(op, row_start, P, "a", a)
+    if row_src is not None:
+        _check(row_src.dtype == torch.int64 and tuple(row_src.shape) == (P,),
+               f"{op}: row_src must be int64 [{P}], got {row_src.dtype} {list(row_src.shape)}")
+        _check(row_src.device == a.device, f"{op}: row_src must be on a's device ({a.device}), got {row_src.device}")
     return a.new_empty(tuple(a.shape[:-2]), dtype=torch.int64)
 
 

@@ -20,6 +20,10 @@ Pieces:
   less memory than those sums would (at most ``d + 1`` float32 rows), they are kept as they are and
   folded position block by position block at ``finalize``: peak memory is then the data, the model
   and one block (PaDiM at d = 550: the model plus ~0.1 GB, instead of 2 GB of float64 sums).
+  ``shared_rows`` (PaDiM's nearest-upsampled coarse layers, their channels first): positions whose leading
+  features repeat another position's form those covariance rows once; the float32 Cholesky route copies
+  the factor's leading rows too (``ops.cholesky_lower``'s ``row_start`` / ``row_src``). MTD (28 x 28 and a
+  14 x 14 layer of 112 of 152 channels): 59% of the SYRK FLOPs, ~70% of the factorisation's.
 - :func:`gaussian_fit`: the same on a tensor or an iterable of batches.
 - Shrinkage (of the maximum-likelihood covariance ``S``, divided by ``N`` as scikit-learn):
   ``"ledoit_wolf"`` (== ``sklearn.covariance.LedoitWolf``), ``"oas"`` (== ``OAS``, scikit-learn 1.9
@@ -245,7 +249,7 @@ def _simd_cholesky() -> bool:
 
 
 def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, total: int = 0,
-                     compute_dtype: torch.dtype = torch.float32, work=None):
+                     compute_dtype: torch.dtype = torch.float32, work=None, rows=None):
     """Lower Cholesky factors ``C`` (``C C^T = cov``) of a float64 block ``cov: [n, d, d]`` (lower triangle
     read) written to ``out: [n, d, d]`` (strict upper triangle zero) and the float64 log-determinants.
 
@@ -256,7 +260,8 @@ def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, 
     besides the cast; ~2x LAPACK ``spotrf`` at d = 152), with a float64 ``dpotrf`` redo for the
     matrices that fail in float32 or whose squared diagonal ratio exceeds
     :data:`F32_CHOL_MAX_DIAG_RATIO_SQ` (ill-conditioned); ``torch.float64``: ``dpotrf`` for all. Returns
-    ``(logdet, n_refactored)``."""
+    ``(logdet, n_refactored)``. ``rows``: ``(row_start, row_src)`` of ``ops.cholesky_lower`` (shared leading
+    rows; the op's route only, with a prepared ``cov`` that gives whole matrices for the float64 redo)."""
     prepared = callable(cov)
     n, d = out.shape[0], out.shape[-1]
     lapack = _lapack() if out.device.type == "cpu" else None
@@ -281,8 +286,10 @@ def _cholesky_logdet(cov, out: torch.Tensor, what: str = "cov", first: int = 0, 
             infos = np.zeros(n, dtype=np.int64)
             if fast:
                 if dst.dtype == np.float32 and _simd_cholesky():
-                    infos = ops.cholesky_lower(out).numpy()
+                    infos = (ops.cholesky_lower(out) if rows is None else ops.cholesky_lower(out, *rows)).numpy()
                 else:  # float64, or a CPU without AVX2 (the op's portable loop is ~4x slower than spotrf)
+                    if rows is not None:
+                        raise ValueError("_cholesky_logdet: shared rows need ops.cholesky_lower's SIMD route")
                     potrf = lapack.spotrf if dst.dtype == np.float32 else lapack.dpotrf
                     for p in range(n):
                         a = dst[p].T  # F-contiguous view: upper triangle = C-order lower
@@ -464,9 +471,10 @@ def _packed_rows(e: int) -> int:
 
 def _shared_row_plan(shared_rows, P: int, d: int, what: str = "GaussianAccumulator"):
     """Checks ``shared_rows`` (see :class:`GaussianAccumulator`) for ``P`` positions of ``d`` features.
-    Returns ``(row_start, copies)``: ``row_start`` ``Tensor[P]`` int64 (the first row each position forms
-    itself) and ``copies``, per pair, ``(a, e, dst, src)``: the packed entries ``[a, e)`` (the pair's rows) of
-    positions ``dst`` are those of ``src``."""
+    Returns ``(row_start, copies, row_src)``: ``row_start`` ``Tensor[P]`` int64 (the first row each position
+    forms itself), ``copies``, per pair, ``(a, e, dst, src)``: the packed entries ``[a, e)`` (the pair's rows)
+    of positions ``dst`` are those of ``src``, and ``row_src`` ``Tensor[P]``: a position holding all of rows
+    ``[0, row_start[p])`` of position ``p`` (the owner of the last pair ``p`` does not own)."""
     ends, owners, prev = [], [], 0
     pos = torch.arange(P)
     for k, pair in enumerate(shared_rows):
@@ -491,15 +499,17 @@ def _shared_row_plan(shared_rows, P: int, d: int, what: str = "GaussianAccumulat
         owners.append(owner)
         prev = end
     row_start = torch.zeros(P, dtype=torch.int64)
+    row_src = pos.clone()  # the owner of the last pair a position does not own: rows [0, row_start) are its
     copies, a = [], 0
     for end, owner in zip(ends, owners):
         mine = owner == pos
         row_start[~mine] = end
+        row_src[~mine] = owner[~mine]
         dst = torch.nonzero(~mine).flatten()
         if dst.numel():
             copies.append((a * (a + 1) // 2, end * (end + 1) // 2, dst, owner[dst]))
         a = end
-    return row_start, copies
+    return row_start, copies, row_src
 
 
 class GaussianAccumulator:
@@ -591,7 +601,7 @@ class GaussianAccumulator:
             raise ValueError(f"GaussianAccumulator: shared_rows needs [B, P, d] batches, got {tuple(batch.shape)}")
         P, d = self.shape
         try:
-            row_start, copies = _shared_row_plan(self.shared_rows, P, d)
+            row_start, copies, row_src = _shared_row_plan(self.shared_rows, P, d)
         except ValueError:
             self.shape = None
             raise
@@ -604,7 +614,15 @@ class GaussianAccumulator:
                 self.shape = None
                 raise ValueError(f"GaussianAccumulator: shared_rows: position {int(dst[k])}'s features [0, {end}) differ "
                                  f"from its owner's (position {int(src[k])}) in the first rows")
-        self._row_plan = (row_start.to(batch.device), copies)
+        self._row_plan = (row_start.to(batch.device), copies, row_src.to(batch.device))
+
+    def _copy_shared_rows(self) -> None:
+        """shared_rows: the sums' rows each position left to its owners, copied from them (again at every
+        finalize: the op never touches them, and the owners' rows hold every batch so far)."""
+        t = time.process_time()
+        for a, e, dst, src in self._row_plan[1]:
+            self.s2[dst.to(self.s2.device), a:e] = self.s2[src.to(self.s2.device), a:e]
+        self._t_syrk += time.process_time() - t
 
     @property
     def holds_rows(self) -> bool:
@@ -680,13 +698,6 @@ class GaussianAccumulator:
             raise ValueError(f"{what}: no samples given")
         if self.s2 is not None and self._buf:
             self._fold()
-        if self.s2 is not None and self._row_plan is not None:
-            # shared_rows: the rows each position left to its owner, copied from it (coarse to fine; again at
-            # every finalize: the op never touches them, and the owners' rows hold every batch so far)
-            t = time.process_time()
-            for a, e, dst, src in self._row_plan[1]:
-                self.s2[dst.to(self.s2.device), a:e] = self.s2[src.to(self.s2.device), a:e]
-            self._t_syrk += time.process_time() - t
         n, d = self.n, self.shape[-1]
         if n - ddof < 1:
             raise ValueError(f"{what}: x must have at least {ddof + 1} samples (ddof={ddof}), got {n}")
@@ -726,6 +737,16 @@ class GaussianAccumulator:
         # float32 in the factor itself (no float64 covariance block)
         direct32 = (factor_kind == "cholesky" and compute_dtype == torch.float32 and factor_dtype == torch.float32
                     and shrinkage is None and cov_out is None and dev.type == "cpu" and _lapack() is not None)
+        # shared rows (folded sums): on the direct route with the op's factorisation, a position's shared rows
+        # are neither copied in the sums nor formed: its factor's rows come from the source position's factor
+        # (ops.cholesky_lower row_start / row_src; one block of positions: sources precede); otherwise the
+        # sums' rows are copied from the owners first
+        shared = self._row_plan is not None and self.s2 is not None
+        share_factor = shared and direct32 and _simd_cholesky()
+        if shared and not share_factor:
+            self._copy_shared_rows()
+        if share_factor:
+            pb = P
         # the block's sums (everything buffered) and the block's covariances (lower triangles written by
         # ops.gaussian_covariance; the strict upper triangles stay zero, so every entry is finite)
         b2_all = torch.empty(pb, d, d, dtype=torch.float64, device=dev) if s2 is None else None
@@ -754,15 +775,22 @@ class GaussianAccumulator:
                 # place; a position whose float32 factorisation is redone gets the same op's float64 values
                 fb = factor[p0:p1]
 
+                copied = [not share_factor]
+
                 def cov64(q0, q1, b2=b2, ms=ms, f=f):
+                    if not copied[0]:  # (a redo needs the position's whole sums)
+                        self._copy_shared_rows()
+                        copied[0] = True
                     out = torch.zeros(q1 - q0, d, d, dtype=torch.float64)
                     return ops.gaussian_covariance(b2[q0:q1], ms[q0:q1], n, f, float(reg), out)
 
-                ops.gaussian_covariance(b2, ms, n, f, float(reg), fb)
+                rows = (self._row_plan[0], self._row_plan[2]) if share_factor else None
+                ops.gaussian_covariance(b2, ms, n, f, float(reg), fb, None if rows is None else rows[0])
                 t1 = time.process_time()
                 t_cov += t1 - t0
                 ld, redo = _cholesky_logdet(lambda p: cov64(p, p + 1)[0], fb, what, first=p0,
-                                            total=P if per_pos else 0, compute_dtype=compute_dtype, work=work)
+                                            total=P if per_pos else 0, compute_dtype=compute_dtype, work=work,
+                                            rows=rows)
                 self.n_refactored_ += redo
                 t_fac += time.process_time() - t1
                 mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)

@@ -182,3 +182,106 @@ def test_reference_is_lapack_info():
     C, info = ref.cholesky_lower(a)
     assert int(info) == 3 and bool((C == 0).all())
     assert np.isclose(ref.cholesky_lower(torch.eye(3) * 4)[0].diagonal().numpy(), 2.0).all()
+
+
+# ---- row_start / row_src: leading rows copied from another matrix's factor -----------------------------
+def _shared_spd(d, starts, gen):
+    """Covariances whose leading blocks chain: matrix p's block of order starts[p] is matrix src[p]'s
+    (src[p] = the last earlier matrix with a smaller start); returns (A [P, d, d] float64, src [P])."""
+    P = len(starts)
+    A = _spd(P, d, gen, ridge=0.5)
+    src = []
+    for p, r in enumerate(starts):
+        q = max([k for k in range(p) if starts[k] < r], default=0) if r else 0
+        src.append(q)
+        if r:  # the leading block is q's (then A stays positive definite: a principal block of an SPD
+            A[p, :r, :r] = A[q, :r, :r]  # matrix replaced by another SPD one, with the ridge dominating)
+    return A, torch.tensor(src)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("d,starts", [(152, [0, 112, 0, 112, 128, 32]), (40, [0, 16, 32, 5, 0, 39, 40]),
+                                      (70, [0, 33, 64, 17, 1]), (9, [0, 9, 4])])
+def test_row_start_copies_the_leading_factor(d, starts, path, monkeypatch):
+    """The rows below row_start equal the reference's block formula (and the whole matrix's factor); the
+    rows above are the source's factor, bit for bit; rows above row_start in a are never read; with
+    row_start a multiple of the panel (16 / 32) or on the portable kernel, bit for bit the whole factor."""
+    _path(path, monkeypatch)
+    gen = torch.Generator().manual_seed(d + len(starts))
+    A, src = _shared_spd(d, starts, gen)
+    rs = torch.tensor(starts)
+    a = A.float().contiguous()
+    whole = a.clone()
+    assert fastad.ops.cholesky_lower(whole).tolist() == [0] * len(starts)
+    for p, r in enumerate(starts):  # rows above row_start: not read (garbage)
+        a[p, :r] = float("nan")
+    a = _upper_garbage(a).contiguous()
+    info = fastad.ops.cholesky_lower(a, rs, src)
+    assert info.tolist() == [0] * len(starts)
+    want, winfo = ref.cholesky_lower(A.float(), rs, src)
+    assert winfo.tolist() == [0] * len(starts)
+    assert bool((a.triu(1) == 0).all()) and bool(torch.isfinite(a).all())
+    assert ((a.double() - want).abs().amax((-2, -1)) / want.abs().amax((-2, -1))).max().item() <= 2e-6
+    assert _backward_error(a, A) <= 3e-7 * max(1.0, (d / 16) ** 0.5)
+    nb = {"avx512": 32, "avx2": 16}.get(path, 1 if path == "generic" else None)
+
+    def aligned(p):  # row_start on a panel boundary here and all along the chain of sources
+        return starts[p] == 0 or (starts[p] % nb == 0 and aligned(int(src[p])))
+
+    for p, r in enumerate(starts):
+        if r:
+            assert torch.equal(a[p, :r], a[int(src[p]), :r])  # the source's rows, copied
+        if nb is not None and aligned(p):
+            assert torch.equal(a[p], whole[p]), (p, r)  # the whole matrix's factor, bit for bit
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_row_start_failures(path, monkeypatch):
+    _path(path, monkeypatch)
+    gen = torch.Generator().manual_seed(4)
+    A, src = _shared_spd(48, [0, 20, 0, 20], gen)
+    A[0, 10, 10] = -1.0  # matrix 0 fails at order 11 <= 20: matrix 1 (its copy) reports the same minor
+    A[2, 30, 30] = -1.0  # matrix 2 fails at 31 > 20; matrix 3 copies from 2: gets 2's info, left as it was
+    A[3, 40, 40] = -5.0  # (matrix 3's own failure is not reached)
+    a = A.float().contiguous()
+    before = a.clone()
+    info = fastad.ops.cholesky_lower(a, torch.tensor([0, 20, 0, 20]), torch.tensor([0, 0, 0, 2]))
+    assert info.tolist() == [11, 11, 31, 31]
+    assert torch.equal(a[1], before[1]) and torch.equal(a[3], before[3])
+    _, winfo = ref.cholesky_lower(A.float(), torch.tensor([0, 20, 0, 20]), torch.tensor([0, 0, 0, 2]))
+    assert winfo.tolist() == [11, 11, 31, 31]
+    B, src = _shared_spd(48, [0, 20], gen)
+    B[1, 30, 30] = -100.0  # a failure below row_start: its order
+    info = fastad.ops.cholesky_lower(B.float().contiguous(), torch.tensor([0, 20]), src)
+    assert info.tolist()[0] == 0 and info.tolist()[1] == 31
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"row_start": torch.tensor([0, 2])}, "row_start and row_src go together"),
+    ({"row_src": torch.tensor([0, 0])}, "row_start and row_src go together"),
+    ({"row_start": torch.tensor([0, 2]), "row_src": torch.tensor([0, 5])}, r"row_src\[1\] = 5 is not a matrix of a"),
+    ({"row_start": torch.tensor([2, 2]), "row_src": torch.tensor([0, 0])}, "must have a smaller row_start"),
+    ({"row_start": torch.tensor([0, 7]), "row_src": torch.tensor([0, 0])}, r"row_start values must lie in \[0, d = 4\]"),
+    ({"row_start": torch.tensor([0, 2]), "row_src": torch.tensor([0.0, 0.0])}, "row_src must be int64"),
+])
+def test_row_start_bad_input(kw, match):
+    with pytest.raises(RuntimeError, match=match):
+        fastad.ops.cholesky_lower(torch.eye(4).repeat(2, 1, 1), **kw)
+
+
+def test_row_start_opcheck():
+    gen = torch.Generator().manual_seed(1)
+    A, src = _shared_spd(20, [0, 8, 16], gen)
+    torch.library.opcheck(torch.ops.fastad.cholesky_lower.default,
+                          (A.float().contiguous(), torch.tensor([0, 8, 16]), src))
+
+
+def test_row_start_cuda_matches_cpu():
+    if not (fastad.build_info()["cuda_compiled"] and torch.cuda.is_available()):
+        pytest.skip("no CUDA device (or fastad built without CUDA)")
+    gen = torch.Generator().manual_seed(3)
+    A, src = _shared_spd(70, [0, 33, 64, 17, 1, 0], gen)
+    rs = torch.tensor([0, 33, 64, 17, 1, 0])
+    a, c = A.float().contiguous(), A.float().cuda()
+    assert fastad.ops.cholesky_lower(a, rs, src).tolist() == fastad.ops.cholesky_lower(c, rs.cuda(), src.cuda()).cpu().tolist()
+    assert ((c.cpu().double() - a.double()).abs().max() / a.abs().max()).item() <= 1e-5

@@ -116,6 +116,36 @@ def test_cuda_equals_cpu_bit_for_bit(device):
             got = torch.zeros(4, 37, 37, dtype=dt, device="cuda")
             fastad.ops.gaussian_covariance(s2.cuda(), m.cuda(), 12, 1 / 11, 0.01, got)
             assert torch.equal(got.cpu(), want)
+            rs = torch.tensor([0, 5, 37, 36])
+            want.fill_(3.0)
+            got.fill_(3.0)
+            fastad.ops.gaussian_covariance(s2, m, 12, 1 / 11, 0.01, want, rs)
+            fastad.ops.gaussian_covariance(s2.cuda(), m.cuda(), 12, 1 / 11, 0.01, got, rs.cuda())
+            assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_row_start_leaves_the_rows_above(packed, dt):
+    """row_start: rows above it (and the strict upper triangle) keep what out held; the rows from it are
+    the values of a call without row_start, bit for bit."""
+    gen = torch.Generator().manual_seed(9)
+    m, s2 = _sums(5, 23, 30, gen, packed)
+    rs = torch.tensor([0, 1, 12, 22, 23])
+    out = torch.randn(5, 23, 23, generator=gen, dtype=torch.float64).to(dt)
+    before = out.clone()
+    fastad.ops.gaussian_covariance(s2, m, 30, 1 / 29, 0.01, out, rs)
+    full = fastad.ops.gaussian_covariance(s2, m, 30, 1 / 29, 0.01, before.clone())
+    want = ref.gaussian_covariance(s2, m, 30, 1 / 29, 0.01, dt, row_start=rs, out=before)
+    low = torch.ones(23, 23, dtype=torch.bool).tril()
+    for p, r in enumerate(rs.tolist()):
+        assert torch.equal(out[p, :r], before[p, :r])
+        assert torch.equal(out[p, r:][low[r:]], full[p, r:][low[r:]])
+        assert torch.equal(out[p][~low], before[p][~low])
+    assert torch.allclose(out.double(), want.double(), rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+    with pytest.raises(RuntimeError, match=r"row_start must be \[5\]"):
+        fastad.ops.gaussian_covariance(s2, m, 30, 1 / 29, 0.01, out, rs[:3])
+    torch.library.opcheck(torch.ops.fastad.gaussian_covariance.default, (s2, m, 30.0, 1 / 29, 0.01, out, rs))
 
 
 def test_opcheck():

@@ -140,7 +140,9 @@ class PaDiM(BaseDetector):
     ``factor_dtype``: with ``factor_kind_ == "cholesky"`` (float32 models) the regularised covariance is
     ``C C^T``, with ``"precision"`` (half-precision models) its inverse is ``L L^T``; ``precision_``
     forms the precision on demand), ``logdet_`` (``Tensor[P]`` float64 log-determinants of the covariances), ``channel_idx_`` (``Tensor[C]`` int64, the kept channels of the
-    concatenated embedding), ``layers_``, ``layer_dims_``, ``feature_grid_`` ``(h, w)`` with
+    concatenated embedding, the coarsest layer's first: distances do not depend on the order, and positions
+    that share a nearest-upsampled layer's cell then share the leading covariance rows, formed once and
+    factorised once; anomalib's order is the random one), ``layers_``, ``layer_dims_``, ``feature_grid_`` ``(h, w)`` with
     ``P = h * w``, ``image_size_``, ``n_fit_images_``, ``fit_timings_``, ``threshold_``.
     """
 

@@ -225,9 +225,11 @@ def gaussian_accumulate(
 
 
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
-                        dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                        dtype: torch.dtype = torch.float64, row_start: torch.Tensor | None = None,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`fastad.ops.gaussian_covariance`: the lower triangles (upper zero) of
-    ``(S - n m m^T) * scale + reg I`` in float64 from dense or packed sums, cast to ``dtype``."""
+    ``(S - n m m^T) * scale + reg I`` in float64 from dense or packed sums, cast to ``dtype``; with
+    ``row_start``, rows ``i < row_start[p]`` are those of ``out`` (the op leaves them as they are)."""
     d = m.shape[-1]
     if sumsq.dim() == m.dim():  # packed [.., d (d + 1) / 2]
         i, j = torch.tril_indices(d, d)
@@ -238,18 +240,52 @@ def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: f
     m64 = m.double()
     c = (S - float(n) * m64[..., :, None] * m64[..., None, :]) * float(scale)
     c = c + float(reg) * torch.eye(d, dtype=torch.float64)
-    return c.tril().to(dtype)
+    res = c.tril().to(dtype)
+    if row_start is not None:
+        old = out.to(dtype) if out is not None else torch.zeros_like(res)
+        above = (torch.arange(d)[:, None] < row_start.cpu().view(-1, 1, 1)).view(res.shape[:-2] + (d, 1))
+        res = torch.where(above, old, torch.where(torch.ones(d, d, dtype=torch.bool).tril(), res, old))
+    return res
 
 
-def cholesky_lower(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cholesky_lower(a: torch.Tensor, row_start: torch.Tensor | None = None,
+                   row_src: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`fastad.ops.cholesky_lower` (not in place): ``(C, info)``, the float64 lower
     Cholesky factors of the symmetric matrices whose lower triangle ``a`` holds (``C`` zero where
-    ``info != 0``), and LAPACK's ``info`` (0, or the order of the first non-positive-definite minor)."""
+    ``info != 0``), and LAPACK's ``info`` (0, or the order of the first non-positive-definite minor).
+    ``row_start`` / ``row_src``: matrix ``p``'s leading ``r = row_start[p]`` rows are those of matrix
+    ``row_src[p]``'s factor ``C11`` (copied, in order of increasing ``row_start``; a failed source's info
+    is taken over), the rest by blocks: ``C21 = A21 C11^{-T}``, ``C22 = chol(A22 - C21 C21^T)``."""
     low = a.double().tril()
     full = low + low.tril(-1).transpose(-1, -2)
-    C, info = torch.linalg.cholesky_ex(full)
-    C = torch.where((info == 0)[..., None, None], C, torch.zeros_like(C))
-    return C, info.to(torch.int64)
+    if row_start is None:
+        C, info = torch.linalg.cholesky_ex(full)
+        C = torch.where((info == 0)[..., None, None], C, torch.zeros_like(C))
+        return C, info.to(torch.int64)
+    unbatched = a.dim() == 2
+    full = full[None] if unbatched else full
+    P = full.shape[0]
+    C = torch.zeros_like(full)
+    info = torch.zeros(P, dtype=torch.int64)
+    rs, src = row_start.cpu().tolist(), row_src.cpu().tolist()
+    for p in sorted(range(P), key=lambda q: rs[q]):
+        r = rs[p]
+        if r == 0:
+            c, i = torch.linalg.cholesky_ex(full[p])
+            C[p], info[p] = (c if int(i) == 0 else torch.zeros_like(c)), int(i)
+            continue
+        q = src[p]
+        if int(info[q]) != 0:
+            info[p] = info[q]
+            continue
+        C11 = C[q, :r, :r]
+        C21 = torch.linalg.solve_triangular(C11.T, full[p, r:, :r], upper=True, left=False)
+        c22, i = torch.linalg.cholesky_ex(full[p, r:, r:] - C21 @ C21.T)
+        if int(i) != 0:
+            info[p] = r + int(i)
+            continue
+        C[p, :r, :r], C[p, r:, :r], C[p, r:, r:] = C11, C21, c22
+    return (C[0], info[0]) if unbatched else (C, info)
 
 
 def gather_maps(maps: Sequence[torch.Tensor], channels: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def gaussian_accumulate(x: torch.Tensor, shift: torch.Tensor, sum: torch.Tensor,
 
 
 def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: float, reg: float,
-                        out: torch.Tensor) -> torch.Tensor:
+                        out: torch.Tensor, row_start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The covariances from :func:`gaussian_accumulate`'s sums, lower triangles only, in one pass (CPU or CUDA,
     the same roundings):
     for ``j <= i``, ``out[p, i, j] = (sumsq[p, i, j] - n * m[p, i] * m[p, j]) * scale``, plus ``reg`` on
@@ -62,6 +62,9 @@ def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: f
         n, scale, reg: finite numbers.
         out: ``Tensor[P, d, d]`` / ``Tensor[d, d]`` float32 or float64, contiguous, written in place; all
             three tensors on one device.
+        row_start: optional ``Tensor[P]`` int64 (``[1]`` unbatched) in ``[0, d]``: rows ``i < row_start[p]``
+            of ``out[p]`` are not written (rows whose factor :func:`cholesky_lower` copies from another
+            matrix).
 
     Returns:
         ``out``.
@@ -73,11 +76,12 @@ def gaussian_covariance(sumsq: torch.Tensor, m: torch.Tensor, n: float, scale: f
         >>> fastad.ops.gaussian_covariance(s2, torch.tensor([2.0, 4.0], dtype=torch.float64), 2, 1.0, 0.0, out).tolist()
         [[2.0, 0.0], [4.0, 8.0]]
     """
-    torch.ops.fastad.gaussian_covariance(sumsq, m, float(n), float(scale), float(reg), out)
+    torch.ops.fastad.gaussian_covariance(sumsq, m, float(n), float(scale), float(reg), out, row_start)
     return out
 
 
-def cholesky_lower(a: torch.Tensor) -> torch.Tensor:
+def cholesky_lower(a: torch.Tensor, row_start: Optional[torch.Tensor] = None,
+                   row_src: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Lower Cholesky factors in place (float32): ``a`` (lower triangle read) is overwritten by ``C``
     with ``C C^T = a`` in its lower triangle and zeros above; the float32 factorisation of the PaDiM fit.
 
@@ -90,6 +94,15 @@ def cholesky_lower(a: torch.Tensor) -> torch.Tensor:
         a: ``Tensor[P, d, d]`` or ``Tensor[d, d]``, float32, contiguous; symmetric positive definite
             matrices of which only the lower triangle is read. Overwritten. On CUDA the op runs ATen's
             batched ``linalg_cholesky_ex`` (cuSOLVER) on the symmetrised matrices and writes the result back.
+        row_start, row_src: optional ``Tensor[P]`` int64 each (``[1]`` unbatched), given together: matrices
+            whose leading block of order ``row_start[p]`` is that of matrix ``row_src[p]`` (which has a
+            smaller ``row_start``): the factor's rows ``i < row_start[p]`` are copied from that matrix once
+            it is factorised, and only the rows below are factorised (``a[p]``'s rows above ``row_start[p]``
+            are not read: PaDiM's positions that share the channels of a coarse layer). Matrices are
+            factorised in order of increasing ``row_start``; one copying from a failed matrix gets its
+            ``info`` (and is left as it was). With ``row_start`` a multiple of the kernel's panel (16 / 32)
+            the factor is bit for bit that of the whole matrix (CPU); else the rows below a split panel
+            differ by rounding.
 
     Returns:
         ``info``: ``Tensor[P]`` (``[]`` for ``[d, d]``) int64: 0 where the factorisation succeeded, else
@@ -103,7 +116,7 @@ def cholesky_lower(a: torch.Tensor) -> torch.Tensor:
         >>> a.tolist(), int(info)
         ([[2.0, 0.0], [1.0, 3.0]], 0)
     """
-    return torch.ops.fastad.cholesky_lower(a)
+    return torch.ops.fastad.cholesky_lower(a, row_start, row_src)
 
 
 def gather_maps(maps: List[torch.Tensor], channels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
