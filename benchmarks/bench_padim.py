@@ -3,6 +3,7 @@ on the same backbone features.
 
     .venv/bin/python benchmarks/bench_padim.py [--train-images 630] [--threads 1]
     .venv/bin/python benchmarks/bench_padim.py --synthetic [--out JSON]   # d=550, 28x28, 200/32 images
+    .venv/bin/python benchmarks/bench_padim.py --synthetic-maps [--out JSON]   # the fit from 3-layer maps
 
 Data: ``$FASTAD_MTD`` or ``../shared/data/mtd``. Images are squash-resized to 224 px and run once
 through EfficientNet-Lite0 (ImageNet weights, fastad's fused extractor), taps ``_blocks.4`` (40 ch,
@@ -50,6 +51,9 @@ def main():
     ap.add_argument("--out", default=None, help="JSON with the figures")
     ap.add_argument("--synthetic", action="store_true",
                     help="anomalib's wide-ResNet setting on random features instead of MTD (see bench_padim_synth.py)")
+    ap.add_argument("--synthetic-maps", action="store_true",
+                    help="PaDiM's fit from random three-layer maps (wide-ResNet shapes, 550 channels kept) vs "
+                         "anomalib's embedding + fit (see bench_padim_synth.run_synthetic_maps)")
     ap.add_argument("--repeats", type=int, default=3, help="--synthetic: scoring repeats (best of)")
     ap.add_argument("--fit-repeats", type=int, default=3,
                     help="interleaved fit rounds (fastad, anomalib), MTD and --synthetic; each side's minimum is reported")
@@ -60,6 +64,13 @@ def main():
                     help="file of the extracted MTD features (written when missing, read when present; not timed)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.synthetic_maps:
+        from bench_padim_synth import run_synthetic_maps
+
+        res = run_synthetic_maps(a.threads, fit_repeats=a.fit_repeats)
+        if a.out:
+            Path(a.out).write_text(json.dumps(res, indent=1))
+        return
     if a.synthetic:
         from bench_padim_synth import run_synthetic
 

@@ -247,3 +247,89 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
                roof_pct_bf16=100 * useful / rows["fastad bfloat16 factor"] / 1e9 / roof16,
                max_rel_d2_diff_f32=rel32)
     return res
+
+
+def run_synthetic_maps(threads: int = 1, fit_repeats: int = 3, n_train: int = 200, n_features: int = 550,
+                       layers=((28, 256), (14, 512), (7, 1024)), batch: int = 32):
+    """PaDiM's fit from multi-layer maps (``bench_padim.py --synthetic-maps``): random maps of three layers
+    (anomalib's wide-ResNet shape at a 28 x 28 model grid: 256 / 512 / 1024 channels on 28 x 28 / 14 x 14 /
+    7 x 7), ``n_features`` channels kept; fastad ``PaDiM.fit_features`` (row gather, shared rows of the
+    nearest-upsampled layers, float32 Cholesky) vs anomalib's ``generate_embedding`` (nearest resize,
+    concatenation, channel subset) + ``MultiVariateGaussian.fit`` on the same channels; interleaved rounds,
+    each side's minimum CPU seconds, peak extra memory; the distances of both models on 8 test images."""
+    import torch.nn.functional as F
+
+    import fastad
+    from fastad import ops
+    from fastad.detectors import PaDiM
+
+    import _anomalib_patchcore as A
+
+    MVG, AMG, version = A.load_padim()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    names = [f"layer{i + 1}" for i in range(len(layers))]
+
+    def maps(n):
+        out = []
+        for b0 in range(0, n, batch):
+            nb = min(batch, n - b0)
+            out.append({k: torch.randn(nb, c, h, h, generator=g) + 0.5 for k, (h, c) in zip(names, layers)})
+        return out
+
+    train, test = maps(n_train), maps(8)
+    h0 = layers[0][0]
+    info = fastad.build_info()
+    print(f"PaDiM fit from maps: layers {[(h, c) for h, c in layers]} (grid, channels), {n_features} kept, "
+          f"{h0}x{h0} positions, {n_train} train images, threads={threads}; CPU: {cpu_model()}; fastad kernel: "
+          f"{info.get('dist_micro_kernel', info.get('simd'))}; anomalib {version}", flush=True)
+
+    def new_det():
+        return PaDiM(backbone=None, layers=names, n_features=n_features, progress=False, random_state=0)
+
+    PaDiM(backbone=None, layers=names, n_features=8, progress=False).fit_features(train[:1])  # warm-up
+    idx = new_det().fit_features(train[:1]).channel_idx_  # (the kept channels; fit order, coarsest first)
+
+    def anomalib_embedding(f):  # PadimModel.generate_embedding, the same channels
+        emb = f[names[0]]
+        for k in names[1:]:
+            emb = torch.cat((emb, F.interpolate(f[k], size=emb.shape[-2:], mode="nearest")), 1)
+        return torch.index_select(emb, 1, idx)
+
+    rounds, det, gauss = [], None, None
+    for r in range(max(1, fit_repeats)):
+        det = gauss = None
+        with PeakRSS() as m_f:
+            det, w_f, t_f = timed(lambda: new_det().fit_features(train))
+        gauss = MVG()
+        with PeakRSS() as m_a:
+            _, w_a, t_a = timed(lambda: gauss.fit(torch.vstack([anomalib_embedding(f) for f in train])))
+        rounds.append(dict(fastad_cpu_s=t_f, anomalib_cpu_s=t_a, fastad_peak_extra=m_f.extra,
+                           anomalib_peak_extra=m_a.extra, fit_stages_cpu_s=dict(det.fit_stage_cpu_)))
+        print(f"fit round {r + 1}: fastad {t_f:.2f} CPU-s (" + ", ".join(
+            f"{k} {v:.2f}" for k, v in det.fit_stage_cpu_.items()) + f"), anomalib {t_a:.2f} CPU-s -> {t_a / t_f:.2f}x",
+            flush=True)
+    assert torch.equal(det.channel_idx_, idx)
+    t_f, t_a = min(x["fastad_cpu_s"] for x in rounds), min(x["anomalib_cpu_s"] for x in rounds)
+    d = idx.numel()
+    P = h0 * h0
+    full = n_train * P * d * (d + 1)
+    model_bytes = det.factor_.numel() * 4 + det.mean_.numel() * 4
+    ex_f = max(x["fastad_peak_extra"] for x in rounds)
+    # distances of both models on test images (anomalib: its float32 inverse)
+    x = torch.cat([det._positions(f, torch.device("cpu")) for f in test])
+    d_f = ops.mahalanobis(x, det.mean_, det.factor_, cholesky=True).double()
+    emb = torch.cat([anomalib_embedding(f) for f in test])
+    d_a = AMG.compute_distance(emb, (gauss.mean, gauss.inv_covariance)).reshape(x.shape[0], P).double().square()
+    rel = ((d_f - d_a).abs() / d_a.clamp_min(1e-6)).max().item()
+    print(f"fit from maps (CPU s, min of {len(rounds)} interleaved rounds; first round "
+          f"{rounds[0]['anomalib_cpu_s'] / rounds[0]['fastad_cpu_s']:.2f}x): fastad {t_f:.2f} s, anomalib "
+          f"generate_embedding + MultiVariateGaussian.fit {t_a:.2f} s -> {t_a / t_f:.2f}x; SYRK products formed: "
+          f"{det.fit_syrk_flops_ / 1e9:.1f} of {full / 1e9:.1f} GFLOP ({100 * det.fit_syrk_flops_ / full:.0f}%, shared rows);"
+          f" peak extra memory {ex_f / 2**30:.2f} GiB = {ex_f / model_bytes:.2f}x the model; max relative d2 "
+          f"difference vs anomalib {rel:.2e}", flush=True)
+    return {"anomalib_version": version, "cpu": cpu_model(), "threads": threads, "layers": [list(x) for x in layers],
+            "n_features": d, "positions": P, "train_images": n_train, "fit_rounds": rounds,
+            "fit_cpu_s_fastad": t_f, "fit_cpu_s_anomalib": t_a, "fit_speedup_cpu": t_a / t_f,
+            "syrk_gflop_formed": det.fit_syrk_flops_ / 1e9, "syrk_gflop_full": full / 1e9,
+            "model_bytes": model_bytes, "peak_extra_ratio_fastad": ex_f / model_bytes, "max_rel_d2_diff": rel}

@@ -1,4 +1,6 @@
 """fastad.gaussian: streaming fit, Ledoit-Wolf / OAS against scikit-learn, precision factor, save/load."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -329,3 +331,101 @@ def test_shared_rows_redo_in_float64():
     for p in (4, 5):
         cov = torch.cov(xf[:, p].T)
         torch.testing.assert_close(m.factor[p].double(), torch.linalg.cholesky(cov), rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 10**6, 10**9])
+def test_shared_rows_buffered_blocks(block_bytes, monkeypatch):
+    """Rows still buffered at finalize (N <= d + 1): blocks of positions start only where every owner of a
+    later position is in the block (the cuts); each block forms its own rows from row_start and copies the
+    factor rows in the block; the same model as every row formed, up to the split panels' rounding; a
+    redo (ill-conditioned position) fills its shared rows from the block's owners."""
+    monkeypatch.setattr(G, "_BLOCK_BYTES", block_bytes)
+    x, shared = _shared_data(N=18, P=12, d=20)
+    own4 = torch.arange(12) // 4 * 4
+    x[:, :, :4] = x[:, own4, :4]
+    shared = [(4, own4)] + shared
+    x[:, 7, 15] = 3.0 + 1e-4 * x[:, 7, 15]  # position 7 (shares rows with 6 and 4): refactorised in float64
+    a, b = GaussianAccumulator(), GaussianAccumulator(shared_rows=shared)
+    for acc in (a, b):
+        acc.update(x[:9])
+        acc.update(x[9:])
+    a.shift.copy_(b.shift)
+    assert a.holds_rows and b.holds_rows
+    for reg, redo in ((0.5, False), (1e-4, True)):  # float32 factors; (nearly) singular: redone in float64
+        kw = dict(ddof=1, reg=reg, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
+        ma, mb = a.finalize(**kw), b.finalize(**kw)
+        assert b.n_refactored_ == a.n_refactored_ and (a.n_refactored_ > 0) == redo
+        assert torch.equal(ma.mean, mb.mean)
+        torch.testing.assert_close(mb.factor, ma.factor, rtol=1e-5, atol=1e-5)
+        assert b._syrk_flops < a._syrk_flops
+    cut = G._shared_row_plan(shared, 12, 20)[3].tolist()
+    assert cut == [0, 4, 8]  # blocks of whole 4-position groups
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 10**9])
+def test_consume_same_model_and_sums_released(shared, block_bytes, monkeypatch):
+    """finalize(consume=True) (PaDiM, gaussian_fit): the folded sums are finalised block by block (blocks at
+    the cuts with shared rows) and each block's pages go back to the OS once its factors are done: the same
+    model bit for bit as consume=False, a redo included; the sums read back as zeros (Linux) and the
+    accumulator refuses further use."""
+    monkeypatch.setattr(G, "_BLOCK_BYTES", block_bytes)
+    x, rows = _shared_data(N=200, P=12, d=64)
+    x[:, 5, 30] = 7.0 + 1e-4 * x[:, 5, 30]  # position 5: float32 factor redone in float64
+    kw = dict(ddof=1, reg=0.0, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
+    models = []
+    for consume in (False, True):
+        acc = GaussianAccumulator(shared_rows=rows if shared else None)
+        for s in range(0, 200, 50):
+            acc.update(x[s : s + 50])
+        s2 = acc.s2
+        assert s2 is not None and s2.abs().sum() > 0
+        models.append(acc.finalize(consume=consume, **kw))
+        assert acc.n_refactored_ >= 1
+    for a, b in zip((models[0].mean, models[0].factor, models[0].logdet), (models[1].mean, models[1].factor, models[1].logdet)):
+        assert torch.equal(a, b)
+    if sys.platform.startswith("linux"):
+        assert s2.eq(0).double().mean() > 0.5  # the consumed sums' whole pages: released
+    with pytest.raises(ValueError, match="finalised with consume=True"):
+        acc.finalize(**kw)
+    with pytest.raises(ValueError, match="finalised with consume=True"):
+        acc.update(x[:5])
+    # the float64 precision route (blocks of pb positions, the covariance kept), consumed: the same model
+    out = []
+    for consume in (False, True):
+        acc = GaussianAccumulator(shared_rows=rows if shared else None)
+        for s in range(0, 200, 50):
+            acc.update(x[s : s + 50])
+        out.append(acc.finalize(ddof=1, reg=0.1, consume=consume))
+    assert torch.equal(out[0].factor, out[1].factor) and torch.equal(out[0].covariance, out[1].covariance)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_consume_buffered_rows(shared, monkeypatch):
+    """Rows still buffered at finalize (N <= d + 1): consume=True releases each block's rows of the batches
+    given with give=True (PaDiM's staging buffer) once the block is done, never a caller's rows
+    (copy=False alone); the model is the same bit for bit."""
+    monkeypatch.setattr(G, "_BLOCK_BYTES", 1)  # blocks of one position (or of one cut's group)
+    x, rows = _shared_data(N=40, P=12, d=512)
+    kw = dict(ddof=1, reg=0.1, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
+    models, given, kept = [], x[:20].clone(), x[20:].clone()
+    zeros_before_last = []  # zeros in the given rows after each block but the last: released as it goes
+    real = G._release_block
+
+    def spy(s2, rows, p0, p1, P, release):
+        real(s2, rows, p0, p1, P, release)
+        if release and p1 < P:
+            zeros_before_last.append(int(given.eq(0).sum()))
+
+    monkeypatch.setattr(G, "_release_block", spy)
+    for consume in (False, True):
+        acc = GaussianAccumulator(shared_rows=rows if shared else None)
+        acc.update(given if consume else x[:20], copy=False, give=consume)
+        acc.update(kept, copy=False)
+        assert acc.holds_rows and acc.s2 is None
+        models.append(acc.finalize(consume=consume, **kw))
+    assert torch.equal(models[0].factor, models[1].factor) and torch.equal(models[0].mean, models[1].mean)
+    assert torch.equal(kept, x[20:])  # the caller's rows: untouched
+    if sys.platform.startswith("linux"):
+        assert given.eq(0).double().mean() > 0.5  # the given rows' whole pages: released
+        assert zeros_before_last[0] < zeros_before_last[-1] and zeros_before_last[-1] > given.numel() // 4

@@ -271,7 +271,7 @@ class PaDiM(BaseDetector):
             nonlocal stage, filled, spare
             if stage is not None and filled:
                 with _nonfinite_named():
-                    acc.update(stage[:filled], copy=False)  # NaN / Inf: detected when the rows are folded
+                    acc.update(stage[:filled], copy=False, give=True)  # NaN / Inf: detected when the rows are folded
                 if not acc.holds_rows:
                     spare = stage
             stage, filled = None, 0
@@ -323,7 +323,7 @@ class PaDiM(BaseDetector):
                 kind = "cholesky" if self._factor_dtype() == torch.float32 else "precision"
                 model = acc.finalize(ddof=1, reg=float(self.eps) + self._stabiliser(), factor_dtype=self._factor_dtype(),
                                      keep_covariance=False, compute_dtype=self._fit_dtype(), what="PaDiM.fit",
-                                     factor_kind=kind)
+                                     factor_kind=kind, consume=True)
             self.n_refactored_ = getattr(acc, "n_refactored_", 0)
             # process CPU seconds of the Gaussian stages (SYRK sums, covariance, factorisation; benchmarks)
             self.fit_stage_cpu_ = dict(getattr(model, "fit_timings_", {}))
