@@ -113,6 +113,19 @@ def q_block(Q: int, N: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- methods
+def _with_env(var: str, fn):
+    """fn() with the environment variable var = "1" (read by fastad's kernel dispatch at each call)."""
+    old = os.environ.get(var)
+    os.environ[var] = "1"
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = old
+
+
 def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
     qn, bn = q.numpy(), b.numpy()
     Q, N = q.shape[0], b.shape[0]
@@ -132,6 +145,9 @@ def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
             return None
 
         m["torch.mm.bf16(roof)"] = mm_bf16
+        if fastad.build_info()["bf16_amx"] == "available":  # AMX tiles (opt-in: FASTAD_AMX=1 for the call)
+            m["fastad.bf16.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q16, b16, k))
+            m["fastad.screen.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q, b, k, screen="bf16"))
     try:
         import faiss
 
@@ -304,6 +320,10 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
                     f"{100 * bf_roof / res['fastad.bf16']['cpu']:.0f}% of torch bf16 mm {flops / bf_roof / 1e9:.1f}; "
                     f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
                     + (f", {res['faiss.knn']['cpu'] / res['fastad.screen']['cpu']:.2f}x faiss.knn" if "faiss.knn" in res else ""))
+    if "fastad.bf16.amx" in res:
+        amx = res["fastad.bf16.amx"]["cpu"]
+        bf16_msg += (f"; AMX: fastad.bf16.amx {flops / amx / 1e9:.1f} GF/core-s = {res['fastad']['cpu'] / amx:.2f}x fastad fp32"
+                     f", fastad.screen.amx {res['fastad']['cpu'] / res['fastad.screen.amx']['cpu']:.2f}x fastad fp32")
     ours = res["fastad"]["cpu"]
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "

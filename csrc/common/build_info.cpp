@@ -29,13 +29,24 @@ std::string bf16_micro_kernel() {
   return cpu::use_bf16_gemm() ? "emulated" : "none";
 }
 
+std::string bf16_amx_kernel() {
+  const int mode = cpu::use_bf16_gemm() ? cpu::bf16_amx_mode() : 0;
+  if (mode == 1) return "amx";
+  if (mode == 2) return "emulated";
+  return cpu::amx_usable() ? "available" : "none";
+}
+
 std::vector<std::pair<std::string, std::string>> op_kernels() {
   const bool avx2 = cpu::use_avx2_path(), bf16hw = cpu::use_bf16_micro(), bf16 = cpu::use_bf16_gemm();
   const std::string gemm = cpu::use_avx512_micro() ? "AVX-512 24x16 fp32 GEMM"
                            : avx2                  ? "AVX2/FMA 6x16 fp32 GEMM"
                                                    : "portable blocked sweep";
-  const std::string bf16k = bf16hw ? "AVX512-BF16 vdpbf16ps GEMM, fp32 accumulation"
-                                   : "bf16 GEMM through its scalar emulation (FASTAD_BF16_EMULATE)";
+  const std::string amx = bf16_amx_kernel();
+  const std::string bf16k = amx == "amx"        ? "AMX tdpbf16ps tiles (FASTAD_AMX=1), fp32 accumulation"
+                            : amx == "emulated" ? "AMX tile kernel through its scalar emulation (FASTAD_AMX_EMULATE)"
+                            : bf16hw ? std::string("AVX512-BF16 vdpbf16ps GEMM, fp32 accumulation") +
+                                           (amx == "available" ? " (AMX tiles: FASTAD_AMX=1, not yet checked on hardware)" : "")
+                                     : "bf16 GEMM through its scalar emulation (FASTAD_BF16_EMULATE)";
   const std::string screen = "bf16 screen (" + bf16k + ") + float32 re-score, else " + gemm;
   std::vector<std::pair<std::string, std::string>> k;
   k.emplace_back("knn float32", gemm + " + fused top-k");

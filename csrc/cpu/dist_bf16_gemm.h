@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/amx_tile_kernel.h"
 #include "cpu/bf16_emu.h"
 #include "cpu/dist_gemm_common.h"
 #include "cpu/dist_kernels.h"
@@ -31,21 +32,31 @@ constexpr int64_t kMC = 96;      // query rows per block (16 panels; 96 x 512 pa
 constexpr int64_t kNC = 512;     // bank rows per packed block
 constexpr int64_t kKc2Max = 512; // depth pairs per slice: bank micro-panel <= 512 x 16 x 4 B = 32 KiB (L1d)
 constexpr int64_t kScreenMaxQ = 4096;  // queries per screen superblock (bounds the candidate lists)
+static_assert(kMC % 16 == 0 && kNC % 32 == 0, "AMX blocks: 16-row tiles of C within the [kMC x kNC] tile");
 
 // Per-thread tiles, reused across calls.
-inline thread_local ABuf<uint32_t> tl_bpack, tl_qpack;
+inline thread_local ABuf<uint32_t> tl_bpack, tl_qpack, tl_arow, tl_tail;
 inline thread_local ABuf<uint16_t> tl_rows;
 inline thread_local ABuf<float> tl_ctile, tl_f1, tl_f2, tl_f3, tl_f4, tl_sums;
 
 // The micro-kernel in use (hardware or emulation) and the fp32 -> bf16 row conversion that goes with it.
 struct Kern {
   bool hw;
+  int amx;  // bf16_amx_mode(): 0 the vdpbf16ps micro-kernel (or its emulation), 1 AMX tiles, 2 their emulation
   void micro(int panels, int64_t kc2, const uint32_t* A, int64_t ps, const uint32_t* B, float* C, int64_t ldc,
              bool acc) const {
 #if FASTAD_HAVE_AVX512
     if (hw) return micro_bf16_avx512(panels, kc2, A, ps, B, C, ldc, acc);
 #endif
     bf16emu::micro_bf16_emu(panels, kc2, A, ps, B, C, ldc, acc);
+  }
+  // AMX: a whole [mc x ncp] block of one depth slice (operands: amx::tile_block)
+  void block(int64_t mc, int64_t ncp, int64_t kc2, const uint32_t* A, int64_t lda, const uint32_t* B, int64_t bstride,
+             float* C, int64_t ldc, bool acc, uint32_t* tail) const {
+#if FASTAD_HAVE_AMX
+    if (amx == 1) return micro_amx_block(mc, ncp, kc2, A, lda, B, bstride, C, ldc, acc, tail);
+#endif
+    amx::tile_block_emu(mc, ncp, kc2, A, lda, B, bstride, C, ldc, acc, tail);
   }
   void rows(const float* x, int64_t n, int64_t D, const float* c, uint16_t* out, int64_t ldo, float* sums) const {
 #if FASTAD_HAVE_AVX512
@@ -55,7 +66,24 @@ struct Kern {
   }
 };
 
-inline Kern current_kern() { return Kern{use_bf16_micro()}; }
+inline Kern current_kern() { return Kern{use_bf16_micro(), bf16_amx_mode()}; }
+
+// AMX: rows [i0, i0 + mc) of the packed query panels (MR rows each, D2 pairs per row), depth pairs
+// [pc, pc + kc2), as row-major pairs (lda = round16(kc2)), rows and pairs zero padded to multiples of 16.
+inline void rows_of_panels(const uint32_t* A, int64_t D2, int64_t i0, int64_t mc, int64_t pc, int64_t kc2,
+                           uint32_t* out) {
+  const int64_t mp = amx::round16(mc), kp = amx::round16(kc2);
+  for (int64_t r = 0; r < mp; ++r) {
+    uint32_t* dst = out + r * kp;
+    int64_t p = 0;
+    if (r < mc) {
+      const int64_t row = i0 + r;
+      const uint32_t* src = A + (row / MR) * MR * D2 + pc * MR + row % MR;
+      for (; p < kc2; ++p) dst[p] = src[p * MR];
+    }
+    for (; p < kp; ++p) dst[p] = 0;
+  }
+}
 
 // Interleaves `rows` (<= R) bf16 rows (row stride ld uint16, D values) into one panel of ceil(D/2) pairs:
 // dst[p * R + r] = (x[r][2p] | x[r][2p+1] << 16); missing rows and the odd tail are zero.
@@ -114,6 +142,12 @@ inline void sweep_bf16(const Kern& kern, const uint32_t* A, int64_t qa, int64_t 
       const int64_t mc = std::min(kMC, qb - i0), npan = (mc + MR - 1) / MR;
       for (int64_t pc = 0; pc < D2; pc += KC2) {
         const int64_t kc2 = std::min(KC2, D2 - pc);
+        if (kern.amx) {  // one tile-kernel call per block and depth slice (the query rows repacked once)
+          uint32_t* Ar = tl_arow.get(amx::round16(mc) * amx::round16(kc2));
+          rows_of_panels(A, D2, i0, mc, pc, kc2, Ar);
+          kern.block(mc, ncp, kc2, Ar, amx::round16(kc2), Bp + pc * NR, NR * D2, C, kNC, pc > 0, tl_tail.get(512));
+          continue;
+        }
         for (int64_t jr = 0; jr < ncp; jr += NR) {
           const uint32_t* Bpanel = Bp + (jr / NR) * NR * D2 + pc * NR;
           for (int64_t t = 0; t < npan; t += 4) {

@@ -86,6 +86,14 @@ void bf16_screen_count(int64_t calls, int64_t pairs, int64_t survivors, int64_t 
 /// true when the bf16 GEMM runs the AVX512-BF16 micro-kernel: compiled in, the CPU reports avx512f,
 /// avx512bw, avx512vl and avx512_bf16, the AVX2 path is on, and FASTAD_BF16_EMULATE is not set.
 bool use_bf16_micro();
+/// true when the CPU has AMX tiles for bf16 (cpuid amx-tile and amx-bf16, the tile state enabled in XCR0)
+/// and Linux granted this process the tile data state (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
+bool amx_usable();
+/// The bf16 GEMM's AMX mode (when use_bf16_gemm()): 0 = off (the vdpbf16ps kernel or its emulation);
+/// 1 = the AMX block kernel (dist_micro_amx.cpp): amx_usable(), compiled in and FASTAD_AMX=1 (opt-in until
+/// its emulation is checked against a CPU with AMX); 2 = that kernel's scalar emulation (FASTAD_AMX_EMULATE=1,
+/// cpu/amx_tile_kernel.h: tests on any CPU).
+int bf16_amx_mode();
 /// true when the bf16 GEMM may run at all: use_bf16_micro(), or FASTAD_BF16_EMULATE=1 with the AVX2
 /// path on (the scalar emulation of cpu/bf16_emu.h: bit-identical, slow; for tests).
 bool use_bf16_gemm();
@@ -96,6 +104,11 @@ void micro_bf16_avx512(int panels, int64_t kc2, const uint32_t* A, int64_t panel
                        int64_t ldc, bool accumulate);
 void bf16_rows_avx512(const float* x, int64_t rows, int64_t D, const float* c, uint16_t* out, int64_t ldo,
                       float* sums);
+#endif
+#if FASTAD_HAVE_AMX
+/// AMX block kernel (dist_micro_amx.cpp; emulated by amx::tile_block_emu, operands: amx::tile_block).
+void micro_amx_block(int64_t mc, int64_t ncp, int64_t kc2, const uint32_t* A, int64_t lda, const uint32_t* B,
+                     int64_t bstride, float* C, int64_t ldc, bool accumulate, uint32_t* tail);
 #endif
 
 #if FASTAD_HAVE_AVX512

@@ -15,6 +15,12 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "cpu/dist_kernels.h"
 #include "cpu/dist_sweep.h"
 #include "cpu/topk.h"
@@ -249,6 +255,32 @@ bool use_bf16_micro() {
 #else
   return false;
 #endif
+}
+
+bool amx_usable() {
+#if FASTAD_HAVE_AMX && defined(__x86_64__) && defined(__linux__)
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;  // amx-tile, amx-bf16
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // osxsave
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;  // XTILECFG, XTILEDATA enabled by the OS
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+int bf16_amx_mode() {
+  const char* emu = std::getenv("FASTAD_AMX_EMULATE");
+  if (emu && emu[0] && emu[0] != '0') return 2;
+  const char* on = std::getenv("FASTAD_AMX");
+  return on && on[0] && on[0] != '0' && use_bf16_micro() && amx_usable() ? 1 : 0;
 }
 
 bool use_bf16_gemm() {

@@ -62,7 +62,9 @@ def build_info() -> dict:
     "avx2", or "generic"; ``FASTAD_FORCE_AVX2=1`` / ``FASTAD_FORCE_GENERIC=1`` in the environment
     select the others), ``bf16_micro_kernel`` (kernel of knn on bfloat16 inputs and of its bf16
     screen: "avx512bf16" where the CPU has AVX512-BF16, "emulated" with ``FASTAD_BF16_EMULATE=1``
-    (bit-identical scalar emulation, slow), else "none": bf16 inputs are upcast).
+    (bit-identical scalar emulation, slow), else "none": bf16 inputs are upcast), ``bf16_amx`` (that
+    GEMM's AMX tile kernel: "amx" in use (``FASTAD_AMX=1``; opt-in until checked on a CPU with AMX),
+    "available" (the CPU has AMX-BF16), "emulated" (``FASTAD_AMX_EMULATE=1``, tests), else "none").
 
     Example:
         >>> import fastad; fastad.build_info()["simd"] in ("avx2", "generic")
@@ -79,13 +81,14 @@ def build_info() -> dict:
         "simd": _C.simd_level(),
         "dist_micro_kernel": _C.dist_micro_kernel(),
         "bf16_micro_kernel": _C.bf16_micro_kernel(),
+        "bf16_amx": _C.bf16_amx_kernel(),
     }
 
 
 def op_kernels() -> dict:
     """Which kernel each CPU op runs on this CPU now (``{"knn float32": "AVX2/FMA 6x16 fp32 GEMM + fused
     top-k", ...}``), decided by the same cpuid checks and environment overrides (``FASTAD_FORCE_GENERIC``,
-    ``FASTAD_FORCE_AVX2``, ``FASTAD_BF16_EMULATE``) as the ops themselves; ``fastad info`` prints it."""
+    ``FASTAD_FORCE_AVX2``, ``FASTAD_BF16_EMULATE``, ``FASTAD_AMX``, ``FASTAD_AMX_EMULATE``) as the ops themselves; ``fastad info`` prints it."""
     return dict(_C.op_kernels())
 
 

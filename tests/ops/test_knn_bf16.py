@@ -23,17 +23,30 @@ METRICS = ["l2", "sqeuclidean", "cosine", "ip"]
 U = 2.0**-24
 
 
-@pytest.fixture(params=["hw", "emulated"])
+AMX = fastad.build_info()["bf16_amx"] in ("available", "amx")
+needs_amx = pytest.mark.skipif(not AMX, reason="CPU without AMX-BF16 (or a compiler without -mamx-tile)")
+
+
+@pytest.fixture(params=["hw", "emulated", "amx_emulated", "amx"])
 def bf16_mode(request, monkeypatch):
-    """Runs a test on the AVX512-BF16 kernel and on its scalar emulation (FASTAD_BF16_EMULATE=1)."""
+    """Runs a test on the AVX512-BF16 kernel, on its scalar emulation (FASTAD_BF16_EMULATE=1), on the AMX
+    tile kernel's emulation (FASTAD_AMX_EMULATE=1) and, where the CPU has AMX, on the AMX kernel (FASTAD_AMX=1)."""
     if not AVX2:
         pytest.skip("no AVX2 path")
-    if request.param == "hw":
-        if not HW:
-            pytest.skip("CPU without AVX512-BF16")
-        monkeypatch.delenv("FASTAD_BF16_EMULATE", raising=False)
-    else:
+    for v in ("FASTAD_BF16_EMULATE", "FASTAD_AMX", "FASTAD_AMX_EMULATE"):
+        monkeypatch.delenv(v, raising=False)
+    if request.param in ("hw", "amx") and not HW:
+        pytest.skip("CPU without AVX512-BF16")
+    if request.param == "amx" and not AMX:
+        pytest.skip("CPU without AMX-BF16")
+    if request.param == "emulated" or (request.param == "amx_emulated" and not HW):
         monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
+    if request.param == "amx_emulated":
+        monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
+    if request.param == "amx":
+        monkeypatch.setenv("FASTAD_AMX", "1")
+    expect = {"amx": "amx", "amx_emulated": "emulated"}.get(request.param, "none" if not AMX else "available")
+    assert fastad.build_info()["bf16_amx"] == expect
     return request.param
 
 
@@ -142,6 +155,68 @@ def test_bf16_emulation_flushes_tiny_results(monkeypatch):
     q = torch.tensor([[1.0, 0.0, 2.0**-24, 2.0**-23]]).bfloat16()
     d, _ = fastad.ops.knn(q, b, 1, "ip")
     assert d.item() == 1.0 + 2.0**-22
+
+
+# ---- the AMX tile kernel (tdpbf16ps): its emulation everywhere, the hardware where a CPU has it ----------
+
+
+def _sequential_dots(q, b):
+    """[Q, N] float32 dots accumulated over the depth in order 0, 1, 2, ... with one rounding per add: the
+    order tdpbf16ps follows per Intel's SDM (even then odd element of each pair, pairs in order; bf16
+    products are exact in float32)."""
+    qf, bf = q.float(), b.float()
+    acc = torch.zeros(q.shape[0], b.shape[0])
+    for d in range(q.shape[1]):
+        acc = acc + qf[:, d, None] * bf[None, :, d]
+    return acc
+
+
+@pytest.mark.parametrize("Q,N,D", [(1, 1, 1), (17, 33, 30), (40, 70, 33), (33, 16, 64), (100, 47, 152), (20, 35, 1030)])
+def test_amx_emulation_is_the_sequential_sum(monkeypatch, gen, Q, N, D):
+    """The AMX tile kernel (emulated) returns every dot bit for bit as the sequential float32 sum: block edges
+    (rows not a multiple of 16 or 32, bank panels not a multiple of 32), the depth tail (pairs not a multiple
+    of 16, odd D) and the depth slices accumulated through C (D = 1030: two slices of 258 / 257 pairs)."""
+    if not AVX2:
+        pytest.skip("no AVX2 path")
+    if not HW:
+        monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
+    monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
+    q = torch.randn(Q, D, generator=gen).bfloat16()
+    b = torch.randn(N, D, generator=gen).bfloat16()
+    d, i = fastad.ops.knn(q, b, N, "ip")  # every raw dot, sorted
+    ref_dots = _sequential_dots(q, b)
+    assert torch.equal(d.view(torch.int32), ref_dots.gather(1, i).view(torch.int32))
+
+
+def test_amx_emulation_order(monkeypatch):
+    """tdpbf16ps per the SDM: the even element of a pair first (1 + 2^-24 rounds to 1, then + 2^-23), where
+    Zen 4's vdpbf16ps adds the odd one first (1 + 2^-23, then + 2^-24 ties up to 1 + 2^-22)."""
+    if not AVX2:
+        pytest.skip("no AVX2 path")
+    if not HW:
+        monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
+    q = torch.tensor([[1.0, 0.0, 2.0**-12, 2.0**-11]]).bfloat16()
+    b = torch.tensor([[1.0, 0.0, 2.0**-12, 2.0**-12]]).bfloat16()
+    assert fastad.ops.knn(q, b, 1, "ip")[0].item() == 1.0 + 2.0**-22
+    monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
+    assert fastad.ops.knn(q, b, 1, "ip")[0].item() == 1.0 + 2.0**-23
+
+
+@needs_amx
+@pytest.mark.parametrize("Q,N,D", [(31, 37, 65), (24, 16, 1100), (6, 100, 2), (7, 33, 1), (96, 64, 384)])
+def test_amx_hw_equals_emulation(monkeypatch, gen, Q, N, D):
+    """The AMX kernel (FASTAD_AMX=1) against its emulation, bit for bit, adversarial values included (FTZ,
+    DAZ, cancellation). Until this has passed on a CPU with AMX, the kernel stays opt-in."""
+    q, b = _adversarial_bf16(gen, Q, N, D) if D >= 8 else (torch.randn(Q, D, generator=gen).bfloat16(),
+                                                           torch.randn(N, D, generator=gen).bfloat16())
+    outs = []
+    for env in ("FASTAD_AMX", "FASTAD_AMX_EMULATE"):
+        monkeypatch.delenv("FASTAD_AMX", raising=False)
+        monkeypatch.delenv("FASTAD_AMX_EMULATE", raising=False)
+        monkeypatch.setenv(env, "1")
+        outs.append(fastad.ops.knn(q, b, N, "ip"))
+    (d0, i0), (d1, i1) = outs
+    assert torch.equal(d0.view(torch.int32), d1.view(torch.int32)) and torch.equal(i0, i1)
 
 
 # ---- the screen: identical answers to the float32 path --------------------------------------------
