@@ -801,15 +801,15 @@ class GaussianAccumulator:
         # shared rows: on the direct route with the op's factorisation, a position's shared rows are neither
         # formed nor copied in the sums: its factor's rows come from the source position's factor
         # (ops.cholesky_lower row_start / row_src). Blocks of positions then start only at cuts (a block holds
-        # its positions' owners): one block for folded sums; buffered rows: blocks of >= pb positions, their
-        # sums packed (PaDiM at 28 x 28 with a 7 x 7 layer: 4 grid rows, 112 positions). Otherwise the sums'
-        # rows are copied from the owners first (folded) or every row is formed (buffered).
+        # its positions' owners): one block for folded sums kept for later calls; otherwise blocks of >= pb
+        # positions (buffered rows: their sums packed; PaDiM at 28 x 28 with a 7 x 7 layer: 4 grid rows, 112
+        # positions). Otherwise the sums' rows are copied from the owners first (folded) or every row is
+        # formed (buffered).
         share_factor = self._row_plan is not None and direct32 and per_pos and _simd_cholesky()
         if self._row_plan is not None and s2 is not None and not share_factor:
             self._copy_shared_rows()
-        # the sums' pages go back block by block (consume): only whole folded CPU sums, on Linux
-        # consume: the folded sums' pages go back block by block; buffered rows (the accumulator's own or
-        # given): each block's positions' rows once the block is done
+        # consume (CPU, Linux): the folded sums' pages go back block by block; of buffered rows (the
+        # accumulator's own copies or given batches), each block's positions' pages once the block is done
         release = consume and dev.type == "cpu" and sys.platform.startswith("linux")
         self._consumed = release  # (from the first page released on, an error leaves no usable sums)
         own_rows = [b for b, g in zip(self._buf, self._given) if g and b.is_contiguous()] \
