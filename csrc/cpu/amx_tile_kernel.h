@@ -8,14 +8,16 @@
 // dots), A0, A1 = 4, 5 (16 query rows x 16 depth pairs), B0, B1 = 6, 7 (16 depth pairs x 16 bank rows, the
 // pair-interleaved "VNNI" layout of the bank panels: row p of a tile = the 16 words (x[r][2p], x[r][2p+1])).
 //
-// tdpbf16ps C, A, B, per Intel's SDM (TDPBF16PS): for each row m and column n of C, for k = 0 .. 15 in order,
-//   c += A[m][k].even * B[k][n].even;  c += A[m][k].odd * B[k][n].odd
-// (the even element first, unlike vdpbf16ps on Zen 4, whose odd element goes first: bf16_emu.h), each
-// step rounded to nearest even, denormal inputs read as zero and tiny results flushed to zero. The
-// emulation follows that text; it has not been checked against a CPU with AMX yet (none so far in this
-// project): tests/ops/test_knn_bf16.py::test_amx_hw_equals_emulation does so where one runs, and until it
-// has, the hardware kernel is used only with FASTAD_AMX=1. The k-NN answers do not depend on the order:
-// the bf16 results are checked against the fp32 accumulation bound and the screen's bound allows any order.
+// tdpbf16ps C, A, B, per the operation in Intel's SDM (TDPBF16PS): for each row m and column n of C, two
+// float32 partial sums start at zero and run over the instruction's 16 depth pairs k in order, one over
+// the even elements, one over the odd ones (each step a multiply-add rounded to nearest even; bf16
+// products are exact); then C[m][n] += (even sum + odd sum). Denormal inputs read as zero, tiny results
+// flush to zero, RNE throughout. (The older intrinsics guide describes one sequential sum per element
+// instead; the tests tell the two apart.) The emulation follows the SDM; it has not been checked against a
+// CPU with AMX yet (none so far in this project): tests/ops/test_knn_bf16.py::test_amx_hw_equals_emulation
+// does so where one runs, and until it has, the hardware kernel is used only with FASTAD_AMX=1. The k-NN
+// answers do not depend on the order: the bf16 results are checked against the fp32 accumulation bound
+// and the screen's bound allows any order.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -90,8 +92,8 @@ inline void tile_block(T& t, int64_t mc, int64_t ncp, int64_t kc2, const uint32_
 }
 
 #ifndef FASTAD_AMX_HW_TU
-/// Eight tile registers of 16 rows x 64 bytes in memory; tdpbf16ps in scalar code (bf16emu::dp_step: one
-/// rounding per multiply-add, DAZ / FTZ).
+/// Eight tile registers of 16 rows x 64 bytes in memory; tdpbf16ps in scalar code (bf16emu::dp_step and
+/// fma_ftz: one rounding per multiply-add or add, DAZ / FTZ).
 struct EmuTiles {
   uint32_t reg[8][16][16];
   template <int i>
@@ -110,13 +112,14 @@ struct EmuTiles {
   void dp() {
     for (int m = 0; m < 16; ++m)
       for (int n = 0; n < 16; ++n) {
-        float acc = bf16emu::bits_f32(reg[c][m][n]);
+        float even = 0.f, odd = 0.f;
         for (int k = 0; k < 16; ++k) {
           const uint32_t x = reg[a][m][k], y = reg[b][k][n];
-          acc = bf16emu::dp_step(acc, static_cast<uint16_t>(x & 0xffffu), static_cast<uint16_t>(y & 0xffffu));
-          acc = bf16emu::dp_step(acc, static_cast<uint16_t>(x >> 16), static_cast<uint16_t>(y >> 16));
+          even = bf16emu::dp_step(even, static_cast<uint16_t>(x & 0xffffu), static_cast<uint16_t>(y & 0xffffu));
+          odd = bf16emu::dp_step(odd, static_cast<uint16_t>(x >> 16), static_cast<uint16_t>(y >> 16));
         }
-        reg[c][m][n] = bf16emu::f32_bits(acc);
+        const float sum = bf16emu::fma_ftz(even, odd, 1.f);  // even + odd
+        reg[c][m][n] = bf16emu::f32_bits(bf16emu::fma_ftz(bf16emu::bits_f32(reg[c][m][n]), sum, 1.f));
       }
   }
 };

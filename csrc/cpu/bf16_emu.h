@@ -42,10 +42,12 @@ inline float from_bf16_daz(uint16_t h) {
   return (u & 0x7f800000u) == 0 ? bits_f32(u & 0x80000000u) : bits_f32(u);
 }
 
-/// One multiply-add step of vdpbf16ps: t + x * y, rounded to nearest even, FTZ (tininess before rounding).
-inline float dp_step(float t, uint16_t xb, uint16_t yb) {
-  if ((f32_bits(t) & 0x7f800000u) == 0) t = bits_f32(f32_bits(t) & 0x80000000u);  // DAZ on the accumulator
-  const float x = from_bf16_daz(xb), y = from_bf16_daz(yb);
+/// t + x * y rounded once to nearest even, with denormal inputs read as zero (DAZ) and a result whose
+/// exact value is below 2^-126 in magnitude flushed to a signed zero (FTZ, tininess before rounding).
+/// x * y must be exact in double (x, y float32: 24 + 24 significant bits).
+inline float fma_ftz(float t, float x, float y) {
+  const auto daz = [](float v) { return (f32_bits(v) & 0x7f800000u) == 0 ? bits_f32(f32_bits(v) & 0x80000000u) : v; };
+  t = daz(t), x = daz(x), y = daz(y);
   const float r = std::fma(x, y, t);
   if (!std::isfinite(r)) return r;
   // Exact value t + x*y = s + e (TwoSum in double; x*y is exact in double: 8 x 8 significant bits).
@@ -57,6 +59,9 @@ inline float dp_step(float t, uint16_t xb, uint16_t yb) {
   if (tiny && (s != 0.0 || e != 0.0)) return std::copysign(0.f, static_cast<float>(s != 0.0 ? s : e));
   return r;
 }
+
+/// One multiply-add step of vdpbf16ps: t + x * y (bf16 x, y), rounded to nearest even, DAZ / FTZ.
+inline float dp_step(float t, uint16_t xb, uint16_t yb) { return fma_ftz(t, from_bf16_daz(xb), from_bf16_daz(yb)); }
 
 /// The emulated micro-kernel: same operands and outputs as micro_bf16_avx512 (dist_kernels.h).
 inline void micro_bf16_emu(int panels, int64_t kc2, const uint32_t* A, int64_t panel_stride, const uint32_t* B,

@@ -160,22 +160,34 @@ def test_bf16_emulation_flushes_tiny_results(monkeypatch):
 # ---- the AMX tile kernel (tdpbf16ps): its emulation everywhere, the hardware where a CPU has it ----------
 
 
-def _sequential_dots(q, b):
-    """[Q, N] float32 dots accumulated over the depth in order 0, 1, 2, ... with one rounding per add: the
-    order tdpbf16ps follows per Intel's SDM (even then odd element of each pair, pairs in order; bf16
-    products are exact in float32)."""
-    qf, bf = q.float(), b.float()
+def _sdm_dots(q, b):
+    """[Q, N] float32 dots as tdpbf16ps forms them per Intel's SDM, with the kernel's blocking: depth slices
+    of KC2 pairs (sweep_bf16: ceil(D2 / 512) slices), each cut into instructions of 16 pairs; per
+    instruction, the even and the odd elements summed in two float32 partial sums from zero (pairs in order,
+    one rounding per add: bf16 products are exact in float32), then the accumulator += (even + odd)."""
+    D2 = (q.shape[1] + 1) // 2
+    qf = torch.nn.functional.pad(q.float(), (0, 2 * D2 - q.shape[1]))
+    bf = torch.nn.functional.pad(b.float(), (0, 2 * D2 - b.shape[1]))
+    nkb = -(-D2 // 512)
+    kc2 = -(-D2 // nkb)
     acc = torch.zeros(q.shape[0], b.shape[0])
-    for d in range(q.shape[1]):
-        acc = acc + qf[:, d, None] * bf[None, :, d]
+    for pc in range(0, D2, kc2):
+        for k0 in range(pc, min(D2, pc + kc2), 16):
+            even = torch.zeros_like(acc)
+            odd = torch.zeros_like(acc)
+            for k in range(k0, min(k0 + 16, pc + kc2, D2)):
+                even = even + qf[:, 2 * k, None] * bf[None, :, 2 * k]
+                odd = odd + qf[:, 2 * k + 1, None] * bf[None, :, 2 * k + 1]
+            acc = acc + (even + odd)
     return acc
 
 
 @pytest.mark.parametrize("Q,N,D", [(1, 1, 1), (17, 33, 30), (40, 70, 33), (33, 16, 64), (100, 47, 152), (20, 35, 1030)])
-def test_amx_emulation_is_the_sequential_sum(monkeypatch, gen, Q, N, D):
-    """The AMX tile kernel (emulated) returns every dot bit for bit as the sequential float32 sum: block edges
-    (rows not a multiple of 16 or 32, bank panels not a multiple of 32), the depth tail (pairs not a multiple
-    of 16, odd D) and the depth slices accumulated through C (D = 1030: two slices of 258 / 257 pairs)."""
+def test_amx_emulation_is_the_sdm_sum(monkeypatch, gen, Q, N, D):
+    """The AMX tile kernel (emulated) returns every dot bit for bit as tdpbf16ps per the SDM forms it, across
+    block edges (rows not a multiple of 16 or 32, bank panels not a multiple of 32), the depth tail (pairs
+    not a multiple of 16, odd D) and the depth slices accumulated through C (D = 1030: slices of 258 / 257
+    pairs)."""
     if not AVX2:
         pytest.skip("no AVX2 path")
     if not HW:
@@ -184,22 +196,21 @@ def test_amx_emulation_is_the_sequential_sum(monkeypatch, gen, Q, N, D):
     q = torch.randn(Q, D, generator=gen).bfloat16()
     b = torch.randn(N, D, generator=gen).bfloat16()
     d, i = fastad.ops.knn(q, b, N, "ip")  # every raw dot, sorted
-    ref_dots = _sequential_dots(q, b)
-    assert torch.equal(d.view(torch.int32), ref_dots.gather(1, i).view(torch.int32))
+    assert torch.equal(d.view(torch.int32), _sdm_dots(q, b).gather(1, i).view(torch.int32))
 
 
 def test_amx_emulation_order(monkeypatch):
-    """tdpbf16ps per the SDM: the even element of a pair first (1 + 2^-24 rounds to 1, then + 2^-23), where
-    Zen 4's vdpbf16ps adds the odd one first (1 + 2^-23, then + 2^-24 ties up to 1 + 2^-22)."""
+    """Products 1 (even) and 2^-24 (odd) in pair 0, 0 and 2^-24 in pair 1: tdpbf16ps per the SDM sums the
+    odd elements apart (2^-23), then 1 + 2^-23; one sequential sum (the older intrinsics guide) and Zen 4's
+    vdpbf16ps (odd element first, pair by pair) both lose each 2^-24 against 1."""
     if not AVX2:
         pytest.skip("no AVX2 path")
     if not HW:
         monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
-    q = torch.tensor([[1.0, 0.0, 2.0**-12, 2.0**-11]]).bfloat16()
-    b = torch.tensor([[1.0, 0.0, 2.0**-12, 2.0**-12]]).bfloat16()
-    assert fastad.ops.knn(q, b, 1, "ip")[0].item() == 1.0 + 2.0**-22
+    q = torch.tensor([[1.0, 2.0**-12, 0.0, 2.0**-12]]).bfloat16()
+    assert fastad.ops.knn(q, q, 1, "ip")[0].item() == 1.0
     monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
-    assert fastad.ops.knn(q, b, 1, "ip")[0].item() == 1.0 + 2.0**-23
+    assert fastad.ops.knn(q, q, 1, "ip")[0].item() == 1.0 + 2.0**-23
 
 
 @needs_amx
