@@ -113,6 +113,9 @@ def q_block(Q: int, N: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- methods
+AMX_ROWS = False  # --amx: also time the AMX tile kernel (opt-in until verified on a CPU with AMX)
+
+
 def _with_env(var: str, fn):
     """fn() with the environment variable var = "1" (read by fastad's kernel dispatch at each call)."""
     old = os.environ.get(var)
@@ -145,7 +148,7 @@ def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
             return None
 
         m["torch.mm.bf16(roof)"] = mm_bf16
-        if fastad.build_info()["bf16_amx"] == "available":  # AMX tiles (opt-in: FASTAD_AMX=1 for the call)
+        if AMX_ROWS and fastad.build_info()["bf16_amx"] == "available":  # --amx: FASTAD_AMX=1 for the call
             m["fastad.bf16.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q16, b16, k))
             m["fastad.screen.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q, b, k, screen="bf16"))
     try:
@@ -366,6 +369,8 @@ def main(argv=None):
     p.add_argument("--min-gflop", type=float, default=0.0, help="skip shapes below this size")
     p.add_argument("--only", nargs="*", default=[], help="run only fastad and these methods, by their printed "
                    "names (e.g. faiss.knn torch.cdist+topk); default: all")
+    p.add_argument("--amx", action="store_true", help="on a CPU with AMX-BF16: also time bf16 knn and the screen on "
+                   "the AMX tile kernel (FASTAD_AMX=1; opt-in until its tests passed there: FASTAD_TEST_AMX=1)")
     p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
     p.add_argument("--features", choices=["randn", "mtd"], default="randn", help="mtd: MTD PatchCore rows "
                    "(bench_coreset.py's extraction, cached; D is theirs) instead of Gaussian data")
@@ -373,6 +378,8 @@ def main(argv=None):
                    "data", "mtd"), help="MTD folder (--features mtd)")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/fastad"), help="MTD feature cache")
     a = p.parse_args(argv)
+    global AMX_ROWS
+    AMX_ROWS = a.amx
     if a.quick:
         a.N, a.Q = [16384], [784]
     from _machine import cpu_model
