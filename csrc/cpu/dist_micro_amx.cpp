@@ -16,7 +16,11 @@ namespace fastad::cpu {
 
 namespace {
 
-// GCC's tile intrinsics paste the tile number into the instruction text: literals only.
+// GCC's tile intrinsics paste the tile number into the instruction text: literals only. Their asm declares
+// no memory read (tileloadd takes the address as a register; ldtilecfg names 8 of its 64 bytes), so the
+// compiler could drop or move stores the tiles read (the tile configuration, the zero-padded tail, the
+// repacked rows): a compiler memory barrier precedes every tile load and the configuration.
+#define FASTAD_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
 #define FASTAD_TILE_CASES(OP) \
   if constexpr (i == 0) OP(0); \
   else if constexpr (i == 1) OP(1); \
@@ -36,6 +40,7 @@ struct HwTiles {
   }
   template <int i>
   void load(const void* p, int64_t stride) {
+    FASTAD_MEMORY_BARRIER();
 #define FASTAD_L(n) _tile_loadd(n, p, stride)
     FASTAD_TILE_CASES(FASTAD_L);
 #undef FASTAD_L
@@ -74,10 +79,12 @@ void micro_amx_block(int64_t mc, int64_t ncp, int64_t kc2, const uint32_t* A, in
   std::memset(&cfg, 0, sizeof(cfg));
   cfg.palette = 1;
   for (int i = 0; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;
+  FASTAD_MEMORY_BARRIER();
   _tile_loadconfig(&cfg);
   HwTiles t;
   amx::tile_block(t, mc, ncp, kc2, A, lda, B, bstride, C, ldc, accumulate, tail);
   _tile_release();
+  FASTAD_MEMORY_BARRIER();
 }
 
 }  // namespace fastad::cpu
