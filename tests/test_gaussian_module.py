@@ -406,16 +406,18 @@ def test_consume_buffered_rows(shared, monkeypatch):
     given with give=True (PaDiM's staging buffer) once the block is done, never a caller's rows
     (copy=False alone); the model is the same bit for bit."""
     monkeypatch.setattr(G, "_BLOCK_BYTES", 1)  # blocks of one position (or of one cut's group)
+    monkeypatch.setattr(G, "RELEASE_ROW_BYTES", 4096)  # rows returned once a page of each image is done
     x, rows = _shared_data(N=40, P=12, d=512)
     kw = dict(ddof=1, reg=0.1, factor_kind="cholesky", compute_dtype=torch.float32, keep_covariance=False)
     models, given, kept = [], x[:20].clone(), x[20:].clone()
     zeros_before_last = []  # zeros in the given rows after each block but the last: released as it goes
     real = G._release_block
 
-    def spy(s2, rows, p0, p1, P, release):
-        real(s2, rows, p0, p1, P, release)
+    def spy(s2, rows, r0, p0, p1, P, release):
+        r0 = real(s2, rows, r0, p0, p1, P, release)
         if release and p1 < P:
             zeros_before_last.append(int(given.eq(0).sum()))
+        return r0
 
     monkeypatch.setattr(G, "_release_block", spy)
     for consume in (False, True):

@@ -106,16 +106,27 @@ def _release_range(lo: int, hi: int) -> None:
 _LIBC = None
 
 
-def _release_block(s2, rows, p0: int, p1: int, P: int, release: bool) -> None:
+#: finalize(consume=True): a given batch's rows go back once each image holds at least this many bytes of
+#: finished positions not yet returned (one madvise per image and release; blocks of 13 positions at d = 550
+#: would otherwise cost ~50 ms of calls per 200-image fit)
+RELEASE_ROW_BYTES = 256 * 1024
+
+
+def _release_block(s2, rows, r0: int, p0: int, p1: int, P: int, release: bool) -> int:
     """finalize(consume=True): positions [p0, p1) are done (and every position before them): the pages of
     their folded sums ``s2[p0:p1]`` go back to the OS, and of each given buffered batch ``b`` ([B, P, d],
-    contiguous) the pages holding only done positions of one image, the whole batch after the last block."""
+    contiguous) the pages holding only done positions [r0, p1) of one image, once they span
+    RELEASE_ROW_BYTES (the whole batch after the last block). Returns the first position not yet returned."""
     if not release:
-        return
+        return r0
     if s2 is not None:
         t = s2[p0:p1]
         _release_range(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
+    if not rows:
+        return p1
     page = mmap.PAGESIZE
+    if p1 < P and (p1 - r0) * rows[0].stride(1) * rows[0].element_size() < RELEASE_ROW_BYTES:
+        return r0
     for b in rows:
         base, es = b.data_ptr(), b.element_size()
         if p1 == P:
@@ -124,8 +135,9 @@ def _release_block(s2, rows, p0: int, p1: int, P: int, release: bool) -> None:
         img, pos = b.stride(0) * es, b.stride(1) * es
         for i in range(b.shape[0]):
             start = base + i * img
-            lo = (start + p0 * pos) // page * page  # the page of position p0 ...
+            lo = (start + r0 * pos) // page * page  # the page of position r0 ...
             _release_range(max(lo, start), start + p1 * pos)  # ... from its start if it is this image's
+    return p1
 
 
 def _check_shrinkage(shrinkage, where: str):
@@ -834,6 +846,7 @@ class GaussianAccumulator:
                                               else torch.empty(nb_max, d, d, dtype=torch.float64, device=dev))
         c_all = None if direct32 else torch.zeros(pb, d, d, dtype=torch.float64, device=dev)
         t_syrk, t_cov, t_fac = self._t_syrk, 0.0, 0.0
+        r0 = 0  # consume: the first position whose given rows are not yet returned
         for p0, p1 in zip(bounds[:-1], bounds[1:]):
             t0 = time.process_time()
             rs_blk = self._row_plan[0][p0:p1] if share_factor else None
@@ -882,7 +895,7 @@ class GaussianAccumulator:
                 t_fac += time.process_time() - t1
                 mean[p0:p1] = (shift[p0:p1].double() + ms).to(mean_dt)
                 logdet[p0:p1] = ld
-                _release_block(s2, own_rows, p0, p1, P, release)
+                r0 = _release_block(s2, own_rows, r0, p0, p1, P, release)
                 continue
             # the covariance from the sums: the op of the float32 route above, in float64 (one formula)
             cov = ops.gaussian_covariance(b2, ms, n, f, 0.0, c_all[: p1 - p0])
@@ -922,7 +935,7 @@ class GaussianAccumulator:
             if cov_out is not None:
                 cov_out[p0:p1] = cov.tril() + cov.tril(-1).transpose(-1, -2)
             del cov
-            _release_block(s2, own_rows, p0, p1, P, release)
+            r0 = _release_block(s2, own_rows, r0, p0, p1, P, release)
         if consume:
             self._consumed = True
             self.s1 = self.s2 = self.q3 = self.q4 = self.shift = None
