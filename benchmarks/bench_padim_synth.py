@@ -82,6 +82,28 @@ def gemm_roof(dtype, n=2048, repeats=3):
     return 2 * n**3 / t / 1e9
 
 
+def interleaved_fit_rounds(fit_fastad, new_anomalib, fit_anomalib, repeats, stages):
+    """Interleaved fit rounds, fastad then anomalib, each timed (process CPU and wall seconds) under PeakRSS;
+    the previous round's models are freed first (their pages are reused). ``new_anomalib()`` builds the
+    anomalib estimator (not timed), ``fit_anomalib(est)`` fits it; ``stages(result)`` gives fastad's stage
+    CPU seconds. Prints each round; returns (rounds, last fastad result, last anomalib estimator)."""
+    rounds, res, est = [], None, None
+    for r in range(max(1, repeats)):
+        res = est = None
+        with PeakRSS() as m_f:
+            res, w_f, t_f = timed(fit_fastad)
+        est = new_anomalib()
+        with PeakRSS() as m_a:
+            _, w_a, t_a = timed(lambda: fit_anomalib(est))
+        rounds.append(dict(fastad_cpu_s=t_f, anomalib_cpu_s=t_a, fastad_wall_s=w_f, anomalib_wall_s=w_a,
+                           fastad_peak_extra=m_f.extra, anomalib_peak_extra=m_a.extra,
+                           fit_stages_cpu_s=dict(stages(res))))
+        print(f"fit round {r + 1}: fastad {t_f:.2f} CPU-s (" + ", ".join(
+            f"{k} {v:.2f}" for k, v in rounds[-1]["fit_stages_cpu_s"].items()) + f"), anomalib {t_a:.2f} CPU-s -> "
+            f"{t_a / t_f:.2f}x", flush=True)
+    return rounds, res, est
+
+
 def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28, n_train: int = 200, n_test: int = 32,
                   fit_dtype: str = "float32", fit_repeats: int = 3):
     import fastad
@@ -116,21 +138,11 @@ def run_synthetic(threads: int = 1, repeats: int = 3, d: int = 550, h: int = 28,
                             compute_dtype=dt, factor_kind=kind)
 
     emb_train_c = emb_train.contiguous()  # anomalib gets its own [B, C, H, W] tensor (not timed)
-    rounds, model, gauss = [], None, None
-    ex_f = ex_a = 0
-    for r in range(max(1, fit_repeats)):  # interleaved rounds; each side's minimum (and its first round)
-        model = gauss = None  # the previous round's models are freed first (their pages are reused)
-        with PeakRSS() as m_f:
-            model, w_f, t_f = timed(lambda: fit(cdt))
-        gauss = MVG()
-        with PeakRSS() as m_a:
-            _, w_a, t_a = timed(lambda: gauss.fit(emb_train_c))  # noqa: F821 (deleted after the rounds)
-        ex_f, ex_a = max(ex_f, m_f.extra), max(ex_a, m_a.extra)
-        rounds.append(dict(fastad_cpu_s=t_f, anomalib_cpu_s=t_a, fastad_wall_s=w_f, anomalib_wall_s=w_a,
-                           fit_stages_cpu_s=dict(getattr(model, "fit_timings_", {}))))
-        print(f"fit round {r + 1}: fastad {t_f:.2f} CPU-s (" + ", ".join(
-            f"{k} {v:.2f}" for k, v in rounds[-1]["fit_stages_cpu_s"].items()) + f"), anomalib {t_a:.2f} CPU-s -> "
-            f"{t_a / t_f:.2f}x", flush=True)
+    # interleaved rounds; each side's minimum (and its first round)
+    rounds, model, gauss = interleaved_fit_rounds(lambda: fit(cdt), MVG, lambda g: g.fit(emb_train_c), fit_repeats,  # noqa: F821
+                                                  lambda m: getattr(m, "fit_timings_", {}))
+    ex_f = max(x["fastad_peak_extra"] for x in rounds)
+    ex_a = max(x["anomalib_peak_extra"] for x in rounds)
     del emb_train_c
     t_fit_f, t_fit_a = min(x["fastad_cpu_s"] for x in rounds), min(x["anomalib_cpu_s"] for x in rounds)
     w_fit_f, w_fit_a = min(x["fastad_wall_s"] for x in rounds), min(x["anomalib_wall_s"] for x in rounds)
@@ -296,19 +308,9 @@ def run_synthetic_maps(threads: int = 1, fit_repeats: int = 3, n_train: int = 20
             emb = torch.cat((emb, F.interpolate(f[k], size=emb.shape[-2:], mode="nearest")), 1)
         return torch.index_select(emb, 1, idx)
 
-    rounds, det, gauss = [], None, None
-    for r in range(max(1, fit_repeats)):
-        det = gauss = None
-        with PeakRSS() as m_f:
-            det, w_f, t_f = timed(lambda: new_det().fit_features(train))
-        gauss = MVG()
-        with PeakRSS() as m_a:
-            _, w_a, t_a = timed(lambda: gauss.fit(torch.vstack([anomalib_embedding(f) for f in train])))
-        rounds.append(dict(fastad_cpu_s=t_f, anomalib_cpu_s=t_a, fastad_peak_extra=m_f.extra,
-                           anomalib_peak_extra=m_a.extra, fit_stages_cpu_s=dict(det.fit_stage_cpu_)))
-        print(f"fit round {r + 1}: fastad {t_f:.2f} CPU-s (" + ", ".join(
-            f"{k} {v:.2f}" for k, v in det.fit_stage_cpu_.items()) + f"), anomalib {t_a:.2f} CPU-s -> {t_a / t_f:.2f}x",
-            flush=True)
+    rounds, det, gauss = interleaved_fit_rounds(
+        lambda: new_det().fit_features(train), MVG,
+        lambda g: g.fit(torch.vstack([anomalib_embedding(f) for f in train])), fit_repeats, lambda m: m.fit_stage_cpu_)
     assert torch.equal(det.channel_idx_, idx)
     t_f, t_a = min(x["fastad_cpu_s"] for x in rounds), min(x["anomalib_cpu_s"] for x in rounds)
     d = idx.numel()

@@ -143,9 +143,10 @@ inline void sweep_bf16(const Kern& kern, const uint32_t* A, int64_t qa, int64_t 
       for (int64_t pc = 0; pc < D2; pc += KC2) {
         const int64_t kc2 = std::min(KC2, D2 - pc);
         if (kern.amx) {  // one tile-kernel call per block and depth slice (the query rows repacked once)
-          uint32_t* Ar = tl_arow.get(amx::round16(mc) * amx::round16(kc2));
+          const int64_t kp = amx::round16(kc2);  // the repacked rows' stride (pairs)
+          uint32_t* Ar = tl_arow.get(amx::round16(mc) * kp);
           rows_of_panels(A, D2, i0, mc, pc, kc2, Ar);
-          kern.block(mc, ncp, kc2, Ar, amx::round16(kc2), Bp + pc * NR, NR * D2, C, kNC, pc > 0, tl_tail.get(512));
+          kern.block(mc, ncp, kc2, Ar, kp, Bp + pc * NR, NR * D2, C, kNC, pc > 0, tl_tail.get(512));
           continue;
         }
         for (int64_t jr = 0; jr < ncp; jr += NR) {

@@ -871,10 +871,8 @@ class GaussianAccumulator:
                 # place; a position whose float32 factorisation is redone gets the same op's float64 values
                 fb = factor[p0:p1]
 
-                copied = [not share_factor]
-
                 def cov64(q0, q1, b2=b2, ms=ms, f=f, p0=p0):
-                    if not copied[0]:  # (a redo needs the position's whole sums)
+                    if share_factor:  # a redo needs the position's whole sums (otherwise copied or formed)
                         # this block's position q0: its shared rows from its owners (in the block; in the
                         # folded sums too, these are the rows _copy_shared_rows would copy)
                         for a, e, dst, src in self._row_plan[1]:
