@@ -113,13 +113,13 @@ def q_block(Q: int, N: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- methods
-AMX_ROWS = False  # --amx: also time the AMX tile kernel (opt-in until verified on a CPU with AMX)
+AMX_ROWS = False  # --amx: on a CPU with AMX, also time the bf16 kernel that is not in use (AMX or vdpbf16ps)
 
 
-def _with_env(var: str, fn):
-    """fn() with the environment variable var = "1" (read by fastad's kernel dispatch at each call)."""
+def _with_env(var: str, value: str, fn):
+    """fn() with the environment variable var = value (read by fastad's kernel dispatch at each call)."""
     old = os.environ.get(var)
-    os.environ[var] = "1"
+    os.environ[var] = value
     try:
         return fn()
     finally:
@@ -148,9 +148,12 @@ def knn_methods(q: torch.Tensor, b: torch.Tensor, k: int, skip: set[str]):
             return None
 
         m["torch.mm.bf16(roof)"] = mm_bf16
-        if AMX_ROWS and fastad.build_info()["bf16_amx"] == "available":  # --amx: FASTAD_AMX=1 for the call
-            m["fastad.bf16.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q16, b16, k))
-            m["fastad.screen.amx"] = lambda: _with_env("FASTAD_AMX", lambda: fastad.ops.knn(q, b, k, screen="bf16"))
+        amx = fastad.build_info()["bf16_amx"]
+        if AMX_ROWS and amx in ("amx", "available"):  # --amx: the other kernel, through FASTAD_AMX for the call
+            other, val = ("vdpbf16ps", "0") if amx == "amx" else ("amx", "1")
+            m[f"fastad.bf16.{other}"] = lambda: _with_env("FASTAD_AMX", val, lambda: fastad.ops.knn(q16, b16, k))
+            m[f"fastad.screen.{other}"] = lambda: _with_env("FASTAD_AMX", val,
+                                                            lambda: fastad.ops.knn(q, b, k, screen="bf16"))
     try:
         import faiss
 
@@ -323,10 +326,14 @@ def run_shape(op, D, N, Q, k_or_gs, threads, repeat, skip, seed=0, only=(), feat
                     f"{100 * bf_roof / res['fastad.bf16']['cpu']:.0f}% of torch bf16 mm {flops / bf_roof / 1e9:.1f}; "
                     f"fastad.screen {res['fastad']['cpu'] / res['fastad.screen']['cpu']:.2f}x fastad fp32"
                     + (f", {res['faiss.knn']['cpu'] / res['fastad.screen']['cpu']:.2f}x faiss.knn" if "faiss.knn" in res else ""))
-    if "fastad.bf16.amx" in res:
-        amx = res["fastad.bf16.amx"]["cpu"]
-        bf16_msg += (f"; AMX: fastad.bf16.amx {flops / amx / 1e9:.1f} GF/core-s = {res['fastad']['cpu'] / amx:.2f}x fastad fp32"
-                     f", fastad.screen.amx {res['fastad']['cpu'] / res['fastad.screen.amx']['cpu']:.2f}x fastad fp32")
+        bf16_msg += (f"; fastad.bf16 = {res['fastad']['cpu'] / res['fastad.bf16']['cpu']:.2f}x fastad fp32 (bf16 kernel: "
+                     f"{'AMX tiles' if fastad.build_info()['bf16_amx'] == 'amx' else 'vdpbf16ps'})")
+    for other in ("amx", "vdpbf16ps"):
+        if f"fastad.bf16.{other}" in res:
+            o = res[f"fastad.bf16.{other}"]["cpu"]
+            bf16_msg += (f"; {other}: fastad.bf16.{other} {flops / o / 1e9:.1f} GF/core-s = {res['fastad']['cpu'] / o:.2f}x "
+                         f"fastad fp32, fastad.screen.{other} "
+                         f"{res['fastad']['cpu'] / res[f'fastad.screen.{other}']['cpu']:.2f}x fastad fp32")
     ours = res["fastad"]["cpu"]
     param = "k" if op == "knn" else "group_size"
     print(f"\n## {op} D={D} N={N} Q={Q} {param}={k_or_gs} threads={threads}  ({flops/1e9:.1f} GFLOP, "
@@ -370,7 +377,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", default=[], help="run only fastad and these methods, by their printed "
                    "names (e.g. faiss.knn torch.cdist+topk); default: all")
     p.add_argument("--amx", action="store_true", help="on a CPU with AMX-BF16: also time bf16 knn and the screen on "
-                   "the AMX tile kernel (FASTAD_AMX=1; opt-in until its tests passed there: FASTAD_TEST_AMX=1)")
+                   "the bf16 kernel not in use (vdpbf16ps through FASTAD_AMX=0 where the AMX tiles run, else AMX)")
     p.add_argument("--jsonl", default=None, help="append every row to this JSON-lines file")
     p.add_argument("--features", choices=["randn", "mtd"], default="randn", help="mtd: MTD PatchCore rows "
                    "(bench_coreset.py's extraction, cached; D is theirs) instead of Gaussian data")

@@ -16,6 +16,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("dist_micro_kernel", [] { return fastad::dist_micro_kernel(); });
   m.def("bf16_micro_kernel", [] { return fastad::bf16_micro_kernel(); });
   m.def("bf16_amx_kernel", [] { return fastad::bf16_amx_kernel(); });
+  m.def("amx_self_check", [](const std::string& v) { return fastad::amx_self_check(v); }, py::arg("variant") = "hardware");
   m.def("knn_screen_stats", [](bool reset) { return fastad::knn_screen_stats(reset); }, py::arg("reset") = false);
   m.def("op_kernels", [] { return fastad::op_kernels(); });
   m.def("openmp_threads", [] { return fastad::openmp_threads(); });

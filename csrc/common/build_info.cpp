@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
+
 #include "cpu/dist_kernels.h"
 #include "cpu/mahalanobis.h"
 
@@ -36,16 +38,27 @@ std::string bf16_amx_kernel() {
   return cpu::amx_usable() ? "available" : "none";
 }
 
+std::tuple<std::string, long long, double> amx_self_check(const std::string& variant) {
+  const cpu::AmxCheck c = cpu::amx_check_variant(variant);
+  static const char* names[] = {"not-run", "identical", "within-bound", "failed"};
+  return {names[c.verdict], c.differing, c.worst};
+}
+
 std::vector<std::pair<std::string, std::string>> op_kernels() {
   const bool avx2 = cpu::use_avx2_path(), bf16hw = cpu::use_bf16_micro(), bf16 = cpu::use_bf16_gemm();
   const std::string gemm = cpu::use_avx512_micro() ? "AVX-512 24x16 fp32 GEMM"
                            : avx2                  ? "AVX2/FMA 6x16 fp32 GEMM"
                                                    : "portable blocked sweep";
   const std::string amx = bf16_amx_kernel();
-  const std::string bf16k = amx == "amx"        ? "AMX tdpbf16ps tiles (FASTAD_AMX=1), fp32 accumulation"
+  const auto amx_off = [] {
+    const char* on = std::getenv("FASTAD_AMX");
+    if (on && on[0] == '0') return std::string(" (AMX tiles off: FASTAD_AMX=0)");
+    return std::string(" (AMX tiles off: their self-check failed on this CPU)");
+  };
+  const std::string bf16k = amx == "amx"        ? "AMX tdpbf16ps tiles, fp32 accumulation"
                             : amx == "emulated" ? "AMX tile kernel through its scalar emulation (FASTAD_AMX_EMULATE)"
                             : bf16hw ? std::string("AVX512-BF16 vdpbf16ps GEMM, fp32 accumulation") +
-                                           (amx == "available" ? " (AMX tiles: FASTAD_AMX=1, not yet checked on hardware)" : "")
+                                           (amx == "available" ? amx_off() : "")
                                      : "bf16 GEMM through its scalar emulation (FASTAD_BF16_EMULATE)";
   const std::string screen = "bf16 screen (" + bf16k + ") + float32 re-score, else " + gemm;
   std::vector<std::pair<std::string, std::string>> k;

@@ -13,9 +13,13 @@ std::string dist_micro_kernel();
 // bf16 GEMM kernel of knn on bfloat16 inputs / the bf16 screen: "avx512bf16" (vdpbf16ps), "emulated"
 // (FASTAD_BF16_EMULATE=1: the scalar emulation) or "none" (bf16 inputs are upcast to float32).
 std::string bf16_micro_kernel();
-/// The bf16 GEMM's AMX tile kernel: "amx" (in use: FASTAD_AMX=1), "available" (the CPU has it; off until
-/// FASTAD_AMX=1), "emulated" (FASTAD_AMX_EMULATE=1), "none".
+/// The bf16 GEMM's AMX tile kernel: "amx" (in use: its self-check passed, or FASTAD_AMX=1), "available"
+/// (the CPU has it; off: FASTAD_AMX=0 or the self-check failed), "emulated" (FASTAD_AMX_EMULATE=1), "none".
 std::string bf16_amx_kernel();
+/// The AMX kernel's self-check (cpu/amx_check.cpp) as (verdict, dots differing from the emulation, worst
+/// relative error): verdict "identical", "within-bound", "failed" or "not-run" (no AMX here). variant
+/// "hardware" = the kernel in use; "emulation", "sequential", "first_panel" = test variants.
+std::tuple<std::string, long long, double> amx_self_check(const std::string& variant);
 // Which kernel each CPU op (and input dtype / option) runs on this CPU now, as (op, kernel) pairs, from
 // the same predicates the ops dispatch on (env overrides included): printed by `fastad info`.
 std::vector<std::pair<std::string, std::string>> op_kernels();

@@ -15,9 +15,10 @@
 // flush to zero, RNE throughout. (The older intrinsics guide describes one sequential sum per element
 // instead; the tests tell the two apart.) The emulation follows the SDM; it has not been checked against a
 // CPU with AMX yet (none so far in this project): tests/ops/test_knn_bf16.py::test_amx_hw_equals_emulation
-// does so where one runs, and until it has, the hardware kernel is used only with FASTAD_AMX=1. The k-NN
-// answers do not depend on the order: the bf16 results are checked against the fp32 accumulation bound
-// and the screen's bound allows any order.
+// does so where one runs (FASTAD_TEST_AMX=1). Meanwhile every process checks the hardware kernel once
+// against the emulation before using it (cpu/amx_check.cpp: identical, or within the fp32 accumulation bound,
+// else it is not used). The k-NN answers do not depend on the order: the bf16 results are specified by the
+// fp32 accumulation bound and the screen's bound allows any order.
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 #include "common/metric.h"
 #include "cpu/f16.h"
@@ -90,9 +91,10 @@ bool use_bf16_micro();
 /// and Linux granted this process the tile data state (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
 bool amx_usable();
 /// The bf16 GEMM's AMX mode (when use_bf16_gemm()): 0 = off (the vdpbf16ps kernel or its emulation);
-/// 1 = the AMX block kernel (dist_micro_amx.cpp): amx_usable(), compiled in and FASTAD_AMX=1 (opt-in until
-/// its emulation is checked against a CPU with AMX); 2 = that kernel's scalar emulation (FASTAD_AMX_EMULATE=1,
-/// cpu/amx_tile_kernel.h: tests on any CPU).
+/// 1 = the AMX block kernel (dist_micro_amx.cpp): compiled in, use_bf16_micro(), amx_usable(), and either
+/// FASTAD_AMX unset and the self-check passed (amx_hw_check(): identical to the emulation or within the fp32
+/// accumulation bound) or FASTAD_AMX=1 (forced, no check); FASTAD_AMX=0 turns it off; 2 = that kernel's
+/// scalar emulation (FASTAD_AMX_EMULATE=1, cpu/amx_tile_kernel.h: tests on any CPU).
 int bf16_amx_mode();
 /// true when the bf16 GEMM may run at all: use_bf16_micro(), or FASTAD_BF16_EMULATE=1 with the AVX2
 /// path on (the scalar emulation of cpu/bf16_emu.h: bit-identical, slow; for tests).
@@ -110,6 +112,21 @@ void bf16_rows_avx512(const float* x, int64_t rows, int64_t D, const float* c, u
 void micro_amx_block(int64_t mc, int64_t ncp, int64_t kc2, const uint32_t* A, int64_t lda, const uint32_t* B,
                      int64_t bstride, float* C, int64_t ldc, bool accumulate, uint32_t* tail);
 #endif
+/// A block kernel with micro_amx_block's operands (the hardware kernel, its emulation, test variants).
+using AmxBlockFn = void (*)(int64_t, int64_t, int64_t, const uint32_t*, int64_t, const uint32_t*, int64_t, float*,
+                            int64_t, bool, uint32_t*);
+/// The AMX kernel's self-check (amx_check.cpp): `block` against the emulation on fixed operands.
+struct AmxCheck {
+  enum Verdict { kNotRun, kIdentical, kWithinBound, kFailed } verdict;
+  int64_t differing;  // dots that differ from the emulation's bits
+  double worst;       // their largest |dot - exact| / sum |products| (0 when none differ)
+};
+AmxCheck amx_check_kernel(AmxBlockFn block);
+/// The hardware kernel's check, run once per process where amx_usable() (kNotRun elsewhere).
+const AmxCheck& amx_hw_check();
+/// amx_hw_check() ("hardware"), or the check of a test variant: "emulation" (the emulation itself),
+/// "sequential" (tdpbf16ps summed in one sequential chain), "first_panel" (a tile layout fault).
+AmxCheck amx_check_variant(const std::string& which);
 
 #if FASTAD_HAVE_AVX512
 /// C[r * ldc + j] (r < 24, j < 16) = (accumulate ? C : 0) + sum_p A_{r/6}[p * 6 + r % 6] * B[p * 16 + j],

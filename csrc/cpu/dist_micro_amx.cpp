@@ -1,7 +1,8 @@
 // AMX block kernel of the bf16 distance GEMM: cpu/amx_tile_kernel.h's tile_block over the tile
 // instructions (tileloadd, tilestored, tilezero, tdpbf16ps). Compiled with -mamx-tile -mamx-bf16
 // (CMakeLists: *_amx.cpp, where the compiler has them); called only when amx_usable() (cpuid amx-tile and
-// amx-bf16, the OS's XTILEDATA state granted by arch_prctl) and FASTAD_AMX=1 (dist_kernels.h).
+// amx-bf16, the OS's XTILEDATA state granted by arch_prctl) and its self-check passed (amx_check.cpp;
+// FASTAD_AMX=0 / 1 turn it off / force it on: bf16_amx_mode in dist_kernels.h).
 // No torch or standard-library headers besides <cstdint> / <cstring>: an inline function emitted here
 // would be AMX code the linker may pick for other callers.
 #include <immintrin.h>

@@ -279,8 +279,11 @@ bool amx_usable() {
 int bf16_amx_mode() {
   const char* emu = std::getenv("FASTAD_AMX_EMULATE");
   if (emu && emu[0] && emu[0] != '0') return 2;
+  if (!use_bf16_micro() || !amx_usable()) return 0;
   const char* on = std::getenv("FASTAD_AMX");
-  return on && on[0] && on[0] != '0' && use_bf16_micro() && amx_usable() ? 1 : 0;
+  if (on && on[0]) return on[0] != '0' ? 1 : 0;  // forced on (no self-check) or off
+  const AmxCheck::Verdict v = amx_hw_check().verdict;
+  return v == AmxCheck::kIdentical || v == AmxCheck::kWithinBound ? 1 : 0;
 }
 
 bool use_bf16_gemm() {

@@ -63,8 +63,12 @@ def build_info() -> dict:
     select the others), ``bf16_micro_kernel`` (kernel of knn on bfloat16 inputs and of its bf16
     screen: "avx512bf16" where the CPU has AVX512-BF16, "emulated" with ``FASTAD_BF16_EMULATE=1``
     (bit-identical scalar emulation, slow), else "none": bf16 inputs are upcast), ``bf16_amx`` (that
-    GEMM's AMX tile kernel: "amx" in use (``FASTAD_AMX=1``; opt-in until checked on a CPU with AMX),
-    "available" (the CPU has AMX-BF16), "emulated" (``FASTAD_AMX_EMULATE=1``, tests), else "none").
+    GEMM's AMX tile kernel: "amx" in use, "available" (the CPU has AMX-BF16 but the kernel is off:
+    ``FASTAD_AMX=0``, or its self-check failed), "emulated" (``FASTAD_AMX_EMULATE=1``, tests), else "none"),
+    ``bf16_amx_check`` (the AMX kernel's self-check, run once per process on a CPU with AMX before the
+    kernel is used: "identical" (every dot equals the emulation of the instruction bit for bit),
+    "within-bound" (some dots differ in rounding, all within the fp32 accumulation bound: used),
+    "failed" (not used), "not-run" (no AMX); ``FASTAD_AMX=1`` forces the kernel on without it).
 
     Example:
         >>> import fastad; fastad.build_info()["simd"] in ("avx2", "generic")
@@ -82,6 +86,7 @@ def build_info() -> dict:
         "dist_micro_kernel": _C.dist_micro_kernel(),
         "bf16_micro_kernel": _C.bf16_micro_kernel(),
         "bf16_amx": _C.bf16_amx_kernel(),
+        "bf16_amx_check": _C.amx_self_check("hardware")[0],
     }
 
 

@@ -24,32 +24,37 @@ METRICS = ["l2", "sqeuclidean", "cosine", "ip"]
 U = 2.0**-24
 
 
-# The AMX kernel has not run on hardware yet: its tests run on a CPU with AMX-BF16 only when asked
-# (FASTAD_TEST_AMX=1), like the kernel itself (FASTAD_AMX=1), so that an unverified kernel cannot turn CI red
-# on such a machine; once they pass there, both become the default.
+# The AMX kernel runs by default on a CPU with AMX-BF16 once its self-check (cpu/amx_check.cpp) has passed
+# there. Tests of what users get run it in that state ("amx" below: answers within the fp32 bound, screen
+# answers identical). The strict comparison with the emulation (test_amx_hw_equals_emulation) runs only when
+# asked (FASTAD_TEST_AMX=1): the emulation models the SDM's order, not yet confirmed on a CPU, and a
+# rounding-order difference there must not turn CI red on such a machine (the answers allow any order).
 AMX_HW = fastad.build_info()["bf16_amx"] in ("available", "amx")
+AMX_CHECK = fastad.build_info()["bf16_amx_check"]
+AMX_OK = AMX_HW and AMX_CHECK in ("identical", "within-bound")
 AMX = AMX_HW and os.environ.get("FASTAD_TEST_AMX") == "1"
 needs_amx = pytest.mark.skipif(not AMX, reason="needs a CPU with AMX-BF16 and FASTAD_TEST_AMX=1")
 
 
 @pytest.fixture(params=["hw", "emulated", "amx_emulated", "amx"])
 def bf16_mode(request, monkeypatch):
-    """Runs a test on the AVX512-BF16 kernel, on its scalar emulation (FASTAD_BF16_EMULATE=1), on the AMX
-    tile kernel's emulation (FASTAD_AMX_EMULATE=1) and, where the CPU has AMX, on the AMX kernel (FASTAD_AMX=1)."""
+    """Runs a test on the AVX512-BF16 kernel (FASTAD_AMX=0), on its scalar emulation (FASTAD_BF16_EMULATE=1),
+    on the AMX tile kernel's emulation (FASTAD_AMX_EMULATE=1) and, where the CPU has AMX and the kernel's
+    self-check passed, on the AMX kernel as users get it (no variable set)."""
     if not AVX2:
         pytest.skip("no AVX2 path")
     for v in ("FASTAD_BF16_EMULATE", "FASTAD_AMX", "FASTAD_AMX_EMULATE"):
         monkeypatch.delenv(v, raising=False)
     if request.param in ("hw", "amx") and not HW:
         pytest.skip("CPU without AVX512-BF16")
-    if request.param == "amx" and not AMX:
-        pytest.skip("needs a CPU with AMX-BF16 and FASTAD_TEST_AMX=1")
+    if request.param == "amx" and not AMX_OK:
+        pytest.skip(f"no AMX kernel in use here (AMX-BF16: {AMX_HW}, self-check: {AMX_CHECK})")
+    if request.param == "hw":
+        monkeypatch.setenv("FASTAD_AMX", "0")
     if request.param == "emulated" or (request.param == "amx_emulated" and not HW):
         monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
     if request.param == "amx_emulated":
         monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
-    if request.param == "amx":
-        monkeypatch.setenv("FASTAD_AMX", "1")
     expect = {"amx": "amx", "amx_emulated": "emulated"}.get(request.param, "available" if AMX_HW else "none")
     assert fastad.build_info()["bf16_amx"] == expect
     return request.param
@@ -132,6 +137,7 @@ def test_bf16_hardware_equals_emulation_bit_for_bit(monkeypatch, gen, Q, N, D):
     q, b = _adversarial_bf16(gen, Q, N, D) if D >= 8 else (torch.randn(Q, D, generator=gen).bfloat16(),
                                                            torch.randn(N, D, generator=gen).bfloat16())
     outs = []
+    monkeypatch.setenv("FASTAD_AMX", "0")  # the vdpbf16ps kernel, also on a CPU with AMX
     for emu in ("0", "1"):
         monkeypatch.setenv("FASTAD_BF16_EMULATE", emu)
         assert fastad.build_info()["bf16_micro_kernel"] == ("emulated" if emu == "1" else "avx512bf16")
@@ -213,6 +219,7 @@ def test_amx_emulation_order(monkeypatch):
     if not HW:
         monkeypatch.setenv("FASTAD_BF16_EMULATE", "1")
     q = torch.tensor([[1.0, 2.0**-12, 0.0, 2.0**-12]]).bfloat16()
+    monkeypatch.setenv("FASTAD_AMX", "0")
     assert fastad.ops.knn(q, q, 1, "ip")[0].item() == 1.0
     monkeypatch.setenv("FASTAD_AMX_EMULATE", "1")
     assert fastad.ops.knn(q, q, 1, "ip")[0].item() == 1.0 + 2.0**-23
@@ -222,7 +229,8 @@ def test_amx_emulation_order(monkeypatch):
 @pytest.mark.parametrize("Q,N,D", [(31, 37, 65), (24, 16, 1100), (6, 100, 2), (7, 33, 1), (96, 64, 384)])
 def test_amx_hw_equals_emulation(monkeypatch, gen, Q, N, D):
     """The AMX kernel (FASTAD_AMX=1) against its emulation, bit for bit, adversarial values included (FTZ,
-    DAZ, cancellation). Until this has passed on a CPU with AMX, the kernel stays opt-in."""
+    DAZ, cancellation). If this fails on a CPU with AMX while the self-check says "within-bound", the CPU
+    sums tdpbf16ps in another order than the SDM's model: fix amx::EmuTiles::dp and _sdm_dots."""
     q, b = _adversarial_bf16(gen, Q, N, D) if D >= 8 else (torch.randn(Q, D, generator=gen).bfloat16(),
                                                            torch.randn(N, D, generator=gen).bfloat16())
     outs = []
@@ -233,6 +241,41 @@ def test_amx_hw_equals_emulation(monkeypatch, gen, Q, N, D):
         outs.append(fastad.ops.knn(q, b, N, "ip"))
     (d0, i0), (d1, i1) = outs
     assert torch.equal(d0.view(torch.int32), d1.view(torch.int32)) and torch.equal(i0, i1)
+
+
+def test_amx_self_check_classifies_kernels():
+    """The self-check that decides whether the AMX kernel runs (cpu/amx_check.cpp), on kernels whose answer
+    is known: the emulation itself (identical), tdpbf16ps summed in one sequential chain (other rounding,
+    within the fp32 bound: accepted), every bank panel read from the first (a layout fault: refused)."""
+    check = fastad._C.amx_self_check
+    assert check("emulation") == ("identical", 0, 0.0)
+    verdict, differing, worst = check("sequential")
+    assert verdict == "within-bound" and differing > 100 and 0 < worst < 1e-5
+    verdict, differing, worst = check("first_panel")
+    assert verdict == "failed" and differing == 40 * 32 and worst > 1e-3
+    with pytest.raises(ValueError, match="variant must be"):
+        check("nope")
+
+
+def test_amx_mode_follows_the_self_check(monkeypatch):
+    """Without AMX the check does not run and nothing uses the kernel; with it, the kernel runs by default
+    exactly when its check passed, FASTAD_AMX=0 turns it off and FASTAD_AMX=1 forces it on."""
+    monkeypatch.delenv("FASTAD_AMX", raising=False)
+    monkeypatch.delenv("FASTAD_AMX_EMULATE", raising=False)
+    monkeypatch.delenv("FASTAD_BF16_EMULATE", raising=False)
+    info = fastad.build_info()
+    if not AMX_HW:
+        assert info["bf16_amx"] == "none" and info["bf16_amx_check"] == "not-run"
+        monkeypatch.setenv("FASTAD_AMX", "1")  # forcing needs the hardware
+        assert fastad.build_info()["bf16_amx"] == "none"
+        return
+    assert info["bf16_amx"] == ("amx" if AMX_OK else "available")
+    assert ("AMX tdpbf16ps" in fastad.op_kernels()["knn bfloat16"]) == AMX_OK
+    monkeypatch.setenv("FASTAD_AMX", "0")
+    assert fastad.build_info()["bf16_amx"] == "available"
+    assert "FASTAD_AMX=0" in fastad.op_kernels()["knn bfloat16"]
+    monkeypatch.setenv("FASTAD_AMX", "1")
+    assert fastad.build_info()["bf16_amx"] == "amx"
 
 
 # ---- the screen: identical answers to the float32 path --------------------------------------------
