@@ -22,6 +22,7 @@ threshold, fastad version, format version and a SHA-256 of every tensor). Never 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -31,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._io import FORMAT_VERSION, ModelFileError, write_model_file
@@ -185,22 +187,38 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         """Yield ``Tensor[b, 3, H, W]`` batches of at most ``batch_size`` images from any accepted ``X``
         (``ragged``: a fastad dataset's images may differ in size, batches are split where it changes)."""
         bs = max(1, int(self.batch_size))
+        name = type(self).__name__
 
         def as_image(t, where):
             if isinstance(t, Mapping):
                 if "image" not in t:
-                    raise TypeError(f"{type(self).__name__}: {where} is a dict without an 'image' entry")
+                    raise TypeError(f"{name}: {where} is a dict without an 'image' entry")
                 t = t["image"]
+            if isinstance(t, np.ndarray):  # numpy images: as scikit-learn, taken as they are (CPU tensors)
+                t = torch.from_numpy(np.ascontiguousarray(t))
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{type(self).__name__}: {where} must be an image Tensor, got {type(t).__name__}")
+                raise TypeError(f"{name}: {where} must be an image Tensor, got {type(t).__name__}")
             if t.dim() == 3:
                 t = t.unsqueeze(0)
             if t.dim() != 4:
+                raise ValueError(f"{name}: images must be Tensor[B, C, H, W] or Tensor[C, H, W], got {tuple(t.shape)}")
+            if not t.is_floating_point():  # e.g. uint8 0..255 pixels: the backbone needs normalised floats
+                raise TypeError(
+                    f"{name}: {where} must be a floating-point image Tensor (normalised, e.g. MVTecDataset's), got "
+                    f"{t.dtype}; convert it: x.float() / 255, then normalise with the backbone's mean / std"
+                )
+            if t.shape[-1] < 1 or t.shape[-2] < 1:
+                raise ValueError(f"{name}: {where} has an empty image size {tuple(t.shape[-2:])}; images need H, W >= 1")
+            want = self._image_channels()
+            if want is not None and t.shape[1] != want:
                 raise ValueError(
-                    f"{type(self).__name__}: images must be Tensor[B, C, H, W] or Tensor[C, H, W], got {tuple(t.shape)}"
+                    f"{name}: {where} must have {want} channels (Tensor[B, {want}, H, W]) for the backbone, got "
+                    f"{t.shape[1]} (shape {tuple(t.shape)})"
                 )
             return t
 
+        if isinstance(X, np.ndarray):
+            X = torch.from_numpy(np.ascontiguousarray(X))
         if isinstance(X, torch.Tensor):
             X = as_image(X, "X")
             for s in range(0, X.shape[0], bs):
@@ -237,7 +255,22 @@ class BaseDetector(TilingMixin, ThresholdMixin):
             f"got {type(X).__name__}"
         )
 
+    def _image_channels(self) -> int | None:
+        """Channels the backbone takes (the length of its normalisation ``mean``), None when unknown."""
+        if getattr(self, "backbone", None) is None:
+            return None
+        try:
+            mean = getattr(self._resolve_backbone(), "mean", None)
+        except (ValueError, TypeError, ImportError):  # reported where the backbone is used
+            return None
+        try:
+            return len(mean) if mean is not None else None
+        except TypeError:
+            return None
+
     def _n_images(self, X) -> int | None:
+        if isinstance(X, np.ndarray):
+            return 1 if X.ndim == 3 else (X.shape[0] if X.ndim else None)
         if isinstance(X, torch.Tensor):
             return 1 if X.dim() == 3 else X.shape[0]
         try:
@@ -287,12 +320,16 @@ class BaseDetector(TilingMixin, ThresholdMixin):
     @staticmethod
     def _as_feature_batches(features) -> Iterator[dict[str, torch.Tensor]]:
         if isinstance(features, Mapping):
+            if not features:
+                raise ValueError("features must be a dict[layer, Tensor[B, C, h, w]] with at least one layer, got an empty dict")
             yield dict(features)
             return
         if isinstance(features, Iterable):
             for j, f in enumerate(features):
                 if not isinstance(f, Mapping):
                     raise TypeError(f"features: batch {j} must be a dict[layer, Tensor[B, C, h, w]], got {type(f).__name__}")
+                if not f:
+                    raise ValueError(f"features: batch {j} is an empty dict; it must map layers to Tensor[B, C, h, w]")
                 yield dict(f)
             return
         raise TypeError(f"features must be a dict[layer, Tensor[B, C, h, w]] or an iterable of them, got {type(features).__name__}")
@@ -321,6 +358,9 @@ class BaseDetector(TilingMixin, ThresholdMixin):
                 )
             if not torch.is_floating_point(f):
                 raise ValueError(f"{type(self).__name__}.{where}: features[{layer!r}] must be floating point, got {f.dtype}")
+            if min(f.shape[1:]) < 1:
+                raise ValueError(f"{type(self).__name__}.{where}: features[{layer!r}] must have C, h, w >= 1, got "
+                                 f"{tuple(f.shape)}")
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None) -> "BaseDetector":
@@ -393,7 +433,8 @@ class BaseDetector(TilingMixin, ThresholdMixin):
     def _fit_from(self, batches: Iterable[dict[str, torch.Tensor]], timings: dict[str, float]) -> None:
         t0 = time.perf_counter()
         try:
-            self._fit_stream(batches, timings)
+            with self._nonfinite_as_value_error("fit"):
+                self._fit_stream(batches, timings)
         except BaseException:
             self.layers_ = None
             raise
@@ -446,8 +487,30 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         return (torch.cat(scores) if want_scores else None), (torch.cat(maps) if want_maps else None)
 
     def _score_checked(self, feats, size, want_scores, want_maps, timings, what):
-        self._check_features(feats, self._layers_to_extract_fitted(), what)
-        return self._score_batch(feats, size, want_scores, want_maps, timings)
+        layers = self._layers_to_extract_fitted()
+        self._check_features(feats, layers, what)
+        first = feats[layers[0]]
+        if first.shape[0] == 0:  # an empty batch: empty scores / maps (some detectors' ops need B >= 1)
+            H, W = (int(size[0]), int(size[1])) if size is not None else (0, 0)
+            return (torch.empty(0, device=first.device) if want_scores else None,
+                    torch.empty(0, H, W, device=first.device) if want_maps else None)
+        with self._nonfinite_as_value_error(what):
+            return self._score_batch(feats, size, want_scores, want_maps, timings)
+
+    @contextlib.contextmanager
+    def _nonfinite_as_value_error(self, what: str):
+        """The kernels' non-finite-input ``RuntimeError`` (NaN / Inf, or values whose squares overflow
+        float32) as a ``ValueError`` naming the detector and the call, as the other input checks."""
+        try:
+            yield
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            if "finite" not in msg and "NaN or Inf" not in msg:
+                raise
+            raise ValueError(
+                f"{type(self).__name__}.{what}: the input's features hold NaN or Inf, or values too large for float32 "
+                f"arithmetic (check the input: finite, normalised values) [{msg}]"
+            ) from None
 
     def _layers_to_extract_fitted(self) -> list[str]:
         return list(self.layers_)

@@ -241,6 +241,14 @@ class GaussianAD(PooledFeaturesMixin, BaseDetector):
                 mean, V = pca_components(X, self.reduction, float(self.variance_threshold))
                 self._proj[k] = (mean, V)
                 X = self._project(k, X)
+            sh = self.shrinkage
+            positive_eps = isinstance(sh, (int, float)) and not isinstance(sh, bool) and sh > 0
+            if not positive_eps and X.shape[0] >= 2 and bool((X == X[:1]).all()):
+                raise ValueError(
+                    f"GaussianAD.fit, level {k!r}: the pooled features of all {X.shape[0]} training images are identical "
+                    f"(zero variance): the covariance is all zeros, even with shrinkage={sh!r}; give varied normal "
+                    "images, or a float shrinkage eps > 0"
+                )
             try:
                 m = Mahalanobis(shrinkage=self.shrinkage).fit(X.float())
             except ValueError as e:

@@ -37,6 +37,9 @@ from .gaussian import PooledFeaturesMixin
 
 SHRINKAGES = ("ledoit_wolf", "oas", "none")
 
+#: largest whitened |value| whose float32 squared distance (summed over up to ~1e6 dims) stays finite
+_KNN_MAX_ABS = 1e16
+
 
 def _mahalanobis_sq(x: torch.Tensor, mean: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Squared Mahalanobis distances ``Tensor[N]`` of ``x: Tensor[N, d]`` to ``mean: Tensor[d]`` with
@@ -64,6 +67,13 @@ def tied_gaussian(X: torch.Tensor, y: torch.Tensor, shrinkage, name: str):
     Xc = X - means[inv]
     n, p = Xc.shape
     S = Xc.T @ Xc / n
+    positive_eps = isinstance(shrinkage, (int, float)) and not isinstance(shrinkage, bool) and shrinkage > 0
+    if not positive_eps and float(torch.diagonal(S).sum()) == 0.0:
+        raise ValueError(
+            f"{name}: the {n} training samples of {p} dims have zero variance around their class means (identical "
+            f"samples, or one sample per class: {K} classes): the tied covariance is all zeros, even with "
+            f"shrinkage={shrinkage!r}; give each class at least 2 distinct samples, or a float shrinkage eps > 0"
+        )
     if shrinkage in ("ledoit_wolf", "oas"):
         a = shrinkage_coefficient(Xc, shrinkage)
         cov = (1.0 - a) * S
@@ -116,6 +126,8 @@ class ClassConditionalMahalanobis(Mahalanobis):
         X0 = torch.as_tensor(X)
         if X0.dim() != 2:
             raise ValueError(f"ClassConditionalMahalanobis.fit: X must be 2-D [N, D], got shape {list(X0.shape)}")
+        if X0.shape[1] < 1:
+            raise ValueError(f"ClassConditionalMahalanobis.fit: X must have D >= 1 features, got shape {list(X0.shape)}")
         self._y = _as_labels(y, X0.shape[0], "ClassConditionalMahalanobis.fit").to(X0.device)
         return super().fit(X0)
 
@@ -135,8 +147,13 @@ class ClassConditionalMahalanobis(Mahalanobis):
         import fastad.ops as ops
 
         X = self._query(X, "decision_function")
-        z = torch.linalg.solve_triangular(self._chol.to(X.device), X.double().T, upper=False).T.float().contiguous()
-        return ops.knn(z, self._white_means.to(X.device), 1, "l2")
+        z = torch.linalg.solve_triangular(self._chol.to(X.device), X.double().T, upper=False).T
+        if z.numel() and float(z.abs().amax()) > _KNN_MAX_ABS:  # the float32 k-NN's squared norms would overflow
+            raise ValueError(
+                f"ClassConditionalMahalanobis.decision_function: X is too far from the training data for float32 "
+                f"distances (whitened values up to {float(z.abs().amax()):.3g}); give finite, comparably scaled embeddings"
+            )
+        return ops.knn(z.float().contiguous(), self._white_means.to(X.device), 1, "l2")
 
     def decision_function(self, X) -> torch.Tensor:
         """``Tensor[N]`` float32 Mahalanobis distances to the closest class mean (higher = more anomalous)."""

@@ -157,9 +157,11 @@ class MSVDD:
             raise ValueError(f"MSVDD.{what}: X must be 2-D [N, D], got shape {list(X.shape)}")
         if not X.is_floating_point():
             raise ValueError(f"MSVDD.{what}: X must be floating point, got {X.dtype}")
+        if X.shape[1] < 1:
+            raise ValueError(f"MSVDD.{what}: X must have D >= 1 features, got shape {list(X.shape)}")
         X = X.float()
         if X.numel() and not bool(torch.isfinite(X).all()):
-            raise ValueError(f"MSVDD.{what}: X holds NaN or Inf")
+            raise ValueError(f"MSVDD.{what}: X holds NaN or Inf (or values beyond float32's range)")
         return X.contiguous()
 
     # ---- fit
@@ -170,6 +172,9 @@ class MSVDD:
         N, D = X.shape
         if N < max(2, self.latent_dim + 1):
             raise ValueError(f"MSVDD.fit: needs more training embeddings than latent_dim + 1 = {self.latent_dim + 1}, got N={N}")
+        if bool((X == X[:1]).all()):
+            raise ValueError(f"MSVDD.fit: all {N} training embeddings are identical (zero variance): there is no normal "
+                             "variation to learn; give varied normal embeddings")
         dev = X.device
         self.n_features_in_ = int(D)
         self.scale_mean_ = X.mean(0)
@@ -220,6 +225,10 @@ class MSVDD:
     def _latents(self, Xs: torch.Tensor) -> torch.Tensor:
         was = self._net.training
         self._net.eval()
+        if Xs.shape[0] == 0:  # no rows: no latents (torch.cat needs at least one chunk)
+            z = torch.empty(0, int(self.latent_dim), device=Xs.device)
+            self._net.train(was)
+            return z
         z = torch.cat([self._net.encoder(Xs[s : s + 4096]) for s in range(0, Xs.shape[0], 4096)])
         self._net.train(was)
         return z
@@ -232,7 +241,14 @@ class MSVDD:
         return mu, L, float(torch.quantile(d2.double().cpu(), 1.0 - float(self.nu)))
 
     def _score_std(self, Xs: torch.Tensor) -> torch.Tensor:
-        return _mahalanobis_sq(self._latents(Xs), self.mean_, self.factor_).clamp_min(0).sqrt()
+        # float64 distances: the latents of a far-out embedding (e.g. 1e30) are finite in float32 while their
+        # squares overflow; the distance itself then still fits float32
+        z = self._latents(Xs)
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("MSVDD.decision_function: X is too far from the training data: its latents overflow float32; "
+                             "give finite, comparably scaled embeddings")
+        d = _mahalanobis_sq(z.double(), self.mean_.double(), self.factor_.double()).clamp_min(0).sqrt()
+        return d.float()
 
     # ---- scoring
     def _check_fitted(self, what: str) -> None:

@@ -8,9 +8,11 @@ of the Unlabeled Images", ICLR 2024. Defaults follow the official code (xrli-U/M
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -157,10 +159,19 @@ class MuSc:
         square, normalised with the backbone's mean/std). Returns ``(tokens, cls)``: a list over
         layers of ``Tensor[N, 1 + L, C]`` and ``Tensor[N, C]`` (final-normed CLS of the last block,
         DINOv2's image feature as the official code uses it)."""
-        bb = self._backbone()
-        S = self._image_size()
+        self._check_params()
+        if isinstance(X, np.ndarray):
+            X = torch.from_numpy(np.ascontiguousarray(X))
+        if not isinstance(X, torch.Tensor):
+            raise TypeError(f"MuSc: X must be an image Tensor[N, 3, H, W] in [0, 1], got {type(X).__name__}")
         if X.dim() != 4 or X.shape[1] != 3:
             raise ValueError(f"MuSc: X must be Tensor[N, 3, H, W] in [0, 1], got shape {list(X.shape)}")
+        if not X.is_floating_point():
+            raise TypeError(f"MuSc: X must be floating-point images in [0, 1], got {X.dtype} (uint8 pixels: x.float() / 255)")
+        if X.shape[0] == 0:
+            raise ValueError("MuSc: X holds no images (N = 0)")
+        bb = self._backbone()
+        S = self._image_size()
         self.check_image_size(S)
         x = X.float()
         if not self.normalized and x.numel():
@@ -186,6 +197,55 @@ class MuSc:
                              device=self.device if self.device is not None else x.device)
         cls = toks[-1][:, 0].float()
         return [t.to(X.device) for t in toks[:-1]], cls.to(X.device)
+
+    def _check_params(self) -> None:
+        """The hyper-parameters that would otherwise fail deep inside the kernels (or silently)."""
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise ValueError(f"MuSc: fraction must be a float in (0, 1] (the share of reference images averaged), got {f!r}")
+        d = self.divide_num
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
+            raise ValueError(f"MuSc: divide_num must be an int >= 1, got {d!r}")
+        c = self.contamination
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 < c <= 0.5:
+            raise ValueError(f"MuSc: contamination must be in (0, 0.5], got {c!r}")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or int(self.image_size) < 1):
+            raise ValueError(f"MuSc: image_size must be None or an int >= 1, got {self.image_size!r}")
+        try:
+            rl = list(self.r_list)
+        except TypeError:
+            rl = None
+        if not rl or any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 1 or r % 2 == 0 for r in rl):
+            raise ValueError(f"MuSc: r_list must be a non-empty sequence of odd ints >= 1 (e.g. (1, 3, 5)), got {self.r_list!r}")
+        w = self.same_position
+        if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0 or (w > 0 and w % 2 == 0)):
+            raise ValueError(f"MuSc: same_position must be None, 0 (off) or an odd int >= 1, got {w!r}")
+
+    @staticmethod
+    def _check_tokens(layer_tokens, what: str) -> list[torch.Tensor]:
+        """``layer_tokens`` as a list of floating ``Tensor[N, 1 + L, C]`` (numpy arrays converted, float64
+        cast to float32 as the kernels take), with clear errors for anything else."""
+        if isinstance(layer_tokens, (torch.Tensor, np.ndarray)) or not isinstance(layer_tokens, Sequence):
+            raise TypeError(f"MuSc.{what}: layer_tokens must be a list over layers of Tensor[N, 1 + L, C], got "
+                            f"{type(layer_tokens).__name__} (one layer: pass [tokens])")
+        if len(layer_tokens) == 0:
+            raise ValueError(f"MuSc.{what}: layer_tokens must hold at least one layer")
+        out = []
+        for i, t in enumerate(layer_tokens):
+            if isinstance(t, np.ndarray):
+                t = torch.from_numpy(np.ascontiguousarray(t))
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"MuSc.{what}: layer_tokens[{i}] must be a Tensor[N, 1 + L, C], got {type(t).__name__}")
+            if t.dim() != 3:
+                raise ValueError(f"MuSc.{what}: layer_tokens[{i}] must be 3-D [N, 1 + L, C], got shape {list(t.shape)}")
+            if not t.is_floating_point():
+                raise TypeError(f"MuSc.{what}: layer_tokens[{i}] must be floating point, got {t.dtype}")
+            if t.shape[0] == 0:
+                raise ValueError(f"MuSc.{what}: layer_tokens hold no images (N = 0)")
+            if t.shape[2] == 0:
+                raise ValueError(f"MuSc.{what}: layer_tokens[{i}] must have C >= 1 channels, got shape {list(t.shape)}")
+            out.append(t.float() if t.dtype == torch.float64 else t)
+        return out
 
     @staticmethod
     def _check_layers(layers, depth: int) -> None:
@@ -278,8 +338,10 @@ class MuSc:
             Image scores are float64 maxima of the maps, re-scored by RsCIN (float32) when
             ``image_features`` are given, ``k_list`` enables it and no reference pool is fitted.
         """
-        if not layer_tokens:
-            raise ValueError("MuSc.score_tokens: layer_tokens must hold at least one layer")
+        self._check_params()
+        layer_tokens = self._check_tokens(layer_tokens, "score_tokens")
+        if image_size is not None and int(image_size) < 1:
+            raise ValueError(f"MuSc.score_tokens: image_size must be an int >= 1, got {image_size!r}")
         N, L1, _ = layer_tokens[0].shape
         for t in layer_tokens:
             if t.dim() != 3 or t.shape[0] != N or t.shape[1] != L1:
@@ -293,7 +355,16 @@ class MuSc:
         pool = getattr(self, "pool_tokens_", None)
         if pool is not None and (len(pool) != len(layer_tokens) or pool[0].shape[1:] != layer_tokens[0][:, 1:].shape[1:]):
             raise ValueError("MuSc.score_tokens: tokens must match the fitted pool (layers, L, C)")
-        grid = self._grid_maps(layer_tokens, groups, pool)
+        try:
+            grid = self._grid_maps(layer_tokens, groups, pool)
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            if "finite" not in msg and "NaN or Inf" not in msg:
+                raise
+            raise ValueError(f"MuSc.score_tokens: layer_tokens hold NaN or Inf [{msg}]") from None
+        if not bool(torch.isfinite(grid).all()):
+            raise ValueError("MuSc.score_tokens: the patch scores are NaN or Inf: the tokens hold values too large for "
+                             "float32 arithmetic (e.g. |x| > 1e18); give finite, comparably scaled tokens")
         g = grid.view(N, H, H)
         scores = _ops.bilinear_max(g, S)
         use_rscin = image_features is not None and pool is None and self.k_list is not None and 0 not in self.k_list
@@ -307,6 +378,10 @@ class MuSc:
             scores = _ops.rscin(all_s, all_f, self.k_list)[lo : lo + N]
         elif use_rscin:
             scores = _ops.rscin(scores, image_features.to(scores.device), self.k_list)
+        if use_rscin and not bool(torch.isfinite(scores).all()):  # F F^T of huge features overflows float32
+            raise ValueError("MuSc.score_tokens: RsCIN re-scoring gave NaN / Inf: image_features hold values too large "
+                             "for float32 similarities (F F^T overflows); give finite, comparably scaled features "
+                             "(e.g. the CLS tokens), or image_features=None to skip RsCIN")
         maps = F.interpolate(g[:, None], size=(S, S), mode="bilinear", align_corners=True)[:, 0] if return_maps else None
         return scores, maps
 
@@ -324,10 +399,12 @@ class MuSc:
         ``[Np, L, C]``), ``pool_scores_`` (the pool's own leave-one-out image scores) and
         ``threshold_`` (their ``1 - contamination`` quantile, or ``threshold`` when given).
         ``X``: images ``Tensor[Np, 3, H, W]``; or ``tokens``: list of ``Tensor[Np, 1 + L, C]``."""
+        self._check_params()
         if tokens is None:
             if X is None:
                 raise ValueError("MuSc.fit: pass reference images X or their tokens")
             tokens, _ = self.extract(X)
+        tokens = self._check_tokens(tokens, "fit")
         self.pool_tokens_ = None
         pool = [t[:, 1:].float().contiguous() for t in tokens]
         self_scores, _ = self.score_tokens(tokens, None, return_maps=False)

@@ -58,14 +58,19 @@ PADIM_RECIPES = ("anomalib", "paper")
 
 
 @contextlib.contextmanager
-def _nonfinite_named():
-    """``ops.gaussian_accumulate``'s NaN / Inf error as PaDiM's ``ValueError``."""
+def _nonfinite_named(rows: torch.Tensor | None = None):
+    """``ops.gaussian_accumulate``'s NaN / Inf error as PaDiM's ``ValueError``; also the accumulator's
+    shared-rows check failing on ``rows`` that hold NaN (NaN != NaN), which is the same input error."""
     try:
         yield
     except RuntimeError as e:
         if "NaN or Inf" not in str(e):
             raise
         raise ValueError(f"PaDiM.fit: the training features hold NaN or Inf ({str(e).splitlines()[0]})") from None
+    except ValueError as e:
+        if "shared_rows" not in str(e) or rows is None or bool(torch.isfinite(rows).all()):
+            raise
+        raise ValueError("PaDiM.fit: the training features hold NaN or Inf") from None
 
 
 def _nearest_cells(hl: int, wl: int, h: int, w: int) -> torch.Tensor:
@@ -270,7 +275,7 @@ class PaDiM(BaseDetector):
         def flush(acc):
             nonlocal stage, filled, spare
             if stage is not None and filled:
-                with _nonfinite_named():
+                with _nonfinite_named(stage[:filled]):
                     acc.update(stage[:filled], copy=False, give=True)  # NaN / Inf: detected when the rows are folded
                 if not acc.holds_rows:
                     spare = stage
@@ -329,6 +334,11 @@ class PaDiM(BaseDetector):
             self.fit_stage_cpu_ = dict(getattr(model, "fit_timings_", {}))
             self.fit_syrk_flops_ = int(getattr(model, "fit_flops_", 0))  # the SYRK products formed (x 2)
             del acc
+            if not (bool(torch.isfinite(model.mean).all()) and bool(torch.isfinite(model.factor).all())):
+                raise ValueError(
+                    "PaDiM.fit: the Gaussians of the training features overflow float32 (features with magnitudes near "
+                    "1e19 or more, whose squares exceed float32's range); give finite, normalised images / features"
+                )
             self.mean_ = model.mean.float().contiguous()
             self.factor_ = model.factor.contiguous()
             self.factor_kind_ = kind

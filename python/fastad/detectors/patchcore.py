@@ -346,6 +346,14 @@ class PatchCore(BaseDetector):
                 bank = bank.index_select(0, idx.to(bank.device)).contiguous()
         self.memory_bank_ = bank.contiguous()
         self._bank_norms = self.memory_bank_.square().sum(1)
+        self._check_bank_norms("fit")
+
+    def _check_bank_norms(self, what: str) -> None:
+        """The bank's squared norms overflow float32 (features near 1e19 or larger): every k-NN distance
+        would be NaN / Inf, so refuse the bank now rather than at scoring."""
+        if not bool(torch.isfinite(self._bank_norms).all()):
+            raise ValueError(f"PatchCore.{what}: the memory bank's features are too large for float32 distances (their "
+                             "squared norms overflow); give finite, normalised images / features")
 
     def _fit_sharded_bank(self, bank: torch.Tensor) -> None:
         """distributed=True: the coreset over every rank's rows (global row order = rank order, the rows
@@ -475,6 +483,9 @@ class PatchCore(BaseDetector):
         det.device_ = dev
         det.memory_bank_ = bank.detach().to(dev, torch.float32).contiguous()
         det._bank_norms = det.memory_bank_.square().sum(1)
+        det._check_bank_norms("from_bank")
+        # a bank smaller than num_neighbors: one row is an error (every image score would be 0), more warn
+        det._check_bank(int(bank.shape[0]), strict=False)
         det.feature_grid_, det.n_train_patches_ = (), int(bank.shape[0])
         det.image_size_ = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         det.threshold_, det.n_fit_images_, det.fit_timings_ = None, None, {}
@@ -500,12 +511,20 @@ class PatchCore(BaseDetector):
                              f"has {self.memory_bank_.shape[1]} dims")
         if e.shape[0] == 0:
             raise ValueError("PatchCore.score_embeddings: no embeddings given (N = 0)")
+        if not e.is_floating_point():
+            raise TypeError(f"PatchCore.score_embeddings: patch_embeddings must be floating point, got {e.dtype}")
         N, h, w, D = e.shape
+        if h < 1 or w < 1:
+            raise ValueError(f"PatchCore.score_embeddings: patch_embeddings must have h, w >= 1, got {tuple(e.shape)}")
         size = image_size if image_size is not None else getattr(self, "image_size_", None) or (h, w)
+        if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+            raise ValueError(f"PatchCore.score_embeddings: image_size must be (H, W) with H, W >= 1, got {size!r}")
         rows = e.detach().to(self.memory_bank_.device, torch.float32).reshape(N * h * w, D).contiguous()
-        d, i = self._nearest(rows, 1)
+        with self._nonfinite_as_value_error("score_embeddings"):
+            d, i = self._nearest(rows, 1)
         patch = d[:, 0].view(N, h * w)
-        scores = self._image_scores(patch, i[:, 0].view(N, h * w), rows)
+        with self._nonfinite_as_value_error("score_embeddings"):
+            scores = self._image_scores(patch, i[:, 0].view(N, h * w), rows)
         up = F.interpolate(patch.view(N, 1, h, w), size=(int(size[0]), int(size[1])))  # nearest, as anomalib
         maps = gaussian_blur(up, self.blur_sigma, self.blur_border)[:, 0]
         return scores.to(e.device), maps.to(e.device)

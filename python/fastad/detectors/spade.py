@@ -125,6 +125,11 @@ class SPADE(BaseDetector):
             if not bool(torch.isfinite(v).all()):
                 raise ValueError(f"SPADE.fit: the training features of {k!r} hold NaN or Inf")
         self._cache_norms()
+        g2 = self.train_global_.square().sum(1)
+        for k, v in [("global", g2), *self._patch_norms.items()]:
+            if not bool(torch.isfinite(v).all()):  # the k-NN's |x|^2 - 2 x.y + |y|^2 would overflow at scoring
+                raise ValueError(f"SPADE.fit: the training features of {k!r} are too large for float32 distances (their "
+                                 "squared norms overflow); give finite, normalised images / features")
 
     def _cache_norms(self):
         self._patch_norms = {k: v.square().sum(2) for k, v in self.train_patches_.items()}  # [N, h*w]
