@@ -10,6 +10,10 @@ The rule, for every command: fastad never deletes or overwrites a file it did no
   (:class:`UsageError`) unless ``overwrite=True``, and even then fastad only adds files next to
   the user's: a name the report needs (``index.html``, ``heatmaps/``, ...) that is already there and
   not fastad's is refused up front.
+* **A report is written whole or not at all**: its files are written into a hidden staging folder
+  (``.fastad-staging-*``) inside the report folder and moved into place only when every one of them
+  is written (:meth:`ReportDir.finish`); a failed or interrupted run (:meth:`ReportDir.abort`)
+  removes the staging folder, so an earlier report there stays as it was and a new folder is removed.
 * **Model files** (``fit --out``): :func:`check_model_path` refuses a folder, a missing or
   read-only parent folder, and an existing file unless ``overwrite=True``.
 * **Writes are atomic** (:func:`atomic_write`): a temporary file in the target's folder, flushed
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +37,7 @@ __all__ = ["UsageError", "MANIFEST", "ReportDir", "check_report_dir", "check_mod
 MANIFEST = ".fastad-report.json"
 _MANIFEST_FORMAT = "fastad-report-manifest"
 _SPOOL_PREFIX = ".fastad-spool-"
+_STAGING_PREFIX = ".fastad-staging-"  # files of a report being written (moved into place at the end)
 #: Top-level names a report may write (files and folders); checked up front in a non-fastad folder.
 REPORT_NAMES = ("index.html", "metrics.json", "scores.csv", "colorbar.png", "heatmaps", "images")
 
@@ -141,15 +147,17 @@ def _safe_rel(rel: str) -> bool:
 
 class ReportDir:
     """A report folder checked by :func:`check_report_dir`; writes go through :meth:`open` /
-    :meth:`path`, and :meth:`finish` removes the stale files of the previous report (only files that
-    fastad's manifest lists) and writes the new manifest.
+    :meth:`path_for` into a hidden staging folder inside it, and :meth:`finish` moves them into place,
+    removes the stale files of the previous report (only files that fastad's manifest lists) and
+    writes the new manifest. :meth:`abort` (a failed or interrupted run) removes the staged files and
+    leaves the folder as it was: an earlier report stays whole, a folder this run created is removed.
 
     Usage::
 
         rd = check_report_dir("reports/run", overwrite=False)   # before any work
         rd.plan(["index.html", "scores.csv", "heatmaps/00000_a.png"])   # names about to be written
         with rd.open("scores.csv", "w") as f: ...
-        rd.finish()
+        rd.finish()            # or rd.abort() when the run fails
     """
 
     def __init__(self, path: Path, old_files: set[str], existed: bool, overwrite: bool):
@@ -157,16 +165,32 @@ class ReportDir:
         self._old = old_files  # files of the previous fastad report here (from its manifest)
         self._existed = existed
         self.overwrite = overwrite
-        self._written: set[str] = set()
+        self._written: set[str] = set()  # staged, moved into place by finish()
         self._planned: set[str] = set()
         self._prepared = False
+        self._created: list[Path] = []  # folders prepare() created, outermost first
+        self._manifest_before: bytes | None = None  # the manifest found here (restored by abort)
+        self._staging: Path | None = None
+        self._committing = False
+        self._done = False
 
     # ---------------------------------------------------------------- set-up
     def prepare(self) -> None:
         """Create the folder and record the manifest (old files still listed: a crash leaves them ours)."""
         if self._prepared:
             return
+        missing, q = [], self.path
+        while not (q.exists() or q.is_symlink()) and q != q.parent:
+            missing.append(q)
+            q = q.parent
         self.path.mkdir(parents=True, exist_ok=True)
+        self._created = list(reversed(missing))
+        m = self.path / MANIFEST
+        if m.is_file() and not m.is_symlink():
+            try:
+                self._manifest_before = m.read_bytes()
+            except OSError:
+                self._manifest_before = None
         self._prepared = True
         self._write_manifest(complete=False)
 
@@ -176,11 +200,25 @@ class ReportDir:
         self.prepare()
         return tempfile.TemporaryFile(dir=self.path, prefix=_SPOOL_PREFIX)
 
+    def _staging_dir(self) -> Path:
+        self.prepare()
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.path))
+        return self._staging
+
     def _check_target(self, rel: str) -> Path:
         if not _safe_rel(rel):
             raise ValueError(f"ReportDir: {rel!r} is not a relative path inside the report")
         target = self.path / rel
-        if (target.exists() or target.is_symlink()) and rel not in self._old and rel not in self._written:
+        # never write through a link: a sub-folder replaced by a link to the user's files
+        for parent in reversed(Path(rel).parents[:-1]):
+            d = self.path / parent
+            if d.is_symlink() or (d.exists() and not d.is_dir()):
+                raise UsageError(
+                    f"the report folder {str(self.path)!r} holds {str(parent)!r}, which is not a folder fastad "
+                    "made (a file or a link); choose another --out"
+                )
+        if (target.exists() or target.is_symlink()) and rel not in self._old:
             raise UsageError(
                 f"the report folder {str(self.path)!r} already holds {rel!r}, which fastad did not write; "
                 "choose another --out (fastad never overwrites files it did not create)"
@@ -190,49 +228,59 @@ class ReportDir:
         return target
 
     def plan(self, rels) -> None:
-        """Declare files about to be written: each is checked (never a file fastad did not write) and
-        added to the manifest before the first byte is written, so an interrupted run's files stay known."""
+        """Declare files about to be written: each is checked (never a file fastad did not write) before
+        the first byte is written."""
         self.prepare()
         rels = list(rels)
         for rel in rels:
             self._check_target(rel)
-        new = set(rels) - self._planned
-        if new:
-            self._planned |= new
-            self._write_manifest(complete=False)
+        self._planned |= set(rels)
 
-    def _ensure_parent(self, rel: str) -> None:
-        parent = (self.path / rel).parent
-        if parent != self.path:
-            parent.mkdir(parents=True, exist_ok=True)
+    def _staged(self, rel: str) -> Path:
+        if self._done:
+            raise RuntimeError("ReportDir: the report is already finished")
+        if rel not in self._planned:
+            self.plan([rel])
+        else:
+            self._check_target(rel)
+        staged = self._staging_dir() / rel
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
 
     @contextmanager
     def open(self, rel: str, mode: str = "wb", **kw):
-        """Atomically write the report file ``rel`` (see :func:`atomic_write`)."""
-        if rel not in self._planned:
-            self.plan([rel])
-        target = self._check_target(rel)
-        self._ensure_parent(rel)
-        with atomic_write(target, mode, **kw) as f:
+        """Write the report file ``rel`` (staged, atomically; moved into place by :meth:`finish`)."""
+        with atomic_write(self._staged(rel), mode, **kw) as f:
             yield f
         self._written.add(rel)
 
     @contextmanager
     def path_for(self, rel: str):
         """Yield a temporary path to write ``rel`` to (e.g. ``PIL.Image.save(tmp, format="PNG")``)."""
-        if rel not in self._planned:
-            self.plan([rel])
-        target = self._check_target(rel)
-        self._ensure_parent(rel)
-        with atomic_path(target) as tmp:
+        with atomic_path(self._staged(rel)) as tmp:
             yield tmp
         self._written.add(rel)
 
     # ---------------------------------------------------------------- end
     def finish(self) -> list[str]:
-        """Remove the old report's files this run did not rewrite (only manifest-listed ones), empty
-        sub-folders they leave, and write the final manifest. Returns the removed names."""
+        """Move the staged files into place, remove the old report's files this run did not rewrite
+        (only manifest-listed ones) and the empty sub-folders they leave, and write the final manifest.
+        Returns the removed names."""
         self.prepare()
+        if self._done:
+            raise RuntimeError("ReportDir.finish: called twice")
+        new = sorted(self._written)
+        for rel in new:  # again, just before moving: nothing of the user's appeared there meanwhile
+            self._check_target(rel)
+        self._committing = True  # from here on the new files are listed: an interrupted move leaves them ours
+        self._planned = set(new)
+        self._write_manifest(complete=False)
+        for rel in new:
+            target = self.path / rel
+            if target.parent != self.path:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._staging_dir() / rel, target)
+        self._remove_staging()
         removed = []
         for rel in sorted(self._old - self._written):
             p = self.path / rel
@@ -248,12 +296,42 @@ class ReportDir:
             except OSError:
                 pass
         self._old = set()
-        self._planned = set(self._written)
         self._write_manifest(complete=True)
+        self._done = True
         return removed
 
+    def abort(self) -> None:
+        """Undo an unfinished report (a failure or an interruption before :meth:`finish` moved any
+        file): the staged files are removed, the earlier manifest is restored (or this run's removed)
+        and the folders this run created are removed when empty. Nothing else is touched."""
+        if self._done or not self._prepared:
+            return
+        self._remove_staging()
+        if self._committing:  # files were being moved: the manifest lists old and new ones, keep it
+            return
+        m = self.path / MANIFEST
+        try:
+            if self._manifest_before is not None:
+                with atomic_write(m, "wb") as f:
+                    f.write(self._manifest_before)
+            elif m.is_file() and not m.is_symlink():
+                m.unlink()
+        except OSError:
+            pass
+        for d in reversed(self._created):  # innermost first; a folder holding anything stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._done = True
+
+    def _remove_staging(self) -> None:
+        st, self._staging = self._staging, None
+        if st is not None and st.is_dir() and not st.is_symlink() and st.parent == self.path:
+            shutil.rmtree(st, ignore_errors=True)
+
     def _write_manifest(self, complete: bool) -> None:
-        files = sorted(self._written | self._planned | self._old)
+        files = sorted(self._written | self._planned | self._old) if self._committing or complete else sorted(self._old)
         doc = {
             "format": _MANIFEST_FORMAT,
             "version": 1,
@@ -311,7 +389,9 @@ def check_report_dir(path, overwrite: bool = False, *, option: str = "--out") ->
         return ReportDir(p, set(), existed=False, overwrite=overwrite)
     if not os.access(p, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {str(p)!r}: the folder is not writable")
-    entries = [e.name for e in p.iterdir() if not e.name.startswith(_SPOOL_PREFIX)]
+    # left by fastad itself: a spool, or the staging folder of a run that was killed (never removed by
+    # another run, which might be writing it now)
+    entries = [e.name for e in p.iterdir() if not e.name.startswith((_SPOOL_PREFIX, _STAGING_PREFIX))]
     doc = _read_manifest(p)
     if doc is not None:
         old = {str(f) for f in doc["files"] if isinstance(f, str) and _safe_rel(f)}

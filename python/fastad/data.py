@@ -28,6 +28,11 @@ Policies (decided here, relied on by the detectors and the CLI):
   so that pixel metrics can leave it out; ``missing_masks="error"`` raises instead. When the
   dataset has no ``ground_truth`` folder at all (image-level labels only), one warning is given and
   every item has ``has_mask = False`` except the good ones (whose all-zero mask is known).
+- **A type folder without images** (``test/<type>/`` empty) is left out with a warning naming it.
+- **A mask of another size than its image** is scaled onto the image first when its aspect ratio is
+  the same (a mask stored at half resolution works with every ``resize``, ``"none"`` included); a
+  mask of another aspect ratio cannot be aligned and is refused (``ValueError`` naming the mask and
+  its image) when the dataset is built, before any work.
 - **Masks** are resized with nearest-neighbour and binarised with ``> 0`` by default. MVTec masks
   are 8-bit single-channel PNGs holding 0 or 255; other datasets store 0/1, RGB or even JPEG masks
   (whose compression noise ``> 0`` would turn into defect pixels: raise ``mask_threshold`` for
@@ -59,6 +64,7 @@ __all__ = [
     "UnreadableImageError",
     "load_image",
     "load_mask",
+    "mask_size_problem",
     "MVTecDataset",
     "ImageFolder",
     "batches",
@@ -215,6 +221,7 @@ def load_mask(
     *,
     interpolation: str = "nearest",
     threshold: float = 0.0,
+    image_wh: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Load a ground-truth mask as a boolean tensor, with the same geometry as :func:`load_image`.
 
@@ -222,6 +229,11 @@ def load_mask(
     resized like the image (same ``size``/``resize``) with ``interpolation``, then binarised with
     ``value > threshold`` on the 0-255 scale (0-1 masks work with the default threshold 0).
     See the module docstring for MVTec/MuSc/VisA conventions.
+
+    ``image_wh``: the ``(width, height)`` of the mask's image file. A mask of another size but the
+    same aspect ratio (e.g. stored at half resolution) is first scaled to it, so that it follows the
+    image exactly under every ``resize`` (``"none"`` included); a mask of another aspect ratio cannot
+    be aligned with its image and raises ValueError naming the file.
 
     Returns:
         Tensor[H, W] bool.
@@ -242,9 +254,31 @@ def load_mask(
         a = np.clip(a * (255.0 / (65535.0 if top > 255 else 255.0 if top > 1 else 1.0)), 0, 255)
         a = a.astype(np.uint8)
     im = Image.fromarray(np.ascontiguousarray(a), mode="L")
+    if image_wh is not None and tuple(im.size) != tuple(image_wh):
+        problem = mask_size_problem(im.size, image_wh)
+        if problem:
+            raise ValueError(f"mask {os.fspath(path)!r}: {problem}")
+        im = im.resize((int(image_wh[0]), int(image_wh[1])), resample=_RESAMPLE[interpolation])
     src_wh = im.size
     im = _apply_geometry(im, size_hw, resize, _RESAMPLE[interpolation])
     return torch.from_numpy(_pad_array(np.asarray(im) > threshold, src_wh, size_hw, resize, False))
+
+
+def mask_size_problem(mask_wh, image_wh) -> str | None:
+    """None when a mask of ``mask_wh`` can be scaled onto its image of ``image_wh`` (same size, or the
+    same aspect ratio up to the rounding of either side), else why not (one line)."""
+    mw, mh = (int(v) for v in mask_wh)
+    iw, ih = (int(v) for v in image_wh)
+    if (mw, mh) == (iw, ih):
+        return None
+    if min(mw, mh, iw, ih) <= 0:
+        return f"empty mask or image ({mw}x{mh} vs {iw}x{ih} px)"
+    ratio = (iw * mh) / (mw * ih)  # 1 when the aspect ratios agree
+    tol = 0.5 / mw + 0.5 / mh + 0.5 / iw + 0.5 / ih + 1e-9  # one side rounded by half a pixel
+    if abs(ratio - 1.0) <= tol:
+        return None
+    return (f"its size {mw}x{mh} px (width x height) has another aspect ratio than its image's {iw}x{ih} px, "
+            "so it cannot be aligned with the image (is it the mask of another image, or rotated?)")
 
 
 def _list_images(folder: Path, extensions: tuple[str, ...], recursive: bool = True) -> list[Path]:
@@ -270,6 +304,16 @@ def _header_ok(path: Path) -> str | None:
         return None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return str(e) or type(e).__name__
+
+
+def _mask_header_problem(mask_path: Path, image_path: Path) -> str | None:
+    """Why the mask cannot be aligned with its image (from both headers), or None; unreadable masks
+    are left to loading (the image is then skipped with a warning naming the mask)."""
+    try:
+        with Image.open(mask_path) as m, Image.open(image_path) as im:
+            return mask_size_problem(m.size, im.size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def _full_ok(path: Path) -> str | None:
@@ -408,7 +452,13 @@ class MVTecDataset(_ImageDatasetBase):
         missing: list[str] = []
         for t in types:
             folder = split_dir / t
-            paths = self._filter_readable(_list_images(folder, self.extensions))
+            listed = _list_images(folder, self.extensions)
+            if not listed:
+                warnings.warn(
+                    f"fastad.data: {str(folder)!r} holds no image with extensions {self.extensions}; "
+                    f"the type {t!r} is left out", stacklevel=2,
+                )
+            paths = self._filter_readable(listed)
             for p in paths:
                 label = 0 if t == "good" else 1
                 mask_path, has_mask = None, label == 0
@@ -430,6 +480,16 @@ class MVTecDataset(_ImageDatasetBase):
                 )
             for m in missing:
                 warnings.warn(f"fastad.data: no mask for defective image {m!r} (looked for {tried}); using an all-zero mask", stacklevel=2)
+        if self.validate != "none":  # masks that cannot be aligned with their image: refused before any work
+            bad = []
+            for sm in samples:
+                if sm.mask_path is not None:
+                    problem = _mask_header_problem(sm.mask_path, sm.path)
+                    if problem:
+                        bad.append(f"mask {str(sm.mask_path)!r} of {str(sm.path)!r}: {problem}")
+            if bad:
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                raise ValueError(f"MVTecDataset: {bad[0]}{more}")
         if split == "test" and not self.has_ground_truth and any(s.label for s in samples):
             warnings.warn(
                 f"fastad.data: {str(gt_dir)!r} does not exist: defective images get all-zero masks with has_mask=False",
@@ -481,14 +541,19 @@ class MVTecDataset(_ImageDatasetBase):
         s = self._samples[i]
         image = self._load_image(s.path)
         if s.mask_path is not None:
-            mask = load_mask(
-                s.mask_path, self.image_size, self.resize,
-                interpolation=self.mask_interpolation, threshold=self.mask_threshold,
-            )
+            with Image.open(s.path) as im:  # the header only: a mask of another size is scaled to it
+                image_wh = im.size
+            try:
+                mask = load_mask(
+                    s.mask_path, self.image_size, self.resize,
+                    interpolation=self.mask_interpolation, threshold=self.mask_threshold, image_wh=image_wh,
+                )
+            except ValueError as e:
+                raise ValueError(f"MVTecDataset: {e} (image {str(s.path)!r})") from None
             if tuple(mask.shape) != self._mask_hw(image):
                 raise ValueError(
                     f"MVTecDataset: mask {str(s.mask_path)!r} has size {tuple(mask.shape)} but its image "
-                    f"{str(s.path)!r} has {self._mask_hw(image)} (resize='none' needs masks of the image's size)"
+                    f"{str(s.path)!r} has {self._mask_hw(image)}"
                 )
         else:
             mask = torch.from_numpy(np.zeros(self._mask_hw(image), dtype=np.bool_))  # no intra-op threads

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import cli_names, fraction_arg, positive_int, ratio_arg
+from .arguments import cli_names, fraction_arg, nonneg_int, positive_int, ratio_arg
 from .pipeline import CLIError, Stopwatch, fit_detector, make_detector, open_dataset, print_metrics, resolve_device
 from .pipeline import score_to_report, subsample
 
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="fraction of the training images held out to set the threshold (default 0.1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=nonneg_int, default=2)
     p.add_argument("--top-k", type=positive_int, default=24, help="most anomalous images shown in index.html")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -67,8 +67,10 @@ def run(a) -> dict:
 
     import fastad
 
-    from ._output import check_report_dir
+    from ._output import check_not_inside, check_report_dir
 
+    if a.data is not None:  # the report's PNGs must not land among the input images
+        check_not_inside(a.out, a.data)
     out = check_report_dir(a.out, getattr(a, "overwrite", False))  # before any work
     t_start = time.perf_counter()
     c_start = time.process_time()

@@ -192,8 +192,18 @@ def resolve_device(device: str | None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise CLIError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r}: fastad runs on cpu or cuda; use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -437,6 +447,15 @@ def score_to_report(
         threshold_info=getattr(det, "threshold_info_", None), data_root=data_root(ds),
         resize=resize, mean=mean, std=std, cmap=cmap, progress=progress,
     )
+    try:
+        return _score_into(det, ds, writer, sw=sw, evaluate=evaluate, labelled=labelled, batch_size=batch_size,
+                           num_workers=num_workers, progress=progress, info=info)
+    except BaseException:
+        writer.abort()  # a failed or interrupted run leaves no partial report (an earlier one stays whole)
+        raise
+
+
+def _score_into(det, ds, writer, *, sw, evaluate, labelled, batch_size, num_workers, progress, info) -> dict:
     ev = Evaluator(pixel=evaluate) if labelled else None
     was = getattr(det, "progress", None)
     if was is not None:

@@ -32,6 +32,19 @@ def _cap(im: Image.Image, full_size: int | None) -> Image.Image:
     return im.resize((max(1, round(W * s)), max(1, round(H * s))), Image.Resampling.LANCZOS)
 
 
+def _rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``im`` scaled like the model saw it (:func:`fastad.data.load_image`): Pillow's
+    own ``convert("RGB")`` clips 16-bit and 32-bit grey to 255 (a white panel)."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        from ..data import _to_rgb_array
+
+        a = _to_rgb_array(im)
+        return Image.fromarray(np.round(a * 255.0).clip(0, 255).astype(np.uint8), mode="RGB")
+    return im.convert("RGB")
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -252,7 +265,7 @@ class ReportWriter:
         arr = None
         try:
             with Image.open(row["path"]) as im:
-                im = im.convert("RGB")
+                im = _rgb(im)
                 if self.resize == "shorter_crop" and model_hw is not None:
                     th, tw = model_hw
                     W, H = im.size
@@ -306,8 +319,25 @@ class ReportWriter:
         self._finished = True
         try:
             return self._write(metrics or {}, timings or {}, info or {}, per_type or {}, final_timings)
+        except BaseException:
+            self._dir.abort()  # nothing half-written: the staged files go, an earlier report stays whole
+            raise
         finally:
             self._spool.close()
+
+    def abort(self) -> None:
+        """Give up the report (the run failed or was interrupted): nothing of it is left in the folder,
+        an earlier report there stays as it was (see :meth:`fastad._output.ReportDir.abort`)."""
+        self._finished = True
+        self._spool.close()
+        self._dir.abort()
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def _write(self, metrics, timings, info, per_type, final_timings) -> Path:
         from tqdm.auto import tqdm
