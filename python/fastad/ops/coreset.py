@@ -9,6 +9,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
+from ._args import check_args
 from .knn import check_finite
 
 #: Rows of the bank projected per matmul block (bounds the temporary fp32 copy of a low-precision bank
@@ -208,6 +209,8 @@ def coreset(
         >>> idx.tolist(), dist.tolist()
         ([0, 2, 3], [inf, 10.0, 5.0])
     """
+    if not torch.jit.is_scripting():
+        check_args("coreset", {"bank": bank}, {"n": n, "seed": seed, "start": start})
     x = _selection_space(bank, projection_dim, seed, storage_dtype, method)
     if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
         if (progress or on_estimate is not None) and x.device.type == "cpu" and int(n) > 1 and x.dim() == 2:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ._args import check_args
 from .knn import check_finite
 
 
@@ -51,6 +52,8 @@ def group_min(
         >>> fastad.ops.group_min(torch.tensor([[0., 0.]]), bank, 2).tolist()
         [[0.0, 1.0]]
     """
+    if not torch.jit.is_scripting():
+        check_args("group_min", {"query": query, "bank": bank, "exclude_group": exclude_group}, {"group_size": group_size})
     if metric not in ["l2", "sqeuclidean", "cosine", "ip"]:  # METRICS (a literal: scriptable)
         raise ValueError(f"group_min: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     if query.device.type != "cpu":  # the CPU kernel checks finiteness itself

@@ -5,6 +5,8 @@ from typing import Optional
 
 import torch
 
+from ._args import check_args
+
 METRICS = ("l2", "sqeuclidean", "cosine", "ip")
 _MAX_PADDED_SLOTS = 1 << 27  # k > N pads the output; refuse padding beyond ~1.5 GiB instead of failing to allocate
 
@@ -93,6 +95,8 @@ def knn(
         >>> i.tolist(), [round(x, 3) for x in d[0].tolist()]
         ([[1, 0]], [1.0, 4.243])
     """
+    if not torch.jit.is_scripting():
+        check_args("knn", {"query": query, "bank": bank, "bank_norms": bank_norms}, {"k": k})
     if metric not in ["l2", "sqeuclidean", "cosine", "ip"]:  # METRICS (a literal: scriptable)
         raise ValueError(f"knn: metric must be one of ('l2', 'sqeuclidean', 'cosine', 'ip'), got '{metric}'")
     k = int(k)

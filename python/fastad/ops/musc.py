@@ -13,6 +13,7 @@ from typing import List, Optional, Union
 
 import torch
 
+from ._args import check_args
 from .knn import check_finite
 
 
@@ -59,6 +60,8 @@ def lnamd(tokens: torch.Tensor, r: int) -> torch.Tensor:
         >>> z.shape, bool(torch.allclose(z.norm(dim=-1), torch.ones(2, 16)))
         (torch.Size([2, 16, 8]), True)
     """
+    if not torch.jit.is_scripting():
+        check_args("lnamd", {"tokens": tokens}, {"r": r})
     if tokens.device.type != "cpu":
         check_finite("tokens", "lnamd", tokens)
     return torch.ops.fastad.lnamd(tokens, int(r))
@@ -79,6 +82,8 @@ def snamd(tokens: torch.Tensor, r_list: Optional[List[int]] = None) -> torch.Ten
     Returns:
         ``Tensor[B, L, C]`` float32.
     """
+    if not torch.jit.is_scripting():
+        check_args("snamd", {"tokens": tokens})
     if tokens.device.type != "cpu":
         check_finite("tokens", "snamd", tokens)
     rl = [1, 3, 5] if r_list is None else r_list
@@ -133,6 +138,8 @@ def mutual_scores(
         >>> fastad.ops.mutual_scores(z).shape
         torch.Size([6, 9])
     """
+    if not torch.jit.is_scripting():
+        check_args("mutual_scores", {"z": z, "pool": pool}, {"k": k, "same_position": same_position})
     n_ref = pool.shape[0] if pool is not None else z.shape[0] - 1
     kk = interval_k(n_ref, fraction, ceil_small) if k is None else int(k)
     if z.device.type != "cpu":
@@ -171,6 +178,8 @@ def lnamd_mutual_scores(
     Returns:
         ``Tensor[R, N, L]`` float32.
     """
+    if not torch.jit.is_scripting():
+        check_args("lnamd_mutual_scores", {"tokens": tokens, "pool": pool}, {"k": k, "same_position": same_position})
     n_ref = pool.shape[0] if pool is not None else tokens.shape[0] - 1
     kk = interval_k(n_ref, fraction, ceil_small) if k is None else int(k)
     if tokens.device.type != "cpu":
@@ -201,6 +210,8 @@ def rscin(
     Returns:
         ``Tensor[N]`` float32 on the input's device.
     """
+    if not torch.jit.is_scripting():
+        check_args("rscin", {"scores": scores, "image_features": image_features})
     kl = [1, 2, 3] if k_list is None else [int(k) for k in k_list]
     if 0 in kl:
         return scores
