@@ -1,6 +1,7 @@
 """Small shared checks of degenerate detector inputs (issue 11)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -24,3 +25,17 @@ def warn_if_few_scores(owner: str, n: int, quantile: float, stacklevel: int = 3)
         f"give more normal images or use quantile={ok:g}",
         stacklevel=stacklevel + 1,
     )
+
+
+@contextlib.contextmanager
+def nonfinite_as_value_error(message: str):
+    """The kernels' non-finite-input ``RuntimeError`` (NaN / Inf, or values whose squares overflow
+    float32) re-raised as ``ValueError(f"{message} [{first line of the kernel's error}]")``; any other
+    error passes through unchanged."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        if "finite" not in msg and "NaN or Inf" not in msg:
+            raise
+        raise ValueError(f"{message} [{msg}]") from None

@@ -22,7 +22,6 @@ threshold, fastad version, format version and a SHA-256 of every tensor). Never 
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import math
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import nonfinite_as_value_error
 from ._io import FORMAT_VERSION, ModelFileError, write_model_file
 from ._io import load as load_model_file
 from ._threshold import ThresholdMixin
@@ -497,20 +497,13 @@ class BaseDetector(TilingMixin, ThresholdMixin):
         with self._nonfinite_as_value_error(what):
             return self._score_batch(feats, size, want_scores, want_maps, timings)
 
-    @contextlib.contextmanager
     def _nonfinite_as_value_error(self, what: str):
-        """The kernels' non-finite-input ``RuntimeError`` (NaN / Inf, or values whose squares overflow
-        float32) as a ``ValueError`` naming the detector and the call, as the other input checks."""
-        try:
-            yield
-        except RuntimeError as e:
-            msg = str(e).splitlines()[0] if str(e) else ""
-            if "finite" not in msg and "NaN or Inf" not in msg:
-                raise
-            raise ValueError(
-                f"{type(self).__name__}.{what}: the input's features hold NaN or Inf, or values too large for float32 "
-                f"arithmetic (check the input: finite, normalised values) [{msg}]"
-            ) from None
+        """The kernels' non-finite-input ``RuntimeError`` as a ``ValueError`` naming the detector and the
+        call, as the other input checks (:func:`._checks.nonfinite_as_value_error`)."""
+        return nonfinite_as_value_error(
+            f"{type(self).__name__}.{what}: the input's features hold NaN or Inf, or values too large for float32 "
+            "arithmetic (check the input: finite, normalised values)"
+        )
 
     def _layers_to_extract_fitted(self) -> list[str]:
         return list(self.layers_)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..ops import musc as _ops
+from ._checks import nonfinite_as_value_error
 
 # RsCIN k lists of the official code, by dataset.
 RSCIN_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "visa": (1, 8, 9)}
@@ -355,13 +356,8 @@ class MuSc:
         pool = getattr(self, "pool_tokens_", None)
         if pool is not None and (len(pool) != len(layer_tokens) or pool[0].shape[1:] != layer_tokens[0][:, 1:].shape[1:]):
             raise ValueError("MuSc.score_tokens: tokens must match the fitted pool (layers, L, C)")
-        try:
+        with nonfinite_as_value_error("MuSc.score_tokens: layer_tokens hold NaN or Inf"):
             grid = self._grid_maps(layer_tokens, groups, pool)
-        except RuntimeError as e:
-            msg = str(e).splitlines()[0] if str(e) else ""
-            if "finite" not in msg and "NaN or Inf" not in msg:
-                raise
-            raise ValueError(f"MuSc.score_tokens: layer_tokens hold NaN or Inf [{msg}]") from None
         if not bool(torch.isfinite(grid).all()):
             raise ValueError("MuSc.score_tokens: the patch scores are NaN or Inf: the tokens hold values too large for "
                              "float32 arithmetic (e.g. |x| > 1e18); give finite, comparably scaled tokens")
